@@ -1,0 +1,166 @@
+"""Settings: one frozen object read once from the environment; the only reader of ``os.environ``."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from urllib.parse import urlsplit
+
+from relay.errors import ConfigError
+
+DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+
+# GA voices (PROTOCOLS §2.2). fable, onyx and nova are absent on purpose: they are reported
+# to come out as noise over G.711.
+VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses: the only place plain http/ws is allowed."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything relay reads from its environment. Secrets are kept out of ``repr``."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    public_url: str = ""
+    realtime_url: str = DEFAULT_REALTIME_URL
+    openai_api_key: str = field(default="", repr=False)
+    database_url: str = field(default="", repr=False)
+    sqlite_path: str = "relay.sqlite3"
+    agent_instructions: str = "You are a friendly, concise assistant on a phone call."
+    agent_voice: str = "marin"
+    transcription_model: str = "gpt-4o-mini-transcribe"
+    vad_threshold: float = 0.5
+    vad_silence_ms: int = 500
+    vad_prefix_ms: int = 300
+    presession_buffer_ms: int = 2000
+    max_message_bytes: int = 65536
+    allow_python_fastpath: bool = False
+    log_level: str = "INFO"
+
+    @property
+    def stream_url(self) -> str:
+        """The media WebSocket URL put in the TwiML: the public origin, wss (ws on loopback)."""
+        parts = urlsplit(self.public_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return f"{scheme}://{parts.netloc}/twilio/voice"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        """Read every ``RELAY_*`` setting (and ``OPENAI_API_KEY``, ``DATABASE_URL``).
+
+        Raises:
+            ConfigError: listing every problem found, not just the first.
+        """
+        problems: list[str] = []
+        values: dict[str, object] = {}
+
+        def text(name: str, attr: str) -> None:
+            if name in env:
+                values[attr] = env[name].strip()
+
+        def number(name: str, attr: str, kind: type, lo: float, hi: float) -> None:
+            if name not in env:
+                return
+            raw = env[name].strip()
+            try:
+                value = kind(raw)
+            except ValueError:
+                problems.append(f"{name}={raw!r} is not a {'whole number' if kind is int else 'number'}")
+                return
+            if not lo <= value <= hi:
+                problems.append(f"{name}={raw} is outside {lo}..{hi}")
+                return
+            values[attr] = value
+
+        text("RELAY_HOST", "host")
+        number("RELAY_PORT", "port", int, 0, 65535)
+        text("RELAY_PUBLIC_URL", "public_url")
+        text("RELAY_REALTIME_URL", "realtime_url")
+        text("OPENAI_API_KEY", "openai_api_key")
+        text("DATABASE_URL", "database_url")
+        text("RELAY_SQLITE_PATH", "sqlite_path")
+        if "RELAY_AGENT_INSTRUCTIONS" in env:
+            values["agent_instructions"] = env["RELAY_AGENT_INSTRUCTIONS"]
+        text("RELAY_AGENT_VOICE", "agent_voice")
+        text("RELAY_TRANSCRIPTION_MODEL", "transcription_model")
+        number("RELAY_VAD_THRESHOLD", "vad_threshold", float, 0.0, 1.0)
+        number("RELAY_VAD_SILENCE_MS", "vad_silence_ms", int, 100, 10000)
+        number("RELAY_VAD_PREFIX_MS", "vad_prefix_ms", int, 0, 5000)
+        number("RELAY_PRESESSION_BUFFER_MS", "presession_buffer_ms", int, 0, 10000)
+        number("RELAY_MAX_MESSAGE_BYTES", "max_message_bytes", int, 1024, 16 * 1024 * 1024)
+        text("RELAY_LOG_LEVEL", "log_level")
+        if "RELAY_ALLOW_PYTHON_FASTPATH" in env:
+            raw = env["RELAY_ALLOW_PYTHON_FASTPATH"].strip().lower()
+            if raw not in ("0", "1", "true", "false", "yes", "no", ""):
+                problems.append(f"RELAY_ALLOW_PYTHON_FASTPATH={raw!r} must be 0 or 1")
+            values["allow_python_fastpath"] = raw in ("1", "true", "yes")
+
+        settings = cls(**values)  # type: ignore[arg-type]
+        problems += settings.problems()
+        if problems:
+            raise ConfigError(problems)
+        return settings
+
+    def problems(self) -> list[str]:
+        """Every inconsistency in these settings (empty when they are usable for ``serve``)."""
+        problems: list[str] = []
+        public = urlsplit(self.public_url)
+        if not self.public_url:
+            problems.append("RELAY_PUBLIC_URL is required: the https origin Twilio reaches, e.g. https://relay.example.com")
+        elif public.scheme not in ("https", "http") or not public.hostname:
+            problems.append(f"RELAY_PUBLIC_URL={self.public_url!r} must be an https:// origin")
+        elif public.scheme == "http" and not is_loopback(public.hostname):
+            problems.append(
+                f"RELAY_PUBLIC_URL={self.public_url!r} must use https: Twilio only dials wss:// on 443 "
+                "(plain http is accepted for loopback only)"
+            )
+        elif public.path not in ("", "/") or public.query:
+            problems.append(f"RELAY_PUBLIC_URL={self.public_url!r} must be an origin with no path or query")
+        backend = urlsplit(self.realtime_url)
+        if backend.scheme not in ("wss", "ws") or not backend.hostname:
+            problems.append(f"RELAY_REALTIME_URL={self.realtime_url!r} must be a wss:// URL")
+        elif backend.scheme == "ws" and not is_loopback(backend.hostname):
+            problems.append(f"RELAY_REALTIME_URL={self.realtime_url!r} must use wss (ws is for loopback only)")
+        if not self.openai_api_key:
+            problems.append("OPENAI_API_KEY is required")
+        if self.agent_voice not in VOICES:
+            problems.append(f"RELAY_AGENT_VOICE={self.agent_voice!r} is not one of {', '.join(VOICES)}")
+        if self.database_url and urlsplit(self.database_url).scheme not in ("postgres", "postgresql"):
+            problems.append("DATABASE_URL must be a postgres:// or postgresql:// URL")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            problems.append(f"RELAY_LOG_LEVEL={self.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+        return problems
+
+
+ENVIRONMENT = {
+    "RELAY_HOST": "host",
+    "RELAY_PORT": "port",
+    "RELAY_PUBLIC_URL": "public_url",
+    "RELAY_REALTIME_URL": "realtime_url",
+    "OPENAI_API_KEY": "openai_api_key",
+    "DATABASE_URL": "database_url",
+    "RELAY_SQLITE_PATH": "sqlite_path",
+    "RELAY_AGENT_INSTRUCTIONS": "agent_instructions",
+    "RELAY_AGENT_VOICE": "agent_voice",
+    "RELAY_TRANSCRIPTION_MODEL": "transcription_model",
+    "RELAY_VAD_THRESHOLD": "vad_threshold",
+    "RELAY_VAD_SILENCE_MS": "vad_silence_ms",
+    "RELAY_VAD_PREFIX_MS": "vad_prefix_ms",
+    "RELAY_PRESESSION_BUFFER_MS": "presession_buffer_ms",
+    "RELAY_MAX_MESSAGE_BYTES": "max_message_bytes",
+    "RELAY_ALLOW_PYTHON_FASTPATH": "allow_python_fastpath",
+    "RELAY_LOG_LEVEL": "log_level",
+}
+assert set(ENVIRONMENT.values()) == {f.name for f in fields(Settings)}

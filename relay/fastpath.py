@@ -1,0 +1,36 @@
+"""The façade over the per-frame hot path: the compiled module when it is built.
+
+Import the hot path from here, never from ``_fastpath`` or ``_fastpath_py`` directly.
+``IMPLEMENTATION`` says which one is running; the server logs it at start and refuses to run
+on the Python reference unless ``RELAY_ALLOW_PYTHON_FASTPATH=1`` (a slow relay should be loud).
+"""
+
+from __future__ import annotations
+
+try:
+    from relay._fastpath import (
+        IMPLEMENTATION,
+        TwilioWriter,
+        b64_decoded_len,
+        build_append,
+        parse_audio_delta,
+        parse_media,
+    )
+except ImportError:  # not built: the reference keeps tools and tests usable
+    from relay._fastpath_py import (  # type: ignore[assignment]
+        IMPLEMENTATION,
+        TwilioWriter,
+        b64_decoded_len,
+        build_append,
+        parse_audio_delta,
+        parse_media,
+    )
+
+__all__ = [
+    "IMPLEMENTATION",
+    "TwilioWriter",
+    "b64_decoded_len",
+    "build_append",
+    "parse_audio_delta",
+    "parse_media",
+]

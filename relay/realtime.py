@@ -1,0 +1,123 @@
+"""OpenAI Realtime (GA), sans-I/O: the client events relay sends and the server events it reads.
+
+The beta shape is gone from the live service (PROTOCOLS §0.1); everything here is GA.
+``response.output_audio.delta`` takes the compiled one-pass path
+(``fastpath.parse_audio_delta``); every other server event is parsed here with orjson.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relay.errors import ProtocolError
+
+PCMU = {"type": "audio/pcmu"}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentProfile:
+    """How the model behaves on a call: the session settings relay sends upstream."""
+
+    instructions: str
+    voice: str = "marin"
+    transcription_model: str = "gpt-4o-mini-transcribe"
+    vad_threshold: float = 0.5
+    vad_silence_ms: int = 500
+    vad_prefix_ms: int = 300
+
+
+def session_update(agent: AgentProfile) -> bytes:
+    """``session.update`` for a phone call (PROTOCOLS §2.2).
+
+    G.711 μ-law both ways, so Twilio's payload passes through untouched; server VAD that
+    creates and interrupts responses; input transcription on, so every turn can be stored.
+    """
+    return orjson.dumps(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "output_modalities": ["audio"],
+                "instructions": agent.instructions,
+                "audio": {
+                    "input": {
+                        "format": PCMU,
+                        "transcription": {"model": agent.transcription_model},
+                        "turn_detection": {
+                            "type": "server_vad",
+                            "threshold": agent.vad_threshold,
+                            "prefix_padding_ms": agent.vad_prefix_ms,
+                            "silence_duration_ms": agent.vad_silence_ms,
+                            "create_response": True,
+                            "interrupt_response": True,
+                        },
+                    },
+                    "output": {"format": PCMU, "voice": agent.voice},
+                },
+            },
+        }
+    )
+
+
+def session_problems(session: dict[str, Any]) -> list[str]:
+    """What in an effective session (from ``session.updated``) would break a phone call.
+
+    A session left on the default PCM format reads μ-law as noise and never ends a turn
+    (PROTOCOLS §2.2, pitfall), so relay sends no audio until both formats are pcmu.
+    """
+    problems = []
+    audio = session.get("audio") if isinstance(session, dict) else None
+    for direction in ("input", "output"):
+        fmt = (audio or {}).get(direction, {}).get("format") if isinstance(audio, dict) else None
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind != "audio/pcmu":
+            problems.append(f"session audio.{direction}.format is {kind!r}, not 'audio/pcmu'")
+    return problems
+
+
+def truncate(item_id: str, audio_end_ms: int) -> bytes:
+    """``conversation.item.truncate`` at what the caller actually heard (PROTOCOLS §2.5)."""
+    return orjson.dumps(
+        {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": int(audio_end_ms)}
+    )
+
+
+def response_cancel() -> bytes:
+    """``response.cancel`` for the response in progress."""
+    return b'{"type":"response.cancel"}'
+
+
+def response_create(instructions: str | None = None) -> bytes:
+    """``response.create``, e.g. so the agent speaks first."""
+    event: dict[str, Any] = {"type": "response.create"}
+    if instructions:
+        event["response"] = {"instructions": instructions}
+    return orjson.dumps(event)
+
+
+def user_text(text: str) -> bytes:
+    """``conversation.item.create`` with a user text message (DTMF, context seeds)."""
+    return orjson.dumps(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+        }
+    )
+
+
+def parse_event(message: bytes) -> dict[str, Any]:
+    """Parse a server event (every type but audio deltas).
+
+    Raises:
+        ProtocolError: not a JSON object with a string ``type``.
+    """
+    try:
+        event = orjson.loads(message)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("Realtime event is not valid JSON") from exc
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise ProtocolError("Realtime event is not an object with a string 'type'")
+    return event

@@ -1,0 +1,255 @@
+"""The relay server: one port for the TwiML webhook, health, and the media WebSocket.
+
+Twilio POSTs a form body to the webhook, and the ``websockets`` server refuses any request
+with a body, so HTTP is parsed here with httptools. A GET that asks to upgrade on the
+webhook's path becomes a ``ws.WebSocket`` (websockets' sans-I/O handshake and framing) and
+runs a ``CallSession``.
+
+Routes:
+    POST /twilio/voice   TwiML: <Connect><Stream url="wss://<public host>/twilio/voice">
+    GET  /twilio/voice   with ``Upgrade: websocket``: the call's media stream
+    GET  /healthz        200 while the process serves
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httptools
+import orjson
+import websockets
+from websockets.datastructures import Headers
+from websockets.http11 import Request
+
+from relay import fastpath, realtime, twilio
+from relay.config import Settings
+from relay.session import CallSession, Upstream
+from relay.store import Store
+from relay.ws import WebSocket, handshake
+
+log = logging.getLogger("relay.server")
+
+MAX_BODY = 64 * 1024  # Twilio's webhook forms are a few hundred bytes
+MAX_HEADERS = 64
+
+
+def _response(status: HTTPStatus, body: bytes, content_type: str, *, keep_alive: bool) -> bytes:
+    head = (
+        f"HTTP/1.1 {status.value} {status.phrase}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Relay:
+    """What the HTTP side serves: the webhook, health, and call sessions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        connect_upstream: Callable[[], Awaitable[Upstream]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.agent = realtime.AgentProfile(
+            instructions=settings.agent_instructions,
+            voice=settings.agent_voice,
+            transcription_model=settings.transcription_model,
+            vad_threshold=settings.vad_threshold,
+            vad_silence_ms=settings.vad_silence_ms,
+            vad_prefix_ms=settings.vad_prefix_ms,
+        )
+        self._connect_upstream = connect_upstream or self._connect_realtime
+        self.sessions: set[asyncio.Task[None]] = set()
+        self.calls_total = 0
+
+    async def _connect_realtime(self) -> Upstream:
+        # No OpenAI-Beta header: its presence selects the retired beta shape (PROTOCOLS §2.1).
+        return await websockets.connect(
+            self.settings.realtime_url,
+            additional_headers={"Authorization": f"Bearer {self.settings.openai_api_key}"},
+            user_agent_header=None,
+            compression=None,
+            max_size=16 * 1024 * 1024,
+            open_timeout=10,
+        )
+
+    def webhook(self, params: dict[str, str]) -> str:
+        """TwiML for an incoming call: connect its audio to our media WebSocket."""
+        call_sid = params.get("CallSid", "")
+        log.info("webhook: call %s from %s to %s", call_sid, params.get("From", "?"), params.get("To", "?"))
+        return twilio.connect_stream_twiml(
+            self.settings.stream_url,
+            {"callSid": call_sid, "from": params.get("From", ""), "to": params.get("To", "")},
+        )
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "fastpath": fastpath.IMPLEMENTATION, "calls_active": len(self.sessions)}
+
+    def start_call(self, ws: WebSocket) -> None:
+        session = CallSession(
+            ws,
+            connect_upstream=self._connect_upstream,
+            agent=self.agent,
+            store=self.store,
+            presession_buffer_ms=self.settings.presession_buffer_ms,
+        )
+        task = asyncio.create_task(self._run_call(session))
+        self.sessions.add(task)
+        task.add_done_callback(self.sessions.discard)
+        self.calls_total += 1
+
+    async def _run_call(self, session: CallSession) -> None:
+        try:
+            await session.run()
+        except Exception:  # one call's failure never reaches another call
+            log.exception("call %s crashed", session.call_sid)
+            await session.twilio.close(1011, "internal error")
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One TCP connection: HTTP/1.1 requests until it upgrades to a WebSocket."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._ws: WebSocket | None = None
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._body = bytearray()
+        self._too_large = False
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self._ws is not None:
+            self._ws.data_received(data)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data[exc.args[0] :])
+        except httptools.HttpParserError:
+            self._send(HTTPStatus.BAD_REQUEST, b"bad request\n", keep_alive=False)
+
+    def eof_received(self) -> bool | None:
+        if self._ws is not None:
+            self._ws.eof_received()
+            return True  # the WebSocket closes the transport after its closing handshake
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._ws is not None:
+            self._ws.connection_lost()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url, self._headers, self._body, self._too_large = b"", [], bytearray(), False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self._headers) < MAX_HEADERS:
+            self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        else:
+            self._too_large = True
+
+    def on_body(self, body: bytes) -> None:
+        if len(self._body) + len(body) > MAX_BODY:
+            self._too_large = True
+        else:
+            self._body += body
+
+    def on_message_complete(self) -> None:
+        if self._parser.should_upgrade():
+            return  # handled when feed_data raises HttpParserUpgrade
+        self._handle_request()
+
+    # requests
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str = "text/plain", *, keep_alive: bool) -> None:
+        assert self._transport is not None
+        self._transport.write(_response(status, body, content_type, keep_alive=keep_alive))
+        if not keep_alive:
+            self._transport.close()
+
+    def _handle_request(self) -> None:
+        keep_alive = self._parser.should_keep_alive()
+        method = self._parser.get_method()
+        url = urlsplit(self._url.decode("latin-1"))
+        if self._too_large:
+            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"request too large\n", keep_alive=False)
+        elif url.path == "/healthz" and method in (b"GET", b"HEAD"):
+            self._send(HTTPStatus.OK, orjson.dumps(self._relay.health()), "application/json", keep_alive=keep_alive)
+        elif url.path == twilio.STREAM_PATH and method in (b"POST", b"GET"):
+            # Twilio's voice webhook: a form body (POST) or the query string (GET).
+            raw = bytes(self._body).decode("utf-8", "replace") if method == b"POST" else url.query
+            params = dict(parse_qsl(raw, keep_blank_values=True))
+            twiml = self._relay.webhook(params).encode()
+            self._send(HTTPStatus.OK, twiml, "text/xml", keep_alive=keep_alive)
+        elif url.path in ("/healthz", twilio.STREAM_PATH):
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", keep_alive=keep_alive)
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
+
+    def _upgrade(self, rest: bytes) -> None:
+        assert self._transport is not None
+        path = self._url.decode("latin-1")
+        if urlsplit(path).path != twilio.STREAM_PATH or self._parser.get_method() != b"GET":
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=False)
+            return
+        headers = Headers()
+        for name, value in self._headers:
+            headers[name] = value
+        response = handshake(Request(path, headers))
+        self._transport.write(response.serialize())
+        if response.status_code != 101:
+            self._transport.close()
+            return
+        self._ws = WebSocket(self._transport, max_size=self._relay.settings.max_message_bytes)
+        self._relay.start_call(self._ws)
+        if rest:
+            self._ws.data_received(rest)
+
+
+class RelayServer:
+    """The listening socket and everything it serves."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        s = self.relay.settings
+        self._server = await loop.create_server(lambda: HttpProtocol(self.relay), s.host, s.port, reuse_address=True)
+
+    async def close(self, drain_timeout: float = 10.0) -> None:
+        """Stop accepting, let live calls finish (bounded), then end the rest."""
+        if self._server is not None:
+            self._server.close()
+        sessions = set(self.relay.sessions)
+        if sessions:
+            _, pending = await asyncio.wait(sessions, timeout=drain_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()

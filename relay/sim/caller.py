@@ -1,0 +1,417 @@
+"""A simulated Twilio phone call: webhook, TwiML, Media Stream, playback, marks, clears.
+
+It does what Twilio does for an inbound call to a number whose voice URL is relay's webhook
+(PROTOCOLS §1): POSTs the form, reads the TwiML's ``<Connect><Stream>``, opens the WebSocket,
+sends ``connected`` and ``start``, then one ``media`` message every 20 ms on a real clock for
+the whole call, speech or silence. What comes back is checked the way Twilio checks it
+(``outbound_violations``), queued, played at 8 kHz (160 bytes per tick) into a recording of
+what the caller heard, and each ``mark`` is echoed when playback reaches it; ``clear`` drops
+the queue and echoes pending marks at once.
+
+The caller speaks a script (``speak()`` audio, or a WAV file), waits for the answer to finish
+playing, and measures voice-to-voice at the Twilio edge: the end of its own speech to the
+first ``media`` message it receives afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import itertools
+import secrets
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from urllib.parse import urlencode, urlsplit
+
+import orjson
+import websockets
+from twilio.request_validator import RequestValidator
+
+from relay.sim import audio
+
+FRAME_MS = 20
+FRAME_BYTES = audio.FRAME_BYTES
+ALLOWED_KEYS = {
+    "media": ({"event", "streamSid", "media"}, "media", {"payload"}),
+    "mark": ({"event", "streamSid", "mark"}, "mark", {"name"}),
+    "clear": ({"event", "streamSid"}, None, set()),
+}
+
+
+def outbound_violations(message: str | bytes, stream_sid: str | None) -> list[str]:
+    """What Twilio would reject in one message a server sends on a bidirectional stream.
+
+    Twilio accepts only ``media``, ``mark`` and ``clear`` and warns (31951) on invalid JSON,
+    unknown events, missing fields, **unexpected fields**, or a ``streamSid`` that does not
+    match; audio with a file header plays as noise (PROTOCOLS §1.4, §0.3).
+    """
+    if isinstance(message, bytes):
+        return ["binary frame: Twilio accepts JSON text messages only"]
+    try:
+        obj = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return ["message is not valid JSON"]
+    if not isinstance(obj, dict):
+        return ["message is not a JSON object"]
+    event = obj.get("event")
+    if event not in ALLOWED_KEYS:
+        return [f"unknown event {event!r}"]
+    problems = []
+    top, inner_name, inner_keys = ALLOWED_KEYS[event]
+    if set(obj) != top:
+        extra, missing = set(obj) - top, top - set(obj)
+        if extra:
+            problems.append(f"{event}: unexpected field(s) {sorted(extra)}")
+        if missing:
+            problems.append(f"{event}: missing required field(s) {sorted(missing)}")
+    if stream_sid is None:
+        problems.append(f"{event} before the stream started")
+    elif "streamSid" in obj and obj["streamSid"] != stream_sid:
+        problems.append(f"{event}: streamSid {obj['streamSid']!r} does not match {stream_sid!r}")
+    if inner_name is not None:
+        inner = obj.get(inner_name)
+        if not isinstance(inner, dict):
+            problems.append(f"{event}: {inner_name!r} must be an object")
+        else:
+            if set(inner) != inner_keys:
+                problems.append(f"{event}.{inner_name}: fields {sorted(inner)}, expected {sorted(inner_keys)}")
+            if event == "mark" and not (isinstance(inner.get("name"), str) and inner["name"]):
+                problems.append("mark: mark.name must be a non-empty string")
+            if event == "media":
+                payload = inner.get("payload")
+                try:
+                    raw = base64.b64decode(payload, validate=True) if isinstance(payload, str) else None
+                except (binascii.Error, ValueError):
+                    raw = None
+                if raw is None:
+                    problems.append("media: payload is not base64")
+                elif raw[:4] in (b"RIFF", b"ID3\x03", b"fLaC", b"OggS"):
+                    problems.append("media: payload carries a file header; Twilio wants raw mulaw/8000")
+    return problems
+
+
+@dataclass
+class TurnResult:
+    """One exchange as the caller lived it."""
+
+    said: str
+    heard: str = ""
+    speech_end_at: float = 0.0
+    voice_to_voice_ms: float | None = None
+    answered: bool = False
+
+
+@dataclass
+class CallResult:
+    """Everything the caller saw, for the demo's table and the tests' assertions."""
+
+    call_sid: str
+    stream_sid: str = ""
+    turns: list[TurnResult] = field(default_factory=list)
+    frames_sent: int = 0
+    frames_received: int = 0
+    marks_echoed: int = 0
+    clears: int = 0
+    violations: list[str] = field(default_factory=list)
+    heard: bytearray = field(default_factory=bytearray)
+    close_code: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class CallerScript:
+    """What the caller says and how patiently it listens."""
+
+    utterances: tuple[str, ...] = (
+        "Hi, I would like to book a table for two.",
+        "Tomorrow at seven in the evening, please.",
+    )
+    wav: str | None = None  # speak this file's audio (8 kHz mono 16-bit) instead, as one turn
+    lead_in_ms: int = 600  # silence after the stream starts, before the first word
+    answer_quiet_ms: int = 800  # the answer is over after this long with nothing left to play
+    answer_timeout_ms: int = 15000
+    hangup: str = "stop"  # "stop" (Twilio's normal hang-up) or "drop" (socket closed, no stop)
+
+
+class TwilioCaller:
+    """One simulated call against a relay's webhook URL (``http://host:port/twilio/voice``)."""
+
+    def __init__(
+        self,
+        webhook_url: str,
+        script: CallerScript = CallerScript(),
+        *,
+        auth_token: str = "sim-auth-token",
+        from_number: str = "+15005550006",
+        to_number: str = "+15005550001",
+    ) -> None:
+        self.webhook_url = webhook_url
+        self.script = script
+        self.auth_token = auth_token
+        self.from_number = from_number
+        self.to_number = to_number
+        self.call_sid = "CA" + secrets.token_hex(16)
+        self.account_sid = "AC" + secrets.token_hex(16)
+        self.stream_sid = "MZ" + secrets.token_hex(16)
+        self.result = CallResult(self.call_sid)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._playout = bytearray()  # received audio not yet played
+        self._played = 0  # bytes of received audio played so far
+        self._received = 0  # bytes of audio received so far
+        self._pending_marks: collections.deque[tuple[int, str]] = collections.deque()
+        self._last_media_at = 0.0
+        self._first_media_after: float | None = None
+        self._listening_since: float | None = None
+        self._ws: websockets.ClientConnection | None = None
+        self._seq = itertools.count(1)
+        self._chunk = itertools.count(1)
+
+    # ------------------------------------------------------------------ the call
+
+    async def run(self) -> CallResult:
+        self._loop = asyncio.get_running_loop()
+        try:
+            stream_url, parameters = await self._webhook()
+            async with websockets.connect(stream_url, compression=None, max_size=2**20) as ws:
+                self._ws = ws
+                receiver = asyncio.create_task(self._receive(ws))
+                try:
+                    await ws.send(orjson.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}).decode())
+                    await ws.send(self._start_message(parameters))
+                    await self._talk()
+                    if self.script.hangup == "stop":
+                        await ws.send(
+                            orjson.dumps(
+                                {
+                                    "event": "stop",
+                                    "sequenceNumber": str(next(self._seq)),
+                                    "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+                                    "streamSid": self.stream_sid,
+                                }
+                            ).decode()
+                        )
+                        await ws.close()
+                    else:
+                        ws.transport.abort()  # the line drops: no stop, no closing handshake
+                finally:
+                    receiver.cancel()
+                    await asyncio.gather(receiver, return_exceptions=True)
+                self.result.close_code = ws.close_code
+        except (OSError, websockets.WebSocketException, ValueError) as exc:
+            self.result.error = f"{type(exc).__name__}: {exc}"
+        return self.result
+
+    async def _webhook(self) -> tuple[str, dict[str, str]]:
+        """POST the voice webhook exactly as Twilio does and read the stream from the TwiML."""
+        form = {
+            "AccountSid": self.account_sid,
+            "ApiVersion": "2010-04-01",
+            "CallSid": self.call_sid,
+            "CallStatus": "ringing",
+            "Called": self.to_number,
+            "Caller": self.from_number,
+            "Direction": "inbound",
+            "From": self.from_number,
+            "To": self.to_number,
+        }
+        signature = RequestValidator(self.auth_token).compute_signature(self.webhook_url, form)
+        status, body = await http_post(self.webhook_url, urlencode(form).encode(), {"X-Twilio-Signature": signature})
+        if status != 200:
+            raise ValueError(f"webhook answered HTTP {status}")
+        return parse_connect_stream(body.decode())
+
+    def _start_message(self, parameters: dict[str, str]) -> str:
+        return orjson.dumps(
+            {
+                "event": "start",
+                "sequenceNumber": str(next(self._seq)),
+                "start": {
+                    "accountSid": self.account_sid,
+                    "streamSid": self.stream_sid,
+                    "callSid": self.call_sid,
+                    "tracks": ["inbound"],
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                    "customParameters": parameters,
+                },
+                "streamSid": self.stream_sid,
+            }
+        ).decode()
+
+    async def _talk(self) -> None:
+        """Speak each line, then keep the line open (silence) until the answer has played."""
+        assert self._loop is not None
+        clock = _Clock(self._loop)
+        await self._stream(clock, audio.silence(self.script.lead_in_ms))
+        lines: list[tuple[str, bytes]]
+        if self.script.wav:
+            lines = [(f"[{self.script.wav}]", audio.read_wav(self.script.wav))]
+        else:
+            lines = [(text, audio.speak(text)) for text in self.script.utterances]
+        for text, speech in lines:
+            turn = TurnResult(said=text)
+            self.result.turns.append(turn)
+            await self._stream(clock, speech)
+            turn.speech_end_at = self._loop.time()
+            self._first_media_after = None
+            self._listening_since = turn.speech_end_at
+            heard_from = len(self.result.heard)
+            deadline = turn.speech_end_at + self.script.answer_timeout_ms / 1000
+            while self._loop.time() < deadline:
+                await self._stream(clock, audio.silence(FRAME_MS))
+                if self._first_media_after is None:
+                    continue
+                quiet = self._loop.time() - max(self._last_media_at, self._first_media_after)
+                if not self._playout and quiet * 1000 >= self.script.answer_quiet_ms:
+                    break
+            if self._first_media_after is not None:
+                turn.answered = True
+                turn.voice_to_voice_ms = round((self._first_media_after - turn.speech_end_at) * 1000, 1)
+            turn.heard = audio.transcribe(self.result.heard[heard_from:]) if turn.answered else ""
+            self._listening_since = None
+
+    async def _stream(self, clock: _Clock, ulaw: bytes) -> None:
+        """Send ``ulaw`` as 20 ms ``media`` messages, one per tick, playing back on the same tick."""
+        assert self._ws is not None
+        for offset in range(0, len(ulaw), FRAME_BYTES):
+            frame = ulaw[offset : offset + FRAME_BYTES].ljust(FRAME_BYTES, bytes([audio.ULAW_SILENCE]))
+            await clock.tick()
+            chunk = next(self._chunk)
+            await self._ws.send(
+                orjson.dumps(
+                    {
+                        "event": "media",
+                        "sequenceNumber": str(next(self._seq)),
+                        "media": {
+                            "track": "inbound",
+                            "chunk": str(chunk),
+                            "timestamp": str((chunk - 1) * FRAME_MS),
+                            "payload": base64.b64encode(frame).decode(),
+                        },
+                        "streamSid": self.stream_sid,
+                    }
+                ).decode()
+            )
+            self.result.frames_sent += 1
+            await self._play_tick()
+
+    async def _play_tick(self) -> None:
+        """Play 20 ms of received audio (or silence) and echo the marks it reaches."""
+        take = bytes(self._playout[:FRAME_BYTES])
+        del self._playout[:FRAME_BYTES]
+        self._played += len(take)
+        self.result.heard += take.ljust(FRAME_BYTES, bytes([audio.ULAW_SILENCE]))
+        while self._pending_marks and self._pending_marks[0][0] <= self._played:
+            await self._echo_mark(self._pending_marks.popleft()[1])
+
+    async def _echo_mark(self, name: str) -> None:
+        assert self._ws is not None
+        self.result.marks_echoed += 1
+        await self._ws.send(
+            orjson.dumps(
+                {
+                    "event": "mark",
+                    "sequenceNumber": str(next(self._seq)),
+                    "streamSid": self.stream_sid,
+                    "mark": {"name": name},
+                }
+            ).decode()
+        )
+
+    async def _receive(self, ws: websockets.ClientConnection) -> None:
+        assert self._loop is not None
+        try:
+            async for message in ws:
+                problems = outbound_violations(message, self.stream_sid)
+                if problems:
+                    self.result.violations.extend(problems)
+                    continue
+                obj = orjson.loads(message)
+                event = obj["event"]
+                if event == "media":
+                    data = base64.b64decode(obj["media"]["payload"])
+                    self._playout += data
+                    self._received += len(data)
+                    self.result.frames_received += 1
+                    self._last_media_at = self._loop.time()
+                    if self._listening_since is not None and self._first_media_after is None:
+                        self._first_media_after = self._last_media_at
+                elif event == "mark":
+                    name = obj["mark"]["name"]
+                    if self._received <= self._played:
+                        await self._echo_mark(name)  # nothing buffered: echoed at once
+                    else:
+                        self._pending_marks.append((self._received, name))
+                else:  # clear
+                    self.result.clears += 1
+                    self._playout.clear()
+                    self._received = self._played
+                    while self._pending_marks:
+                        await self._echo_mark(self._pending_marks.popleft()[1])
+        except websockets.ConnectionClosed:
+            pass
+
+
+class _Clock:
+    """A drift-free 20 ms tick: each tick is due at start + n × 20 ms, whatever the lateness."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._next = loop.time()
+
+    async def tick(self) -> None:
+        delay = self._next - self._loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._next += FRAME_MS / 1000
+
+
+def parse_connect_stream(twiml: str) -> tuple[str, dict[str, str]]:
+    """Read ``<Response><Connect><Stream url>`` and its ``<Parameter>``s as Twilio would.
+
+    Raises:
+        ValueError: the TwiML does not connect a stream, or its URL would fail at Twilio
+            (not wss, or a query string, which Twilio drops: PROTOCOLS §1.1).
+    """
+    root = ET.fromstring(twiml)
+    stream = root.find("./Connect/Stream")
+    if root.tag != "Response" or stream is None:
+        raise ValueError("TwiML has no <Connect><Stream>")
+    url = stream.get("url", "")
+    parts = urlsplit(url)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "wss" and not (parts.scheme == "ws" and loopback):
+        raise ValueError(f"stream url {url!r} is not wss://")
+    if parts.query:
+        raise ValueError(f"stream url {url!r} has a query string; Twilio drops it")
+    parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    return url, parameters
+
+
+async def http_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """A minimal HTTP/1.1 POST (form body) over a fresh connection; returns status and body."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+    try:
+        lines = [
+            f"POST {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
+            f"Host: {parts.netloc}",
+            "User-Agent: TwilioProxy/1.1",
+            "Content-Type: application/x-www-form-urlencoded",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await reader.readexactly(length)
+    finally:
+        writer.close()

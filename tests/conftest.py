@@ -1,0 +1,36 @@
+"""Shared fixtures: both fast-path implementations, and the messages of PROTOCOLS §1.3."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+IMPLEMENTATIONS = ["relay._fastpath_py", "relay._fastpath"]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS, ids=["python", "cython"])
+def fp(request: pytest.FixtureRequest):
+    """Each fast-path implementation in turn; the compiled one must be built."""
+    return importlib.import_module(request.param)
+
+
+# The examples of Twilio's Media Streams message reference (PROTOCOLS §1.3), verbatim shapes.
+CONNECTED = b'{"event":"connected","protocol":"Call","version":"1.0.0"}'
+START = (
+    b'{"event":"start","sequenceNumber":"1","start":{"accountSid":"ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",'
+    b'"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","callSid":"CAXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",'
+    b'"tracks":["inbound"],"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},'
+    b'"customParameters":{"FirstName":"Jane"}},"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"}'
+)
+MEDIA = (
+    b'{"event":"media","sequenceNumber":"4","media":{"track":"inbound","chunk":"2","timestamp":"5",'
+    b'"payload":"no+JhoaJjpzSHxAKBgYJDhtEopGKh4aIjZm7JhQMCAYIDBEaKdCdkYuIh4mNlK0t"},'
+    b'"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"}'
+)
+DTMF = b'{"event":"dtmf","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","sequenceNumber":"5","dtmf":{"track":"inbound_track","digit":"1"}}'
+MARK = b'{"event":"mark","sequenceNumber":"4","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","mark":{"name":"my label"}}'
+STOP = (
+    b'{"event":"stop","sequenceNumber":"5","stop":{"accountSid":"ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",'
+    b'"callSid":"CAXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"},"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"}'
+)

@@ -1,0 +1,54 @@
+"""Settings from the environment: defaults, every problem reported at once, secrets kept out of repr."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.config import DEFAULT_REALTIME_URL, Settings
+from relay.errors import ConfigError
+
+GOOD = {"RELAY_PUBLIC_URL": "https://relay.example.com", "OPENAI_API_KEY": "sk-test-secret-value"}
+
+
+def test_defaults_with_the_two_required_values() -> None:
+    s = Settings.from_env(GOOD)
+    assert s.realtime_url == DEFAULT_REALTIME_URL
+    assert (s.host, s.port) == ("0.0.0.0", 8080)
+    assert s.stream_url == "wss://relay.example.com/twilio/voice"
+    assert s.database_url == ""
+
+
+def test_loopback_may_use_plain_http() -> None:
+    s = Settings.from_env({**GOOD, "RELAY_PUBLIC_URL": "http://127.0.0.1:8080"})
+    assert s.stream_url == "ws://127.0.0.1:8080/twilio/voice"
+
+
+def test_every_problem_is_listed_in_one_error() -> None:
+    env = {
+        "RELAY_PORT": "eighty",
+        "RELAY_PUBLIC_URL": "http://relay.example.com",
+        "RELAY_REALTIME_URL": "https://api.openai.com/v1/realtime",
+        "RELAY_AGENT_VOICE": "nova",
+        "RELAY_VAD_THRESHOLD": "2",
+        "DATABASE_URL": "mysql://x",
+    }
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    text = str(info.value)
+    assert len(info.value.problems) == 7, info.value.problems
+    for needle in ("RELAY_PORT", "RELAY_PUBLIC_URL", "RELAY_REALTIME_URL", "OPENAI_API_KEY", "nova", "RELAY_VAD_THRESHOLD", "DATABASE_URL"):
+        assert needle in text
+
+
+def test_missing_public_url_is_explained() -> None:
+    with pytest.raises(ConfigError, match="RELAY_PUBLIC_URL is required"):
+        Settings.from_env({"OPENAI_API_KEY": "k"})
+
+
+def test_secrets_stay_out_of_repr_and_errors() -> None:
+    s = Settings.from_env({**GOOD, "DATABASE_URL": "postgresql://u:hunter2@db/relay"})
+    assert "sk-test-secret-value" not in repr(s)
+    assert "hunter2" not in repr(s)
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**GOOD, "DATABASE_URL": "mysql://u:hunter2@db/relay", "RELAY_PORT": "x"})
+    assert "hunter2" not in str(info.value)
