@@ -93,9 +93,19 @@ class CallStats:
 
 
 def _cut_words(text: str, fraction: float) -> str:
-    """The part of ``text`` heard when ``fraction`` of its audio played (no word timings)."""
-    words = text.split()
-    return " ".join(words[: int(len(words) * max(0.0, min(1.0, fraction)) + 1e-9)])
+    """The words of ``text`` heard when ``fraction`` of its audio played (no word timings).
+
+    Speech time follows characters far better than word count, so a word counts as heard
+    once the audio has passed its middle character.
+    """
+    limit = len(text) * max(0.0, min(1.0, fraction))
+    kept, position = [], 0
+    for word in text.split(" "):
+        if position + len(word) / 2 > limit:
+            break
+        kept.append(word)
+        position += len(word) + 1
+    return " ".join(w for w in kept if w)
 
 
 class CallSession:

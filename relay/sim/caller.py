@@ -133,6 +133,7 @@ class CallerScript:
     answer_quiet_ms: int = 800  # the answer is over after this long with nothing left to play
     answer_timeout_ms: int = 15000
     hangup: str = "stop"  # "stop" (Twilio's normal hang-up) or "drop" (socket closed, no stop)
+    barge_in_ms: int | None = None  # speak the next line this long into an answer, interrupting it
 
 
 class TwilioCaller:
@@ -201,6 +202,8 @@ class TwilioCaller:
                 self.result.close_code = ws.close_code
         except (OSError, websockets.WebSocketException, ValueError) as exc:
             self.result.error = f"{type(exc).__name__}: {exc}"
+            if self._ws is not None:
+                self.result.close_code = self._ws.close_code
         return self.result
 
     async def _webhook(self) -> tuple[str, dict[str, str]]:
@@ -262,6 +265,9 @@ class TwilioCaller:
                 await self._stream(clock, audio.silence(FRAME_MS))
                 if self._first_media_after is None:
                     continue
+                interrupting = self.script.barge_in_ms is not None and text != lines[-1][0]
+                if interrupting and (self._loop.time() - self._first_media_after) * 1000 >= self.script.barge_in_ms:
+                    break
                 quiet = self._loop.time() - max(self._last_media_at, self._first_media_after)
                 if not self._playout and quiet * 1000 >= self.script.answer_quiet_ms:
                     break

@@ -1,0 +1,914 @@
+"""A protocol-exact simulated OpenAI Realtime (GA) server on loopback.
+
+It powers ``relay demo``, the benchmarks and the integration tests. It speaks the GA wire
+protocol (``/shared/PROTOCOLS.md`` §2) and enforces the rules the real service enforces: the
+audio format is what ``session.updated`` last confirmed, truncates cannot pass the audio
+produced, the beta shape is refused with close code 4000, and so on. Every client mistake is
+recorded in ``SessionLog.violations``.
+
+Two layers, in the style of websockets' sans-I/O design:
+
+* ``RealtimeSession`` is pure protocol state. It takes client messages and the current time
+  (``receive``/``advance``), queues server events (``take_events``) and says when it next needs
+  the clock (``next_deadline``). It never sleeps or touches a socket.
+* ``RealtimeAgent`` is the asyncio shell: one ``RealtimeSession`` per WebSocket connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import contextlib
+import copy
+import heapq
+import logging
+import random
+import string
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from relay.sim import audio
+
+__all__ = ["AgentConfig", "RealtimeAgent", "RealtimeSession", "SessionLog", "default_reply"]
+
+log = logging.getLogger(__name__)
+
+VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+BETA_MESSAGE = "The Realtime Beta API is no longer supported. Please use /v1/realtime for the GA API."
+BETA_SESSION_FIELDS = ("input_audio_format", "output_audio_format", "modalities", "voice",
+                       "input_audio_transcription", "turn_detection", "max_response_output_tokens")
+SESSION_FIELDS = {"type", "model", "output_modalities", "instructions", "audio", "tools", "tool_choice",
+                  "max_output_tokens", "tracing", "truncation", "prompt", "include"}
+READ_ONLY_FIELDS = {"id", "object", "expires_at"}  # echoed from session.created; ignored
+AUDIO_FIELDS = {"input": {"format", "transcription", "noise_reduction", "turn_detection"},
+                "output": {"format", "voice", "speed"}}
+CLIENT_FIELDS = {  # allowed top-level fields per client event, besides type and event_id
+    "session.update": {"session"}, "input_audio_buffer.append": {"audio"},
+    "input_audio_buffer.commit": set(), "input_audio_buffer.clear": set(),
+    "conversation.item.create": {"item", "previous_item_id"},
+    "conversation.item.truncate": {"item_id", "content_index", "audio_end_ms"},
+    "conversation.item.delete": {"item_id"}, "conversation.item.retrieve": {"item_id"},
+    "response.create": {"response"}, "response.cancel": {"response_id"},
+    "output_audio_buffer.clear": set(),
+}
+SEMANTIC_SILENCE_MS = {"low": 1000, "medium": 500, "auto": 500, "high": 250}
+MAX_APPEND_BYTES = 15 * 1024 * 1024
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def default_reply(transcript: str, history: list[tuple[str, str]]) -> str:
+    """``"You said: "`` plus the first 8 words heard, or an apology when nothing was heard."""
+    words = transcript.split()
+    return "You said: " + " ".join(words[:8]) if words else "Sorry, I did not catch that."
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    think_ms: int = 300  # end of user speech (speech_stopped) -> first audio delta
+    chunk_ms: tuple[int, int] = (40, 200)  # audio delta sizes, drawn per delta
+    realtime_factor: float = 4.0  # deltas come this many times faster than real time
+    transcription_delay_ms: int = 150  # input transcription completes this long after the commit
+    session_updated_delay_ms: int = 0  # extra delay before session.updated
+    pitch_hz: float = 210.0
+    seed: int = 0
+    reply: Callable[[str, list[tuple[str, str]]], str] | None = None
+    max_session_s: float = 3600.0  # the GA cap: close 1001 when reached
+
+
+@dataclass(eq=False)
+class SessionLog:
+    """What happened on one connection; times are ``loop.time()``."""
+
+    index: int = 0
+    path: str = ""
+    opened_at: float = 0.0
+    closed_at: float | None = None
+    close_code: int | None = None
+    close_reason: str = ""
+    session_updated_at: float | None = None  # first session.updated sent
+    first_append_at: float | None = None
+    appends: int = 0
+    appends_before_session_updated: int = 0
+    received: list[tuple[float, str]] = field(default_factory=list)
+    sent: list[tuple[float, str]] = field(default_factory=list)
+    errors_sent: list[dict[str, Any]] = field(default_factory=list)
+    truncates: list[dict[str, Any]] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    turns: list[tuple[str, str]] = field(default_factory=list)
+    session_config: dict[str, Any] = field(default_factory=dict)
+    closed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+
+class _ProtocolError(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None, *, violation: bool = True):
+        super().__init__(message)
+        self.code, self.message, self.param, self.violation = code, message, param, violation
+
+
+@dataclass(eq=False)
+class _Item:
+    id: str
+    type: str = "message"
+    role: str | None = "user"
+    status: str = "completed"
+    content: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # call_id, output, ...
+    text: str = ""  # user transcript / input text
+    transcribed: bool = False
+    # assistant audio
+    has_audio: bool = False
+    words: list[str] = field(default_factory=list)
+    words_sent: int = 0
+    keep_words: int | None = None
+    bpm: int = 8  # bytes per ms of the output format
+    total_bytes: int = 0
+    sent_bytes: int = 0  # audio produced so far (after truncation: the truncated length)
+
+    def generated(self) -> str:
+        return " ".join(self.words[: self.words_sent])
+
+    def kept_text(self) -> str:
+        if not self.has_audio:
+            return self.text
+        n = self.words_sent if self.keep_words is None else min(self.keep_words, self.words_sent)
+        return " ".join(self.words[:n])
+
+    def json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "object": "realtime.item", "type": self.type, "status": self.status}
+        if self.type == "message":
+            out["role"] = self.role
+            if self.has_audio:
+                out["content"] = [{"type": "output_audio", "transcript": self.generated()}] if self.words_sent else []
+            elif self.content and self.content[0].get("type") == "input_audio" and "audio" not in self.content[0]:
+                out["content"] = [{"type": "input_audio", "transcript": self.text if self.transcribed else None}]
+            else:
+                out["content"] = copy.deepcopy(self.content)
+        out.update(self.extra)
+        return out
+
+
+@dataclass(eq=False)
+class _Response:
+    id: str
+    item: _Item
+    audio: bytes
+    marks: list[int]  # byte offset at which each word counts as spoken
+    started: bool = False
+
+
+def _alaw_encode(pcm: np.ndarray) -> bytes:
+    """G.711 A-law (Sun g711.c ``linear2alaw``)."""
+    v = pcm.astype(np.int32) >> 3
+    negative = v < 0
+    mask = np.where(negative, 0x55, 0xD5)
+    v = np.where(negative, -v - 1, v)
+    seg = np.searchsorted(np.array([0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF]), v, side="left")
+    quant = np.where(seg < 2, v >> 1, v >> np.minimum(seg, 7)) & 0x0F
+    code = np.where(seg >= 8, 0x7F, (np.minimum(seg, 7) << 4) | quant)
+    return (code ^ mask).astype(np.uint8).tobytes()
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if key in READ_ONLY_FIELDS:
+            continue
+        old = base.get(key)
+        if key == "turn_detection" and isinstance(value, dict):
+            if not isinstance(old, dict) or value.get("type", old.get("type")) != old.get("type"):
+                old = base[key] = _turn_detection_defaults(value.get("type", "server_vad"))
+            _merge(old, value)
+        elif isinstance(value, dict) and isinstance(old, dict) and key != "format":
+            _merge(old, value)
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def _turn_detection_defaults(kind: str) -> dict[str, Any]:
+    if kind == "semantic_vad":
+        return {"type": "semantic_vad", "eagerness": "auto", "create_response": True, "interrupt_response": True}
+    return {"type": kind, "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500,
+            "idle_timeout_ms": None, "create_response": True, "interrupt_response": True}
+
+
+def _check_format(fmt: Any, where: str) -> None:
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("audio/pcm", "audio/pcmu", "audio/pcma"):
+        raise _ProtocolError("invalid_value", f"Invalid value for '{where}': expected one of "
+                             "{'type':'audio/pcm','rate':24000}, {'type':'audio/pcmu'}, {'type':'audio/pcma'}.", where)
+    if fmt["type"] == "audio/pcm":
+        fmt.setdefault("rate", 24000)
+        if fmt["rate"] != 24000:
+            raise _ProtocolError("invalid_value", f"Invalid value for '{where}.rate': only 24000 is supported.",
+                                 f"{where}.rate")
+    elif set(fmt) != {"type"}:
+        raise _ProtocolError("unknown_parameter", f"Unknown parameter: '{where}.{sorted(set(fmt) - {'type'})[0]}'.")
+
+
+def _validate_session(s: dict[str, Any]) -> None:
+    """Raise _ProtocolError if the merged session ``s`` is not a valid GA session."""
+    mods = s.get("output_modalities")
+    if mods not in (["audio"], ["text"]):
+        raise _ProtocolError("invalid_value", "Invalid value for 'session.output_modalities': expected ['audio'] "
+                             "or ['text'].", "session.output_modalities")
+    a = s.get("audio")
+    if not isinstance(a, dict) or not isinstance(a.get("input"), dict) or not isinstance(a.get("output"), dict):
+        raise _ProtocolError("invalid_type", "Invalid type for 'session.audio'.", "session.audio")
+    for side, allowed in AUDIO_FIELDS.items():
+        extra = set(a[side]) - allowed
+        if extra:
+            raise _ProtocolError("unknown_parameter", f"Unknown parameter: 'session.audio.{side}.{sorted(extra)[0]}'.",
+                                 f"session.audio.{side}.{sorted(extra)[0]}")
+        _check_format(a[side].get("format"), f"session.audio.{side}.format")
+    voice = a["output"].get("voice")
+    if not (voice in VOICES or (isinstance(voice, dict) and str(voice.get("id", "")).startswith("voice_"))):
+        raise _ProtocolError("invalid_value", f"Invalid value: '{voice}'. Supported values are: "
+                             + ", ".join(f"'{v}'" for v in VOICES) + ".", "session.audio.output.voice")
+    speed = a["output"].get("speed", 1.0)
+    if not isinstance(speed, (int, float)) or isinstance(speed, bool) or not 0.25 <= speed <= 1.5:
+        raise _ProtocolError("invalid_value", "Invalid value for 'session.audio.output.speed': expected a number "
+                             "between 0.25 and 1.5.", "session.audio.output.speed")
+    tr = a["input"].get("transcription")
+    if tr is not None and (not isinstance(tr, dict) or not isinstance(tr.get("model"), str)):
+        raise _ProtocolError("invalid_value", "Invalid value for 'session.audio.input.transcription': expected "
+                             "null or an object with a model.", "session.audio.input.transcription")
+    td = a["input"].get("turn_detection")
+    p = "session.audio.input.turn_detection"
+    if td is None:
+        return
+    if not isinstance(td, dict) or td.get("type") not in ("server_vad", "semantic_vad"):
+        raise _ProtocolError("invalid_value", f"Invalid value for '{p}.type': expected 'server_vad' or "
+                             "'semantic_vad'.", f"{p}.type")
+    if td["type"] == "server_vad":
+        thr = td.get("threshold")
+        if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not 0.0 <= thr <= 1.0:
+            raise _ProtocolError("invalid_value", f"Invalid value for '{p}.threshold': expected a number between "
+                                 "0 and 1.", f"{p}.threshold")
+        for key in ("prefix_padding_ms", "silence_duration_ms"):
+            if not isinstance(td.get(key), int) or isinstance(td.get(key), bool) or td[key] < 0:
+                raise _ProtocolError("invalid_value", f"Invalid value for '{p}.{key}': expected an integer >= 0.",
+                                     f"{p}.{key}")
+    elif td.get("eagerness") not in SEMANTIC_SILENCE_MS:
+        raise _ProtocolError("invalid_value", f"Invalid value for '{p}.eagerness'.", f"{p}.eagerness")
+    for key in ("create_response", "interrupt_response"):
+        if not isinstance(td.get(key, True), bool):
+            raise _ProtocolError("invalid_type", f"Invalid type for '{p}.{key}': expected a boolean.", f"{p}.{key}")
+
+
+class RealtimeSession:
+    """Sans-I/O protocol state for one Realtime connection (times are seconds, any monotonic clock)."""
+
+    def __init__(self, config: AgentConfig, slog: SessionLog, *, model: str = "gpt-realtime",
+                 beta_header: bool = False) -> None:
+        self.config, self.log, self.beta_header = config, slog, beta_header
+        self.rng = random.Random(config.seed * 1_000_003 + slog.index)
+        self.reply = config.reply or default_reply
+        self.close_request: tuple[int, str] | None = None
+        self._events: list[dict[str, Any]] = []
+        self._timers: list[tuple[float, int, Callable[[float], None]]] = []
+        self._seq = 0
+        self.conversation_id = self._id("conv")
+        self.session = self._default_session(model)
+        self.items: list[_Item] = []
+        self.response: _Response | None = None
+        self.audio_output_started = False
+        # input audio: the clock counts μ-law-equivalent bytes (8 per ms) since the session started
+        self._buf = bytearray()  # pcmu bytes from _origin to the clock
+        self._origin = 0
+        self._vad_pos = 0  # bytes analysed in complete 160-byte windows
+        self._uncommitted = 0  # start of audio not yet committed
+        self._speaking = False
+        self._speech_item = ""
+        self._speech_start = 0  # audio_start (prefix padding included), in bytes
+        self._speech_end = 0  # end of the last speech window, in bytes
+        self._silence = 0
+
+    # ---- sans-I/O interface ----------------------------------------------------------------
+    def connect(self, now: float) -> None:
+        if self.beta_header:
+            self._error("invalid_request_error", "beta_api_shape_disabled", BETA_MESSAGE, None, None, now)
+            self.close_request = (4000, "beta_api_shape_disabled")
+            return
+        self._emit("session.created", session=copy.deepcopy(self.session))
+        self._at(now + self.config.max_session_s,
+                 lambda t: self._close(1001, "Your session hit the maximum duration of 60 minutes."))
+
+    def receive(self, data: str | bytes, now: float) -> None:
+        """Handle one client message (a WebSocket text frame)."""
+        if self.close_request:
+            return
+        event_id = None
+        try:
+            if isinstance(data, bytes):
+                self.log.received.append((now, "<binary>"))
+                raise _ProtocolError("invalid_event", "Binary frames are not supported; send JSON text frames.")
+            try:
+                msg = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                self.log.received.append((now, "<invalid json>"))
+                raise _ProtocolError("invalid_json", "The event is not valid JSON.") from None
+            if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+                self.log.received.append((now, "<no type>"))
+                raise _ProtocolError("invalid_event", "The event must be a JSON object with a 'type'.", "type")
+            kind, event_id = msg["type"], msg.get("event_id")
+            self.log.received.append((now, kind))
+            if kind not in CLIENT_FIELDS:
+                raise _ProtocolError("invalid_event", f"Invalid value: '{kind}'. Supported values are: "
+                                     + ", ".join(f"'{k}'" for k in CLIENT_FIELDS) + ".", "type")
+            extra = set(msg) - CLIENT_FIELDS[kind] - {"type", "event_id"}
+            if extra:
+                raise _ProtocolError("unknown_parameter", f"Unknown parameter: '{sorted(extra)[0]}'.", sorted(extra)[0])
+            getattr(self, "_on_" + kind.replace(".", "_"))(msg, now)
+        except _ProtocolError as e:
+            self._error("invalid_request_error", e.code, e.message, e.param, event_id, now, violation=e.violation)
+
+    def advance(self, now: float) -> None:
+        """Run every timer due at or before ``now``."""
+        while self._timers and self._timers[0][0] <= now and not self.close_request:
+            due, _, fn = heapq.heappop(self._timers)
+            fn(due)
+
+    def next_deadline(self) -> float | None:
+        return self._timers[0][0] if self._timers and not self.close_request else None
+
+    def take_events(self) -> list[dict[str, Any]]:
+        events, self._events = self._events, []
+        return events
+
+    def connection_lost(self) -> None:
+        self._timers.clear()
+        self.response = None
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _id(self, prefix: str) -> str:
+        return prefix + "_" + "".join(self.rng.choice(_ALPHABET) for _ in range(21))
+
+    def _emit(self, kind: str, **fields: Any) -> dict[str, Any]:
+        event = {"event_id": self._id("event"), "type": kind, **fields}
+        self._events.append(event)
+        return event
+
+    def _at(self, when: float, fn: Callable[[float], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, fn))
+
+    def _close(self, code: int, reason: str) -> None:
+        self.close_request = (code, reason)
+
+    def _error(self, etype: str, code: str, message: str, param: str | None, event_id: Any, now: float,
+               *, violation: bool = True) -> None:
+        ev = self._emit("error", error={"type": etype, "code": code, "message": message, "param": param,
+                                        "event_id": event_id})
+        self.log.errors_sent.append(ev)
+        if violation:
+            self.log.violations.append(f"error {code}: {message}")
+
+    def _default_session(self, model: str) -> dict[str, Any]:
+        pcm = {"type": "audio/pcm", "rate": 24000}
+        session = {
+            "type": "realtime", "object": "realtime.session", "id": self._id("sess"), "model": model,
+            "output_modalities": ["audio"], "instructions": "You are a helpful, witty, and friendly AI.",
+            "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None,
+            "truncation": "auto", "prompt": None, "expires_at": int(time.time()) + 3600, "include": None,
+            "audio": {
+                "input": {"format": dict(pcm), "transcription": None, "noise_reduction": None,
+                          "turn_detection": _turn_detection_defaults("server_vad")},
+                "output": {"format": dict(pcm), "voice": "marin", "speed": 1.0},
+            },
+        }
+        self.log.session_config = session
+        return session
+
+    @property
+    def _input_format(self) -> str:
+        return self.session["audio"]["input"]["format"]["type"]
+
+    def _find(self, item_id: Any) -> _Item | None:
+        return next((i for i in self.items if i.id == item_id), None)
+
+    def _last_item_id(self) -> str | None:
+        return self.items[-1].id if self.items else None
+
+    def _add_item(self, item: _Item, previous: str | None = None) -> None:
+        prev = previous if previous is not None else self._last_item_id()
+        self.items.append(item)
+        self._emit("conversation.item.added", previous_item_id=prev, item=item.json())
+        self._sync_turns()
+
+    def _sync_turns(self) -> None:
+        self.log.turns[:] = [(i.role, i.kept_text()) for i in self.items
+                             if i.type == "message" and i.role and i.kept_text()]
+
+    # ---- session.update ----------------------------------------------------------------------
+    def _on_session_update(self, msg: dict[str, Any], now: float) -> None:
+        upd = msg.get("session")
+        if not isinstance(upd, dict):
+            raise _ProtocolError("missing_required_parameter", "Missing required parameter: 'session'.", "session")
+        if any(k in upd for k in BETA_SESSION_FIELDS):
+            self._error("invalid_request_error", "beta_api_shape_disabled", BETA_MESSAGE, None,
+                        msg.get("event_id"), now)
+            self._close(4000, "beta_api_shape_disabled")
+            return
+        if upd.get("type") != "realtime":
+            raise _ProtocolError("missing_required_parameter", "Missing required parameter: 'session.type'.",
+                                 "session.type")
+        extra = set(upd) - SESSION_FIELDS - READ_ONLY_FIELDS
+        if extra:
+            raise _ProtocolError("unknown_parameter", f"Unknown parameter: 'session.{sorted(extra)[0]}'.",
+                                 f"session.{sorted(extra)[0]}")
+        upd, event_id = copy.deepcopy(upd), msg.get("event_id")
+        if self.config.session_updated_delay_ms <= 0:
+            self._apply_update(upd, event_id, now)
+        else:
+            self._at(now + self.config.session_updated_delay_ms / 1000, lambda t: self._apply_update(upd, event_id, t))
+
+    def _apply_update(self, upd: dict[str, Any], event_id: Any, now: float) -> None:
+        candidate = copy.deepcopy(self.session)
+        try:
+            _merge(candidate, upd)
+            _validate_session(candidate)
+            if self.audio_output_started and candidate["audio"]["output"]["voice"] != \
+                    self.session["audio"]["output"]["voice"]:
+                raise _ProtocolError("cannot_update_voice", "Cannot update a conversation's voice if assistant "
+                                     "audio is present.", "session.audio.output.voice")
+        except _ProtocolError as e:
+            self._error("invalid_request_error", e.code, e.message, e.param, event_id, now)
+            return
+        self.session.clear()
+        self.session.update(candidate)
+        self._emit("session.updated", session=copy.deepcopy(self.session))
+        if self.log.session_updated_at is None:
+            self.log.session_updated_at = now
+
+    # ---- input audio and VAD -----------------------------------------------------------------
+    def _on_input_audio_buffer_append(self, msg: dict[str, Any], now: float) -> None:
+        b64 = msg.get("audio")
+        if not isinstance(b64, str):
+            raise _ProtocolError("missing_required_parameter", "Missing required parameter: 'audio'.", "audio")
+        try:
+            data = binascii.a2b_base64(b64, strict_mode=True)
+        except binascii.Error:
+            raise _ProtocolError("invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.",
+                                 "audio") from None
+        if len(data) > MAX_APPEND_BYTES:
+            raise _ProtocolError("invalid_value", "Audio chunk exceeds the 15 MiB limit.", "audio")
+        self.log.appends += 1
+        if self.log.first_append_at is None:
+            self.log.first_append_at = now
+        fmt = self._input_format
+        if fmt != "audio/pcmu":
+            self.log.appends_before_session_updated += 1
+            self.log.violations.append("audio appended before session.updated confirmed audio/pcmu")
+            # counted on the clock (as the real server reads it), but not analysed
+            self._origin += len(data) // 6 if fmt == "audio/pcm" else len(data)
+            self._buf.clear()
+            self._vad_pos = self._origin
+            return
+        self._buf += data
+        self._run_vad(now)
+
+    @property
+    def _clock(self) -> int:
+        return self._origin + len(self._buf)
+
+    def _vad_params(self) -> tuple[float, int, int] | None:
+        td = self.session["audio"]["input"]["turn_detection"]
+        if td is None:
+            return None
+        if td["type"] == "semantic_vad":
+            return -35.0, 300 * 8, SEMANTIC_SILENCE_MS[td.get("eagerness", "auto")] * 8
+        return -60.0 + 50.0 * td["threshold"], td["prefix_padding_ms"] * 8, td["silence_duration_ms"] * 8
+
+    def _run_vad(self, now: float) -> None:
+        params = self._vad_params()
+        if params is None:
+            self._vad_pos = self._clock
+        else:
+            level, prefix, silence = params
+            while self._clock - self._vad_pos >= audio.FRAME_BYTES and not self.close_request:
+                start = self._vad_pos - self._origin
+                speech = audio.frame_energy_dbfs(self._buf[start : start + audio.FRAME_BYTES]) > level
+                self._vad_window(self._vad_pos, speech, prefix, silence, now)
+                self._vad_pos += audio.FRAME_BYTES
+        self._trim(params[1] if params else 0)
+
+    def _vad_window(self, pos: int, speech: bool, prefix: int, silence: int, now: float) -> None:
+        if speech:
+            self._silence = 0
+            self._speech_end = pos + audio.FRAME_BYTES
+            if not self._speaking:
+                self._speaking = True
+                self._speech_item = self._id("item")
+                self._speech_start = max(self._uncommitted, pos - prefix, 0)
+                self._emit("input_audio_buffer.speech_started", audio_start_ms=self._speech_start // 8,
+                           item_id=self._speech_item)
+                td = self.session["audio"]["input"]["turn_detection"]
+                if self.response is not None and td.get("interrupt_response", True):
+                    self._cancel(self.response, "turn_detected")
+            return
+        if not self._speaking:
+            return
+        self._silence += audio.FRAME_BYTES
+        if self._silence >= silence:
+            self._speaking = False
+            self._emit("input_audio_buffer.speech_stopped", audio_end_ms=self._speech_end // 8,
+                       item_id=self._speech_item)
+            self._commit(self._speech_item, self._speech_start, self._speech_end, pos + audio.FRAME_BYTES, now,
+                         auto=True)
+
+    def _trim(self, prefix: int) -> None:
+        keep = self._speech_start if self._speaking else (
+            self._uncommitted if self._vad_params() is None else max(self._uncommitted, self._vad_pos - prefix - 160))
+        drop = keep - self._origin
+        if drop > 65536:
+            del self._buf[:drop]
+            self._origin = keep
+
+    def _commit(self, item_id: str, start: int, end: int, commit_to: int, now: float, *, auto: bool) -> None:
+        data = bytes(self._buf[max(0, start - self._origin) : max(0, end - self._origin)])
+        transcript = audio.transcribe(data) if self._heard_anything(data) else ""
+        self._uncommitted = commit_to
+        previous = self._last_item_id()
+        self._emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
+        history = list(self.log.turns)
+        item = _Item(id=item_id, content=[{"type": "input_audio"}], text=transcript)
+        self._add_item(item, previous)
+        self._emit("conversation.item.done", previous_item_id=previous, item=item.json())
+        if self.session["audio"]["input"]["transcription"] is not None:
+            seconds = round((end - start) / 8000, 3)
+
+            def complete(t: float) -> None:
+                item.transcribed = True
+                self._emit("conversation.item.input_audio_transcription.completed", item_id=item_id,
+                           content_index=0, transcript=transcript, usage={"type": "duration", "seconds": seconds})
+            self._at(now + self.config.transcription_delay_ms / 1000, complete)
+        td = self.session["audio"]["input"]["turn_detection"]
+        if auto and td is not None and td.get("create_response", True) and self.response is None:
+            self._start_response(self.reply(transcript, history), now + self.config.think_ms / 1000)
+
+    @staticmethod
+    def _heard_anything(data: bytes) -> bool:
+        """Marked words, or any frame louder than the default VAD level (silence transcribes to "")."""
+        return bool(audio.words_heard(data)) or any(
+            audio.frame_energy_dbfs(data[i : i + audio.FRAME_BYTES]) > -35.0
+            for i in range(0, len(data), audio.FRAME_BYTES))
+
+    def _on_input_audio_buffer_commit(self, msg: dict[str, Any], now: float) -> None:
+        ms = (self._clock - self._uncommitted) / 8
+        if ms < 100:
+            raise _ProtocolError("input_audio_buffer_commit_empty", "Error committing input audio buffer: buffer "
+                                 f"too small. Expected at least 100ms of audio, but buffer only has {ms:.2f}ms of audio.")
+        self._speaking, self._silence = False, 0
+        self._commit(self._id("item"), self._uncommitted, self._clock, self._clock, now, auto=False)
+
+    def _on_input_audio_buffer_clear(self, msg: dict[str, Any], now: float) -> None:
+        self._uncommitted, self._speaking, self._silence = self._clock, False, 0
+        self._emit("input_audio_buffer.cleared")
+
+    def _on_output_audio_buffer_clear(self, msg: dict[str, Any], now: float) -> None:
+        raise _ProtocolError("invalid_event", "output_audio_buffer.clear is only supported for WebRTC and SIP "
+                             "sessions.", "type")
+
+    # ---- responses ---------------------------------------------------------------------------
+    def _on_response_create(self, msg: dict[str, Any], now: float) -> None:
+        if self.response is not None:
+            raise _ProtocolError("conversation_already_has_active_response", "Conversation already has an active "
+                                 f"response in progress: {self.response.id}. Wait until the response is finished "
+                                 "before creating a new one.")
+        params = msg.get("response") or {}
+        if not isinstance(params, dict):
+            raise _ProtocolError("invalid_type", "Invalid type for 'response': expected an object.", "response")
+        text = params.get("instructions")
+        if not isinstance(text, str) or not text.strip():
+            last = self.items[-1] if self.items else None
+            if last is not None and last.type == "message" and last.role == "user":
+                text = self.reply(last.text, list(self.log.turns[:-1]))
+            else:
+                text = "Hello, how can I help you?"
+        self._start_response(text, now)
+
+    def _start_response(self, text: str, at: float) -> None:
+        out = self.session["audio"]["output"]["format"]["type"]
+        ulaw = audio.speak(text, pitch_hz=self.config.pitch_hz)
+        words = text.split()
+        marks = [pos for pos, _ in audio.words_heard(ulaw)]
+        if len(marks) != len(words):
+            marks = [len(ulaw) * (k + 1) // (len(words) + 1) for k in range(len(words))]
+        bpm = 8
+        if out == "audio/pcma":
+            data = _alaw_encode(audio.ulaw_decode(ulaw))
+        elif out == "audio/pcm":
+            pcm = audio.ulaw_decode(ulaw).astype(np.float64)
+            up = np.interp(np.arange(len(pcm) * 3) / 3.0, np.arange(len(pcm)), pcm)
+            data, bpm, marks = up.astype("<i2").tobytes(), 48, [m * 6 for m in marks]
+        else:
+            data = ulaw
+        item = _Item(id=self._id("item"), role="assistant", status="in_progress", has_audio=True, words=words,
+                     bpm=bpm, total_bytes=len(data))
+        resp = self.response = _Response(id=self._id("resp"), item=item, audio=data, marks=marks)
+        self._at(at, lambda t: self._begin(resp, t))
+
+    def _response_json(self, resp: _Response, status: str, details: Any = None) -> dict[str, Any]:
+        out_fmt = self.session["audio"]["output"]
+        obj: dict[str, Any] = {
+            "object": "realtime.response", "id": resp.id, "status": status, "status_details": details,
+            "output": [], "conversation_id": self.conversation_id, "output_modalities": ["audio"],
+            "max_output_tokens": "inf", "audio": {"output": {"format": out_fmt["format"], "voice": out_fmt["voice"]}},
+            "usage": None, "metadata": None,
+        }
+        if status != "in_progress":
+            if resp.started:
+                obj["output"] = [resp.item.json()]
+            audio_tokens, text_tokens = resp.item.sent_bytes // (resp.item.bpm * 50), resp.item.words_sent
+            obj["usage"] = {"total_tokens": audio_tokens + text_tokens + 100, "input_tokens": 100,
+                            "output_tokens": audio_tokens + text_tokens,
+                            "input_token_details": {"text_tokens": 100, "audio_tokens": 0, "cached_tokens": 0,
+                                                    "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0}},
+                            "output_token_details": {"text_tokens": text_tokens, "audio_tokens": audio_tokens}}
+        return obj
+
+    def _begin(self, resp: _Response, t: float) -> None:
+        if resp is not self.response or resp.started:
+            return
+        resp.started = True
+        self._emit("response.created", response=self._response_json(resp, "in_progress"))
+        self._emit("rate_limits.updated", rate_limits=[
+            {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
+            {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5}])
+        ids = {"response_id": resp.id, "output_index": 0}
+        self._emit("response.output_item.added", **ids, item=resp.item.json())
+        self._add_item(resp.item)
+        self._emit("response.content_part.added", **ids, item_id=resp.item.id, content_index=0,
+                   part={"type": "audio", "transcript": ""})
+        self._deliver(resp, t)
+
+    def _part_ids(self, resp: _Response) -> dict[str, Any]:
+        return {"response_id": resp.id, "item_id": resp.item.id, "output_index": 0, "content_index": 0}
+
+    def _deliver(self, resp: _Response, t: float) -> None:
+        if resp is not self.response:
+            return
+        item = resp.item
+        ms = self.rng.randint(*self.config.chunk_ms)
+        chunk = resp.audio[item.sent_bytes : item.sent_bytes + ms * item.bpm]
+        item.sent_bytes += len(chunk)
+        self.audio_output_started = True
+        self._emit("response.output_audio.delta", **self._part_ids(resp), delta=binascii.b2a_base64(
+            chunk, newline=False).decode())
+        finished = item.sent_bytes >= len(resp.audio)
+        while item.words_sent < len(item.words) and (finished or resp.marks[item.words_sent] < item.sent_bytes):
+            word = item.words[item.words_sent]
+            self._emit("response.output_audio_transcript.delta", **self._part_ids(resp),
+                       delta=word if item.words_sent == 0 else " " + word)
+            item.words_sent += 1
+        self._sync_turns()
+        if finished:
+            self._finish(resp, "completed", None)
+        else:
+            self._at(t + len(chunk) / item.bpm / self.config.realtime_factor / 1000, lambda t2: self._deliver(resp, t2))
+
+    def _cancel(self, resp: _Response, reason: str) -> None:
+        self._finish(resp, "cancelled", {"type": "cancelled", "reason": reason})
+
+    def _finish(self, resp: _Response, status: str, details: Any) -> None:
+        item = resp.item
+        self.response = None
+        if resp.started:
+            item.status = "completed" if status == "completed" else "incomplete"
+            ids = self._part_ids(resp)
+            self._emit("response.output_audio.done", **ids)
+            self._emit("response.output_audio_transcript.done", **ids, transcript=item.generated())
+            self._emit("response.content_part.done", **ids, part={"type": "audio", "transcript": item.generated()})
+            self._emit("response.output_item.done", response_id=resp.id, output_index=0, item=item.json())
+            self._emit("conversation.item.done", item=item.json())
+        else:  # cancelled while still thinking: the client still sees the response's lifecycle
+            self._emit("response.created", response=self._response_json(resp, "in_progress"))
+        self._emit("response.done", response=self._response_json(resp, status, details))
+        self._sync_turns()
+
+    def _on_response_cancel(self, msg: dict[str, Any], now: float) -> None:
+        rid = msg.get("response_id")
+        if self.response is None or (rid is not None and rid != self.response.id):
+            raise _ProtocolError("response_cancel_not_active", "Cancellation failed: no active response found.",
+                                 violation=False)
+        self._cancel(self.response, "client_cancelled")
+
+    # ---- conversation items ------------------------------------------------------------------
+    def _on_conversation_item_truncate(self, msg: dict[str, Any], now: float) -> None:
+        item = self._find(msg.get("item_id"))
+        if item is None:
+            raise _ProtocolError("invalid_value", f"Conversation item with id '{msg.get('item_id')}' not found.",
+                                 "item_id")
+        if not item.has_audio:
+            raise _ProtocolError("invalid_value", "Only assistant messages with audio content can be truncated.",
+                                 "item_id")
+        if msg.get("content_index") != 0:
+            raise _ProtocolError("invalid_value", "Invalid value for 'content_index': only 0 is supported.",
+                                 "content_index")
+        end = msg.get("audio_end_ms")
+        if not isinstance(end, int) or isinstance(end, bool):
+            raise _ProtocolError("invalid_type", "Invalid type for 'audio_end_ms': expected an integer.",
+                                 "audio_end_ms")
+        if end < 0:
+            raise _ProtocolError("invalid_value", "Invalid value for 'audio_end_ms': expected an integer >= 0.",
+                                 "audio_end_ms")
+        produced = item.sent_bytes / item.bpm
+        if end > produced:
+            raise _ProtocolError("invalid_value", f"Audio content of {int(produced)}ms is already shorter than "
+                                 f"{end}ms", "audio_end_ms")
+        total_ms = item.total_bytes / item.bpm
+        keep = int(len(item.words) * end / total_ms) if total_ms else 0
+        item.keep_words = keep if item.keep_words is None else min(keep, item.keep_words)
+        item.sent_bytes = end * item.bpm
+        self.log.truncates.append({"item_id": item.id, "content_index": 0, "audio_end_ms": end})
+        self._emit("conversation.item.truncated", item_id=item.id, content_index=0, audio_end_ms=end)
+        if self.response is not None and self.response.item is item:
+            self._cancel(self.response, "client_cancelled")
+        self._sync_turns()
+
+    def _on_conversation_item_create(self, msg: dict[str, Any], now: float) -> None:
+        raw = msg.get("item")
+        if not isinstance(raw, dict):
+            raise _ProtocolError("missing_required_parameter", "Missing required parameter: 'item'.", "item")
+        prev = msg.get("previous_item_id")
+        if prev is not None and prev != "root" and self._find(prev) is None:
+            raise _ProtocolError("invalid_value", f"Previous item with id '{prev}' not found.", "previous_item_id")
+        item_id = raw.get("id") or self._id("item")
+        if self._find(item_id) is not None:
+            raise _ProtocolError("invalid_value", f"Item with id '{item_id}' already exists.", "item.id")
+        kind = raw.get("type", "message")
+        if kind == "message":
+            role, content = raw.get("role"), raw.get("content")
+            if role not in ("user", "system", "assistant") or not isinstance(content, list) or not content:
+                raise _ProtocolError("invalid_value", "A message item needs a role of 'user', 'system' or "
+                                     "'assistant' and a non-empty content list.", "item")
+            allowed = ("output_text",) if role == "assistant" else ("input_text", "input_audio", "input_image")
+            if any(not isinstance(p, dict) or p.get("type") not in allowed for p in content):
+                raise _ProtocolError("invalid_value", f"Invalid content part type for a {role} message; expected "
+                                     + " or ".join(allowed) + ".", "item.content")
+            text = " ".join(str(p.get("text") or p.get("transcript") or "") for p in content).strip()
+            item = _Item(id=item_id, role=role, content=copy.deepcopy(content), text=text)
+        elif kind in ("function_call_output", "function_call"):
+            need = ("call_id", "output") if kind == "function_call_output" else ("call_id", "name", "arguments")
+            if any(not isinstance(raw.get(k), str) for k in need):
+                raise _ProtocolError("missing_required_parameter", f"A {kind} item needs "
+                                     + ", ".join(need) + ".", "item")
+            item = _Item(id=item_id, type=kind, role=None, extra={k: raw[k] for k in need})
+        else:
+            raise _ProtocolError("invalid_value", f"Invalid value: '{kind}'. Supported values are: 'message', "
+                                 "'function_call', 'function_call_output'.", "item.type")
+        previous = self._last_item_id() if prev is None else (None if prev == "root" else prev)
+        self._add_item(item, previous)
+        self._emit("conversation.item.done", previous_item_id=previous, item=item.json())
+
+    def _on_conversation_item_delete(self, msg: dict[str, Any], now: float) -> None:
+        item = self._find(msg.get("item_id"))
+        if item is None or (self.response is not None and self.response.item is item):
+            raise _ProtocolError("invalid_value", f"Conversation item with id '{msg.get('item_id')}' not found.",
+                                 "item_id")
+        self.items.remove(item)
+        self._emit("conversation.item.deleted", item_id=item.id)
+        self._sync_turns()
+
+    def _on_conversation_item_retrieve(self, msg: dict[str, Any], now: float) -> None:
+        item = self._find(msg.get("item_id"))
+        if item is None:
+            raise _ProtocolError("invalid_value", f"Conversation item with id '{msg.get('item_id')}' not found.",
+                                 "item_id")
+        self._emit("conversation.item.retrieved", item=item.json())
+
+
+_EOF = object()
+
+
+class RealtimeAgent:
+    """The asyncio/WebSocket shell: serves ``RealtimeSession`` on loopback."""
+
+    def __init__(self, config: AgentConfig = AgentConfig()) -> None:
+        self.config = config
+        self.sessions: list[SessionLog] = []
+        self.rejected: list[tuple[int, str]] = []  # (HTTP status, request path) of refused handshakes
+        self._server: Server | None = None
+        self._host = "127.0.0.1"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        if not self.config.realtime_factor > 0 or self.config.chunk_ms[0] <= 0:
+            raise ValueError("realtime_factor and chunk_ms must be positive")
+        self._server = await serve(self._handle, host, port, process_request=self._process_request,
+                                   max_size=32 * 1024 * 1024, close_timeout=2, compression=None)
+        self._host = host
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("RealtimeAgent is not started")
+        port = self._server.sockets[0].getsockname()[1]
+        return f"ws://{self._host}:{port}/v1/realtime?model=gpt-realtime"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> RealtimeAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def violations(self) -> list[str]:
+        return [f"session {s.index}: {v}" for s in self.sessions for v in s.violations]
+
+    async def wait_closed(self, session: SessionLog, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            await session.closed.wait()
+
+    def _reject(self, connection: ServerConnection, request: Request, status: int, etype: str,
+                message: str) -> Response:
+        self.rejected.append((status, request.path))
+        body = orjson.dumps({"error": {"type": etype, "code": None, "message": message, "param": None}}).decode()
+        response = connection.respond(status, body)
+        response.headers["Content-Type"] = "application/json"
+        return response
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urllib.parse.urlsplit(request.path)
+        if url.path != "/v1/realtime":
+            return self._reject(connection, request, 404, "invalid_request_error", f"Invalid URL (GET {url.path})")
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            return self._reject(connection, request, 401, "invalid_request_error",
+                                "Missing bearer authentication in header")
+        if not urllib.parse.parse_qs(url.query).get("model", [""])[0]:
+            return self._reject(connection, request, 400, "invalid_request_error", "Missing required parameter: 'model'.")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        loop = asyncio.get_running_loop()
+        request = ws.request
+        assert request is not None
+        slog = SessionLog(index=len(self.sessions), path=request.path, opened_at=loop.time())
+        self.sessions.append(slog)
+        model = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)["model"][0]
+        core = RealtimeSession(self.config, slog, model=model, beta_header="OpenAI-Beta" in request.headers)
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(ws, inbox))
+        try:
+            core.connect(loop.time())
+            while True:
+                for event in core.take_events():
+                    await ws.send(orjson.dumps(event).decode())
+                    slog.sent.append((loop.time(), event["type"]))
+                if core.close_request:
+                    await ws.close(*core.close_request)
+                    break
+                if inbox.empty():
+                    deadline = core.next_deadline()
+                    timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                    try:
+                        message = await asyncio.wait_for(inbox.get(), timeout)
+                    except TimeoutError:
+                        message = None
+                else:
+                    message = inbox.get_nowait()
+                if message is _EOF:
+                    break
+                now = loop.time()
+                if message is not None:
+                    core.receive(message, now)
+                core.advance(now)
+        except ConnectionClosed:
+            pass
+        except Exception:  # a bug in the simulator: fail this session only
+            log.exception("realtime agent session %d failed", slog.index)
+            await ws.close(1011, "internal error")
+        finally:
+            core.connection_lost()
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await ws.close()
+            slog.closed_at = loop.time()
+            slog.close_code = ws.close_code
+            slog.close_reason = ws.close_reason or ""
+            slog.closed.set()
+
+    @staticmethod
+    async def _read(ws: ServerConnection, inbox: asyncio.Queue[Any]) -> None:
+        try:
+            async for message in ws:
+                inbox.put_nowait(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            inbox.put_nowait(_EOF)
