@@ -73,13 +73,14 @@ TRICKY = [
     # numbers the scan takes (no exponent, at most 18 bytes)
     "0", "-0", "7", "-12", "0.5", "-0.0", "12.250", "999999999999999999", "-99999999999999999",
     # numbers it leaves to orjson: long, exponents, overflow to infinity
-    "1234567890123456789", "18446744073709551616", "1" + "0" * 40, "1" + "0" * 400,
+    "1234567890123456789", "18446744073709551616", "1" + "0" * 40, "1" + "0" * 320, "1" + "0" * 400,
     "0.1234567890123456789", "1e5", "1E5", "1e+5", "1e-5", "-1.5e3", "1E400", "-1e400", "1e-400",
     # not numbers
     "01", "-01", "00", "-", "+1", "1.", ".5", "-.5", "1.e3", "1e", "1e+", "0x1", "1_0", "NaN",
     "Infinity", "-Infinity", "--1", "1.2.3",
     # literals
-    "true", "false", "null", "tru", "truee", "True", "nul", "nulll", "falsE", "fals", "t",
+    "true", "false", "null", "tru", "truee", "True", "trUe", "tRue", "nul", "nulll", "nuLl", "nulL",
+    "falsE", "fAlse", "fals", "t",
     # containers
     "[]", "{}", "[ ]", "{\n}", "[1,]", "[,1]", "[,]", "{,}", '{"a":1,}', '{"a"}', '{"a":}',
     '{"a" 1}', "[1 2]", '{"a":1 "b":2}', "[[[]]]", "[", "]", "{", "}", '{"a":[1,{"b":null}]}',
@@ -96,7 +97,9 @@ FIELD_TOKENS = [
     '"123456789012345"', '"1234567890123456"', '"1.5"', '"-1"', '" 1"', '"1 "', '"+1"', '"١"',
     '"AAAA"', '"AAA="', '"AA=="', '"A==="', '"===="', '"="', '"AAAA="', '"AA=A"', '"AAAAAAA"',
     '"AB+/"', '"AB-_"', '"AA\\u003d\\u003d"', '"AAAA\\n"', '"response.output_audio.delta"',
-    '"response.output_audio.delta "', '"item_1"', '"it\\u0065m"', '"ité"',
+    '"response.output_audio.delta "', '"response.output_audio.deltA"', '"response.output_audio.delt4"',
+    '"medix"', '"mediA"', '"Xedia"', '"AAAA\x00', '"AAAA\x00"', '"5\x00', '"item_1"',
+    '"it\\u0065m"', '"ité"',
     '{"timestamp":"5","payload":"AAAA"}', '{"payload":"AAAA"}', '{"timestamp":"5"}',
     '{"timestamp":"5","payload":"AAAA","timestamp":"6"}', '{"timestamp":5,"payload":"AAAA"}',
     '{"timestamp":"5","payload":"AAAA","payload":"AA=="}', '{"media":{"timestamp":"5"}}',
@@ -271,7 +274,7 @@ def twilio_media(draw: Any, noise: int) -> bytes:
     ]
     top = [
         ("event", g.pick(st.sampled_from(["media"] * 5 + ["mark", "stop"]),
-                         st.sampled_from(["Media", "media ", "", "médiа", "medi"]))),
+                         st.sampled_from(["Media", "media ", "", "médiа", "medi", "medix", "mediA"]))),
         ("sequenceNumber", draw(st.integers(1, 10**6).map(str))),
         ("media", g.pick(st.just(Obj(g.pairs(media))), st.just(Obj([])))),
         ("streamSid", draw(SID)),
@@ -313,7 +316,7 @@ def realtime_delta(draw: Any, noise: int) -> bytes:
         ("type", g.pick(st.sampled_from([DELTA] * 5 + ["response.output_audio.done",
                                                       "response.output_audio_transcript.delta",
                                                       "session.created"]),
-                        st.sampled_from(["error", DELTA + " ", DELTA.upper(), DELTA[:-1], ""]))),
+                        st.sampled_from(["error", DELTA + " ", DELTA.upper(), DELTA[:-1], DELTA[:-1] + "A", ""]))),
         ("event_id", "evt_" + draw(st.text(alphabet="abc123", max_size=6))),
         ("response_id", "resp_1"),
         ("item_id", g.pick(PLAIN_TEXT.map("item_".__add__), st.text(max_size=6))),
@@ -562,8 +565,11 @@ def test_b64_decoded_len_non_bytes(data: bytes, form: str) -> None:
 # --- builders -------------------------------------------------------------------------------
 
 
+LONG_B64 = st.binary(min_size=100, max_size=4000).map(base64.b64encode)
+
+
 @FEW
-@given(st.one_of(B64_BYTES, st.binary(max_size=64).map(bytearray), st.text(max_size=8),
+@given(st.one_of(B64_BYTES, LONG_B64, st.binary(max_size=64).map(bytearray), st.text(max_size=8),
                  st.none(), st.binary(max_size=16).map(memoryview)))
 def test_build_append(payload: Any) -> None:
     assert_same("build_append", payload)
@@ -571,6 +577,9 @@ def test_build_append(payload: Any) -> None:
 
 WEIRD_TEXT = st.one_of(
     st.text(max_size=12),
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=12),  # all of ASCII
+    st.text(alphabet=PLAIN + '"\\', max_size=12),
+    st.text(alphabet='ab "\\/\x00\x1f\x7f', max_size=6),  # ASCII that orjson must escape
     st.text(alphabet="ab\"\\/\x00\x01\x1f\x7f\x80\u2028\ud800\udfff😀 ", max_size=8),
     st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=2),
     SID,
@@ -580,7 +589,7 @@ NAMES = st.one_of(WEIRD_TEXT, st.none(), st.integers(), st.binary(max_size=4))
 
 @SETTINGS
 @given(st.one_of(WEIRD_TEXT, NAMES), st.lists(NAMES, max_size=3),
-       st.one_of(B64_BYTES, st.text(max_size=4), st.binary(max_size=8).map(bytearray)))
+       st.one_of(B64_BYTES, LONG_B64, st.text(max_size=4), st.binary(max_size=8).map(bytearray)))
 def test_twilio_writer(sid: Any, names: list[Any], payload: Any) -> None:
     expected = _outcome(ref.TwilioWriter, sid)
     got = _outcome(fast.TwilioWriter, sid)
@@ -596,6 +605,12 @@ def test_twilio_writer(sid: Any, names: list[Any], payload: Any) -> None:
         assert _outcome(w_fast.mark, name) == _outcome(w_ref.mark, name), name
     for good in (w_fast.clear(), w_fast.media(b"AAAA")):
         assert orjson.loads(good)["streamSid"] == sid
+
+
+@pytest.mark.parametrize("name", ["x", " ", "a b", 'a"b', '"', "a\\b", "a/b", "\x00", "\x1f", "\x7f",
+                                  "\x80", "é", "\u2028", "😀", "\ud800", "", "~" * 300])
+def test_twilio_writer_mark_names(name: str) -> None:
+    assert _outcome(fast.TwilioWriter("MZ1").mark, name) == _outcome(ref.TwilioWriter("MZ1").mark, name)
 
 
 def test_twilio_writer_str_subclass() -> None:
