@@ -1,0 +1,148 @@
+"""Per-frame hot path: compiled vs Python reference vs a plain library baseline.
+
+Run: ``pytest bench/bench_fastpath.py`` (timings) or add ``--benchmark-disable`` (each case once,
+as a correctness check). Every case records in ``extra_info["correct"]`` whether its result
+equals the reference's; the test also asserts it.
+
+Inputs are the real sizes: 20 ms of 8 kHz mu-law from Twilio is 160 bytes, a 216-char base64
+payload; a Realtime audio delta is a few KB (here 3000 bytes, 4000 chars).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib
+import random
+from types import ModuleType
+from typing import Any, Callable
+
+import orjson
+import pytest
+
+from relay import _fastpath_py as ref
+
+IMPLS = ["cython", "python", "library"]
+
+_rng = random.Random(20)
+PAYLOAD = base64.b64encode(_rng.randbytes(160))  # 216 chars
+DELTA = base64.b64encode(_rng.randbytes(3000))  # 4000 chars
+SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
+ITEM = "item_CSx0Bv6Rz3QTz2mIkOaW8"
+
+MEDIA_MSG = (
+    b'{"event":"media","sequenceNumber":"4","media":{"track":"inbound","chunk":"2",'
+    b'"timestamp":"5","payload":"' + PAYLOAD + b'"},"streamSid":"' + SID.encode() + b'"}'
+)
+DELTA_MSG = (
+    b'{"type":"response.output_audio.delta","event_id":"evt_CSx0BwqZqJ7Tf6ZbJDuc1",'
+    b'"response_id":"resp_CSx0Bv3T5X3yS4TuPZjQp","item_id":"' + ITEM.encode() + b'",'
+    b'"output_index":0,"content_index":0,"delta":"' + DELTA + b'"}'
+)
+assert len(PAYLOAD) == 216 and len(DELTA) == 4000
+
+
+def _compiled() -> ModuleType:
+    try:
+        return importlib.import_module("relay._fastpath")
+    except ImportError:
+        pytest.skip("compiled hot path not built (python setup.py build_ext --inplace)")
+
+
+def _run(benchmark: Any, fn: Callable[..., Any], *args: Any, expected: Any) -> None:
+    result = benchmark(fn, *args)
+    benchmark.extra_info["correct"] = correct = result == expected
+    assert correct, (result, expected)
+
+
+# --- library baselines: what the hot path would be without it ------------------------------
+
+
+def lib_parse_media(message: bytes) -> tuple[bytes, int] | None:
+    obj = orjson.loads(message)
+    if obj["event"] != "media":
+        return None
+    media = obj["media"]
+    return media["payload"].encode(), int(media["timestamp"])
+
+
+def lib_parse_audio_delta(message: bytes) -> tuple[str, bytes] | None:
+    obj = orjson.loads(message)
+    if obj["type"] != "response.output_audio.delta":
+        return None
+    return obj["item_id"], obj["delta"].encode()
+
+
+def lib_build_append(payload: bytes) -> bytes:
+    return orjson.dumps({"type": "input_audio_buffer.append", "audio": payload.decode()})
+
+
+def lib_b64_decoded_len(data: bytes) -> int:
+    return len(binascii.a2b_base64(data, strict_mode=True))
+
+
+def _lib_twilio(sid: str) -> tuple[Callable[[bytes], bytes], Callable[[str], bytes]]:
+    def media(payload: bytes) -> bytes:
+        return orjson.dumps({"event": "media", "streamSid": sid, "media": {"payload": payload.decode()}})
+
+    def mark(name: str) -> bytes:
+        return orjson.dumps({"event": "mark", "streamSid": sid, "mark": {"name": name}})
+
+    return media, mark
+
+
+def _pick(impl: str, name: str, library: Callable[..., Any]) -> Callable[..., Any]:
+    if impl == "cython":
+        return getattr(_compiled(), name)
+    if impl == "python":
+        return getattr(ref, name)
+    return library
+
+
+# --- the cases -------------------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="parse_media (216-char payload)")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_parse_media(benchmark: Any, impl: str) -> None:
+    fn = _pick(impl, "parse_media", lib_parse_media)
+    _run(benchmark, fn, MEDIA_MSG, expected=ref.parse_media(MEDIA_MSG))
+
+
+@pytest.mark.benchmark(group="parse_audio_delta (4000-char delta)")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_parse_audio_delta(benchmark: Any, impl: str) -> None:
+    fn = _pick(impl, "parse_audio_delta", lib_parse_audio_delta)
+    _run(benchmark, fn, DELTA_MSG, expected=ref.parse_audio_delta(DELTA_MSG))
+
+
+@pytest.mark.benchmark(group="b64_decoded_len (216 chars)")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_b64_decoded_len(benchmark: Any, impl: str) -> None:
+    fn = _pick(impl, "b64_decoded_len", lib_b64_decoded_len)
+    _run(benchmark, fn, PAYLOAD, expected=ref.b64_decoded_len(PAYLOAD))
+
+
+@pytest.mark.benchmark(group="build_append (216-char payload)")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_build_append(benchmark: Any, impl: str) -> None:
+    fn = _pick(impl, "build_append", lib_build_append)
+    _run(benchmark, fn, PAYLOAD, expected=ref.build_append(PAYLOAD))
+
+
+def _writer(impl: str) -> Any:
+    return (_compiled() if impl == "cython" else ref).TwilioWriter(SID)
+
+
+@pytest.mark.benchmark(group="TwilioWriter.media (4000-char delta)")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_twilio_media(benchmark: Any, impl: str) -> None:
+    fn = _lib_twilio(SID)[0] if impl == "library" else _writer(impl).media
+    _run(benchmark, fn, DELTA, expected=ref.TwilioWriter(SID).media(DELTA))
+
+
+@pytest.mark.benchmark(group="TwilioWriter.mark")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_twilio_mark(benchmark: Any, impl: str) -> None:
+    fn = _lib_twilio(SID)[1] if impl == "library" else _writer(impl).mark
+    _run(benchmark, fn, ITEM, expected=ref.TwilioWriter(SID).mark(ITEM))
