@@ -83,7 +83,8 @@ def lib_b64_decoded_len(data: bytes) -> int:
 
 def _lib_twilio(sid: str) -> tuple[Callable[[bytes], bytes], Callable[[str], bytes]]:
     def media(payload: bytes) -> bytes:
-        return orjson.dumps({"event": "media", "streamSid": sid, "media": {"payload": payload.decode()}})
+        message = {"event": "media", "streamSid": sid, "media": {"payload": payload.decode()}}
+        return orjson.dumps(message)
 
     def mark(name: str) -> bytes:
         return orjson.dumps({"event": "mark", "streamSid": sid, "mark": {"name": name}})

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Compiled per-frame hot path. Contract and docstrings: ``_fastpath.pyi``; oracle: ``_fastpath_py``.
+"""Compiled per-frame hot path. Contract, docstrings: ``_fastpath.pyi``; oracle: ``_fastpath_py``.
 
 The parsers scan the common well-formed shape in one C pass. Anything outside that subset
 (escapes, non-ASCII, duplicate wanted keys, exponents, deep nesting, any error) is handed to the
@@ -67,11 +67,15 @@ cdef void _init_tables() noexcept:
 
 _init_tables()
 
-# Every scanner below reads p[n]: a bytes object always ends in a NUL after its last byte, and
+# Every scanner below may read p[n]: a bytes object always has a NUL after its last byte, and
 # no loop accepts NUL, so that sentinel stops them without a separate i < n test.
+#
+# boundscheck/wraparound are switched off on the byte loops only: their indices are kept in
+# range by the sentinel (or an explicit n) and are never negative, so checks would be pure cost.
+# Everything else keeps Cython's default checks.
 
 
-@cython.boundscheck(False)  # byte loops over a raw pointer; bounds are the NUL sentinel
+@cython.boundscheck(False)
 @cython.wraparound(False)
 cdef inline Py_ssize_t _ws(cbuf p, Py_ssize_t i) noexcept nogil:
     while _WS[p[i]]:
@@ -90,11 +94,20 @@ cdef inline Py_ssize_t _str(cbuf p, Py_ssize_t i) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef inline Py_ssize_t _str_b64(cbuf p, Py_ssize_t i, bint* ok) noexcept nogil:
-    """Like _str, and also say whether the content is padded standard base64 (one pass)."""
-    cdef Py_ssize_t j = i, k
-    while _B64[p[j]]:
+cdef inline Py_ssize_t _b64_run(cbuf p, Py_ssize_t j, Py_ssize_t n) noexcept nogil:
+    """Index of the first byte of p[j:n] outside the base64 alphabet, or n."""
+    # Eight lookups per branch: audio is kilobytes of alphabet, so the loop is the parser.
+    while j + 8 <= n and (_B64[p[j]] & _B64[p[j + 1]] & _B64[p[j + 2]] & _B64[p[j + 3]]
+                          & _B64[p[j + 4]] & _B64[p[j + 5]] & _B64[p[j + 6]] & _B64[p[j + 7]]):
+        j += 8
+    while j < n and _B64[p[j]]:
         j += 1
+    return j
+
+
+cdef inline Py_ssize_t _str_b64(cbuf p, Py_ssize_t i, Py_ssize_t n, bint* ok) noexcept nogil:
+    """Like _str, and also say whether the content is padded standard base64 (one pass)."""
+    cdef Py_ssize_t j = _b64_run(p, i, n), k
     k = j
     if p[k] == EQ:
         k += 1
@@ -161,10 +174,10 @@ cdef inline int _slot(int mode, int level, cbuf k, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline bint _is_b64_slot(int mode, int slot) noexcept nogil:
-    return (mode == MEDIA and slot == 2) or (mode == DELTA and slot == 2)
+    return slot == 2 and (mode == MEDIA or mode == DELTA)  # media.payload, delta
 
 
-cdef Py_ssize_t _value(cbuf p, Py_ssize_t i, int depth) noexcept nogil:
+cdef Py_ssize_t _value(cbuf p, Py_ssize_t i, Py_ssize_t n, int depth) noexcept nogil:
     """Skip one JSON value at p[i] (no leading whitespace); return the index after it, or -1.
     depth is the depth the value has if it is a container."""
     cdef unsigned char c = p[i]
@@ -173,9 +186,9 @@ cdef Py_ssize_t _value(cbuf p, Py_ssize_t i, int depth) noexcept nogil:
         e = _str(p, i + 1)
         return e + 1 if e >= 0 else -1
     if c == 123:  # {
-        return _object(p, i + 1, SKIP, 0, NULL, depth)
+        return _object(p, i + 1, n, SKIP, 0, NULL, depth)
     if c == 91:  # [
-        return _array(p, i + 1, depth)
+        return _array(p, i + 1, n, depth)
     if c == 116:  # true
         return i + 4 if p[i + 1] == 114 and p[i + 2] == 117 and p[i + 3] == 101 else -1
     if c == 102:  # false
@@ -186,7 +199,7 @@ cdef Py_ssize_t _value(cbuf p, Py_ssize_t i, int depth) noexcept nogil:
     return _number(p, i)
 
 
-cdef Py_ssize_t _array(cbuf p, Py_ssize_t i, int depth) noexcept nogil:
+cdef Py_ssize_t _array(cbuf p, Py_ssize_t i, Py_ssize_t n, int depth) noexcept nogil:
     """i is just past '['; return the index after ']', or -1."""
     if depth > MAX_DEPTH:
         return -1
@@ -194,7 +207,7 @@ cdef Py_ssize_t _array(cbuf p, Py_ssize_t i, int depth) noexcept nogil:
     if p[i] == 93:  # ]
         return i + 1
     while True:
-        i = _value(p, i, depth + 1)
+        i = _value(p, i, n, depth + 1)
         if i < 0:
             return -1
         i = _ws(p, i)
@@ -206,7 +219,7 @@ cdef Py_ssize_t _array(cbuf p, Py_ssize_t i, int depth) noexcept nogil:
             return -1
 
 
-cdef Py_ssize_t _object(cbuf p, Py_ssize_t i, int mode, int level, Field* f,
+cdef Py_ssize_t _object(cbuf p, Py_ssize_t i, Py_ssize_t n, int mode, int level, Field* f,
                         int depth) noexcept nogil:
     """i is just past '{'; record wanted fields into f; return the index after '}', or -1."""
     cdef Py_ssize_t ks, ke
@@ -229,13 +242,13 @@ cdef Py_ssize_t _object(cbuf p, Py_ssize_t i, int mode, int level, Field* f,
             return -1
         i = _ws(p, i + 1)
         if slot < 0:
-            i = _value(p, i, depth + 1)
+            i = _value(p, i, n, depth + 1)
         elif f[slot].kind != ABSENT:
-            return -1  # duplicate wanted key: orjson keeps the last; let it
+            return -1  # repeated wanted key (orjson keeps the last): the reference decides
         elif p[i] == QUOTE:
             f[slot].start = i + 1
             if _is_b64_slot(mode, slot):
-                ke = _str_b64(p, i + 1, &f[slot].b64)
+                ke = _str_b64(p, i + 1, n, &f[slot].b64)
             else:
                 ke = _str(p, i + 1)
             if ke < 0:
@@ -245,10 +258,10 @@ cdef Py_ssize_t _object(cbuf p, Py_ssize_t i, int mode, int level, Field* f,
             i = ke + 1
         elif p[i] == 123 and mode == MEDIA and level == 1 and slot == 1:  # the media object
             f[slot].kind = OBJECT
-            i = _object(p, i + 1, MEDIA, 2, f, depth + 1)
+            i = _object(p, i + 1, n, MEDIA, 2, f, depth + 1)
         else:
             f[slot].kind = OTHER
-            i = _value(p, i, depth + 1)
+            i = _value(p, i, n, depth + 1)
         if i < 0:
             return -1
         i = _ws(p, i)
@@ -265,19 +278,16 @@ cdef bint _scan(cbuf p, Py_ssize_t n, int mode, Field* f) noexcept nogil:
     cdef Py_ssize_t i = _ws(p, 0)
     if p[i] != 123:
         return False
-    i = _object(p, i + 1, mode, 1, f, 1)
+    i = _object(p, i + 1, n, mode, 1, f, 1)
     return i >= 0 and _ws(p, i) == n
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
 cdef inline Py_ssize_t _b64_len(cbuf p, Py_ssize_t n) noexcept nogil:
     """Decoded length of padded standard base64 p[0:n], or -1 if it is not."""
-    cdef Py_ssize_t j = 0, k
+    cdef Py_ssize_t j, k
     if n % 4:
         return -1
-    while j < n and _B64[p[j]]:
-        j += 1
+    j = _b64_run(p, 0, n)
     k = j
     if k < n and p[k] == EQ:
         k += 1
@@ -379,6 +389,12 @@ cdef inline bint _plain(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     return True
 
 
+cdef void _uninitialised() except *:
+    # TwilioWriter.__new__ without __init__: the reference's slots would be unset, so it raises
+    # AttributeError; the C code must not read a NULL prefix.
+    raise AttributeError("TwilioWriter was not initialised")
+
+
 cdef class TwilioWriter:
     def __init__(self, stream_sid):
         if not isinstance(stream_sid, str) or not stream_sid:
@@ -390,6 +406,8 @@ cdef class TwilioWriter:
         self._clear = b'{"event":"clear","streamSid":' + sid + b"}"
 
     def media(self, payload):
+        if self._media_prefix is None:
+            _uninitialised()
         if type(payload) is not bytes:
             return self._media_prefix + payload + b'"}}'
         return _join3(PyBytes_AS_STRING(self._media_prefix), PyBytes_GET_SIZE(self._media_prefix),
@@ -402,6 +420,8 @@ cdef class TwilioWriter:
         if type(name) is str and PyUnicode_IS_ASCII(name):
             n = PyUnicode_GET_LENGTH(name)
             if n and _plain(PyUnicode_1BYTE_DATA(name), n):
+                if self._mark_prefix is None:
+                    _uninitialised()
                 # Same bytes as prefix + orjson.dumps(name) + '}}', in one allocation.
                 np = PyBytes_GET_SIZE(self._mark_prefix)
                 out = PyBytes_FromStringAndSize(NULL, np + n + 4)
@@ -413,7 +433,11 @@ cdef class TwilioWriter:
                 return out
         if not isinstance(name, str) or not name:
             raise ProtocolError("mark.name must be a non-empty string")
+        if self._mark_prefix is None:
+            _uninitialised()
         return self._mark_prefix + _json_str(name) + b"}}"
 
     def clear(self):
+        if self._clear is None:
+            _uninitialised()
         return self._clear

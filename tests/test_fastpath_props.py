@@ -97,7 +97,8 @@ FIELD_TOKENS = [
     '"123456789012345"', '"1234567890123456"', '"1.5"', '"-1"', '" 1"', '"1 "', '"+1"', '"١"',
     '"AAAA"', '"AAA="', '"AA=="', '"A==="', '"===="', '"="', '"AAAA="', '"AA=A"', '"AAAAAAA"',
     '"AB+/"', '"AB-_"', '"AA\\u003d\\u003d"', '"AAAA\\n"', '"response.output_audio.delta"',
-    '"response.output_audio.delta "', '"response.output_audio.deltA"', '"response.output_audio.delt4"',
+    '"response.output_audio.delta "', '"response.output_audio.deltA"',
+    '"response.output_audio.delt4"',
     '"medix"', '"mediA"', '"Xedia"', '"AAAA\x00', '"AAAA\x00"', '"5\x00', '"item_1"',
     '"it\\u0065m"', '"ité"',
     '{"timestamp":"5","payload":"AAAA"}', '{"payload":"AAAA"}', '{"timestamp":"5"}',
@@ -171,7 +172,7 @@ class Gen:
     def message(self, pairs: list[tuple[str, Any]]) -> bytes:
         text = self.ws() + self.value(Obj(pairs)) + self.ws()
         if self.odd("garbage"):
-            junk = self.draw(st.sampled_from([",", "}", "]", "x", "\x00", "{}", "0", " ,", "\ufeff"]))
+            junk = self.draw(st.sampled_from(GARBAGE))
             text = junk + text if self.draw(st.booleans()) else text + junk
         return text.encode("utf-8", "surrogatepass")
 
@@ -188,7 +189,8 @@ class Gen:
                 pairs.append((draw(PLAIN_TEXT), draw(CLEAN_VALUES)))
         if self.odd("extra"):
             token = Raw(draw(st.sampled_from(TRICKY)))
-            pairs.append((draw(PLAIN_TEXT), draw(st.sampled_from([token, [token], Obj([("k", token)])]))))
+            where = st.sampled_from([token, [token], Obj([("k", token)])])
+            pairs.append((draw(PLAIN_TEXT), draw(where)))
         pairs = list(draw(st.permutations(pairs)))
         if pairs and self.odd("drop"):
             del pairs[draw(st.integers(0, len(pairs) - 1))]
@@ -219,6 +221,7 @@ def _escape_all(s: str) -> str:
 
 
 WS = st.sampled_from(["", "", "", "", " ", "  ", "\n", "\t", "\r\n", " \n\t "])
+GARBAGE = [",", "}", "]", "x", "\x00", "{}", "0", " ,", "\ufeff"]
 
 PLAIN = string.ascii_letters + string.digits + " _-./:+=!#$%&'()*,;<>?@[]^`{|}~"
 PLAIN_TEXT = st.text(alphabet=PLAIN, max_size=8)
@@ -274,7 +277,8 @@ def twilio_media(draw: Any, noise: int) -> bytes:
     ]
     top = [
         ("event", g.pick(st.sampled_from(["media"] * 5 + ["mark", "stop"]),
-                         st.sampled_from(["Media", "media ", "", "médiа", "medi", "medix", "mediA"]))),
+                         st.sampled_from(["Media", "media ", "", "médiа", "medi", "medix",
+                                          "mediA"]))),
         ("sequenceNumber", draw(st.integers(1, 10**6).map(str))),
         ("media", g.pick(st.just(Obj(g.pairs(media))), st.just(Obj([])))),
         ("streamSid", draw(SID)),
@@ -291,9 +295,11 @@ def twilio_other(draw: Any, noise: int) -> bytes:
     if kind == "connected":
         pairs = [("event", "connected"), ("protocol", "Call"), ("version", "1.0.0")]
     elif kind == "start":
-        start = Obj([("accountSid", "AC" + "0" * 32), ("streamSid", sid), ("callSid", "CA" + "1" * 32),
-                     ("tracks", ["inbound"]), ("customParameters", {"k": draw(text)}),
-                     ("mediaFormat", {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1})])
+        start = Obj([("accountSid", "AC" + "0" * 32), ("streamSid", sid),
+                     ("callSid", "CA" + "1" * 32), ("tracks", ["inbound"]),
+                     ("customParameters", {"k": draw(text)}),
+                     ("mediaFormat", {"encoding": "audio/x-mulaw", "sampleRate": 8000,
+                                      "channels": 1})])
         pairs = [("event", "start"), ("sequenceNumber", "1"), ("start", start), ("streamSid", sid)]
     elif kind == "mark":
         pairs = [("event", "mark"), ("sequenceNumber", "4"), ("streamSid", sid),
@@ -303,7 +309,8 @@ def twilio_other(draw: Any, noise: int) -> bytes:
                  ("stop", {"accountSid": "AC1", "callSid": "CA1"})]
     elif kind == "dtmf":
         pairs = [("event", "dtmf"), ("streamSid", sid), ("sequenceNumber", "5"),
-                 ("dtmf", {"track": "inbound_track", "digit": draw(st.sampled_from("0123456789*#"))})]
+                 ("dtmf", {"track": "inbound_track",
+                           "digit": draw(st.sampled_from("0123456789*#"))})]
     else:
         pairs = [("event", g.pick(text, NOISY_VALUES)), ("streamSid", sid)]
     return g.message(g.pairs(pairs))
@@ -316,7 +323,8 @@ def realtime_delta(draw: Any, noise: int) -> bytes:
         ("type", g.pick(st.sampled_from([DELTA] * 5 + ["response.output_audio.done",
                                                       "response.output_audio_transcript.delta",
                                                       "session.created"]),
-                        st.sampled_from(["error", DELTA + " ", DELTA.upper(), DELTA[:-1], DELTA[:-1] + "A", ""]))),
+                        st.sampled_from(["error", DELTA + " ", DELTA.upper(), DELTA[:-1],
+                                         DELTA[:-1] + "A", ""]))),
         ("event_id", "evt_" + draw(st.text(alphabet="abc123", max_size=6))),
         ("response_id", "resp_1"),
         ("item_id", g.pick(PLAIN_TEXT.map("item_".__add__), st.text(max_size=6))),
@@ -518,7 +526,8 @@ def _repeats_a_key(msg: bytes) -> bool:
 
 def test_fast_path_is_taken_for_the_protocol_examples() -> None:
     media = (b'{"event":"media","sequenceNumber":"4","media":{"track":"inbound","chunk":"2",'
-             b'"timestamp":"5","payload":"f39/fw=="},"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"}')
+             b'"timestamp":"5","payload":"f39/fw=="},'
+             b'"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"}')
     delta = (b'{"type":"response.output_audio.delta","event_id":"evt_1","response_id":"resp_1",'
              b'"item_id":"item_1","output_index":0,"content_index":0,"delta":"AAAA"}')
     with mock.patch.object(ref, "parse_media", side_effect=AssertionError), \
@@ -547,6 +556,20 @@ def test_b64_decoded_len(data: bytes) -> None:
     assert_same("b64_decoded_len", data)
     if _ok(ref.b64_decoded_len, data):
         assert fast.b64_decoded_len(data) == len(base64.b64decode(data, validate=True))
+
+
+@pytest.mark.parametrize("bad", ["-", "=", "\x00", '"', "\\", "\xff", " "])
+def test_b64_one_bad_byte_anywhere(bad: str) -> None:
+    """Every length around the scan's 8-byte stride, a bad byte at every position."""
+    for n in range(0, 41, 4):
+        good = (b"AB+/" * 11)[:n]
+        for variant in (good, good[:-1] + b"=" if n else good, good[:-2] + b"==" if n else good):
+            for pos in range(len(variant)):
+                data = variant[:pos] + bad.encode("latin-1") + variant[pos + 1:]
+                assert_same("b64_decoded_len", data)
+                msg = b'{"type":"' + DELTA.encode() + b'","item_id":"i","delta":"' + data + b'"}'
+                assert_same("parse_audio_delta", msg)
+            assert_same("b64_decoded_len", variant)
 
 
 @FEW
@@ -581,7 +604,8 @@ WEIRD_TEXT = st.one_of(
     st.text(alphabet=PLAIN + '"\\', max_size=12),
     st.text(alphabet='ab "\\/\x00\x1f\x7f', max_size=6),  # ASCII that orjson must escape
     st.text(alphabet="ab\"\\/\x00\x01\x1f\x7f\x80\u2028\ud800\udfff😀 ", max_size=8),
-    st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=2),
+    st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1,
+            max_size=2),
     SID,
 )
 NAMES = st.one_of(WEIRD_TEXT, st.none(), st.integers(), st.binary(max_size=4))
@@ -607,10 +631,12 @@ def test_twilio_writer(sid: Any, names: list[Any], payload: Any) -> None:
         assert orjson.loads(good)["streamSid"] == sid
 
 
-@pytest.mark.parametrize("name", ["x", " ", "a b", 'a"b', '"', "a\\b", "a/b", "\x00", "\x1f", "\x7f",
+@pytest.mark.parametrize("name", ["x", " ", "a b", 'a"b', '"', "a\\b", "a/b", "\x00", "\x1f",
+                                  "\x7f",
                                   "\x80", "é", "\u2028", "😀", "\ud800", "", "~" * 300])
 def test_twilio_writer_mark_names(name: str) -> None:
-    assert _outcome(fast.TwilioWriter("MZ1").mark, name) == _outcome(ref.TwilioWriter("MZ1").mark, name)
+    got = _outcome(fast.TwilioWriter("MZ1").mark, name)
+    assert got == _outcome(ref.TwilioWriter("MZ1").mark, name)
 
 
 def test_twilio_writer_str_subclass() -> None:
@@ -622,3 +648,13 @@ def test_twilio_writer_str_subclass() -> None:
     assert w_fast.clear() == w_ref.clear()
     assert w_fast.mark(Sid('a"b')) == w_ref.mark(Sid('a"b'))
     assert w_fast.mark(Sid("plain")) == w_ref.mark(Sid("plain"))
+
+
+@pytest.mark.parametrize("call", [("media", b"AAAA"), ("media", "x"), ("mark", "x"), ("mark", 'a"'),
+                                  ("mark", b"x"), ("mark", ""), ("clear",)])
+def test_twilio_writer_not_initialised(call: tuple[Any, ...]) -> None:
+    """__new__ without __init__: same error class as the reference, and no crash."""
+    name, *args = call
+    w_ref = ref.TwilioWriter.__new__(ref.TwilioWriter)
+    w_fast = fast.TwilioWriter.__new__(fast.TwilioWriter)
+    assert _outcome(getattr(w_fast, name), *args) == _outcome(getattr(w_ref, name), *args)
