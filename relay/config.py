@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from relay.errors import ConfigError
@@ -143,24 +143,3 @@ class Settings:
             problems.append(f"RELAY_LOG_LEVEL={self.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
         return problems
 
-
-ENVIRONMENT = {
-    "RELAY_HOST": "host",
-    "RELAY_PORT": "port",
-    "RELAY_PUBLIC_URL": "public_url",
-    "RELAY_REALTIME_URL": "realtime_url",
-    "OPENAI_API_KEY": "openai_api_key",
-    "DATABASE_URL": "database_url",
-    "RELAY_SQLITE_PATH": "sqlite_path",
-    "RELAY_AGENT_INSTRUCTIONS": "agent_instructions",
-    "RELAY_AGENT_VOICE": "agent_voice",
-    "RELAY_TRANSCRIPTION_MODEL": "transcription_model",
-    "RELAY_VAD_THRESHOLD": "vad_threshold",
-    "RELAY_VAD_SILENCE_MS": "vad_silence_ms",
-    "RELAY_VAD_PREFIX_MS": "vad_prefix_ms",
-    "RELAY_PRESESSION_BUFFER_MS": "presession_buffer_ms",
-    "RELAY_MAX_MESSAGE_BYTES": "max_message_bytes",
-    "RELAY_ALLOW_PYTHON_FASTPATH": "allow_python_fastpath",
-    "RELAY_LOG_LEVEL": "log_level",
-}
-assert set(ENVIRONMENT.values()) == {f.name for f in fields(Settings)}

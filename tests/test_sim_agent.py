@@ -164,7 +164,10 @@ async def test_append_before_session_updated_is_a_violation() -> None:
             await append(ws, silence(40))  # two frames, sent before session.updated arrives
             await until(ws, "session.updated")
             await append(ws, silence(20))
-            await asyncio.sleep(0.05)
+            # The server handles a connection's messages in order: once this update is
+            # answered, the append before it has been counted.
+            await send(ws, PCMU_UPDATE)
+            await until(ws, "session.updated")
         slog = agent.sessions[0]
         assert slog.appends == 3 and slog.appends_before_session_updated == 2
         assert slog.first_append_at < slog.session_updated_at
@@ -252,8 +255,7 @@ async def test_barge_in_cancels_with_turn_detected() -> None:
     async with RealtimeAgent(config) as agent:
         ws = await configured(agent)
         await append(ws, silence(300) + speak("book a table for two") + silence(800))
-        first, _ = await until(ws, "response.output_audio.delta")
-        await asyncio.sleep(0.2)
+        deltas = [(await until(ws, "response.output_audio.delta"))[0] for _ in range(3)]  # well under way
         await append(ws, speak("wait") + silence(100))
         started, before = await until(ws, "input_audio_buffer.speech_started")
         done, events = await until(ws, "response.done")
@@ -263,7 +265,7 @@ async def test_barge_in_cancels_with_turn_detected() -> None:
         kinds = [e["type"] for e in events]
         assert kinds[:5] == ["response.output_audio.done", "response.output_audio_transcript.done",
                              "response.content_part.done", "response.output_item.done", "conversation.item.done"]
-        produced = len(base64.b64decode(first["delta"]) + audio_of(before)) // 8
+        produced = len(b"".join(base64.b64decode(d["delta"]) for d in deltas) + audio_of(before)) // 8
         assert 100 <= produced < 1500  # stopped well before the ~2.5 s reply ended
         await ws.close()
         assert agent.violations == []
