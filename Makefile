@@ -7,12 +7,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml setup.py relay/_fastpath.pyx relay/_fastpath.pxd 2>/dev/null | cksum | cut -d' ' -f1)
 ARGS   ?=
 
-.PHONY: demo test bench serve build clean
+.PHONY: demo test bench loadtest serve build clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 build: $(STAMP)
@@ -24,8 +24,13 @@ test: $(STAMP)
 	$(BIN)/python -c 'import relay.fastpath as f; assert f.IMPLEMENTATION == "cython", "compiled fast path not built"'
 	$(BIN)/pytest tests bench --benchmark-disable -q $(ARGS)
 
+# Per-function benchmarks; saved runs live in bench/saved (compare with --benchmark-compare).
 bench: $(STAMP)
-	$(BIN)/pytest bench $(ARGS)
+	$(BIN)/pytest bench --benchmark-storage=bench/saved $(ARGS)
+
+# The end-to-end harness: relay beside the baselines under one load (see bench/README.md).
+loadtest: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
 
 serve: $(STAMP)
 	$(BIN)/relay serve

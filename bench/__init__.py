@@ -1,0 +1,1 @@
+"""relay's benchmarks: per-function suites (pytest-benchmark) and the end-to-end load harness."""

@@ -1,0 +1,485 @@
+"""Runs relays side by side under the same load and turns what it saw into figures.
+
+One run: the echo upstream and the load generator live in this process, pinned to one core;
+each relay under test runs as a child process pinned to the other, alone. First the direct
+path (no relay) is measured at each step of a ladder of call counts: that is the floor. Then
+each relay in turn: its main figures at ``--calls`` concurrent calls, then a step search for
+the largest number of calls whose p99 added latency stays under the bound.
+
+Added latency is measured quantile by quantile: a relay's p99 round trip minus the direct
+path's p99 at the same number of calls (interpolated between ladder steps). Both share the
+same load side, so what the load side itself adds cancels out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.echo_upstream import EchoUpstream
+from bench.loadgen import LoadRun, Target, Window
+
+log = logging.getLogger("bench")
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINES = ROOT / "bench" / "baselines"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+LATE_MS = 20.0  # one frame period: a frame this much later than the floor is a gap the caller hears
+LOAD_BOUND_CPU = 0.90  # the load side's core this busy: figures say more about it than the relay
+
+
+@dataclass(frozen=True)
+class RelaySpec:
+    """How to launch one relay under test and where its calls go."""
+
+    name: str
+    title: str
+    argv: Callable[[int, str], list[str]]  # (port, upstream url) -> command line
+    stream_path: str
+    webhook_path: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()  # Python modules or executables it needs
+
+
+def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, RelaySpec]:
+    py = sys.executable
+    relay_env = {
+        "OPENAI_API_KEY": "sk-bench-not-a-secret",
+        "RELAY_LOG_LEVEL": "WARNING",
+    }
+    slowed = [f"--delay-ms={slow_ms}", f"--burn-us={burn_us}"]
+    return {
+        "relay": RelaySpec(
+            "relay", "relay", lambda port, up: [py, "-m", "relay", "serve"], "/twilio/voice", "/twilio/voice",
+            relay_env,
+        ),
+        "relay-slowed": RelaySpec(
+            "relay-slowed", f"relay, slowed ({slow_ms:g} ms, {burn_us:g} µs/frame)",
+            lambda port, up: [py, "-m", "bench.slowed", *slowed, "serve"], "/twilio/voice", "/twilio/voice",
+            relay_env,
+        ),
+        "sample": RelaySpec(
+            "sample", "sample-style (FastAPI/uvicorn)",
+            lambda port, up: [py, str(BASELINES / "sample_fastapi.py"), "--port", str(port), "--upstream", up],
+            "/media-stream", None, {}, ("fastapi", "uvicorn"),
+        ),
+        "websockets": RelaySpec(
+            "websockets", "websockets on uvloop",
+            lambda port, up: [py, str(BASELINES / "websockets_uvloop.py"), "--port", str(port), "--upstream", up],
+            "/media-stream", None,
+        ),
+        "node": RelaySpec(
+            "node", "Node.js ws",
+            lambda port, up: ["node", str(BASELINES / "node_ws" / "relay.js"), "--port", str(port), "--upstream", up],
+            "/media-stream", None, {}, ("node", "npm"),
+        ),
+    }
+
+
+def unavailable(spec: RelaySpec) -> str | None:
+    """Why ``spec`` cannot run here (a missing module or program), or None."""
+    import importlib.util
+
+    for need in spec.requires:
+        if need in ("node", "npm"):
+            if shutil.which(need) is None:
+                return f"{need} not found"
+        elif importlib.util.find_spec(need) is None:
+            return f"Python package {need} not installed (pip install -e '.[bench]')"
+    if spec.name == "node" and not (BASELINES / "node_ws" / "node_modules" / "ws").exists():
+        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=BASELINES / "node_ws",
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            return f"npm ci failed: {done.stderr.strip()[-200:]}"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pin(core: int | None) -> None:
+    if core is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+
+
+class RelayProcess:
+    """A relay under test as a child process: started, pinned, measured, stopped."""
+
+    def __init__(self, spec: RelaySpec, upstream_url: str, core: int | None, workdir: Path) -> None:
+        self.spec = spec
+        self.port = free_port()
+        self.upstream_url = upstream_url
+        self.core = core
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stderr = workdir / f"{spec.name}.stderr"
+
+    @property
+    def target(self) -> Target:
+        base = f"127.0.0.1:{self.port}"
+        webhook = f"http://{base}{self.spec.webhook_path}" if self.spec.webhook_path else None
+        return Target(self.spec.name, f"ws://{base}{self.spec.stream_path}", webhook)
+
+    async def start(self, timeout: float = 30.0) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), **self.spec.env)
+        env.update({
+            "RELAY_HOST": "127.0.0.1",
+            "RELAY_PORT": str(self.port),
+            "RELAY_PUBLIC_URL": f"http://127.0.0.1:{self.port}",
+            "RELAY_REALTIME_URL": self.upstream_url,
+            "RELAY_SQLITE_PATH": str(self.workdir / f"{self.spec.name}.sqlite3"),
+        })
+        core = self.core
+        self.proc = subprocess.Popen(
+            self.spec.argv(self.port, self.upstream_url), cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=self._stderr.open("wb"),
+            preexec_fn=(lambda: pin(core)) if core is not None else None,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.spec.name} exited with {self.proc.returncode}: {self.stderr_tail()}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"{self.spec.name} did not listen on port {self.port} within {timeout:.0f} s")
+
+    def stderr_tail(self, chars: int = 400) -> str:
+        try:
+            return self._stderr.read_text(errors="replace")[-chars:].strip()
+        except OSError:
+            return ""
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+
+    def rss_kib(self) -> int:
+        assert self.proc is not None
+        return int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1]) * PAGE_KIB
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class Options:
+    calls: int = 100
+    relays: tuple[str, ...] = ("relay", "sample", "websockets", "node")
+    main_s: float = 10.0
+    step_s: float = 3.0
+    settle_s: float = 1.0
+    max_calls: int = 2000
+    min_calls: int = 10
+    refine: int = 3
+    bound_ms: float = 5.0
+    search: bool = True
+    slow_ms: float = 5.0
+    burn_us: float = 0.0
+    check: bool = False
+    relay_core: int | None = 0
+    load_core: int | None = 1
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> Options:
+        base = dict(main_s=2.0, step_s=1.0, settle_s=0.5, max_calls=800, refine=1)
+        base.update(overrides)
+        return cls(**base)
+
+
+def quantiles_ms(rtt_ns: np.ndarray) -> dict[str, float]:
+    if rtt_ns.size == 0:
+        return {"p50": float("nan"), "p99": float("nan"), "p999": float("nan")}
+    p = np.percentile(rtt_ns / 1e6, [50, 99, 99.9])
+    return {"p50": float(p[0]), "p99": float(p[1]), "p999": float(p[2])}
+
+
+class Floor:
+    """The direct path's round-trip quantiles per call count, interpolated in between."""
+
+    def __init__(self) -> None:
+        self.points: dict[int, dict[str, float]] = {}
+        self.cdf: dict[int, np.ndarray] = {}
+
+    def add(self, calls: int, rtt_ns: np.ndarray) -> None:
+        self.points[calls] = quantiles_ms(rtt_ns)
+        self.cdf[calls] = np.percentile(rtt_ns / 1e6, CDF_QS) if rtt_ns.size else np.zeros(len(CDF_QS))
+
+    def _interp(self, calls: int, values: Callable[[int], Any]) -> Any:
+        ns = sorted(self.points)
+        if calls <= ns[0]:
+            return values(ns[0])
+        if calls >= ns[-1]:
+            return values(ns[-1])
+        hi = next(n for n in ns if n >= calls)
+        lo = max(n for n in ns if n <= calls)
+        if hi == lo:
+            return values(lo)
+        w = (calls - lo) / (hi - lo)
+        a, b = values(lo), values(hi)
+        if isinstance(a, dict):
+            return {k: a[k] * (1 - w) + b[k] * w for k in a}
+        return a * (1 - w) + b * w
+
+    def at(self, calls: int) -> dict[str, float]:
+        return self._interp(calls, lambda n: self.points[n])
+
+    def cdf_at(self, calls: int) -> np.ndarray:
+        return self._interp(calls, lambda n: self.cdf[n])
+
+
+CDF_QS = np.concatenate([np.linspace(0, 99, 199), np.linspace(99, 99.99, 100)[1:]])
+
+
+def figures(w: Window, floor: dict[str, float] | None, *, cpu_s: float | None, rss_kib: int | None,
+            rss_idle_kib: int | None) -> dict[str, Any]:
+    """The per-window figures the report shows (every latency in ms)."""
+    rtt = quantiles_ms(w.rtt_ns)
+    out: dict[str, Any] = {
+        "calls": w.calls,
+        "window_s": round(w.seconds, 3),
+        "frames_sent": w.sent,
+        "frames_back": int(w.rtt_ns.size),
+        "rtt_ms": rtt,
+        "lost": w.lost,
+        "misrouted": w.misrouted,
+        "duplicates": w.duplicates,
+        "foreign": w.foreign,
+        "load_cpu": round(w.load_cpu, 3),
+        "load_tick_lag_p99_ms": round(w.tick_lag_p99_ms, 2),
+        "load_bound": w.load_cpu > LOAD_BOUND_CPU,
+        "violation_count": w.violation_count,
+        "violations": w.violations[:10],
+    }
+    if floor is not None:
+        out["added_ms"] = {k: max(0.0, rtt[k] - floor[k]) for k in rtt}
+        out["late"] = int(((w.rtt_ns / 1e6 - floor["p50"]) > LATE_MS).sum())
+    if cpu_s is not None:
+        call_seconds = w.calls * w.seconds
+        out["cpu_ms_per_call_s"] = cpu_s * 1000 / call_seconds if call_seconds else float("nan")
+        out["cpu_util"] = cpu_s / w.seconds if w.seconds else float("nan")
+        out["calls_per_core"] = 1000 / out["cpu_ms_per_call_s"] if out["cpu_ms_per_call_s"] else float("inf")
+    if rss_kib is not None:
+        out["rss_mib"] = round(rss_kib / 1024, 1)
+        if rss_idle_kib is not None and w.calls:
+            out["rss_kib_per_call"] = round((rss_kib - rss_idle_kib) / w.calls, 1)
+    return out
+
+
+def passes(fig: dict[str, Any], bound_ms: float) -> bool:
+    return fig["added_ms"]["p99"] < bound_ms and fig["lost"] == 0 and fig["misrouted"] == 0
+
+
+class Harness:
+    def __init__(self, options: Options, workdir: Path | None = None) -> None:
+        self.o = options
+        self.floor = Floor()
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="relay-bench-"))
+        self.report: dict[str, Any] = {}
+
+    async def run(self) -> dict[str, Any]:
+        o = self.o
+        pin(o.load_core)
+        started = time.time()
+        specs = relay_specs(slow_ms=o.slow_ms, burn_us=o.burn_us)
+        async with EchoUpstream() as upstream:
+            direct = await self._direct(upstream)
+            relays: dict[str, Any] = {}
+            for name in o.relays:
+                spec = specs[name]
+                reason = unavailable(spec)
+                if reason:
+                    log.warning("%s: skipped: %s", name, reason)
+                    relays[name] = {"title": spec.title, "skipped": reason}
+                    continue
+                log.info("%s: measuring", name)
+                try:
+                    relays[name] = await self._relay(spec, upstream)
+                except Exception as exc:  # one broken relay does not end the run
+                    log.exception("%s failed", name)
+                    relays[name] = {"title": spec.title, "error": f"{type(exc).__name__}: {exc}"}
+            leaked = upstream.stats.sessions_open
+        self.report = {
+            "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+            "seconds": round(time.time() - started, 1),
+            "options": {k: v for k, v in vars(o).items()},
+            "machine": machine(),
+            "direct": direct,
+            "relays": relays,
+            "upstream_sessions_left_open": leaked,
+        }
+        return self.report
+
+    async def _direct(self, upstream: EchoUpstream) -> dict[str, Any]:
+        """The floor: the load side talking to the echo upstream with no relay in between."""
+        o = self.o
+        ladder = [max(o.min_calls, o.calls // 2), o.calls]
+        if o.search:
+            n = o.calls * 2
+            while n <= o.max_calls:
+                ladder.append(n)
+                n *= 2
+        run = LoadRun(Target("direct", upstream.direct_url), check=o.check)
+        steps = []
+        main = None
+        try:
+            for n in sorted(set(ladder)):
+                await run.set_calls(n)
+                await asyncio.sleep(o.settle_s)
+                w = await run.window(o.main_s if n == o.calls else o.step_s)
+                self.floor.add(n, w.rtt_ns)
+                fig = figures(w, None, cpu_s=None, rss_kib=None, rss_idle_kib=None)
+                fig["cdf_ms"] = self.floor.cdf[n].round(4).tolist()
+                steps.append(fig)
+                if n == o.calls:
+                    main = fig
+                log.info("direct @%d: p50 %.2f p99 %.2f ms, load core %.0f%%", n, fig["rtt_ms"]["p50"],
+                         fig["rtt_ms"]["p99"], 100 * w.load_cpu)
+                if fig["load_bound"]:
+                    break
+        finally:
+            await run.close()
+        capacity = max((s["calls"] for s in steps if not s["load_bound"]), default=0)
+        return {"title": "direct (no relay: the floor)", "main": main, "steps": steps,
+                "load_side_capacity": capacity}
+
+    async def _relay(self, spec: RelaySpec, upstream: EchoUpstream) -> dict[str, Any]:
+        o = self.o
+        proc = RelayProcess(spec, upstream.url, o.relay_core, self.workdir)
+        await proc.start()
+        run = LoadRun(proc.target, check=o.check)
+        steps: dict[int, dict[str, Any]] = {}
+        try:
+            await asyncio.sleep(0.3)
+            rss_idle = proc.rss_kib()
+
+            async def measure(n: int, seconds: float) -> dict[str, Any]:
+                await run.set_calls(n)
+                await run.drain()
+                await asyncio.sleep(o.settle_s)
+                marks: dict[str, float] = {}
+                w = await run.window(seconds, on_start=lambda: marks.__setitem__("a", proc.cpu_seconds()),
+                                     on_end=lambda: marks.__setitem__("b", proc.cpu_seconds()))
+                if proc.proc is not None and proc.proc.poll() is not None:
+                    raise RuntimeError(f"{spec.name} died: {proc.stderr_tail()}")
+                fig = figures(w, self.floor.at(n), cpu_s=marks["b"] - marks["a"], rss_kib=proc.rss_kib(),
+                              rss_idle_kib=rss_idle)
+                fig["cdf_ms"] = (np.percentile(w.rtt_ns / 1e6, CDF_QS) if w.rtt_ns.size else
+                                 np.zeros(len(CDF_QS))).round(4).tolist()
+                fig["floor_cdf_ms"] = self.floor.cdf_at(n).round(4).tolist()
+                fig["passes"] = passes(fig, o.bound_ms)
+                steps[n] = fig
+                log.info("%s @%d: added p50 %.2f p99 %.2f ms, %.2f cpu ms/call-s, lost %d%s", spec.name, n,
+                         fig["added_ms"]["p50"], fig["added_ms"]["p99"], fig["cpu_ms_per_call_s"], fig["lost"],
+                         " (load-bound)" if fig["load_bound"] else "")
+                return fig
+
+            main = await measure(o.calls, o.main_s)
+            search = await self._search(measure, main) if o.search else None
+        finally:
+            await run.close()
+            await asyncio.sleep(0.2)
+            await proc.stop()
+        return {
+            "title": spec.title,
+            "main": main,
+            "steps": [steps[n] for n in sorted(steps)],
+            "search": search,
+            "setup_errors": run.setup_errors[:5],
+            "stderr_tail": proc.stderr_tail(),
+        }
+
+    async def _search(self, measure: Callable[[int, float], Any], main: dict[str, Any]) -> dict[str, Any]:
+        """The largest call count whose p99 added latency stays under the bound: up by doubling
+        (or down by halving), then ``refine`` bisection steps."""
+        o = self.o
+        lo, hi, load_bound = 0, 0, False
+        n = o.calls
+        if main["passes"]:
+            lo = n
+            while n * 2 <= o.max_calls:
+                n *= 2
+                fig = await measure(n, o.step_s)
+                if fig["load_bound"]:
+                    load_bound = True
+                    break
+                if not fig["passes"]:
+                    hi = n
+                    break
+                lo = n
+        else:
+            hi = n
+            while n // 2 >= o.min_calls:
+                n //= 2
+                fig = await measure(n, o.step_s)
+                if fig["passes"]:
+                    lo = n
+                    break
+                hi = n
+        for _ in range(o.refine):
+            if not (lo and hi) or hi - lo <= max(10, lo // 10):
+                break
+            mid = (lo + hi) // 2
+            if mid // 10 * 10 > lo:  # a round number when one lies strictly inside the bracket
+                mid = mid // 10 * 10
+            fig = await measure(mid, o.step_s)
+            if fig["passes"]:
+                lo = mid
+            else:
+                hi = mid
+        return {"max_calls": lo, "first_failing": hi or None, "load_bound": load_bound,
+                "bound_ms": o.bound_ms, "at_most": o.max_calls}
+
+
+def machine() -> dict[str, Any]:
+    import platform
+
+    mem_kib = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    node = shutil.which("node")
+    node_version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip() if node else None
+    return {"cores": os.cpu_count(), "memory_gib": round(mem_kib / 1024 / 1024, 1), "cpu": cpu,
+            "python": platform.python_version(), "node": node_version, "platform": platform.platform()}

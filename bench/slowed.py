@@ -1,0 +1,56 @@
+"""relay with a deliberate handicap, to prove the harness cannot flatter.
+
+``python -m bench.slowed --delay-ms 5 --burn-us 0 -- serve`` runs the real relay, except that
+every audio frame going back to the caller is held ``delay-ms`` longer (a timer, in order, as
+a slow hop would) and costs ``burn-us`` of extra CPU (a busy loop, as heavy per-frame code
+would). The harness must report both: the delay in added latency, the burn in CPU per
+call-second. Nothing in relay itself carries such a switch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+from relay import session
+
+
+def handicap(delay_ms: float, burn_us: float) -> None:
+    original = session.CallSession._on_agent_audio
+    delay, burn_ns = delay_ms / 1000, int(burn_us * 1000)
+
+    def slowed(self: session.CallSession, item_id: str, payload: bytes) -> None:
+        if burn_ns:
+            until = time.perf_counter_ns() + burn_ns
+            while time.perf_counter_ns() < until:
+                pass
+        if delay:
+            self._loop.call_later(delay, _late, self, item_id, payload)
+        else:
+            original(self, item_id, payload)
+
+    def _late(self: session.CallSession, item_id: str, payload: bytes) -> None:
+        try:
+            original(self, item_id, payload)
+        except Exception:  # the call may have ended while the frame was held
+            pass
+
+    session.CallSession._on_agent_audio = slowed  # type: ignore[method-assign]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.slowed", description=__doc__.splitlines()[0])
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="extra hold per outbound frame")
+    parser.add_argument("--burn-us", type=float, default=0.0, help="extra CPU per outbound frame")
+    parser.add_argument("relay_args", nargs="*", default=["serve"], help="arguments for `relay` (default: serve)")
+    args = parser.parse_args(argv)
+    handicap(args.delay_ms, args.burn_us)
+    from relay.__main__ import main as relay_main
+
+    return relay_main(args.relay_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
