@@ -3,7 +3,9 @@
 Each ``input_audio_buffer.append`` is answered at once with a ``response.output_audio.delta``
 carrying the same bytes, inside the event lifecycle a real session sends (``session.created``,
 ``session.updated``, ``response.created`` … ``response.done``; a response closes every
-``frames_per_response`` chunks and the next append opens a new one). The audio bytes carry
+``frames_per_response`` chunks and the next append opens a new one; each session's first
+response is cut short at a random point, so turn boundaries do not line up across calls,
+as they do not on real phone lines). The audio bytes carry
 the load generator's tag, so every frame's round trip through a relay can be timed.
 
 The same server offers the *direct path* on ``/direct``: it speaks Twilio's side of a media
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -81,12 +84,15 @@ class UpstreamStats:
 class EchoUpstream:
     """``async with EchoUpstream() as up``: ``up.url`` for relays, ``up.direct_url`` for the floor."""
 
-    def __init__(self, frames_per_response: int = DEFAULT_FRAMES_PER_RESPONSE) -> None:
+    def __init__(self, frames_per_response: int = DEFAULT_FRAMES_PER_RESPONSE, *, stagger: bool = True,
+                 seed: int = 3) -> None:
         self.frames_per_response = frames_per_response
+        self.stagger = stagger
         self.stats = UpstreamStats()
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
         self._ids = itertools.count(1)
+        self.rng = random.Random(seed)
         self.port = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -130,6 +136,8 @@ class _Connection(ServerEndpoint):
         self.response_id = b""
         self.item_id = b""
         self.frames_in_response = 0
+        fpr = owner.frames_per_response
+        self.response_frames = owner.rng.randint(1, fpr) if owner.stagger else fpr  # the first one: staggered
         self.stream_sid = b""
         self.marks = 0
 
@@ -202,8 +210,9 @@ class _Connection(ServerEndpoint):
         stats.deltas += 1
         self.send_raw(b"".join(out))
         self.frames_in_response += 1
-        if self.frames_in_response >= self.owner.frames_per_response:
+        if self.frames_in_response >= self.response_frames:
             self._finish("completed")
+            self.response_frames = self.owner.frames_per_response
 
     def _item(self, status: str) -> dict[str, Any]:
         return {"id": self.item_id.decode(), "object": "realtime.item", "type": "message", "status": status,

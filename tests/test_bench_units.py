@@ -467,7 +467,7 @@ def audio_chunk(k: int) -> str:
 
 def test_echo_upstream_opens_a_session_and_applies_the_format_update(run) -> None:
     async def scenario() -> None:
-        async with EchoUpstream(frames_per_response=3) as up:
+        async with EchoUpstream(frames_per_response=3, stagger=False) as up:
             async with ws_connect(up.url, compression=None) as ws:
                 created = await recv_event(ws)
                 assert created["type"] == "session.created"
@@ -488,7 +488,7 @@ def test_echo_upstream_opens_a_session_and_applies_the_format_update(run) -> Non
 
 def test_echo_upstream_echoes_each_append_inside_a_response_lifecycle(run) -> None:
     async def scenario() -> None:
-        async with EchoUpstream(frames_per_response=3) as up:
+        async with EchoUpstream(frames_per_response=3, stagger=False) as up:
             async with ws_connect(up.url, compression=None) as ws:
                 await recv_event(ws)  # session.created
                 seen: list[dict[str, Any]] = []
@@ -535,7 +535,7 @@ def test_echo_upstream_echoes_each_append_inside_a_response_lifecycle(run) -> No
 
 def test_echo_upstream_confirms_a_truncate_and_shrugs_off_a_malformed_message(run) -> None:
     async def scenario() -> None:
-        async with EchoUpstream(frames_per_response=3) as up:
+        async with EchoUpstream(frames_per_response=3, stagger=False) as up:
             async with ws_connect(up.url, compression=None) as ws:
                 await recv_event(ws)  # session.created
                 await ws.send("this is not JSON")
@@ -551,7 +551,7 @@ def test_echo_upstream_confirms_a_truncate_and_shrugs_off_a_malformed_message(ru
 
 def test_echo_upstream_ends_a_cancelled_response_as_cancelled(run) -> None:
     async def scenario() -> None:
-        async with EchoUpstream(frames_per_response=3) as up:
+        async with EchoUpstream(frames_per_response=3, stagger=False) as up:
             async with ws_connect(up.url, compression=None) as ws:
                 await recv_event(ws)  # session.created
                 await ws.send(append(audio_chunk(0)))
