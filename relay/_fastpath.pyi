@@ -86,3 +86,66 @@ class TwilioWriter:
         """
     def clear(self) -> bytes:
         """``{"event":"clear","streamSid":…}``."""
+
+# ---------------------------------------------------------------- WebSocket framing (RFC 6455)
+# The media path's frames on both legs: Twilio → relay (masked client frames in, unmasked
+# server frames out) and relay → backend (masked client frames out, unmasked frames in).
+# The opening handshake stays with websockets' sans-I/O layer.
+
+OP_CONT: int
+OP_TEXT: int
+OP_BINARY: int
+OP_CLOSE: int
+OP_PING: int
+OP_PONG: int
+
+def build_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
+    """Build one final (FIN) frame.
+
+    Args:
+        opcode: ``OP_TEXT``, ``OP_BINARY``, ``OP_CLOSE``, ``OP_PING`` or ``OP_PONG``.
+        payload: the frame's application data (for a close: 2-byte code + UTF-8 reason).
+        mask: a 4-byte masking key for a client frame; ``None`` for a server frame.
+
+    Returns:
+        The frame: header (shortest length encoding), the key if any, the (masked) payload.
+
+    Raises:
+        TypeError: ``payload`` is not ``bytes``.
+        ValueError: an opcode that is not one of the five ints above, a control payload over 125 bytes, or a
+            mask that is not 4 bytes.
+    """
+
+class FrameReader:
+    """Incremental frame parser for one direction of one connection; no I/O.
+
+    Feed it what the transport delivers, then call ``read`` until it returns ``None``.
+    Fragmented messages are reassembled; control frames come out as they arrive, also
+    between the fragments of a message.
+    """
+
+    masked: bool
+    """True to read client frames (each must be masked), False to read server frames."""
+    max_size: int
+    """The largest message accepted, fragments included (control frames: 125 bytes)."""
+
+    def __init__(self, masked: bool, max_size: int = ...) -> None:
+        """Raises ValueError unless ``max_size`` is an int from 0 to 2**63 - 1."""
+    def feed(self, data: bytes) -> None:
+        """Append bytes received from the peer (bytes, bytearray or memoryview; else TypeError)."""
+    def pending(self) -> int:
+        """How many fed bytes are not yet parsed into a frame (a fragment already read counts
+        as parsed even while its message waits for the rest)."""
+    def read(self) -> tuple[int, bytes] | None:
+        """Return the next message or control frame as ``(opcode, payload)``.
+
+        A data message comes out whole as ``(OP_TEXT | OP_BINARY, data)``; a control frame as
+        ``(OP_CLOSE | OP_PING | OP_PONG, payload)``. ``None``: more bytes are needed.
+
+        Raises:
+            FrameError: the peer broke RFC 6455; ``code`` is the close code to answer with:
+                1002 for wrong masking, reserved bits, an unknown opcode, a fragmented or
+                oversized control frame, a continuation out of place, a 1-byte close payload,
+                a close code a peer may not send (RFC 6455 §7.4) or a length over 2**63; 1007 for a text message or close reason that is not
+                UTF-8; 1009 for a message over ``max_size``. The reader is unusable after.
+        """

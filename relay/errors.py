@@ -5,7 +5,8 @@
     RelayError
     ├── ConfigError(RelayError, ValueError)      bad environment; raised before the port opens
     ├── ProtocolError(RelayError, ValueError)    malformed peer message (Twilio or backend)
-    │   └── PayloadError(ProtocolError)          bad base64 in a media payload or audio delta
+    │   ├── PayloadError(ProtocolError)          bad base64 in a media payload or audio delta
+    │   └── FrameError(ProtocolError)            a WebSocket frame breaks RFC 6455; carries the close code
     └── BackendError(RelayError)                 the speech backend refused or broke the session
 """
 
@@ -31,6 +32,19 @@ class ProtocolError(RelayError, ValueError):
 
 class PayloadError(ProtocolError):
     """A media payload or audio delta is not valid base64."""
+
+
+class FrameError(ProtocolError):
+    """A WebSocket frame breaks RFC 6455; ``code`` is the close code to answer with.
+
+    1002: protocol error (masking, reserved bits, opcodes, fragmentation, control frames);
+    1007: a text message or close reason that is not UTF-8; 1009: a message over the limit.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"{reason} (close code {code})")
 
 
 class BackendError(RelayError):

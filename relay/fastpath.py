@@ -10,27 +10,51 @@ from __future__ import annotations
 try:
     from relay._fastpath import (
         IMPLEMENTATION,
+        OP_BINARY,
+        OP_CLOSE,
+        OP_CONT,
+        OP_PING,
+        OP_PONG,
+        OP_TEXT,
+        FrameReader,
         TwilioWriter,
         b64_decoded_len,
         build_append,
+        build_frame,
         parse_audio_delta,
         parse_media,
     )
 except ImportError:  # not built: the reference keeps tools and tests usable
     from relay._fastpath_py import (  # type: ignore[assignment]
         IMPLEMENTATION,
+        OP_BINARY,
+        OP_CLOSE,
+        OP_CONT,
+        OP_PING,
+        OP_PONG,
+        OP_TEXT,
+        FrameReader,
         TwilioWriter,
         b64_decoded_len,
         build_append,
+        build_frame,
         parse_audio_delta,
         parse_media,
     )
 
 __all__ = [
     "IMPLEMENTATION",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "FrameReader",
     "TwilioWriter",
     "b64_decoded_len",
     "build_append",
+    "build_frame",
     "parse_audio_delta",
     "parse_media",
 ]

@@ -2,7 +2,7 @@
 
 Twilio POSTs a form body to the webhook, and the ``websockets`` server refuses any request
 with a body, so HTTP is parsed here with httptools. A GET that asks to upgrade on the
-webhook's path becomes a ``ws.WebSocket`` (websockets' sans-I/O handshake and framing) and
+webhook's path becomes a ``ws.WebSocket`` (websockets' sans-I/O handshake, compiled framing) and
 runs a ``CallSession``.
 
 Routes:
@@ -22,11 +22,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httptools
 import orjson
-import websockets
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from relay import fastpath, realtime, twilio
+from relay import fastpath, realtime, twilio, upstream
 from relay.config import Settings
 from relay.session import CallSession, Upstream
 from relay.store import Store
@@ -74,13 +73,11 @@ class Relay:
 
     async def _connect_realtime(self) -> Upstream:
         # No OpenAI-Beta header: its presence selects the retired beta shape (PROTOCOLS §2.1).
-        return await websockets.connect(
+        return await upstream.connect(
             self.settings.realtime_url,
-            additional_headers={"Authorization": f"Bearer {self.settings.openai_api_key}"},
-            user_agent_header=None,
-            compression=None,
+            {"Authorization": f"Bearer {self.settings.openai_api_key}"},
             max_size=16 * 1024 * 1024,
-            open_timeout=10,
+            timeout=10,
         )
 
     def webhook(self, params: dict[str, str]) -> str:

@@ -37,6 +37,7 @@ UPSTREAM_CLOSE_TIMEOUT = 1.0
 class TwilioSocket(Protocol):
     """What a session needs from the Twilio leg (``relay.ws.WebSocket``)."""
 
+    on_message: Callable[[bytes], bool] | None
     async def recv(self) -> bytes: ...
     def send(self, message: bytes) -> None: ...
     def send_many(self, messages: tuple[bytes, ...]) -> None: ...
@@ -44,10 +45,11 @@ class TwilioSocket(Protocol):
 
 
 class Upstream(Protocol):
-    """What a session needs from the backend leg (a websockets client connection)."""
+    """What a session needs from the backend leg (``relay.upstream.UpstreamConnection``)."""
 
-    async def recv(self, decode: bool | None = None) -> Any: ...
-    async def send(self, message: bytes, text: bool | None = None) -> None: ...
+    on_message: Callable[[bytes], bool] | None
+    async def recv(self) -> bytes: ...
+    def send(self, message: bytes) -> None: ...
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 
@@ -207,7 +209,10 @@ class CallSession:
             self.end_reason = "backend_unavailable"
             await self.twilio.close(1011, "speech backend unavailable")
             return
-        await self._upstream.send(realtime.session_update(self._agent), text=True)
+        self._upstream.send(realtime.session_update(self._agent))
+        # Per-frame messages are handled as they arrive; the pumps see everything else.
+        self.twilio.on_message = self._twilio_frame
+        self._upstream.on_message = self._backend_frame
         from_twilio = asyncio.create_task(self._twilio_pump(), name=f"twilio-{self.call_sid}")
         from_backend = asyncio.create_task(self._backend_pump(), name=f"backend-{self.call_sid}")
         try:
@@ -247,7 +252,7 @@ class CallSession:
             try:
                 media = parse_media(message)
                 if media is not None:
-                    await self._on_caller_audio(*media)
+                    self._on_caller_audio(*media)
                     continue
                 event = twilio.parse_event(message)
             except ProtocolError as exc:
@@ -261,7 +266,7 @@ class CallSession:
             elif isinstance(event, twilio.Dtmf):
                 log.info("call %s: DTMF %s", self.call_sid, event.digit)
 
-    async def _on_caller_audio(self, payload: bytes, timestamp: int) -> None:
+    def _on_caller_audio(self, payload: bytes, timestamp: int) -> None:
         self.stats.frames_in += 1
         if self._epoch is None:
             self._epoch = self._loop.time() - timestamp / 1000
@@ -276,7 +281,34 @@ class CallSession:
         if self._ts0 is None:
             self._ts0 = timestamp
         assert self._upstream is not None
-        await self._upstream.send(build_append(payload), text=True)
+        self._upstream.send(build_append(payload))
+
+    def _twilio_frame(self, message: bytes) -> bool:
+        """Handle a ``media`` or ``mark`` as it arrives; leave anything else (or odd) to the pump."""
+        try:
+            media = parse_media(message)
+            if media is not None:
+                self._on_caller_audio(*media)
+                return True
+            if b'"mark"' in message:
+                event = twilio.parse_event(message)
+                if isinstance(event, twilio.Mark):
+                    self._on_mark(event.name)
+                    return True
+        except ProtocolError:
+            pass  # the pump parses it again and closes the call with the reason
+        return False
+
+    def _backend_frame(self, message: bytes) -> bool:
+        """Forward an audio delta as it arrives; every other event goes to the pump."""
+        try:
+            delta = parse_audio_delta(message)
+        except ProtocolError:
+            return False
+        if delta is None:
+            return False
+        self._on_agent_audio(*delta)
+        return True
 
     def _on_mark(self, name: str) -> None:
         if name in self._marks_cleared:
@@ -299,7 +331,7 @@ class CallSession:
         assert self._upstream is not None
         while True:
             try:
-                message = await self._upstream.recv(decode=False)
+                message = await self._upstream.recv()
             except ConnectionClosed as exc:
                 log.warning("call %s: backend closed the session (%s)", self.call_sid, exc)
                 return "backend_closed"
@@ -389,7 +421,7 @@ class CallSession:
         if held and self._ts0 is not None and self.stats.frames_dropped:
             self._ts0 += self.stats.frames_dropped * FRAME_MS
         for payload in held:
-            await self._upstream.send(build_append(payload), text=True)
+            self._upstream.send(build_append(payload))
 
     async def _barge_in(self) -> None:
         turn = self._current
@@ -407,7 +439,7 @@ class CallSession:
         self._dropped_items.add(turn.item_id)
         # server_vad with interrupt_response cancels the response itself; the truncate keeps
         # the model's memory to what the caller actually heard.
-        await self._upstream.send(realtime.truncate(turn.item_id, turn.heard_ms), text=True)
+        self._upstream.send(realtime.truncate(turn.item_id, turn.heard_ms))
         self._maybe_store_assistant(turn)
 
     # ------------------------------------------------------------------ turns

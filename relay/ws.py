@@ -1,10 +1,12 @@
-"""The Twilio leg's WebSocket: a thin asyncio shell over websockets' sans-I/O ``ServerProtocol``.
+"""WebSocket connections on the media path: the Twilio leg (server side) and its shared shell.
 
-The HTTP server (``server.py``) owns the socket until a request asks to upgrade; it then
-hands the transport to a ``WebSocket``. Framing, masking, ping/pong and the closing handshake
-are websockets'; this class only moves bytes and wakes the one reader. Writes go straight to
-the transport, and ``send_many`` puts several messages (a ``media`` and its ``mark``) into
-one write.
+The opening handshake is websockets' sans-I/O layer (request validation, the accept key);
+from then on every frame is read and written by the compiled fast path (``FrameReader`` and
+``build_frame``), because per-message framing in Python was the relay's largest cost per call.
+This module is the thin asyncio shell around it: bytes in from the transport, messages out to
+the one reader, writes straight to the transport, the closing handshake of RFC 6455 §7.
+
+``send_many`` puts several messages (a ``media`` and its ``mark``) into one write.
 """
 
 from __future__ import annotations
@@ -12,18 +14,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
+from collections.abc import Callable
 
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
+from websockets.frames import Close
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from relay.errors import ProtocolError
+from relay.errors import FrameError, ProtocolError
+from relay.fastpath import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameReader, build_frame
 
 log = logging.getLogger("relay.ws")
 
 CLOSE_TIMEOUT = 2.0
+OPEN, CLOSING, CLOSED = "open", "closing", "closed"
 
 
 def handshake(request: Request) -> Response:
@@ -35,85 +40,131 @@ def handshake(request: Request) -> Response:
     return ServerProtocol().accept(request)
 
 
-class WebSocket:
-    """One accepted server-side WebSocket on an asyncio transport."""
+def close_payload(code: int, reason: str) -> bytes:
+    # A close reason must fit in a control frame: 125 bytes less the 2-byte code.
+    return code.to_bytes(2, "big") + reason.encode()[:123].decode(errors="ignore").encode()
+
+
+def parse_close(payload: bytes) -> Close:
+    if len(payload) < 2:
+        return Close(1005, "")
+    return Close(int.from_bytes(payload[:2], "big"), payload[2:].decode(errors="replace"))
+
+
+class Connection:
+    """One open WebSocket on an asyncio transport, either side.
+
+    ``mask_frames`` is True on the client side (every frame we send is masked, every frame we
+    read must not be); the server side is the reverse.
+    """
+
+    mask_frames = False
 
     def __init__(self, transport: asyncio.Transport, *, max_size: int) -> None:
         self._transport = transport
-        self._protocol = ServerProtocol(state=State.OPEN, max_size=max_size)
+        self._reader = FrameReader(not self.mask_frames, max_size)
         self._messages: collections.deque[bytes] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._fragments: list[bytes] = []
-        self._fragment_opcode: Opcode | None = None
-        self._closed = asyncio.get_running_loop().create_future()
-        self._close_scheduled = False
+        self._loop = asyncio.get_running_loop()
+        self._closed = self._loop.create_future()
+        self.state = OPEN
+        self._close_sent: Close | None = None
+        self._close_rcvd: Close | None = None
+        self._masks = b""
+        # Per-frame messages are handled right here when the owner installs this hook; it
+        # returns False for anything it leaves to ``recv`` (no future, no task switch per frame).
+        self.on_message: Callable[[bytes], bool] | None = None
 
     @property
     def open(self) -> bool:
-        return self._protocol.state is State.OPEN
+        return self.state == OPEN
 
     @property
     def close_code(self) -> int | None:
-        return self._protocol.close_code
+        if self._close_rcvd is not None:
+            return self._close_rcvd.code
+        return None if self.state != CLOSED else 1006
 
-    # ---- bytes from the transport (called by the HTTP protocol object) ----
+    # ---- bytes from the transport ----
 
     def data_received(self, data: bytes) -> None:
-        self._protocol.receive_data(data)
-        self._handle_events()
-
-    def eof_received(self) -> None:
-        self._protocol.receive_eof()
-        self._handle_events()
-
-    def connection_lost(self) -> None:
-        if not self._closed.done():
-            self._closed.set_result(None)
-        self._wake()
-
-    def _handle_events(self) -> None:
-        for event in self._protocol.events_received():
-            if isinstance(event, Frame):
-                self._on_frame(event)
-        self._flush()
-        if not self._close_scheduled and (self._protocol.close_expected() or self._protocol.state is State.CLOSED):
-            # The server closes TCP once both close frames are exchanged (RFC 6455 §7.1.1);
-            # the delay only bounds a peer that never finishes the handshake.
-            self._close_scheduled = True
-            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._transport.close)
-        if self._protocol.state is not State.OPEN:
+        reader = self._reader
+        reader.feed(data)
+        while True:
+            try:
+                frame = reader.read()
+            except FrameError as exc:
+                log.warning("closing WebSocket: %s", exc)
+                self.fail(exc.reason, exc.code)
+                return
+            if frame is None:
+                break
+            opcode, payload = frame
+            if opcode == OP_TEXT:
+                # Order holds: while anything waits for ``recv``, later messages queue behind it.
+                hook = self.on_message
+                if hook is None or self._messages or not hook(payload):
+                    self._messages.append(payload)
+            elif opcode == OP_CLOSE:
+                self._on_close_frame(payload)
+                break
+            elif opcode == OP_PING:
+                self._write(build_frame(0xA, payload, self._mask()))
+            elif opcode == OP_BINARY:
+                # Both peers speak JSON text; a binary message is not ours to guess at.
+                self.fail("binary messages are not accepted", 1003)
+                break
+        if self._messages or self.state != OPEN:
             self._wake()
 
-    def _on_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.TEXT or frame.opcode is Opcode.BINARY:
-            if frame.fin:
-                self._deliver(frame.opcode, frame.data)
-            else:
-                self._fragment_opcode, self._fragments = frame.opcode, [bytes(frame.data)]
-        elif frame.opcode is Opcode.CONT:
-            self._fragments.append(bytes(frame.data))
-            if frame.fin and self._fragment_opcode is not None:
-                self._deliver(self._fragment_opcode, b"".join(self._fragments))
-                self._fragments, self._fragment_opcode = [], None
+    def eof_received(self) -> None:
+        self._finish()
 
-    def _deliver(self, opcode: Opcode, data: bytes) -> None:
-        if opcode is Opcode.BINARY:
-            # Twilio sends JSON text only; a binary message is not ours to guess at.
-            self._protocol.fail(1003, "binary messages are not accepted")
-            return
-        self._messages.append(bytes(data))
+    def connection_lost(self) -> None:
+        self._finish()
+
+    def _on_close_frame(self, payload: bytes) -> None:
+        self._close_rcvd = parse_close(payload)
+        if self.state == OPEN:
+            code = self._close_rcvd.code
+            # Echo the peer's code (RFC 6455 §5.5.1); 1005 means "none" and is never sent.
+            self._write(build_frame(OP_CLOSE, b"" if code == 1005 else payload[:2], self._mask()))
+            self._close_sent = Close(code, "")
+        self.state = CLOSING
+        if not self.mask_frames:
+            self._transport.close()  # the server closes TCP first (RFC 6455 §7.1.1)
+
+    def _finish(self) -> None:
+        self.state = CLOSED
+        if not self._closed.done():
+            self._closed.set_result(None)
         self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def _flush(self) -> None:
-        for data in self._protocol.data_to_send():
-            if data:
-                self._transport.write(data)
-            elif self._transport.can_write_eof():
-                self._transport.write_eof()
+    # ---- writing ----
+
+    def _mask(self) -> bytes | None:
+        if not self.mask_frames:
+            return None
+        if len(self._masks) < 4:
+            self._masks = os.urandom(1024)  # one syscall per 256 frames
+        mask, self._masks = self._masks[:4], self._masks[4:]
+        return mask
+
+    def _write(self, data: bytes) -> None:
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _start_close(self, code: int, reason: str) -> None:
+        if self.state != OPEN:
+            return
+        self.state = CLOSING
+        self._close_sent = Close(code, reason)
+        self._write(build_frame(OP_CLOSE, close_payload(code, reason), self._mask()))
+        self._wake()
 
     # ---- the session's side ----
 
@@ -124,9 +175,9 @@ class WebSocket:
             ConnectionClosed: the connection closed (after every message received was read).
         """
         while not self._messages:
-            if self._protocol.state is not State.OPEN or self._closed.done():
-                raise self._protocol.close_exc
-            self._waiter = asyncio.get_running_loop().create_future()
+            if self.state != OPEN:
+                raise ConnectionClosed(self._close_rcvd, self._close_sent)
+            self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -134,35 +185,33 @@ class WebSocket:
         return self._messages.popleft()
 
     def send(self, message: bytes) -> None:
-        """Send one text message (already-encoded JSON)."""
-        self.send_many((message,))
+        """Send one text message (already-encoded JSON); a no-op once closing."""
+        if self.state == OPEN:
+            self._write(build_frame(OP_TEXT, message, self._mask()))
 
     def send_many(self, messages: tuple[bytes, ...] | list[bytes]) -> None:
-        """Send text messages in one transport write; silently a no-op once closing."""
-        if self._protocol.state is not State.OPEN:
-            return
-        for message in messages:
-            self._protocol.send_text(message)
-        writes = self._protocol.data_to_send()
-        self._transport.write(b"".join(writes) if len(writes) > 1 else writes[0])
+        """Send text messages in one transport write; a no-op once closing."""
+        if self.state == OPEN:
+            self._write(b"".join([build_frame(OP_TEXT, m, self._mask()) for m in messages]))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake and wait (bounded) for the connection to end."""
-        if self._protocol.state is State.OPEN:
-            self._protocol.send_close(code, reason)
-            self._flush()
+        self._start_close(code, reason)
         try:
             await asyncio.wait_for(asyncio.shield(self._closed), CLOSE_TIMEOUT)
         except TimeoutError:
             self._transport.abort()
 
     def fail(self, error: ProtocolError | str, code: int = 1008) -> None:
-        """Close this connection for a peer error, with the reason in the close frame."""
-        # A close reason must fit in a control frame: 125 bytes less the 2-byte code.
-        reason = str(error).encode()[:120].decode(errors="ignore")
-        if self._protocol.state is State.OPEN:
-            self._protocol.send_close(code, reason)
-            self._flush()
+        """Close this connection for a peer error: a close frame with the reason, then TCP."""
+        self._start_close(code, str(error))
+        self._transport.close()  # after the close frame is flushed; no more reading
 
 
-__all__ = ["ConnectionClosed", "WebSocket", "handshake"]
+class WebSocket(Connection):
+    """The server side: a WebSocket accepted on the HTTP server's transport (the Twilio leg)."""
+
+    mask_frames = False
+
+
+__all__ = ["Connection", "ConnectionClosed", "WebSocket", "handshake"]
