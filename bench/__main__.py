@@ -11,7 +11,6 @@ and prints the table.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 import time

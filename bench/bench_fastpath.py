@@ -145,3 +145,78 @@ def test_twilio_media(benchmark: Any, impl: str) -> None:
 def test_twilio_mark(benchmark: Any, impl: str) -> None:
     fn = _lib_twilio(SID)[1] if impl == "library" else _writer(impl).mark
     _run(benchmark, fn, ITEM, expected=ref.TwilioWriter(SID).mark(ITEM))
+
+
+# --- WebSocket framing: the library baseline is websockets' own sans-I/O layer --------------
+
+MEDIA_FRAME = ref.build_frame(ref.OP_TEXT, MEDIA_MSG, b"\x12\x34\x56\x78")  # as Twilio sends it
+
+
+def _read_all(impl: str) -> Callable[[bytes], list[tuple[int, bytes]]]:
+    """A long-lived parser per connection, as in a server: one frame fed and read per call."""
+    if impl == "library":
+        from websockets.protocol import State
+        from websockets.server import ServerProtocol
+
+        protocol = ServerProtocol(state=State.OPEN, max_size=None)
+
+        def read_lib(data: bytes) -> list[tuple[int, bytes]]:
+            protocol.receive_data(data)
+            return [(int(f.opcode), bytes(f.data)) for f in protocol.events_received()]
+
+        return read_lib
+    module = _compiled() if impl == "cython" else ref
+    reader = module.FrameReader(True, 1 << 20)
+
+    def read(data: bytes) -> list[tuple[int, bytes]]:
+        reader.feed(data)
+        out = []
+        while (item := reader.read()) is not None:
+            out.append(item)
+        return out
+
+    return read
+
+
+def lib_build_server_frame(payload: bytes) -> bytes:
+    from websockets.frames import Frame, Opcode
+
+    return Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+def lib_build_client_frame(payload: bytes) -> bytes:
+    from websockets.frames import Frame, Opcode
+
+    return Frame(Opcode.TEXT, payload).serialize(mask=True)
+
+
+@pytest.mark.benchmark(group="FrameReader: one masked media frame")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_read_frame(benchmark: Any, impl: str) -> None:
+    _run(benchmark, _read_all(impl), MEDIA_FRAME, expected=[(ref.OP_TEXT, MEDIA_MSG)])
+
+
+@pytest.mark.benchmark(group="build_frame: server frame (4000-char delta)")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_build_server_frame(benchmark: Any, impl: str) -> None:
+    message = ref.TwilioWriter(SID).media(DELTA)
+    fn = lib_build_server_frame if impl == "library" else (
+        lambda p, m=(_compiled() if impl == "cython" else ref): m.build_frame(1, p))
+    _run(benchmark, fn, message, expected=ref.build_frame(ref.OP_TEXT, message))
+
+
+@pytest.mark.benchmark(group="build_frame: masked client frame (append)")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_build_client_frame(benchmark: Any, impl: str) -> None:
+    message = ref.build_append(PAYLOAD)
+    mask = b"\x9a\xbc\xde\xf0"
+    if impl == "library":  # a random mask each time: check by parsing it back
+        frame = lib_build_client_frame(message)
+        reader = ref.FrameReader(True)
+        reader.feed(frame)
+        benchmark.extra_info["correct"] = correct = reader.read() == (ref.OP_TEXT, message)
+        assert correct
+        benchmark(lib_build_client_frame, message)
+        return
+    module = _compiled() if impl == "cython" else ref
+    _run(benchmark, module.build_frame, 1, message, mask, expected=ref.build_frame(1, message, mask))

@@ -73,7 +73,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "Added latency is each relay's round-trip quantile minus the direct path's at the same call count. "
         "Ratios are each row over relay's (above 1× means relay does better). "
-        f"Late: frames back more than one frame period (20 ms) after the floor's median.",
+        "Late: frames back more than one frame period (20 ms) after the floor's median.",
     ]
     notes = []
     for name, entry in relays.items():

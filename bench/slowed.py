@@ -10,7 +10,6 @@ call-second. Nothing in relay itself carries such a switch.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 

@@ -2,9 +2,9 @@
 
 The load side shares one core while it drives hundreds of calls, so it cannot afford a
 general-purpose WebSocket stack per message: whatever it spends is headroom taken from the
-measurement. This is the smallest correct RFC 6455 implementation for that job, on plain
-``asyncio.Protocol``: a hand-written handshake (both sides), unfragmented text frames out,
-fragmented and control frames in, masking through ``websockets``' C ``apply_mask``.
+measurement. This is the smallest RFC 6455 endpoint for that job, on plain ``asyncio.Protocol``: a hand-written
+handshake (both sides), with frames read and built by relay's compiled framer (``FrameReader``,
+``build_frame``), which the tests hold to websockets' own.
 
 It is not used by relay itself and accepts only what the harness needs.
 """
@@ -20,15 +20,8 @@ import struct
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets ships its C speedups on every wheel we use
-
-    def apply_mask(data: bytes, mask: bytes) -> bytes:
-        n = len(data)
-        m = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-        return (int.from_bytes(data, "big") ^ m).to_bytes(n, "big")
-
+from relay.errors import FrameError
+from relay.fastpath import FrameReader, build_frame
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -45,19 +38,7 @@ def accept_key(key: bytes) -> bytes:
 
 def frame(payload: bytes, opcode: int = OP_TEXT, *, masked: bool) -> bytes:
     """One final frame. Client frames are masked with a fresh random key (RFC 6455 §5.3)."""
-    n = len(payload)
-    first = 0x80 | opcode
-    bit = 0x80 if masked else 0
-    if n < 126:
-        head = struct.pack("!BB", first, bit | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", first, bit | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, bit | 127, n)
-    if not masked:
-        return head + payload
-    mask = random.getrandbits(32).to_bytes(4, "big")
-    return head + mask + apply_mask(payload, mask)
+    return build_frame(opcode, payload, random.getrandbits(32).to_bytes(4, "big") if masked else None)
 
 
 class Endpoint(asyncio.Protocol):
@@ -76,7 +57,7 @@ class Endpoint(asyncio.Protocol):
         self.ready = loop.create_future()  # set once the handshake is through
         self.closed = loop.create_future()
         self._buf = bytearray()
-        self._parts: list[bytes] = []
+        self._reader: FrameReader | None = None  # from the end of the handshake on
         self._close_sent = False
 
     # -- to override --------------------------------------------------------------------------
@@ -138,59 +119,31 @@ class Endpoint(asyncio.Protocol):
             self.open = True
             self.ready.set_result(None)
             self.on_open()
-        pos, end = 0, len(buf)
-        while end - pos >= 2:
-            b0, b1 = buf[pos], buf[pos + 1]
-            n, head = b1 & 0x7F, 2
-            if n == 126:
-                if end - pos < 4:
-                    break
-                n, head = (buf[pos + 2] << 8) | buf[pos + 3], 4
-            elif n == 127:
-                if end - pos < 10:
-                    break
-                (n,) = struct.unpack_from("!Q", buf, pos + 2)
-                head = 10
-            if n > MAX_MESSAGE:
-                self.close(1009)
+            self._reader = FrameReader(not self.masked, MAX_MESSAGE)
+            data, buf[:] = bytes(buf), b""
+        reader = self._reader
+        assert reader is not None
+        reader.feed(data)
+        while True:
+            try:
+                item = reader.read()
+            except FrameError as exc:
+                self.close(exc.code)
                 return
-            mask_at = pos + head
-            if b1 & 0x80:
-                head += 4
-            if end - pos < head + n:
-                break
-            payload = bytes(buf[pos + head : pos + head + n])
-            if b1 & 0x80:
-                payload = apply_mask(payload, bytes(buf[mask_at : mask_at + 4]))
-            pos += head + n
-            if not self._frame(b0 & 0x80, b0 & 0x0F, payload):
-                break
-        del buf[:pos]
-
-    def _frame(self, fin: int, opcode: int, payload: bytes) -> bool:
-        if opcode >= OP_CLOSE:
-            if opcode == OP_PING:
+            if item is None:
+                return
+            opcode, payload = item
+            if opcode == OP_TEXT or opcode == OP_BINARY:
+                self.on_message(payload)
+            elif opcode == OP_PING:
                 self.send_raw(frame(payload, OP_PONG, masked=self.masked))
             elif opcode == OP_CLOSE:
+                assert self.transport is not None
                 if not self._close_sent:
                     self._close_sent = True
-                    assert self.transport is not None
                     self.transport.write(frame(payload[:2], OP_CLOSE, masked=self.masked))
-                assert self.transport is not None
                 self.transport.close()
-                return False
-            return True
-        if opcode != OP_CONT or self._parts:
-            self._parts.append(payload)
-            if len(self._parts) > 1 and sum(map(len, self._parts)) > MAX_MESSAGE:
-                self.close(1009)
-                return False
-        if not fin:
-            return True
-        message = payload if len(self._parts) <= 1 else b"".join(self._parts)
-        self._parts.clear()
-        self.on_message(message)
-        return True
+                return
 
 
 class ClientEndpoint(Endpoint):
