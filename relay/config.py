@@ -38,6 +38,8 @@ class Settings:
     openai_api_key: str = field(default="", repr=False)
     database_url: str = field(default="", repr=False)
     sqlite_path: str = "relay.sqlite3"
+    spool_path: str = "relay.spool"
+    not_configured_message: str = "Sorry, this number is not configured. Goodbye."
     agent_instructions: str = "You are a friendly, concise assistant on a phone call."
     agent_voice: str = "marin"
     transcription_model: str = "gpt-4o-mini-transcribe"
@@ -91,6 +93,9 @@ class Settings:
         text("OPENAI_API_KEY", "openai_api_key")
         text("DATABASE_URL", "database_url")
         text("RELAY_SQLITE_PATH", "sqlite_path")
+        text("RELAY_SPOOL_PATH", "spool_path")
+        if "RELAY_NOT_CONFIGURED_MESSAGE" in env:
+            values["not_configured_message"] = env["RELAY_NOT_CONFIGURED_MESSAGE"]
         if "RELAY_AGENT_INSTRUCTIONS" in env:
             values["agent_instructions"] = env["RELAY_AGENT_INSTRUCTIONS"]
         text("RELAY_AGENT_VOICE", "agent_voice")

@@ -29,6 +29,7 @@ from relay import fastpath, realtime, twilio, upstream
 from relay.config import Settings
 from relay.session import CallSession, Upstream
 from relay.store import Store
+from relay.tenants import Directory, SingleTenant
 from relay.ws import WebSocket, handshake
 
 log = logging.getLogger("relay.server")
@@ -56,9 +57,11 @@ class Relay:
         store: Store,
         *,
         connect_upstream: Callable[[], Awaitable[Upstream]] | None = None,
+        directory: Directory | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.directory = directory or SingleTenant()
         self.agent = realtime.AgentProfile(
             instructions=settings.agent_instructions,
             voice=settings.agent_voice,
@@ -69,6 +72,7 @@ class Relay:
         )
         self._connect_upstream = connect_upstream or self._connect_realtime
         self.sessions: set[asyncio.Task[None]] = set()
+        self.background: set[asyncio.Future[None]] = set()  # webhook answers in flight
         self.calls_total = 0
 
     async def _connect_realtime(self) -> Upstream:
@@ -80,13 +84,22 @@ class Relay:
             timeout=10,
         )
 
-    def webhook(self, params: dict[str, str]) -> str:
-        """TwiML for an incoming call: connect its audio to our media WebSocket."""
-        call_sid = params.get("CallSid", "")
-        log.info("webhook: call %s from %s to %s", call_sid, params.get("From", "?"), params.get("To", "?"))
+    async def webhook(self, params: dict[str, str]) -> str:
+        """TwiML for an incoming call: connect its audio to our media WebSocket.
+
+        The called number picks the tenant and agent; both travel to the stream in its
+        ``<Parameter>``s. A number no tenant owns hears that it is not configured.
+        """
+        call_sid, to = params.get("CallSid", ""), params.get("To", "")
+        route = await self.directory.route(to)
+        if route is None:
+            log.warning("webhook: call %s to %s: number not configured", call_sid, to)
+            return twilio.not_configured_twiml(self.settings.not_configured_message)
+        log.info("webhook: call %s from %s to %s: tenant %s", call_sid, params.get("From", "?"), to, route.tenant_id)
         return twilio.connect_stream_twiml(
             self.settings.stream_url,
-            {"callSid": call_sid, "from": params.get("From", ""), "to": params.get("To", "")},
+            {"callSid": call_sid, "from": params.get("From", ""), "to": to, "tenant": route.tenant_id,
+             "agent": route.agent_id},
         )
 
     def health(self) -> dict[str, Any]:
@@ -194,12 +207,23 @@ class HttpProtocol(asyncio.Protocol):
             # Twilio's voice webhook: a form body (POST) or the query string (GET).
             raw = bytes(self._body).decode("utf-8", "replace") if method == b"POST" else url.query
             params = dict(parse_qsl(raw, keep_blank_values=True))
-            twiml = self._relay.webhook(params).encode()
-            self._send(HTTPStatus.OK, twiml, "text/xml", keep_alive=keep_alive)
+            task = asyncio.ensure_future(self._answer_webhook(params, keep_alive))
+            self._relay.background.add(task)
+            task.add_done_callback(self._relay.background.discard)
         elif url.path in ("/healthz", twilio.STREAM_PATH):
             self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", keep_alive=keep_alive)
         else:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
+
+    async def _answer_webhook(self, params: dict[str, str], keep_alive: bool) -> None:
+        try:
+            twiml = (await self._relay.webhook(params)).encode()
+        except Exception:  # e.g. the tenant directory is unreachable: Twilio retries or fails over
+            log.exception("webhook failed")
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"try again\n", keep_alive=False)
+            return
+        if self._transport is not None and not self._transport.is_closing():
+            self._send(HTTPStatus.OK, twiml, "text/xml", keep_alive=keep_alive)
 
     def _upgrade(self, rest: bytes) -> None:
         assert self._transport is not None

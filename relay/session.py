@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from relay import realtime, twilio
 from relay.errors import BackendError, ProtocolError
 from relay.fastpath import TwilioWriter, b64_decoded_len, build_append, parse_audio_delta, parse_media
-from relay.store import CallEnd, CallRecord, Store, TurnRecord
+from relay.store import DEFAULT_TENANT, CallEnd, CallRecord, Store, TurnRecord
 from relay.ws import ConnectionClosed
 
 log = logging.getLogger("relay.session")
@@ -150,6 +150,11 @@ class CallSession:
     def call_sid(self) -> str:
         return self.start.call_sid if self.start else ""
 
+    @property
+    def tenant_id(self) -> str:
+        """The tenant the webhook routed this call to (its ``<Parameter name="tenant">``)."""
+        return (self.start.custom_parameters.get("tenant") if self.start else None) or DEFAULT_TENANT
+
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
@@ -167,6 +172,7 @@ class CallSession:
         params = start.custom_parameters
         self._store.submit(
             CallRecord(
+                tenant_id=self.tenant_id,
                 call_sid=start.call_sid,
                 stream_sid=start.stream_sid,
                 started_at=time.time(),
@@ -473,6 +479,7 @@ class CallSession:
         turn.stored = True
         self._store.submit(
             TurnRecord(
+                tenant_id=self.tenant_id,
                 call_sid=self.start.call_sid,
                 seq=turn.seq,
                 role="user",
@@ -502,6 +509,7 @@ class CallSession:
             v2v = round((turn.first_out_at - turn.speech_end_at) * 1000, 1)
         self._store.submit(
             TurnRecord(
+                tenant_id=self.tenant_id,
                 call_sid=self.start.call_sid,
                 seq=turn.seq,
                 role="assistant",
@@ -527,6 +535,7 @@ class CallSession:
         v2v = self.stats.v2v_ms
         self._store.submit(
             CallEnd(
+                tenant_id=self.tenant_id,
                 call_sid=self.start.call_sid,
                 ended_at=time.time(),
                 end_reason=self.end_reason or "error",

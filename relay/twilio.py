@@ -124,6 +124,14 @@ def parse_event(message: bytes) -> TwilioEvent:
     raise ProtocolError(f"unknown Twilio event {event!r}")
 
 
+def not_configured_twiml(message: str) -> str:
+    """TwiML for a call relay will not connect: say why, then hang up."""
+    response = VoiceResponse()
+    response.say(message)
+    response.hangup()
+    return str(response)
+
+
 def connect_stream_twiml(stream_url: str, parameters: Mapping[str, str]) -> str:
     """TwiML that connects the call to relay's media WebSocket (PROTOCOLS §1.1).
 

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import pytest
 
 IMPLEMENTATIONS = ["relay._fastpath_py", "relay._fastpath"]
+
+# CI must not pass when the Postgres tests did not run: count those that passed and, when
+# RELAY_POSTGRES_REPORT names a file, write the count there for .ci/run to check.
+_postgres_passed = 0
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    global _postgres_passed
+    if report.when == "call" and report.passed and "postgres" in report.keywords:
+        _postgres_passed += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    path = os.environ.get("RELAY_POSTGRES_REPORT")
+    if path:
+        with open(path, "w") as f:
+            f.write(f"{_postgres_passed}\n")
 
 
 @pytest.fixture(params=IMPLEMENTATIONS, ids=["python", "cython"])

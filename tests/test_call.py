@@ -16,6 +16,7 @@ from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
 from relay.sim.caller import CallerScript, TwilioCaller
 from relay.store import SQLiteStore
+from relay.tenants import Directory
 
 FAST = AgentConfig(think_ms=100, realtime_factor=8.0, transcription_delay_ms=50)
 SHORT = CallerScript(utterances=("Book a table for two.", "At seven tonight."), lead_in_ms=200, answer_quiet_ms=400)
@@ -30,13 +31,15 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def stack(tmp_path: Path, agent_config: AgentConfig = FAST, **settings: object) -> AsyncIterator[Stack]:
+async def stack(
+    tmp_path: Path, agent_config: AgentConfig = FAST, directory: Directory | None = None, **settings: object
+) -> AsyncIterator[Stack]:
     agent = RealtimeAgent(agent_config)
     await agent.start()
     store = SQLiteStore(tmp_path / "relay.sqlite3")
     await store.open()
     base = Settings(host="127.0.0.1", port=0, realtime_url=agent.url, openai_api_key="sk-sim", **settings)  # type: ignore[arg-type]
-    server = RelayServer(Relay(base, store))
+    server = RelayServer(Relay(base, store, directory=directory))
     await server.start()
     server.relay.settings = dataclasses.replace(base, public_url=f"http://127.0.0.1:{server.port}")
     try:

@@ -33,7 +33,8 @@ async def test_webhook_answers_twiml_connecting_the_stream(tmp_path: Path) -> No
     assert status == 200
     url, params = parse_connect_stream(body.decode())
     assert url == f"ws://127.0.0.1:{_port(s.webhook)}/twilio/voice"
-    assert params == {"callSid": "CA123", "from": "+15550001", "to": "+15550002"}
+    assert params == {"callSid": "CA123", "from": "+15550001", "to": "+15550002", "tenant": "default",
+                      "agent": "default"}
 
 
 async def test_health_and_unknown_routes(tmp_path: Path) -> None:
