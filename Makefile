@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml setup.py relay/_fastpath.pyx relay/_fastpath.pxd 2>/dev/null | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml setup.py relay/_fastpath.pyx relay/_fastpath.pxd relay/*.pxi 2>/dev/null | cksum | cut -d' ' -f1)
 ARGS   ?=
 
 .PHONY: demo test bench loadtest serve build clean

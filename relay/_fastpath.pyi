@@ -116,6 +116,22 @@ def build_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes
             mask that is not 4 bytes.
     """
 
+def build_append_frame(payload: bytes, mask: bytes) -> bytes:
+    """``build_frame(OP_TEXT, build_append(payload), mask)`` in one allocation: caller audio as
+    the masked client frame the backend leg sends.
+
+    Raises:
+        the errors of ``build_append`` and ``build_frame``.
+    """
+
+def media_frames(writer: TwilioWriter, payload: bytes, name: str) -> bytes:
+    """A ``media`` message and its ``mark``, as two unmasked server frames in one buffer:
+    ``build_frame(OP_TEXT, writer.media(payload)) + build_frame(OP_TEXT, writer.mark(name))``.
+
+    Raises:
+        the errors of ``TwilioWriter.mark``.
+    """
+
 class FrameReader:
     """Incremental frame parser for one direction of one connection; no I/O.
 
@@ -149,3 +165,72 @@ class FrameReader:
                 a close code a peer may not send (RFC 6455 §7.4) or a length over 2**63; 1007 for a text message or close reason that is not
                 UTF-8; 1009 for a message over ``max_size``. The reader is unusable after.
         """
+
+# ---- Codec
+# G.711 μ-law ↔ PCM16 and streaming resampling (``_codec.pxi``; oracle ``_codec_py``).
+# PCM16 is mono, signed 16-bit little-endian, 2 bytes per sample. Every input must be
+# ``bytes`` exactly: ``bytearray``, ``memoryview``, ``str`` and the rest raise ``TypeError``
+# in both implementations. Integer arithmetic only, so both agree bit for bit.
+
+def ulaw_to_pcm16(data: bytes) -> bytes:
+    """Decode G.711 μ-law to PCM16 through a 256-entry table; equals ``audioop.ulaw2lin(data, 2)``.
+
+    Returns ``2 * len(data)`` bytes. Raises TypeError unless ``data`` is bytes.
+    """
+
+def pcm16_to_ulaw(data: bytes) -> bytes:
+    """Encode PCM16 to G.711 μ-law through a 16384-entry table on the sample's top 14 bits;
+    equals ``audioop.lin2ulaw(data, 2)`` for every sample value.
+
+    Returns ``len(data) // 2`` bytes. Raises TypeError unless ``data`` is bytes, ValueError if
+    its length is odd.
+    """
+
+class Resampler:
+    """Streaming PCM16 resampler: 8000 → 16000 / 24000 Hz, 16000 / 24000 → 8000 Hz, or a
+    same-rate passthrough (8000, 16000 or 24000 Hz).
+
+    Chunking never changes the result: the concatenated outputs of ``process`` over any split
+    of a stream at sample boundaries equal one ``process`` of the whole stream. Nothing is held
+    back, so each call returns every output sample its input completes, and over a stream of
+    ``n`` input samples the total is exactly ``ceil(n * dst_rate / src_rate)`` samples. The
+    stream starts from silence (zero history), so the first outputs ramp in.
+
+    Up by L = 2 or 3 (linear interpolation, a deliberate choice: cheap, no overshoot, and
+    the backends band-limit 8 kHz input anyway):
+    ``y[L*n + j] = round(x[n-1] + (x[n] - x[n-1]) * (j + 1) / L)`` for j < L, ties rounded up,
+    with ``x[-1] = 0``; so ``y[L*n + L-1] == x[n]``. Delay: L - 1 output samples (1/2 or 2/3
+    of an 8 kHz sample, 62.5 / 83.3 µs). Never leaves the input range, so no clamping.
+
+    Down by M = 2 or 3: a linear-phase FIR low-pass on the input rate, then every M-th
+    output: ``y[m] = clamp16(floor((sum(h[k] * x[M*m - k] for k < K) + 2**14) / 2**15))``
+    with ``x[<0] = 0``. ``h`` is a Kaiser-windowed sinc (β = 5, cutoff 3800 Hz,
+    K = 16*M + 1 taps: 33 at 16 kHz, 49 at 24 kHz), integer Q15 coefficients summing to
+    2**15: about -0.02 dB at 3 kHz, -1.2 dB at 3.4 kHz, -10.7 dB at 4 kHz, ≤ -51 dB from
+    4.6 kHz. Output m is returned as soon as input sample M*m arrives; it is centred on input
+    sample M*m - 8*M, a delay of 8 output samples (1 ms). Overshoot is clamped to int16.
+
+    Raises:
+        TypeError: a rate is not an int.
+        ValueError: any other pair of rates.
+    """
+
+    src_rate: int
+    """The input rate in Hz (read-only)."""
+    dst_rate: int
+    """The output rate in Hz (read-only)."""
+
+    def __init__(self, src_rate: int, dst_rate: int) -> None: ...
+    def process(self, chunk: bytes) -> bytes:
+        """Resample the next ``chunk`` of the stream; returns the output it completes.
+
+        Up: ``L * len(chunk)`` bytes. Down: one output sample per input sample M*m received
+        (``ceil`` over the stream). Passthrough: ``chunk`` itself.
+
+        Raises:
+            TypeError: ``chunk`` is not bytes.
+            ValueError: ``len(chunk)`` is odd (the state is left untouched).
+        """
+    def flush(self) -> bytes:
+        """End the stream: return what is still held (always ``b""``, since nothing is held
+        back) and reset to the initial state, so the next ``process`` starts a new stream."""

@@ -647,3 +647,87 @@ cdef class FrameReader:
         fin_out[0] = fin != 0
         op_out[0] = opcode
         return payload
+
+
+
+cdef inline Py_ssize_t _header_len(Py_ssize_t n, bint masked) noexcept nogil:
+    return (2 if n < 126 else 4 if n < 65536 else 10) + (4 if masked else 0)
+
+
+cdef inline Py_ssize_t _write_header(unsigned char* o, int opcode, Py_ssize_t n,
+                                     const unsigned char* mask) noexcept nogil:
+    """A final frame's header (and key) for ``n`` payload bytes; returns its length."""
+    cdef int bit = 0x80 if mask != NULL else 0
+    cdef Py_ssize_t head, i
+    o[0] = 0x80 | opcode
+    if n < 126:
+        o[1] = bit | n
+        head = 2
+    elif n < 65536:
+        o[1] = bit | 126
+        o[2] = (n >> 8) & 0xFF
+        o[3] = n & 0xFF
+        head = 4
+    else:
+        o[1] = bit | 127
+        for i in range(8):
+            o[2 + i] = (n >> (56 - 8 * i)) & 0xFF
+        head = 10
+    if mask != NULL:
+        memcpy(o + head, mask, 4)
+        head += 4
+    return head
+
+
+cdef inline Py_ssize_t _write_text3(unsigned char* o, const char* a, Py_ssize_t na, const char* b,
+                                    Py_ssize_t nb, const char* c, Py_ssize_t nc,
+                                    const unsigned char* mask) noexcept nogil:
+    """One text frame carrying a + b + c, masked when ``mask`` is given; returns bytes written."""
+    cdef Py_ssize_t head = _write_header(o, 0x1, na + nb + nc, mask)
+    cdef unsigned char* p = o + head
+    memcpy(p, a, na)
+    memcpy(p + na, b, nb)
+    memcpy(p + na + nb, c, nc)
+    cdef Py_ssize_t i, n = na + nb + nc
+    if mask != NULL:
+        for i in range(n):
+            p[i] ^= mask[i & 3]
+    return head + n
+
+
+def build_append_frame(payload, mask):
+    cdef Py_ssize_t n
+    cdef bytes out
+    if type(payload) is not bytes or type(mask) is not bytes or PyBytes_GET_SIZE(mask) != 4:
+        return _ref.build_append_frame(payload, mask)
+    n = PyBytes_GET_SIZE(_APPEND) + PyBytes_GET_SIZE(payload) + 2
+    out = PyBytes_FromStringAndSize(NULL, _header_len(n, True) + n)
+    _write_text3(<unsigned char*>PyBytes_AS_STRING(out), PyBytes_AS_STRING(_APPEND), PyBytes_GET_SIZE(_APPEND),
+                 PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), b'"}', 2,
+                 <const unsigned char*>PyBytes_AS_STRING(mask))
+    return out
+
+
+def media_frames(TwilioWriter writer, payload, name):
+    """See ``_fastpath.pyi`` (``TwilioWriter.media_frames``)."""
+    cdef bytes mark, out
+    cdef Py_ssize_t n1, n2, w
+    cdef unsigned char* o
+    if writer._media_prefix is None:
+        _uninitialised()
+    if type(payload) is not bytes:
+        return _ref.build_frame(1, writer.media(payload)) + _ref.build_frame(1, writer.mark(name))
+    mark = writer.mark(name)
+    n1 = PyBytes_GET_SIZE(writer._media_prefix) + PyBytes_GET_SIZE(payload) + 3
+    n2 = PyBytes_GET_SIZE(mark)
+    out = PyBytes_FromStringAndSize(NULL, _header_len(n1, False) + n1 + _header_len(n2, False) + n2)
+    o = <unsigned char*>PyBytes_AS_STRING(out)
+    w = _write_text3(o, PyBytes_AS_STRING(writer._media_prefix), PyBytes_GET_SIZE(writer._media_prefix),
+                     PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), b'"}}', 3, NULL)
+    _write_text3(o + w, PyBytes_AS_STRING(mark), n2, b"", 0, b"", 0, NULL)
+    return out
+
+
+# ---------------------------------------------------------------- codec (see _codec.pxi)
+
+include "_codec.pxi"

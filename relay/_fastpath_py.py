@@ -260,3 +260,19 @@ class FrameReader:
         if opcode not in _CONTROL_OPS:
             self._part_size += n if (opcode == OP_CONT or not fin) else 0
         return fin, opcode, payload
+
+
+
+def build_append_frame(payload: bytes, mask: bytes) -> bytes:
+    """See ``_fastpath.pyi``."""
+    return build_frame(OP_TEXT, build_append(payload), mask)
+
+
+def media_frames(writer: TwilioWriter, payload: bytes, name: str) -> bytes:
+    """See ``_fastpath.pyi``."""
+    return build_frame(OP_TEXT, writer.media(payload)) + build_frame(OP_TEXT, writer.mark(name))
+
+
+# ---------------------------------------------------------------- codec
+
+from relay._codec_py import *  # noqa: E402,F403  (the codec twin lives in its own module)

@@ -17,12 +17,17 @@ try:
         OP_PONG,
         OP_TEXT,
         FrameReader,
+        Resampler,
         TwilioWriter,
         b64_decoded_len,
         build_append,
+        build_append_frame,
         build_frame,
+        media_frames,
         parse_audio_delta,
         parse_media,
+        pcm16_to_ulaw,
+        ulaw_to_pcm16,
     )
 except ImportError:  # not built: the reference keeps tools and tests usable
     from relay._fastpath_py import (  # type: ignore[assignment]
@@ -34,12 +39,17 @@ except ImportError:  # not built: the reference keeps tools and tests usable
         OP_PONG,
         OP_TEXT,
         FrameReader,
+        Resampler,
         TwilioWriter,
         b64_decoded_len,
         build_append,
+        build_append_frame,
         build_frame,
+        media_frames,
         parse_audio_delta,
         parse_media,
+        pcm16_to_ulaw,
+        ulaw_to_pcm16,
     )
 
 __all__ = [
@@ -51,10 +61,15 @@ __all__ = [
     "OP_PONG",
     "OP_TEXT",
     "FrameReader",
+    "Resampler",
     "TwilioWriter",
     "b64_decoded_len",
     "build_append",
+    "build_append_frame",
     "build_frame",
+    "media_frames",
     "parse_audio_delta",
     "parse_media",
+    "pcm16_to_ulaw",
+    "ulaw_to_pcm16",
 ]

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from relay import realtime, twilio
 from relay.errors import BackendError, ProtocolError
-from relay.fastpath import TwilioWriter, b64_decoded_len, build_append, parse_audio_delta, parse_media
+from relay.fastpath import TwilioWriter, b64_decoded_len, media_frames, parse_audio_delta, parse_media
 from relay.store import DEFAULT_TENANT, CallEnd, CallRecord, Store, TurnRecord
 from relay.ws import ConnectionClosed
 
@@ -41,6 +41,7 @@ class TwilioSocket(Protocol):
     async def recv(self) -> bytes: ...
     def send(self, message: bytes) -> None: ...
     def send_many(self, messages: tuple[bytes, ...]) -> None: ...
+    def send_frames(self, frames: bytes) -> None: ...
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 
@@ -50,6 +51,7 @@ class Upstream(Protocol):
     on_message: Callable[[bytes], bool] | None
     async def recv(self) -> bytes: ...
     def send(self, message: bytes) -> None: ...
+    def send_append(self, payload: bytes) -> None: ...
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 
@@ -287,7 +289,7 @@ class CallSession:
         if self._ts0 is None:
             self._ts0 = timestamp
         assert self._upstream is not None
-        self._upstream.send(build_append(payload))
+        self._upstream.send_append(payload)
 
     def _twilio_frame(self, message: bytes) -> bool:
         """Handle a ``media`` or ``mark`` as it arrives; leave anything else (or odd) to the pump."""
@@ -373,7 +375,7 @@ class CallSession:
         name = f"{item_id}:{turn.sent_bytes}"
         self._marks_out.add(name)
         assert self._writer is not None
-        self.twilio.send_many((self._writer.media(payload), self._writer.mark(name)))
+        self.twilio.send_frames(media_frames(self._writer, payload, name))
         self.stats.frames_out += 1
         self._current = turn
 
@@ -427,7 +429,7 @@ class CallSession:
         if held and self._ts0 is not None and self.stats.frames_dropped:
             self._ts0 += self.stats.frames_dropped * FRAME_MS
         for payload in held:
-            self._upstream.send(build_append(payload))
+            self._upstream.send_append(payload)
 
     async def _barge_in(self) -> None:
         turn = self._current

@@ -16,7 +16,8 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from relay.errors import BackendError
-from relay.ws import Connection
+from relay.fastpath import build_append_frame
+from relay.ws import OPEN, Connection
 
 MAX_RESPONSE_HEAD = 16 * 1024
 
@@ -25,6 +26,11 @@ class UpstreamConnection(Connection):
     """An open client WebSocket to the backend (what ``CallSession`` calls its upstream)."""
 
     mask_frames = True
+
+    def send_append(self, payload: bytes) -> None:
+        """Send caller audio (base64 μ-law) as ``input_audio_buffer.append``, framed in one go."""
+        if self.state == OPEN:
+            self._write(build_append_frame(payload, self._mask()))
 
 
 class _ClientHandshake(asyncio.Protocol):

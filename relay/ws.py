@@ -189,6 +189,11 @@ class Connection:
         if self.state == OPEN:
             self._write(build_frame(OP_TEXT, message, self._mask()))
 
+    def send_frames(self, frames: bytes) -> None:
+        """Write frames already built by the fast path (e.g. ``media_frames``); a no-op once closing."""
+        if self.state == OPEN:
+            self._write(frames)
+
     def send_many(self, messages: tuple[bytes, ...] | list[bytes]) -> None:
         """Send text messages in one transport write; a no-op once closing."""
         if self.state == OPEN:

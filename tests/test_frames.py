@@ -17,6 +17,8 @@ from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+
+from relay.errors import ProtocolError
 from websockets.uri import parse_uri
 
 from relay import _fastpath as compiled
@@ -769,3 +771,39 @@ def test_ping_between_fragments_comes_out_first_and_the_message_whole(fp: Any, m
     assert reader.read() == (OP_TEXT, "Hello, wörld".encode())
     assert reader.read() is None
     assert reader.pending() == 0
+
+
+# ---- the one-allocation builders used per frame ----------------------------------------------
+
+b64_payloads = st.binary(max_size=3000).map(lambda b: __import__("base64").b64encode(b))
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=b64_payloads, mask=st.binary(min_size=4, max_size=4))
+def test_build_append_frame_equals_the_twin_and_its_definition(payload: bytes, mask: bytes) -> None:
+    from relay import _fastpath as C
+    from relay import _fastpath_py as P
+
+    expected = P.build_frame(P.OP_TEXT, P.build_append(payload), mask)
+    assert P.build_append_frame(payload, mask) == expected
+    assert C.build_append_frame(payload, mask) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=b64_payloads, name=st.text(min_size=1, max_size=40), sid=st.text(min_size=1, max_size=40))
+def test_media_frames_equal_the_twin_and_parse_back(payload: bytes, name: str, sid: str) -> None:
+    from relay import _fastpath as C
+    from relay import _fastpath_py as P
+
+    try:
+        expected = P.media_frames(P.TwilioWriter(sid), payload, name)
+    except ProtocolError as exc:
+        with pytest.raises(type(exc)):
+            C.media_frames(C.TwilioWriter(sid), payload, name)
+        return
+    assert C.media_frames(C.TwilioWriter(sid), payload, name) == expected
+    reader = P.FrameReader(False)
+    reader.feed(expected)
+    assert reader.read() == (P.OP_TEXT, P.TwilioWriter(sid).media(payload))
+    assert reader.read() == (P.OP_TEXT, P.TwilioWriter(sid).mark(name))
+    assert reader.read() is None
