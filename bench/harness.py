@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BASELINES = ROOT / "bench" / "baselines"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+BENCH_DATABASE_URL = os.environ.get("RELAY_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/relay_bench")
+BENCH_NUMBER = "+15550199999"  # the number the load generator dials (its webhook "To")
 LATE_MS = 20.0  # one frame period: a frame this much later than the floor is a gap the caller hears
 LOAD_BOUND_CPU = 0.90  # the load side's core this busy: figures say more about it than the relay
 
@@ -68,6 +70,11 @@ def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, Rela
             "relay", "relay", lambda port, up: [py, "-m", "relay", "serve"], "/twilio/voice", "/twilio/voice",
             relay_env,
         ),
+        "relay-postgres": RelaySpec(
+            "relay-postgres", "relay, Postgres store",
+            lambda port, up: [py, "-m", "relay", "serve"], "/twilio/voice", "/twilio/voice",
+            {**relay_env, "DATABASE_URL": BENCH_DATABASE_URL}, ("postgres",),
+        ),
         "relay-slowed": RelaySpec(
             "relay-slowed", f"relay, slowed ({slow_ms:g} ms, {burn_us:g} µs/frame)",
             lambda port, up: [py, "-m", "bench.slowed", *slowed, "serve"], "/twilio/voice", "/twilio/voice",
@@ -91,12 +98,16 @@ def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, Rela
     }
 
 
-def unavailable(spec: RelaySpec) -> str | None:
+async def unavailable(spec: RelaySpec) -> str | None:
     """Why ``spec`` cannot run here (a missing module or program), or None."""
     import importlib.util
 
     for need in spec.requires:
-        if need in ("node", "npm"):
+        if need == "postgres":
+            problem = await _bench_database()
+            if problem:
+                return problem
+        elif need in ("node", "npm"):
             if shutil.which(need) is None:
                 return f"{need} not found"
         elif importlib.util.find_spec(need) is None:
@@ -106,6 +117,35 @@ def unavailable(spec: RelaySpec) -> str | None:
                               capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             return f"npm ci failed: {done.stderr.strip()[-200:]}"
+    return None
+
+
+async def _bench_database() -> str | None:
+    """Create the benchmark's database when missing (and route every number to one tenant)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    async def prepare() -> None:
+        import asyncpg
+
+        from relay.pgstore import Directory, migrate
+
+        parts = urlsplit(BENCH_DATABASE_URL)
+        name = parts.path.lstrip("/")
+        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")), timeout=5)
+        try:
+            if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        await migrate(BENCH_DATABASE_URL)
+        async with Directory.connect(BENCH_DATABASE_URL) as directory:
+            await directory.add_tenant("bench", "load harness")
+            await directory.add_number(BENCH_NUMBER, "bench")
+
+    try:
+        await prepare()
+    except Exception as exc:  # unreachable server, no rights: say why the row is missing
+        return f"Postgres at {BENCH_DATABASE_URL.split('@')[-1]} unavailable: {type(exc).__name__}"
     return None
 
 
@@ -146,6 +186,7 @@ class RelayProcess:
             "RELAY_PUBLIC_URL": f"http://127.0.0.1:{self.port}",
             "RELAY_REALTIME_URL": self.upstream_url,
             "RELAY_SQLITE_PATH": str(self.workdir / f"{self.spec.name}.sqlite3"),
+            "RELAY_SPOOL_PATH": str(self.workdir / f"{self.spec.name}.spool"),
         })
         core = self.core
         self.proc = subprocess.Popen(
@@ -317,7 +358,7 @@ class Harness:
             relays: dict[str, Any] = {}
             for name in o.relays:
                 spec = specs[name]
-                reason = unavailable(spec)
+                reason = await unavailable(spec)
                 if reason:
                     log.warning("%s: skipped: %s", name, reason)
                     relays[name] = {"title": spec.title, "skipped": reason}

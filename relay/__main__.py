@@ -24,11 +24,28 @@ log = logging.getLogger("relay")
 
 async def serve(settings: Settings) -> None:
     from relay.server import Relay, RelayServer
-    from relay.store import SQLiteStore
+    from relay.store import SQLiteStore, Store
+    from relay.tenants import CachedDirectory, Directory, SingleTenant
 
-    store = SQLiteStore(settings.sqlite_path)
-    await store.open()
-    server = RelayServer(Relay(settings, store))
+    store: Store
+    directory: Directory
+    if settings.database_url:
+        import asyncpg
+
+        from relay.pgstore import PostgresStore, migrate
+
+        try:
+            await migrate(settings.database_url)  # idempotent; a fresh database needs no extra step
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            # Calls are still served: records wait in the spool until Postgres is back.
+            log.error("Postgres unreachable at start (%s); records spool until it is back", type(exc).__name__)
+        pg = PostgresStore(settings.database_url, spool_path=settings.spool_path)
+        await pg.open()  # replays a spool left by an earlier run first
+        store, directory = pg, CachedDirectory(pg.directory.lookup_number)
+    else:
+        store, directory = SQLiteStore(settings.sqlite_path), SingleTenant()
+        await store.open()
+    server = RelayServer(Relay(settings, store, directory=directory))
     await server.start()
     log.info(
         "relay %s listening on %s:%d; Twilio streams to %s; fastpath=%s; store=%s %s",
@@ -60,6 +77,59 @@ def _check_fastpath(settings: Settings) -> None:
         )
 
 
+async def admin(args: argparse.Namespace, settings: Settings) -> int:
+    """The store commands: migrate, tenants, numbers (Postgres); calls and turns (either store)."""
+    if not settings.database_url:
+        if args.command in ("migrate", "tenants", "numbers"):
+            print(f"relay {args.command}: needs DATABASE_URL (the embedded store is single-tenant)", file=sys.stderr)
+            return 2
+        from relay.store import SQLiteStore
+
+        store = SQLiteStore(settings.sqlite_path)
+        await store.open()
+        try:
+            if args.command == "calls":
+                rows: list[dict[str, object]] = list(await store.calls(args.limit))
+            else:
+                rows = [_turn_row(t) for t in await store.turns(args.call)] if args.call else []
+        finally:
+            await store.close()
+        _print_rows(rows)
+        return 0
+
+    from relay import pgstore
+
+    if args.command == "migrate":
+        applied = await pgstore.migrate(settings.database_url)
+        print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+        return 0
+    async with pgstore.Directory.connect(settings.database_url) as directory:
+        if args.command == "tenants" and args.action == "add":
+            await directory.add_tenant(args.tenant_id, args.name or args.tenant_id)
+            print(f"tenant {args.tenant_id} added")
+        elif args.command == "tenants":
+            _print_rows(await directory.list_tenants())
+        elif args.command == "numbers":
+            await directory.add_number(args.e164, args.tenant, args.agent)
+            print(f"{args.e164} -> tenant {args.tenant}, agent {args.agent}")
+        elif args.command == "calls":
+            # Read as the tenant, through the role row-level security applies to.
+            _print_rows(await directory.tenant_calls(args.tenant, args.limit))
+        elif args.command == "turns":
+            _print_rows([_turn_row(t) for t in await directory.tenant_turns(args.tenant, args.call)])
+    return 0
+
+
+def _turn_row(turn: object) -> dict[str, object]:
+    from dataclasses import asdict
+
+    return asdict(turn)  # type: ignore[call-overload]
+
+
+def _print_rows(rows: list[dict[str, object]]) -> None:
+    sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="relay", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
@@ -71,7 +141,35 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.add_argument("--db", metavar="PATH", help="SQLite file for the turns (default: a new temp file)")
     demo.add_argument("--think-ms", type=int, default=300, help="the simulated agent's think time")
+    commands.add_parser("migrate", help="create or upgrade the Postgres schema (DATABASE_URL)")
+    tenants = commands.add_parser("tenants", help="add or list tenants (Postgres)")
+    tenant_actions = tenants.add_subparsers(dest="action", required=True)
+    add_tenant = tenant_actions.add_parser("add", help="add a tenant")
+    add_tenant.add_argument("tenant_id")
+    add_tenant.add_argument("--name", default="")
+    tenant_actions.add_parser("list", help="list tenants")
+    numbers = commands.add_parser("numbers", help="route a phone number to a tenant (Postgres)")
+    number_actions = numbers.add_subparsers(dest="action", required=True)
+    add_number = number_actions.add_parser("add", help="route an E.164 number to a tenant and agent")
+    add_number.add_argument("e164")
+    add_number.add_argument("--tenant", required=True)
+    add_number.add_argument("--agent", default="default")
+    calls = commands.add_parser("calls", help="recent calls of a tenant, read through row-level security")
+    calls.add_argument("--tenant", default="default")
+    calls.add_argument("--limit", type=int, default=20)
+    turns = commands.add_parser("turns", help="stored turns of a tenant's calls, read through row-level security")
+    turns.add_argument("--tenant", default="default")
+    turns.add_argument("--call", help="one call's turns (default: all of the tenant's)")
     args = parser.parse_args(argv)
+
+    if args.command in ("migrate", "tenants", "numbers", "calls", "turns"):
+        try:
+            settings = Settings.from_env(serve=False)
+        except ConfigError as exc:
+            print(f"relay: {exc}", file=sys.stderr)
+            return 2
+        logs.configure("WARNING")
+        return uvloop.run(admin(args, settings))
 
     if args.command == "serve":
         try:

@@ -59,8 +59,11 @@ class Settings:
         return f"{scheme}://{parts.netloc}/twilio/voice"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+    def from_env(cls, env: Mapping[str, str] = os.environ, *, serve: bool = True) -> Settings:
         """Read every ``RELAY_*`` setting (and ``OPENAI_API_KEY``, ``DATABASE_URL``).
+
+        ``serve=False`` (the admin commands) skips what only serving calls needs: the public
+        URL and the API key.
 
         Raises:
             ConfigError: listing every problem found, not just the first.
@@ -113,16 +116,18 @@ class Settings:
             values["allow_python_fastpath"] = raw in ("1", "true", "yes")
 
         settings = cls(**values)  # type: ignore[arg-type]
-        problems += settings.problems()
+        problems += settings.problems(serve=serve)
         if problems:
             raise ConfigError(problems)
         return settings
 
-    def problems(self) -> list[str]:
+    def problems(self, *, serve: bool = True) -> list[str]:
         """Every inconsistency in these settings (empty when they are usable for ``serve``)."""
         problems: list[str] = []
         public = urlsplit(self.public_url)
-        if not self.public_url:
+        if not serve:
+            pass
+        elif not self.public_url:
             problems.append("RELAY_PUBLIC_URL is required: the https origin Twilio reaches, e.g. https://relay.example.com")
         elif public.scheme not in ("https", "http") or not public.hostname:
             problems.append(f"RELAY_PUBLIC_URL={self.public_url!r} must be an https:// origin")
@@ -138,7 +143,7 @@ class Settings:
             problems.append(f"RELAY_REALTIME_URL={self.realtime_url!r} must be a wss:// URL")
         elif backend.scheme == "ws" and not is_loopback(backend.hostname):
             problems.append(f"RELAY_REALTIME_URL={self.realtime_url!r} must use wss (ws is for loopback only)")
-        if not self.openai_api_key:
+        if serve and not self.openai_api_key:
             problems.append("OPENAI_API_KEY is required")
         if self.agent_voice not in VOICES:
             problems.append(f"RELAY_AGENT_VOICE={self.agent_voice!r} is not one of {', '.join(VOICES)}")

@@ -7,7 +7,8 @@
     ├── ProtocolError(RelayError, ValueError)    malformed peer message (Twilio or backend)
     │   ├── PayloadError(ProtocolError)          bad base64 in a media payload or audio delta
     │   └── FrameError(ProtocolError)            a WebSocket frame breaks RFC 6455; carries the close code
-    └── BackendError(RelayError)                 the speech backend refused or broke the session
+    ├── BackendError(RelayError)                 the speech backend refused or broke the session
+    └── SpoolError(RelayError)                   the outage spool is held by another process or not open
 """
 
 from __future__ import annotations
@@ -49,3 +50,7 @@ class FrameError(ProtocolError):
 
 class BackendError(RelayError):
     """The speech backend refused the session or failed during it."""
+
+
+class SpoolError(RelayError):
+    """The spool cannot be used: another process holds it, or it is not open."""

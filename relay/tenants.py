@@ -8,6 +8,7 @@ is not there gets a spoken "not configured" and a hang-up instead of a stream.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,8 @@ from typing import Protocol
 from relay.store import DEFAULT_TENANT
 
 DEFAULT_AGENT = "default"
+
+log = logging.getLogger("relay.tenants")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +47,7 @@ class CachedDirectory:
 
     Unknown numbers are cached too, for a shorter time, so a misconfigured number being
     dialled repeatedly does not become a query per call; a number added by the CLI is seen
-    within ``miss_ttl`` seconds.
+    within ``miss_ttl`` seconds. While the lookup fails, expired routes are still served.
     """
 
     def __init__(
@@ -68,7 +71,15 @@ class CachedDirectory:
         if hit is not None and hit[0] > now:
             self._cache.move_to_end(to_number)
             return hit[1]
-        found = await self._lookup(to_number)
+        try:
+            found = await self._lookup(to_number)
+        except Exception:
+            # The directory is unreachable (a database outage): a number seen before keeps its
+            # route, however old; only a number never seen has no answer.
+            if hit is not None and hit[1] is not None:
+                log.warning("tenant directory unavailable; routing %s by its last known tenant", to_number)
+                return hit[1]
+            raise
         route = Route(*found) if found is not None else None
         self._cache[to_number] = (now + (self._ttl if route else self._miss_ttl), route)
         self._cache.move_to_end(to_number)

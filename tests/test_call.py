@@ -15,7 +15,7 @@ from relay.server import Relay, RelayServer
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
 from relay.sim.caller import CallerScript, TwilioCaller
-from relay.store import SQLiteStore
+from relay.store import SQLiteStore, Store
 from relay.tenants import Directory
 
 FAST = AgentConfig(think_ms=100, realtime_factor=8.0, transcription_delay_ms=50)
@@ -26,18 +26,23 @@ SHORT = CallerScript(utterances=("Book a table for two.", "At seven tonight."), 
 class Stack:
     agent: RealtimeAgent
     relay: Relay
-    store: SQLiteStore
+    store: Store
     webhook: str
 
 
 @contextlib.asynccontextmanager
 async def stack(
-    tmp_path: Path, agent_config: AgentConfig = FAST, directory: Directory | None = None, **settings: object
+    tmp_path: Path,
+    agent_config: AgentConfig = FAST,
+    directory: Directory | None = None,
+    store: Store | None = None,
+    **settings: object,
 ) -> AsyncIterator[Stack]:
     agent = RealtimeAgent(agent_config)
     await agent.start()
-    store = SQLiteStore(tmp_path / "relay.sqlite3")
-    await store.open()
+    if store is None:
+        store = SQLiteStore(tmp_path / "relay.sqlite3")
+        await store.open()
     base = Settings(host="127.0.0.1", port=0, realtime_url=agent.url, openai_api_key="sk-sim", **settings)  # type: ignore[arg-type]
     server = RelayServer(Relay(base, store, directory=directory))
     await server.start()

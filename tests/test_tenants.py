@@ -86,3 +86,22 @@ async def test_a_routed_call_carries_its_tenant_into_every_stored_record(tmp_pat
     assert result.error is None and turns
     assert {t.tenant_id for t in turns} == {"acme"}
     assert [c["tenant_id"] for c in calls if c["call_sid"] == result.call_sid] == ["acme"]
+
+
+async def test_while_the_directory_is_down_known_numbers_keep_their_last_route() -> None:
+    lookup, clock = FakeLookup(), Clock()
+    directory = CachedDirectory(lookup, ttl=60, clock=clock)
+    assert await directory.route("+15550100001") == Route("acme", "concierge")
+
+    async def down(e164: str) -> tuple[str, str] | None:
+        raise OSError("connection refused")
+
+    directory._lookup = down  # the database goes away
+    clock.now += 3600
+    assert await directory.route("+15550100001") == Route("acme", "concierge")
+    try:
+        await directory.route("+15550100002")
+    except OSError:
+        pass
+    else:
+        raise AssertionError("a number never seen cannot be routed while the directory is down")
