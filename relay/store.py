@@ -152,7 +152,42 @@ class Store(ABC):
         """The most recent calls, newest first."""
 
 
+# The same tables as the Postgres schema (relay/migrations), without row-level security: the
+# embedded store serves one tenant, but data moves between the two without reshaping.
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant_id   TEXT PRIMARY KEY CHECK (tenant_id <> ''),
+    name        TEXT NOT NULL DEFAULT '',
+    created_at  TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS agents (
+    tenant_id             TEXT NOT NULL REFERENCES tenants,
+    agent_id              TEXT NOT NULL CHECK (agent_id <> ''),
+    instructions          TEXT NOT NULL,
+    voice                 TEXT NOT NULL,
+    backend               TEXT NOT NULL DEFAULT 'openai',
+    vad_threshold         REAL NOT NULL DEFAULT 0.5,
+    vad_silence_ms        INTEGER NOT NULL DEFAULT 500,
+    vad_prefix_ms         INTEGER NOT NULL DEFAULT 300,
+    max_concurrent_calls  INTEGER NOT NULL DEFAULT 10,
+    calls_per_minute      INTEGER NOT NULL DEFAULT 60,
+    created_at            TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (tenant_id, agent_id)
+);
+CREATE TABLE IF NOT EXISTS phone_numbers (
+    e164        TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    agent_id    TEXT NOT NULL DEFAULT 'default',
+    created_at  TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS usage (
+    call_sid           TEXT PRIMARY KEY,
+    tenant_id          TEXT NOT NULL,
+    audio_in_seconds   REAL NOT NULL DEFAULT 0,
+    audio_out_seconds  REAL NOT NULL DEFAULT 0,
+    tokens_in          INTEGER NOT NULL DEFAULT 0,
+    tokens_out         INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS calls (
     call_sid     TEXT PRIMARY KEY,
     tenant_id    TEXT NOT NULL,
@@ -247,6 +282,17 @@ class SQLiteStore(Store):
                         "frames_out = :frames_out, turns = :turns, v2v_p50_ms = :v2v_p50_ms, v2v_max_ms = :v2v_max_ms "
                         "WHERE call_sid = :call_sid",
                         asdict(record),
+                    )
+                    # Usage as Postgres computes it: inbound is Twilio's 20 ms frames, outbound
+                    # the audio of the answers stored before the end.
+                    self._db.execute(
+                        "INSERT INTO usage (call_sid, tenant_id, audio_in_seconds, audio_out_seconds) "
+                        "SELECT call_sid, tenant_id, coalesce(frames_in, 0) * 0.020, "
+                        "coalesce((SELECT sum(audio_ms) FROM call_turns t WHERE t.call_sid = calls.call_sid "
+                        "AND t.role = 'assistant'), 0) / 1000.0 FROM calls WHERE call_sid = :call_sid "
+                        "ON CONFLICT (call_sid) DO UPDATE SET audio_in_seconds = excluded.audio_in_seconds, "
+                        "audio_out_seconds = excluded.audio_out_seconds",
+                        {"call_sid": record.call_sid},
                     )
 
     async def turns(self, call_sid: str) -> list[TurnRecord]:

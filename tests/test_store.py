@@ -41,3 +41,21 @@ async def test_close_writes_everything_submitted(tmp_path: Path) -> None:
     await again.open()
     assert [t.seq for t in await again.turns("CA2")] == list(range(1, 51))
     await again.close()
+
+
+async def test_the_embedded_store_has_the_postgres_tables_and_usage(tmp_path) -> None:
+    import sqlite3
+
+    from relay.store import CallEnd, CallRecord, SQLiteStore, TurnRecord
+
+    store = SQLiteStore(tmp_path / "relay.sqlite3")
+    await store.open()
+    store.submit(CallRecord("CA1", "MZ1", 1.0))
+    store.submit(TurnRecord("CA1", 1, "assistant", 1.5, audio_ms=2500))
+    store.submit(CallEnd("CA1", 9.0, "stop", frames_in=400))
+    await store.close()
+    db = sqlite3.connect(tmp_path / "relay.sqlite3")
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    usage = db.execute("SELECT tenant_id, audio_in_seconds, audio_out_seconds FROM usage").fetchall()
+    assert {"tenants", "agents", "phone_numbers", "calls", "call_turns", "usage"} <= tables
+    assert usage == [("default", 8.0, 2.5)]
