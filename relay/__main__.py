@@ -42,10 +42,11 @@ async def serve(settings: Settings) -> None:
         pg = PostgresStore(settings.database_url, spool_path=settings.spool_path)
         await pg.open()  # replays a spool left by an earlier run first
         store, directory = pg, CachedDirectory(pg.directory.lookup_number)
+        resolve_agent = pg.directory.agent_profile
     else:
-        store, directory = SQLiteStore(settings.sqlite_path), SingleTenant()
+        store, directory, resolve_agent = SQLiteStore(settings.sqlite_path), SingleTenant(), None
         await store.open()
-    server = RelayServer(Relay(settings, store, directory=directory))
+    server = RelayServer(Relay(settings, store, directory=directory, resolve_agent=resolve_agent))
     await server.start()
     log.info(
         "relay %s listening on %s:%d; Twilio streams to %s; fastpath=%s; store=%s %s",

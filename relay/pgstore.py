@@ -34,6 +34,7 @@ import asyncpg
 
 from relay.config import VOICES, Settings
 from relay.errors import ConfigError
+from relay.realtime import AgentProfile
 from relay.spool import Spool
 from relay.store import CallEnd, CallRecord, Record, Store, TurnRecord
 
@@ -582,6 +583,20 @@ class Directory:
                 tenant_id, agent_id,
             )  # fmt: skip
         return Agent(**dict(row)) if row is not None else None
+
+    async def agent_profile(self, tenant_id: str, agent_id: str = "default") -> AgentProfile | None:
+        """The session settings of a tenant's agent, for ``CallSession`` (None: not configured)."""
+        agent = await self.get_agent(tenant_id, agent_id)
+        if agent is None:
+            return None
+        return AgentProfile(
+            instructions=agent.instructions,
+            voice=agent.voice,
+            transcription_model=_DEFAULTS.transcription_model,
+            vad_threshold=agent.vad_threshold,
+            vad_silence_ms=agent.vad_silence_ms,
+            vad_prefix_ms=agent.vad_prefix_ms,
+        )
 
     async def add_number(self, e164: str, tenant_id: str, agent_id: str = "default") -> None:
         """Route calls to ``e164`` to the tenant's agent (re-adding a number moves it).

@@ -27,7 +27,7 @@ from websockets.http11 import Request
 
 from relay import fastpath, realtime, twilio, upstream
 from relay.config import Settings
-from relay.session import CallSession, Upstream
+from relay.session import CallSession, ResolveAgent, Upstream
 from relay.store import Store
 from relay.tenants import Directory, SingleTenant
 from relay.ws import WebSocket, handshake
@@ -58,10 +58,12 @@ class Relay:
         *,
         connect_upstream: Callable[[], Awaitable[Upstream]] | None = None,
         directory: Directory | None = None,
+        resolve_agent: ResolveAgent | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.directory = directory or SingleTenant()
+        self.resolve_agent = resolve_agent
         self.agent = realtime.AgentProfile(
             instructions=settings.agent_instructions,
             voice=settings.agent_voice,
@@ -112,6 +114,7 @@ class Relay:
             agent=self.agent,
             store=self.store,
             presession_buffer_ms=self.settings.presession_buffer_ms,
+            resolve_agent=self.resolve_agent,
         )
         task = asyncio.create_task(self._run_call(session))
         self.sessions.add(task)

@@ -56,6 +56,8 @@ class Upstream(Protocol):
 
 
 ConnectUpstream = Callable[[], Awaitable[Upstream]]
+# The tenant's agent for a call: (tenant_id, agent_id) -> its profile, or None for the default.
+ResolveAgent = Callable[[str, str], Awaitable["realtime.AgentProfile | None"]]
 
 
 @dataclass(slots=True)
@@ -123,10 +125,12 @@ class CallSession:
         agent: realtime.AgentProfile,
         store: Store,
         presession_buffer_ms: int = 2000,
+        resolve_agent: ResolveAgent | None = None,
     ) -> None:
         self.twilio = twilio_ws
         self._connect_upstream = connect_upstream
         self._agent = agent
+        self._resolve_agent = resolve_agent
         self._store = store
         self.stats = CallStats()
         self.start: twilio.Start | None = None
@@ -210,6 +214,16 @@ class CallSession:
                 raise ProtocolError(f"{type(event).__name__.lower()} before start")
 
     async def _bridge(self) -> None:
+        if self._resolve_agent is not None:
+            params = self.start.custom_parameters if self.start else {}
+            try:
+                found = await self._resolve_agent(self.tenant_id, params.get("agent") or "default")
+            except Exception as exc:  # the directory is down: the call goes on with the default agent
+                log.warning("call %s: agent lookup failed (%s); using the default agent", self.call_sid,
+                            type(exc).__name__)
+                found = None
+            if found is not None:
+                self._agent = found
         try:
             self._upstream = await self._connect_upstream()
         except Exception as exc:  # any failure to reach the backend ends this call only

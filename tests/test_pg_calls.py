@@ -73,6 +73,27 @@ async def test_each_tenant_reads_only_its_own_calls_and_turns(database: str, tmp
     assert said == list(SHORT.utterances)
 
 
+async def test_a_call_runs_with_its_tenants_agent(database: str, tmp_path: Path) -> None:
+    store = PostgresStore(dsn(database), spool_path=tmp_path / "relay.spool")
+    await store.open()
+    await store.directory.add_agent("acme", "default", instructions="You are Acme's concierge.", voice="cedar")
+    directory = CachedDirectory(store.directory.lookup_number)
+    try:
+        async with stack(tmp_path, directory=directory, store=store) as s:
+            s.relay.resolve_agent = store.directory.agent_profile
+            acme = await TwilioCaller(s.webhook, SHORT, to_number="+15550100001").run()
+            globex = await TwilioCaller(s.webhook, SHORT, to_number="+15550100002").run()
+            for task in list(s.relay.sessions):
+                await task
+            configs = [log.session_config for log in s.agent.sessions]
+    finally:
+        await store.close()
+    assert acme.error is None and globex.error is None
+    assert configs[0]["instructions"] == "You are Acme's concierge."
+    assert configs[0]["audio"]["output"]["voice"] == "cedar"
+    assert configs[1]["instructions"] != "You are Acme's concierge."  # globex keeps its own default
+
+
 async def test_fifty_calls_through_a_database_outage_keep_every_turn_exactly_once(
     database: str, tmp_path: Path
 ) -> None:
