@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench.echo_upstream import EchoUpstream
-from bench.loadgen import LoadRun, Target, Window
+from bench.loadgen import AUTH_TOKEN, LoadRun, Target, Window
 
 log = logging.getLogger("bench")
 
@@ -62,6 +62,7 @@ def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, Rela
     py = sys.executable
     relay_env = {
         "OPENAI_API_KEY": "sk-bench-not-a-secret",
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "RELAY_LOG_LEVEL": "WARNING",
     }
     slowed = [f"--delay-ms={slow_ms}", f"--burn-us={burn_us}"]

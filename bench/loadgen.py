@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 import orjson
+from twilio.request_validator import RequestValidator
 
 from bench.wire import ClientEndpoint, WireError, connect, frame
 from relay.sim.caller import http_post, outbound_violations, parse_connect_stream
@@ -36,6 +37,7 @@ MAGIC = b"\x7e\x81"
 TAG_BYTES = 8
 FILLER = b"\xff" * (FRAME_BYTES - TAG_BYTES)  # μ-law silence after the tag
 MAX_VIOLATIONS = 50
+AUTH_TOKEN = "bench-auth-token"  # relays under test get it as TWILIO_AUTH_TOKEN
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ class LoadCall(ClientEndpoint):
     """One simulated call: sends on its clock slot, times what comes back."""
 
     def __init__(self, run: LoadRun, index: int, url: str) -> None:
-        super().__init__(url)
+        # Signed as Twilio signs a stream's handshake: the stream URL, no params.
+        super().__init__(url, {"X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(url, {})})
         self.run = run
         self.index = index
         self.call_sid = f"CA{index:032x}"
@@ -268,7 +271,7 @@ class LoadRun:
         url, parameters = self.target.stream_url, {}
         if self.target.webhook_url:
             url, parameters = await self._webhook(index)
-        call = await connect(lambda: LoadCall(self, index, url), url)
+        call = await connect(lambda: LoadCall(self, index, url), url)  # signed in LoadCall
         assert isinstance(call, LoadCall)
         self.calls.append(call)
         call.begin(parameters)
@@ -278,7 +281,9 @@ class LoadRun:
         assert self.target.webhook_url
         form = {"AccountSid": "AC" + "0" * 32, "ApiVersion": "2010-04-01", "CallSid": f"CA{index:032x}",
                 "CallStatus": "ringing", "Direction": "inbound", "From": "+15550100000", "To": "+15550199999"}
-        status, body = await http_post(self.target.webhook_url, urlencode(form).encode(), {})
+        signature = RequestValidator(AUTH_TOKEN).compute_signature(self.target.webhook_url, form)
+        status, body = await http_post(self.target.webhook_url, urlencode(form).encode(),
+                                       {"X-Twilio-Signature": signature})
         if status != 200:
             raise WireError(f"webhook answered HTTP {status}")
         return parse_connect_stream(body.decode())

@@ -58,6 +58,11 @@ async def serve(settings: Settings) -> None:
         store.kind,
         store.location,
     )
+    if settings.skip_twilio_signature:
+        log.warning(
+            "X-Twilio-Signature validation is OFF (RELAY_INSECURE_SKIP_TWILIO_SIGNATURE=1): anyone who finds "
+            "this server can place it in a call. Development only."
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from relay.errors import ConfigError
+from relay.streamtoken import derive_secret
 
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
 
@@ -37,6 +38,9 @@ class Settings:
     realtime_url: str = DEFAULT_REALTIME_URL
     openai_api_key: str = field(default="", repr=False)
     database_url: str = field(default="", repr=False)
+    twilio_auth_token: str = field(default="", repr=False)
+    skip_twilio_signature: bool = False  # development only: every start says so, loudly
+    stream_secret: str = field(default="", repr=False)
     sqlite_path: str = "relay.sqlite3"
     spool_path: str = "relay.spool"
     not_configured_message: str = "Sorry, this number is not configured. Goodbye."
@@ -50,6 +54,16 @@ class Settings:
     max_message_bytes: int = 65536
     allow_python_fastpath: bool = False
     log_level: str = "INFO"
+
+    @property
+    def stream_token_key(self) -> bytes:
+        """The key signing stream tokens: RELAY_STREAM_SECRET, else derived from the auth token.
+
+        Empty when neither is set (development without signatures): the server then makes a
+        random key of its own, which only that one process accepts.
+        """
+        seed = self.stream_secret or self.twilio_auth_token
+        return derive_secret(seed) if seed else b""
 
     @property
     def stream_url(self) -> str:
@@ -94,6 +108,13 @@ class Settings:
         text("RELAY_PUBLIC_URL", "public_url")
         text("RELAY_REALTIME_URL", "realtime_url")
         text("OPENAI_API_KEY", "openai_api_key")
+        text("TWILIO_AUTH_TOKEN", "twilio_auth_token")
+        text("RELAY_STREAM_SECRET", "stream_secret")
+        if "RELAY_INSECURE_SKIP_TWILIO_SIGNATURE" in env:
+            raw = env["RELAY_INSECURE_SKIP_TWILIO_SIGNATURE"].strip().lower()
+            if raw not in ("0", "1", "true", "false", "yes", "no", ""):
+                problems.append(f"RELAY_INSECURE_SKIP_TWILIO_SIGNATURE={raw!r} must be 0 or 1")
+            values["skip_twilio_signature"] = raw in ("1", "true", "yes")
         text("DATABASE_URL", "database_url")
         text("RELAY_SQLITE_PATH", "sqlite_path")
         text("RELAY_SPOOL_PATH", "spool_path")
@@ -145,6 +166,11 @@ class Settings:
             problems.append(f"RELAY_REALTIME_URL={self.realtime_url!r} must use wss (ws is for loopback only)")
         if serve and not self.openai_api_key:
             problems.append("OPENAI_API_KEY is required")
+        if serve and not self.twilio_auth_token and not self.skip_twilio_signature:
+            problems.append(
+                "TWILIO_AUTH_TOKEN is required to validate X-Twilio-Signature "
+                "(RELAY_INSECURE_SKIP_TWILIO_SIGNATURE=1 turns validation off, for development only)"
+            )
         if self.agent_voice not in VOICES:
             problems.append(f"RELAY_AGENT_VOICE={self.agent_voice!r} is not one of {', '.join(VOICES)}")
         if self.database_url and urlsplit(self.database_url).scheme not in ("postgres", "postgresql"):

@@ -53,6 +53,7 @@ async def run_demo(
         port=0,
         realtime_url=agent.url,
         openai_api_key="sim-key-not-secret",
+        twilio_auth_token="sim-auth-token",  # the simulated caller signs its requests with it
         sqlite_path=path,
     )
     server = RelayServer(Relay(settings, store))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -22,10 +24,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httptools
 import orjson
+from twilio.request_validator import RequestValidator
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from relay import fastpath, realtime, twilio, upstream
+from relay import fastpath, realtime, streamtoken, twilio, upstream
 from relay.config import Settings
 from relay.session import CallSession, ResolveAgent, Upstream
 from relay.store import Store
@@ -64,6 +67,10 @@ class Relay:
         self.store = store
         self.directory = directory or SingleTenant()
         self.resolve_agent = resolve_agent
+        self.rejected_signatures = 0  # webhooks and handshakes refused for a bad X-Twilio-Signature
+        # Made once: a deployment without RELAY_STREAM_SECRET or an auth token (development)
+        # gets a key only this process knows.
+        self.stream_token_key = settings.stream_token_key or os.urandom(32)
         self.agent = realtime.AgentProfile(
             instructions=settings.agent_instructions,
             voice=settings.agent_voice,
@@ -86,6 +93,22 @@ class Relay:
             timeout=10,
         )
 
+    def signature_ok(self, url: str, params: dict[str, str] | str, signature: str | None) -> bool:
+        """Whether ``X-Twilio-Signature`` signs ``url`` (+ form params, or a JSON body's hash).
+
+        ``url`` is built from ``RELAY_PUBLIC_URL``, never from the request's ``Host`` header.
+        """
+        settings = self.settings
+        if settings.skip_twilio_signature:
+            return True
+        if not signature or not settings.twilio_auth_token:
+            self.rejected_signatures += 1
+            return False
+        ok = RequestValidator(settings.twilio_auth_token).validate(url, params, signature)
+        if not ok:
+            self.rejected_signatures += 1
+        return bool(ok)
+
     async def webhook(self, params: dict[str, str]) -> str:
         """TwiML for an incoming call: connect its audio to our media WebSocket.
 
@@ -98,11 +121,19 @@ class Relay:
             log.warning("webhook: call %s to %s: number not configured", call_sid, to)
             return twilio.not_configured_twiml(self.settings.not_configured_message)
         log.info("webhook: call %s from %s to %s: tenant %s", call_sid, params.get("From", "?"), to, route.tenant_id)
+        token = streamtoken.issue(self.stream_token_key, tenant=route.tenant_id, agent=route.agent_id,
+                                  call_sid=call_sid, now=time.time())
         return twilio.connect_stream_twiml(
             self.settings.stream_url,
             {"callSid": call_sid, "from": params.get("From", ""), "to": to, "tenant": route.tenant_id,
-             "agent": route.agent_id},
+             "agent": route.agent_id, "token": token},
         )
+
+    def verify_stream(self, start: twilio.Start) -> str | None:
+        """Why a stream's ``start`` may not open an upstream (None: it may)."""
+        params = start.custom_parameters
+        return streamtoken.verify(self.stream_token_key, params.get("token", ""), tenant=params.get("tenant", ""),
+                                  agent=params.get("agent", ""), call_sid=start.call_sid, now=time.time())
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "fastpath": fastpath.IMPLEMENTATION, "calls_active": len(self.sessions)}
@@ -115,6 +146,7 @@ class Relay:
             store=self.store,
             presession_buffer_ms=self.settings.presession_buffer_ms,
             resolve_agent=self.resolve_agent,
+            verify_start=self.verify_stream,
         )
         task = asyncio.create_task(self._run_call(session))
         self.sessions.add(task)
@@ -207,9 +239,25 @@ class HttpProtocol(asyncio.Protocol):
         elif url.path == "/healthz" and method in (b"GET", b"HEAD"):
             self._send(HTTPStatus.OK, orjson.dumps(self._relay.health()), "application/json", keep_alive=keep_alive)
         elif url.path == twilio.STREAM_PATH and method in (b"POST", b"GET"):
-            # Twilio's voice webhook: a form body (POST) or the query string (GET).
+            # Twilio's voice webhook: a form body (POST) or the query string (GET), or a JSON
+            # body whose hash is in the query (bodySHA256).
             raw = bytes(self._body).decode("utf-8", "replace") if method == b"POST" else url.query
-            params = dict(parse_qsl(raw, keep_blank_values=True))
+            signed_url = self._relay.settings.public_url.rstrip("/") + url.path + (f"?{url.query}" if url.query else "")
+            is_json = method == b"POST" and "bodySHA256=" in url.query
+            signed: dict[str, str] | str = raw if is_json else (
+                dict(parse_qsl(raw, keep_blank_values=True)) if method == b"POST" else {})
+            if not self._relay.signature_ok(signed_url, signed, self._header("x-twilio-signature")):
+                log.warning("webhook refused: X-Twilio-Signature missing or wrong")
+                self._send(HTTPStatus.FORBIDDEN, b"forbidden\n", keep_alive=False)
+                return
+            params = dict(parse_qsl(url.query if is_json or method != b"POST" else raw, keep_blank_values=True))
+            if is_json:
+                try:
+                    body = orjson.loads(raw)
+                    params.update({str(k): str(v) for k, v in body.items()} if isinstance(body, dict) else {})
+                except orjson.JSONDecodeError:
+                    self._send(HTTPStatus.BAD_REQUEST, b"bad request\n", keep_alive=False)
+                    return
             task = asyncio.ensure_future(self._answer_webhook(params, keep_alive))
             self._relay.background.add(task)
             task.add_done_callback(self._relay.background.discard)
@@ -228,11 +276,22 @@ class HttpProtocol(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._send(HTTPStatus.OK, twiml, "text/xml", keep_alive=keep_alive)
 
+    def _header(self, name: str) -> str | None:
+        for key, value in self._headers:
+            if key.lower() == name:
+                return value
+        return None
+
     def _upgrade(self, rest: bytes) -> None:
         assert self._transport is not None
         path = self._url.decode("latin-1")
         if urlsplit(path).path != twilio.STREAM_PATH or self._parser.get_method() != b"GET":
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=False)
+            return
+        # Twilio signs the stream URL of the TwiML, wss scheme and no params (PROTOCOLS §1.2).
+        if not self._relay.signature_ok(self._relay.settings.stream_url, {}, self._header("x-twilio-signature")):
+            log.warning("media WebSocket refused: X-Twilio-Signature missing or wrong")
+            self._send(HTTPStatus.FORBIDDEN, b"forbidden\n", keep_alive=False)
             return
         headers = Headers()
         for name, value in self._headers:

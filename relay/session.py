@@ -126,11 +126,13 @@ class CallSession:
         store: Store,
         presession_buffer_ms: int = 2000,
         resolve_agent: ResolveAgent | None = None,
+        verify_start: Callable[[twilio.Start], str | None] | None = None,
     ) -> None:
         self.twilio = twilio_ws
         self._connect_upstream = connect_upstream
         self._agent = agent
         self._resolve_agent = resolve_agent
+        self._verify_start = verify_start
         self._store = store
         self.stats = CallStats()
         self.start: twilio.Start | None = None
@@ -174,6 +176,13 @@ class CallSession:
             await self.twilio.close(1007, str(exc)[:100])
             return
         start = self.start
+        refused = self._verify_start(start) if self._verify_start is not None else None
+        if refused:
+            # Not a call our webhook answered (or not this call): no upstream, nothing stored.
+            log.warning("closing stream %s: %s", start.stream_sid, refused)
+            self.end_reason = "stream_token_invalid"
+            await self.twilio.close(1008, refused)
+            return
         self._writer = TwilioWriter(start.stream_sid)
         params = start.custom_parameters
         self._store.submit(

@@ -7,19 +7,28 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
+from twilio.request_validator import RequestValidator
 
 from relay.config import Settings
 from relay.server import Relay, RelayServer
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
-from relay.sim.caller import CallerScript, TwilioCaller
+from relay.sim.caller import CallerScript, TwilioCaller, http_post
 from relay.store import SQLiteStore, Store
 from relay.tenants import Directory
 
 FAST = AgentConfig(think_ms=100, realtime_factor=8.0, transcription_delay_ms=50)
+SIM_AUTH_TOKEN = "sim-auth-token"  # the simulated caller's default: it signs like Twilio
 SHORT = CallerScript(utterances=("Book a table for two.", "At seven tonight."), lead_in_ms=200, answer_quiet_ms=400)
+
+
+async def post_webhook(url: str, form: dict[str, str], token: str = SIM_AUTH_TOKEN) -> tuple[int, bytes]:
+    """POST a voice webhook signed as Twilio signs it (X-Twilio-Signature over URL + params)."""
+    signature = RequestValidator(token).compute_signature(url, form)
+    return await http_post(url, urlencode(form).encode(), {"X-Twilio-Signature": signature})
 
 
 @dataclasses.dataclass
@@ -43,7 +52,8 @@ async def stack(
     if store is None:
         store = SQLiteStore(tmp_path / "relay.sqlite3")
         await store.open()
-    base = Settings(host="127.0.0.1", port=0, realtime_url=agent.url, openai_api_key="sk-sim", **settings)  # type: ignore[arg-type]
+    base = Settings(host="127.0.0.1", port=0, realtime_url=agent.url, openai_api_key="sk-sim",  # type: ignore[arg-type]
+                    twilio_auth_token=SIM_AUTH_TOKEN, **settings)
     server = RelayServer(Relay(base, store, directory=directory))
     await server.start()
     server.relay.settings = dataclasses.replace(base, public_url=f"http://127.0.0.1:{server.port}")

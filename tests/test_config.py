@@ -7,10 +7,11 @@ import pytest
 from relay.config import DEFAULT_REALTIME_URL, Settings
 from relay.errors import ConfigError
 
-GOOD = {"RELAY_PUBLIC_URL": "https://relay.example.com", "OPENAI_API_KEY": "sk-test-secret-value"}
+GOOD = {"RELAY_PUBLIC_URL": "https://relay.example.com", "OPENAI_API_KEY": "sk-test-secret-value",
+        "TWILIO_AUTH_TOKEN": "twilio-test-secret-token"}
 
 
-def test_defaults_with_the_two_required_values() -> None:
+def test_defaults_with_the_three_required_values() -> None:
     s = Settings.from_env(GOOD)
     assert s.realtime_url == DEFAULT_REALTIME_URL
     assert (s.host, s.port) == ("0.0.0.0", 8080)
@@ -35,8 +36,9 @@ def test_every_problem_is_listed_in_one_error() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     text = str(info.value)
-    assert len(info.value.problems) == 7, info.value.problems
-    for needle in ("RELAY_PORT", "RELAY_PUBLIC_URL", "RELAY_REALTIME_URL", "OPENAI_API_KEY", "nova", "RELAY_VAD_THRESHOLD", "DATABASE_URL"):
+    assert len(info.value.problems) == 8, info.value.problems
+    for needle in ("RELAY_PORT", "RELAY_PUBLIC_URL", "RELAY_REALTIME_URL", "OPENAI_API_KEY", "TWILIO_AUTH_TOKEN",
+                   "nova", "RELAY_VAD_THRESHOLD", "DATABASE_URL"):
         assert needle in text
 
 

@@ -25,7 +25,7 @@ from relay.store import CallEnd
 from relay.sim.caller import TwilioCaller
 from relay.tenants import CachedDirectory
 from tests.pgutil import TcpProxy, create_database, drop_database, dsn, eventually
-from tests.test_call import SHORT, stack
+from tests.test_call import SHORT, SIM_AUTH_TOKEN, stack
 
 pytestmark = pytest.mark.postgres
 
@@ -159,6 +159,7 @@ async def test_kill_9_with_a_full_spool_then_restart_loses_nothing_and_doubles_n
             RELAY_SPOOL_PATH=str(spool),
             RELAY_REALTIME_URL=agent.url,
             OPENAI_API_KEY="sk-sim",
+            TWILIO_AUTH_TOKEN=SIM_AUTH_TOKEN,
             RELAY_HOST="127.0.0.1",
             RELAY_LOG_LEVEL="WARNING",
         )

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import orjson
 import websockets
+from twilio.request_validator import RequestValidator
 
-from relay.sim.caller import TwilioCaller, http_post, parse_connect_stream
+from relay.sim.caller import TwilioCaller, parse_connect_stream
 from tests.conftest import CONNECTED, START
-from tests.test_call import SHORT, stack
+from tests.test_call import SHORT, SIM_AUTH_TOKEN, post_webhook, stack
 
 
 async def _raw(port: int, request: bytes) -> bytes:
@@ -29,12 +30,14 @@ def _port(webhook: str) -> int:
 
 async def test_webhook_answers_twiml_connecting_the_stream(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
-        status, body = await http_post(s.webhook, b"CallSid=CA123&From=%2B15550001&To=%2B15550002", {})
+        status, body = await post_webhook(s.webhook, {"CallSid": "CA123", "From": "+15550001", "To": "+15550002"})
     assert status == 200
     url, params = parse_connect_stream(body.decode())
     assert url == f"ws://127.0.0.1:{_port(s.webhook)}/twilio/voice"
+    token = params.pop("token")
     assert params == {"callSid": "CA123", "from": "+15550001", "to": "+15550002", "tenant": "default",
                       "agent": "default"}
+    assert token.startswith("v1.")
 
 
 async def test_health_and_unknown_routes(tmp_path: Path) -> None:
@@ -66,25 +69,41 @@ async def test_upgrade_elsewhere_is_refused(tmp_path: Path) -> None:
             assert exc.response.status_code == 404
 
 
+def signed_connect(stream_url: str) -> websockets.connect:
+    """Open the media WebSocket as Twilio does: the handshake signed over the stream URL."""
+    signature = RequestValidator(SIM_AUTH_TOKEN).compute_signature(stream_url, {})
+    return websockets.connect(stream_url, additional_headers={"X-Twilio-Signature": signature})
+
+
+async def start_message(webhook: str, call_sid: str) -> str:
+    """A ``start`` for ``call_sid`` carrying the parameters (and token) our webhook issued for it."""
+    _, body = await post_webhook(webhook, {"CallSid": call_sid, "From": "+15550001", "To": "+15550002"})
+    _, params = parse_connect_stream(body.decode())
+    start = orjson.loads(START)
+    start["start"]["callSid"] = call_sid
+    start["start"]["customParameters"] = params
+    return orjson.dumps(start).decode()
+
+
 async def test_a_bad_stream_is_closed_and_a_good_call_beside_it_completes(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
         stream_url = s.webhook.replace("http://", "ws://")
         good = asyncio.create_task(TwilioCaller(s.webhook, dataclasses.replace(SHORT, utterances=("Hello there.",))).run())
 
-        async with websockets.connect(stream_url) as ws:  # media before start
+        async with signed_connect(stream_url) as ws:  # media before start
             await ws.send(CONNECTED.decode())
             await ws.send('{"event":"media","media":{"payload":"AAAA","timestamp":"0"},"streamSid":"MZ1"}')
             await asyncio.wait_for(ws.wait_closed(), 5)
             assert ws.close_code == 1007
 
-        async with websockets.connect(stream_url) as ws:  # garbage after start
+        async with signed_connect(stream_url) as ws:  # garbage after a valid start
             await ws.send(CONNECTED.decode())
-            await ws.send(START.decode())
+            await ws.send(await start_message(s.webhook, "CA" + "7" * 32))
             await ws.send("{not json")
             await asyncio.wait_for(ws.wait_closed(), 5)
             assert ws.close_code == 1007
 
-        async with websockets.connect(stream_url) as ws:  # binary frames: Twilio sends text only
+        async with signed_connect(stream_url) as ws:  # binary frames: Twilio sends text only
             await ws.send(b"\x00\x01")
             await asyncio.wait_for(ws.wait_closed(), 5)
             assert ws.close_code == 1003

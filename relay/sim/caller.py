@@ -175,7 +175,11 @@ class TwilioCaller:
         self._loop = asyncio.get_running_loop()
         try:
             stream_url, parameters = await self._webhook()
-            async with websockets.connect(stream_url, compression=None, max_size=2**20) as ws:
+            # Twilio signs the stream URL itself, with no params, as it signs webhooks.
+            signature = RequestValidator(self.auth_token).compute_signature(stream_url, {})
+            async with websockets.connect(
+                stream_url, compression=None, max_size=2**20, additional_headers={"X-Twilio-Signature": signature}
+            ) as ws:
                 self._ws = ws
                 receiver = asyncio.create_task(self._receive(ws))
                 try:
