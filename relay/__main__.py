@@ -25,6 +25,7 @@ log = logging.getLogger("relay")
 async def serve(settings: Settings) -> None:
     from relay.server import Relay, RelayServer
     from relay.store import SQLiteStore, Store
+    from relay.admission import Admission
     from relay.tenants import CachedDirectory, Directory, SingleTenant
 
     store: Store
@@ -32,6 +33,7 @@ async def serve(settings: Settings) -> None:
     if settings.database_url:
         import asyncpg
 
+        from relay.admission import PostgresAdmission
         from relay.pgstore import PostgresStore, migrate
 
         try:
@@ -43,10 +45,13 @@ async def serve(settings: Settings) -> None:
         await pg.open()  # replays a spool left by an earlier run first
         store, directory = pg, CachedDirectory(pg.directory.lookup_number)
         resolve_agent = pg.directory.agent_profile
+        admission: Admission | None = PostgresAdmission(pg.pool)
     else:
         store, directory, resolve_agent = SQLiteStore(settings.sqlite_path), SingleTenant(), None
+        admission = None  # the relay counts its own calls (RELAY_MAX_CONCURRENT_CALLS)
         await store.open()
-    server = RelayServer(Relay(settings, store, directory=directory, resolve_agent=resolve_agent))
+    server = RelayServer(Relay(settings, store, directory=directory, resolve_agent=resolve_agent,
+                               admission=admission))
     await server.start()
     log.info(
         "relay %s listening on %s:%d; Twilio streams to %s; fastpath=%s; store=%s %s",
@@ -112,6 +117,8 @@ async def admin(args: argparse.Namespace, settings: Settings) -> int:
     async with pgstore.Directory.connect(settings.database_url) as directory:
         if args.command == "tenants" and args.action == "add":
             await directory.add_tenant(args.tenant_id, args.name or args.tenant_id)
+            if args.max_calls is not None or args.calls_per_minute is not None:
+                await directory.set_limits(args.tenant_id, args.max_calls, args.calls_per_minute)
             print(f"tenant {args.tenant_id} added")
         elif args.command == "tenants":
             _print_rows(await directory.list_tenants())
@@ -153,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     add_tenant = tenant_actions.add_parser("add", help="add a tenant")
     add_tenant.add_argument("tenant_id")
     add_tenant.add_argument("--name", default="")
+    add_tenant.add_argument("--max-calls", type=int, help="concurrent calls admitted (default: no limit)")
+    add_tenant.add_argument("--calls-per-minute", type=int, help="calls admitted per minute (default: no limit)")
     tenant_actions.add_parser("list", help="list tenants")
     numbers = commands.add_parser("numbers", help="route a phone number to a tenant (Postgres)")
     number_actions = numbers.add_subparsers(dest="action", required=True)

@@ -44,6 +44,9 @@ class Settings:
     sqlite_path: str = "relay.sqlite3"
     spool_path: str = "relay.spool"
     not_configured_message: str = "Sorry, this number is not configured. Goodbye."
+    busy_message: str = "Sorry, all our lines are busy. Please call again later."
+    max_concurrent_calls: int = 0  # embedded store only (Postgres: per tenant); 0 = no limit
+    calls_per_minute: int = 0
     agent_instructions: str = "You are a friendly, concise assistant on a phone call."
     agent_voice: str = "marin"
     transcription_model: str = "gpt-4o-mini-transcribe"
@@ -118,6 +121,10 @@ class Settings:
         text("DATABASE_URL", "database_url")
         text("RELAY_SQLITE_PATH", "sqlite_path")
         text("RELAY_SPOOL_PATH", "spool_path")
+        number("RELAY_MAX_CONCURRENT_CALLS", "max_concurrent_calls", int, 0, 1_000_000)
+        number("RELAY_CALLS_PER_MINUTE", "calls_per_minute", int, 0, 1_000_000)
+        if "RELAY_BUSY_MESSAGE" in env:
+            values["busy_message"] = env["RELAY_BUSY_MESSAGE"]
         if "RELAY_NOT_CONFIGURED_MESSAGE" in env:
             values["not_configured_message"] = env["RELAY_NOT_CONFIGURED_MESSAGE"]
         if "RELAY_AGENT_INSTRUCTIONS" in env:

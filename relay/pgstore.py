@@ -281,6 +281,11 @@ class PostgresStore(Store):
         return self._spool.size
 
     @property
+    def pool(self) -> asyncpg.Pool:
+        """The store's connection pool (for the admission count, which shares the database)."""
+        return self._require_pool()
+
+    @property
     def directory(self) -> Directory:
         """Tenants, numbers and agents, and tenant-scoped reads, on this store's pool."""
         return Directory(self._require_pool())
@@ -551,6 +556,16 @@ class Directory:
                 "ON CONFLICT DO NOTHING",
                 *_agent_row(Agent(tenant_id)),
             )
+
+    async def set_limits(self, tenant_id: str, max_concurrent_calls: int | None, calls_per_minute: int | None) -> None:
+        """A tenant's admission limits (None: no limit), enforced at the webhook by every relay."""
+        async with as_writer(self._pool) as conn:
+            found = await conn.execute(
+                "UPDATE tenants SET max_concurrent_calls = $2, calls_per_minute = $3 WHERE tenant_id = $1",
+                tenant_id, max_concurrent_calls, calls_per_minute,
+            )  # fmt: skip
+        if found == "UPDATE 0":
+            raise ValueError(f"no tenant {tenant_id!r}")
 
     async def list_tenants(self) -> list[dict[str, Any]]:
         async with as_writer(self._pool) as conn:

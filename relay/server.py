@@ -29,6 +29,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request
 
 from relay import fastpath, realtime, streamtoken, twilio, upstream
+from relay.admission import Admission, LocalAdmission
 from relay.config import Settings
 from relay.session import CallSession, ResolveAgent, Upstream
 from relay.store import Store
@@ -62,11 +63,14 @@ class Relay:
         connect_upstream: Callable[[], Awaitable[Upstream]] | None = None,
         directory: Directory | None = None,
         resolve_agent: ResolveAgent | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.directory = directory or SingleTenant()
         self.resolve_agent = resolve_agent
+        self.admission = admission or LocalAdmission(settings.max_concurrent_calls or None,
+                                                     settings.calls_per_minute or None)
         self.rejected_signatures = 0  # webhooks and handshakes refused for a bad X-Twilio-Signature
         # Made once: a deployment without RELAY_STREAM_SECRET or an auth token (development)
         # gets a key only this process knows.
@@ -119,7 +123,15 @@ class Relay:
         route = await self.directory.route(to)
         if route is None:
             log.warning("webhook: call %s to %s: number not configured", call_sid, to)
-            return twilio.not_configured_twiml(self.settings.not_configured_message)
+            return twilio.refusal_twiml(self.settings.not_configured_message)
+        try:
+            admitted = await self.admission.admit(route.tenant_id, call_sid)
+        except Exception as exc:  # the shared count is unreachable: calls matter more than the cap
+            log.warning("webhook: admission check failed (%s); admitting call %s", type(exc).__name__, call_sid)
+            admitted = True
+        if not admitted:
+            log.warning("webhook: call %s refused: tenant %s is at its call limit", call_sid, route.tenant_id)
+            return twilio.refusal_twiml(self.settings.busy_message)
         log.info("webhook: call %s from %s to %s: tenant %s", call_sid, params.get("From", "?"), to, route.tenant_id)
         token = streamtoken.issue(self.stream_token_key, tenant=route.tenant_id, agent=route.agent_id,
                                   call_sid=call_sid, now=time.time())
@@ -147,6 +159,7 @@ class Relay:
             presession_buffer_ms=self.settings.presession_buffer_ms,
             resolve_agent=self.resolve_agent,
             verify_start=self.verify_stream,
+            on_started=self.call_started,
         )
         task = asyncio.create_task(self._run_call(session))
         self.sessions.add(task)
@@ -159,6 +172,21 @@ class Relay:
         except Exception:  # one call's failure never reaches another call
             log.exception("call %s crashed", session.call_sid)
             await session.twilio.close(1011, "internal error")
+        finally:
+            if session.call_sid and session.end_reason != "stream_token_invalid":
+                await self._admission_note(self.admission.ended, session.call_sid)
+
+    async def _admission_note(self, note: Callable[[str], Awaitable[None]], call_sid: str) -> None:
+        try:
+            await note(call_sid)
+        except Exception as exc:  # a slot not freed here expires on its own (relay.admission)
+            log.warning("call %s: admission update failed (%s)", call_sid, type(exc).__name__)
+
+    def call_started(self, call_sid: str) -> None:
+        """A verified stream began: its admission slot is now held by a live call."""
+        task = asyncio.ensure_future(self._admission_note(self.admission.started, call_sid))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 class HttpProtocol(asyncio.Protocol):

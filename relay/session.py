@@ -127,12 +127,14 @@ class CallSession:
         presession_buffer_ms: int = 2000,
         resolve_agent: ResolveAgent | None = None,
         verify_start: Callable[[twilio.Start], str | None] | None = None,
+        on_started: Callable[[str], None] | None = None,
     ) -> None:
         self.twilio = twilio_ws
         self._connect_upstream = connect_upstream
         self._agent = agent
         self._resolve_agent = resolve_agent
         self._verify_start = verify_start
+        self._on_started = on_started
         self._store = store
         self.stats = CallStats()
         self.start: twilio.Start | None = None
@@ -183,6 +185,8 @@ class CallSession:
             self.end_reason = "stream_token_invalid"
             await self.twilio.close(1008, refused)
             return
+        if self._on_started is not None:
+            self._on_started(start.call_sid)
         self._writer = TwilioWriter(start.stream_sid)
         params = start.custom_parameters
         self._store.submit(

@@ -124,7 +124,7 @@ def parse_event(message: bytes) -> TwilioEvent:
     raise ProtocolError(f"unknown Twilio event {event!r}")
 
 
-def not_configured_twiml(message: str) -> str:
+def refusal_twiml(message: str) -> str:
     """TwiML for a call relay will not connect: say why, then hang up."""
     response = VoiceResponse()
     response.say(message)

@@ -20,7 +20,8 @@ import asyncpg
 import pytest
 
 from relay.errors import ConfigError
-from relay.pgstore import PostgresStore, migrate, redact
+from relay.admission import PostgresAdmission
+from relay.pgstore import PostgresStore, migrate, migrations, redact
 from relay.spool import Spool, SpoolError, encode
 from relay.store import CallEnd, CallRecord, Record, SQLiteStore, TurnRecord
 from tests.pgutil import TcpProxy, call_records, create_database, drop_database, dsn, eventually, throwaway_database
@@ -28,7 +29,7 @@ from tests.pgutil import TcpProxy, call_records, create_database, drop_database,
 pytestmark = pytest.mark.postgres
 
 ROOT = Path(__file__).resolve().parent.parent
-TENANT_TABLES = {"tenants", "agents", "phone_numbers", "calls", "call_turns", "usage"}
+TENANT_TABLES = {"tenants", "agents", "phone_numbers", "calls", "call_turns", "usage", "admissions"}
 
 
 @pytest.fixture(scope="session")
@@ -92,16 +93,19 @@ async def turn_keys(db: asyncpg.Connection, prefix: str) -> list[tuple[str, int]
 
 async def test_migrate_twice_applies_nothing_the_second_time(pg_dsn: str, db: asyncpg.Connection) -> None:
     assert await migrate(pg_dsn) == []
-    assert [r["version"] for r in await db.fetch("SELECT version FROM schema_migrations")] == ["0001"]
+    applied = [r["version"] for r in await db.fetch("SELECT version FROM schema_migrations ORDER BY version")]
+    assert applied == [version for version, _ in migrations()]
 
 
 async def test_concurrent_migrations_apply_the_schema_once() -> None:
     async with throwaway_database(migrated=False) as fresh:
         results = await asyncio.gather(migrate(fresh), migrate(fresh), migrate(fresh))
-        assert sorted(results) == [[], [], ["0001"]]
+        # Each migration is applied by exactly one of the three, whichever got there first.
+        versions = [version for version, _ in migrations()]
+        assert sorted(v for applied in results for v in applied) == versions
         conn = await asyncpg.connect(fresh)
         try:
-            assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+            assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(versions)
             rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
             tables = {r["tablename"] for r in rows}
             assert TENANT_TABLES | {"schema_migrations"} == tables
@@ -143,6 +147,7 @@ async def _two_tenants(store: PostgresStore) -> tuple[str, str]:
         await store.directory.add_tenant(tenant, tenant.upper())
         await store.directory.add_number(f"+1555{random.randrange(10**6, 10**7)}", tenant)
         submit_all(store, call_records(f"CA-{tenant}", tenant_id=tenant, turns=4))
+        assert await PostgresAdmission(store.pool).admit(tenant, f"CA-{tenant}")
     await store.flush()
     return a, b
 
@@ -221,7 +226,7 @@ async def test_a_non_superuser_owner_runs_everything_and_is_held_to_rls(tmp_path
     await admin.execute(f'CREATE DATABASE "{name}" OWNER "{owner}"')
     try:
         url = f"postgresql://{owner}@127.0.0.1:5432/{name}"
-        assert await migrate(url) == ["0001"]
+        assert await migrate(url) == [version for version, _ in migrations()]
         store = PostgresStore(url, spool_path=tmp_path / "relay.spool")
         await store.open()
         await store.directory.add_tenant("acme")
