@@ -234,3 +234,147 @@ class Resampler:
     def flush(self) -> bytes:
         """End the stream: return what is still held (always ``b""``, since nothing is held
         back) and reset to the initial state, so the next ``process`` starts a new stream."""
+
+# ---- Playout
+# The agent's audio paced out to Twilio, and the caller's audio kept on its clock
+# (``_playout.pxi``; oracle ``_playout_py``). Sans-I/O: time is passed in as ints, never read.
+# Every count, size and time argument must be an ``int`` (``TypeError`` otherwise) within the
+# range given (``ValueError`` otherwise); a bad argument changes nothing.
+
+def silence_b64(frame_bytes: int = 160) -> bytes:
+    """The padded standard base64 of ``frame_bytes`` bytes of μ-law silence (``0xFF``).
+
+    ``silence_b64()`` is one 20 ms frame: 216 characters. ``frame_bytes``: 0 to 2**20.
+    """
+
+class PlayoutRing:
+    """The agent's audio waiting to be paced out to Twilio in frames of ``frame_bytes`` bytes
+    (160: 20 ms of 8 kHz μ-law).
+
+    One growable circular buffer: the first ``push`` allocates 4 KiB (or ``max_bytes`` if
+    smaller), which doubles whenever it is too small, up to ``max_bytes``, and is never
+    shrunk (``clear`` keeps it). The audio is decoded into it straight from base64, and each
+    frame is encoded straight from it. Counters are bytes; ``pushed == sent + buffered +
+    dropped`` always (padding is counted apart, in ``padded``).
+
+    Args:
+        frame_bytes: bytes per frame, 1 to 2**20.
+        max_bytes: most bytes ever buffered (and allocated), 0 to 2**40.
+    """
+
+    frame_bytes: int
+    max_bytes: int
+    buffered: int
+    """Bytes waiting to be popped."""
+    pushed: int
+    """Bytes ever pushed."""
+    sent: int
+    """Bytes ever popped, padding excluded."""
+    padded: int
+    """Silence bytes added to pad the last frame of ``pop(final=True)``."""
+    dropped: int
+    """Bytes thrown away by ``clear``."""
+    heard: int
+    """Of the ``sent + padded`` bytes handed out, how many the caller's ear has heard by the
+    last ``frames_due`` (see there); ``sent + padded - heard`` is the audio queued at Twilio."""
+    capacity: int
+    """Bytes allocated for the ring: 0 before the first non-empty push."""
+
+    def __init__(self, frame_bytes: int = 160, max_bytes: int = 8_000_000) -> None: ...
+    def push(self, b64: bytes) -> int:
+        """Append base64 audio (a Realtime ``delta`` as :func:`parse_audio_delta` returns it).
+
+        Returns:
+            The number of bytes it decodes to, now buffered.
+
+        Raises:
+            TypeError: ``b64`` is not ``bytes``.
+            PayloadError: not padded standard base64 (exactly what :func:`b64_decoded_len`
+                rejects); checked first.
+            ProtocolError: ``"playout buffer full"``: ``buffered`` would exceed ``max_bytes``.
+            Nothing is buffered when it raises.
+        """
+    def pop(self, n: int = 1, *, final: bool = False) -> list[bytes]:
+        """Take up to ``n`` frames, oldest first, each the base64 (padded, standard, no newline)
+        of exactly ``frame_bytes`` bytes, ready for :meth:`TwilioWriter.media`.
+
+        Only whole frames, unless ``final`` (the response is done): then, if fewer than ``n``
+        whole frames were buffered, the remaining partial frame comes last, padded with
+        silence to ``frame_bytes``. ``[]`` if there is nothing to give.
+
+        Raises:
+            TypeError: ``n`` is not an int. ValueError: ``n < 0``.
+        """
+    def clear(self) -> int:
+        """Barge-in: drop everything buffered and return how many bytes that was.
+
+        The relay sends Twilio a ``clear`` with it, which drops Twilio's queue too, so pacing
+        restarts from nothing queued: ``heard`` becomes ``sent + padded`` and the next
+        ``frames_due`` allows a whole lead again.
+        """
+    def frames_due(self, elapsed_ms: int, lead_ms: int) -> int:
+        """How many whole frames may be popped now so that the audio queued at Twilio stays
+        within ``lead_ms``: at least 0, at most the whole frames buffered.
+
+        ``elapsed_ms``: the caller's clock, time since the first frame was popped (0 before
+        it). The ear hears 8 bytes per ms of it, but never ahead of what was handed out:
+        ``heard = min(sent + padded, heard + (elapsed_ms - previous elapsed_ms) * 8)``; so
+        after the ring ran dry (between responses) the next audio is paced from when it
+        comes, not sent in one burst to make up for the silence. As long as the ear never
+        caught up (no underrun, no ``clear``, no padding) this is just
+        ``heard = min(sent, elapsed_ms * 8)``. A clock that goes back counts as no time heard
+        and becomes the new reference.
+
+        Returns the most ``k`` with ``sent + padded - heard + k * frame_bytes <= lead_ms * 8``.
+        With lead 100 ms and nothing queued, 5 frames are due at once; after that one per
+        20 ms of ``elapsed_ms``. A lead under one frame (20 ms) never lets a frame go.
+        Call it once per tick, then ``pop`` what it returns.
+
+        Args:
+            elapsed_ms, lead_ms: 0 to 2**53.
+        """
+
+class GapFiller:
+    """Keeps the caller's audio clock true: tells, for each inbound Twilio frame, how many
+    silence frames to send upstream before it, or that it must be dropped.
+
+    The first frame's ``media.timestamp`` sets a grid of slots ``frame_ms`` apart. Each later
+    frame goes to the nearest slot ahead of the expected one, a frame within
+    ``frame_ms // 2`` of a slot counting as on it (Twilio's timestamps jitter by a ms or two);
+    the slots skipped are the frames lost. The clock (the expected slot) only moves forward,
+    by whole slots, so jitter never accumulates.
+
+    Args:
+        frame_ms: the frame period, 1 to 2**20 (Twilio: 20).
+        max_fill_ms: the longest gap filled, 0 to 2**40: at most ``max_fill_ms // frame_ms``
+            silence frames per gap.
+    """
+
+    frame_ms: int
+    max_fill_ms: int
+    frames: int
+    """Frames accepted (``accept`` returned >= 0)."""
+    filled: int
+    """Silence frames requested, in total."""
+    dropped: int
+    """Frames dropped: duplicates and late frames (``accept`` returned -1)."""
+    capped: int
+    """Gaps longer than ``max_fill_ms``, filled only up to it."""
+
+    def __init__(self, frame_ms: int = 20, max_fill_ms: int = 1000) -> None: ...
+    def accept(self, timestamp_ms: int) -> int:
+        """Place the next inbound frame, by its ``media.timestamp`` (0 to 2**53 ms).
+
+        Returns:
+            0: on time (also the first frame, which sets the clock). ``k > 0``: ``k`` silence
+            frames go upstream before this one: the frame is ``d`` ms after the expected
+            slot, ``d > frame_ms // 2``, so ``ceil((d - frame_ms // 2) / frame_ms)`` frames were
+            lost (``d // frame_ms`` when the frame is on its slot or late on it, one more when
+            it is early on it), capped at ``max_fill_ms // frame_ms``; the clock moves to this
+            frame's slot even past the cap. -1: drop it, the clock unmoved: it is more than
+            ``frame_ms // 2`` before the expected slot (a duplicate, or a frame whose slot was
+            filled or has passed).
+
+        Raises:
+            TypeError: not an int. ValueError: negative or over 2**53. Nothing changes.
+        """

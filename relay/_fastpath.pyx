@@ -731,3 +731,4 @@ def media_frames(TwilioWriter writer, payload, name):
 # ---------------------------------------------------------------- codec (see _codec.pxi)
 
 include "_codec.pxi"
+include "_playout.pxi"

@@ -276,3 +276,4 @@ def media_frames(writer: TwilioWriter, payload: bytes, name: str) -> bytes:
 # ---------------------------------------------------------------- codec
 
 from relay._codec_py import *  # noqa: E402,F403  (the codec twin lives in its own module)
+from relay._playout_py import *  # noqa: E402,F403

@@ -17,6 +17,8 @@ try:
         OP_PONG,
         OP_TEXT,
         FrameReader,
+        GapFiller,
+        PlayoutRing,
         Resampler,
         TwilioWriter,
         b64_decoded_len,
@@ -27,6 +29,7 @@ try:
         parse_audio_delta,
         parse_media,
         pcm16_to_ulaw,
+        silence_b64,
         ulaw_to_pcm16,
     )
 except ImportError:  # not built: the reference keeps tools and tests usable
@@ -39,6 +42,8 @@ except ImportError:  # not built: the reference keeps tools and tests usable
         OP_PONG,
         OP_TEXT,
         FrameReader,
+        GapFiller,
+        PlayoutRing,
         Resampler,
         TwilioWriter,
         b64_decoded_len,
@@ -49,6 +54,7 @@ except ImportError:  # not built: the reference keeps tools and tests usable
         parse_audio_delta,
         parse_media,
         pcm16_to_ulaw,
+        silence_b64,
         ulaw_to_pcm16,
     )
 
@@ -61,6 +67,8 @@ __all__ = [
     "OP_PONG",
     "OP_TEXT",
     "FrameReader",
+    "GapFiller",
+    "PlayoutRing",
     "Resampler",
     "TwilioWriter",
     "b64_decoded_len",
@@ -71,5 +79,6 @@ __all__ = [
     "parse_audio_delta",
     "parse_media",
     "pcm16_to_ulaw",
+    "silence_b64",
     "ulaw_to_pcm16",
 ]
