@@ -20,6 +20,29 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _postgres_passed += 1
 
 
+# Every log record of the whole run, at DEBUG, goes to one file, so a test can prove that no
+# secret reached a log (tests/test_zz_secrets.py runs last and greps it).
+RUN_LOG = os.path.join(os.environ.get("PYTEST_RUN_LOG_DIR") or __import__("tempfile").gettempdir(),
+                       f"relay-test-run-{os.getpid()}.log")
+# The secret values the tests hand the relay (keys, tokens, passwords); none may be logged.
+SECRETS = ("sim-auth-token", "sk-sim", "sim-key-not-secret", "sk-test-secret-value", "twilio-test-secret-token",
+           "tok-secret-123", "s3cr3t-xyz", "s3cret-", "hunter2", "bench-auth-token", "sk-bench-not-a-secret")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import logging
+
+    handler = logging.FileHandler(RUN_LOG, mode="w", encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    # websockets logs every frame at DEBUG (the simulators use it): held at INFO as relay does.
+    for noisy in ("websockets", "asyncio", "hypothesis", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.INFO)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = os.environ.get("RELAY_POSTGRES_REPORT")
     if path:
