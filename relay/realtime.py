@@ -71,10 +71,12 @@ def session_problems(session: dict[str, Any]) -> list[str]:
     problems = []
     audio = session.get("audio") if isinstance(session, dict) else None
     for direction in ("input", "output"):
-        fmt = (audio or {}).get(direction, {}).get("format") if isinstance(audio, dict) else None
+        side = audio.get(direction) if isinstance(audio, dict) else None
+        fmt = side.get("format") if isinstance(side, dict) else None
         kind = fmt.get("type") if isinstance(fmt, dict) else None
         if kind != "audio/pcmu":
-            problems.append(f"session audio.{direction}.format is {kind!r}, not 'audio/pcmu'")
+            shown = repr(kind[:40]) if isinstance(kind, str) else type(kind).__name__
+            problems.append(f"session audio.{direction}.format is {shown}, not 'audio/pcmu'")
     return problems
 
 

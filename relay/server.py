@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import httptools
 import orjson
@@ -40,6 +40,7 @@ log = logging.getLogger("relay.server")
 
 MAX_BODY = 64 * 1024  # Twilio's webhook forms are a few hundred bytes
 MAX_HEADERS = 64
+MAX_HEAD = 16 * 1024  # request line + headers; a head that never ends is cut here (431)
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str, *, keep_alive: bool) -> bytes:
@@ -201,6 +202,7 @@ class HttpProtocol(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._body = bytearray()
         self._too_large = False
+        self._head_bytes = 0  # bytes of the current request's head so far (-1: head complete)
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -210,12 +212,21 @@ class HttpProtocol(asyncio.Protocol):
         if self._ws is not None:
             self._ws.data_received(data)
             return
+        if self._transport is None or self._transport.is_closing():
+            return  # answered and closing: nothing more is read
+        in_head = self._head_bytes >= 0
+        if in_head:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgrade(data[exc.args[0] :])
         except httptools.HttpParserError:
             self._send(HTTPStatus.BAD_REQUEST, b"bad request\n", keep_alive=False)
+        if in_head and self._head_bytes > MAX_HEAD:
+            # Still no end of the head: httptools would buffer a header that never ends, without
+            # limit. (At most one read's worth past the bound is ever held.)
+            self._send(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, b"request head too large\n", keep_alive=False)
 
     def eof_received(self) -> bool | None:
         if self._ws is not None:
@@ -230,6 +241,15 @@ class HttpProtocol(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._too_large = b"", [], bytearray(), False
+        if self._head_bytes < 0:
+            self._head_bytes = 0  # a new request on a kept-alive connection
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes = -1
+        length = self._header("content-length")
+        if length is not None and (not length.strip().isdigit() or int(length.strip()[:12]) > MAX_BODY):
+            # Refuse an oversized body now rather than after reading it all.
+            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"request too large\n", keep_alive=False)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -252,26 +272,37 @@ class HttpProtocol(asyncio.Protocol):
         self._handle_request()
 
     # requests
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str = "text/plain", *, keep_alive: bool) -> None:
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str = "text/plain", *, keep_alive: bool,
+              head_only: bool = False) -> None:
         assert self._transport is not None
-        self._transport.write(_response(status, body, content_type, keep_alive=keep_alive))
+        if self._transport.is_closing():
+            return
+        response = _response(status, body, content_type, keep_alive=keep_alive)
+        # A HEAD answer carries the GET answer's headers (Content-Length included), no body.
+        self._transport.write(response[: len(response) - len(body)] if head_only else response)
         if not keep_alive:
             self._transport.close()
 
     def _handle_request(self) -> None:
         keep_alive = self._parser.should_keep_alive()
         method = self._parser.get_method()
-        url = urlsplit(self._url.decode("latin-1"))
+        try:
+            url = urlsplit(self._url.decode("latin-1"))
+        except ValueError:  # e.g. an absolute-form target with a broken IPv6 host
+            self._send(HTTPStatus.BAD_REQUEST, b"bad request\n", keep_alive=False)
+            return
         if self._too_large:
             self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"request too large\n", keep_alive=False)
         elif url.path == "/healthz" and method in (b"GET", b"HEAD"):
-            self._send(HTTPStatus.OK, orjson.dumps(self._relay.health()), "application/json", keep_alive=keep_alive)
+            self._send(HTTPStatus.OK, orjson.dumps(self._relay.health()), "application/json", keep_alive=keep_alive,
+                       head_only=method == b"HEAD")
         elif url.path == twilio.STREAM_PATH and method in (b"POST", b"GET"):
             # Twilio's voice webhook: a form body (POST) or the query string (GET), or a JSON
             # body whose hash is in the query (bodySHA256).
             raw = bytes(self._body).decode("utf-8", "replace") if method == b"POST" else url.query
             signed_url = self._relay.settings.public_url.rstrip("/") + url.path + (f"?{url.query}" if url.query else "")
-            is_json = method == b"POST" and "bodySHA256=" in url.query
+            # As twilio's validator decides: a bodySHA256 query parameter, even an empty one.
+            is_json = method == b"POST" and "bodySHA256" in parse_qs(url.query)
             signed: dict[str, str] | str = raw if is_json else (
                 dict(parse_qsl(raw, keep_blank_values=True)) if method == b"POST" else {})
             if not self._relay.signature_ok(signed_url, signed, self._header("x-twilio-signature")):
@@ -313,7 +344,12 @@ class HttpProtocol(asyncio.Protocol):
     def _upgrade(self, rest: bytes) -> None:
         assert self._transport is not None
         path = self._url.decode("latin-1")
-        if urlsplit(path).path != twilio.STREAM_PATH or self._parser.get_method() != b"GET":
+        try:
+            target = urlsplit(path).path
+        except ValueError:  # a broken absolute-form target: nothing to upgrade
+            self._send(HTTPStatus.BAD_REQUEST, b"bad request\n", keep_alive=False)
+            return
+        if target != twilio.STREAM_PATH or self._parser.get_method() != b"GET":
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=False)
             return
         # Twilio signs the stream URL of the TwiML, wss scheme and no params (PROTOCOLS §1.2).

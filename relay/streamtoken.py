@@ -40,8 +40,9 @@ def issue(secret: bytes, *, tenant: str, agent: str, call_sid: str, now: float, 
 def verify(secret: bytes, token: str, *, tenant: str, agent: str, call_sid: str, now: float) -> str | None:
     """``None`` if ``token`` was issued for exactly this call, tenant and agent and is unexpired;
     otherwise the reason it is refused (safe to log: it never contains the token)."""
-    parts = token.split(".") if isinstance(token, str) else []
-    if len(parts) != 3 or parts[0] != VERSION or not parts[1].isdigit():
+    # ASCII only and a bounded expiry: nothing a peer sends can make the parsing itself raise.
+    parts = token.split(".") if isinstance(token, str) and token.isascii() and len(token) <= 200 else []
+    if len(parts) != 3 or parts[0] != VERSION or not (parts[1].isdigit() and len(parts[1]) <= 12):
         return "malformed stream token"
     expires = int(parts[1])
     if not hmac.compare_digest(parts[2], _mac(secret, tenant, agent, call_sid, expires)):

@@ -96,6 +96,8 @@ def parse_event(message: bytes) -> TwilioEvent:
         fmt = _get(start, "mediaFormat", dict, "start")
         assert isinstance(fmt, dict)
         tracks = _get(start, "tracks", list, "start")
+        if not all(isinstance(t, str) for t in tracks):  # type: ignore[union-attr]
+            raise ProtocolError("Twilio start.tracks must be a list of strings")
         params = start.get("customParameters") or {}
         if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
             raise ProtocolError("Twilio start.customParameters must map names to strings")
@@ -103,7 +105,7 @@ def parse_event(message: bytes) -> TwilioEvent:
             stream_sid=str(_get(start, "streamSid", str, "start")),
             call_sid=str(_get(start, "callSid", str, "start")),
             account_sid=str(_get(start, "accountSid", str, "start")),
-            tracks=tuple(str(t) for t in tracks),  # type: ignore[union-attr]
+            tracks=tuple(tracks),  # type: ignore[arg-type]
             encoding=str(_get(fmt, "encoding", str, "start.mediaFormat")),
             sample_rate=int(_get(fmt, "sampleRate", int, "start.mediaFormat")),  # type: ignore[call-overload]
             channels=int(_get(fmt, "channels", int, "start.mediaFormat")),  # type: ignore[call-overload]
@@ -121,7 +123,10 @@ def parse_event(message: bytes) -> TwilioEvent:
         stop = obj.get("stop")
         call_sid = stop.get("callSid", "") if isinstance(stop, dict) else ""
         return Stop(call_sid if isinstance(call_sid, str) else "")
-    raise ProtocolError(f"unknown Twilio event {event!r}")
+    # Never repr() what a peer sent: a deeply nested value would recurse; a long one floods the log.
+    if isinstance(event, str):
+        raise ProtocolError(f"unknown Twilio event {event[:40]!r}")
+    raise ProtocolError(f"Twilio message has no string 'event' (got {type(event).__name__})")
 
 
 def refusal_twiml(message: str) -> str:
