@@ -55,6 +55,8 @@ class Settings:
     vad_prefix_ms: int = 300
     presession_buffer_ms: int = 2000
     max_message_bytes: int = 65536
+    max_messages_per_second: int = 200  # per call; Twilio sends ~100 (media + mark echoes)
+    max_connections: int = 10000
     allow_python_fastpath: bool = False
     log_level: str = "INFO"
 
@@ -136,6 +138,8 @@ class Settings:
         number("RELAY_VAD_PREFIX_MS", "vad_prefix_ms", int, 0, 5000)
         number("RELAY_PRESESSION_BUFFER_MS", "presession_buffer_ms", int, 0, 10000)
         number("RELAY_MAX_MESSAGE_BYTES", "max_message_bytes", int, 1024, 16 * 1024 * 1024)
+        number("RELAY_MAX_MESSAGES_PER_SECOND", "max_messages_per_second", int, 60, 100_000)
+        number("RELAY_MAX_CONNECTIONS", "max_connections", int, 1, 1_000_000)
         text("RELAY_LOG_LEVEL", "log_level")
         if "RELAY_ALLOW_PYTHON_FASTPATH" in env:
             raw = env["RELAY_ALLOW_PYTHON_FASTPATH"].strip().lower()

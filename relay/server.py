@@ -14,6 +14,7 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -73,6 +74,10 @@ class Relay:
         self.admission = admission or LocalAdmission(settings.max_concurrent_calls or None,
                                                      settings.calls_per_minute or None)
         self.rejected_signatures = 0  # webhooks and handshakes refused for a bad X-Twilio-Signature
+        self.connections = 0
+        # Connections closed for breaking a limit, by kind: rate, size, frame, binary, head,
+        # connections (over RELAY_MAX_CONNECTIONS).
+        self.violations: collections.Counter[str] = collections.Counter()
         # Made once: a deployment without RELAY_STREAM_SECRET or an auth token (development)
         # gets a key only this process knows.
         self.stream_token_key = settings.stream_token_key or os.urandom(32)
@@ -148,8 +153,13 @@ class Relay:
         return streamtoken.verify(self.stream_token_key, params.get("token", ""), tenant=params.get("tenant", ""),
                                   agent=params.get("agent", ""), call_sid=start.call_sid, now=time.time())
 
+    def note_violation(self, kind: str) -> None:
+        self.violations[kind] += 1
+
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "fastpath": fastpath.IMPLEMENTATION, "calls_active": len(self.sessions)}
+        return {"status": "ok", "fastpath": fastpath.IMPLEMENTATION, "calls_active": len(self.sessions),
+                "connections": self.connections, "refused_signatures": self.rejected_signatures,
+                "violations": dict(self.violations)}
 
     def start_call(self, ws: WebSocket) -> None:
         session = CallSession(
@@ -207,6 +217,12 @@ class HttpProtocol(asyncio.Protocol):
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        relay = self._relay
+        relay.connections += 1
+        if relay.connections > relay.settings.max_connections:
+            relay.violations["connections"] += 1
+            log.warning("refusing a connection: %d open (RELAY_MAX_CONNECTIONS)", relay.connections - 1)
+            transport.abort()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         if self._ws is not None:
@@ -226,6 +242,7 @@ class HttpProtocol(asyncio.Protocol):
         if in_head and self._head_bytes > MAX_HEAD:
             # Still no end of the head: httptools would buffer a header that never ends, without
             # limit. (At most one read's worth past the bound is ever held.)
+            self._relay.violations["head"] += 1
             self._send(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, b"request head too large\n", keep_alive=False)
 
     def eof_received(self) -> bool | None:
@@ -235,6 +252,7 @@ class HttpProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._relay.connections -= 1
         if self._ws is not None:
             self._ws.connection_lost()
 
@@ -365,7 +383,9 @@ class HttpProtocol(asyncio.Protocol):
         if response.status_code != 101:
             self._transport.close()
             return
-        self._ws = WebSocket(self._transport, max_size=self._relay.settings.max_message_bytes)
+        settings = self._relay.settings
+        self._ws = WebSocket(self._transport, max_size=settings.max_message_bytes,
+                             max_rate=settings.max_messages_per_second, on_violation=self._relay.note_violation)
         self._relay.start_call(self._ws)
         if rest:
             self._ws.data_received(rest)

@@ -60,8 +60,15 @@ class Connection:
 
     mask_frames = False
 
-    def __init__(self, transport: asyncio.Transport, *, max_size: int) -> None:
+    def __init__(self, transport: asyncio.Transport, *, max_size: int, max_rate: int = 0,
+                 on_violation: Callable[[str], None] | None = None) -> None:
         self._transport = transport
+        # Messages per second allowed from the peer (0: no limit), counted in one-second
+        # windows; the clock is read only when a window's count passes the limit.
+        self._max_rate = max_rate
+        self._window_start = 0.0
+        self._window_count = 0
+        self._on_violation = on_violation
         self._reader = FrameReader(not self.mask_frames, max_size)
         self._messages: collections.deque[bytes] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -94,12 +101,19 @@ class Connection:
             try:
                 frame = reader.read()
             except FrameError as exc:
-                log.warning("closing WebSocket: %s", exc)
-                self.fail(exc.reason, exc.code)
+                self._violation("size" if exc.code == 1009 else "frame", exc.reason, exc.code)
                 return
             if frame is None:
                 break
             opcode, payload = frame
+            if self._max_rate:
+                self._window_count += 1
+                if self._window_count > self._max_rate:
+                    now = self._loop.time()
+                    if now - self._window_start < 1.0:
+                        self._violation("rate", f"over {self._max_rate} messages per second", 1008)
+                        return
+                    self._window_start, self._window_count = now, 1
             if opcode == OP_TEXT:
                 # Order holds: while anything waits for ``recv``, later messages queue behind it.
                 hook = self.on_message
@@ -112,10 +126,17 @@ class Connection:
                 self._write(build_frame(0xA, payload, self._mask()))
             elif opcode == OP_BINARY:
                 # Both peers speak JSON text; a binary message is not ours to guess at.
-                self.fail("binary messages are not accepted", 1003)
+                self._violation("binary", "binary messages are not accepted", 1003)
                 break
         if self._messages or self.state != OPEN:
             self._wake()
+
+    def _violation(self, kind: str, reason: str, code: int) -> None:
+        """A peer broke a rule: this connection alone is closed, with the code and reason."""
+        log.warning("closing WebSocket (%d): %s", code, reason)
+        if self._on_violation is not None:
+            self._on_violation(kind)
+        self.fail(reason, code)
 
     def eof_received(self) -> None:
         self._finish()

@@ -20,9 +20,9 @@ from twilio.request_validator import RequestValidator
 from relay import streamtoken
 from relay.config import Settings
 from relay.errors import ConfigError
-from relay.sim.caller import http_post, parse_connect_stream
+from relay.sim.caller import TwilioCaller, http_post, parse_connect_stream
 from tests.conftest import CONNECTED, START
-from tests.test_call import SIM_AUTH_TOKEN, post_webhook, stack
+from tests.test_call import SHORT, SIM_AUTH_TOKEN, post_webhook, stack
 from tests.test_server import signed_connect
 
 FORM = {"CallSid": "CA" + "1" * 32, "AccountSid": "AC" + "0" * 32, "From": "+15550001", "To": "+15550002"}
@@ -134,3 +134,44 @@ def test_serve_requires_the_auth_token_unless_explicitly_insecure() -> None:
     assert Settings.from_env({**env, "RELAY_INSECURE_SKIP_TWILIO_SIGNATURE": "1"}).skip_twilio_signature
     settings = Settings.from_env({**env, "TWILIO_AUTH_TOKEN": "tok-secret-123", "RELAY_STREAM_SECRET": "s3cr3t-xyz"})
     assert "tok-secret-123" not in repr(settings) and "s3cr3t-xyz" not in repr(settings)
+
+
+async def test_one_hostile_peer_beside_fifty_good_calls_hurts_none_of_them(tmp_path: Path) -> None:
+    """Flooding, oversized, binary and endless-head connections are each closed alone."""
+    async with stack(tmp_path, max_messages_per_second=200) as s:
+        stream_url = s.webhook.replace("http://", "ws://")
+        port = int(s.webhook.rsplit(":", 1)[1].split("/")[0])
+        good = [asyncio.create_task(TwilioCaller(s.webhook, SHORT).run()) for _ in range(50)]
+
+        async def flood() -> int | None:
+            async with signed_connect(stream_url) as ws:
+                try:
+                    for _ in range(5000):
+                        await ws.send('{"event":"mark","mark":{"name":"x"}}')
+                except websockets.ConnectionClosed:
+                    pass
+                await asyncio.wait_for(ws.wait_closed(), 5)
+                return ws.close_code
+
+        async def oversized() -> int | None:
+            async with signed_connect(stream_url) as ws:
+                await ws.send("x" * (2 * 1024 * 1024))
+                await asyncio.wait_for(ws.wait_closed(), 5)
+                return ws.close_code
+
+        async def endless_head() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * (64 * 1024))
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(200), 5)
+            writer.close()
+            return answer
+
+        codes = await asyncio.gather(flood(), oversized(), endless_head())
+        results = await asyncio.gather(*good)
+        violations = dict(s.relay.violations)
+    assert codes[0] == 1008 and codes[1] == 1009 and codes[2].startswith(b"HTTP/1.1 431")
+    assert violations == {"rate": 1, "size": 1, "head": 1}
+    assert all(r.error is None and r.violations == [] for r in results)
+    assert all(all(t.answered for t in r.turns) for r in results)
+    assert s.agent.violations == []
