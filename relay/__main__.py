@@ -46,12 +46,14 @@ async def serve(settings: Settings) -> None:
         store, directory = pg, CachedDirectory(pg.directory.lookup_number)
         resolve_agent = pg.directory.agent_profile
         admission: Admission | None = PostgresAdmission(pg.pool)
+        token_source = pg.directory.auth_tokens
     else:
         store, directory, resolve_agent = SQLiteStore(settings.sqlite_path), SingleTenant(), None
         admission = None  # the relay counts its own calls (RELAY_MAX_CONCURRENT_CALLS)
+        token_source = None
         await store.open()
     server = RelayServer(Relay(settings, store, directory=directory, resolve_agent=resolve_agent,
-                               admission=admission))
+                               admission=admission, token_source=token_source))
     await server.start()
     log.info(
         "relay %s listening on %s:%d; Twilio streams to %s; fastpath=%s; store=%s %s",
@@ -120,6 +122,11 @@ async def admin(args: argparse.Namespace, settings: Settings) -> int:
             if args.max_calls is not None or args.calls_per_minute is not None:
                 await directory.set_limits(args.tenant_id, args.max_calls, args.calls_per_minute)
             print(f"tenant {args.tenant_id} added")
+        elif args.command == "tenants" and args.action == "set-token":
+            # Read from stdin, never the command line (shell history, ps).
+            token = sys.stdin.readline().strip()
+            await directory.set_auth_token(args.tenant_id, token or None)
+            print(f"tenant {args.tenant_id}: Twilio auth token {'set' if token else 'removed'}")
         elif args.command == "tenants":
             _print_rows(await directory.list_tenants())
         elif args.command == "numbers":
@@ -163,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     add_tenant.add_argument("--max-calls", type=int, help="concurrent calls admitted (default: no limit)")
     add_tenant.add_argument("--calls-per-minute", type=int, help="calls admitted per minute (default: no limit)")
     tenant_actions.add_parser("list", help="list tenants")
+    set_token = tenant_actions.add_parser(
+        "set-token", help="the tenant's Twilio (sub)account auth token, read from stdin (empty: remove)")
+    set_token.add_argument("tenant_id")
     numbers = commands.add_parser("numbers", help="route a phone number to a tenant (Postgres)")
     number_actions = numbers.add_subparsers(dest="action", required=True)
     add_number = number_actions.add_parser("add", help="route an E.164 number to a tenant and agent")

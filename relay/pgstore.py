@@ -567,6 +567,20 @@ class Directory:
         if found == "UPDATE 0":
             raise ValueError(f"no tenant {tenant_id!r}")
 
+    async def set_auth_token(self, tenant_id: str, token: str | None) -> None:
+        """The tenant's Twilio (sub)account auth token, for X-Twilio-Signature (None: remove it)."""
+        async with as_writer(self._pool) as conn:
+            found = await conn.execute("UPDATE tenants SET twilio_auth_token = $2 WHERE tenant_id = $1",
+                                       tenant_id, token or None)
+        if found == "UPDATE 0":
+            raise ValueError(f"no tenant {tenant_id!r}")
+
+    async def auth_tokens(self) -> list[str]:
+        """Every tenant's Twilio auth token (secrets: for signature checks only, never shown)."""
+        async with as_writer(self._pool) as conn:
+            rows = await conn.fetch("SELECT twilio_auth_token FROM tenants WHERE twilio_auth_token IS NOT NULL")
+        return [r["twilio_auth_token"] for r in rows]
+
     async def list_tenants(self) -> list[dict[str, Any]]:
         async with as_writer(self._pool) as conn:
             rows = await conn.fetch("SELECT tenant_id, name, created_at FROM tenants ORDER BY tenant_id")

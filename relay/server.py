@@ -66,6 +66,7 @@ class Relay:
         directory: Directory | None = None,
         resolve_agent: ResolveAgent | None = None,
         admission: Admission | None = None,
+        token_source: Callable[[], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -74,6 +75,10 @@ class Relay:
         self.admission = admission or LocalAdmission(settings.max_concurrent_calls or None,
                                                      settings.calls_per_minute or None)
         self.rejected_signatures = 0  # webhooks and handshakes refused for a bad X-Twilio-Signature
+        # Tenants' own Twilio (sub)account tokens, kept fresh from the store (TOKEN_REFRESH).
+        self.token_source = token_source
+        self.tenant_tokens: tuple[str, ...] = ()
+        self._tokens_at = -1e9
         self.connections = 0
         # Connections closed for breaking a limit, by kind: rate, size, frame, binary, head,
         # connections (over RELAY_MAX_CONNECTIONS).
@@ -103,21 +108,33 @@ class Relay:
             timeout=10,
         )
 
-    def signature_ok(self, url: str, params: dict[str, str] | str, signature: str | None) -> bool:
-        """Whether ``X-Twilio-Signature`` signs ``url`` (+ form params, or a JSON body's hash).
+    def signature_ok(self, url: str, params: dict[str, str] | str, signature: str | None, *,
+                     count: bool = True) -> bool:
+        """Whether ``X-Twilio-Signature`` signs ``url`` (+ form params, or a JSON body's hash)
+        with the relay's auth token or one of its tenants' (Twilio subaccounts).
 
         ``url`` is built from ``RELAY_PUBLIC_URL``, never from the request's ``Host`` header.
         """
         settings = self.settings
         if settings.skip_twilio_signature:
             return True
-        if not signature or not settings.twilio_auth_token:
+        tokens = ((settings.twilio_auth_token,) if settings.twilio_auth_token else ()) + self.tenant_tokens
+        if signature and any(RequestValidator(token).validate(url, params, signature) for token in tokens):
+            return True
+        if count:
             self.rejected_signatures += 1
-            return False
-        ok = RequestValidator(settings.twilio_auth_token).validate(url, params, signature)
-        if not ok:
-            self.rejected_signatures += 1
-        return bool(ok)
+        return False
+
+    async def refresh_tokens(self, *, min_age: float = 0.0) -> None:
+        """Reload the tenants' auth tokens (at most once per ``min_age`` seconds)."""
+        now = time.monotonic()
+        if self.token_source is None or now - self._tokens_at < min_age:
+            return
+        self._tokens_at = now
+        try:
+            self.tenant_tokens = tuple(await self.token_source())
+        except Exception as exc:  # the store is unreachable: the tokens known so far stay valid
+            log.warning("could not reload tenant auth tokens (%s)", type(exc).__name__)
 
     async def webhook(self, params: dict[str, str]) -> str:
         """TwiML for an incoming call: connect its audio to our media WebSocket.
@@ -323,19 +340,24 @@ class HttpProtocol(asyncio.Protocol):
             is_json = method == b"POST" and "bodySHA256" in parse_qs(url.query)
             signed: dict[str, str] | str = raw if is_json else (
                 dict(parse_qsl(raw, keep_blank_values=True)) if method == b"POST" else {})
-            if not self._relay.signature_ok(signed_url, signed, self._header("x-twilio-signature")):
-                log.warning("webhook refused: X-Twilio-Signature missing or wrong")
-                self._send(HTTPStatus.FORBIDDEN, b"forbidden\n", keep_alive=False)
-                return
-            params = dict(parse_qsl(url.query if is_json or method != b"POST" else raw, keep_blank_values=True))
+            signature = self._header("x-twilio-signature")
+            params: dict[str, str] | None = dict(
+                parse_qsl(url.query if is_json or method != b"POST" else raw, keep_blank_values=True))
             if is_json:
                 try:
                     body = orjson.loads(raw)
                     params.update({str(k): str(v) for k, v in body.items()} if isinstance(body, dict) else {})
                 except orjson.JSONDecodeError:
-                    self._send(HTTPStatus.BAD_REQUEST, b"bad request\n", keep_alive=False)
-                    return
-            task = asyncio.ensure_future(self._answer_webhook(params, keep_alive))
+                    params = None  # answered 400 once the signature is known good
+            if not self._relay.signature_ok(signed_url, signed, signature, count=False) and (
+                self._relay.token_source is None
+            ):
+                self._relay.rejected_signatures += 1
+                log.warning("webhook refused: X-Twilio-Signature missing or wrong")
+                self._send(HTTPStatus.FORBIDDEN, b"forbidden\n", keep_alive=False)
+                return
+            # With tenant tokens, a failed check is retried once after reloading them.
+            task = asyncio.ensure_future(self._answer_webhook(params, keep_alive, (signed_url, signed, signature)))
             self._relay.background.add(task)
             task.add_done_callback(self._relay.background.discard)
         elif url.path in ("/healthz", twilio.STREAM_PATH):
@@ -343,7 +365,19 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
 
-    async def _answer_webhook(self, params: dict[str, str], keep_alive: bool) -> None:
+    async def _answer_webhook(self, params: dict[str, str] | None, keep_alive: bool,
+                              signed: tuple[str, dict[str, str] | str, str | None]) -> None:
+        relay = self._relay
+        if not relay.signature_ok(*signed, count=False):
+            # Perhaps a tenant's token added since the last reload: reload once, then decide.
+            await relay.refresh_tokens(min_age=1.0)
+            if not relay.signature_ok(*signed):
+                log.warning("webhook refused: X-Twilio-Signature missing or wrong")
+                self._send(HTTPStatus.FORBIDDEN, b"forbidden\n", keep_alive=False)
+                return
+        if params is None:
+            self._send(HTTPStatus.BAD_REQUEST, b"bad request\n", keep_alive=False)
+            return
         try:
             twiml = (await self._relay.webhook(params)).encode()
         except Exception:  # e.g. the tenant directory is unreachable: Twilio retries or fails over
@@ -391,12 +425,16 @@ class HttpProtocol(asyncio.Protocol):
             self._ws.data_received(rest)
 
 
+TOKEN_REFRESH = 15.0  # seconds between reloads of the tenants' auth tokens
+
+
 class RelayServer:
     """The listening socket and everything it serves."""
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self._server: asyncio.base_events.Server | None = None
+        self._refresher: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -407,9 +445,21 @@ class RelayServer:
         loop = asyncio.get_running_loop()
         s = self.relay.settings
         self._server = await loop.create_server(lambda: HttpProtocol(self.relay), s.host, s.port, reuse_address=True)
+        if self.relay.token_source is not None:
+            await self.relay.refresh_tokens()
+            self._refresher = asyncio.create_task(self._refresh_tokens(), name="tenant-token-refresh")
+
+    async def _refresh_tokens(self) -> None:
+        # A handshake cannot wait for the database, so it checks the tokens known here; a new
+        # tenant token reaches every relay within TOKEN_REFRESH (its webhooks at once).
+        while True:
+            await asyncio.sleep(TOKEN_REFRESH)
+            await self.relay.refresh_tokens()
 
     async def close(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let live calls finish (bounded), then end the rest."""
+        if self._refresher is not None:
+            self._refresher.cancel()
         if self._server is not None:
             self._server.close()
         sessions = set(self.relay.sessions)

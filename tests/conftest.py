@@ -26,7 +26,8 @@ RUN_LOG = os.path.join(os.environ.get("PYTEST_RUN_LOG_DIR") or __import__("tempf
                        f"relay-test-run-{os.getpid()}.log")
 # The secret values the tests hand the relay (keys, tokens, passwords); none may be logged.
 SECRETS = ("sim-auth-token", "sk-sim", "sim-key-not-secret", "sk-test-secret-value", "twilio-test-secret-token",
-           "tok-secret-123", "s3cr3t-xyz", "s3cret-", "hunter2", "bench-auth-token", "sk-bench-not-a-secret")
+           "tok-secret-123", "s3cr3t-xyz", "s3cret-", "hunter2", "bench-auth-token", "sk-bench-not-a-secret",
+           "acme-subaccount-token")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -239,3 +239,28 @@ async def _listening(port: int) -> bool:
 async def _user_turns(db: asyncpg.Connection, call_sid: str, n: int) -> bool:
     count = await db.fetchval("SELECT count(*) FROM call_turns WHERE call_sid = $1 AND role = 'user'", call_sid)
     return count >= n
+
+
+async def test_a_tenant_on_its_own_twilio_subaccount_is_signed_with_its_own_token(
+    database: str, tmp_path: Path
+) -> None:
+    store = PostgresStore(dsn(database), spool_path=tmp_path / "relay.spool")
+    await store.open()
+    await store.directory.set_auth_token("acme", "acme-subaccount-token")
+    try:
+        async with stack(tmp_path, directory=CachedDirectory(store.directory.lookup_number), store=store) as s:
+            s.relay.token_source = store.directory.auth_tokens  # reloaded on a failed webhook check
+            ok = await TwilioCaller(s.webhook, SHORT, to_number="+15550100001",
+                                    auth_token="acme-subaccount-token").run()
+            forged = await TwilioCaller(s.webhook, SHORT, to_number="+15550100001",
+                                        auth_token="some-other-account").run()
+            for task in list(s.relay.sessions):
+                await task
+            tokens = await store.directory.auth_tokens()
+            listed = await store.directory.list_tenants()
+    finally:
+        await store.close()
+    assert ok.error is None and all(t.answered for t in ok.turns)
+    assert forged.error is not None and "403" in forged.error
+    assert tokens == ["acme-subaccount-token"]
+    assert "acme-subaccount-token" not in repr(listed), "the CLI's tenant list must not show tokens"
