@@ -108,6 +108,14 @@ class Settings:
                 return
             values[attr] = value
 
+        def flag(name: str, attr: str) -> None:
+            if name not in env:
+                return
+            raw = env[name].strip().lower()
+            if raw not in ("0", "1", "true", "false", "yes", "no", ""):
+                problems.append(f"{name}={raw!r} must be 0 or 1")
+            values[attr] = raw in ("1", "true", "yes")
+
         text("RELAY_HOST", "host")
         number("RELAY_PORT", "port", int, 0, 65535)
         text("RELAY_PUBLIC_URL", "public_url")
@@ -115,11 +123,7 @@ class Settings:
         text("OPENAI_API_KEY", "openai_api_key")
         text("TWILIO_AUTH_TOKEN", "twilio_auth_token")
         text("RELAY_STREAM_SECRET", "stream_secret")
-        if "RELAY_INSECURE_SKIP_TWILIO_SIGNATURE" in env:
-            raw = env["RELAY_INSECURE_SKIP_TWILIO_SIGNATURE"].strip().lower()
-            if raw not in ("0", "1", "true", "false", "yes", "no", ""):
-                problems.append(f"RELAY_INSECURE_SKIP_TWILIO_SIGNATURE={raw!r} must be 0 or 1")
-            values["skip_twilio_signature"] = raw in ("1", "true", "yes")
+        flag("RELAY_INSECURE_SKIP_TWILIO_SIGNATURE", "skip_twilio_signature")
         text("DATABASE_URL", "database_url")
         text("RELAY_SQLITE_PATH", "sqlite_path")
         text("RELAY_SPOOL_PATH", "spool_path")
@@ -141,11 +145,7 @@ class Settings:
         number("RELAY_MAX_MESSAGES_PER_SECOND", "max_messages_per_second", int, 60, 100_000)
         number("RELAY_MAX_CONNECTIONS", "max_connections", int, 1, 1_000_000)
         text("RELAY_LOG_LEVEL", "log_level")
-        if "RELAY_ALLOW_PYTHON_FASTPATH" in env:
-            raw = env["RELAY_ALLOW_PYTHON_FASTPATH"].strip().lower()
-            if raw not in ("0", "1", "true", "false", "yes", "no", ""):
-                problems.append(f"RELAY_ALLOW_PYTHON_FASTPATH={raw!r} must be 0 or 1")
-            values["allow_python_fastpath"] = raw in ("1", "true", "yes")
+        flag("RELAY_ALLOW_PYTHON_FASTPATH", "allow_python_fastpath")
 
         settings = cls(**values)  # type: ignore[arg-type]
         problems += settings.problems(serve=serve)
