@@ -422,8 +422,7 @@ class Harness:
         run = LoadRun(proc.target, check=o.check)
         steps: dict[int, dict[str, Any]] = {}
         try:
-            await asyncio.sleep(0.3)
-            rss_idle = proc.rss_kib()
+            rss_idle = proc.rss_kib()  # listening, no call yet
 
             async def measure(n: int, seconds: float) -> dict[str, Any]:
                 await run.set_calls(n)
@@ -449,8 +448,7 @@ class Harness:
             main = await measure(o.calls, o.main_s)
             search = await self._search(measure, main) if o.search else None
         finally:
-            await run.close()
-            await asyncio.sleep(0.2)
+            await run.close()  # every call hung up; stop() lets the relay drain what is left
             await proc.stop()
         return {
             "title": spec.title,
