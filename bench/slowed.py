@@ -13,30 +13,33 @@ import argparse
 import sys
 import time
 
-from relay import session
+import asyncio
+
+from relay import conversation
 
 
 def handicap(delay_ms: float, burn_us: float) -> None:
-    original = session.CallSession._on_agent_audio
+    original = conversation.Conversation.agent_audio
     delay, burn_ns = delay_ms / 1000, int(burn_us * 1000)
 
-    def slowed(self: session.CallSession, item_id: str, payload: bytes) -> None:
+    def slowed(self: conversation.Conversation, item_id: str, payload: bytes, now: float) -> None:
         if burn_ns:
             until = time.perf_counter_ns() + burn_ns
             while time.perf_counter_ns() < until:
                 pass
         if delay:
-            self._loop.call_later(delay, _late, self, item_id, payload)
+            loop = asyncio.get_running_loop()
+            loop.call_later(delay, _late, self, item_id, payload, loop)
         else:
-            original(self, item_id, payload)
+            original(self, item_id, payload, now)
 
-    def _late(self: session.CallSession, item_id: str, payload: bytes) -> None:
+    def _late(self: conversation.Conversation, item_id: str, payload: bytes, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            original(self, item_id, payload)
+            original(self, item_id, payload, loop.time())
         except Exception:  # the call may have ended while the frame was held
             pass
 
-    session.CallSession._on_agent_audio = slowed  # type: ignore[method-assign]
+    conversation.Conversation.agent_audio = slowed  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:

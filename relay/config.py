@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from relay.conversation import CallOptions
 from relay.errors import ConfigError
 from relay.streamtoken import derive_secret
 
@@ -54,6 +55,14 @@ class Settings:
     vad_silence_ms: int = 500
     vad_prefix_ms: int = 300
     presession_buffer_ms: int = 2000
+    playout_lead_ms: int = 100
+    mark_interval_ms: int = 100
+    greeting: str = ""
+    reconnect_message: str = ""
+    upstream_max_session_s: int = 3600
+    dtmf_timeout_ms: int = 1500
+    hangup_grace_ms: int = 3000
+    end_call_tool: bool = True
     max_message_bytes: int = 65536
     max_messages_per_second: int = 200  # per call; Twilio sends ~100 (media + mark echoes)
     max_connections: int = 10000
@@ -69,6 +78,13 @@ class Settings:
         """
         seed = self.stream_secret or self.twilio_auth_token
         return derive_secret(seed) if seed else b""
+
+    @property
+    def call_options(self) -> CallOptions:
+        """How each call is paced and kept alive."""
+        return CallOptions(lead_ms=self.playout_lead_ms, mark_frames=max(1, self.mark_interval_ms // 20),
+                           presession_buffer_ms=self.presession_buffer_ms, dtmf_timeout_ms=self.dtmf_timeout_ms,
+                           reconnect_message=self.reconnect_message, hangup_grace_ms=self.hangup_grace_ms)
 
     @property
     def stream_url(self) -> str:
@@ -141,6 +157,16 @@ class Settings:
         number("RELAY_VAD_SILENCE_MS", "vad_silence_ms", int, 100, 10000)
         number("RELAY_VAD_PREFIX_MS", "vad_prefix_ms", int, 0, 5000)
         number("RELAY_PRESESSION_BUFFER_MS", "presession_buffer_ms", int, 0, 10000)
+        number("RELAY_PLAYOUT_LEAD_MS", "playout_lead_ms", int, 20, 2000)
+        number("RELAY_MARK_INTERVAL_MS", "mark_interval_ms", int, 20, 2000)
+        if "RELAY_GREETING" in env:
+            values["greeting"] = env["RELAY_GREETING"].strip()
+        if "RELAY_RECONNECT_MESSAGE" in env:
+            values["reconnect_message"] = env["RELAY_RECONNECT_MESSAGE"].strip()
+        number("RELAY_UPSTREAM_MAX_SESSION_S", "upstream_max_session_s", int, 20, 86400)
+        number("RELAY_DTMF_TIMEOUT_MS", "dtmf_timeout_ms", int, 100, 10000)
+        number("RELAY_HANGUP_GRACE_MS", "hangup_grace_ms", int, 0, 60000)
+        flag("RELAY_END_CALL_TOOL", "end_call_tool")
         number("RELAY_MAX_MESSAGE_BYTES", "max_message_bytes", int, 1024, 16 * 1024 * 1024)
         number("RELAY_MAX_MESSAGES_PER_SECOND", "max_messages_per_second", int, 60, 100_000)
         number("RELAY_MAX_CONNECTIONS", "max_connections", int, 1, 1_000_000)

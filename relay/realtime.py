@@ -27,13 +27,26 @@ class AgentProfile:
     vad_threshold: float = 0.5
     vad_silence_ms: int = 500
     vad_prefix_ms: int = 300
+    greeting: str = ""  # said as soon as the stream starts; empty: the caller speaks first
+    end_call_tool: bool = True  # offer the model the built-in end_call tool
+    interrupt_response: bool = True  # server VAD cancels a response when the caller speaks
+
+
+END_CALL_TOOL = {
+    "type": "function",
+    "name": "end_call",
+    "description": "Hang up the phone call. Say goodbye first, in the same response; call this only "
+                   "once the conversation is over.",
+    "parameters": {"type": "object", "properties": {}, "required": []},
+}
 
 
 def session_update(agent: AgentProfile) -> bytes:
     """``session.update`` for a phone call (PROTOCOLS §2.2).
 
     G.711 μ-law both ways, so Twilio's payload passes through untouched; server VAD that
-    creates and interrupts responses; input transcription on, so every turn can be stored.
+    creates and interrupts responses; input transcription on, so every turn can be stored;
+    the ``end_call`` tool, so the agent can hang up once it has said goodbye.
     """
     return orjson.dumps(
         {
@@ -42,6 +55,8 @@ def session_update(agent: AgentProfile) -> bytes:
                 "type": "realtime",
                 "output_modalities": ["audio"],
                 "instructions": agent.instructions,
+                "tools": [END_CALL_TOOL] if agent.end_call_tool else [],
+                "tool_choice": "auto",
                 "audio": {
                     "input": {
                         "format": PCMU,
@@ -52,7 +67,7 @@ def session_update(agent: AgentProfile) -> bytes:
                             "prefix_padding_ms": agent.vad_prefix_ms,
                             "silence_duration_ms": agent.vad_silence_ms,
                             "create_response": True,
-                            "interrupt_response": True,
+                            "interrupt_response": agent.interrupt_response,
                         },
                     },
                     "output": {"format": PCMU, "voice": agent.voice},
@@ -98,6 +113,42 @@ def response_create(instructions: str | None = None) -> bytes:
     if instructions:
         event["response"] = {"instructions": instructions}
     return orjson.dumps(event)
+
+
+def say(text: str) -> bytes:
+    """``response.create`` that has the agent say ``text`` (a greeting, a line after a reconnect)."""
+    return response_create(f"{SAY_PREFIX}{text}")
+
+
+SAY_PREFIX = "Say exactly the following to the caller, and nothing else: "
+
+
+def function_output(call_id: str, output: dict[str, Any]) -> bytes:
+    """``conversation.item.create`` with a ``function_call_output`` for the model's tool call."""
+    return orjson.dumps({"type": "conversation.item.create",
+                         "item": {"type": "function_call_output", "call_id": call_id,
+                                  "output": orjson.dumps(output).decode()}})
+
+
+def seed_items(history: list[tuple[str, str]], max_chars: int) -> list[bytes]:
+    """The conversation so far, as items for a fresh session (a recycle or a reconnect).
+
+    The newest turns that fit in ``max_chars`` of text, oldest first: what the caller said
+    (``input_text``) and what the caller heard of each answer (``output_text``).
+    """
+    kept: list[tuple[str, str]] = []
+    total = 0
+    for role, text in reversed(history):
+        total += len(text)
+        if total > max_chars:
+            break
+        kept.append((role, text))
+    out = []
+    for role, text in reversed(kept):
+        part = {"type": "input_text" if role == "user" else "output_text", "text": text}
+        out.append(orjson.dumps({"type": "conversation.item.create",
+                                 "item": {"type": "message", "role": role, "content": [part]}}))
+    return out
 
 
 def user_text(text: str) -> bytes:

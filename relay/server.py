@@ -32,6 +32,7 @@ from websockets.http11 import Request
 from relay import fastpath, realtime, streamtoken, twilio, upstream
 from relay.admission import Admission, LocalAdmission
 from relay.config import Settings
+from relay.pacer import Pacer
 from relay.session import CallSession, ResolveAgent, Upstream
 from relay.store import Store
 from relay.tenants import Directory, SingleTenant
@@ -93,7 +94,12 @@ class Relay:
             vad_threshold=settings.vad_threshold,
             vad_silence_ms=settings.vad_silence_ms,
             vad_prefix_ms=settings.vad_prefix_ms,
+            greeting=settings.greeting,
+            end_call_tool=settings.end_call_tool,
         )
+        # One 20 ms clock paces every call's outbound audio (created on first use, in the loop).
+        self._pacer: Pacer | None = None
+        self.upstreams_outlived = 0  # backend sessions that would not close with their call
         self._connect_upstream = connect_upstream or self._connect_realtime
         self.sessions: set[asyncio.Task[None]] = set()
         self.background: set[asyncio.Future[None]] = set()  # webhook answers in flight
@@ -173,10 +179,20 @@ class Relay:
     def note_violation(self, kind: str) -> None:
         self.violations[kind] += 1
 
+    @property
+    def pacer(self) -> Pacer:
+        if self._pacer is None:
+            self._pacer = Pacer()
+        return self._pacer
+
+    def note_upstream_outlived(self) -> None:
+        self.upstreams_outlived += 1
+
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "fastpath": fastpath.IMPLEMENTATION, "calls_active": len(self.sessions),
                 "connections": self.connections, "refused_signatures": self.rejected_signatures,
-                "violations": dict(self.violations)}
+                "violations": dict(self.violations), "upstreams_outlived": self.upstreams_outlived,
+                "pacer": self.pacer.stats()}
 
     def start_call(self, ws: WebSocket) -> None:
         session = CallSession(
@@ -184,10 +200,13 @@ class Relay:
             connect_upstream=self._connect_upstream,
             agent=self.agent,
             store=self.store,
-            presession_buffer_ms=self.settings.presession_buffer_ms,
+            options=self.settings.call_options,
+            pacer=self.pacer,
+            upstream_max_session_s=self.settings.upstream_max_session_s,
             resolve_agent=self.resolve_agent,
             verify_start=self.verify_stream,
             on_started=self.call_started,
+            on_upstream_outlived=self.note_upstream_outlived,
         )
         task = asyncio.create_task(self._run_call(session))
         self.sessions.add(task)

@@ -75,6 +75,7 @@ class Connection:
         self._loop = asyncio.get_running_loop()
         self._closed = self._loop.create_future()
         self.state = OPEN
+        self.aborted = False  # the closing handshake did not finish in time: TCP was cut
         self._close_sent: Close | None = None
         self._close_rcvd: Close | None = None
         self._masks = b""
@@ -226,6 +227,7 @@ class Connection:
         try:
             await asyncio.wait_for(asyncio.shield(self._closed), CLOSE_TIMEOUT)
         except TimeoutError:
+            self.aborted = True
             self._transport.abort()
 
     def fail(self, error: ProtocolError | str, code: int = 1008) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import collections
 import itertools
 import secrets
 import xml.etree.ElementTree as ET
@@ -30,6 +29,7 @@ import websockets
 from twilio.request_validator import RequestValidator
 
 from relay.sim import audio
+from relay.sim.playback import TwilioPlayback
 
 FRAME_MS = 20
 FRAME_BYTES = audio.FRAME_BYTES
@@ -112,12 +112,19 @@ class CallResult:
     turns: list[TurnResult] = field(default_factory=list)
     frames_sent: int = 0
     frames_received: int = 0
+    marks_received: int = 0
     marks_echoed: int = 0
     clears: int = 0
     violations: list[str] = field(default_factory=list)
-    heard: bytearray = field(default_factory=bytearray)
+    playback: TwilioPlayback = field(default_factory=TwilioPlayback)  # what played, marks, clears, stalls
     close_code: int | None = None
     error: str | None = None
+    closed_by_relay: bool = False  # the relay ended the stream (the agent hung up)
+
+    @property
+    def heard(self) -> bytearray:
+        """Everything the caller's ear got, silence included, 8 kHz μ-law."""
+        return self.playback.heard
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,9 @@ class CallerScript:
     answer_timeout_ms: int = 15000
     hangup: str = "stop"  # "stop" (Twilio's normal hang-up) or "drop" (socket closed, no stop)
     barge_in_ms: int | None = None  # speak the next line this long into an answer, interrupting it
+    dtmf: str = ""  # keys pressed after the last line's answer (each 200 ms apart), then listen again
+    expect_greeting: bool = False  # the agent speaks first: listen before the first line
+    wait_for_hangup: bool = False  # after the script, stay on the line until the relay ends the stream
 
 
 class TwilioCaller:
@@ -158,10 +168,7 @@ class TwilioCaller:
         self.stream_sid = "MZ" + secrets.token_hex(16)
         self.result = CallResult(self.call_sid)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._playout = bytearray()  # received audio not yet played
-        self._played = 0  # bytes of received audio played so far
-        self._received = 0  # bytes of audio received so far
-        self._pending_marks: collections.deque[tuple[int, str]] = collections.deque()
+        self._playback = self.result.playback
         self._last_media_at = 0.0
         self._first_media_after: float | None = None
         self._listening_since: float | None = None
@@ -185,8 +192,17 @@ class TwilioCaller:
                 try:
                     await ws.send(orjson.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}).decode())
                     await ws.send(self._start_message(parameters))
-                    await self._talk()
-                    if self.script.hangup == "stop":
+                    try:
+                        await self._talk()
+                    except websockets.ConnectionClosedOK:
+                        if not self.script.wait_for_hangup:
+                            raise
+                        # The relay ended the stream: <Connect> is over and, with no TwiML after
+                        # it, Twilio hangs up. Nothing more to send.
+                        self.result.closed_by_relay = True
+                    if self.result.closed_by_relay:
+                        pass
+                    elif self.script.hangup == "stop":
                         await ws.send(
                             orjson.dumps(
                                 {
@@ -249,37 +265,61 @@ class TwilioCaller:
     async def _talk(self) -> None:
         """Speak each line, then keep the line open (silence) until the answer has played."""
         assert self._loop is not None
+        script = self.script
         clock = _Clock(self._loop)
-        await self._stream(clock, audio.silence(self.script.lead_in_ms))
+        await self._stream(clock, audio.silence(script.lead_in_ms))
+        if script.expect_greeting:  # the agent speaks first: listen to it all before saying anything
+            await self._listen(clock, TurnResult(said=""), may_interrupt=False)
         lines: list[tuple[str, bytes]]
-        if self.script.wav:
-            lines = [(f"[{self.script.wav}]", audio.read_wav(self.script.wav))]
+        if script.wav:
+            lines = [(f"[{script.wav}]", audio.read_wav(script.wav))]
         else:
-            lines = [(text, audio.speak(text)) for text in self.script.utterances]
-        for text, speech in lines:
+            lines = [(text, audio.speak(text)) for text in script.utterances]
+        for index, (text, speech) in enumerate(lines):
             turn = TurnResult(said=text)
-            self.result.turns.append(turn)
             await self._stream(clock, speech)
-            turn.speech_end_at = self._loop.time()
-            self._first_media_after = None
-            self._listening_since = turn.speech_end_at
-            heard_from = len(self.result.heard)
-            deadline = turn.speech_end_at + self.script.answer_timeout_ms / 1000
+            await self._listen(clock, turn, may_interrupt=index < len(lines) - 1)
+        if script.dtmf:
+            turn = TurnResult(said=f"[DTMF {script.dtmf}]")
+            for digit in script.dtmf:
+                await self._send_dtmf(digit)
+                await self._stream(clock, audio.silence(200))
+            await self._listen(clock, turn, may_interrupt=False)
+        if script.wait_for_hangup:
+            deadline = self._loop.time() + script.answer_timeout_ms / 1000
             while self._loop.time() < deadline:
                 await self._stream(clock, audio.silence(FRAME_MS))
-                if self._first_media_after is None:
-                    continue
-                interrupting = self.script.barge_in_ms is not None and text != lines[-1][0]
-                if interrupting and (self._loop.time() - self._first_media_after) * 1000 >= self.script.barge_in_ms:
-                    break
-                quiet = self._loop.time() - max(self._last_media_at, self._first_media_after)
-                if not self._playout and quiet * 1000 >= self.script.answer_quiet_ms:
-                    break
-            if self._first_media_after is not None:
-                turn.answered = True
-                turn.voice_to_voice_ms = round((self._first_media_after - turn.speech_end_at) * 1000, 1)
-            turn.heard = audio.transcribe(self.result.heard[heard_from:]) if turn.answered else ""
-            self._listening_since = None
+
+    async def _listen(self, clock: _Clock, turn: TurnResult, *, may_interrupt: bool) -> None:
+        """Stream silence until the answer has played (or, barging in, this far into it)."""
+        assert self._loop is not None
+        self.result.turns.append(turn)
+        turn.speech_end_at = self._loop.time()
+        self._first_media_after = None
+        self._listening_since = turn.speech_end_at
+        heard_from = len(self.result.heard)
+        deadline = turn.speech_end_at + self.script.answer_timeout_ms / 1000
+        interrupting = self.script.barge_in_ms is not None and may_interrupt
+        while self._loop.time() < deadline:
+            await self._stream(clock, audio.silence(FRAME_MS))
+            if self._first_media_after is None:
+                continue
+            if interrupting and (self._loop.time() - self._first_media_after) * 1000 >= self.script.barge_in_ms:
+                break
+            quiet = self._loop.time() - max(self._last_media_at, self._first_media_after)
+            if not self._playback.queue and quiet * 1000 >= self.script.answer_quiet_ms:
+                break
+        if self._first_media_after is not None:
+            turn.answered = True
+            turn.voice_to_voice_ms = round((self._first_media_after - turn.speech_end_at) * 1000, 1)
+        turn.heard = audio.transcribe(self.result.heard[heard_from:]) if turn.answered else ""
+        self._listening_since = None
+
+    async def _send_dtmf(self, digit: str) -> None:
+        assert self._ws is not None
+        await self._ws.send(orjson.dumps({"event": "dtmf", "streamSid": self.stream_sid,
+                                          "sequenceNumber": str(next(self._seq)),
+                                          "dtmf": {"track": "inbound_track", "digit": digit}}).decode())
 
     async def _stream(self, clock: _Clock, ulaw: bytes) -> None:
         """Send ``ulaw`` as 20 ms ``media`` messages, one per tick, playing back on the same tick."""
@@ -308,12 +348,8 @@ class TwilioCaller:
 
     async def _play_tick(self) -> None:
         """Play 20 ms of received audio (or silence) and echo the marks it reaches."""
-        take = bytes(self._playout[:FRAME_BYTES])
-        del self._playout[:FRAME_BYTES]
-        self._played += len(take)
-        self.result.heard += take.ljust(FRAME_BYTES, bytes([audio.ULAW_SILENCE]))
-        while self._pending_marks and self._pending_marks[0][0] <= self._played:
-            await self._echo_mark(self._pending_marks.popleft()[1])
+        for name in self._playback.play(FRAME_BYTES):
+            await self._echo_mark(name)
 
     async def _echo_mark(self, name: str) -> None:
         assert self._ws is not None
@@ -340,25 +376,19 @@ class TwilioCaller:
                 obj = orjson.loads(message)
                 event = obj["event"]
                 if event == "media":
-                    data = base64.b64decode(obj["media"]["payload"])
-                    self._playout += data
-                    self._received += len(data)
+                    self._playback.media(obj["media"]["payload"])
                     self.result.frames_received += 1
                     self._last_media_at = self._loop.time()
                     if self._listening_since is not None and self._first_media_after is None:
                         self._first_media_after = self._last_media_at
                 elif event == "mark":
-                    name = obj["mark"]["name"]
-                    if self._received <= self._played:
+                    self.result.marks_received += 1
+                    for name in self._playback.mark(obj["mark"]["name"]):
                         await self._echo_mark(name)  # nothing buffered: echoed at once
-                    else:
-                        self._pending_marks.append((self._received, name))
                 else:  # clear
                     self.result.clears += 1
-                    self._playout.clear()
-                    self._received = self._played
-                    while self._pending_marks:
-                        await self._echo_mark(self._pending_marks.popleft()[1])
+                    for name in self._playback.clear():
+                        await self._echo_mark(name)
         except websockets.ConnectionClosed:
             pass
 
