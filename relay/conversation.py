@@ -179,6 +179,7 @@ class Conversation:
         self._backlog: list[bytes] = []  # client events waiting for a ready backend
         self._response_active = False
         self._speaking = False  # the caller is mid-utterance (speech_started, not stopped)
+        self._awaiting_answer = False  # the caller's turn is committed; its response has not begun
         # ---- inbound audio
         self._held: collections.deque[tuple[bytes, int]] = collections.deque(
             maxlen=max(1, options.presession_buffer_ms // FRAME_MS))
@@ -227,25 +228,24 @@ class Conversation:
         self._gate_open = False
         self._ts0 = None
         self._response_active = False
-        self._speaking = False
+        self._speaking = self._awaiting_answer = False
         self.stats.backend_sessions += 1
-        backend.send(realtime.session_update(self.agent))
-        if reason != "start":
-            for message in realtime.seed_items(self.history(), self.options.seed_max_chars):
-                backend.send(message)
         if reason == "recycle":
             self.stats.recycles += 1
         elif reason == "reconnect":
             self.stats.reconnects += 1
-            if self.options.reconnect_message:
-                self._say_on_open = self.options.reconnect_message
+            self._say_on_open = self.options.reconnect_message or None
+        seed = realtime.seed_items(self.history(), self.options.seed_max_chars) if reason != "start" else []
+        backend.send(realtime.session_update(self.agent))
+        for message in seed:
+            backend.send(message)
 
     def backend_lost(self, now: float) -> None:
         """The backend session ended unexpectedly: what it produced still plays; the rest waits."""
         self._backend = None
         self._gate_open = False
         self._response_active = False
-        self._speaking = False
+        self._speaking = self._awaiting_answer = False
         self._close_out_answers()
         self._pump(now)
         self._check_stored()
@@ -260,8 +260,9 @@ class Conversation:
     def idle(self) -> bool:
         """Nobody is talking and nothing is left to hear: a backend session can be swapped."""
         return (self._gate_open and not self._response_active and not self._speaking
-                and not self._ring.buffered and not self._marks_out and not self.hangup_requested
-                and not self._keys)
+                and not self._awaiting_answer and not self._ring.buffered and not self._marks_out
+                and not self.hangup_requested and not self._keys
+                and all(user.transcript is not None for user in self._users.values()))
 
     def history(self) -> list[tuple[str, str]]:
         """The conversation so far as (role, text): what the caller said and what they heard."""
@@ -543,6 +544,7 @@ class Conversation:
             self._speech_end_at = self._audio_ms_to_loop_time(event.get("audio_end_ms"))
         elif kind == "input_audio_buffer.committed":
             self._speaking = False
+            self._awaiting_answer = True
             self._user_turn(str(event.get("item_id", "")))
         elif kind == "conversation.item.input_audio_transcription.completed":
             turn = self._user_turn(str(event.get("item_id", "")))
@@ -550,6 +552,7 @@ class Conversation:
             self._store_user(turn)
         elif kind == "response.created":
             self._response_active = True
+            self._awaiting_answer = False
         elif kind == "response.output_item.added":
             item = event.get("item") or {}
             if item.get("type") == "message" and item.get("role") == "assistant" and item.get("id"):

@@ -23,6 +23,7 @@ import copy
 import heapq
 import logging
 import random
+import re
 import string
 import time
 import urllib.parse
@@ -63,6 +64,7 @@ CLIENT_FIELDS = {  # allowed top-level fields per client event, besides type and
 SEMANTIC_SILENCE_MS = {"low": 1000, "medium": 500, "auto": 500, "high": 250}
 MAX_APPEND_BYTES = 15 * 1024 * 1024
 _ALPHABET = string.ascii_letters + string.digits
+_SAY_EXACTLY = re.compile(r"(?is)^\s*say exactly[^:]*:\s*(.+)$")
 
 
 def default_reply(transcript: str, history: list[tuple[str, str]]) -> str:
@@ -82,6 +84,10 @@ class AgentConfig:
     seed: int = 0
     reply: Callable[[str, list[tuple[str, str]]], str] | None = None
     max_session_s: float = 3600.0  # the GA cap: close 1001 when reached
+    # A caller line with one of these words gets the farewell, then a call of the session's
+    # ``end_call`` tool (when it offers one), as a model told to hang up after goodbye does.
+    hangup_words: tuple[str, ...] = ("goodbye", "bye")
+    farewell: str = "Thank you for calling. Goodbye!"
 
 
 @dataclass(eq=False)
@@ -163,6 +169,7 @@ class _Response:
     audio: bytes
     marks: list[int]  # byte offset at which each word counts as spoken
     started: bool = False
+    tool_call: _Item | None = None  # a function call that follows the audio, in the same response
 
 
 def _alaw_encode(pcm: np.ndarray) -> bytes:
@@ -239,6 +246,15 @@ def _validate_session(s: dict[str, Any]) -> None:
     if tr is not None and (not isinstance(tr, dict) or not isinstance(tr.get("model"), str)):
         raise _ProtocolError("invalid_value", "Invalid value for 'session.audio.input.transcription': expected "
                              "null or an object with a model.", "session.audio.input.transcription")
+    tools = s.get("tools")
+    if not isinstance(tools, list):
+        raise _ProtocolError("invalid_type", "Invalid type for 'session.tools': expected an array.", "session.tools")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("name"), str) \
+                or not isinstance(tool.get("parameters", {}), dict) or set(tool) - {"type", "name", "description",
+                                                                                    "parameters"}:
+            raise _ProtocolError("invalid_value", f"Invalid value for 'session.tools[{i}]': expected a function "
+                                 "tool with a name and JSON-schema parameters.", f"session.tools[{i}]")
     td = a["input"].get("turn_detection")
     p = "session.audio.input.turn_detection"
     if td is None:
@@ -551,7 +567,16 @@ class RealtimeSession:
             self._at(now + self.config.transcription_delay_ms / 1000, complete)
         td = self.session["audio"]["input"]["turn_detection"]
         if auto and td is not None and td.get("create_response", True) and self.response is None:
-            self._start_response(self.reply(transcript, history), now + self.config.think_ms / 1000)
+            at = now + self.config.think_ms / 1000
+            if self._wants_hangup(transcript):
+                self._start_response(self.config.farewell, at, call="end_call")
+            else:
+                self._start_response(self.reply(transcript, history), at)
+
+    def _wants_hangup(self, transcript: str) -> bool:
+        words = {w.strip(".,!?;:").lower() for w in transcript.split()}
+        tools = {t.get("name") for t in self.session.get("tools") or [] if isinstance(t, dict)}
+        return "end_call" in tools and any(w in words for w in self.config.hangup_words)
 
     @staticmethod
     def _heard_anything(data: bytes) -> bool:
@@ -586,7 +611,10 @@ class RealtimeSession:
         if not isinstance(params, dict):
             raise _ProtocolError("invalid_type", "Invalid type for 'response': expected an object.", "response")
         text = params.get("instructions")
-        if not isinstance(text, str) or not text.strip():
+        say = _SAY_EXACTLY.match(text) if isinstance(text, str) else None
+        if say:  # a model told to say a line says it
+            text = say.group(1).strip()
+        elif not isinstance(text, str) or not text.strip():
             last = self.items[-1] if self.items else None
             if last is not None and last.type == "message" and last.role == "user":
                 text = self.reply(last.text, list(self.log.turns[:-1]))
@@ -594,7 +622,7 @@ class RealtimeSession:
                 text = "Hello, how can I help you?"
         self._start_response(text, now)
 
-    def _start_response(self, text: str, at: float) -> None:
+    def _start_response(self, text: str, at: float, *, call: str | None = None) -> None:
         out = self.session["audio"]["output"]["format"]["type"]
         ulaw = audio.speak(text, pitch_hz=self.config.pitch_hz)
         words = text.split()
@@ -613,6 +641,9 @@ class RealtimeSession:
         item = _Item(id=self._id("item"), role="assistant", status="in_progress", has_audio=True, words=words,
                      bpm=bpm, total_bytes=len(data))
         resp = self.response = _Response(id=self._id("resp"), item=item, audio=data, marks=marks)
+        if call is not None:
+            resp.tool_call = _Item(id=self._id("item"), type="function_call", role=None, status="completed",
+                                   extra={"name": call, "call_id": self._id("call"), "arguments": "{}"})
         self._at(at, lambda t: self._begin(resp, t))
 
     def _response_json(self, resp: _Response, status: str, details: Any = None) -> dict[str, Any]:
@@ -626,6 +657,8 @@ class RealtimeSession:
         if status != "in_progress":
             if resp.started:
                 obj["output"] = [resp.item.json()]
+                if resp.tool_call is not None and status == "completed":
+                    obj["output"].append(resp.tool_call.json())
             audio_tokens, text_tokens = resp.item.sent_bytes // (resp.item.bpm * 50), resp.item.words_sent
             obj["usage"] = {"total_tokens": audio_tokens + text_tokens + 100, "input_tokens": 100,
                             "output_tokens": audio_tokens + text_tokens,
@@ -688,10 +721,25 @@ class RealtimeSession:
             self._emit("response.content_part.done", **ids, part={"type": "audio", "transcript": item.generated()})
             self._emit("response.output_item.done", response_id=resp.id, output_index=0, item=item.json())
             self._emit("conversation.item.done", item=item.json())
+            if resp.tool_call is not None and status == "completed":
+                self._emit_tool_call(resp)
         else:  # cancelled while still thinking: the client still sees the response's lifecycle
             self._emit("response.created", response=self._response_json(resp, "in_progress"))
         self._emit("response.done", response=self._response_json(resp, status, details))
         self._sync_turns()
+
+    def _emit_tool_call(self, resp: _Response) -> None:
+        call = resp.tool_call
+        assert call is not None
+        ids = {"response_id": resp.id, "output_index": 1}
+        self._emit("response.output_item.added", **ids, item={**call.json(), "status": "in_progress", "arguments": ""})
+        self._add_item(call)
+        args = {**ids, "item_id": call.id, "call_id": call.extra["call_id"]}
+        self._emit("response.function_call_arguments.delta", **args, delta=call.extra["arguments"])
+        self._emit("response.function_call_arguments.done", **args, name=call.extra["name"],
+                   arguments=call.extra["arguments"])
+        self._emit("response.output_item.done", **ids, item=call.json())
+        self._emit("conversation.item.done", item=call.json())
 
     def _on_response_cancel(self, msg: dict[str, Any], now: float) -> None:
         rid = msg.get("response_id")
@@ -795,6 +843,7 @@ class RealtimeAgent:
         self.config = config
         self.sessions: list[SessionLog] = []
         self.rejected: list[tuple[int, str]] = []  # (HTTP status, request path) of refused handshakes
+        self._connections: dict[int, ServerConnection] = {}
         self._server: Server | None = None
         self._host = "127.0.0.1"
 
@@ -829,6 +878,12 @@ class RealtimeAgent:
     def violations(self) -> list[str]:
         return [f"session {s.index}: {v}" for s in self.sessions for v in s.violations]
 
+    def kill(self, session: SessionLog) -> None:
+        """Drop one session's connection at once, as a network fault or a crashed server would."""
+        connection = self._connections.get(session.index)
+        if connection is not None:
+            connection.transport.abort()
+
     async def wait_closed(self, session: SessionLog, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             await session.closed.wait()
@@ -859,6 +914,7 @@ class RealtimeAgent:
         assert request is not None
         slog = SessionLog(index=len(self.sessions), path=request.path, opened_at=loop.time())
         self.sessions.append(slog)
+        self._connections[slog.index] = ws
         model = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)["model"][0]
         core = RealtimeSession(self.config, slog, model=model, beta_header="OpenAI-Beta" in request.headers)
         inbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -898,6 +954,7 @@ class RealtimeAgent:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             await ws.close()
+            self._connections.pop(slog.index, None)
             slog.closed_at = loop.time()
             slog.close_code = ws.close_code
             slog.close_reason = ws.close_reason or ""

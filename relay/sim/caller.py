@@ -281,9 +281,10 @@ class TwilioCaller:
             await self._listen(clock, turn, may_interrupt=index < len(lines) - 1)
         if script.dtmf:
             turn = TurnResult(said=f"[DTMF {script.dtmf}]")
-            for digit in script.dtmf:
+            for index, digit in enumerate(script.dtmf):
+                if index:
+                    await self._stream(clock, audio.silence(200))
                 await self._send_dtmf(digit)
-                await self._stream(clock, audio.silence(200))
             await self._listen(clock, turn, may_interrupt=False)
         if script.wait_for_hangup:
             deadline = self._loop.time() + script.answer_timeout_ms / 1000
@@ -300,20 +301,22 @@ class TwilioCaller:
         heard_from = len(self.result.heard)
         deadline = turn.speech_end_at + self.script.answer_timeout_ms / 1000
         interrupting = self.script.barge_in_ms is not None and may_interrupt
-        while self._loop.time() < deadline:
-            await self._stream(clock, audio.silence(FRAME_MS))
-            if self._first_media_after is None:
-                continue
-            if interrupting and (self._loop.time() - self._first_media_after) * 1000 >= self.script.barge_in_ms:
-                break
-            quiet = self._loop.time() - max(self._last_media_at, self._first_media_after)
-            if not self._playback.queue and quiet * 1000 >= self.script.answer_quiet_ms:
-                break
-        if self._first_media_after is not None:
-            turn.answered = True
-            turn.voice_to_voice_ms = round((self._first_media_after - turn.speech_end_at) * 1000, 1)
-        turn.heard = audio.transcribe(self.result.heard[heard_from:]) if turn.answered else ""
-        self._listening_since = None
+        try:
+            while self._loop.time() < deadline:
+                await self._stream(clock, audio.silence(FRAME_MS))
+                if self._first_media_after is None:
+                    continue
+                if interrupting and (self._loop.time() - self._first_media_after) * 1000 >= self.script.barge_in_ms:
+                    break
+                quiet = self._loop.time() - max(self._last_media_at, self._first_media_after)
+                if not self._playback.queue and quiet * 1000 >= self.script.answer_quiet_ms:
+                    break
+        finally:  # also when the relay ends the stream (the agent hung up) while we listen
+            if self._first_media_after is not None:
+                turn.answered = True
+                turn.voice_to_voice_ms = round((self._first_media_after - turn.speech_end_at) * 1000, 1)
+            turn.heard = audio.transcribe(self.result.heard[heard_from:]) if turn.answered else ""
+            self._listening_since = None
 
     async def _send_dtmf(self, digit: str) -> None:
         assert self._ws is not None

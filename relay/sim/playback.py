@@ -32,6 +32,7 @@ class TwilioPlayback:
     echoed_cleared: list[str] = field(default_factory=list)  # marks echoed because of a clear
     clears_at: list[int] = field(default_factory=list)  # ``played`` at each clear
     stalls_ms: list[float] = field(default_factory=list)  # dry spells that audio ended
+    peak_queued: int = 0  # the most audio ever waiting to play, in bytes
     _pending: collections.deque[tuple[int, str]] = field(default_factory=collections.deque)
     _dry: int = 0  # bytes of silence played since the buffer ran dry mid-stream
 
@@ -42,6 +43,7 @@ class TwilioPlayback:
         self._dry = 0
         self.queue += data
         self.received += len(data)
+        self.peak_queued = max(self.peak_queued, len(self.queue))
 
     def mark(self, name: str) -> list[str]:
         """A mark arrived; returns the marks to echo now (it, if nothing is buffered)."""
