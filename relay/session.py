@@ -98,7 +98,7 @@ class CallSession:
         self._store = store
         self._options = options
         self._loop = asyncio.get_running_loop()
-        self._pacer = pacer or Pacer(self._loop)
+        self._pacer = pacer if pacer is not None else Pacer(self._loop)
         self._cap_s = upstream_max_session_s
         self._resolve_agent = resolve_agent
         self._verify_start = verify_start

@@ -20,6 +20,7 @@ import asyncio
 import binascii
 import contextlib
 import copy
+import functools
 import heapq
 import logging
 import random
@@ -170,6 +171,13 @@ class _Response:
     marks: list[int]  # byte offset at which each word counts as spoken
     started: bool = False
     tool_call: _Item | None = None  # a function call that follows the audio, in the same response
+
+
+@functools.lru_cache(maxsize=256)
+def _spoken(text: str, pitch_hz: float) -> tuple[bytes, list[int]]:
+    """An answer's μ-law audio and where each word's mark sits (one synthesis per distinct text)."""
+    ulaw = audio.speak(text, pitch_hz=pitch_hz)
+    return ulaw, [pos for pos, _ in audio.words_heard(ulaw)]
 
 
 def _alaw_encode(pcm: np.ndarray) -> bytes:
@@ -624,9 +632,8 @@ class RealtimeSession:
 
     def _start_response(self, text: str, at: float, *, call: str | None = None) -> None:
         out = self.session["audio"]["output"]["format"]["type"]
-        ulaw = audio.speak(text, pitch_hz=self.config.pitch_hz)
+        ulaw, marks = _spoken(text, self.config.pitch_hz)
         words = text.split()
-        marks = [pos for pos, _ in audio.words_heard(ulaw)]
         if len(marks) != len(words):
             marks = [len(ulaw) * (k + 1) // (len(words) + 1) for k in range(len(words))]
         bpm = 8

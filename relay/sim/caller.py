@@ -16,6 +16,7 @@ first ``media`` message it receives afterwards.
 from __future__ import annotations
 
 import asyncio
+import functools
 import base64
 import binascii
 import itertools
@@ -143,6 +144,7 @@ class CallerScript:
     barge_in_ms: int | None = None  # speak the next line this long into an answer, interrupting it
     dtmf: str = ""  # keys pressed after the last line's answer (each 200 ms apart), then listen again
     expect_greeting: bool = False  # the agent speaks first: listen before the first line
+    run_for_ms: int | None = None  # hang up after the first answer that ends past this much call time
     wait_for_hangup: bool = False  # after the script, stay on the line until the relay ends the stream
 
 
@@ -270,14 +272,17 @@ class TwilioCaller:
         await self._stream(clock, audio.silence(script.lead_in_ms))
         if script.expect_greeting:  # the agent speaks first: listen to it all before saying anything
             await self._listen(clock, TurnResult(said=""), may_interrupt=False)
-        lines: list[tuple[str, bytes]]
         if script.wav:
-            lines = [(f"[{script.wav}]", audio.read_wav(script.wav))]
+            wav = audio.read_wav(script.wav)
+            lines = [f"[{script.wav}]"]
         else:
-            lines = [(text, audio.speak(text)) for text in script.utterances]
-        for index, (text, speech) in enumerate(lines):
+            lines = list(script.utterances)
+        began = self._loop.time()
+        for index, text in enumerate(lines):
+            if script.run_for_ms is not None and (self._loop.time() - began) * 1000 >= script.run_for_ms:
+                break
             turn = TurnResult(said=text)
-            await self._stream(clock, speech)
+            await self._stream(clock, wav if script.wav else _speech(text))
             await self._listen(clock, turn, may_interrupt=index < len(lines) - 1)
         if script.dtmf:
             turn = TurnResult(said=f"[DTMF {script.dtmf}]")
@@ -396,6 +401,12 @@ class TwilioCaller:
             pass
 
 
+@functools.lru_cache(maxsize=256)
+def _speech(text: str) -> bytes:
+    """A line's audio, made when it is about to be said (and once for many callers saying it)."""
+    return audio.speak(text)
+
+
 class _Clock:
     """A drift-free 20 ms tick: each tick is due at start + n × 20 ms, whatever the lateness."""
 
@@ -432,16 +443,24 @@ def parse_connect_stream(twiml: str) -> tuple[str, dict[str, str]]:
     return url, parameters
 
 
+async def http_get(url: str) -> tuple[int, bytes]:
+    """A minimal HTTP/1.1 GET over a fresh connection; returns status and body."""
+    return await _http("GET", url, b"", {})
+
+
 async def http_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
     """A minimal HTTP/1.1 POST (form body) over a fresh connection; returns status and body."""
+    return await _http("POST", url, body, {"Content-Type": "application/x-www-form-urlencoded", **headers})
+
+
+async def _http(method: str, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
     try:
         lines = [
-            f"POST {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
+            f"{method} {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
             f"Host: {parts.netloc}",
             "User-Agent: TwilioProxy/1.1",
-            "Content-Type: application/x-www-form-urlencoded",
             f"Content-Length: {len(body)}",
             "Connection: close",
             *(f"{k}: {v}" for k, v in headers.items()),
