@@ -2,7 +2,9 @@
 
 It starts the simulated Realtime agent and a relay wired to it, runs simulated Twilio calls
 against the relay's webhook, then reads the turns back from the store and prints them with
-the voice-to-voice latency each caller measured at the Twilio edge.
+the voice-to-voice latency each caller measured at the Twilio edge. Each call is a whole
+conversation: the agent greets the caller, answers two requests, and when the caller says
+goodbye it says its farewell and hangs up (``end_call``) once the farewell has played.
 """
 
 from __future__ import annotations
@@ -22,6 +24,18 @@ from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
 from relay.sim.caller import CallerScript, CallResult, TwilioCaller
 from relay.store import SQLiteStore, TurnRecord
+
+
+DEMO_SCRIPT = CallerScript(
+    utterances=(
+        "Hi, I would like to book a table for two.",
+        "Tomorrow at seven in the evening, please.",
+        "That is all, thank you. Goodbye.",
+    ),
+    expect_greeting=True,
+    wait_for_hangup=True,
+)
+DEMO_GREETING = "Thanks for calling. How can I help?"
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -55,6 +69,7 @@ async def run_demo(
         openai_api_key="sim-key-not-secret",
         twilio_auth_token="sim-auth-token",  # the simulated caller signs its requests with it
         sqlite_path=path,
+        greeting=base.greeting or DEMO_GREETING,
     )
     server = RelayServer(Relay(settings, store))
     await server.start()
@@ -63,50 +78,52 @@ async def run_demo(
     webhook = f"http://127.0.0.1:{server.port}/twilio/voice"
     started = time.perf_counter()
     try:
-        callers = [TwilioCaller(webhook, script or CallerScript()) for _ in range(calls)]
+        callers = [TwilioCaller(webhook, script or DEMO_SCRIPT) for _ in range(calls)]
         results: list[CallResult] = await asyncio.gather(*(c.run() for c in callers))
         await server.close()
         await store.flush()
         stored = {r.call_sid: await store.turns(r.call_sid) for r in results}
+        ends = {c["call_sid"]: str(c["end_reason"]) for c in await store.calls()}
     finally:
         await server.close()
         await store.close()
         await agent.stop()
     if record and results:
         audio.write_wav(record, results[0].heard)
-    return _summary(results, stored, agent, path, time.perf_counter() - started, record)
+    hangup_expected = (script or DEMO_SCRIPT).wait_for_hangup
+    return _summary(results, stored, ends, agent, path, time.perf_counter() - started, record, hangup_expected)
 
 
 def _summary(
     results: list[CallResult],
     stored: dict[str, list[TurnRecord]],
+    ends: dict[str, str],
     agent: RealtimeAgent,
     path: str,
     elapsed: float,
     record: str | None,
+    hangup_expected: bool,
 ) -> dict[str, Any]:
     v2v = [t.voice_to_voice_ms for r in results for t in r.turns if t.voice_to_voice_ms is not None]
     violations = [f"{r.call_sid}: {v}" for r in results for v in r.violations] + [f"agent: {v}" for v in agent.violations]
     errors = [f"{r.call_sid}: {r.error}" for r in results if r.error]
     calls = []
     for r in results:
-        turns = stored.get(r.call_sid, [])
-        users = [t for t in turns if t.role == "user"]
-        answers = [t for t in turns if t.role == "assistant"]
-        rows = []
-        for i, lived in enumerate(r.turns):
-            rows.append(
-                {
-                    "caller_said": users[i].text_generated if i < len(users) else None,
-                    "agent_said": answers[i].text_heard if i < len(answers) else None,
-                    "caller_heard": lived.heard,
-                    "voice_to_voice_ms": lived.voice_to_voice_ms,
-                }
-            )
-        calls.append({"call_sid": r.call_sid, "turns": rows, "stored_turns": len(turns)})
+        turns = sorted(stored.get(r.call_sid, []), key=lambda t: t.seq)
+        rows = [
+            {
+                "who": "agent" if t.role == "assistant" else "caller",
+                "text": t.text_heard if t.role == "assistant" else t.text_generated,
+                "interrupted": t.interrupted,
+                "voice_to_voice_ms": t.voice_to_voice_ms,
+            }
+            for t in turns
+        ]
+        calls.append({"call_sid": r.call_sid, "turns": rows, "stored_turns": len(turns),
+                      "end_reason": ends.get(r.call_sid), "caller_heard": [t.heard for t in r.turns]})
     return {
         "calls": len(results),
-        "calls_completed": sum(1 for r in results if not r.error and all(t.answered for t in r.turns)),
+        "calls_completed": sum(1 for r in results if _completed(r, hangup_expected)),
         "turns": sum(len(r.turns) for r in results),
         "stored_turns": sum(len(t) for t in stored.values()),
         "frames_sent": sum(r.frames_sent for r in results),
@@ -132,11 +149,12 @@ def format_table(summary: dict[str, Any]) -> str:
     """The per-turn table and totals, as the demo prints them."""
     lines = []
     for call in summary["call_details"]:
-        lines.append(f"call {call['call_sid']}")
-        lines.append(f"  {'#':>2}  {'caller said':<44}  {'agent said':<44}  {'v2v ms':>7}")
+        lines.append(f"call {call['call_sid']} (ended: {call['end_reason']})")
+        lines.append(f"  {'#':>2}  {'who':<6}  {'what was said (the agent: what the caller heard)':<64}  {'v2v ms':>7}")
         for i, row in enumerate(call["turns"], 1):
             v2v = f"{row['voice_to_voice_ms']:.0f}" if row["voice_to_voice_ms"] is not None else "-"
-            lines.append(f"  {i:>2}  {_clip(row['caller_said']):<44}  {_clip(row['agent_said']):<44}  {v2v:>7}")
+            text = _clip(row["text"], 64) + (" [interrupted]" if row["interrupted"] else "")
+            lines.append(f"  {i:>2}  {row['who']:<6}  {text:<64}  {v2v:>7}")
     v = summary["voice_to_voice_ms"]
     lines += [
         "",
@@ -152,6 +170,11 @@ def format_table(summary: dict[str, Any]) -> str:
     for problem in summary["violation_details"] + summary["errors"]:
         lines.append(f"  ! {problem}")
     return "\n".join(lines)
+
+
+def _completed(result: CallResult, hangup_expected: bool) -> bool:
+    """No error, every line answered, and the agent hung up when the script waited for it."""
+    return not result.error and all(t.answered for t in result.turns) and (result.closed_by_relay or not hangup_expected)
 
 
 def _clip(text: str | None, width: int = 44) -> str:

@@ -54,3 +54,24 @@ def test_secrets_stay_out_of_repr_and_errors() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({**GOOD, "DATABASE_URL": "mysql://u:hunter2@db/relay", "RELAY_PORT": "x"})
     assert "hunter2" not in str(info.value)
+
+
+def test_conversation_settings_shape_every_call() -> None:
+    s = Settings.from_env({**GOOD, "RELAY_PLAYOUT_LEAD_MS": "160", "RELAY_MARK_INTERVAL_MS": "40",
+                           "RELAY_GREETING": " Hello! ", "RELAY_RECONNECT_MESSAGE": "One moment.",
+                           "RELAY_UPSTREAM_MAX_SESSION_S": "1800", "RELAY_DTMF_TIMEOUT_MS": "900",
+                           "RELAY_HANGUP_GRACE_MS": "500", "RELAY_END_CALL_TOOL": "0"})
+    options = s.call_options
+    assert (options.lead_ms, options.mark_frames, options.dtmf_timeout_ms, options.hangup_grace_ms) == (160, 2, 900, 500)
+    assert options.reconnect_message == "One moment."
+    assert (s.greeting, s.upstream_max_session_s, s.end_call_tool) == ("Hello!", 1800, False)
+    defaults = Settings.from_env(GOOD).call_options
+    assert (defaults.lead_ms, defaults.mark_frames, defaults.reconnect_message) == (100, 5, "")
+
+
+def test_conversation_settings_out_of_range_are_refused() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({**GOOD, "RELAY_PLAYOUT_LEAD_MS": "10", "RELAY_UPSTREAM_MAX_SESSION_S": "5",
+                           "RELAY_END_CALL_TOOL": "maybe"})
+    text = str(err.value)
+    assert "RELAY_PLAYOUT_LEAD_MS" in text and "RELAY_UPSTREAM_MAX_SESSION_S" in text and "RELAY_END_CALL_TOOL" in text

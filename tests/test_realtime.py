@@ -125,3 +125,46 @@ def test_parse_event_rejects_non_events() -> None:
     for message in (b"[]", b'{"type": 3}', b"{"):
         with pytest.raises(ProtocolError):
             realtime.parse_event(message)
+
+
+# ---------------------------------------------------------------- conversation events (§2.3)
+
+def test_session_update_offers_the_end_call_tool_unless_turned_off() -> None:
+    session = orjson.loads(realtime.session_update(AGENT))["session"]
+    assert session["tool_choice"] == "auto"
+    [tool] = session["tools"]
+    assert tool["type"] == "function" and tool["name"] == "end_call"
+    assert tool["parameters"] == {"type": "object", "properties": {}, "required": []}
+    off = orjson.loads(realtime.session_update(realtime.AgentProfile(instructions="x", end_call_tool=False)))
+    assert off["session"]["tools"] == []
+
+
+def test_interrupt_response_follows_the_agent() -> None:
+    profile = realtime.AgentProfile(instructions="x", interrupt_response=False)
+    vad = orjson.loads(realtime.session_update(profile))["session"]["audio"]["input"]["turn_detection"]
+    assert vad["interrupt_response"] is False and vad["create_response"] is True
+
+
+def test_say_is_a_response_create_with_the_line_in_its_instructions() -> None:
+    event = orjson.loads(realtime.say("Hello there."))
+    assert event == {"type": "response.create",
+                     "response": {"instructions": realtime.SAY_PREFIX + "Hello there."}}
+
+
+def test_function_output_answers_a_tool_call() -> None:
+    event = orjson.loads(realtime.function_output("call_1", {"error": "no"}))
+    assert event == {"type": "conversation.item.create",
+                     "item": {"type": "function_call_output", "call_id": "call_1", "output": '{"error":"no"}'}}
+
+
+def test_seed_items_carry_the_newest_turns_that_fit_oldest_first() -> None:
+    history = [("user", "a" * 10), ("assistant", "b" * 10), ("user", "c" * 10), ("assistant", "d" * 10)]
+    items = [orjson.loads(m) for m in realtime.seed_items(history, max_chars=30)]
+    assert [i["type"] for i in items] == ["conversation.item.create"] * 3
+    assert [(i["item"]["role"], i["item"]["content"]) for i in items] == [
+        ("assistant", [{"type": "output_text", "text": "b" * 10}]),
+        ("user", [{"type": "input_text", "text": "c" * 10}]),
+        ("assistant", [{"type": "output_text", "text": "d" * 10}]),
+    ]
+    assert all(i["item"]["type"] == "message" for i in items)
+    assert realtime.seed_items([], 100) == []

@@ -351,3 +351,70 @@ async def test_truncate_while_generating_stops_audio_and_voice_is_locked() -> No
         await other.close()
         assert len(agent.sessions[0].violations) == 2 and agent.sessions[1].violations == []
         assert agent.sessions[0].turns == []  # 20 ms of "one two ..." keeps no whole word
+
+
+def _session_with_tools(tools: list[dict[str, Any]]) -> tuple[RealtimeSession, SessionLog]:
+    slog = SessionLog()
+    core = RealtimeSession(AgentConfig(think_ms=0, realtime_factor=1000.0, transcription_delay_ms=0), slog)
+    core.connect(0.0)
+    update = json.loads(json.dumps(PCMU_UPDATE))
+    update["session"]["tools"] = tools
+    core.receive(json.dumps(update), 0.0)
+    return core, slog
+
+
+END_CALL = {"type": "function", "name": "end_call", "description": "Hang up.",
+            "parameters": {"type": "object", "properties": {}, "required": []}}
+
+
+def test_a_goodbye_gets_the_farewell_then_an_end_call_tool_call() -> None:
+    core, slog = _session_with_tools([END_CALL])
+    core.take_events()
+    t = 0.0
+    for i in range(0, len(speech := speak("Thanks, goodbye.") + silence(800)), FRAME_BYTES):
+        core.receive(json.dumps({"type": "input_audio_buffer.append",
+                                 "audio": base64.b64encode(speech[i : i + FRAME_BYTES]).decode()}), t)
+        t += 0.02
+    for _ in range(2000):
+        t += 0.01
+        core.advance(t)
+    events = core.take_events()
+    kinds = [e["type"] for e in events]
+    audio_bytes = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta")
+    assert transcribe(audio_bytes) == AgentConfig().farewell
+    # The GA function-call lifecycle, after the audio, in the same response (output_index 1).
+    call_events = [e for e in events if e["type"].startswith("response.function_call_arguments")]
+    assert [e["type"] for e in call_events] == ["response.function_call_arguments.delta",
+                                                "response.function_call_arguments.done"]
+    done = call_events[-1]
+    assert done["name"] == "end_call" and done["arguments"] == "{}" and done["output_index"] == 1
+    assert kinds.index("response.output_audio.done") < kinds.index("response.function_call_arguments.done")
+    [response_done] = [e for e in events if e["type"] == "response.done"]
+    output = response_done["response"]["output"]
+    assert [o["type"] for o in output] == ["message", "function_call"]
+    assert output[1]["name"] == "end_call" and output[1]["call_id"] == done["call_id"]
+    assert slog.violations == []
+
+
+def test_without_the_tool_a_goodbye_is_just_a_line() -> None:
+    core, slog = _session_with_tools([])
+    assert core._wants_hangup("Thanks, goodbye.") is False
+
+
+def test_a_malformed_tool_is_refused() -> None:
+    core, slog = _session_with_tools([{"type": "function"}])
+    [error] = [e for e in core.take_events() if e["type"] == "error"]
+    assert error["error"]["param"] == "session.tools[0]"
+
+
+def test_say_exactly_makes_the_agent_say_that_line() -> None:
+    core, slog = _session_with_tools([])
+    core.take_events()
+    core.receive(json.dumps({"type": "response.create",
+                             "response": {"instructions": "Say exactly the following to the caller, and nothing "
+                                                          "else: Hello and welcome."}}), 0.0)
+    for k in range(1, 2000):
+        core.advance(k * 0.01)
+    events = core.take_events()
+    audio_bytes = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta")
+    assert transcribe(audio_bytes) == "Hello and welcome."
