@@ -620,6 +620,8 @@ class Conversation:
         return (self._ring.buffered + max(0, queued)) // BYTES_PER_MS
 
     def _barge_in(self, now: float, *, keypress: bool = False) -> None:
+        if self.hangup_requested:
+            return  # the farewell plays in full, whoever speaks over it
         turn = self._current
         if keypress and self._response_active and not (turn and not turn.done and not turn.interrupted):
             self._to_backend(realtime.response_cancel())  # still thinking: no audio to truncate
