@@ -93,6 +93,7 @@ class AssistantTurn:
     out: int = 0  # bytes sent to Twilio
     played: int = 0  # bytes known played (the last mark echoed)
     played_at: float | None = None  # loop time of that echo
+    marked: int = 0  # ``out`` at the last mark sent
     first_out_at: float | None = None
     transcript: str = ""  # the full transcript once done, the deltas so far before
     transcript_done: bool = False
@@ -198,6 +199,7 @@ class Conversation:
         self._seq = 0
         self._users: dict[str, UserTurn] = {}
         self._assistants: dict[str, AssistantTurn] = {}
+        self._unstored: dict[str, AssistantTurn] = {}  # answers not stored yet (a few at most)
         self._current: AssistantTurn | None = None
         self._speech_end_at: float | None = None
         self._keys = ""
@@ -248,6 +250,7 @@ class Conversation:
         self._speaking = self._awaiting_answer = False
         self._close_out_answers()
         self._pump(now)
+        self._mark_ends()
         self._check_stored()
 
     def _close_out_answers(self) -> None:
@@ -506,7 +509,8 @@ class Conversation:
                 segment[1] -= used
                 if not segment[1]:
                     self._segments.popleft()
-                    ended.append(turn)
+                    if turn.audio_done or self._segments:  # the answer ends here (not a dry ring)
+                        ended.append(turn)
             self._since_mark += 1
             if last is not None and last not in ended and self._since_mark >= self.options.mark_frames:
                 ended.append(last)
@@ -521,8 +525,17 @@ class Conversation:
         if not ring.buffered:
             self._check_stored()
 
+    def _mark_ends(self) -> None:
+        """An answer whose last audio already left before it was known to be the last gets its
+        final mark now, alone."""
+        for turn in self._unstored.values():
+            if turn.audio_done and not turn.interrupted and turn.out == turn.produced and turn.marked < turn.out \
+                    and not any(segment[0] is turn for segment in self._segments):
+                self._twilio.send_frames(build_frame(OP_TEXT, self._writer.mark(self._mark_name(turn))))
+
     def _mark_name(self, turn: AssistantTurn) -> str:
         self._since_mark = 0
+        turn.marked = turn.out
         name = f"{turn.item_id}:{turn.out}"
         self._marks_out[name] = (turn, turn.out)
         self.stats.marks_out += 1
@@ -571,6 +584,7 @@ class Conversation:
             if turn is not None:
                 turn.audio_done = True
                 self._pump(now)
+                self._mark_ends()
         elif kind == "response.done":
             self._response_done(event.get("response") or {}, now)
         elif kind == "error":
@@ -591,6 +605,7 @@ class Conversation:
             if turn is not None:
                 turn.audio_done = turn.done = True
         self._pump(now)
+        self._mark_ends()
         self._check_stored()
         if self.hangup_requested:
             self._check_farewell()
@@ -671,7 +686,7 @@ class Conversation:
         turn = self._assistants.get(item_id)
         if turn is None:
             turn = AssistantTurn(self._next_seq(), item_id, time.time(), self._speech_end_at)
-            self._assistants[item_id] = turn
+            self._assistants[item_id] = self._unstored[item_id] = turn
             self._speech_end_at = None
         return turn
 
@@ -690,9 +705,8 @@ class Conversation:
         return text if heard_ms >= audio_ms else cut_words(text, heard_ms / max(1, audio_ms))
 
     def _check_stored(self) -> None:
-        for turn in self._assistants.values():
-            if not turn.stored:
-                self._maybe_store_assistant(turn)
+        for turn in list(self._unstored.values()):
+            self._maybe_store_assistant(turn)
 
     def _maybe_store_assistant(self, turn: AssistantTurn, *, final: bool = False) -> None:
         """Store an answer once its text and what the caller heard of it are both known."""
@@ -702,6 +716,7 @@ class Conversation:
         if not final and not (turn.done and (played_out or turn.interrupted)):
             return
         turn.stored = True
+        self._unstored.pop(turn.item_id, None)
         if turn.heard_ms is None:
             turn.heard_ms = min(turn.played, turn.produced) // BYTES_PER_MS
         heard = self._heard_text(turn)
