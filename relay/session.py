@@ -38,6 +38,7 @@ log = logging.getLogger("relay.session")
 
 UPSTREAM_CLOSE_TIMEOUT = 3.0
 RECONNECT_BACKOFF = (0.1, 5.0)  # first delay, most delay (doubling), seconds
+SHORT_LIVED_S = 5.0  # a backend session that drops sooner than this delays the next one
 IDLE_POLL_S = 0.05
 
 __all__ = ["CallSession", "CallStats", "ConnectUpstream", "ResolveAgent", "TwilioSocket", "Upstream", "cut_words"]
@@ -111,6 +112,8 @@ class CallSession:
         self._ending = False
         self._hangup = asyncio.Event()
         self._recycler: asyncio.Task[None] | None = None
+        self._opened_at = 0.0  # loop time the current backend session was taken into use
+        self._short_lived = 0  # backend sessions in a row that dropped young
         self._closing: set[asyncio.Task[None]] = set()
 
     @property
@@ -269,6 +272,7 @@ class CallSession:
         assert self.conversation is not None
         conversation, loop = self.conversation, self._loop
         self._upstream = upstream
+        self._opened_at = loop.time()
         upstream.on_message = lambda message: upstream is self._upstream and conversation.backend_frame(
             message, loop.time())
         conversation.attach_backend(upstream, reason)
@@ -292,6 +296,13 @@ class CallSession:
                         self.call_sid, code)
             self._upstream = None
             conversation.backend_lost(self._loop.time())
+            # A session that dies young (refused after its handshake, say) is not retried in a
+            # tight loop: the wait doubles with every short-lived one.
+            if self._loop.time() - self._opened_at < SHORT_LIVED_S:
+                self._short_lived += 1
+                await asyncio.sleep(min(RECONNECT_BACKOFF[0] * 2 ** (self._short_lived - 1), RECONNECT_BACKOFF[1]))
+            else:
+                self._short_lived = 0
             self._use(await self._reconnect(), "reconnect")
 
     async def _pump(self, conversation: Conversation, upstream: Upstream) -> None:
