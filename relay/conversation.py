@@ -731,8 +731,11 @@ class Conversation:
 
     def finish(self, end_reason: str) -> None:
         """Submit every turn still open and the call's end: nothing said is left unstored."""
-        if self._keys:
-            self._send_keys(0.0)
+        if self._keys:  # pressed as the call ended: stored, though the model will not hear them
+            self._dtmf_count += 1
+            keys, self._keys, self._keys_due = self._keys, "", None
+            self._users[f"dtmf_{self._dtmf_count}"] = UserTurn(self._next_seq(), f"dtmf_{self._dtmf_count}",
+                                                                time.time(), f"[DTMF {keys}]")
         for user in self._users.values():
             self._store_user(user)
         for assistant in self._assistants.values():

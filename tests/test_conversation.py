@@ -252,3 +252,11 @@ def test_caller_audio_is_held_while_no_session_is_ready_and_none_is_lost() -> No
     assert call.run_until(call.answered(1), 20)
     assert call.sessions[0].appends_before_session_updated == 0
     assert call.turns()[0].text_generated == "Is anyone there?"
+
+
+def test_keys_pressed_as_the_call_ends_are_still_stored() -> None:
+    call = VirtualCall(agent_config=AGENT)
+    call.run(0.5)
+    call.conversation.dtmf("9", call.now)
+    call.conversation.finish("stop")
+    assert [t.text_generated for t in call.turns()] == ["[DTMF 9]"]
