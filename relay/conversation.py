@@ -151,6 +151,14 @@ def cut_words(text: str, fraction: float) -> str:
 class Conversation:
     """The protocol state of one bridged call (``start`` received and verified)."""
 
+    # Slots: the per-frame methods read a dozen attributes each; no instance dict to search.
+    __slots__ = ("_assistants", "_awaiting_answer", "_backend", "_backlog", "_current", "_dropped_items",
+                 "_dtmf_count", "_epoch", "_gaps", "_gate_open", "_greeted", "_held", "_keys", "_keys_due",
+                 "_marks_cleared", "_marks_out", "_response_active", "_ring", "_say_on_open", "_segments", "_seq",
+                 "_since_mark", "_speaking", "_speech_end_at", "_submit", "_t0", "_ts0", "_twilio", "_unstored",
+                 "_users", "_writer", "agent", "farewell_played", "hangup_requested", "on_hangup", "on_wants_clock",
+                 "options", "start", "stats", "tenant_id")
+
     def __init__(
         self,
         start: twilio.Start,

@@ -26,6 +26,7 @@ class UpstreamConnection(Connection):
     """An open client WebSocket to the backend (what ``CallSession`` calls its upstream)."""
 
     mask_frames = True
+    __slots__ = ()
 
     def send_append(self, payload: bytes) -> None:
         """Send caller audio (base64 μ-law) as ``input_audio_buffer.append``, framed in one go."""

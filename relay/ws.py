@@ -59,6 +59,9 @@ class Connection:
     """
 
     mask_frames = False
+    __slots__ = ("_close_rcvd", "_close_sent", "_closed", "_loop", "_masks", "_mask_at", "_max_rate", "_messages",
+                 "_on_violation", "_reader", "_transport", "_waiter", "_window_count", "_window_start", "aborted",
+                 "on_message", "state")
 
     def __init__(self, transport: asyncio.Transport, *, max_size: int, max_rate: int = 0,
                  on_violation: Callable[[str], None] | None = None) -> None:
@@ -78,7 +81,8 @@ class Connection:
         self.aborted = False  # the closing handshake did not finish in time: TCP was cut
         self._close_sent: Close | None = None
         self._close_rcvd: Close | None = None
-        self._masks = b""
+        self._masks = b""  # random masking keys, 4 bytes each, used from _mask_at on
+        self._mask_at = 0
         # Per-frame messages are handled right here when the owner installs this hook; it
         # returns False for anything it leaves to ``recv`` (no future, no task switch per frame).
         self.on_message: Callable[[bytes], bool] | None = None
@@ -171,10 +175,11 @@ class Connection:
     def _mask(self) -> bytes | None:
         if not self.mask_frames:
             return None
-        if len(self._masks) < 4:
-            self._masks = os.urandom(1024)  # one syscall per 256 frames
-        mask, self._masks = self._masks[:4], self._masks[4:]
-        return mask
+        at = self._mask_at
+        if at + 4 > len(self._masks):
+            self._masks, at = os.urandom(1024), 0  # one syscall per 256 frames
+        self._mask_at = at + 4
+        return self._masks[at : at + 4]
 
     def _write(self, data: bytes) -> None:
         if not self._transport.is_closing():
@@ -240,6 +245,7 @@ class WebSocket(Connection):
     """The server side: a WebSocket accepted on the HTTP server's transport (the Twilio leg)."""
 
     mask_frames = False
+    __slots__ = ()
 
 
 __all__ = ["Connection", "ConnectionClosed", "WebSocket", "handshake"]

@@ -132,3 +132,31 @@ async def test_after_a_barge_in_the_recording_holds_nothing_of_the_rest_of_the_a
     heard_ms = result.playback.heard_of(truncate["item_id"])
     assert heard_ms is not None and abs(truncate["audio_end_ms"] - heard_ms / 8) <= 60
 
+
+
+async def test_a_backend_session_that_will_not_close_is_cut_logged_and_counted(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from relay import session as session_module
+    from relay.session import CallSession
+
+    class Stuck:
+        on_message = None
+        aborted = False
+
+        async def close(self, code: int = 1000, reason: str = "") -> None:
+            await asyncio.sleep(3600)  # the peer never finishes the closing handshake
+
+    outlived: list[int] = []
+    monkeypatch.setattr(session_module, "UPSTREAM_CLOSE_TIMEOUT", 0.05)
+    call = CallSession(None, connect_upstream=None, agent=None, store=None,  # type: ignore[arg-type]
+                       on_upstream_outlived=lambda: outlived.append(1))
+    await call._close_upstream(Stuck())  # type: ignore[arg-type]
+    assert outlived == [1]
+
+
+async def test_the_health_check_counts_them_and_shows_the_clock(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        await TwilioCaller(s.webhook, dataclasses.replace(SHORT, utterances=("Hello.",))).run()
+        await finish(s)
+        health = s.relay.health()
+    assert health["upstreams_outlived"] == 0
+    assert health["pacer"]["ticks"] > 0 and health["pacer"]["late_p99_ms"] >= health["pacer"]["late_p50_ms"]
