@@ -512,6 +512,7 @@ class Agent:
     vad_prefix_ms: int = _DEFAULTS.vad_prefix_ms
     max_concurrent_calls: int = 10
     calls_per_minute: int = 60
+    greeting: str = ""  # said when the stream starts; empty: RELAY_GREETING, or the caller speaks first
 
 
 _AGENT_COLUMNS = tuple(f.name for f in fields(Agent))
@@ -625,6 +626,7 @@ class Directory:
             vad_threshold=agent.vad_threshold,
             vad_silence_ms=agent.vad_silence_ms,
             vad_prefix_ms=agent.vad_prefix_ms,
+            greeting=agent.greeting,
         )
 
     async def add_number(self, e164: str, tenant_id: str, agent_id: str = "default") -> None:

@@ -171,6 +171,7 @@ CREATE TABLE IF NOT EXISTS agents (
     vad_prefix_ms         INTEGER NOT NULL DEFAULT 300,
     max_concurrent_calls  INTEGER NOT NULL DEFAULT 10,
     calls_per_minute      INTEGER NOT NULL DEFAULT 60,
+    greeting              TEXT NOT NULL DEFAULT '',
     created_at            TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
     PRIMARY KEY (tenant_id, agent_id)
 );
@@ -244,6 +245,9 @@ class SQLiteStore(Store):
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            # A file made before agents had a greeting (Postgres migration 0004) gets the column.
+            if "greeting" not in {row[1] for row in db.execute("PRAGMA table_info(agents)")}:
+                db.execute("ALTER TABLE agents ADD COLUMN greeting TEXT NOT NULL DEFAULT ''")
             return db
 
         self._db = await asyncio.to_thread(connect)

@@ -351,8 +351,12 @@ async def test_the_directory_routes_numbers_to_tenant_agents(store: PostgresStor
     await directory.add_number(number, tenant)
     assert await directory.lookup_number(number) == (tenant, "default")
 
-    sales = await directory.add_agent(tenant, "sales", voice="cedar", vad_threshold=0.7, calls_per_minute=5)
+    sales = await directory.add_agent(tenant, "sales", voice="cedar", vad_threshold=0.7, calls_per_minute=5,
+                                      greeting="Acme sales, how can I help?")
     assert await directory.get_agent(tenant, "sales") == sales
+    profile = await directory.agent_profile(tenant, "sales")
+    assert profile is not None and profile.greeting == "Acme sales, how can I help?" and profile.voice == "cedar"
+    assert (await directory.agent_profile(tenant)).greeting == ""  # type: ignore[union-attr]
     assert (await directory.get_agent(tenant)).voice == "marin"  # the default agent, relay defaults
     await directory.add_number(number, other)  # re-adding moves the number
     assert await directory.lookup_number(number) == (other, "default")
