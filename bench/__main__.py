@@ -34,6 +34,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--max-calls", type=int, help="top of the step search (default 2000, quick 800)")
     p.add_argument("--bound-ms", type=float, default=5.0, help="p99 added-latency bound of the search")
     p.add_argument("--no-search", action="store_true", help="main figures only")
+    p.add_argument("--target-calls", type=int, default=500,
+                   help="also measure relay at this many calls, where its p99 target is set (0: skip)")
     p.add_argument("--slow-ms", type=float, default=5.0, help="relay-slowed: hold each outbound frame this long")
     p.add_argument("--burn-us", type=float, default=0.0, help="relay-slowed: extra CPU per outbound frame")
     p.add_argument("--check", action="store_true", help="validate every message the relays send against Twilio's rules")
@@ -49,7 +51,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     if args.calls < 1:
         p.error("--calls must be at least 1")
     overrides = {"calls": args.calls, "relays": relays, "bound_ms": args.bound_ms, "search": not args.no_search,
-                 "slow_ms": args.slow_ms, "burn_us": args.burn_us, "check": args.check}
+                 "slow_ms": args.slow_ms, "burn_us": args.burn_us, "check": args.check,
+                 "target_calls": args.target_calls}
     if args.duration is not None:
         overrides["main_s"] = args.duration
     if args.step_duration is not None:

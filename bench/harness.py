@@ -224,6 +224,12 @@ class RelayProcess:
             fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
 
+    def cpu_ticks(self) -> tuple[int, int]:
+        """(user, kernel) CPU time in clock ticks, all threads: for the kernel's share of a window."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]), int(fields[12])
+
     def rss_kib(self) -> int:
         assert self.proc is not None
         return int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1]) * PAGE_KIB
@@ -257,6 +263,7 @@ class Options:
     check: bool = False
     relay_core: int | None = 0
     load_core: int | None = 1
+    target_calls: int = 500  # relay is also measured here: its p99 target is set at this count (0: skip)
 
     @classmethod
     def quick(cls, **overrides: Any) -> Options:
@@ -397,6 +404,8 @@ class Harness:
             while n <= o.max_calls:
                 ladder.append(n)
                 n *= 2
+        if "relay" in o.relays and o.target_calls:
+            ladder.append(o.target_calls)  # the floor where relay's latency target is set
         run = LoadRun(Target("direct", upstream.direct_url), check=o.check)
         steps = []
         main = None
@@ -434,9 +443,12 @@ class Harness:
                 await run.set_calls(n)
                 await run.drain()
                 await asyncio.sleep(o.settle_s)
-                marks: dict[str, float] = {}
-                w = await run.window(seconds, on_start=lambda: marks.__setitem__("a", proc.cpu_seconds()),
-                                     on_end=lambda: marks.__setitem__("b", proc.cpu_seconds()))
+                marks: dict[str, Any] = {}
+
+                def mark(key: str) -> None:
+                    marks[key], marks[key + "_ticks"] = proc.cpu_seconds(), proc.cpu_ticks()
+
+                w = await run.window(seconds, on_start=lambda: mark("a"), on_end=lambda: mark("b"))
                 if proc.proc is not None and proc.proc.poll() is not None:
                     raise RuntimeError(f"{spec.name} died: {proc.stderr_tail()}")
                 fig = figures(w, self.floor.at(n), cpu_s=marks["b"] - marks["a"], rss_kib=proc.rss_kib(),
@@ -444,6 +456,9 @@ class Harness:
                 fig["cdf_ms"] = (np.percentile(w.rtt_ns / 1e6, CDF_QS) if w.rtt_ns.size else
                                  np.zeros(len(CDF_QS))).round(4).tolist()
                 fig["floor_cdf_ms"] = self.floor.cdf_at(n).round(4).tolist()
+                user = marks["b_ticks"][0] - marks["a_ticks"][0]
+                kernel = marks["b_ticks"][1] - marks["a_ticks"][1]
+                fig["kernel_share"] = round(kernel / (user + kernel), 3) if user + kernel >= 20 else None
                 fig["passes"] = passes(fig, o.bound_ms)
                 steps[n] = fig
                 log.info("%s @%d: added p50 %.2f p99 %.2f ms, %.2f cpu ms/call-s, lost %d%s", spec.name, n,
@@ -453,6 +468,8 @@ class Harness:
 
             main = await measure(o.calls, o.main_s)
             search = await self._search(measure, main) if o.search else None
+            if spec.name == "relay" and o.target_calls and o.target_calls not in steps:
+                await measure(o.target_calls, o.step_s)  # relay's latency target is set at this count
         finally:
             await run.close()  # every call hung up; stop() lets the relay drain what is left
             await proc.stop()

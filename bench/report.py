@@ -75,6 +75,8 @@ def markdown(report: dict[str, Any]) -> str:
         "Ratios are each row over relay's (above 1× means relay does better). "
         "Late: frames back more than one frame period (20 ms) after the floor's median.",
     ]
+    if ours:
+        lines += ["", *targets(relays["relay"])]
     notes = []
     for name, entry in relays.items():
         f = entry.get("main") or {}
@@ -89,6 +91,52 @@ def markdown(report: dict[str, Any]) -> str:
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+# relay's own targets (the compiled hot path's): CPU per call-second, p99 added latency at
+# TARGET_CALLS concurrent calls, memory per call.
+TARGET_CPU_MS = 1.0
+TARGET_P99_MS = 2.0
+TARGET_CALLS = 500
+TARGET_RSS_KIB = 64.0
+
+
+def targets(entry: dict[str, Any]) -> list[str]:
+    """relay's figures against its targets: met, or by how much not, and what the kernel took."""
+    main = entry["main"]
+    out = ["relay against its targets:"]
+    cpu = main["cpu_ms_per_call_s"]
+    line = f"- CPU {cpu:.2f} ms per call-second (target ≤ {TARGET_CPU_MS:g}): "
+    if cpu <= TARGET_CPU_MS:
+        line += "met."
+    else:
+        line += f"{cpu / TARGET_CPU_MS:.1f}× over."
+        share = main.get("kernel_share")
+        if share is not None:
+            line += (f" {share:.0%} of it is kernel time ({cpu * share:.2f} ms: loopback TCP, where each write "
+                     "also runs the receiver's side of the stack), which alone "
+                     + ("is over the target." if cpu * share > TARGET_CPU_MS else
+                        f"leaves {TARGET_CPU_MS - cpu * share:.2f} ms for all of user space."))
+    out.append(line)
+    at = [s for s in entry.get("steps") or [] if s.get("calls", 0) >= TARGET_CALLS]
+    if at:
+        step = min(at, key=lambda s: s["calls"])
+        p99 = step["added_ms"]["p99"]
+        verdict = "met." if p99 < TARGET_P99_MS else f"not met, {p99 / TARGET_P99_MS:.1f}× over"
+        if p99 >= TARGET_P99_MS:
+            busy = step["cpu_ms_per_call_s"] * step["calls"] / 1000
+            verdict += f" (at {step['cpu_ms_per_call_s']:.2f} ms per call-second the relay's core is {busy:.0%} busy)."
+        load = " The load side's core was full: an upper bound." if step.get("load_bound") else ""
+        out.append(f"- p99 added latency at {step['calls']} calls {p99:.2f} ms (target < {TARGET_P99_MS:g} ms at "
+                   f"{TARGET_CALLS}): {verdict}{load}")
+    else:
+        out.append(f"- p99 added latency at {TARGET_CALLS} calls: not measured in this run "
+                   f"(`--calls {TARGET_CALLS} --no-search` measures it).")
+    rss = main.get("rss_kib_per_call")
+    if rss is not None:
+        out.append(f"- memory {rss:.1f} KiB per call (target ≤ {TARGET_RSS_KIB:g}): "
+                   + ("met." if rss <= TARGET_RSS_KIB else f"{rss / TARGET_RSS_KIB:.1f}× over."))
+    return out
 
 
 def plots(report: dict[str, Any], out: Path) -> list[Path]:

@@ -158,7 +158,7 @@ def format_table(summary: dict[str, Any]) -> str:
     v = summary["voice_to_voice_ms"]
     lines += [
         "",
-        f"calls {summary['calls']} ({summary['calls_completed']} completed), turns {summary['turns']}, "
+        f"calls {summary['calls']} ({summary['calls_completed']} completed), turns stored {summary['stored_turns']}, "
         f"frames sent {summary['frames_sent']}, received {summary['frames_received']}, "
         f"violations {summary['violations']}",
         f"voice-to-voice at the Twilio edge: p50 {v['p50']} ms, p95 {v['p95']} ms, max {v['max']} ms "

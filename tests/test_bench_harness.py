@@ -34,6 +34,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         check=True,
         relay_core=None,
         load_core=None,
+        target_calls=0,
     )
     harness = Harness(options, workdir=tmp_path_factory.mktemp("bench"))
     runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)

@@ -899,3 +899,18 @@ def test_update_readme_replaces_only_the_text_between_the_markers(tmp_path: Path
     assert readme.read_text() == head + "\n| new |\n" + tail
     report.update_readme(readme, "| newer |\n")  # and again: still only the section changes
     assert readme.read_text() == head + "\n| newer |\n" + tail
+
+
+def test_the_report_sets_relay_against_its_targets_and_says_by_how_much() -> None:
+    main = {**main_figures(0.3, 1.9), "kernel_share": 0.45, "rss_kib_per_call": 30.0}
+    at_500 = {**main_figures(60.0, 1.74), "calls": 500}
+    lines = report.targets({"title": "relay", "main": main, "steps": [{**main, "calls": 100}, at_500]})
+    text = "\n".join(lines)
+    assert "CPU 1.90 ms per call-second (target ≤ 1): 1.9× over. 45% of it is kernel time (0.85 ms" in text
+    assert "leaves 0.15 ms for all of user space" in text
+    assert "p99 added latency at 500 calls 60.00 ms (target < 2 ms at 500): not met, 30.0× over" in text
+    assert "core is 87% busy" in text
+    assert "memory 30.0 KiB per call (target ≤ 64): met." in text
+    met = report.targets({"title": "relay", "main": {**main_figures(0.3, 0.8), "kernel_share": None}, "steps": []})
+    assert "(target ≤ 1): met." in "\n".join(met) and "not measured in this run" in "\n".join(met)
+    assert "relay against its targets:" in report.markdown(REPORT)
