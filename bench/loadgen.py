@@ -261,11 +261,11 @@ class LoadRun:
             tasks.append(asyncio.create_task(self._open_call(self._indices)))
             self._indices += 1
             await asyncio.sleep(1 / rate)
-        for result in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(result, BaseException):
-                self.setup_errors.append(f"{type(result).__name__}: {result}")
-        if self.setup_errors:
-            raise WireError(f"{len(self.setup_errors)} call(s) failed to start: {self.setup_errors[0]}")
+        failed = [f"{type(r).__name__}: {r}" for r in await asyncio.gather(*tasks, return_exceptions=True)
+                  if isinstance(r, BaseException)]
+        self.setup_errors += failed  # every one, for the report; this step fails on its own only
+        if failed:
+            raise WireError(f"{len(failed)} call(s) failed to start: {failed[0]}")
 
     async def _open_call(self, index: int) -> None:
         url, parameters = self.target.stream_url, {}

@@ -118,7 +118,7 @@ def targets(entry: dict[str, Any]) -> list[str]:
                      + ("is over the target." if cpu * share > TARGET_CPU_MS else
                         f"leaves {TARGET_CPU_MS - cpu * share:.2f} ms for all of user space."))
     out.append(line)
-    at = [s for s in entry.get("steps") or [] if s.get("calls", 0) >= TARGET_CALLS]
+    at = [s for s in entry.get("steps") or [] if s.get("calls", 0) >= TARGET_CALLS and "added_ms" in s]
     if at:
         step = min(at, key=lambda s: s["calls"])
         p99 = step["added_ms"]["p99"]
