@@ -233,12 +233,9 @@ class Conversation:
         conversation so far. Caller audio is held until it confirms μ-law, then flushed.
         """
         if reason != "start":
-            self._close_out_answers()
+            self._forget_backend()
         self._backend = backend
-        self._gate_open = False
         self._ts0 = None
-        self._response_active = False
-        self._speaking = self._awaiting_answer = False
         self.stats.backend_sessions += 1
         if reason == "recycle":
             self.stats.recycles += 1
@@ -252,17 +249,15 @@ class Conversation:
 
     def backend_lost(self, now: float) -> None:
         """The backend session ended unexpectedly: what it produced still plays; the rest waits."""
-        self._backend = None
-        self._gate_open = False
-        self._response_active = False
-        self._speaking = self._awaiting_answer = False
-        self._close_out_answers()
+        self._forget_backend()
         self._pump(now)
         self._mark_ends()
         self._check_stored()
 
-    def _close_out_answers(self) -> None:
-        """The session that was producing an answer is gone: no more of it will come."""
+    def _forget_backend(self) -> None:
+        """The session is gone: its state goes with it, and no more of its answers will come."""
+        self._backend = None
+        self._gate_open = self._response_active = self._speaking = self._awaiting_answer = False
         for turn in self._assistants.values():
             if not turn.done:
                 turn.audio_done = turn.done = True

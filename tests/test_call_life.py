@@ -73,8 +73,8 @@ async def test_the_call_survives_its_backend_session_dropping(tmp_path: Path) ->
     async with stack(tmp_path, agent, reconnect_message="Sorry, I lost you for a moment.") as s:
         caller = asyncio.create_task(TwilioCaller(s.webhook, script).run())
         # Drop the backend session as soon as its first answer is done.
-        while not s.agent.sessions or not any(k == "response.done" for _, k in s.agent.sessions[0].sent):
-            await asyncio.sleep(0.01)
+        await s.agent.wait_until(
+            lambda: bool(s.agent.sessions) and any(k == "response.done" for _, k in s.agent.sessions[0].sent), 20)
         s.agent.kill(s.agent.sessions[0])
         result = await caller
         await finish(s)
@@ -143,7 +143,7 @@ async def test_a_backend_session_that_will_not_close_is_cut_logged_and_counted(m
         aborted = False
 
         async def close(self, code: int = 1000, reason: str = "") -> None:
-            await asyncio.sleep(3600)  # the peer never finishes the closing handshake
+            await asyncio.Event().wait()  # the peer never finishes the closing handshake
 
     outlived: list[int] = []
     monkeypatch.setattr(session_module, "UPSTREAM_CLOSE_TIMEOUT", 0.05)

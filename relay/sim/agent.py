@@ -851,6 +851,7 @@ class RealtimeAgent:
         self.sessions: list[SessionLog] = []
         self.rejected: list[tuple[int, str]] = []  # (HTTP status, request path) of refused handshakes
         self._connections: dict[int, ServerConnection] = {}
+        self._changed = asyncio.Event()  # set whenever a session opens or sends an event
         self._server: Server | None = None
         self._host = "127.0.0.1"
 
@@ -884,6 +885,17 @@ class RealtimeAgent:
     @property
     def violations(self) -> list[str]:
         return [f"session {s.index}: {v}" for s in self.sessions for v in s.violations]
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float) -> None:
+        """Return once ``condition()`` holds, checked each time a session opens or sends.
+
+        Raises:
+            TimeoutError: it did not hold within ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
 
     def kill(self, session: SessionLog) -> None:
         """Drop one session's connection at once, as a network fault or a crashed server would."""
@@ -922,6 +934,7 @@ class RealtimeAgent:
         slog = SessionLog(index=len(self.sessions), path=request.path, opened_at=loop.time())
         self.sessions.append(slog)
         self._connections[slog.index] = ws
+        self._changed.set()
         model = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)["model"][0]
         core = RealtimeSession(self.config, slog, model=model, beta_header="OpenAI-Beta" in request.headers)
         inbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -932,6 +945,7 @@ class RealtimeAgent:
                 for event in core.take_events():
                     await ws.send(orjson.dumps(event).decode())
                     slog.sent.append((loop.time(), event["type"]))
+                    self._changed.set()
                 if core.close_request:
                     await ws.close(*core.close_request)
                     break

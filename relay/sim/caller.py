@@ -202,22 +202,8 @@ class TwilioCaller:
                         # The relay ended the stream: <Connect> is over and, with no TwiML after
                         # it, Twilio hangs up. Nothing more to send.
                         self.result.closed_by_relay = True
-                    if self.result.closed_by_relay:
-                        pass
-                    elif self.script.hangup == "stop":
-                        await ws.send(
-                            orjson.dumps(
-                                {
-                                    "event": "stop",
-                                    "sequenceNumber": str(next(self._seq)),
-                                    "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-                                    "streamSid": self.stream_sid,
-                                }
-                            ).decode()
-                        )
-                        await ws.close()
-                    else:
-                        ws.transport.abort()  # the line drops: no stop, no closing handshake
+                    if not self.result.closed_by_relay:
+                        await self._hang_up(ws)
                 finally:
                     receiver.cancel()
                     await asyncio.gather(receiver, return_exceptions=True)
@@ -227,6 +213,16 @@ class TwilioCaller:
             if self._ws is not None:
                 self.result.close_code = self._ws.close_code
         return self.result
+
+    async def _hang_up(self, ws: websockets.ClientConnection) -> None:
+        """End the call as the script says: Twilio's ``stop`` and a clean close, or a dropped line."""
+        if self.script.hangup != "stop":
+            ws.transport.abort()  # the line drops: no stop, no closing handshake
+            return
+        await ws.send(orjson.dumps({"event": "stop", "sequenceNumber": str(next(self._seq)),
+                                    "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+                                    "streamSid": self.stream_sid}).decode())
+        await ws.close()
 
     async def _webhook(self) -> tuple[str, dict[str, str]]:
         """POST the voice webhook exactly as Twilio does and read the stream from the TwiML."""
