@@ -9,7 +9,7 @@ debug = os.environ.get("RELAY_DEBUG") == "1"
 
 setup(
     ext_modules=cythonize(
-        [Extension("relay._fastpath", ["relay/_fastpath.pyx"], depends=["relay/_fastpath.pxd", "relay/_codec.pxi", "relay/_playout.pxi"],
+        [Extension("relay._fastpath", ["relay/_fastpath.pyx"], depends=["relay/_fastpath.pxd", "relay/_codec.pxi", "relay/_playout.pxi", "relay/_wscore.pxi", "relay/_media.pxi"],
                    extra_compile_args=["-O3"])],
         compiler_directives={"language_level": 3, "embedsignature": True},
         compile_time_env={"RELAY_DEBUG": debug},

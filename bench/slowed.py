@@ -15,31 +15,44 @@ import time
 
 import asyncio
 
-from relay import conversation
+from relay import session
+from relay.conversation import Conversation
+from relay.errors import ProtocolError
+from relay.fastpath import parse_audio_delta
 
 
 def handicap(delay_ms: float, burn_us: float) -> None:
-    original = conversation.Conversation.agent_audio
+    """Every audio delta costs ``burn_us`` of CPU and reaches the conversation ``delay_ms`` late."""
     delay, burn_ns = delay_ms / 1000, int(burn_us * 1000)
 
-    def slowed(self: conversation.Conversation, item_id: str, payload: bytes, now: float) -> None:
-        if burn_ns:
-            until = time.perf_counter_ns() + burn_ns
-            while time.perf_counter_ns() < until:
-                pass
-        if delay:
-            loop = asyncio.get_running_loop()
-            loop.call_later(delay, _late, self, item_id, payload, loop)
-        else:
-            original(self, item_id, payload, now)
+    def route(self: session.CallSession, upstream: session.Upstream, conversation: Conversation) -> None:
+        loop = asyncio.get_running_loop()
 
-    def _late(self: conversation.Conversation, item_id: str, payload: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        def on_message(message: bytes) -> bool:
+            try:
+                if parse_audio_delta(message) is None:
+                    return False
+            except ProtocolError:
+                return False
+            if burn_ns:
+                until = time.perf_counter_ns() + burn_ns
+                while time.perf_counter_ns() < until:
+                    pass
+            if delay:
+                loop.call_later(delay, _late, conversation, message, loop)
+            else:
+                conversation.backend_frame(message, loop.time())
+            return True
+
+        upstream.on_message = on_message  # type: ignore[attr-defined]  # not routed: every delta comes here
+
+    def _late(conversation: Conversation, message: bytes, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            original(self, item_id, payload, loop.time())
+            conversation.backend_frame(message, loop.time())
         except Exception:  # the call may have ended while the frame was held
             pass
 
-    conversation.Conversation.agent_audio = slowed  # type: ignore[method-assign]
+    session.CallSession._route_backend = route  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,3 +16,4 @@ cdef class FrameReader:
     cdef int _part_op                   # its opcode, or -1 when none is in progress
     cdef Py_ssize_t _part_size
     cdef bytes _frame(self, int* fin_out, int* op_out)
+    cdef bytes _next(self, int* op_out)

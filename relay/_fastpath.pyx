@@ -555,6 +555,14 @@ cdef class FrameReader:
         return PyBytes_GET_SIZE(self._buf) - self._pos
 
     def read(self):
+        cdef int opcode
+        cdef bytes payload = self._next(&opcode)
+        if payload is None:
+            return None
+        return opcode, payload
+
+    cdef bytes _next(self, int* op_out):
+        """The next whole message's payload (its opcode in op_out), or None: ``read`` without the tuple."""
         cdef int fin, opcode
         cdef bytes payload
         while True:
@@ -571,7 +579,8 @@ cdef class FrameReader:
                     if PyBytes_GET_SIZE(payload) > 2:
                         _check_utf8(<const unsigned char*>PyBytes_AS_STRING(payload) + 2,
                                     PyBytes_GET_SIZE(payload) - 2, "close reason")
-                return opcode, payload
+                op_out[0] = opcode
+                return payload
             if opcode == 0:
                 if self._part_op < 0:
                     raise FrameError(1002, "continuation frame without a message to continue")
@@ -588,7 +597,8 @@ cdef class FrameReader:
             if opcode == 0x1:
                 _check_utf8(<const unsigned char*>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload),
                             "text message")
-            return opcode, payload
+            op_out[0] = opcode
+            return payload
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -732,3 +742,5 @@ def media_frames(TwilioWriter writer, payload, name):
 
 include "_codec.pxi"
 include "_playout.pxi"
+include "_wscore.pxi"
+include "_media.pxi"

@@ -277,3 +277,5 @@ def media_frames(writer: TwilioWriter, payload: bytes, name: str) -> bytes:
 
 from relay._codec_py import *  # noqa: E402,F403  (the codec twin lives in its own module)
 from relay._playout_py import *  # noqa: E402,F403
+from relay._wscore_py import *  # noqa: E402,F403
+from relay._media_py import *  # noqa: E402,F403

@@ -220,12 +220,14 @@ cdef class PlayoutRing:
         return 0
 
     def push(self, b64):
-        cdef Py_ssize_t m, need, tail
-        cdef cbuf s
         if type(b64) is not bytes:
             raise TypeError(f"push() takes bytes, not {type(b64).__name__}")
-        s = <cbuf>PyBytes_AS_STRING(b64)
-        m = _b64_len(s, PyBytes_GET_SIZE(b64))
+        return self._push_raw(<cbuf>PyBytes_AS_STRING(b64), PyBytes_GET_SIZE(b64))
+
+    cdef Py_ssize_t _push_raw(self, cbuf s, Py_ssize_t size) except -1:
+        """``push`` of base64 text at s (size bytes), decoded straight from the message it sits in."""
+        cdef Py_ssize_t m, need, tail
+        m = _b64_len(s, size)
         if m < 0:
             raise PayloadError("payload is not padded standard base64")
         need = self._len + m
@@ -242,13 +244,18 @@ cdef class PlayoutRing:
             self.pushed += m
         return m
 
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
     cdef bytes _frame(self, Py_ssize_t take):
         """Encode the next frame (take <= frame_bytes bytes, padded with silence) and drop it."""
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, 4 * ((self.frame_bytes + 2) // 3))
+        self._frame_into(take, <unsigned char*>PyBytes_AS_STRING(out))
+        return out
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef void _frame_into(self, Py_ssize_t take, unsigned char* o) noexcept:
+        """``_frame`` written at o (4 * ceil(frame_bytes / 3) bytes of base64), no bytes object."""
         cdef Py_ssize_t fb = self.frame_bytes, first
         cdef cbuf src
-        cdef bytes out = PyBytes_FromStringAndSize(NULL, 4 * ((fb + 2) // 3))
         if take == fb and self._head + fb <= self._cap:
             src = self._buf + self._head
         else:
@@ -259,14 +266,15 @@ cdef class PlayoutRing:
             memcpy(self._scratch + first, self._buf, <size_t>(take - first))
             memset(self._scratch + take, PO_SILENCE, <size_t>(fb - take))
             src = self._scratch
-        _po_enc(src, fb, <unsigned char*>PyBytes_AS_STRING(out))
+        _po_enc(src, fb, o)
         self._head += take
         if self._head >= self._cap:
             self._head -= self._cap
         self._len -= take
         self.sent += take
         self.padded += fb - take
-        return out
+        if self._len == 0:
+            self._head = 0  # keep an empty ring contiguous from the start
 
     def pop(self, n=1, *, bint final=False):
         cdef Py_ssize_t whole, k, i
@@ -295,8 +303,9 @@ cdef class PlayoutRing:
         return n
 
     def frames_due(self, elapsed_ms, lead_ms):
-        cdef long long elapsed = _po_int(elapsed_ms, "elapsed_ms", 0, PO_MAX_MS)
-        cdef long long lead = _po_int(lead_ms, "lead_ms", 0, PO_MAX_MS)
+        return self._due(_po_int(elapsed_ms, "elapsed_ms", 0, PO_MAX_MS), _po_int(lead_ms, "lead_ms", 0, PO_MAX_MS))
+
+    cdef long long _due(self, long long elapsed, long long lead) noexcept:
         cdef long long out = self.sent + self.padded, room, due, whole
         if elapsed > self._clock:
             room = (elapsed - self._clock) * PO_BYTES_PER_MS  # how much the ear heard since
@@ -335,9 +344,11 @@ cdef class GapFiller:
         self._cap, self._tol, self._next = mf // f, f // 2, -1
         self.frames = self.filled = self.dropped = self.capped = 0
 
-    @cython.cdivision(True)
     def accept(self, timestamp_ms):
-        cdef long long ts = _po_int(timestamp_ms, "timestamp_ms", 0, PO_MAX_MS)
+        return self._accept(_po_int(timestamp_ms, "timestamp_ms", 0, PO_MAX_MS))
+
+    @cython.cdivision(True)
+    cdef long long _accept(self, long long ts) noexcept:
         cdef long long f = self.frame_ms, d, k
         if self._next < 0:
             self._next = ts + f

@@ -38,17 +38,7 @@ from typing import Any, Protocol
 
 from relay import realtime, twilio
 from relay.errors import BackendError, ProtocolError
-from relay.fastpath import (
-    OP_TEXT,
-    GapFiller,
-    PlayoutRing,
-    TwilioWriter,
-    build_frame,
-    media_frames,
-    parse_audio_delta,
-    parse_media,
-    silence_b64,
-)
+from relay.fastpath import OP_TEXT, MediaCore, build_frame, parse_audio_delta, parse_media
 from relay.store import DEFAULT_TENANT, CallEnd, CallRecord, Record, TurnRecord
 
 log = logging.getLogger("relay.session")
@@ -148,16 +138,16 @@ def cut_words(text: str, fraction: float) -> str:
     return " ".join(w for w in kept if w)
 
 
-class Conversation:
-    """The protocol state of one bridged call (``start`` received and verified)."""
+class ConversationLogic:
+    """Everything of a call's protocol that is not per-frame, over a ``MediaCore``.
 
-    # Slots: the per-frame methods read a dozen attributes each; no instance dict to search.
-    __slots__ = ("_assistants", "_awaiting_answer", "_backend", "_backlog", "_current", "_dropped_items",
-                 "_dtmf_count", "_epoch", "_gaps", "_gate_open", "_greeted", "_held", "_keys", "_keys_due",
-                 "_marks_cleared", "_marks_out", "_response_active", "_ring", "_say_on_open", "_segments", "_seq",
-                 "_since_mark", "_speaking", "_speech_end_at", "_submit", "_t0", "_ts0", "_twilio", "_unstored",
-                 "_users", "_writer", "agent", "farewell_played", "hangup_requested", "on_hangup", "on_wants_clock",
-                 "options", "start", "stats", "tenant_id")
+    The media core (compiled, or its Python twin) handles each ``media``, mark echo and audio
+    delta and paces the ring out; this half handles every other event, the turns, barge-in,
+    keys, hang-up and storage. ``Conversation`` is the two joined; a test can join this half
+    to the twin core instead (``relay._media_py.MediaCore``) and compare the two.
+    """
+
+    __slots__ = ()
 
     def __init__(
         self,
@@ -167,48 +157,33 @@ class Conversation:
         submit: Callable[[Record], None],
         options: CallOptions = CallOptions(),
     ) -> None:
+        # The media core's state: the sinks, the ring and gap filler, the answers' audio.
+        super().__init__(twilio_out, start.stream_sid, CallStats(),  # type: ignore[call-arg]
+                         lead_ms=options.lead_ms, mark_frames=options.mark_frames,
+                         held_frames=options.presession_buffer_ms // FRAME_MS,
+                         max_gap_fill_ms=options.max_gap_fill_ms)
         self.start = start
         self.agent = agent
         self.options = options
-        self.stats = CallStats()
-        self._twilio = twilio_out
         self._submit = submit
-        self._writer = TwilioWriter(start.stream_sid)
         params = start.custom_parameters
         self.tenant_id = params.get("tenant") or DEFAULT_TENANT
-        # Hooks for the shell: the clock is wanted (audio to pace, keys to send); the agent
-        # asked to hang up; the farewell has played.
-        self.on_wants_clock: Callable[[], None] = lambda: None
+        # Hooks for the shell: the clock is wanted (audio to pace, keys to send; on the core);
+        # the agent asked to hang up; the farewell has played.
         self.on_hangup: Callable[[], None] = lambda: None
         # ---- backend leg
-        self._backend: BackendSink | None = None
-        self._gate_open = False  # the current backend confirmed μ-law both ways
         self._greeted = False
         self._say_on_open: str | None = None
         self._backlog: list[bytes] = []  # client events waiting for a ready backend
         self._response_active = False
         self._speaking = False  # the caller is mid-utterance (speech_started, not stopped)
         self._awaiting_answer = False  # the caller's turn is committed; its response has not begun
-        # ---- inbound audio
-        self._held: collections.deque[tuple[bytes, int]] = collections.deque(
-            maxlen=max(1, options.presession_buffer_ms // FRAME_MS))
-        self._gaps = GapFiller(FRAME_MS, options.max_gap_fill_ms)
-        self._epoch: float | None = None  # loop time of Twilio timestamp 0
-        self._ts0: int | None = None  # Twilio timestamp of the current backend session's audio 0
         # ---- outbound audio
-        self._ring = PlayoutRing(FRAME_BYTES)
-        self._segments: collections.deque[list[Any]] = collections.deque()  # [turn, bytes in ring]
-        self._t0: float | None = None  # loop time of the first frame sent (the ring's clock 0)
-        self._since_mark = 0
         self._marks_out: dict[str, tuple[AssistantTurn, int]] = {}  # sent, not echoed, in order
         self._marks_cleared: set[str] = set()
-        self._dropped_items: set[str] = set()
         # ---- turns
         self._seq = 0
         self._users: dict[str, UserTurn] = {}
-        self._assistants: dict[str, AssistantTurn] = {}
-        self._unstored: dict[str, AssistantTurn] = {}  # answers not stored yet (a few at most)
-        self._current: AssistantTurn | None = None
         self._speech_end_at: float | None = None
         self._keys = ""
         self._keys_due: float | None = None
@@ -312,46 +287,6 @@ class Conversation:
             raise ProtocolError("a second start on one stream")
         return None
 
-    def twilio_frame(self, message: bytes, now: float) -> bool:
-        """The per-frame path: a ``media`` or ``mark`` handled as it arrives (False: not one)."""
-        try:
-            media = parse_media(message)
-            if media is not None:
-                self.caller_audio(media[0], media[1], now)
-                return True
-            if b'"mark"' in message:
-                event = twilio.parse_event(message)
-                if isinstance(event, twilio.Mark):
-                    self.mark(event.name, now)
-                    return True
-        except ProtocolError:
-            pass  # the pump parses it again and closes the call with the reason
-        return False
-
-    def caller_audio(self, payload: bytes, timestamp: int, now: float) -> None:
-        self.stats.frames_in += 1
-        if self._epoch is None:
-            self._epoch = now - timestamp / 1000
-        lost = self._gaps.accept(timestamp)
-        if lost < 0:
-            self.stats.frames_late += 1  # a duplicate, or too late for its slot
-            return
-        if lost:
-            self.stats.frames_filled += lost
-            self._upstream_audio(silence_b64(lost * FRAME_BYTES), timestamp - lost * FRAME_MS)
-        self._upstream_audio(payload, timestamp)
-
-    def _upstream_audio(self, payload: bytes, timestamp: int) -> None:
-        if self._gate_open:
-            if self._ts0 is None:
-                self._ts0 = timestamp
-            self._backend.send_append(payload)  # type: ignore[union-attr]
-            return
-        if len(self._held) == self._held.maxlen:
-            self.stats.frames_dropped += 1
-        self._held.append((payload, timestamp))
-        self.stats.frames_held += 1
-
     def _open_gate(self, now: float) -> None:
         assert self._backend is not None
         self._gate_open = True
@@ -413,17 +348,6 @@ class Conversation:
 
     # ================================================================== backend → Twilio
 
-    def backend_frame(self, message: bytes, now: float) -> bool:
-        """The per-frame path: an audio delta handled as it arrives (False: any other event)."""
-        try:
-            delta = parse_audio_delta(message)
-        except ProtocolError:
-            return False
-        if delta is None:
-            return False
-        self.agent_audio(delta[0], delta[1], now)
-        return True
-
     def backend_message(self, message: bytes, now: float) -> None:
         """Handle one backend event.
 
@@ -443,28 +367,6 @@ class Conversation:
             return
         self._backend_event(event, now)
 
-    def agent_audio(self, item_id: str, payload: bytes, now: float) -> None:
-        if item_id in self._dropped_items:
-            return  # a late delta of an item the caller interrupted
-        turn = self._assistants.get(item_id) or self._new_assistant(item_id)
-        if turn.audio_done:
-            return
-        try:
-            n = self._ring.push(payload)
-        except ProtocolError as exc:  # not base64, or an answer longer than the ring holds
-            self.stats.backend_errors += 1
-            log.warning("call %s: audio delta dropped: %s", self.call_sid, exc)
-            return
-        turn.produced += n
-        if self._segments and self._segments[-1][0] is turn:
-            self._segments[-1][1] += n
-        else:
-            self._segments.append([turn, n])
-        self._current = turn
-        self._pump(now)
-        if self._ring.buffered:
-            self.on_wants_clock()
-
     def tick(self, now: float) -> bool:
         """The shared clock's 20 ms tick: release due frames, send due keys. False: no more ticks wanted."""
         if self._keys_due is not None and now >= self._keys_due:
@@ -472,61 +374,9 @@ class Conversation:
         self._pump(now)
         return bool(self._ring.buffered) or self._keys_due is not None
 
-    def _pump(self, now: float) -> None:
-        """Send every frame due now, with its marks, in one write."""
-        ring = self._ring
-        if not ring.buffered:
-            return
-        elapsed = 0 if self._t0 is None else int((now - self._t0) * 1000)
-        lead = self.options.lead_ms
-        n = ring.frames_due(elapsed, lead)
-        whole = ring.buffered // FRAME_BYTES
-        final = self._segments[-1][0].audio_done if self._segments else False
-        if final and n == whole and ring.buffered > whole * FRAME_BYTES:
-            # The answer's last, partial frame goes out padded with silence, if the lead has room.
-            queued = ring.sent + ring.padded - ring.heard
-            if lead * BYTES_PER_MS - queued >= (n + 1) * FRAME_BYTES:
-                n += 1
-        if n == 0:
-            return
-        if self._t0 is None:
-            self._t0 = now
-        frames = ring.pop(n, final=final)
-        parts: list[bytes] = []
-        writer = self._writer
-        for frame in frames:
-            # Which answers this frame carries; an answer whose audio ends in it gets a mark
-            # right after it, and so does the newest one every ``mark_frames`` frames.
-            take, last, ended = FRAME_BYTES, None, []
-            while take and self._segments:
-                segment = self._segments[0]
-                turn = segment[0]
-                used = min(take, segment[1])
-                if turn.first_out_at is None:
-                    turn.first_out_at = now
-                    if turn.speech_end_at is not None:
-                        self.stats.v2v_ms.append((now - turn.speech_end_at) * 1000)
-                turn.out += used
-                take -= used
-                last = turn
-                segment[1] -= used
-                if not segment[1]:
-                    self._segments.popleft()
-                    if turn.audio_done or self._segments:  # the answer ends here (not a dry ring)
-                        ended.append(turn)
-            self._since_mark += 1
-            if last is not None and last not in ended and self._since_mark >= self.options.mark_frames:
-                ended.append(last)
-            if not ended:
-                parts.append(build_frame(OP_TEXT, writer.media(frame)))
-                continue
-            parts.append(media_frames(writer, frame, self._mark_name(ended[0])))
-            for turn in ended[1:]:
-                parts.append(build_frame(OP_TEXT, writer.mark(self._mark_name(turn))))
-        self.stats.frames_out += len(frames)
-        self._twilio.send_frames(parts[0] if len(parts) == 1 else b"".join(parts))
-        if not ring.buffered:
-            self._check_stored()
+    def _audio_dropped(self, exc: ProtocolError) -> None:
+        self.stats.backend_errors += 1
+        log.warning("call %s: audio delta dropped: %s", self.call_sid, exc)
 
     def _mark_ends(self) -> None:
         """An answer whose last audio already left before it was known to be the last gets its
@@ -707,10 +557,6 @@ class Conversation:
         text = turn.transcript
         return text if heard_ms >= audio_ms else cut_words(text, heard_ms / max(1, audio_ms))
 
-    def _check_stored(self) -> None:
-        for turn in list(self._unstored.values()):
-            self._maybe_store_assistant(turn)
-
     def _maybe_store_assistant(self, turn: AssistantTurn, *, final: bool = False) -> None:
         """Store an answer once its text and what the caller heard of it are both known."""
         if turn.stored:
@@ -749,3 +595,13 @@ class Conversation:
                              frames_out=self.stats.frames_out, turns=len(self._users) + len(self._assistants),
                              v2v_p50_ms=round(statistics.median(v2v), 1) if v2v else None,
                              v2v_max_ms=round(max(v2v), 1) if v2v else None))
+
+
+class Conversation(ConversationLogic, MediaCore):
+    """The protocol state of one bridged call (``start`` received and verified)."""
+
+    # Slots: no instance dict to search (the media core's own state is its C fields).
+    __slots__ = ("_awaiting_answer", "_backlog", "_dtmf_count", "_greeted", "_keys", "_keys_due", "_marks_cleared",
+                 "_marks_out", "_response_active", "_say_on_open", "_seq", "_speaking", "_speech_end_at", "_submit",
+                 "_users", "agent", "farewell_played", "hangup_requested", "on_hangup", "options", "start",
+                 "tenant_id")

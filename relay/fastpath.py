@@ -10,6 +10,8 @@ from __future__ import annotations
 try:
     from relay._fastpath import (
         IMPLEMENTATION,
+        LEG_BACKEND,
+        LEG_TWILIO,
         OP_BINARY,
         OP_CLOSE,
         OP_CONT,
@@ -18,6 +20,7 @@ try:
         OP_TEXT,
         FrameReader,
         GapFiller,
+        MediaCore,
         PlayoutRing,
         Resampler,
         TwilioWriter,
@@ -30,11 +33,14 @@ try:
         parse_media,
         pcm16_to_ulaw,
         silence_b64,
+        WsCore,
         ulaw_to_pcm16,
     )
 except ImportError:  # not built: the reference keeps tools and tests usable
     from relay._fastpath_py import (  # type: ignore[assignment]
         IMPLEMENTATION,
+        LEG_BACKEND,
+        LEG_TWILIO,
         OP_BINARY,
         OP_CLOSE,
         OP_CONT,
@@ -43,6 +49,7 @@ except ImportError:  # not built: the reference keeps tools and tests usable
         OP_TEXT,
         FrameReader,
         GapFiller,
+        MediaCore,
         PlayoutRing,
         Resampler,
         TwilioWriter,
@@ -55,11 +62,14 @@ except ImportError:  # not built: the reference keeps tools and tests usable
         parse_media,
         pcm16_to_ulaw,
         silence_b64,
+        WsCore,
         ulaw_to_pcm16,
     )
 
 __all__ = [
     "IMPLEMENTATION",
+    "LEG_BACKEND",
+    "LEG_TWILIO",
     "OP_BINARY",
     "OP_CLOSE",
     "OP_CONT",
@@ -68,6 +78,7 @@ __all__ = [
     "OP_TEXT",
     "FrameReader",
     "GapFiller",
+    "MediaCore",
     "PlayoutRing",
     "Resampler",
     "TwilioWriter",
@@ -80,5 +91,6 @@ __all__ = [
     "parse_media",
     "pcm16_to_ulaw",
     "silence_b64",
+    "WsCore",
     "ulaw_to_pcm16",
 ]

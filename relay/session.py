@@ -13,7 +13,8 @@ it cannot: the sockets, the tasks and the clock. Per call:
   (bounded wait) before the stream closes.
 
 Per-frame messages never reach a task: media, marks and audio deltas are handled in the
-transports' ``data_received`` through ``on_message`` hooks, and outbound audio is paced by
+transports' ``data_received``, routed in C to the conversation's media core (``route``), and
+outbound audio is paced by
 the server's one shared ``Pacer``. Whichever side ends the call, the backend session closes
 with it; one that will not close in time is aborted, logged and counted.
 """
@@ -29,7 +30,7 @@ from typing import Protocol
 from relay import realtime, twilio
 from relay.conversation import CallOptions, CallStats, Conversation, cut_words
 from relay.errors import BackendError, ProtocolError
-from relay.fastpath import parse_media
+from relay.fastpath import LEG_BACKEND, LEG_TWILIO, parse_media
 from relay.pacer import Pacer
 from relay.store import DEFAULT_TENANT, Store
 from relay.ws import ConnectionClosed
@@ -47,7 +48,7 @@ __all__ = ["CallSession", "CallStats", "ConnectUpstream", "ResolveAgent", "Twili
 class TwilioSocket(Protocol):
     """What a session needs from the Twilio leg (``relay.ws.WebSocket``)."""
 
-    on_message: Callable[[bytes], bool] | None
+    def route(self, media: Conversation | None, leg: int = LEG_TWILIO) -> None: ...
     async def recv(self) -> bytes: ...
     def send(self, message: bytes) -> None: ...
     def send_frames(self, frames: bytes) -> None: ...
@@ -57,8 +58,8 @@ class TwilioSocket(Protocol):
 class Upstream(Protocol):
     """What a session needs from the backend leg (``relay.upstream.UpstreamConnection``)."""
 
-    on_message: Callable[[bytes], bool] | None
     aborted: bool
+    def route(self, media: Conversation | None, leg: int = LEG_TWILIO) -> None: ...
     async def recv(self) -> bytes: ...
     def send(self, message: bytes) -> None: ...
     def send_append(self, payload: bytes) -> None: ...
@@ -204,7 +205,7 @@ class CallSession:
             await self.twilio.close(1011, "speech backend unavailable")
             return
         self._use(upstream, "start")
-        self.twilio.on_message = lambda message: conversation.twilio_frame(message, self._loop.time())
+        self.twilio.route(conversation, LEG_TWILIO)
         tasks = [
             asyncio.create_task(self._twilio_pump(conversation), name=f"twilio-{self.call_sid}"),
             asyncio.create_task(self._backend_loop(conversation), name=f"backend-{self.call_sid}"),
@@ -219,7 +220,7 @@ class CallSession:
             self.end_reason = "error" if first.cancelled() or error is not None else first.result()
         finally:
             self._ending = True
-            self.twilio.on_message = None
+            self.twilio.route(None)
             if self._recycler is not None:
                 tasks.append(self._recycler)
             for task in tasks:
@@ -273,12 +274,16 @@ class CallSession:
         conversation, loop = self.conversation, self._loop
         self._upstream = upstream
         self._opened_at = loop.time()
-        upstream.on_message = lambda message: upstream is self._upstream and conversation.backend_frame(
-            message, loop.time())
+        self._route_backend(upstream, conversation)
         conversation.attach_backend(upstream, reason)
         if self._recycler is not None:
             self._recycler.cancel()
         self._recycler = asyncio.create_task(self._recycle(upstream, loop.time()), name=f"recycle-{self.call_sid}")
+
+    def _route_backend(self, upstream: Upstream, conversation: Conversation) -> None:
+        """Audio deltas go from ``upstream``'s reads straight to the conversation (only the current
+        session is routed: a retired one is unrouted before it is replaced)."""
+        upstream.route(conversation, LEG_BACKEND)
 
     async def _backend_loop(self, conversation: Conversation) -> str:
         while True:
@@ -349,7 +354,7 @@ class CallSession:
             self._retire(fresh)
             return
         log.info("call %s: a fresh backend session takes over (session cap %.0f s)", self.call_sid, self._cap_s)
-        upstream.on_message = None
+        upstream.route(None)
         self._recycler = None  # _use starts the next one; this task must not cancel itself
         self._use(fresh, "recycle")
         self._retire(upstream)
@@ -358,7 +363,7 @@ class CallSession:
         """Close a backend session in the background; one that will not close is aborted and counted."""
         if upstream is self._upstream:
             self._upstream = None
-        upstream.on_message = None
+        upstream.route(None)
         task = asyncio.ensure_future(self._close_upstream(upstream))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

@@ -16,8 +16,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from relay.errors import BackendError
-from relay.fastpath import build_append_frame
-from relay.ws import OPEN, Connection
+from relay.ws import Connection
 
 MAX_RESPONSE_HEAD = 16 * 1024
 
@@ -27,11 +26,6 @@ class UpstreamConnection(Connection):
 
     mask_frames = True
     __slots__ = ()
-
-    def send_append(self, payload: bytes) -> None:
-        """Send caller audio (base64 μ-law) as ``input_audio_buffer.append``, framed in one go."""
-        if self.state == OPEN:
-            self._write(build_append_frame(payload, self._mask()))
 
 
 class _ClientHandshake(asyncio.Protocol):

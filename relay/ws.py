@@ -12,9 +12,7 @@ the one reader, writes straight to the transport, the closing handshake of RFC 6
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import os
 from collections.abc import Callable
 
 from websockets.exceptions import ConnectionClosed
@@ -22,13 +20,13 @@ from websockets.frames import Close
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from relay.errors import FrameError, ProtocolError
-from relay.fastpath import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameReader, build_frame
+from relay.errors import ProtocolError
+from relay.fastpath import OP_CLOSE, WsCore, build_frame
 
 log = logging.getLogger("relay.ws")
 
 CLOSE_TIMEOUT = 2.0
-OPEN, CLOSING, CLOSED = "open", "closing", "closed"
+OPEN, CLOSING, CLOSED = "open", "closing", "closed"  # WsCore compares state with "open"
 
 
 def handshake(request: Request) -> Response:
@@ -51,41 +49,27 @@ def parse_close(payload: bytes) -> Close:
     return Close(int.from_bytes(payload[:2], "big"), payload[2:].decode(errors="replace"))
 
 
-class Connection:
+class Connection(WsCore):
     """One open WebSocket on an asyncio transport, either side.
 
     ``mask_frames`` is True on the client side (every frame we send is masked, every frame we
-    read must not be); the server side is the reverse.
+    read must not be); the server side is the reverse. Reading, the rate limit and every write
+    are the compiled ``WsCore``; this is the asyncio half: ``recv``, and the closing handshake.
     """
 
     mask_frames = False
-    __slots__ = ("_close_rcvd", "_close_sent", "_closed", "_loop", "_masks", "_mask_at", "_max_rate", "_messages",
-                 "_on_violation", "_reader", "_transport", "_waiter", "_window_count", "_window_start", "aborted",
-                 "on_message", "state")
+    __slots__ = ("_close_rcvd", "_close_sent", "_closed", "_loop", "_on_violation", "_waiter", "aborted")
 
     def __init__(self, transport: asyncio.Transport, *, max_size: int, max_rate: int = 0,
                  on_violation: Callable[[str], None] | None = None) -> None:
-        self._transport = transport
-        # Messages per second allowed from the peer (0: no limit), counted in one-second
-        # windows; the clock is read only when a window's count passes the limit.
-        self._max_rate = max_rate
-        self._window_start = 0.0
-        self._window_count = 0
-        self._on_violation = on_violation
-        self._reader = FrameReader(not self.mask_frames, max_size)
-        self._messages: collections.deque[bytes] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
+        super().__init__(transport, self.mask_frames, max_size, max_rate, self._loop.time)
+        self._on_violation = on_violation
+        self._waiter: asyncio.Future[None] | None = None
         self._closed = self._loop.create_future()
-        self.state = OPEN
         self.aborted = False  # the closing handshake did not finish in time: TCP was cut
         self._close_sent: Close | None = None
         self._close_rcvd: Close | None = None
-        self._masks = b""  # random masking keys, 4 bytes each, used from _mask_at on
-        self._mask_at = 0
-        # Per-frame messages are handled right here when the owner installs this hook; it
-        # returns False for anything it leaves to ``recv`` (no future, no task switch per frame).
-        self.on_message: Callable[[bytes], bool] | None = None
 
     @property
     def open(self) -> bool:
@@ -97,44 +81,7 @@ class Connection:
             return self._close_rcvd.code
         return None if self.state != CLOSED else 1006
 
-    # ---- bytes from the transport ----
-
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        reader.feed(data)
-        while True:
-            try:
-                frame = reader.read()
-            except FrameError as exc:
-                self._violation("size" if exc.code == 1009 else "frame", exc.reason, exc.code)
-                return
-            if frame is None:
-                break
-            opcode, payload = frame
-            if self._max_rate:
-                self._window_count += 1
-                if self._window_count > self._max_rate:
-                    now = self._loop.time()
-                    if now - self._window_start < 1.0:
-                        self._violation("rate", f"over {self._max_rate} messages per second", 1008)
-                        return
-                    self._window_start, self._window_count = now, 1
-            if opcode == OP_TEXT:
-                # Order holds: while anything waits for ``recv``, later messages queue behind it.
-                hook = self.on_message
-                if hook is None or self._messages or not hook(payload):
-                    self._messages.append(payload)
-            elif opcode == OP_CLOSE:
-                self._on_close_frame(payload)
-                break
-            elif opcode == OP_PING:
-                self._write(build_frame(0xA, payload, self._mask()))
-            elif opcode == OP_BINARY:
-                # Both peers speak JSON text; a binary message is not ours to guess at.
-                self._violation("binary", "binary messages are not accepted", 1003)
-                break
-        if self._messages or self.state != OPEN:
-            self._wake()
+    # ---- bytes from the transport (data_received: WsCore) ----
 
     def _violation(self, kind: str, reason: str, code: int) -> None:
         """A peer broke a rule: this connection alone is closed, with the code and reason."""
@@ -172,19 +119,6 @@ class Connection:
 
     # ---- writing ----
 
-    def _mask(self) -> bytes | None:
-        if not self.mask_frames:
-            return None
-        at = self._mask_at
-        if at + 4 > len(self._masks):
-            self._masks, at = os.urandom(1024), 0  # one syscall per 256 frames
-        self._mask_at = at + 4
-        return self._masks[at : at + 4]
-
-    def _write(self, data: bytes) -> None:
-        if not self._transport.is_closing():
-            self._transport.write(data)
-
     def _start_close(self, code: int, reason: str) -> None:
         if self.state != OPEN:
             return
@@ -210,21 +144,6 @@ class Connection:
             finally:
                 self._waiter = None
         return self._messages.popleft()
-
-    def send(self, message: bytes) -> None:
-        """Send one text message (already-encoded JSON); a no-op once closing."""
-        if self.state == OPEN:
-            self._write(build_frame(OP_TEXT, message, self._mask()))
-
-    def send_frames(self, frames: bytes) -> None:
-        """Write frames already built by the fast path (e.g. ``media_frames``); a no-op once closing."""
-        if self.state == OPEN:
-            self._write(frames)
-
-    def send_many(self, messages: tuple[bytes, ...] | list[bytes]) -> None:
-        """Send text messages in one transport write; a no-op once closing."""
-        if self.state == OPEN:
-            self._write(b"".join([build_frame(OP_TEXT, m, self._mask()) for m in messages]))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake and wait (bounded) for the connection to end."""

@@ -139,8 +139,10 @@ async def test_a_backend_session_that_will_not_close_is_cut_logged_and_counted(m
     from relay.session import CallSession
 
     class Stuck:
-        on_message = None
         aborted = False
+
+        def route(self, media: object, leg: int = 0) -> None:
+            pass
 
         async def close(self, code: int = 1000, reason: str = "") -> None:
             await asyncio.Event().wait()  # the peer never finishes the closing handshake

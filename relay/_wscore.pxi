@@ -1,0 +1,171 @@
+# A WebSocket connection's per-frame half, compiled (included by _fastpath.pyx).
+# Contract: ``_fastpath.pyi`` (WsCore); oracle: ``_wscore_py.py``, which makes the same calls and
+# the same writes for every input. The read loop runs in C: a message routed to the call's
+# ``MediaCore`` goes there with a C call, and the media core's writes come back here as C calls,
+# so a passthrough frame crosses no Python frame between the transport and the other socket.
+
+import collections
+import os as _os
+
+cdef class MediaCore  # _media.pxi: the two call each other in C
+
+cdef object _WS_OPEN = "open"
+LEG_TWILIO = 0
+LEG_BACKEND = 1
+
+
+cdef class WsCore:
+    cdef public object _transport
+    cdef readonly FrameReader _reader
+    cdef readonly bint client          # every frame we send is masked; every frame we read must not be
+    cdef long long _max_rate
+    cdef double _window_start
+    cdef long long _window_count
+    cdef object _clock
+    cdef public object _messages
+    cdef bytes _masks                 # random masking keys, 4 bytes each, used from _mask_at on
+    cdef Py_ssize_t _mask_at
+    cdef public object state
+    cdef public object on_message
+    cdef MediaCore _media
+    cdef int _leg
+
+    def __init__(self, transport, client, max_size, max_rate, clock):
+        self._transport = transport
+        self.client = bool(client)
+        self._reader = FrameReader(not self.client, max_size)
+        self._max_rate = max_rate
+        self._window_start = 0.0
+        self._window_count = 0
+        self._clock = clock
+        self._messages = collections.deque()
+        self._masks = b""
+        self._mask_at = 0
+        self.state = _WS_OPEN
+        self.on_message = None
+        self._media = None
+        self._leg = 0
+
+    def route(self, media, leg=0):
+        if media is not None and not isinstance(media, MediaCore):
+            raise TypeError("route() takes a MediaCore or None")
+        self._media = media
+        self._leg = leg
+        if media is None:
+            self.on_message = None
+
+    def data_received(self, data):
+        cdef FrameReader reader = self._reader
+        cdef int opcode
+        cdef bytes payload
+        cdef double now = -1.0, t
+        cdef MediaCore media
+        cdef bint handled
+        reader.feed(data)
+        while True:
+            try:
+                payload = reader._next(&opcode)
+            except FrameError as exc:
+                self._violation("size" if exc.code == 1009 else "frame", exc.reason, exc.code)
+                return
+            if payload is None:
+                break
+            if self._max_rate:
+                self._window_count += 1
+                if self._window_count > self._max_rate:
+                    t = self._clock()
+                    if t - self._window_start < 1.0:
+                        self._violation("rate", f"over {self._max_rate} messages per second", 1008)
+                        return
+                    self._window_start, self._window_count = t, 1
+            if opcode == 0x1:
+                if not self._messages:
+                    media = self._media
+                    if media is not None:
+                        if now < 0:
+                            now = self._clock()
+                        if self._leg == 0:
+                            handled = media._twilio_frame(payload, now)
+                        else:
+                            handled = media._backend_frame(payload, now)
+                        if handled:
+                            continue
+                    hook = self.on_message
+                    if hook is not None and hook(payload):
+                        continue
+                self._messages.append(payload)
+            elif opcode == 0x8:
+                self._on_close_frame(payload)
+                break
+            elif opcode == 0x9:
+                self._write(build_frame(0xA, payload, self._mask()))
+            elif opcode == 0x2:
+                self._violation("binary", "binary messages are not accepted", 1003)
+                break
+        if self._messages or self.state != _WS_OPEN:
+            self._wake()
+
+    # ---- writing
+
+    cdef bytes _next_mask(self):
+        if not self.client:
+            return None
+        return PyBytes_FromStringAndSize(self._mask_ptr(), 4)
+
+    cdef const char* _mask_ptr(self) except NULL:
+        cdef Py_ssize_t at = self._mask_at
+        if at + 4 > PyBytes_GET_SIZE(self._masks):
+            self._masks, at = _os.urandom(1024), 0  # one syscall per 256 frames
+        self._mask_at = at + 4
+        return PyBytes_AS_STRING(self._masks) + at
+
+    def _mask(self):
+        return self._next_mask()
+
+    cdef int _write_c(self, bytes data) except -1:
+        if not self._transport.is_closing():
+            self._transport.write(data)
+        return 0
+
+    def _write(self, data):
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def send(self, message):
+        if self.state == _WS_OPEN:
+            self._write(build_frame(0x1, message, self._next_mask()))
+
+    def send_frames(self, frames):
+        if self.state == _WS_OPEN:
+            self._write(frames)
+
+    cdef int _send_frames_c(self, bytes frames) except -1:
+        if self.state == _WS_OPEN:
+            self._write_c(frames)
+        return 0
+
+    def send_many(self, messages):
+        if self.state == _WS_OPEN:
+            self._write(b"".join([build_frame(0x1, m, self._next_mask()) for m in messages]))
+
+    def send_append(self, payload):
+        if type(payload) is not bytes:
+            if self.state == _WS_OPEN:
+                self._write(build_frame(0x1, _APPEND + payload + b'"}', self._next_mask()))
+            return
+        self._send_append_c(<cbuf>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))
+
+    cdef int _send_append_c(self, cbuf payload, Py_ssize_t size) except -1:
+        """``input_audio_buffer.append`` of base64 at payload, framed (masked if a client) in one go."""
+        cdef Py_ssize_t n
+        cdef bytes out
+        cdef const unsigned char* mask = NULL
+        if self.state != _WS_OPEN:
+            return 0
+        if self.client:
+            mask = <const unsigned char*>self._mask_ptr()
+        n = PyBytes_GET_SIZE(_APPEND) + size + 2
+        out = PyBytes_FromStringAndSize(NULL, _header_len(n, mask != NULL) + n)
+        _write_text3(<unsigned char*>PyBytes_AS_STRING(out), PyBytes_AS_STRING(_APPEND), PyBytes_GET_SIZE(_APPEND),
+                     <const char*>payload, size, b'"}', 2, mask)
+        return self._write_c(out)

@@ -1,0 +1,155 @@
+"""Plain-Python reference of a WebSocket connection's per-frame half (re-exported by ``_fastpath_py``).
+
+``WsCore`` is what ``relay.ws.Connection`` does with every read and every write: bytes from
+the transport into frames (``FrameReader``), each text message offered to the call's media core
+(``route``) or to the ``on_message`` hook before it is queued for ``recv``; the peer's message
+rate counted; pings answered; frames built, masked on the client side, written straight to the
+transport. ``Connection`` subclasses it and owns the asyncio half (``recv``, the closing
+handshake). The compiled twin is ``_wscore.pxi``; both make the same calls and the same writes.
+
+Hooks the subclass provides: ``_violation(kind, reason, code)``, ``_on_close_frame(payload)``
+and ``_wake()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Callable
+from typing import Any
+
+from relay.errors import FrameError
+
+__all__ = ["LEG_BACKEND", "LEG_TWILIO", "OPEN", "WsCore"]
+
+OPEN = "open"
+LEG_TWILIO, LEG_BACKEND = 0, 1
+_APPEND = b'{"type":"input_audio_buffer.append","audio":"'
+
+
+class WsCore:
+    __slots__ = ("_clock", "_leg", "_mask_at", "_masks", "_max_rate", "_media", "_messages", "_reader", "_transport",
+                 "_window_count", "_window_start", "client", "on_message", "state")
+
+    def __init__(self, transport: Any, client: bool, max_size: int, max_rate: int,
+                 clock: Callable[[], float]) -> None:
+        from relay._fastpath_py import FrameReader
+
+        self._transport = transport
+        self.client = bool(client)  # every frame we send is masked; every frame we read must not be
+        self._reader = FrameReader(not self.client, max_size)
+        # Messages per second allowed from the peer (0: no limit), counted in one-second
+        # windows; the clock is read only when a window's count passes the limit.
+        self._max_rate = max_rate
+        self._window_start = 0.0
+        self._window_count = 0
+        self._clock = clock
+        self._messages: collections.deque[bytes] = collections.deque()
+        self._masks = b""  # random masking keys, 4 bytes each, used from _mask_at on
+        self._mask_at = 0
+        self.state = OPEN
+        # Per-frame messages are handled right here: by the call's media core when routed, else
+        # by this hook, which returns False for anything it leaves to ``recv``.
+        self.on_message: Callable[[bytes], bool] | None = None
+        self._media: Any = None
+        self._leg = LEG_TWILIO
+
+    def route(self, media: Any, leg: int = LEG_TWILIO) -> None:
+        """Offer every text message to ``media`` (a ``MediaCore``) first; ``None`` unroutes the
+        connection: from then on its messages reach no call (``on_message`` is cleared too)."""
+        self._media = media
+        if media is None:
+            self.on_message = None
+        self._leg = leg
+
+    # ---- bytes from the transport
+
+    def data_received(self, data: bytes) -> None:
+        from relay._fastpath_py import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT
+
+        reader = self._reader
+        reader.feed(data)
+        now = None
+        while True:
+            try:
+                frame = reader.read()
+            except FrameError as exc:
+                self._violation("size" if exc.code == 1009 else "frame", exc.reason, exc.code)  # type: ignore[attr-defined]
+                return
+            if frame is None:
+                break
+            opcode, payload = frame
+            if self._max_rate:
+                self._window_count += 1
+                if self._window_count > self._max_rate:
+                    t = self._clock()
+                    if t - self._window_start < 1.0:
+                        self._violation("rate", f"over {self._max_rate} messages per second", 1008)  # type: ignore[attr-defined]
+                        return
+                    self._window_start, self._window_count = t, 1
+            if opcode == OP_TEXT:
+                # Order holds: while anything waits for ``recv``, later messages queue behind it.
+                if not self._messages:
+                    media = self._media
+                    if media is not None:
+                        if now is None:
+                            now = self._clock()
+                        handled = (media.twilio_frame if self._leg == LEG_TWILIO else media.backend_frame)(payload, now)
+                        if handled:
+                            continue
+                    hook = self.on_message
+                    if hook is not None and hook(payload):
+                        continue
+                self._messages.append(payload)
+            elif opcode == OP_CLOSE:
+                self._on_close_frame(payload)  # type: ignore[attr-defined]
+                break
+            elif opcode == OP_PING:
+                self._write(_build(0xA, payload, self._mask()))
+            elif opcode == OP_BINARY:
+                # Both peers speak JSON text; a binary message is not ours to guess at.
+                self._violation("binary", "binary messages are not accepted", 1003)  # type: ignore[attr-defined]
+                break
+        if self._messages or self.state != OPEN:
+            self._wake()  # type: ignore[attr-defined]
+
+    # ---- writing
+
+    def _mask(self) -> bytes | None:
+        if not self.client:
+            return None
+        at = self._mask_at
+        if at + 4 > len(self._masks):
+            self._masks, at = os.urandom(1024), 0  # one syscall per 256 frames
+        self._mask_at = at + 4
+        return self._masks[at : at + 4]
+
+    def _write(self, data: bytes) -> None:
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def send(self, message: bytes) -> None:
+        """Send one text message (already-encoded JSON); a no-op once closing."""
+        if self.state == OPEN:
+            self._write(_build(0x1, message, self._mask()))
+
+    def send_frames(self, frames: bytes) -> None:
+        """Write frames already built by the fast path (e.g. ``media_frames``); a no-op once closing."""
+        if self.state == OPEN:
+            self._write(frames)
+
+    def send_many(self, messages: tuple[bytes, ...] | list[bytes]) -> None:
+        """Send text messages in one transport write; a no-op once closing."""
+        if self.state == OPEN:
+            self._write(b"".join([_build(0x1, m, self._mask()) for m in messages]))
+
+    def send_append(self, payload: bytes) -> None:
+        """Send caller audio (base64 μ-law) as ``input_audio_buffer.append``, framed in one go."""
+        if self.state == OPEN:
+            self._write(_build(0x1, _APPEND + payload + b'"}', self._mask()))
+
+
+def _build(opcode: int, payload: bytes, mask: bytes | None) -> bytes:
+    from relay._fastpath_py import build_frame
+
+    return build_frame(opcode, payload, mask)
