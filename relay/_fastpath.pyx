@@ -10,6 +10,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_FromLongLong
 from cpython.unicode cimport PyUnicode_1BYTE_DATA, PyUnicode_DecodeASCII, PyUnicode_GET_LENGTH
+from libc.stdint cimport uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
 import orjson
@@ -469,17 +470,35 @@ cdef inline bint _valid_close_code(int code) noexcept nogil:
 @cython.wraparound(False)
 cdef inline void _mask_copy(unsigned char* out, const unsigned char* src, Py_ssize_t n,
                             const unsigned char* key) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
+    """out = src XOR the 4-byte key, repeated (out may be src): eight bytes at a time."""
+    cdef Py_ssize_t i = 0
+    cdef uint64_t w, k8
+    cdef unsigned char k[8]
+    memcpy(k, key, 4)
+    memcpy(k + 4, key, 4)
+    memcpy(&k8, k, 8)
+    while i + 8 <= n:
+        memcpy(&w, src + i, 8)
+        w ^= k8
+        memcpy(out + i, &w, 8)
+        i += 8
+    while i < n:
         out[i] = src[i] ^ key[i & 3]
+        i += 1
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef int _check_utf8(const unsigned char* p, Py_ssize_t n, str what) except -1:
-    cdef Py_ssize_t i
-    for i in range(n):
-        if p[i] >= 0x80:
+    cdef Py_ssize_t i = 0, j
+    cdef uint64_t w
+    while i + 8 <= n:  # ASCII, the whole of a media message, eight bytes at a time
+        memcpy(&w, p + i, 8)
+        if w & 0x8080808080808080ULL:
+            break
+        i += 8
+    for j in range(i, n):
+        if p[j] >= 0x80:
             try:
                 PyUnicode_DecodeUTF8(<const char*>p, n, NULL)
             except UnicodeDecodeError:
@@ -698,10 +717,9 @@ cdef inline Py_ssize_t _write_text3(unsigned char* o, const char* a, Py_ssize_t 
     memcpy(p, a, na)
     memcpy(p + na, b, nb)
     memcpy(p + na + nb, c, nc)
-    cdef Py_ssize_t i, n = na + nb + nc
+    cdef Py_ssize_t n = na + nb + nc
     if mask != NULL:
-        for i in range(n):
-            p[i] ^= mask[i & 3]
+        _mask_copy(p, p, n, mask)
     return head + n
 
 

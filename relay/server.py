@@ -288,9 +288,7 @@ class HttpProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._relay.connections -= 1
-        if self._ws is not None:
-            self._ws.connection_lost()
+        self._lost()  # (after an upgrade the WebSocket is the transport's protocol and gets this)
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -439,9 +437,15 @@ class HttpProtocol(asyncio.Protocol):
         settings = self._relay.settings
         self._ws = WebSocket(self._transport, max_size=settings.max_message_bytes,
                              max_rate=settings.max_messages_per_second, on_violation=self._relay.note_violation)
+        self._ws.on_lost = self._lost
+        # From here on the transport feeds the WebSocket's compiled read loop directly.
+        self._transport.set_protocol(self._ws)  # type: ignore[arg-type]
         self._relay.start_call(self._ws)
         if rest:
             self._ws.data_received(rest)
+
+    def _lost(self) -> None:
+        self._relay.connections -= 1
 
 
 TOKEN_REFRESH = 15.0  # seconds between reloads of the tenants' auth tokens

@@ -71,6 +71,8 @@ class _ClientHandshake(asyncio.Protocol):
             return
         assert self.transport is not None
         self.connection = UpstreamConnection(self.transport, max_size=self._max_size)
+        # From here on the transport feeds the connection's compiled read loop directly.
+        self.transport.set_protocol(self.connection)  # type: ignore[arg-type]
         if not self.opened.done():
             self.opened.set_result(self.connection)
         if rest:

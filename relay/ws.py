@@ -58,7 +58,7 @@ class Connection(WsCore):
     """
 
     mask_frames = False
-    __slots__ = ("_close_rcvd", "_close_sent", "_closed", "_loop", "_on_violation", "_waiter", "aborted")
+    __slots__ = ("_close_rcvd", "_close_sent", "_closed", "_loop", "_on_violation", "_waiter", "aborted", "on_lost")
 
     def __init__(self, transport: asyncio.Transport, *, max_size: int, max_rate: int = 0,
                  on_violation: Callable[[str], None] | None = None) -> None:
@@ -70,6 +70,7 @@ class Connection(WsCore):
         self.aborted = False  # the closing handshake did not finish in time: TCP was cut
         self._close_sent: Close | None = None
         self._close_rcvd: Close | None = None
+        self.on_lost: Callable[[], None] | None = None  # the transport is gone (after _finish)
 
     @property
     def open(self) -> bool:
@@ -90,11 +91,27 @@ class Connection(WsCore):
             self._on_violation(kind)
         self.fail(reason, code)
 
-    def eof_received(self) -> None:
-        self._finish()
+    # asyncio.Protocol: once open, the transport hands its bytes here itself (``set_protocol``),
+    # so no Python frame stands between the socket and the compiled read loop.
 
-    def connection_lost(self) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        pass  # made before the handshake; the transport is already ours
+
+    def eof_received(self) -> bool | None:
         self._finish()
+        # The server closes TCP after the closing handshake; a client lets the transport close.
+        return None if self.mask_frames else True
+
+    def connection_lost(self, exc: Exception | None = None) -> None:
+        self._finish()
+        if self.on_lost is not None:
+            self.on_lost()
+
+    def pause_writing(self) -> None:
+        pass  # a media stream is written in real time; nothing to hold back
+
+    def resume_writing(self) -> None:
+        pass
 
     def _on_close_frame(self, payload: bytes) -> None:
         self._close_rcvd = parse_close(payload)

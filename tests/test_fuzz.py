@@ -396,6 +396,9 @@ class FakeTransport:
     def is_closing(self) -> bool:
         return self.closed
 
+    def set_protocol(self, protocol: object) -> None:
+        self.protocol = protocol  # after an upgrade; the fuzzer still feeds the HTTP protocol
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("203.0.113.7", 40000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
 
