@@ -6,6 +6,9 @@ same error class, for every input. Everything here is sans-I/O: bytes in, bytes 
 no logging. Import it through ``relay.fastpath``, which says which one it picked.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 IMPLEMENTATION: str
 """``"cython"`` for the compiled module, ``"python"`` for the reference."""
 
@@ -378,3 +381,88 @@ class GapFiller:
         Raises:
             TypeError: not an int. ValueError: negative or over 2**53. Nothing changes.
         """
+
+# ---- Per-frame cores
+# The per-frame halves of a WebSocket connection and of a call (``_wscore.pxi``, ``_media.pxi``;
+# oracles ``_wscore_py``, ``_media_py``). Not sans-I/O like the rest: they write to the
+# transport and sinks they are given, and call hooks their subclasses provide. Both
+# implementations make the same calls and the same writes, in the same order, for every input
+# (``tests/test_media_core.py``). The compiled pair calls each other in C: a routed media
+# message crosses no Python frame between the transport and the other socket.
+
+LEG_TWILIO: int
+"""``WsCore.route`` leg: text messages go to ``MediaCore.twilio_frame``."""
+LEG_BACKEND: int
+"""``WsCore.route`` leg: text messages go to ``MediaCore.backend_frame``."""
+
+class WsCore:
+    """What ``relay.ws.Connection`` does with every read and every write.
+
+    The subclass provides ``_violation(kind, reason, code)`` (close for a peer's error),
+    ``_on_close_frame(payload)`` and ``_wake()`` (something for ``recv``, or not open any more).
+    """
+
+    client: bool
+    """True on the client side: frames sent are masked (keys from ``os.urandom``, 1 KiB at a
+    time), frames read must not be; False: the reverse."""
+    state: str
+    """``"open"`` until the subclass says otherwise; sends are no-ops once not ``"open"``."""
+    on_message: Callable[[bytes], bool] | None
+    """Offered each text message the routed core did not take; True: handled, else queued."""
+
+    def __init__(self, transport: Any, client: bool, max_size: int, max_rate: int,
+                 clock: Callable[[], float]) -> None:
+        """``max_rate``: messages per second allowed from the peer (0: no limit), counted in
+        one-second windows; ``clock`` is read once per read with a routed message, and when a
+        window's count passes the limit."""
+    def route(self, media: MediaCore | None, leg: int = ...) -> None:
+        """Offer every text message to ``media`` first (``LEG_TWILIO`` or ``LEG_BACKEND``), while
+        nothing waits in the queue for ``recv``. ``None``: no message reaches a call any more
+        (``on_message`` is cleared too). Raises TypeError for anything but a ``MediaCore``."""
+    def data_received(self, data: bytes) -> None:
+        """Parse ``data``; each message to the routed core, the hook, or the queue, in order;
+        pings answered; a close frame to ``_on_close_frame``; a binary message (1003), a
+        framing error (1002/1007/1009) or the rate passed (1008) to ``_violation``, and
+        nothing more is read from this call. Then ``_wake`` if anything is queued or not open."""
+    def send(self, message: bytes) -> None:
+        """One text frame."""
+    def send_frames(self, frames: bytes) -> None:
+        """Frames already built, as they are."""
+    def send_many(self, messages: list[bytes] | tuple[bytes, ...]) -> None:
+        """Text frames, in one write."""
+    def send_append(self, payload: bytes) -> None:
+        """``{"type":"input_audio_buffer.append","audio":"<payload>"}`` as one text frame."""
+
+class MediaCore:
+    """What ``relay.conversation.Conversation`` does with every frame (it subclasses this).
+
+    Twilio ``media`` into the gap filler, then framed for the backend (or held, bounded, while
+    the gate is closed); mark echoes to ``mark``; audio deltas into the ring, paced out to
+    Twilio within ``lead_ms`` with a mark every ``mark_frames`` frames and at the end of each
+    answer, one write per pump. The subclass provides ``mark(name, now)``,
+    ``_new_assistant(item_id)``, ``_mark_name(turn)``, ``_maybe_store_assistant(turn)`` and
+    ``_audio_dropped(error)``; the shell sets ``on_wants_clock``.
+    """
+
+    frames_in: int
+    frames_out: int
+    frames_held: int
+    frames_dropped: int
+    frames_filled: int
+    frames_late: int
+    """The per-frame counters (C ints in the compiled core), flushed into ``stats`` on read."""
+
+    def __init__(self, twilio_out: Any, stream_sid: str, stats: Any, *, lead_ms: int, mark_frames: int,
+                 held_frames: int, max_gap_fill_ms: int) -> None: ...
+    @property
+    def stats(self) -> Any:
+        """The call's ``CallStats``, per-frame counters flushed in."""
+    def twilio_frame(self, message: bytes, now: float) -> bool:
+        """A ``media`` or ``mark`` handled (True); False for anything else, or a message the
+        reference parser rejects (the session's pump parses it again and closes the call)."""
+    def caller_audio(self, payload: bytes, timestamp: int, now: float) -> None: ...
+    def backend_frame(self, message: bytes, now: float) -> bool:
+        """An audio delta handled (True: played, or dropped as an interrupted answer's)."""
+    def agent_audio(self, item_id: str, payload: bytes, now: float) -> None: ...
+    def _pump(self, now: float) -> None:
+        """Send every frame due at ``now`` with its marks, in one write."""

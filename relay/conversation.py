@@ -605,3 +605,9 @@ class Conversation(ConversationLogic, MediaCore):
                  "_marks_out", "_response_active", "_say_on_open", "_seq", "_speaking", "_speech_end_at", "_submit",
                  "_users", "agent", "farewell_played", "hangup_requested", "on_hangup", "options", "start",
                  "tenant_id")
+
+
+def with_core(core: type[Any]) -> type[Conversation]:
+    """``Conversation`` joined to another media core: ``relay._media_py.MediaCore``, the twin,
+    is the oracle the compiled core is tested against."""
+    return type("Conversation", (ConversationLogic, core), {"__slots__": Conversation.__slots__})  # type: ignore[return-value]

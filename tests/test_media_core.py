@@ -1,0 +1,255 @@
+"""The compiled per-frame core (``WsCore``, ``MediaCore``) equals its Python twin, call for call.
+
+Each example is one call driven through the whole per-frame stack twice: bytes from Twilio and
+from the backend into each leg's ``WsCore.data_received`` (routed to the conversation, as a
+session routes it), the messages the legs leave to ``recv`` handed to the conversation the way
+the session's pumps hand them, the shared clock's ticks, marks echoed back from what was
+written. Once on the compiled cores, once on the twins (``relay._wscore_py``,
+``relay._media_py``); every byte written to either socket, every record submitted, every
+counter and the state of every answer must be the same. Masking keys come from a patched
+``os.urandom``, so the client frames compare byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import random
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relay import _fastpath_py as ref
+from relay import _media_py, _wscore_py, realtime, twilio
+from relay.conversation import CallOptions, Conversation, with_core
+
+fast = pytest.importorskip("relay._fastpath", reason="compiled hot path not built")
+
+START = twilio.Start(stream_sid="MZ" + "5" * 32, call_sid="CA" + "7" * 32, account_sid="AC" + "1" * 32,
+                     tracks=("inbound",), encoding="audio/x-mulaw", sample_rate=8000, channels=1)
+UPDATED = {"type": "session.updated", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}},
+                                                            "output": {"format": {"type": "audio/pcmu"}}}}}
+ITEMS = ("item_a", "item_b", "it\u00e9m_c")
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def _leg_class(core: type) -> type:
+    class Leg(core):  # type: ignore[misc, valid-type]
+        """The hooks ``relay.ws.Connection`` gives a core, recorded."""
+
+        __slots__ = ("events",)
+
+        def _violation(self, kind: str, reason: str, code: int) -> None:
+            self.events.append(("violation", kind, code))
+            self.state = "closing"
+
+        def _on_close_frame(self, payload: bytes) -> None:
+            self.events.append(("close", payload))
+            self.state = "closing"
+
+        def _wake(self) -> None:
+            self.events.append(("wake",))
+
+    return Leg
+
+
+LEGS = {"compiled": _leg_class(fast.WsCore), "twin": _leg_class(_wscore_py.WsCore)}
+CONVERSATIONS = {"compiled": Conversation, "twin": with_core(_media_py.MediaCore)}
+
+
+class Keys:
+    """A deterministic ``os.urandom`` (masking keys), restarted for each run."""
+
+    def __init__(self) -> None:
+        self.rng = random.Random(7)
+
+    def __call__(self, n: int) -> bytes:
+        return self.rng.randbytes(n)
+
+
+def _drop_wall_clock(value: Any) -> Any:
+    fields = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
+    return type(value).__name__, {k: v for k, v in fields.items() if k not in ("started_at", "ended_at")}
+
+
+def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(os, "urandom", Keys())
+    now = [0.0]
+    records: list[Any] = []
+    twilio_t, backend_t = Transport(), Transport()
+    Leg = LEGS[impl]
+    twilio_leg = Leg(twilio_t, False, 1 << 20, 0, lambda: now[0])
+    backend_leg = Leg(backend_t, True, 1 << 20, 0, lambda: now[0])
+    twilio_leg.events, backend_leg.events = [], []
+    call = CONVERSATIONS[impl](START, realtime.AgentProfile(instructions="x"), twilio_leg, records.append, options)
+    call.attach_backend(backend_leg)
+    twilio_leg.route(call, 0)
+    backend_leg.route(call, 1)
+    outcome: list[Any] = []
+
+    def pump() -> None:
+        # What the session's pumps do with the messages a leg left to ``recv``.
+        for leg, handle in ((twilio_leg, call.twilio_message), (backend_leg, call.backend_message)):
+            while leg._messages:
+                message = leg._messages.popleft()
+                try:
+                    outcome.append(("slow", handle(message, now[0])))
+                except Exception as exc:  # noqa: BLE001 - the class is what we compare
+                    outcome.append(("raise", type(exc).__name__))
+
+    ts = 0
+    for step in steps:
+        kind = step[0]
+        now[0] += step[-1] / 1000
+        if kind == "media":
+            _, jump, size, split, _ = step
+            ts = max(0, ts + jump)
+            payload = base64.b64encode(bytes(range(size % 256)) * (size // 256 + 1))[: 4 * ((size + 2) // 3)]
+            message = b'{"event":"media","sequenceNumber":"3","media":{"track":"inbound","chunk":"2",' \
+                      b'"timestamp":"%d","payload":"%s"},"streamSid":"%s"}' % (ts, payload, START.stream_sid.encode())
+            data = ref.build_frame(ref.OP_TEXT, message, b"k3y!")
+            if split:
+                twilio_leg.data_received(data[:split % len(data)])
+                twilio_leg.data_received(data[split % len(data):])
+            else:
+                twilio_leg.data_received(data)
+        elif kind == "delta":
+            _, item, size, bad, _ = step
+            delta = base64.b64encode(bytes((i * 7) & 0xFF for i in range(size)))
+            if bad and delta:
+                delta = delta[:-1] + b"*"
+            message = orjson.dumps({"type": "response.output_audio.delta", "response_id": "resp_1",
+                                    "item_id": ITEMS[item], "output_index": 0, "content_index": 0,
+                                    "delta": delta.decode()})
+            backend_leg.data_received(ref.build_frame(ref.OP_TEXT, message))
+        elif kind == "event":
+            _, event, item, _ = step
+            payload = dict(event)
+            if "item_id" in payload:
+                payload["item_id"] = ITEMS[item]
+            backend_leg.data_received(ref.build_frame(ref.OP_TEXT, orjson.dumps(payload)))
+        elif kind == "mark":
+            _, pick, _ = step
+            names = [orjson.loads(frame[1])["mark"]["name"] for frame in _frames(twilio_t.writes)
+                     if b'"event":"mark"' in frame[1]]
+            name = names[pick % len(names)] if names else "nothing:0"
+            message = orjson.dumps({"event": "mark", "streamSid": START.stream_sid, "sequenceNumber": "9",
+                                    "mark": {"name": name}})
+            twilio_leg.data_received(ref.build_frame(ref.OP_TEXT, message, b"m4sk"))
+        elif kind == "tick":
+            outcome.append(("tick", call.tick(now[0])))
+        elif kind == "raw":
+            _, leg, data, _ = step
+            (twilio_leg if leg else backend_leg).data_received(data)
+        pump()
+    stats = dataclasses.asdict(call.stats)
+    ring = call._ring
+    answers = [_drop_wall_clock(turn) for turn in call._assistants.values()]
+    return {
+        "twilio writes": twilio_t.writes, "backend writes": backend_t.writes,
+        "twilio events": twilio_leg.events, "backend events": backend_leg.events,
+        "outcome": outcome, "records": [_drop_wall_clock(r) for r in records], "stats": stats,
+        "ring": (ring.buffered, ring.pushed, ring.sent, ring.padded, ring.heard, ring.dropped),
+        "answers": answers, "segments": [(s[0].item_id, s[1]) for s in call._segments],
+        "since mark": call._since_mark, "epoch": call._epoch, "ts0": call._ts0, "t0": call._t0,
+        "held": list(call._held), "gate": call._gate_open,
+    }
+
+
+def _frames(writes: list[bytes]) -> list[tuple[int, bytes]]:
+    reader = ref.FrameReader(False, 1 << 20)
+    reader.feed(b"".join(writes))
+    out = []
+    while (frame := reader.read()) is not None:
+        out.append(frame)
+    return out
+
+
+EVENTS = [
+    UPDATED,
+    {"type": "response.created", "response": {"id": "resp_1"}},
+    {"type": "input_audio_buffer.speech_started", "audio_start_ms": 100, "item_id": "x"},
+    {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 900, "item_id": "x"},
+    {"type": "input_audio_buffer.committed", "item_id": "user_1"},
+    {"type": "response.output_item.added", "item": {"type": "message", "role": "assistant", "id": "item_a"}},
+    {"type": "response.output_audio.done", "item_id": "x"},
+    {"type": "response.output_audio_transcript.done", "item_id": "x", "transcript": "one two three four"},
+    {"type": "response.done", "response": {"id": "resp_1", "status": "completed", "output": []}},
+    {"type": "response.done", "response": {"id": "resp_1", "status": "completed",
+                                           "output": [{"type": "message", "id": "item_a"}]}},
+    {"type": "response.done", "response": {"id": "resp_2", "status": "cancelled",
+                                           "output": [{"type": "message", "id": "item_b"}]}},
+]
+
+ms = st.integers(0, 45)
+steps = st.lists(st.one_of(
+    st.tuples(st.just("media"), st.sampled_from([20, 20, 20, 20, 0, -20, 40, 60, 1500, 7]),
+              st.sampled_from([160, 160, 80, 0, 161]), st.sampled_from([0, 0, 0, 1, 7, 100, 300]), ms),
+    st.tuples(st.just("delta"), st.integers(0, 2), st.sampled_from([160, 160, 320, 800, 80, 1, 0, 4000]),
+              st.sampled_from([False, False, False, True]), ms),
+    st.tuples(st.just("event"), st.sampled_from(EVENTS), st.integers(0, 2), ms),
+    st.tuples(st.just("mark"), st.integers(0, 1000), ms),
+    st.tuples(st.just("tick"), st.sampled_from([0, 20, 20, 40])),
+    st.tuples(st.just("raw"), st.booleans(), st.binary(max_size=40), ms),
+), max_size=80)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(steps=steps, lead=st.sampled_from([60, 100, 200]), mark_frames=st.sampled_from([1, 5, 10]))
+def test_compiled_core_equals_its_twin(steps: list[tuple[Any, ...]], lead: int, mark_frames: int,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    options = CallOptions(lead_ms=lead, mark_frames=mark_frames, presession_buffer_ms=200, max_gap_fill_ms=200)
+    compiled = run("compiled", steps, options, monkeypatch)
+    twin = run("twin", steps, options, monkeypatch)
+    for key in twin:
+        assert compiled[key] == twin[key], key
+
+
+def test_a_plain_call_is_exercised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scripted path the property explores from: audio both ways, marks, an answer stored."""
+    script: list[tuple[Any, ...]] = [("event", UPDATED, 0, 0), ("event", EVENTS[1], 0, 0)]
+    for i in range(30):
+        script += [("media", 20, 160, 0, 20), ("delta", 0, 160, False, 0)]
+        if i % 5 == 4:
+            script.append(("mark", -1, 1))
+    script += [("event", {"type": "response.output_audio.done", "item_id": "x"}, 0, 0),
+               ("event", {"type": "response.output_audio_transcript.done", "item_id": "x", "transcript": "hi"}, 0, 0),
+               ("event", EVENTS[-2], 0, 0), ("tick", 20), ("mark", -1, 5)]
+    options = CallOptions()
+    compiled = run("compiled", script, options, monkeypatch)
+    twin = run("twin", script, options, monkeypatch)
+    assert compiled == twin
+    assert compiled["stats"]["frames_in"] == 30 and compiled["stats"]["frames_out"] == 30
+    assert len(compiled["backend writes"]) > 30  # session.update, then one append per frame
+    assert any(r[0] == "TurnRecord" and r[1]["role"] == "assistant" for r in compiled["records"])
+    assert not compiled["outcome"] or all(o[0] != "raise" for o in compiled["outcome"])
+
+
+def test_deltas_after_a_barge_in_are_dropped_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Late deltas of an interrupted answer take the fast path's shortcut; it must drop them too."""
+    script: list[tuple[Any, ...]] = [("event", UPDATED, 0, 0), ("event", EVENTS[1], 0, 0)]
+    script += [("delta", 0, 800, False, 5) for _ in range(6)]
+    script += [("tick", 20), ("event", EVENTS[2], 0, 3)]
+    script += [("delta", 0, 800, False, 5) for _ in range(4)] + [("tick", 20), ("tick", 20)]
+    compiled = run("compiled", script, CallOptions(), monkeypatch)
+    twin = run("twin", script, CallOptions(), monkeypatch)
+    assert compiled == twin
+    answer = compiled["answers"][0][1]
+    assert answer["interrupted"] and answer["produced"] == 6 * 800  # nothing pushed after the cut
+    assert compiled["ring"][0] == 0
