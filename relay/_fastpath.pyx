@@ -39,7 +39,7 @@ cdef enum Kind:
 
 cdef enum Mode:
     SKIP = 0   # no wanted keys: just validate
-    MEDIA = 1  # Twilio: event, media{payload, timestamp}
+    MEDIA = 1  # Twilio: event, media{payload, timestamp}, mark{name}
     DELTA = 2  # Realtime: type, item_id, delta
 
 cdef struct Field:
@@ -159,11 +159,15 @@ cdef inline int _slot(int mode, int level, cbuf k, Py_ssize_t n) noexcept nogil:
                 return 0
             if _is(k, n, b"media", 5):
                 return 1
+            if _is(k, n, b"mark", 4):
+                return 4
         elif level == 2:
             if _is(k, n, b"payload", 7):
                 return 2
             if _is(k, n, b"timestamp", 9):
                 return 3
+        elif level == 3 and _is(k, n, b"name", 4):  # in the mark object
+            return 5
     elif mode == DELTA and level == 1:
         if _is(k, n, b"type", 4):
             return 0
@@ -260,6 +264,9 @@ cdef Py_ssize_t _object(cbuf p, Py_ssize_t i, Py_ssize_t n, int mode, int level,
         elif p[i] == 123 and mode == MEDIA and level == 1 and slot == 1:  # the media object
             f[slot].kind = OBJECT
             i = _object(p, i + 1, n, MEDIA, 2, f, depth + 1)
+        elif p[i] == 123 and mode == MEDIA and level == 1 and slot == 4:  # a mark echo's mark object
+            f[slot].kind = OBJECT
+            i = _object(p, i + 1, n, MEDIA, 3, f, depth + 1)
         else:
             f[slot].kind = OTHER
             i = _value(p, i, n, depth + 1)
@@ -321,7 +328,7 @@ def b64_decoded_len(data):
 
 
 def parse_media(message):
-    cdef Field f[4]
+    cdef Field f[6]
     cdef cbuf p
     cdef Py_ssize_t i, tn
     cdef long long ts = 0

@@ -93,25 +93,31 @@ cdef class MediaCore:
         return self._twilio_frame(message, now)
 
     cdef bint _twilio_frame(self, object message, double now) except -1:
-        cdef Field f[4]
+        cdef Field f[6]
         cdef cbuf p
         cdef Py_ssize_t i, tn
         cdef long long ts = 0
         if type(message) is bytes:
             p = <cbuf>PyBytes_AS_STRING(message)
             memset(f, 0, sizeof(f))
-            if (_scan(p, PyBytes_GET_SIZE(message), MEDIA, f) and f[0].kind == STRING
-                    and _is(p + f[0].start, f[0].end - f[0].start, b"media", 5)):
-                tn = f[3].end - f[3].start
-                if (f[1].kind == OBJECT and f[2].kind == STRING and f[2].b64 and f[3].kind == STRING
-                        and 1 <= tn <= 15):
-                    for i in range(f[3].start, f[3].end):
-                        if not _DIGIT[p[i]]:
-                            break
-                        ts = ts * 10 + (p[i] - 48)
-                    else:
-                        self._caller_audio(p + f[2].start, f[2].end - f[2].start, None, ts, now)
-                        return True
+            if _scan(p, PyBytes_GET_SIZE(message), MEDIA, f) and f[0].kind == STRING:
+                if _is(p + f[0].start, f[0].end - f[0].start, b"media", 5):
+                    tn = f[3].end - f[3].start
+                    if (f[1].kind == OBJECT and f[2].kind == STRING and f[2].b64 and f[3].kind == STRING
+                            and 1 <= tn <= 15):
+                        for i in range(f[3].start, f[3].end):
+                            if not _DIGIT[p[i]]:
+                                break
+                            ts = ts * 10 + (p[i] - 48)
+                        else:
+                            self._caller_audio(p + f[2].start, f[2].end - f[2].start, None, ts, now)
+                            return True
+                elif (_is(p + f[0].start, f[0].end - f[0].start, b"mark", 4) and f[4].kind == OBJECT
+                        and f[5].kind == STRING):
+                    # A mark echo, read in the same pass: what twilio.parse_event returns for it.
+                    self.mark(PyUnicode_DecodeASCII(<const char*>p + f[5].start, f[5].end - f[5].start, NULL),
+                              now)
+                    return True
         twilio = _twilio()
         try:
             media = parse_media(message)

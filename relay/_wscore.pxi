@@ -29,9 +29,13 @@ cdef class WsCore:
     cdef public object on_message
     cdef MediaCore _media
     cdef int _leg
+    cdef object _transport_write       # the transport's bound methods, looked up once
+    cdef object _transport_is_closing
 
     def __init__(self, transport, client, max_size, max_rate, clock):
         self._transport = transport
+        self._transport_write = transport.write
+        self._transport_is_closing = transport.is_closing
         self.client = bool(client)
         self._reader = FrameReader(not self.client, max_size)
         self._max_rate = max_rate
@@ -123,8 +127,8 @@ cdef class WsCore:
         return self._next_mask()
 
     cdef int _write_c(self, bytes data) except -1:
-        if not self._transport.is_closing():
-            self._transport.write(data)
+        if not self._transport_is_closing():
+            self._transport_write(data)
         return 0
 
     def _write(self, data):

@@ -391,7 +391,7 @@ class ConversationLogic:
         turn.marked = turn.out
         name = f"{turn.item_id}:{turn.out}"
         self._marks_out[name] = (turn, turn.out)
-        self.stats.marks_out += 1
+        self._stats.marks_out += 1  # (not through ``stats``, which flushes every counter)
         return name
 
     def _backend_event(self, event: dict[str, Any], now: float) -> None:
