@@ -22,7 +22,15 @@ from relay.errors import ConfigError
 log = logging.getLogger("relay")
 
 
+# How long another thread may run Python before the event loop gets the GIL back. CPython's
+# default, 5 ms, is a quarter of a frame: whenever a helper thread (the embedded store's
+# writer, a to_thread lookup) runs Python while the loop waits in epoll, the loop's next read
+# could wait that long before it may run, and every call's next frame with it.
+SWITCH_INTERVAL_S = 0.0005
+
+
 async def serve(settings: Settings) -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     from relay.server import Relay, RelayServer
     from relay.store import SQLiteStore, Store
     from relay.admission import Admission

@@ -224,6 +224,41 @@ CREATE TABLE IF NOT EXISTS call_turns (
 
 _TURN_COLUMNS = [f.name for f in fields(TurnRecord)]
 
+_INSERT_TURN = (f"INSERT INTO call_turns ({', '.join(_TURN_COLUMNS)}) "
+                f"VALUES ({', '.join(':' + c for c in _TURN_COLUMNS)}) ON CONFLICT (call_sid, seq) DO NOTHING")
+_INSERT_CALL = ("INSERT INTO calls (call_sid, tenant_id, stream_sid, account_sid, from_number, to_number, started_at) "
+                "VALUES (:call_sid, :tenant_id, :stream_sid, :account_sid, :from_number, :to_number, :started_at) "
+                "ON CONFLICT (call_sid) DO NOTHING")
+_END_CALL = ("UPDATE calls SET ended_at = :ended_at, end_reason = :end_reason, frames_in = :frames_in, "
+             "frames_out = :frames_out, turns = :turns, v2v_p50_ms = :v2v_p50_ms, v2v_max_ms = :v2v_max_ms "
+             "WHERE call_sid = :call_sid")
+# Usage as Postgres computes it: inbound is Twilio's 20 ms frames, outbound the audio of the
+# answers stored before the end.
+_USAGE = ("INSERT INTO usage (call_sid, tenant_id, audio_in_seconds, audio_out_seconds) "
+          "SELECT call_sid, tenant_id, coalesce(frames_in, 0) * 0.020, "
+          "coalesce((SELECT sum(audio_ms) FROM call_turns t WHERE t.call_sid = calls.call_sid "
+          "AND t.role = 'assistant'), 0) / 1000.0 FROM calls WHERE call_sid = :call_sid "
+          "ON CONFLICT (call_sid) DO UPDATE SET audio_in_seconds = excluded.audio_in_seconds, "
+          "audio_out_seconds = excluded.audio_out_seconds")
+
+
+def _fields(record: Record) -> dict[str, object]:
+    return {f.name: getattr(record, f.name) for f in fields(record)}  # flat: no asdict deep copy
+
+
+def _statements(batch: list[Record]) -> list[tuple[str, dict[str, object]]]:
+    """The SQLite statements that write ``batch``, in order."""
+    out: list[tuple[str, dict[str, object]]] = []
+    for record in batch:
+        if isinstance(record, TurnRecord):
+            out.append((_INSERT_TURN, _fields(record)))
+        elif isinstance(record, CallRecord):
+            out.append((_INSERT_CALL, _fields(record)))
+        else:
+            out.append((_END_CALL, _fields(record)))
+            out.append((_USAGE, {"call_sid": record.call_sid}))
+    return out
+
 
 class SQLiteStore(Store):
     """The embedded default: one SQLite file, written from a worker thread."""
@@ -258,46 +293,17 @@ class SQLiteStore(Store):
             await asyncio.to_thread(db.close)
 
     async def _write_batch(self, batch: list[Record]) -> None:
-        await asyncio.to_thread(self._write_sync, batch)
+        # The statements are built here, on the loop; the thread only runs them. Python code in
+        # the thread would hold the GIL while the loop waits to run a frame (the convoy: up to
+        # the switch interval per wake-up), so it does nothing the C library cannot.
+        await asyncio.to_thread(self._execute, _statements(batch))
 
-    def _write_sync(self, batch: list[Record]) -> None:
+    def _execute(self, statements: list[tuple[str, dict[str, object]]]) -> None:
         assert self._db is not None
         with self._db:  # one transaction per batch
             self._db.execute("BEGIN")
-            for record in batch:
-                if isinstance(record, TurnRecord):
-                    row = asdict(record)
-                    self._db.execute(
-                        f"INSERT INTO call_turns ({', '.join(_TURN_COLUMNS)}) "
-                        f"VALUES ({', '.join(':' + c for c in _TURN_COLUMNS)}) "
-                        "ON CONFLICT (call_sid, seq) DO NOTHING",
-                        row,
-                    )
-                elif isinstance(record, CallRecord):
-                    self._db.execute(
-                        "INSERT INTO calls (call_sid, tenant_id, stream_sid, account_sid, from_number, to_number, started_at) "
-                        "VALUES (:call_sid, :tenant_id, :stream_sid, :account_sid, :from_number, :to_number, :started_at) "
-                        "ON CONFLICT (call_sid) DO NOTHING",
-                        asdict(record),
-                    )
-                else:
-                    self._db.execute(
-                        "UPDATE calls SET ended_at = :ended_at, end_reason = :end_reason, frames_in = :frames_in, "
-                        "frames_out = :frames_out, turns = :turns, v2v_p50_ms = :v2v_p50_ms, v2v_max_ms = :v2v_max_ms "
-                        "WHERE call_sid = :call_sid",
-                        asdict(record),
-                    )
-                    # Usage as Postgres computes it: inbound is Twilio's 20 ms frames, outbound
-                    # the audio of the answers stored before the end.
-                    self._db.execute(
-                        "INSERT INTO usage (call_sid, tenant_id, audio_in_seconds, audio_out_seconds) "
-                        "SELECT call_sid, tenant_id, coalesce(frames_in, 0) * 0.020, "
-                        "coalesce((SELECT sum(audio_ms) FROM call_turns t WHERE t.call_sid = calls.call_sid "
-                        "AND t.role = 'assistant'), 0) / 1000.0 FROM calls WHERE call_sid = :call_sid "
-                        "ON CONFLICT (call_sid) DO UPDATE SET audio_in_seconds = excluded.audio_in_seconds, "
-                        "audio_out_seconds = excluded.audio_out_seconds",
-                        {"call_sid": record.call_sid},
-                    )
+            for sql, params in statements:
+                self._db.execute(sql, params)
 
     async def turns(self, call_sid: str) -> list[TurnRecord]:
         def query() -> list[TurnRecord]:
