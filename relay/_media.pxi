@@ -49,6 +49,7 @@ cdef class MediaCore:
     cdef public dict _assistants
     cdef public dict _unstored
     cdef public set _dropped_items
+    cdef public object _keys_due  # when the keys collected so far are sent (the subclass's)
     cdef object _fast_turn   # the answer the last delta went to, and its item id as bytes:
     cdef bytes _fast_item    # the next delta of the same item skips the lookups
 
@@ -76,6 +77,7 @@ cdef class MediaCore:
         self._assistants = {}
         self._unstored = {}
         self._dropped_items = set()
+        self._keys_due = None
         self._fast_turn = None
         self._fast_item = None
 
@@ -240,6 +242,13 @@ cdef class MediaCore:
         if self._ring._len:
             self.on_wants_clock()
         return 0
+
+    def tick(self, double now):
+        """The shared clock's 20 ms tick: release due frames, send due keys. False: no more ticks wanted."""
+        if self._keys_due is not None and now >= <double>self._keys_due:
+            self._send_keys(now)
+        self._pump_c(now)
+        return self._ring._len > 0 or self._keys_due is not None
 
     def _pump(self, now):
         self._pump_c(now)

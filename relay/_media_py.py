@@ -38,7 +38,7 @@ def _frame(payload: bytes) -> bytes:
 
 class MediaCore:
     __slots__ = ("_assistants", "_backend", "_current", "_dropped_items", "_epoch", "_gaps", "_gate_open", "_held",
-                 "_lead_ms", "_mark_frames", "_ring", "_segments", "_since_mark", "_stats", "_t0", "_ts0", "_twilio",
+                 "_keys_due", "_lead_ms", "_mark_frames", "_ring", "_segments", "_since_mark", "_stats", "_t0", "_ts0", "_twilio",
                  "_unstored", "_writer", "frames_dropped", "frames_filled", "frames_held", "frames_in",
                  "frames_late", "frames_out", "on_wants_clock")
 
@@ -70,6 +70,7 @@ class MediaCore:
         self._assistants: dict[str, Any] = {}
         self._unstored: dict[str, Any] = {}  # answers not stored yet (a few at most)
         self._dropped_items: set[str] = set()
+        self._keys_due: float | None = None  # when the keys collected so far are sent (the subclass's)
 
     @property
     def stats(self) -> Any:
@@ -160,6 +161,13 @@ class MediaCore:
         self._pump(now)
         if self._ring.buffered:
             self.on_wants_clock()
+
+    def tick(self, now: float) -> bool:
+        """The shared clock's 20 ms tick: release due frames, send due keys. False: no more ticks wanted."""
+        if self._keys_due is not None and now >= self._keys_due:
+            self._send_keys(now)  # type: ignore[attr-defined]
+        self._pump(now)
+        return bool(self._ring.buffered) or self._keys_due is not None
 
     def _pump(self, now: float) -> None:
         """Send every frame due now, with its marks, in one write."""

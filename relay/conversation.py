@@ -186,7 +186,7 @@ class ConversationLogic:
         self._users: dict[str, UserTurn] = {}
         self._speech_end_at: float | None = None
         self._keys = ""
-        self._keys_due: float | None = None
+        self._keys_due = None  # (on the core: its tick reads it) when collected keys are sent
         self._dtmf_count = 0
         self.hangup_requested = False
         self.farewell_played = False
@@ -366,13 +366,6 @@ class ConversationLogic:
             log.warning("call %s: bad event from backend: %s", self.call_sid, exc)
             return
         self._backend_event(event, now)
-
-    def tick(self, now: float) -> bool:
-        """The shared clock's 20 ms tick: release due frames, send due keys. False: no more ticks wanted."""
-        if self._keys_due is not None and now >= self._keys_due:
-            self._send_keys(now)
-        self._pump(now)
-        return bool(self._ring.buffered) or self._keys_due is not None
 
     def _audio_dropped(self, exc: ProtocolError) -> None:
         self.stats.backend_errors += 1
@@ -601,7 +594,7 @@ class Conversation(ConversationLogic, MediaCore):
     """The protocol state of one bridged call (``start`` received and verified)."""
 
     # Slots: no instance dict to search (the media core's own state is its C fields).
-    __slots__ = ("_awaiting_answer", "_backlog", "_dtmf_count", "_greeted", "_keys", "_keys_due", "_marks_cleared",
+    __slots__ = ("_awaiting_answer", "_backlog", "_dtmf_count", "_greeted", "_keys", "_marks_cleared",
                  "_marks_out", "_response_active", "_say_on_open", "_seq", "_speaking", "_speech_end_at", "_submit",
                  "_users", "agent", "farewell_played", "hangup_requested", "on_hangup", "options", "start",
                  "tenant_id")

@@ -151,6 +151,11 @@ def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypat
             message = orjson.dumps({"event": "mark", "streamSid": START.stream_sid, "sequenceNumber": "9",
                                     "mark": {"name": name}})
             twilio_leg.data_received(ref.build_frame(ref.OP_TEXT, message, b"m4sk"))
+        elif kind == "dtmf":
+            _, digit, _ = step
+            message = orjson.dumps({"event": "dtmf", "streamSid": START.stream_sid, "sequenceNumber": "5",
+                                    "dtmf": {"track": "inbound_track", "digit": digit}})
+            twilio_leg.data_received(ref.build_frame(ref.OP_TEXT, message, b"dtmf"))
         elif kind == "tick":
             outcome.append(("tick", call.tick(now[0])))
         elif kind == "raw":
@@ -204,7 +209,8 @@ steps = st.lists(st.one_of(
               st.sampled_from([False, False, False, True]), ms),
     st.tuples(st.just("event"), st.sampled_from(EVENTS), st.integers(0, 2), ms),
     st.tuples(st.just("mark"), st.integers(0, 1000), ms),
-    st.tuples(st.just("tick"), st.sampled_from([0, 20, 20, 40])),
+    st.tuples(st.just("tick"), st.sampled_from([0, 20, 20, 40, 1600])),
+    st.tuples(st.just("dtmf"), st.sampled_from(["1", "5", "#"]), ms),
     st.tuples(st.just("raw"), st.booleans(), st.binary(max_size=40), ms),
 ), max_size=80)
 
