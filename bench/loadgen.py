@@ -40,6 +40,9 @@ MAX_VIOLATIONS = 50
 AUTH_TOKEN = "bench-auth-token"  # relays under test get it as TWILIO_AUTH_TOKEN
 
 
+FIRST_FRAME_WAIT_S = 3.0  # how long a new call waits for its first frame back before it streams
+
+
 @dataclass(frozen=True)
 class Target:
     """Where the calls go: a media-stream URL, reached through a voice webhook if given."""
@@ -106,6 +109,7 @@ class LoadCall(ClientEndpoint):
         self._play_end = 0  # when what the caller has been sent so far finishes playing
         self._marks: list[tuple[int, bytes]] = []  # (due, name) in play order
         self.stopped = False
+        self.first_back: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def _next_sequence(self) -> int:
         self._sequence += 1
@@ -193,6 +197,8 @@ class LoadCall(ClientEndpoint):
             else:
                 self.back[k] = now
                 counters.frames_in += 1
+                if k == 0 and not self.first_back.done():
+                    self.first_back.set_result(None)
         elif event == "mark":
             self._marks.append((self._play_end, orjson.dumps(message["mark"]["name"])))
         elif event == "clear":
@@ -275,6 +281,17 @@ class LoadRun:
         assert isinstance(call, LoadCall)
         self.calls.append(call)
         call.begin(parameters)
+        # The first frame goes alone, and the call joins the clock once it is back (or after
+        # FIRST_FRAME_WAIT_S). A relay that holds the caller's audio until its backend session
+        # is ready, so that the model hears the first words, hands the echo a burst at that
+        # moment; the echo answers every frame in real time and never pauses, so that burst
+        # would stay in the relay's paced playout as a standing backlog for the whole call,
+        # counted against every later frame. Setup time is not per-frame cost.
+        call.tick(time.perf_counter_ns())
+        try:
+            await asyncio.wait_for(asyncio.shield(call.first_back), FIRST_FRAME_WAIT_S)
+        except TimeoutError:
+            pass  # a relay that drops early audio: the stream starts anyway
         self.clock.add(call)
 
     async def _webhook(self, index: int) -> tuple[str, dict[str, str]]:
