@@ -259,3 +259,15 @@ def test_deltas_after_a_barge_in_are_dropped_alike(monkeypatch: pytest.MonkeyPat
     answer = compiled["answers"][0][1]
     assert answer["interrupted"] and answer["produced"] == 6 * 800  # nothing pushed after the cut
     assert compiled["ring"][0] == 0
+
+
+@pytest.mark.parametrize("name", ["WsCore", "MediaCore"])
+def test_both_cores_expose_the_same_surface(name: str) -> None:
+    """What a subclass or a caller can reach on the compiled core, the twin has too (the twin
+    shows its private state as slots besides; the compiled core keeps it in C)."""
+    twin = {"WsCore": _wscore_py.WsCore, "MediaCore": _media_py.MediaCore}[name]
+    compiled_names = {n for n in dir(getattr(fast, name)) if not n.startswith("__")}
+    twin_names = {n for n in dir(twin) if not n.startswith("__")}
+    assert compiled_names <= twin_names
+    assert {n for n in compiled_names if not n.startswith("_")} == {n for n in twin_names if not n.startswith("_")}
+    assert getattr(fast, "LEG_TWILIO") == _wscore_py.LEG_TWILIO and fast.LEG_BACKEND == _wscore_py.LEG_BACKEND
