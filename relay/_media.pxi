@@ -157,9 +157,6 @@ cdef class MediaCore:
                            ts - lost * MC_FRAME_MS)
         return self._upstream(p, n, payload, ts)
 
-    def _upstream_audio(self, payload, timestamp):
-        self._upstream(<cbuf>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), payload, timestamp)
-
     cdef int _upstream(self, cbuf p, Py_ssize_t n, object payload, long long ts) except -1:
         backend = self._backend
         if self._gate_open:

@@ -132,16 +132,14 @@ cdef class WsCore:
         return 0
 
     def _write(self, data):
-        if not self._transport.is_closing():
-            self._transport.write(data)
+        self._write_c(data)
 
     def send(self, message):
         if self.state == _WS_OPEN:
             self._write(build_frame(0x1, message, self._next_mask()))
 
     def send_frames(self, frames):
-        if self.state == _WS_OPEN:
-            self._write(frames)
+        self._send_frames_c(frames)
 
     cdef int _send_frames_c(self, bytes frames) except -1:
         if self.state == _WS_OPEN:

@@ -185,8 +185,7 @@ class ConversationLogic:
         self._seq = 0
         self._users: dict[str, UserTurn] = {}
         self._speech_end_at: float | None = None
-        self._keys = ""
-        self._keys_due = None  # (on the core: its tick reads it) when collected keys are sent
+        self._keys = ""  # collected, to be sent at the core's ``_keys_due`` (its tick reads it)
         self._dtmf_count = 0
         self.hangup_requested = False
         self.farewell_played = False
