@@ -58,7 +58,8 @@ class Connection(WsCore):
     """
 
     mask_frames = False
-    __slots__ = ("_close_rcvd", "_close_sent", "_closed", "_loop", "_on_violation", "_waiter", "aborted", "on_lost")
+    __slots__ = ("_close_rcvd", "_close_sent", "_closed", "_loop", "_on_violation", "_rcvd_then_sent", "_waiter",
+                 "aborted", "on_lost")
 
     def __init__(self, transport: asyncio.Transport, *, max_size: int, max_rate: int = 0,
                  on_violation: Callable[[str], None] | None = None) -> None:
@@ -70,6 +71,7 @@ class Connection(WsCore):
         self.aborted = False  # the closing handshake did not finish in time: TCP was cut
         self._close_sent: Close | None = None
         self._close_rcvd: Close | None = None
+        self._rcvd_then_sent: bool | None = None  # which close frame came first, once both did
         self.on_lost: Callable[[], None] | None = None  # the transport is gone (after _finish)
 
     @property
@@ -115,6 +117,7 @@ class Connection(WsCore):
 
     def _on_close_frame(self, payload: bytes) -> None:
         self._close_rcvd = parse_close(payload)
+        self._rcvd_then_sent = self.state == OPEN  # the peer closed first (we echo below)
         if self.state == OPEN:
             code = self._close_rcvd.code
             # Echo the peer's code (RFC 6455 §5.5.1); 1005 means "none" and is never sent.
@@ -154,7 +157,8 @@ class Connection(WsCore):
         """
         while not self._messages:
             if self.state != OPEN:
-                raise ConnectionClosed(self._close_rcvd, self._close_sent)
+                both = self._close_rcvd is not None and self._close_sent is not None
+                raise ConnectionClosed(self._close_rcvd, self._close_sent, self._rcvd_then_sent if both else None)
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
