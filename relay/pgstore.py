@@ -196,7 +196,7 @@ _start_row = attrgetter(*_START_COLUMNS)
 _end_row = attrgetter(*_END_COLUMNS)
 _turn_row = attrgetter(*_TURN_COLUMNS)
 
-# Postgres rejecting the data itself: retrying cannot help, so such a record is dropped (logged).
+# Postgres rejecting the data itself: retrying cannot help, so such a record is dead-lettered.
 # Any other failure (unreachable, timeout, missing schema, privileges) is kept and retried.
 _REJECTED = (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
 # What "the database is not there right now" looks like while opening the store.
@@ -213,12 +213,6 @@ _UNREACHABLE = (
 _FIRST_RETRY_S = 0.2
 
 
-def _describe(record: Record) -> str:
-    """A record's identity for logs (never its text)."""
-    seq = f" seq {record.seq}" if isinstance(record, TurnRecord) else ""
-    return f"{type(record).__name__} {record.call_sid}{seq}"
-
-
 class PostgresStore(Store):
     """Calls and turns in Postgres; batches Postgres cannot take wait in a local spool.
 
@@ -229,6 +223,7 @@ class PostgresStore(Store):
     Args:
         dsn: a ``postgresql://`` URL; its password never appears in ``location``, logs or reprs.
         spool_path: the spool file; one process at a time may hold it.
+        dead_letter_path: where records Postgres refuses for good go (default: beside the spool).
         pool_size: at most this many connections (the writer, the replay, reads).
         connect_timeout: seconds to establish a connection before the batch is spooled.
         command_timeout: seconds for one statement before the batch is spooled.
@@ -242,6 +237,7 @@ class PostgresStore(Store):
         dsn: str,
         *,
         spool_path: str | Path,
+        dead_letter_path: str | Path | None = None,
         queue_size: int = 10000,
         batch_size: int = 256,
         pool_size: int = 4,
@@ -249,7 +245,8 @@ class PostgresStore(Store):
         command_timeout: float = 10.0,
         max_backoff: float = 5.0,
     ) -> None:
-        super().__init__(queue_size=queue_size, batch_size=batch_size)
+        super().__init__(queue_size=queue_size, batch_size=batch_size,
+                         dead_letter_path=dead_letter_path or f"{spool_path}.dead-letter.jsonl")
         self._dsn = dsn
         self._secrets = _secrets(dsn)
         self._pool_size = pool_size
@@ -441,7 +438,7 @@ class PostgresStore(Store):
             self._replayed = end
 
     async def _store(self, batch: Sequence[Record]) -> None:
-        """Write ``batch``; a record Postgres rejects as invalid is logged and dropped alone.
+        """Write ``batch``; a record Postgres rejects as invalid is dead-lettered alone.
 
         Raises any other failure: the caller keeps the batch and retries, since waiting fixes
         an outage and never fixes bad data.
@@ -450,7 +447,7 @@ class PostgresStore(Store):
             await self._write(batch)
         except _REJECTED as exc:
             if len(batch) == 1:
-                log.error("postgres rejected %s (%s); dropping it", _describe(batch[0]), self._brief(exc))
+                await self.dead_letter(batch, self._brief(exc))
                 return
             for record in batch:  # keep every good record of the batch
                 await self._store([record])
@@ -478,6 +475,10 @@ class PostgresStore(Store):
         async with as_writer(self._require_pool()) as conn:
             rows = await conn.fetch(f"{_SELECT_CALLS} ORDER BY started_at DESC LIMIT $1", limit)
         return [dict(row) for row in rows]
+
+    async def end_reason(self, call_sid: str) -> str | None:
+        async with as_writer(self._require_pool()) as conn:
+            return await conn.fetchval("SELECT end_reason FROM calls WHERE call_sid = $1", call_sid)
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None:

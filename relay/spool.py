@@ -32,36 +32,28 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 from relay.errors import SpoolError
-from relay.store import CallEnd, CallRecord, Record, TurnRecord
+from relay.store import Record, record_from_dict, record_to_dict
 
 log = logging.getLogger("relay.spool")
 
 _HEADER = struct.Struct(">II")
 # A frame longer than this is a corrupt length field, not a record: records are a few KiB.
 MAX_PAYLOAD = 16 * 1024 * 1024
-_TYPES: dict[str, type[CallRecord] | type[CallEnd] | type[TurnRecord]] = {
-    "call": CallRecord,
-    "end": CallEnd,
-    "turn": TurnRecord,
-}
-_TAGS = {cls: tag for tag, cls in _TYPES.items()}
 
 
 def encode(record: Record) -> bytes:
     """One framed record: header and JSON payload."""
-    payload = json.dumps({"type": _TAGS[type(record)], **asdict(record)}, separators=(",", ":")).encode()
+    payload = json.dumps(record_to_dict(record), separators=(",", ":")).encode()
     length = len(payload).to_bytes(4, "big")
     return _HEADER.pack(len(payload), zlib.crc32(payload, zlib.crc32(length))) + payload
 
 
 def decode(payload: bytes) -> Record:
     """The record in a frame's payload (already checked against its CRC)."""
-    data = json.loads(payload)
-    return _TYPES[data.pop("type")](**data)
+    return record_from_dict(json.loads(payload))
 
 
 class Spool:

@@ -4,18 +4,30 @@ Sessions hand records to ``Store.submit`` (no await, no I/O); one writer task pe
 the queue in batches. Rows are idempotent on ``(call_sid, seq)`` for turns and on ``call_sid``
 for calls, so a replayed batch never duplicates anything. The embedded default is a SQLite
 file (stdlib, nothing to install); the Postgres store implements the same interface.
+
+Nothing submitted is dropped. A batch the database cannot take *now* (a locked, read-only or
+full SQLite file; Postgres unreachable) waits and is retried (Postgres: in its spool); a
+record the database refuses *for good* (a constraint) goes to the dead-letter file, one JSON
+line with the reason, and is counted (``dead_letters``). The one way to lose a record is a
+process killed while it still waits in memory (the queue, or an embedded store's retry).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import logging
+import os
 import sqlite3
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 log = logging.getLogger("relay.store")
+
+RETRY_BACKOFF = (0.1, 5.0)  # first and longest wait between attempts at a batch, seconds
 
 DEFAULT_TENANT = "default"
 
@@ -73,17 +85,60 @@ class TurnRecord:
 
 Record = CallRecord | CallEnd | TurnRecord
 
+_TYPES: dict[str, type[CallRecord] | type[CallEnd] | type[TurnRecord]] = {
+    "call": CallRecord,
+    "end": CallEnd,
+    "turn": TurnRecord,
+}
+_TAGS = {cls: tag for tag, cls in _TYPES.items()}
+
+
+def record_to_dict(record: Record) -> dict[str, object]:
+    """A record as plain JSON-able values, tagged with its kind (the spool's and dead letters' form)."""
+    return {"type": _TAGS[type(record)], **asdict(record)}
+
+
+def record_from_dict(data: dict[str, object]) -> Record:
+    """The record ``record_to_dict`` made.
+
+    Raises:
+        KeyError, TypeError: not such a dict.
+    """
+    data = dict(data)
+    return _TYPES[str(data.pop("type"))](**data)  # type: ignore[arg-type]
+
+
+def describe(record: Record) -> str:
+    """A record's identity for logs (never its text)."""
+    seq = f" seq {record.seq}" if isinstance(record, TurnRecord) else ""
+    return f"{type(record).__name__} {record.call_sid}{seq}"
+
 
 class Store(ABC):
-    """The store interface: ``submit`` from sessions, queries for tools and tests."""
+    """The store interface: ``submit`` from sessions, queries for tools and tests.
+
+    Args:
+        queue_size: records waiting for the writer before ``submit`` parks the rest in tasks.
+        batch_size: records written in one transaction, at most.
+        dead_letter_path: the file records the database refuses for good are appended to.
+    """
 
     kind: str = "abstract"
 
-    def __init__(self, queue_size: int = 10000, batch_size: int = 256) -> None:
+    def __init__(self, queue_size: int = 10000, batch_size: int = 256, *,
+                 dead_letter_path: str | Path = "relay.dead-letter.jsonl") -> None:
         self._queue: asyncio.Queue[Record] = asyncio.Queue(queue_size)
         self._batch_size = batch_size
         self._writer: asyncio.Task[None] | None = None
         self._overflow: set[asyncio.Task[None]] = set()
+        self.dead_letter_path = Path(dead_letter_path)
+        self.dead_letters = 0  # records written to the dead-letter file by this process
+        # Records put in the queue, and records the writer is done with (written, spooled or
+        # dead-lettered), in queue order: flush() waits for the second to pass the first.
+        self._enqueued = 0
+        self._done = 0
+        self._progress = asyncio.Condition()
+        self._inflight: list[Record] = []  # the batch the writer holds
 
     @property
     @abstractmethod
@@ -94,9 +149,22 @@ class Store(ABC):
         await self._open()
         self._writer = asyncio.create_task(self._write_loop(), name=f"{self.kind}-writer")
 
-    async def close(self) -> None:
-        """Write everything submitted so far, then release the store."""
-        await self.flush()
+    async def close(self, timeout: float | None = None) -> None:
+        """Write everything submitted so far, then release the store.
+
+        With a ``timeout``, records the database still cannot take when it passes go to the
+        dead-letter file (a shutdown must end), with that reason.
+        """
+        try:
+            await asyncio.wait_for(self.flush(), timeout)
+        except TimeoutError:
+            left = list(self._inflight)
+            while not self._queue.empty():
+                left.append(self._queue.get_nowait())
+            log.error("store: %d record(s) not written within %.0f s of shutdown; dead-lettered to %s",
+                      len(left), timeout, self.dead_letter_path)
+            await asyncio.to_thread(self._append_dead_letters, left, "not written before shutdown")
+            self._inflight = []
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
@@ -107,32 +175,79 @@ class Store(ABC):
         """Queue ``record`` for writing; never blocks and never drops it."""
         try:
             self._queue.put_nowait(record)
+            self._enqueued += 1
         except asyncio.QueueFull:
             # Past the bound the caller still must not wait (it is a session pump), so the
             # record waits in a task instead; the warning says the writer is falling behind.
             log.warning("store queue full (%d); writer is behind", self._queue.maxsize)
-            task = asyncio.ensure_future(self._queue.put(record))
+            task = asyncio.ensure_future(self._put_late(record))
             self._overflow.add(task)
             task.add_done_callback(self._overflow.discard)
 
+    async def _put_late(self, record: Record) -> None:
+        await self._queue.put(record)
+        self._enqueued += 1
+
     async def flush(self) -> None:
-        """Return once every record submitted before the call has been written."""
+        """Return once every record submitted before the call is written (or spooled, or
+        dead-lettered); records submitted meanwhile are not waited for."""
         if self._overflow:
             await asyncio.gather(*self._overflow)
-        await self._queue.join()
+        target = self._enqueued
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._done >= target)
 
     async def _write_loop(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            batch = self._inflight = [await self._queue.get()]
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            await self._settle(batch)
+            self._inflight = []
+            for _ in batch:
+                self._queue.task_done()
+            async with self._progress:
+                self._done += len(batch)
+                self._progress.notify_all()
+
+    async def _settle(self, batch: list[Record]) -> None:
+        """Write ``batch``; what cannot be written is dead-lettered, and what cannot even be
+        dead-lettered (a full disk) is kept and tried again: nothing leaves memory unwritten."""
+        delay = RETRY_BACKOFF[0]
+        while True:
             try:
                 await self._write_batch(batch)
-            except Exception:
-                log.exception("store write of %d record(s) failed", len(batch))
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+                return
+            except Exception as exc:  # a failure _write_batch does not handle itself: a bug, say
+                reason = f"{type(exc).__name__}: {exc}"[:300]
+                log.error("store write of %d record(s) failed (%s); dead-lettering them", len(batch), reason)
+            try:
+                await asyncio.to_thread(self._append_dead_letters, batch, reason)
+                return
+            except OSError as exc:
+                log.error("the dead-letter file %s cannot be written either (%s); retrying in %.1f s",
+                          self.dead_letter_path, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_BACKOFF[1])
+
+    async def dead_letter(self, records: Iterable[Record], reason: str) -> None:
+        """Append ``records`` to the dead-letter file with ``reason`` (records refused for good)."""
+        records = list(records)
+        for record in records:
+            log.error("store refused %s for good (%s); written to %s", describe(record), reason, self.dead_letter_path)
+        await asyncio.to_thread(self._append_dead_letters, records, reason)
+
+    def _append_dead_letters(self, records: list[Record], reason: str) -> None:
+        if not records:
+            return
+        at = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        lines = "".join(json.dumps({"at": at, "reason": reason, "record": record_to_dict(r)}) + "\n" for r in records)
+        self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.dead_letter_path, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        self.dead_letters += len(records)
 
     @abstractmethod
     async def _open(self) -> None: ...
@@ -146,6 +261,10 @@ class Store(ABC):
     @abstractmethod
     async def turns(self, call_sid: str) -> list[TurnRecord]:
         """Every stored turn of a call, in order."""
+
+    @abstractmethod
+    async def end_reason(self, call_sid: str) -> str | None:
+        """How a call ended, once its end is stored (None: unknown, or not ended)."""
 
     @abstractmethod
     async def calls(self, limit: int = 100) -> list[dict[str, object]]:
@@ -242,6 +361,10 @@ _USAGE = ("INSERT INTO usage (call_sid, tenant_id, audio_in_seconds, audio_out_s
           "audio_out_seconds = excluded.audio_out_seconds")
 
 
+# What SQLite refuses for good: the data itself (a constraint, a value it cannot bind).
+_REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
+
+
 def _fields(record: Record) -> dict[str, object]:
     return {f.name: getattr(record, f.name) for f in fields(record)}  # flat: no asdict deep copy
 
@@ -261,14 +384,20 @@ def _statements(batch: list[Record]) -> list[tuple[str, dict[str, object]]]:
 
 
 class SQLiteStore(Store):
-    """The embedded default: one SQLite file, written from a worker thread."""
+    """The embedded default: one SQLite file, written from a worker thread.
+
+    A batch the file cannot take now (locked by another process, read-only, full, an I/O
+    error) is retried with a growing wait until it can, in order, while newer records queue
+    behind it; a record SQLite refuses for good (a constraint) is dead-lettered alone.
+    """
 
     kind = "sqlite"
 
-    def __init__(self, path: str | Path, **kwargs: int) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, path: str | Path, *, dead_letter_path: str | Path | None = None, **kwargs: int) -> None:
+        super().__init__(dead_letter_path=dead_letter_path or f"{path}.dead-letter.jsonl", **kwargs)
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
+        self.write_retries = 0  # attempts at a batch that found the file unwritable
 
     @property
     def location(self) -> str:
@@ -296,14 +425,49 @@ class SQLiteStore(Store):
         # The statements are built here, on the loop; the thread only runs them. Python code in
         # the thread would hold the GIL while the loop waits to run a frame (the convoy: up to
         # the switch interval per wake-up), so it does nothing the C library cannot.
-        await asyncio.to_thread(self._execute, _statements(batch))
+        statements = _statements(batch)
+        delay, failing_since = RETRY_BACKOFF[0], None
+        while True:
+            try:
+                await asyncio.to_thread(self._execute, statements)
+            except _REFUSED as exc:
+                if len(batch) == 1:
+                    await self.dead_letter(batch, f"{type(exc).__name__}: {exc}"[:300])
+                    return
+                for record in batch:  # every good record of the batch is written
+                    await self._write_batch([record])
+                return
+            except sqlite3.Error as exc:  # locked, read-only, full, I/O: waiting fixes these
+                self.write_retries += 1
+                loop_time = asyncio.get_running_loop().time()
+                if failing_since is None:
+                    failing_since = loop_time
+                    log.warning("sqlite store %s cannot be written (%s: %s); %d record(s) wait and are retried",
+                                self.path, type(exc).__name__, exc, len(batch))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_BACKOFF[1])
+                continue
+            if failing_since is not None:
+                log.warning("sqlite store %s writable again after %.1f s", self.path,
+                            asyncio.get_running_loop().time() - failing_since)
+            return
 
     def _execute(self, statements: list[tuple[str, dict[str, object]]]) -> None:
         assert self._db is not None
+        if self._db.in_transaction:  # a failed attempt's rollback failed too: finish it first
+            self._db.rollback()
         with self._db:  # one transaction per batch
             self._db.execute("BEGIN")
             for sql, params in statements:
                 self._db.execute(sql, params)
+
+    async def end_reason(self, call_sid: str) -> str | None:
+        def query() -> str | None:
+            assert self._db is not None
+            row = self._db.execute("SELECT end_reason FROM calls WHERE call_sid = ?", (call_sid,)).fetchone()
+            return row[0] if row is not None else None
+
+        return await asyncio.to_thread(query)
 
     async def turns(self, call_sid: str) -> list[TurnRecord]:
         def query() -> list[TurnRecord]:

@@ -7,6 +7,7 @@ Every test needs the Postgres server on 127.0.0.1:5432; without it they fail, th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import signal
@@ -23,7 +24,7 @@ from relay.errors import ConfigError
 from relay.admission import PostgresAdmission
 from relay.pgstore import PostgresStore, migrate, migrations, redact
 from relay.spool import Spool, SpoolError, encode
-from relay.store import CallEnd, CallRecord, Record, SQLiteStore, TurnRecord
+from relay.store import CallEnd, CallRecord, Record, SQLiteStore, TurnRecord, record_from_dict
 from tests.pgutil import TcpProxy, call_records, create_database, drop_database, dsn, eventually, throwaway_database
 
 pytestmark = pytest.mark.postgres
@@ -321,7 +322,7 @@ async def test_usage_is_recorded_when_the_call_ends(store: PostgresStore, db: as
     assert (row["audio_in_seconds"], row["audio_out_seconds"], row["tokens_in"]) == (6.0, 1.406, 0)
 
 
-async def test_a_record_postgres_rejects_is_dropped_alone(
+async def test_a_record_postgres_rejects_is_dead_lettered_alone(
     store: PostgresStore, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     sid = f"CA-bad-{token_hex(3)}"
@@ -331,8 +332,12 @@ async def test_a_record_postgres_rejects_is_dropped_alone(
     await store.flush()
     assert [t.seq for t in await store.turns(sid)] == [1, 2]
     assert await db.fetchval("SELECT ended_at FROM calls WHERE call_sid = $1", sid) is not None
-    assert f"rejected TurnRecord {sid} seq 9" in caplog.text
+    assert f"refused TurnRecord {sid} seq 9 for good" in caplog.text
     assert store.spooled_bytes == 0
+    [line] = store.dead_letter_path.read_text().splitlines()
+    entry = json.loads(line)
+    assert record_from_dict(entry["record"]) == bad and "call_turns_role_check" in entry["reason"]
+    assert store.dead_letters == 1
 
 
 # --- The directory ----------------------------------------------------------------------------
