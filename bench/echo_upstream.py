@@ -117,7 +117,7 @@ class EchoUpstream:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/realtime?model=gpt-realtime"
+        return f"ws://127.0.0.1:{self.port}/v1/realtime"  # relay adds ?model= (the baselines need none)
 
     @property
     def direct_url(self) -> str:

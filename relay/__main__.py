@@ -11,11 +11,12 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import NoReturn
 
 import orjson
 import uvloop
 
-from relay import __version__, fastpath, logs
+from relay import __version__, admin, fastpath, logs, models
 from relay.config import Settings
 from relay.errors import ConfigError
 
@@ -38,6 +39,8 @@ async def serve(settings: Settings) -> None:
 
     store: Store
     directory: Directory
+    models_in_use = [(settings.realtime_model, "RELAY_REALTIME_MODEL"),
+                     (settings.transcription_model, "RELAY_TRANSCRIPTION_MODEL")]
     if settings.database_url:
         import asyncpg
 
@@ -49,19 +52,27 @@ async def serve(settings: Settings) -> None:
         except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
             # Calls are still served: records wait in the spool until Postgres is back.
             log.error("Postgres unreachable at start (%s); records spool until it is back", type(exc).__name__)
-        pg = PostgresStore(settings.database_url, spool_path=settings.spool_path)
+        pg = PostgresStore(settings.database_url, spool_path=settings.spool_path,
+                           dead_letter_path=settings.dead_letter_path)
         await pg.open()  # replays a spool left by an earlier run first
         store, directory = pg, CachedDirectory(pg.directory.lookup_number)
-        resolve_agent = pg.directory.agent_profile
+        resolve_agent = pg.directory.get_agent
         admission: Admission | None = PostgresAdmission(pg.pool)
-        token_source = pg.directory.auth_tokens
+        credential_source = pg.directory.credentials
+        try:
+            models_in_use += await pg.directory.models_in_use()
+        except Exception as exc:  # the database is down: its agents are checked at the next start
+            log.warning("could not read the agents' models (%s)", type(exc).__name__)
     else:
-        store, directory, resolve_agent = SQLiteStore(settings.sqlite_path), SingleTenant(), None
+        store = SQLiteStore(settings.sqlite_path, dead_letter_path=settings.dead_letter_path)
+        directory, resolve_agent = SingleTenant(), None
         admission = None  # the relay counts its own calls (RELAY_MAX_CONCURRENT_CALLS)
-        token_source = None
+        credential_source = None
         await store.open()
+    for warning in models.shutdown_warnings(models_in_use):
+        log.warning(warning)
     server = RelayServer(Relay(settings, store, directory=directory, resolve_agent=resolve_agent,
-                               admission=admission, token_source=token_source))
+                               admission=admission, credential_source=credential_source))
     await server.start()
     log.info(
         "relay %s listening on %s:%d; Twilio streams to %s; fastpath=%s; store=%s %s",
@@ -85,7 +96,7 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down: waiting for %d live call(s)", len(server.relay.sessions))
     await server.close(drain_timeout=30.0)
-    await store.close()
+    await store.close(timeout=30.0)
 
 
 def _check_fastpath(settings: Settings) -> None:
@@ -98,68 +109,15 @@ def _check_fastpath(settings: Settings) -> None:
         )
 
 
-async def admin(args: argparse.Namespace, settings: Settings) -> int:
-    """The store commands: migrate, tenants, numbers (Postgres); calls and turns (either store)."""
-    if not settings.database_url:
-        if args.command in ("migrate", "tenants", "numbers"):
-            print(f"relay {args.command}: needs DATABASE_URL (the embedded store is single-tenant)", file=sys.stderr)
-            return 2
-        from relay.store import SQLiteStore
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit 2), like every other input error of the command."""
 
-        store = SQLiteStore(settings.sqlite_path)
-        await store.open()
-        try:
-            if args.command == "calls":
-                rows: list[dict[str, object]] = list(await store.calls(args.limit))
-            else:
-                rows = [_turn_row(t) for t in await store.turns(args.call)] if args.call else []
-        finally:
-            await store.close()
-        _print_rows(rows)
-        return 0
-
-    from relay import pgstore
-
-    if args.command == "migrate":
-        applied = await pgstore.migrate(settings.database_url)
-        print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
-        return 0
-    async with pgstore.Directory.connect(settings.database_url) as directory:
-        if args.command == "tenants" and args.action == "add":
-            await directory.add_tenant(args.tenant_id, args.name or args.tenant_id)
-            if args.max_calls is not None or args.calls_per_minute is not None:
-                await directory.set_limits(args.tenant_id, args.max_calls, args.calls_per_minute)
-            print(f"tenant {args.tenant_id} added")
-        elif args.command == "tenants" and args.action == "set-token":
-            # Read from stdin, never the command line (shell history, ps).
-            token = sys.stdin.readline().strip()
-            await directory.set_auth_token(args.tenant_id, token or None)
-            print(f"tenant {args.tenant_id}: Twilio auth token {'set' if token else 'removed'}")
-        elif args.command == "tenants":
-            _print_rows(await directory.list_tenants())
-        elif args.command == "numbers":
-            await directory.add_number(args.e164, args.tenant, args.agent)
-            print(f"{args.e164} -> tenant {args.tenant}, agent {args.agent}")
-        elif args.command == "calls":
-            # Read as the tenant, through the role row-level security applies to.
-            _print_rows(await directory.tenant_calls(args.tenant, args.limit))
-        elif args.command == "turns":
-            _print_rows([_turn_row(t) for t in await directory.tenant_turns(args.tenant, args.call)])
-    return 0
-
-
-def _turn_row(turn: object) -> dict[str, object]:
-    from dataclasses import asdict
-
-    return asdict(turn)  # type: ignore[call-overload]
-
-
-def _print_rows(rows: list[dict[str, object]]) -> None:
-    sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="relay", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="relay", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the relay (configured by the environment)")
@@ -169,40 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.add_argument("--db", metavar="PATH", help="SQLite file for the turns (default: a new temp file)")
     demo.add_argument("--think-ms", type=int, default=300, help="the simulated agent's think time")
-    commands.add_parser("migrate", help="create or upgrade the Postgres schema (DATABASE_URL)")
-    tenants = commands.add_parser("tenants", help="add or list tenants (Postgres)")
-    tenant_actions = tenants.add_subparsers(dest="action", required=True)
-    add_tenant = tenant_actions.add_parser("add", help="add a tenant")
-    add_tenant.add_argument("tenant_id")
-    add_tenant.add_argument("--name", default="")
-    add_tenant.add_argument("--max-calls", type=int, help="concurrent calls admitted (default: no limit)")
-    add_tenant.add_argument("--calls-per-minute", type=int, help="calls admitted per minute (default: no limit)")
-    tenant_actions.add_parser("list", help="list tenants")
-    set_token = tenant_actions.add_parser(
-        "set-token", help="the tenant's Twilio (sub)account auth token, read from stdin (empty: remove)")
-    set_token.add_argument("tenant_id")
-    numbers = commands.add_parser("numbers", help="route a phone number to a tenant (Postgres)")
-    number_actions = numbers.add_subparsers(dest="action", required=True)
-    add_number = number_actions.add_parser("add", help="route an E.164 number to a tenant and agent")
-    add_number.add_argument("e164")
-    add_number.add_argument("--tenant", required=True)
-    add_number.add_argument("--agent", default="default")
-    calls = commands.add_parser("calls", help="recent calls of a tenant, read through row-level security")
-    calls.add_argument("--tenant", default="default")
-    calls.add_argument("--limit", type=int, default=20)
-    turns = commands.add_parser("turns", help="stored turns of a tenant's calls, read through row-level security")
-    turns.add_argument("--tenant", default="default")
-    turns.add_argument("--call", help="one call's turns (default: all of the tenant's)")
+    admin.add_commands(commands)
     args = parser.parse_args(argv)
 
-    if args.command in ("migrate", "tenants", "numbers", "calls", "turns"):
+    if args.command in admin.COMMANDS:
         try:
             settings = Settings.from_env(serve=False)
         except ConfigError as exc:
             print(f"relay: {exc}", file=sys.stderr)
             return 2
         logs.configure("WARNING")
-        return uvloop.run(admin(args, settings))
+        return uvloop.run(admin.run(args, settings))
 
     if args.command == "serve":
         try:

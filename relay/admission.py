@@ -1,4 +1,5 @@
-"""Admission at the webhook: a tenant's calls stay within its concurrent and per-minute limits.
+"""Admission at the webhook: a tenant's calls stay within its concurrent and per-minute limits,
+and each agent's calls within the agent's own.
 
 The decision is made before any stream opens, so a call over the limit costs one webhook
 answer (a spoken busy message and a hang-up), never an AI session. With Postgres the count
@@ -27,7 +28,7 @@ MAX_CALL = 4 * 3600.0
 
 
 class Admission(Protocol):
-    async def admit(self, tenant_id: str, call_sid: str) -> bool: ...
+    async def admit(self, tenant_id: str, agent_id: str, call_sid: str) -> bool: ...
     async def started(self, call_sid: str) -> None: ...
     async def ended(self, call_sid: str) -> None: ...
 
@@ -43,8 +44,10 @@ class LocalAdmission:
         self._recent: deque[float] = deque()
         self.refused = 0
 
-    async def admit(self, tenant_id: str, call_sid: str) -> bool:
+    async def admit(self, tenant_id: str, agent_id: str, call_sid: str) -> bool:
         now = self._clock()
+        if not call_sid:
+            return False  # never a retry of another call (the webhook refuses it before this)
         if call_sid in self._live:
             return True  # Twilio retried the webhook: the call holds its slot already
         while self._recent and self._recent[0] <= now - 60:
@@ -70,17 +73,25 @@ class LocalAdmission:
 _ADMIT = """
 WITH limits AS (
     SELECT max_concurrent_calls, calls_per_minute FROM tenants WHERE tenant_id = $1
-), counts AS (
-    SELECT count(*) FILTER (WHERE ended_at IS NULL
-                              AND (started_at IS NOT NULL OR admitted_at > now() - make_interval(secs => $3))
-                              AND admitted_at > now() - make_interval(secs => $4)) AS live,
-           count(*) FILTER (WHERE admitted_at > now() - interval '1 minute') AS recent
+), agent_limits AS (
+    SELECT max_concurrent_calls, calls_per_minute FROM agents WHERE tenant_id = $1 AND agent_id = $5
+), held AS (
+    SELECT agent_id, admitted_at,
+           ended_at IS NULL AND (started_at IS NOT NULL OR admitted_at > now() - make_interval(secs => $3)) AS live
     FROM admissions WHERE tenant_id = $1 AND admitted_at > now() - make_interval(secs => $4)
+), counts AS (
+    SELECT count(*) FILTER (WHERE live) AS live,
+           count(*) FILTER (WHERE admitted_at > now() - interval '1 minute') AS recent,
+           count(*) FILTER (WHERE live AND agent_id = $5) AS agent_live,
+           count(*) FILTER (WHERE admitted_at > now() - interval '1 minute' AND agent_id = $5) AS agent_recent
+    FROM held
 )
-INSERT INTO admissions (call_sid, tenant_id)
-SELECT $2, $1 FROM counts LEFT JOIN limits ON true
+INSERT INTO admissions (call_sid, tenant_id, agent_id)
+SELECT $2, $1, $5 FROM counts LEFT JOIN limits ON true LEFT JOIN agent_limits ON true
 WHERE (limits.max_concurrent_calls IS NULL OR counts.live < limits.max_concurrent_calls)
   AND (limits.calls_per_minute IS NULL OR counts.recent < limits.calls_per_minute)
+  AND (agent_limits.max_concurrent_calls IS NULL OR counts.agent_live < agent_limits.max_concurrent_calls)
+  AND (agent_limits.calls_per_minute IS NULL OR counts.agent_recent < agent_limits.calls_per_minute)
 ON CONFLICT (call_sid) DO NOTHING
 RETURNING call_sid
 """
@@ -93,13 +104,15 @@ class PostgresAdmission:
         self._pool = pool
         self.refused = 0
 
-    async def admit(self, tenant_id: str, call_sid: str) -> bool:
+    async def admit(self, tenant_id: str, agent_id: str, call_sid: str) -> bool:
+        if not call_sid:
+            return False
         async with as_writer(self._pool) as conn:
             # Serialises admissions of one tenant across relays; released at commit.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('relay.admission'), hashtext($1))", tenant_id)
             if await conn.fetchval("SELECT 1 FROM admissions WHERE call_sid = $1", call_sid):
                 return True  # a retried webhook of a call already admitted
-            admitted = await conn.fetchval(_ADMIT, tenant_id, call_sid, START_GRACE, MAX_CALL)
+            admitted = await conn.fetchval(_ADMIT, tenant_id, call_sid, START_GRACE, MAX_CALL, agent_id)
         if admitted is None:
             self.refused += 1
             return False

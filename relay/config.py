@@ -6,17 +6,21 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+from relay import models
+from relay.agents import RANGES, VOICES
 from relay.conversation import CallOptions
+from relay.realtime import AgentProfile
 from relay.errors import ConfigError
 from relay.streamtoken import derive_secret
+from relay.twilio import ACCOUNT_SID
 
-DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+# The Realtime (GA) endpoint; the model is added per call, from RELAY_REALTIME_MODEL or the agent's.
+DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+DEFAULT_FAILURE_MESSAGE = "Sorry, we are having technical difficulties and cannot take your call right now. Goodbye."
 
-# GA voices (PROTOCOLS §2.2). fable, onyx and nova are absent on purpose: they are reported
-# to come out as noise over G.711.
-VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+__all__ = ["DEFAULT_REALTIME_URL", "VOICES", "Settings", "is_loopback"]
 
 
 def is_loopback(host: str) -> bool:
@@ -37,20 +41,24 @@ class Settings:
     port: int = 8080
     public_url: str = ""
     realtime_url: str = DEFAULT_REALTIME_URL
+    realtime_model: str = models.DEFAULT_REALTIME_MODEL
     openai_api_key: str = field(default="", repr=False)
     database_url: str = field(default="", repr=False)
     twilio_auth_token: str = field(default="", repr=False)
+    twilio_account_sid: str = ""  # the account TWILIO_AUTH_TOKEN belongs to; checked when set
     skip_twilio_signature: bool = False  # development only: every start says so, loudly
     stream_secret: str = field(default="", repr=False)
     sqlite_path: str = "relay.sqlite3"
     spool_path: str = "relay.spool"
+    dead_letter_path: str = "relay.dead-letter.jsonl"
     not_configured_message: str = "Sorry, this number is not configured. Goodbye."
     busy_message: str = "Sorry, all our lines are busy. Please call again later."
+    failure_message: str = DEFAULT_FAILURE_MESSAGE
     max_concurrent_calls: int = 0  # embedded store only (Postgres: per tenant); 0 = no limit
     calls_per_minute: int = 0
     agent_instructions: str = "You are a friendly, concise assistant on a phone call."
     agent_voice: str = "marin"
-    transcription_model: str = "gpt-4o-mini-transcribe"
+    transcription_model: str = models.DEFAULT_TRANSCRIPTION_MODEL
     vad_threshold: float = 0.5
     vad_silence_ms: int = 500
     vad_prefix_ms: int = 300
@@ -60,6 +68,8 @@ class Settings:
     greeting: str = ""
     reconnect_message: str = ""
     upstream_max_session_s: int = 3600
+    backend_ready_timeout_ms: int = 5000
+    reconnect_give_up_s: int = 30
     dtmf_timeout_ms: int = 1500
     hangup_grace_ms: int = 3000
     end_call_tool: bool = True
@@ -80,6 +90,17 @@ class Settings:
         return derive_secret(seed) if seed else b""
 
     @property
+    def agent(self) -> AgentProfile:
+        """The agent the environment describes (``RELAY_AGENT_*`` and friends): every call's with
+        the embedded store, and the template of each tenant's first agent with Postgres."""
+        return AgentProfile(
+            instructions=self.agent_instructions, voice=self.agent_voice, model=self.realtime_model,
+            transcription_model=self.transcription_model, vad_threshold=self.vad_threshold,
+            vad_silence_ms=self.vad_silence_ms, vad_prefix_ms=self.vad_prefix_ms, greeting=self.greeting,
+            end_call_tool=self.end_call_tool,
+        )
+
+    @property
     def call_options(self) -> CallOptions:
         """How each call is paced and kept alive."""
         return CallOptions(lead_ms=self.playout_lead_ms, mark_frames=max(1, self.mark_interval_ms // 20),
@@ -92,6 +113,12 @@ class Settings:
         parts = urlsplit(self.public_url)
         scheme = "wss" if parts.scheme == "https" else "ws"
         return f"{scheme}://{parts.netloc}/twilio/voice"
+
+    def realtime_url_for(self, model: str) -> str:
+        """The Realtime endpoint for one session of ``model`` (the URL's ``model`` parameter)."""
+        parts = urlsplit(self.realtime_url)
+        query = [(k, v) for k, values in parse_qs(parts.query, keep_blank_values=True).items() for v in values]
+        return urlunsplit(parts._replace(query=urlencode([*query, ("model", model)])))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, *, serve: bool = True) -> Settings:
@@ -136,26 +163,31 @@ class Settings:
         number("RELAY_PORT", "port", int, 0, 65535)
         text("RELAY_PUBLIC_URL", "public_url")
         text("RELAY_REALTIME_URL", "realtime_url")
+        text("RELAY_REALTIME_MODEL", "realtime_model")
         text("OPENAI_API_KEY", "openai_api_key")
         text("TWILIO_AUTH_TOKEN", "twilio_auth_token")
+        text("TWILIO_ACCOUNT_SID", "twilio_account_sid")
         text("RELAY_STREAM_SECRET", "stream_secret")
         flag("RELAY_INSECURE_SKIP_TWILIO_SIGNATURE", "skip_twilio_signature")
         text("DATABASE_URL", "database_url")
         text("RELAY_SQLITE_PATH", "sqlite_path")
         text("RELAY_SPOOL_PATH", "spool_path")
+        text("RELAY_DEAD_LETTER_PATH", "dead_letter_path")
         number("RELAY_MAX_CONCURRENT_CALLS", "max_concurrent_calls", int, 0, 1_000_000)
         number("RELAY_CALLS_PER_MINUTE", "calls_per_minute", int, 0, 1_000_000)
         if "RELAY_BUSY_MESSAGE" in env:
             values["busy_message"] = env["RELAY_BUSY_MESSAGE"]
+        if "RELAY_FAILURE_MESSAGE" in env:
+            values["failure_message"] = env["RELAY_FAILURE_MESSAGE"]
         if "RELAY_NOT_CONFIGURED_MESSAGE" in env:
             values["not_configured_message"] = env["RELAY_NOT_CONFIGURED_MESSAGE"]
         if "RELAY_AGENT_INSTRUCTIONS" in env:
             values["agent_instructions"] = env["RELAY_AGENT_INSTRUCTIONS"]
         text("RELAY_AGENT_VOICE", "agent_voice")
         text("RELAY_TRANSCRIPTION_MODEL", "transcription_model")
-        number("RELAY_VAD_THRESHOLD", "vad_threshold", float, 0.0, 1.0)
-        number("RELAY_VAD_SILENCE_MS", "vad_silence_ms", int, 100, 10000)
-        number("RELAY_VAD_PREFIX_MS", "vad_prefix_ms", int, 0, 5000)
+        number("RELAY_VAD_THRESHOLD", "vad_threshold", float, *RANGES["vad_threshold"])
+        number("RELAY_VAD_SILENCE_MS", "vad_silence_ms", int, *RANGES["vad_silence_ms"])
+        number("RELAY_VAD_PREFIX_MS", "vad_prefix_ms", int, *RANGES["vad_prefix_ms"])
         number("RELAY_PRESESSION_BUFFER_MS", "presession_buffer_ms", int, 0, 10000)
         number("RELAY_PLAYOUT_LEAD_MS", "playout_lead_ms", int, 20, 2000)
         number("RELAY_MARK_INTERVAL_MS", "mark_interval_ms", int, 20, 2000)
@@ -164,6 +196,8 @@ class Settings:
         if "RELAY_RECONNECT_MESSAGE" in env:
             values["reconnect_message"] = env["RELAY_RECONNECT_MESSAGE"].strip()
         number("RELAY_UPSTREAM_MAX_SESSION_S", "upstream_max_session_s", int, 20, 86400)
+        number("RELAY_BACKEND_READY_TIMEOUT_MS", "backend_ready_timeout_ms", int, 100, 60000)
+        number("RELAY_RECONNECT_GIVE_UP_S", "reconnect_give_up_s", int, 1, 3600)
         number("RELAY_DTMF_TIMEOUT_MS", "dtmf_timeout_ms", int, 100, 10000)
         number("RELAY_HANGUP_GRACE_MS", "hangup_grace_ms", int, 0, 60000)
         flag("RELAY_END_CALL_TOOL", "end_call_tool")
@@ -201,6 +235,13 @@ class Settings:
             problems.append(f"RELAY_REALTIME_URL={self.realtime_url!r} must be a wss:// URL")
         elif backend.scheme == "ws" and not is_loopback(backend.hostname):
             problems.append(f"RELAY_REALTIME_URL={self.realtime_url!r} must use wss (ws is for loopback only)")
+        elif "model" in parse_qs(backend.query):
+            problems.append(f"RELAY_REALTIME_URL={self.realtime_url!r} names a model: the model is "
+                            "RELAY_REALTIME_MODEL (or the agent's), remove ?model= from the URL")
+        if not self.realtime_model or not self.realtime_model.isprintable() or " " in self.realtime_model:
+            problems.append(f"RELAY_REALTIME_MODEL={self.realtime_model!r} is not a model name")
+        if self.twilio_account_sid and not ACCOUNT_SID.fullmatch(self.twilio_account_sid):
+            problems.append(f"TWILIO_ACCOUNT_SID={self.twilio_account_sid!r} must be AC followed by 32 hex digits")
         if serve and not self.openai_api_key:
             problems.append("OPENAI_API_KEY is required")
         if serve and not self.twilio_auth_token and not self.skip_twilio_signature:

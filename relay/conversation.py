@@ -237,6 +237,11 @@ class ConversationLogic:
                 turn.audio_done = turn.done = True
 
     @property
+    def backend_ready(self) -> bool:
+        """The current backend session confirmed a μ-law session: caller audio flows to it."""
+        return self._backend is not None and self._gate_open
+
+    @property
     def idle(self) -> bool:
         """Nobody is talking and nothing is left to hear: a backend session can be swapped."""
         return (self._gate_open and not self._response_active and not self._speaking
@@ -435,6 +440,12 @@ class ConversationLogic:
         elif kind == "error":
             self.stats.backend_errors += 1
             error = event.get("error") or {}
+            if not isinstance(error, dict):
+                error = {}
+            if self._backend is not None and not self._gate_open:
+                # The session was never confirmed: an error now is the backend refusing it.
+                raise BackendError(f"the backend refused the session: {str(error.get('code'))[:60]}: "
+                                   f"{str(error.get('message'))[:200]}")
             log.warning("call %s: backend error %s/%s: %s", self.call_sid, error.get("type"), error.get("code"),
                         error.get("message"))
 

@@ -8,6 +8,7 @@
     │   ├── PayloadError(ProtocolError)          bad base64 in a media payload or audio delta
     │   └── FrameError(ProtocolError)            a WebSocket frame breaks RFC 6455; carries the close code
     ├── BackendError(RelayError)                 the speech backend refused or broke the session
+    ├── InputError(RelayError, ValueError)       an operator's input (CLI, API) is invalid: one line to show
     └── SpoolError(RelayError)                   the outage spool is held by another process or not open
 """
 
@@ -50,6 +51,11 @@ class FrameError(ProtocolError):
 
 class BackendError(RelayError):
     """The speech backend refused the session or failed during it."""
+
+
+class InputError(RelayError, ValueError):
+    """An operator's input is invalid (an unknown tenant, a bad number, a limit out of range);
+    the message is one line that says what and why."""
 
 
 class SpoolError(RelayError):

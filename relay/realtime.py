@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from relay import models
 from relay.errors import ProtocolError
 
 PCMU = {"type": "audio/pcmu"}
@@ -23,7 +24,8 @@ class AgentProfile:
 
     instructions: str
     voice: str = "marin"
-    transcription_model: str = "gpt-4o-mini-transcribe"
+    model: str = models.DEFAULT_REALTIME_MODEL  # the session's model (the connection URL's ``model``)
+    transcription_model: str = models.DEFAULT_TRANSCRIPTION_MODEL
     vad_threshold: float = 0.5
     vad_silence_ms: int = 500
     vad_prefix_ms: int = 300

@@ -6,9 +6,15 @@ webhook's path becomes a ``ws.WebSocket`` (websockets' sans-I/O handshake, compi
 runs a ``CallSession``.
 
 Routes:
-    POST /twilio/voice   TwiML: <Connect><Stream url="wss://<public host>/twilio/voice">
-    GET  /twilio/voice   with ``Upgrade: websocket``: the call's media stream
-    GET  /healthz        200 while the process serves
+    POST /twilio/voice          TwiML: <Connect><Stream url="wss://<public host>/twilio/voice">, then a
+                                <Redirect> to the after-stream hook
+    GET  /twilio/voice          with ``Upgrade: websocket``: the call's media stream
+    POST /twilio/after-stream   what the caller hears once relay has closed the stream (Twilio runs the
+                                TwiML after </Connect>): an apology after a failure, else the hang-up
+    GET  /healthz               200 while the process serves
+
+Every Twilio request is signed (``relay.trust``): the signer must be the deployment or the tenant
+whose call it is, from that tenant's own account.
 """
 
 from __future__ import annotations
@@ -21,21 +27,22 @@ import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import httptools
 import orjson
-from twilio.request_validator import RequestValidator
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
 from relay import fastpath, realtime, streamtoken, twilio, upstream
 from relay.admission import Admission, LocalAdmission
 from relay.config import Settings
+from relay.errors import ProtocolError
 from relay.pacer import Pacer
 from relay.session import CallSession, ResolveAgent, Upstream
 from relay.store import Store
 from relay.tenants import Directory, SingleTenant
+from relay.trust import Credential, binding_problem, signers
 from relay.ws import WebSocket, handshake
 
 log = logging.getLogger("relay.server")
@@ -43,6 +50,14 @@ log = logging.getLogger("relay.server")
 MAX_BODY = 64 * 1024  # Twilio's webhook forms are a few hundred bytes
 MAX_HEADERS = 64
 MAX_HEAD = 16 * 1024  # request line + headers; a head that never ends is cut here (431)
+MAX_OUTCOMES = 10_000  # how many ended calls' reasons the after-stream hook finds in memory
+# How long the after-stream hook waits for a call's end to reach the store (it may be in flight
+# from another relay) before it answers as for a failure.
+OUTCOME_WAIT_S = 1.0
+# Calls whose stream relay ended normally: the caller hears nothing more. Every other way a
+# stream ends while the call is up (a failure, or no record at all: a relay that died) gets
+# the apology, so no caller is left in silence.
+NORMAL_ENDS = frozenset({"agent_hangup"})
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str, *, keep_alive: bool) -> bytes:
@@ -56,18 +71,18 @@ def _response(status: HTTPStatus, body: bytes, content_type: str, *, keep_alive:
 
 
 class Relay:
-    """What the HTTP side serves: the webhook, health, and call sessions."""
+    """What the HTTP side serves: the webhook, the after-stream hook, health, and call sessions."""
 
     def __init__(
         self,
         settings: Settings,
         store: Store,
         *,
-        connect_upstream: Callable[[], Awaitable[Upstream]] | None = None,
+        connect_upstream: Callable[[realtime.AgentProfile], Awaitable[Upstream]] | None = None,
         directory: Directory | None = None,
         resolve_agent: ResolveAgent | None = None,
         admission: Admission | None = None,
-        token_source: Callable[[], Awaitable[list[str]]] | None = None,
+        credential_source: Callable[[], Awaitable[list[Credential]]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -76,10 +91,12 @@ class Relay:
         self.admission = admission or LocalAdmission(settings.max_concurrent_calls or None,
                                                      settings.calls_per_minute or None)
         self.rejected_signatures = 0  # webhooks and handshakes refused for a bad X-Twilio-Signature
-        # Tenants' own Twilio (sub)account tokens, kept fresh from the store (TOKEN_REFRESH).
-        self.token_source = token_source
-        self.tenant_tokens: tuple[str, ...] = ()
-        self._tokens_at = -1e9
+        self.rejected_bindings = 0  # signed, but by an account that may not act for that call
+        self.malformed_webhooks = 0  # refused with 400 before anything was looked up or counted
+        # Tenants' own Twilio (sub)accounts, kept fresh from the store (TOKEN_REFRESH).
+        self.credential_source = credential_source
+        self.tenant_credentials: tuple[Credential, ...] = ()
+        self._credentials_at = -1e9
         self.connections = 0
         # Connections closed for breaking a limit, by kind: rate, size, frame, binary, head,
         # connections (over RELAY_MAX_CONNECTIONS).
@@ -87,94 +104,183 @@ class Relay:
         # Made once: a deployment without RELAY_STREAM_SECRET or an auth token (development)
         # gets a key only this process knows.
         self.stream_token_key = settings.stream_token_key or os.urandom(32)
-        self.agent = realtime.AgentProfile(
-            instructions=settings.agent_instructions,
-            voice=settings.agent_voice,
-            transcription_model=settings.transcription_model,
-            vad_threshold=settings.vad_threshold,
-            vad_silence_ms=settings.vad_silence_ms,
-            vad_prefix_ms=settings.vad_prefix_ms,
-            greeting=settings.greeting,
-            end_call_tool=settings.end_call_tool,
-        )
+        self.agent = settings.agent
         # One 20 ms clock paces every call's outbound audio (created on first use, in the loop).
         self._pacer: Pacer | None = None
         self.upstreams_outlived = 0  # backend sessions that would not close with their call
+        self.upstreams_open = 0  # backend connections open now, every call's and recycle's
         self._connect_upstream = connect_upstream or self._connect_realtime
         self.sessions: set[asyncio.Task[None]] = set()
         self.background: set[asyncio.Future[None]] = set()  # webhook answers in flight
         self.calls_total = 0
+        # How recent calls ended, for the after-stream hook when it lands on this relay.
+        self.outcomes: collections.OrderedDict[str, str] = collections.OrderedDict()
 
-    async def _connect_realtime(self) -> Upstream:
+    async def _connect_realtime(self, agent: realtime.AgentProfile) -> Upstream:
         # No OpenAI-Beta header: its presence selects the retired beta shape (PROTOCOLS §2.1).
         return await upstream.connect(
-            self.settings.realtime_url,
+            self.settings.realtime_url_for(agent.model),
             {"Authorization": f"Bearer {self.settings.openai_api_key}"},
             max_size=16 * 1024 * 1024,
             timeout=10,
         )
 
-    def signature_ok(self, url: str, params: dict[str, str] | str, signature: str | None, *,
-                     count: bool = True) -> bool:
-        """Whether ``X-Twilio-Signature`` signs ``url`` (+ form params, or a JSON body's hash)
-        with the relay's auth token or one of its tenants' (Twilio subaccounts).
+    async def open_upstream(self, agent: realtime.AgentProfile) -> Upstream:
+        """A backend session for a call, counted in ``upstreams_open`` until its transport is gone."""
+        conn = await self._connect_upstream(agent)
+        if hasattr(conn, "on_lost"):
+            self.upstreams_open += 1
+            conn.on_lost = self._upstream_lost
+        return conn
 
-        ``url`` is built from ``RELAY_PUBLIC_URL``, never from the request's ``Host`` header.
-        """
-        settings = self.settings
-        if settings.skip_twilio_signature:
-            return True
-        tokens = ((settings.twilio_auth_token,) if settings.twilio_auth_token else ()) + self.tenant_tokens
-        if signature and any(RequestValidator(token).validate(url, params, signature) for token in tokens):
-            return True
-        if count:
-            self.rejected_signatures += 1
-        return False
+    def _upstream_lost(self) -> None:
+        self.upstreams_open -= 1
 
-    async def refresh_tokens(self, *, min_age: float = 0.0) -> None:
-        """Reload the tenants' auth tokens (at most once per ``min_age`` seconds)."""
+    # ------------------------------------------------------------------ who signed
+
+    @property
+    def credentials(self) -> tuple[Credential, ...]:
+        """Every Twilio account whose signature relay accepts: the deployment's, then tenants'."""
+        own = self.settings.twilio_auth_token
+        mine = (Credential(None, self.settings.twilio_account_sid or None, own),) if own else ()
+        return mine + self.tenant_credentials
+
+    def signers(self, url: str, params: dict[str, str] | str, signature: str | None) -> tuple[Credential, ...]:
+        """Who signed a request (``X-Twilio-Signature`` over ``url`` + form params, or a JSON body's
+        hash); ``url`` is built from ``RELAY_PUBLIC_URL``, never from the ``Host`` header."""
+        return signers(self.credentials, url, params, signature)
+
+    def binding_problem(self, found: tuple[Credential, ...], tenant_id: str, account_sid: str) -> str | None:
+        """Why the request's signers may not act for ``tenant_id``'s call (None: they may)."""
+        if self.settings.skip_twilio_signature:
+            return None
+        own = {c.account_sid: c.tenant_id for c in self.tenant_credentials if c.account_sid and c.tenant_id}
+        problem = binding_problem(found, tenant_id, account_sid, own)
+        if problem is not None:
+            self.rejected_bindings += 1
+        return problem
+
+    async def refresh_credentials(self, *, min_age: float = 0.0) -> None:
+        """Reload the tenants' accounts and tokens (at most once per ``min_age`` seconds)."""
         now = time.monotonic()
-        if self.token_source is None or now - self._tokens_at < min_age:
+        if self.credential_source is None or now - self._credentials_at < min_age:
             return
-        self._tokens_at = now
+        self._credentials_at = now
         try:
-            self.tenant_tokens = tuple(await self.token_source())
-        except Exception as exc:  # the store is unreachable: the tokens known so far stay valid
+            self.tenant_credentials = tuple(await self.credential_source())
+        except Exception as exc:  # the store is unreachable: the credentials known so far stay valid
             log.warning("could not reload tenant auth tokens (%s)", type(exc).__name__)
 
-    async def webhook(self, params: dict[str, str]) -> str:
-        """TwiML for an incoming call: connect its audio to our media WebSocket.
+    # ------------------------------------------------------------------ Twilio's requests
 
-        The called number picks the tenant and agent; both travel to the stream in its
-        ``<Parameter>``s. A number no tenant owns hears that it is not configured.
+    async def webhook(self, params: dict[str, str], found: tuple[Credential, ...]) -> tuple[HTTPStatus, str]:
+        """The answer to a voice webhook: TwiML connecting the call to our media WebSocket.
+
+        The fields are checked first (400, nothing looked up or counted); the called number
+        picks the tenant and agent, and the request's signer must be allowed to act for that
+        tenant (403) before the tenant's admission counts the call. A number no tenant owns
+        hears that it is not configured.
         """
-        call_sid, to = params.get("CallSid", ""), params.get("To", "")
-        route = await self.directory.route(to)
-        if route is None:
-            log.warning("webhook: call %s to %s: number not configured", call_sid, to)
-            return twilio.refusal_twiml(self.settings.not_configured_message)
         try:
-            admitted = await self.admission.admit(route.tenant_id, call_sid)
+            call = twilio.voice_request(params)
+        except ProtocolError as exc:
+            self.malformed_webhooks += 1
+            log.warning("webhook refused: %s", exc)
+            return HTTPStatus.BAD_REQUEST, f"{exc}\n"
+        route = await self.directory.route(call.to)
+        if route is None:
+            log.warning("webhook: call %s to %s: number not configured", call.call_sid, call.to)
+            return HTTPStatus.OK, twilio.refusal_twiml(self.settings.not_configured_message)
+        problem = self.binding_problem(found, route.tenant_id, call.account_sid)
+        if problem is not None:
+            log.warning("webhook refused: call %s to %s: %s", call.call_sid, call.to, problem)
+            return HTTPStatus.FORBIDDEN, "forbidden\n"
+        try:
+            admitted = await self.admission.admit(route.tenant_id, route.agent_id, call.call_sid)
         except Exception as exc:  # the shared count is unreachable: calls matter more than the cap
-            log.warning("webhook: admission check failed (%s); admitting call %s", type(exc).__name__, call_sid)
+            log.warning("webhook: admission check failed (%s); admitting call %s", type(exc).__name__, call.call_sid)
             admitted = True
         if not admitted:
-            log.warning("webhook: call %s refused: tenant %s is at its call limit", call_sid, route.tenant_id)
-            return twilio.refusal_twiml(self.settings.busy_message)
-        log.info("webhook: call %s from %s to %s: tenant %s", call_sid, params.get("From", "?"), to, route.tenant_id)
+            log.warning("webhook: call %s refused: tenant %s is at its call limit", call.call_sid, route.tenant_id)
+            return HTTPStatus.OK, twilio.refusal_twiml(self.settings.busy_message)
+        log.info("webhook: call %s from %s to %s: tenant %s", call.call_sid, call.from_ or "?", call.to,
+                 route.tenant_id)
+        now = time.time()
         token = streamtoken.issue(self.stream_token_key, tenant=route.tenant_id, agent=route.agent_id,
-                                  call_sid=call_sid, now=time.time())
-        return twilio.connect_stream_twiml(
+                                  call_sid=call.call_sid, account_sid=call.account_sid, now=now)
+        hook = streamtoken.issue(self.stream_token_key, tenant=route.tenant_id, agent="", call_sid=call.call_sid,
+                                 account_sid=call.account_sid, now=now, purpose=streamtoken.AFTER_STREAM,
+                                 ttl=streamtoken.AFTER_STREAM_TTL)
+        after_url = (f"{self.settings.public_url.rstrip('/')}{twilio.AFTER_STREAM_PATH}?"
+                     f"{urlencode({'tenant': route.tenant_id, 'token': hook})}")
+        twiml = twilio.connect_stream_twiml(
             self.settings.stream_url,
-            {"callSid": call_sid, "from": params.get("From", ""), "to": to, "tenant": route.tenant_id,
+            {"callSid": call.call_sid, "from": call.from_, "to": call.to, "tenant": route.tenant_id,
              "agent": route.agent_id, "token": token},
+            after_url,
         )
+        return HTTPStatus.OK, twiml
 
-    def verify_stream(self, start: twilio.Start) -> str | None:
-        """Why a stream's ``start`` may not open an upstream (None: it may)."""
+    async def after_stream(self, query: dict[str, str], params: dict[str, str],
+                           found: tuple[Credential, ...]) -> tuple[HTTPStatus, str]:
+        """What Twilio runs once relay has closed a call's stream (the ``<Redirect>`` after
+        ``</Connect>``): nothing more after a normal end (the agent hung up), the failure message
+        after anything else. Works on any relay sharing the store: the reason is looked up there
+        when this relay did not run the call."""
+        call_sid, account_sid, tenant = params.get("CallSid", ""), params.get("AccountSid", ""), query.get("tenant", "")
+        if not (twilio.CALL_SID.fullmatch(call_sid) and twilio.ACCOUNT_SID.fullmatch(account_sid)):
+            self.malformed_webhooks += 1
+            return HTTPStatus.BAD_REQUEST, "CallSid and AccountSid must be Twilio sids\n"
+        refused = streamtoken.verify(self.stream_token_key, query.get("token", ""), tenant=tenant, agent="",
+                                     call_sid=call_sid, account_sid=account_sid, now=time.time(),
+                                     purpose=streamtoken.AFTER_STREAM)
+        problem = refused or self.binding_problem(found, tenant, account_sid)
+        if problem is not None:
+            log.warning("after-stream hook refused for call %s: %s", call_sid, problem)
+            return HTTPStatus.FORBIDDEN, "forbidden\n"
+        reason = await self.end_reason(call_sid)
+        if reason in NORMAL_ENDS:
+            return HTTPStatus.OK, twilio.hangup_twiml()
+        log.info("call %s: the stream ended (%s); the caller hears the failure message", call_sid, reason or "unknown")
+        return HTTPStatus.OK, twilio.refusal_twiml(self.settings.failure_message)
+
+    async def end_reason(self, call_sid: str) -> str | None:
+        """How a call ended: from memory if it ran here, else from the store (waiting briefly
+        for an end still on its way there)."""
+        reason = self.outcomes.get(call_sid)
+        if reason is not None:
+            return reason
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + OUTCOME_WAIT_S
+        while True:
+            try:
+                reason = await self.store.end_reason(call_sid)
+            except Exception as exc:  # the store is unreachable: answer as for a failure
+                log.warning("call %s: end reason unavailable (%s)", call_sid, type(exc).__name__)
+                return None
+            if reason is not None or loop.time() >= deadline:
+                return reason
+            await asyncio.sleep(0.1)
+
+    def note_outcome(self, call_sid: str, end_reason: str) -> None:
+        """A call ended here: remember how, for the after-stream hook."""
+        self.outcomes[call_sid] = end_reason
+        self.outcomes.move_to_end(call_sid)
+        while len(self.outcomes) > MAX_OUTCOMES:
+            self.outcomes.popitem(last=False)
+
+    def verify_stream(self, start: twilio.Start, found: tuple[Credential, ...]) -> str | None:
+        """Why a stream's ``start`` may not open an upstream (None: it may): its token must be the
+        one our webhook issued for this call and account, and the handshake's signer must be
+        allowed to act for the token's tenant."""
         params = start.custom_parameters
-        return streamtoken.verify(self.stream_token_key, params.get("token", ""), tenant=params.get("tenant", ""),
-                                  agent=params.get("agent", ""), call_sid=start.call_sid, now=time.time())
+        tenant = params.get("tenant", "")
+        return streamtoken.verify(self.stream_token_key, params.get("token", ""), tenant=tenant,
+                                  agent=params.get("agent", ""), call_sid=start.call_sid,
+                                  account_sid=start.account_sid, now=time.time()) or \
+            self.binding_problem(found, tenant, start.account_sid)
+
+    # ------------------------------------------------------------------ calls
 
     def note_violation(self, kind: str) -> None:
         self.violations[kind] += 1
@@ -191,21 +297,28 @@ class Relay:
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "fastpath": fastpath.IMPLEMENTATION, "calls_active": len(self.sessions),
                 "connections": self.connections, "refused_signatures": self.rejected_signatures,
-                "violations": dict(self.violations), "upstreams_outlived": self.upstreams_outlived,
+                "refused_bindings": self.rejected_bindings, "malformed_webhooks": self.malformed_webhooks,
+                "violations": dict(self.violations), "upstreams_open": self.upstreams_open,
+                "upstreams_outlived": self.upstreams_outlived,
+                "store": {"kind": self.store.kind, "dead_letters": self.store.dead_letters},
                 "pacer": self.pacer.stats()}
 
-    def start_call(self, ws: WebSocket) -> None:
+    def start_call(self, ws: WebSocket, found: tuple[Credential, ...] = ()) -> None:
+        settings = self.settings
         session = CallSession(
             ws,
-            connect_upstream=self._connect_upstream,
+            connect_upstream=self.open_upstream,
             agent=self.agent,
             store=self.store,
-            options=self.settings.call_options,
+            options=settings.call_options,
             pacer=self.pacer,
-            upstream_max_session_s=self.settings.upstream_max_session_s,
+            upstream_max_session_s=settings.upstream_max_session_s,
+            backend_ready_timeout_s=settings.backend_ready_timeout_ms / 1000,
+            reconnect_give_up_s=settings.reconnect_give_up_s,
             resolve_agent=self.resolve_agent,
-            verify_start=self.verify_stream,
+            verify_start=lambda start: self.verify_stream(start, found),
             on_started=self.call_started,
+            on_ended=self.note_outcome,
             on_upstream_outlived=self.note_upstream_outlived,
         )
         task = asyncio.create_task(self._run_call(session))
@@ -348,61 +461,75 @@ class HttpProtocol(asyncio.Protocol):
         elif url.path == "/healthz" and method in (b"GET", b"HEAD"):
             self._send(HTTPStatus.OK, orjson.dumps(self._relay.health()), "application/json", keep_alive=keep_alive,
                        head_only=method == b"HEAD")
-        elif url.path == twilio.STREAM_PATH and method in (b"POST", b"GET"):
-            # Twilio's voice webhook: a form body (POST) or the query string (GET), or a JSON
-            # body whose hash is in the query (bodySHA256).
-            raw = bytes(self._body).decode("utf-8", "replace") if method == b"POST" else url.query
-            signed_url = self._relay.settings.public_url.rstrip("/") + url.path + (f"?{url.query}" if url.query else "")
-            # As twilio's validator decides: a bodySHA256 query parameter, even an empty one.
-            is_json = method == b"POST" and "bodySHA256" in parse_qs(url.query)
-            signed: dict[str, str] | str = raw if is_json else (
-                dict(parse_qsl(raw, keep_blank_values=True)) if method == b"POST" else {})
-            signature = self._header("x-twilio-signature")
-            params: dict[str, str] | None = dict(
-                parse_qsl(url.query if is_json or method != b"POST" else raw, keep_blank_values=True))
-            if is_json:
-                try:
-                    body = orjson.loads(raw)
-                    params.update({str(k): str(v) for k, v in body.items()} if isinstance(body, dict) else {})
-                except orjson.JSONDecodeError:
-                    params = None  # answered 400 once the signature is known good
-            if not self._relay.signature_ok(signed_url, signed, signature, count=False) and (
-                self._relay.token_source is None
-            ):
-                self._relay.rejected_signatures += 1
-                log.warning("webhook refused: X-Twilio-Signature missing or wrong")
-                self._send(HTTPStatus.FORBIDDEN, b"forbidden\n", keep_alive=False)
-                return
-            # With tenant tokens, a failed check is retried once after reloading them.
-            task = asyncio.ensure_future(self._answer_webhook(params, keep_alive, (signed_url, signed, signature)))
-            self._relay.background.add(task)
-            task.add_done_callback(self._relay.background.discard)
-        elif url.path in ("/healthz", twilio.STREAM_PATH):
+        elif (url.path == twilio.STREAM_PATH and method in (b"POST", b"GET")) or (
+                url.path == twilio.AFTER_STREAM_PATH and method == b"POST"):
+            self._twilio_request(method, url.path, url.query, keep_alive)
+        elif url.path in ("/healthz", twilio.STREAM_PATH, twilio.AFTER_STREAM_PATH):
             self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", keep_alive=keep_alive)
         else:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
 
-    async def _answer_webhook(self, params: dict[str, str] | None, keep_alive: bool,
-                              signed: tuple[str, dict[str, str] | str, str | None]) -> None:
+    def _twilio_request(self, method: bytes, path: str, query: str, keep_alive: bool) -> None:
+        """A request from Twilio (the voice webhook or the after-stream hook): a form body (POST)
+        or the query string (GET), or a JSON body whose hash is in the query (bodySHA256).
+        Unsigned, it is refused here; signed, it is answered in a task (it may need the store)."""
         relay = self._relay
-        if not relay.signature_ok(*signed, count=False):
+        raw = bytes(self._body).decode("utf-8", "replace") if method == b"POST" else query
+        signed_url = relay.settings.public_url.rstrip("/") + path + (f"?{query}" if query else "")
+        # As twilio's validator decides: a bodySHA256 query parameter, even an empty one.
+        is_json = method == b"POST" and "bodySHA256" in parse_qs(query)
+        signed: dict[str, str] | str = raw if is_json else (
+            dict(parse_qsl(raw, keep_blank_values=True)) if method == b"POST" else {})
+        signature = self._header("x-twilio-signature")
+        params: dict[str, str] | None = dict(parse_qsl(query if is_json or method != b"POST" else raw,
+                                                       keep_blank_values=True))
+        if is_json:
+            try:
+                body = orjson.loads(raw)
+                params.update({str(k): str(v) for k, v in body.items()} if isinstance(body, dict) else {})
+            except orjson.JSONDecodeError:
+                params = None  # answered 400 once the signature is known good
+        found = relay.signers(signed_url, signed, signature)
+        if not found and not relay.settings.skip_twilio_signature and relay.credential_source is None:
+            relay.rejected_signatures += 1
+            log.warning("Twilio request to %s refused: X-Twilio-Signature missing or wrong", path)
+            self._send(HTTPStatus.FORBIDDEN, b"forbidden\n", keep_alive=False)
+            return
+        task = asyncio.ensure_future(self._answer_twilio(path, dict(parse_qsl(query)), params, keep_alive,
+                                                         found, (signed_url, signed, signature)))
+        relay.background.add(task)
+        task.add_done_callback(relay.background.discard)
+
+    async def _answer_twilio(self, path: str, query: dict[str, str], params: dict[str, str] | None,
+                             keep_alive: bool, found: tuple[Credential, ...],
+                             signed: tuple[str, dict[str, str] | str, str | None]) -> None:
+        relay = self._relay
+        if not found and not relay.settings.skip_twilio_signature:
             # Perhaps a tenant's token added since the last reload: reload once, then decide.
-            await relay.refresh_tokens(min_age=1.0)
-            if not relay.signature_ok(*signed):
-                log.warning("webhook refused: X-Twilio-Signature missing or wrong")
+            await relay.refresh_credentials(min_age=1.0)
+            found = relay.signers(*signed)
+            if not found:
+                relay.rejected_signatures += 1
+                log.warning("Twilio request to %s refused: X-Twilio-Signature missing or wrong", path)
                 self._send(HTTPStatus.FORBIDDEN, b"forbidden\n", keep_alive=False)
                 return
         if params is None:
             self._send(HTTPStatus.BAD_REQUEST, b"bad request\n", keep_alive=False)
             return
         try:
-            twiml = (await self._relay.webhook(params)).encode()
+            if path == twilio.STREAM_PATH:
+                status, text = await relay.webhook(params, found)
+            else:
+                status, text = await relay.after_stream(query, params, found)
         except Exception:  # e.g. the tenant directory is unreachable: Twilio retries or fails over
-            log.exception("webhook failed")
+            log.exception("Twilio request to %s failed", path)
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"try again\n", keep_alive=False)
             return
         if self._transport is not None and not self._transport.is_closing():
-            self._send(HTTPStatus.OK, twiml, "text/xml", keep_alive=keep_alive)
+            if status == HTTPStatus.OK:
+                self._send(status, text.encode(), "text/xml", keep_alive=keep_alive)
+            else:
+                self._send(status, text.encode(), keep_alive=False)
 
     def _header(self, name: str) -> str | None:
         for key, value in self._headers:
@@ -422,7 +549,11 @@ class HttpProtocol(asyncio.Protocol):
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=False)
             return
         # Twilio signs the stream URL of the TwiML, wss scheme and no params (PROTOCOLS §1.2).
-        if not self._relay.signature_ok(self._relay.settings.stream_url, {}, self._header("x-twilio-signature")):
+        # Who signed is kept: at ``start`` the stream's tenant must be one that signer may act for.
+        relay = self._relay
+        found = relay.signers(relay.settings.stream_url, {}, self._header("x-twilio-signature"))
+        if not found and not relay.settings.skip_twilio_signature:
+            relay.rejected_signatures += 1
             log.warning("media WebSocket refused: X-Twilio-Signature missing or wrong")
             self._send(HTTPStatus.FORBIDDEN, b"forbidden\n", keep_alive=False)
             return
@@ -440,7 +571,7 @@ class HttpProtocol(asyncio.Protocol):
         self._ws.on_lost = self._lost
         # From here on the transport feeds the WebSocket's compiled read loop directly.
         self._transport.set_protocol(self._ws)  # type: ignore[arg-type]
-        self._relay.start_call(self._ws)
+        self._relay.start_call(self._ws, found)
         if rest:
             self._ws.data_received(rest)
 
@@ -468,16 +599,16 @@ class RelayServer:
         loop = asyncio.get_running_loop()
         s = self.relay.settings
         self._server = await loop.create_server(lambda: HttpProtocol(self.relay), s.host, s.port, reuse_address=True)
-        if self.relay.token_source is not None:
-            await self.relay.refresh_tokens()
-            self._refresher = asyncio.create_task(self._refresh_tokens(), name="tenant-token-refresh")
+        if self.relay.credential_source is not None:
+            await self.relay.refresh_credentials()
+            self._refresher = asyncio.create_task(self._refresh_credentials(), name="tenant-token-refresh")
 
-    async def _refresh_tokens(self) -> None:
+    async def _refresh_credentials(self) -> None:
         # A handshake cannot wait for the database, so it checks the tokens known here; a new
         # tenant token reaches every relay within TOKEN_REFRESH (its webhooks at once).
         while True:
             await asyncio.sleep(TOKEN_REFRESH)
-            await self.relay.refresh_tokens()
+            await self.relay.refresh_credentials()
 
     async def close(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let live calls finish (bounded), then end the rest."""

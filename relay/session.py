@@ -6,7 +6,7 @@ it cannot: the sockets, the tasks and the clock. Per call:
 * the Twilio pump (events that are not per-frame: ``stop``, ``dtmf``, odd messages);
 * the backend loop: pumps the current backend session, and when one drops unexpectedly
   reconnects with backoff and hands the conversation so far to the new one; the phone call
-  never drops because of the backend;
+  does not drop because of a backend fault it can outlast;
 * the recycler: before the backend's session cap (OpenAI: 60 min) a fresh session is opened
   and takes over at the first idle moment between turns, seeded with the conversation;
 * the hang-up watch: when the agent calls ``end_call``, the farewell plays to its final mark
@@ -17,17 +17,24 @@ transports' ``data_received``, routed in C to the conversation's media core (``r
 outbound audio is paced by
 the server's one shared ``Pacer``. Whichever side ends the call, the backend session closes
 with it; one that will not close in time is aborted, logged and counted.
+
+No call goes silent. A backend session must confirm itself (``session.updated``, μ-law) within
+``backend_ready_timeout_s``; the call's first session that does not (refused, wrong format, no
+answer, closed), or a backend that stays lost for ``reconnect_give_up_s`` mid-call, ends the
+call. Then, as whenever relay itself ends a stream, the end is recorded (``on_ended``, and the
+store, waited for briefly) before the stream closes: Twilio goes on to the TwiML after
+``<Connect>``, whose after-stream hook answers from that record (an apology after a failure).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from relay import realtime, twilio
+from relay.agents import Agent
 from relay.conversation import CallOptions, CallStats, Conversation, cut_words
 from relay.errors import BackendError, ProtocolError
 from relay.fastpath import LEG_BACKEND, LEG_TWILIO, parse_media
@@ -41,6 +48,19 @@ UPSTREAM_CLOSE_TIMEOUT = 3.0
 RECONNECT_BACKOFF = (0.1, 5.0)  # first delay, most delay (doubling), seconds
 SHORT_LIVED_S = 5.0  # a backend session that drops sooner than this delays the next one
 IDLE_POLL_S = 0.05
+END_WRITE_TIMEOUT = 2.0  # how long the stream's close waits for the call's end to be stored
+
+# How relay closes a stream it ends, by end reason (Twilio's own ends, stop and a closed
+# socket, need no close of ours beyond the handshake).
+_CLOSE_CODES = {"stop": 1000, "agent_hangup": 1000, "twilio_protocol_error": 1007}
+_CLOSE_REASONS = {
+    "backend_unavailable": "speech backend unavailable",
+    "backend_refused": "speech backend refused the session",
+    "backend_not_ready": "speech backend did not confirm the session in time",
+    "backend_lost": "speech backend lost",
+    "relay_shutdown": "relay is shutting down",
+    "error": "internal error",
+}
 
 __all__ = ["CallSession", "CallStats", "ConnectUpstream", "ResolveAgent", "TwilioSocket", "Upstream", "cut_words"]
 
@@ -66,9 +86,14 @@ class Upstream(Protocol):
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 
-ConnectUpstream = Callable[[], Awaitable[Upstream]]
-# The tenant's agent for a call: (tenant_id, agent_id) -> its profile, or None for the default.
-ResolveAgent = Callable[[str, str], Awaitable["realtime.AgentProfile | None"]]
+# A new backend session for a call's agent (its model picks the endpoint).
+ConnectUpstream = Callable[[realtime.AgentProfile], Awaitable[Upstream]]
+# The tenant's agent for a call: (tenant_id, agent_id) -> its stored row, or None for the default.
+ResolveAgent = Callable[[str, str], Awaitable["Agent | None"]]
+
+
+class BackendNotReady(BackendError):
+    """A backend session did not confirm itself within the ready timeout."""
 
 
 def _recycle_margin(cap_s: float) -> float:
@@ -89,9 +114,12 @@ class CallSession:
         options: CallOptions = CallOptions(),
         pacer: Pacer | None = None,
         upstream_max_session_s: float = 3600.0,
+        backend_ready_timeout_s: float = 5.0,
+        reconnect_give_up_s: float = 30.0,
         resolve_agent: ResolveAgent | None = None,
         verify_start: Callable[[twilio.Start], str | None] | None = None,
         on_started: Callable[[str], None] | None = None,
+        on_ended: Callable[[str, str], None] | None = None,
         on_upstream_outlived: Callable[[], None] | None = None,
     ) -> None:
         self.twilio = twilio_ws
@@ -102,9 +130,12 @@ class CallSession:
         self._loop = asyncio.get_running_loop()
         self._pacer = pacer if pacer is not None else Pacer(self._loop)
         self._cap_s = upstream_max_session_s
+        self._ready_timeout_s = backend_ready_timeout_s
+        self._give_up_s = reconnect_give_up_s
         self._resolve_agent = resolve_agent
         self._verify_start = verify_start
         self._on_started = on_started
+        self._on_ended = on_ended
         self._on_outlived = on_upstream_outlived
         self.start: twilio.Start | None = None
         self.conversation: Conversation | None = None
@@ -115,6 +146,9 @@ class CallSession:
         self._recycler: asyncio.Task[None] | None = None
         self._opened_at = 0.0  # loop time the current backend session was taken into use
         self._short_lived = 0  # backend sessions in a row that dropped young
+        self._ever_ready = False  # some backend session of this call confirmed itself
+        self._lost_at: float | None = None  # loop time the call lost its last ready session
+        self._close_reason = ""  # said in the stream's close frame, when relay ends the stream
         self._closing: set[asyncio.Task[None]] = set()
 
     @property
@@ -140,6 +174,7 @@ class CallSession:
             return
         except ProtocolError as exc:
             log.warning("closing stream before start: %s", exc)
+            self.end_reason = "start_invalid"
             await self.twilio.close(1007, str(exc)[:100])
             return
         start = self.start
@@ -148,7 +183,7 @@ class CallSession:
             # Not a call our webhook answered (or not this call): no upstream, nothing stored.
             log.warning("closing stream %s: %s", start.stream_sid, refused)
             self.end_reason = "stream_token_invalid"
-            await self.twilio.close(1008, refused)
+            await self.twilio.close(1008, refused[:100])
             return
         if self._on_started is not None:
             self._on_started(start.call_sid)
@@ -160,13 +195,33 @@ class CallSession:
         log.info("call %s stream %s started", start.call_sid, start.stream_sid)
         try:
             await self._bridge(conversation)
+        except asyncio.CancelledError:
+            self.end_reason = self.end_reason or "relay_shutdown"
+            raise
         finally:
             self._ending = True
             self._pacer.remove(self)
+            self.end_reason = self.end_reason or "error"
             conversation.finish(self.end_reason)
             log.info("call %s ended (%s): %d frames in, %d out, %d backend session(s)", start.call_sid,
                      self.end_reason, conversation.stats.frames_in, conversation.stats.frames_out,
                      conversation.stats.backend_sessions)
+            if self._on_ended is not None:
+                self._on_ended(start.call_sid, self.end_reason)
+            await self._end_stream()
+
+    async def _end_stream(self) -> None:
+        """Close the stream the way the call ended. When relay ends a live call, its end is
+        stored first (bounded): the after-stream hook Twilio fetches next reads it."""
+        reason = self.end_reason
+        if reason not in ("stop", "twilio_closed"):
+            try:
+                async with asyncio.timeout(END_WRITE_TIMEOUT):
+                    await self._store.flush()
+            except TimeoutError:
+                log.warning("call %s: its end is not stored yet; closing the stream anyway", self.call_sid)
+        text = self._close_reason or _CLOSE_REASONS.get(reason, "")
+        await self.twilio.close(_CLOSE_CODES.get(reason, 1011), text[:100])
 
     async def _await_start(self) -> twilio.Start:
         while True:
@@ -175,8 +230,7 @@ class CallSession:
                 raise ProtocolError("media before start")
             event = twilio.parse_event(message)
             if isinstance(event, twilio.Start):
-                if event.encoding != "audio/x-mulaw" or event.sample_rate != 8000:
-                    raise ProtocolError(f"unsupported media format {event.encoding}/{event.sample_rate}")
+                twilio.check_start(event)
                 return event
             if not isinstance(event, twilio.Connected):
                 raise ProtocolError(f"{type(event).__name__.lower()} before start")
@@ -192,17 +246,14 @@ class CallSession:
                         type(exc).__name__)
             found = None
         if found is not None:
-            # Relay-wide call behaviour the tenant's row does not carry (yet) comes from the default.
-            self._agent = dataclasses.replace(found, greeting=found.greeting or self._agent.greeting,
-                                              end_call_tool=self._agent.end_call_tool)
+            self._agent = found.profile(self._agent)
 
     async def _bridge(self, conversation: Conversation) -> None:
         try:
-            upstream = await self._connect_upstream()
+            upstream = await self._connect_upstream(self._agent)
         except Exception as exc:  # no backend at all when the call starts: this call ends, clearly
             log.error("call %s: speech backend unavailable: %s", self.call_sid, exc)
             self.end_reason = "backend_unavailable"
-            await self.twilio.close(1011, "speech backend unavailable")
             return
         self._use(upstream, "start")
         self.twilio.route(conversation, LEG_TWILIO)
@@ -230,10 +281,6 @@ class CallSession:
                 self._retire(self._upstream)
             if self._closing:
                 await asyncio.gather(*self._closing, return_exceptions=True)
-            if self.end_reason == "backend_refused":
-                await self.twilio.close(1011, "speech backend refused the session")
-            elif self.end_reason in ("stop", "agent_hangup"):
-                await self.twilio.close(1000, "")
 
     # ------------------------------------------------------------------ Twilio leg
 
@@ -248,7 +295,7 @@ class CallSession:
                     return "stop"
             except ProtocolError as exc:
                 log.warning("call %s: bad message from Twilio: %s", self.call_sid, exc)
-                await self.twilio.close(1007, str(exc)[:100])
+                self._close_reason = str(exc)
                 return "twilio_protocol_error"
 
     async def _hang_up_watch(self, conversation: Conversation) -> str:
@@ -291,48 +338,89 @@ class CallSession:
             assert upstream is not None
             try:
                 await self._pump(conversation, upstream)
+                failure = None
             except BackendError as exc:
-                log.error("call %s: %s", self.call_sid, exc)
-                return "backend_refused"
-            if upstream is not self._upstream:
+                failure = exc
+            if failure is None and upstream is not self._upstream:
                 continue  # replaced by a fresh session (recycle): pump that one
-            code = getattr(upstream, "close_code", None)
-            log.warning("call %s: the backend session ended unexpectedly (close code %s); reconnecting",
-                        self.call_sid, code)
-            self._upstream = None
-            conversation.backend_lost(self._loop.time())
+            if not self._ever_ready:
+                # The call's first session never confirmed itself: the call ends, with an apology.
+                log.error("call %s: %s", self.call_sid, failure or "the backend closed the session before it was ready")
+                return "backend_not_ready" if isinstance(failure, BackendNotReady) else "backend_refused"
+            if failure is not None:
+                log.warning("call %s: %s; reconnecting", self.call_sid, failure)
+                self._retire(upstream)
+            else:
+                log.warning("call %s: the backend session ended unexpectedly (close code %s); reconnecting",
+                            self.call_sid, getattr(upstream, "close_code", None))
+                self._upstream = None
+            now = self._loop.time()
+            if self._lost_at is None:
+                self._lost_at = now
+            conversation.backend_lost(now)
             # A session that dies young (refused after its handshake, say) is not retried in a
             # tight loop: the wait doubles with every short-lived one.
-            if self._loop.time() - self._opened_at < SHORT_LIVED_S:
+            if now - self._opened_at < SHORT_LIVED_S:
                 self._short_lived += 1
-                await asyncio.sleep(min(RECONNECT_BACKOFF[0] * 2 ** (self._short_lived - 1), RECONNECT_BACKOFF[1]))
+                await asyncio.sleep(min(RECONNECT_BACKOFF[0] * 2 ** (self._short_lived - 1), RECONNECT_BACKOFF[1],
+                                        max(0.0, self._lost_at + self._give_up_s - now)))
             else:
                 self._short_lived = 0
-            self._use(await self._reconnect(), "reconnect")
+            fresh = await self._reconnect()
+            if fresh is None:
+                log.error("call %s: no working backend session for %.0f s; ending the call", self.call_sid,
+                          self._give_up_s)
+                return "backend_lost"
+            self._use(fresh, "reconnect")
 
     async def _pump(self, conversation: Conversation, upstream: Upstream) -> None:
+        """Read ``upstream`` until it closes or is replaced.
+
+        Raises:
+            BackendError: the session refused the call (an error, not μ-law) before confirming.
+            BackendNotReady: it did not confirm within the ready timeout.
+        """
+        deadline = None if conversation.backend_ready else self._loop.time() + self._ready_timeout_s
         while True:
             try:
-                message = await upstream.recv()
+                if deadline is None:
+                    message = await upstream.recv()
+                else:
+                    # (asyncio.timeout, not wait_for: wait_for can swallow the call's cancellation
+                    # when a message arrives at the same moment, and this loop would read on.)
+                    async with asyncio.timeout_at(deadline):
+                        message = await upstream.recv()
             except ConnectionClosed:
                 return
+            except TimeoutError:
+                raise BackendNotReady(f"the backend did not confirm the session within "
+                                      f"{self._ready_timeout_s * 1000:.0f} ms") from None
             if upstream is not self._upstream:
                 return
             if isinstance(message, str):
                 message = message.encode()
             conversation.backend_message(message, self._loop.time())
+            if deadline is not None and conversation.backend_ready:
+                deadline = None
+                self._ever_ready = True
+                self._lost_at = None
 
-    async def _reconnect(self) -> Upstream:
-        """A new backend session, however long it takes: the call itself never drops for it."""
+    async def _reconnect(self) -> Upstream | None:
+        """A new backend session, retried with backoff until ``reconnect_give_up_s`` after the
+        loss (None: the time is up)."""
+        assert self._lost_at is not None
+        give_up_at = self._lost_at + self._give_up_s
         delay, most = RECONNECT_BACKOFF
-        while True:
+        while (left := give_up_at - self._loop.time()) > 0:
             try:
-                return await self._connect_upstream()
+                async with asyncio.timeout(left):
+                    return await self._connect_upstream(self._agent)
             except Exception as exc:
                 log.warning("call %s: reconnecting to the backend failed (%s); again in %.1f s",
                             self.call_sid, type(exc).__name__, delay)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(min(delay, max(0.0, give_up_at - self._loop.time())))
             delay = min(delay * 2, most)
+        return None
 
     async def _recycle(self, upstream: Upstream, opened_at: float) -> None:
         """Before ``upstream`` reaches the session cap, a fresh session takes over between turns."""
@@ -342,22 +430,27 @@ class CallSession:
         if upstream is not self._upstream:
             return
         try:
-            fresh = await self._connect_upstream()
+            fresh = await self._connect_upstream(self._agent)
         except Exception as exc:  # the cap's close will reconnect instead
             log.warning("call %s: could not open a fresh backend session (%s)", self.call_sid, type(exc).__name__)
             return
-        # Wait for a moment with nobody talking; at the very end, take over regardless.
-        last_moment = opened_at + self._cap_s - 0.5
-        while not conversation.idle and self._loop.time() < last_moment and upstream is self._upstream:
-            await asyncio.sleep(IDLE_POLL_S)
-        if upstream is not self._upstream or self._ending:
-            self._retire(fresh)
-            return
-        log.info("call %s: a fresh backend session takes over (session cap %.0f s)", self.call_sid, self._cap_s)
-        upstream.route(None)
-        self._recycler = None  # _use starts the next one; this task must not cancel itself
-        self._use(fresh, "recycle")
-        self._retire(upstream)
+        adopted = False
+        try:
+            # Wait for a moment with nobody talking; at the very end, take over regardless.
+            last_moment = opened_at + self._cap_s - 0.5
+            while not conversation.idle and self._loop.time() < last_moment and upstream is self._upstream:
+                await asyncio.sleep(IDLE_POLL_S)
+            if upstream is not self._upstream or self._ending:
+                return
+            log.info("call %s: a fresh backend session takes over (session cap %.0f s)", self.call_sid, self._cap_s)
+            upstream.route(None)
+            self._recycler = None  # _use starts the next one; this task must not cancel itself
+            self._use(fresh, "recycle")
+            adopted = True
+            self._retire(upstream)
+        finally:
+            if not adopted:  # the call ended (or the session was lost) while it waited: close it too
+                self._retire(fresh)
 
     def _retire(self, upstream: Upstream) -> None:
         """Close a backend session in the background; one that will not close is aborted and counted."""

@@ -15,9 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from relay.agents import DEFAULT_AGENT
 from relay.store import DEFAULT_TENANT
-
-DEFAULT_AGENT = "default"
 
 log = logging.getLogger("relay.tenants")
 

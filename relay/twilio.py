@@ -3,6 +3,9 @@
 ``media`` events take the compiled one-pass path (``fastpath.parse_media``); everything else,
 a handful of messages per call, is parsed here with orjson into small event objects. The
 messages relay sends back are built by ``fastpath.TwilioWriter``.
+
+Also here: the voice webhook's fields (``voice_request``), checked before anything is looked
+up or counted, and the TwiML relay answers with.
 """
 
 from __future__ import annotations
@@ -10,12 +13,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import re
+
 import orjson
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from relay.errors import ProtocolError
 
 STREAM_PATH = "/twilio/voice"
+# Where Twilio goes once relay closes a call's stream: the TwiML after ``</Connect>`` redirects
+# here, and the answer depends on how the call ended (PROTOCOLS §1.1).
+AFTER_STREAM_PATH = "/twilio/after-stream"
+
+# Twilio's identifiers: a two-letter prefix and 32 hex digits (PROTOCOLS §1.6).
+CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
+ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+# Browser and SIP legs: ``client:alice``, ``sip:alice@example.sip.twilio.com`` (bounded, no spaces).
+_CLIENT_OR_SIP = re.compile(r"(?:client:[^\s]{1,256}|sips?:[^\s@]{1,256}@[^\s]{1,256})")
+# A withheld caller ID comes as a word (``anonymous``, ``Restricted``, ...) or nothing at all.
+_CALLER_ID_WORD = re.compile(r"[A-Za-z]{1,32}")
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +80,54 @@ class Stop:
 
 
 TwilioEvent = Connected | Start | Dtmf | Mark | Stop
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceRequest:
+    """The fields of a voice webhook relay acts on, each of the shape Twilio sends."""
+
+    call_sid: str
+    account_sid: str
+    to: str
+    from_: str
+
+
+def voice_request(params: Mapping[str, str]) -> VoiceRequest:
+    """Check a voice webhook's ``CallSid``, ``AccountSid``, ``To`` and ``From``.
+
+    Runs before anything is looked up or counted, so a malformed request (an empty
+    ``CallSid`` above all, which could pass for a retry of another call) costs nothing.
+
+    Raises:
+        ProtocolError: the first field that is missing or malformed, named (the value never is).
+    """
+    call_sid, account_sid = params.get("CallSid", ""), params.get("AccountSid", "")
+    to, from_ = params.get("To", ""), params.get("From", "")
+    if not CALL_SID.fullmatch(call_sid):
+        raise ProtocolError("CallSid must be CA followed by 32 hex digits")
+    if not ACCOUNT_SID.fullmatch(account_sid):
+        raise ProtocolError("AccountSid must be AC followed by 32 hex digits")
+    if not (E164.fullmatch(to) or _CLIENT_OR_SIP.fullmatch(to)):
+        raise ProtocolError("To must be an E.164 number or a client:/sip: address")
+    if from_ and not (E164.fullmatch(from_) or _CLIENT_OR_SIP.fullmatch(from_) or _CALLER_ID_WORD.fullmatch(from_)):
+        raise ProtocolError("From must be an E.164 number, a client:/sip: address, or a withheld caller ID")
+    return VoiceRequest(call_sid, account_sid, to, from_)
+
+
+def check_start(start: Start) -> None:
+    """A bidirectional stream relay can serve: μ-law, 8000 Hz, mono, the caller's track.
+
+    Raises:
+        ProtocolError: the first thing that is not, with what was sent (bounded).
+    """
+    if start.encoding != "audio/x-mulaw":
+        raise ProtocolError(f"unsupported media encoding {start.encoding[:40]!r}: relay takes audio/x-mulaw")
+    if start.sample_rate != 8000:
+        raise ProtocolError(f"unsupported sample rate {start.sample_rate}: relay takes 8000 Hz")
+    if start.channels != 1:
+        raise ProtocolError(f"unsupported channel count {start.channels}: relay takes mono")
+    if "inbound" not in start.tracks:
+        raise ProtocolError("the stream's tracks do not include inbound: there is no caller audio")
 
 
 def _get(obj: Mapping[str, object], key: str, kind: type, where: str) -> object:
@@ -118,7 +184,10 @@ def parse_event(message: bytes) -> TwilioEvent:
         return Mark(str(_get(mark, "name", str, "mark")))  # type: ignore[arg-type]
     if event == "dtmf":
         dtmf = _get(obj, "dtmf", dict, "dtmf")
-        return Dtmf(str(_get(dtmf, "digit", str, "dtmf")))  # type: ignore[arg-type]
+        digit = str(_get(dtmf, "digit", str, "dtmf"))  # type: ignore[arg-type]
+        if digit not in DTMF_DIGITS:
+            raise ProtocolError("Twilio dtmf.digit must be one of 0-9 * # A-D")
+        return Dtmf(digit)
     if event == "stop":
         stop = obj.get("stop")
         call_sid = stop.get("callSid", "") if isinstance(stop, dict) else ""
@@ -130,18 +199,27 @@ def parse_event(message: bytes) -> TwilioEvent:
 
 
 def refusal_twiml(message: str) -> str:
-    """TwiML for a call relay will not connect: say why, then hang up."""
+    """TwiML that says ``message``, then hangs up (a refused call, or one relay could not serve)."""
     response = VoiceResponse()
     response.say(message)
     response.hangup()
     return str(response)
 
 
-def connect_stream_twiml(stream_url: str, parameters: Mapping[str, str]) -> str:
+def hangup_twiml() -> str:
+    """TwiML that ends the call at once."""
+    response = VoiceResponse()
+    response.hangup()
+    return str(response)
+
+
+def connect_stream_twiml(stream_url: str, parameters: Mapping[str, str], after_url: str | None = None) -> str:
     """TwiML that connects the call to relay's media WebSocket (PROTOCOLS §1.1).
 
     Twilio drops a query string from the stream URL, so per-call values travel as
-    ``<Parameter>``s and come back in ``start.customParameters``.
+    ``<Parameter>``s and come back in ``start.customParameters``. ``<Connect>`` holds the
+    call until relay closes the stream; Twilio then runs what follows it: a ``<Redirect>``
+    to ``after_url``, which decides what the caller hears next.
     """
     response = VoiceResponse()
     connect = Connect()
@@ -149,4 +227,6 @@ def connect_stream_twiml(stream_url: str, parameters: Mapping[str, str]) -> str:
     for name, value in parameters.items():
         stream.parameter(name=name, value=value)
     response.append(connect)
+    if after_url is not None:
+        response.redirect(after_url, method="POST")
     return str(response)

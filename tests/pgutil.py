@@ -14,10 +14,13 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 
+from relay.config import Settings
 from relay.pgstore import migrate
 from relay.store import CallEnd, CallRecord, Record, TurnRecord
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
+# The agent a new tenant starts with: the environment's, as ``relay tenants add`` gives it.
+AGENT = Settings().agent
 ADMIN_DSN = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
 
 

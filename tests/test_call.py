@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 from twilio.request_validator import RequestValidator
 
+from relay.admission import Admission
 from relay.config import Settings
 from relay.server import Relay, RelayServer
+from relay.session import ResolveAgent
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
 from relay.sim.caller import CallerScript, CallResult, TwilioCaller, http_post
 from relay.store import SQLiteStore, Store
 from relay.tenants import Directory
+from relay.trust import Credential
 
 FAST = AgentConfig(think_ms=100, realtime_factor=8.0, transcription_delay_ms=50)
 SIM_AUTH_TOKEN = "sim-auth-token"  # the simulated caller's default: it signs like Twilio
@@ -28,6 +31,17 @@ SHORT = CallerScript(utterances=("Book a table for two.", "At seven tonight."), 
 def stutters(result: CallResult) -> list[float]:
     """Dry spells in what the caller heard that were not the pause between two turns."""
     return [ms for ms in result.playback.stalls_ms if 40 < ms < 1000]
+
+
+ACCOUNT_SID = "AC" + "0" * 32
+
+
+def voice_form(call_sid: str | int = 1, *, to: str = "+15550002", from_: str = "+15550001",
+               account_sid: str = ACCOUNT_SID) -> dict[str, str]:
+    """A voice webhook's form as Twilio sends it; an int ``call_sid`` becomes ``CA`` + 32 hex digits."""
+    sid = call_sid if isinstance(call_sid, str) else f"CA{call_sid:032x}"
+    return {"AccountSid": account_sid, "ApiVersion": "2010-04-01", "CallSid": sid, "CallStatus": "ringing",
+            "Called": to, "Caller": from_, "Direction": "inbound", "From": from_, "To": to}
 
 
 async def post_webhook(url: str, form: dict[str, str], token: str = SIM_AUTH_TOKEN) -> tuple[int, bytes]:
@@ -50,6 +64,10 @@ async def stack(
     agent_config: AgentConfig = FAST,
     directory: Directory | None = None,
     store: Store | None = None,
+    *,
+    admission: Admission | None = None,
+    credential_source: Callable[[], Awaitable[list[Credential]]] | None = None,
+    resolve_agent: ResolveAgent | None = None,
     **settings: object,
 ) -> AsyncIterator[Stack]:
     agent = RealtimeAgent(agent_config)
@@ -59,7 +77,8 @@ async def stack(
         await store.open()
     base = Settings(host="127.0.0.1", port=0, realtime_url=agent.url, openai_api_key="sk-sim",  # type: ignore[arg-type]
                     twilio_auth_token=SIM_AUTH_TOKEN, **settings)
-    server = RelayServer(Relay(base, store, directory=directory))
+    server = RelayServer(Relay(base, store, directory=directory, admission=admission,
+                               credential_source=credential_source, resolve_agent=resolve_agent))
     await server.start()
     server.relay.settings = dataclasses.replace(base, public_url=f"http://127.0.0.1:{server.port}")
     try:

@@ -339,7 +339,7 @@ def test_session_problems_is_a_list_of_strings_for_any_json(session: Any) -> Non
 
 
 SECRET = streamtoken.derive_secret("fuzz")
-CALL = dict(tenant="t1", agent="a1", call_sid="CA1")
+CALL = dict(tenant="t1", agent="a1", call_sid="CA1", account_sid="AC1")
 TOKEN = streamtoken.issue(SECRET, **CALL, now=1000.0)
 
 

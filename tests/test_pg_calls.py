@@ -24,7 +24,7 @@ from relay.spool import decode
 from relay.store import CallEnd
 from relay.sim.caller import TwilioCaller
 from relay.tenants import CachedDirectory
-from tests.pgutil import TcpProxy, create_database, drop_database, dsn, eventually
+from tests.pgutil import AGENT, TcpProxy, create_database, drop_database, dsn, eventually
 from tests.test_call import SHORT, SIM_AUTH_TOKEN, stack
 
 pytestmark = pytest.mark.postgres
@@ -39,8 +39,8 @@ async def database() -> AsyncIterator[str]:
     name = await create_database()
     try:
         async with Directory.connect(dsn(name)) as directory:
-            await directory.add_tenant("acme", "Acme")
-            await directory.add_tenant("globex", "Globex")
+            await directory.add_tenant("acme", "Acme", AGENT)
+            await directory.add_tenant("globex", "Globex", AGENT)
             await directory.add_number("+15550100001", "acme")
             await directory.add_number("+15550100002", "globex")
         yield name
@@ -76,22 +76,26 @@ async def test_each_tenant_reads_only_its_own_calls_and_turns(database: str, tmp
 async def test_a_call_runs_with_its_tenants_agent(database: str, tmp_path: Path) -> None:
     store = PostgresStore(dsn(database), spool_path=tmp_path / "relay.spool")
     await store.open()
-    await store.directory.add_agent("acme", "default", instructions="You are Acme's concierge.", voice="cedar")
+    await store.directory.set_agent("acme", "default", instructions="You are Acme's concierge.", voice="cedar",
+                                    model="gpt-realtime-2.1-mini", transcription_model="gpt-4o-transcribe")
     directory = CachedDirectory(store.directory.lookup_number)
     try:
-        async with stack(tmp_path, directory=directory, store=store) as s:
-            s.relay.resolve_agent = store.directory.agent_profile
+        async with stack(tmp_path, directory=directory, store=store, resolve_agent=store.directory.get_agent) as s:
             acme = await TwilioCaller(s.webhook, SHORT, to_number="+15550100001").run()
             globex = await TwilioCaller(s.webhook, SHORT, to_number="+15550100002").run()
             for task in list(s.relay.sessions):
                 await task
             configs = [log.session_config for log in s.agent.sessions]
+            paths = [log.path for log in s.agent.sessions]
     finally:
         await store.close()
     assert acme.error is None and globex.error is None
     assert configs[0]["instructions"] == "You are Acme's concierge."
     assert configs[0]["audio"]["output"]["voice"] == "cedar"
+    assert configs[0]["audio"]["input"]["transcription"] == {"model": "gpt-4o-transcribe"}
+    assert paths[0].endswith("?model=gpt-realtime-2.1-mini")  # the agent's model picks the session's
     assert configs[1]["instructions"] != "You are Acme's concierge."  # globex keeps its own default
+    assert paths[1].endswith(f"?model={AGENT.model}")
 
 
 async def test_fifty_calls_through_a_database_outage_keep_every_turn_exactly_once(
@@ -246,21 +250,23 @@ async def test_a_tenant_on_its_own_twilio_subaccount_is_signed_with_its_own_toke
 ) -> None:
     store = PostgresStore(dsn(database), spool_path=tmp_path / "relay.spool")
     await store.open()
-    await store.directory.set_auth_token("acme", "acme-subaccount-token")
+    acme_account = "AC" + "a" * 32
+    await store.directory.set_auth_token("acme", "acme-subaccount-token", acme_account)
     try:
-        async with stack(tmp_path, directory=CachedDirectory(store.directory.lookup_number), store=store) as s:
-            s.relay.token_source = store.directory.auth_tokens  # reloaded on a failed webhook check
-            ok = await TwilioCaller(s.webhook, SHORT, to_number="+15550100001",
-                                    auth_token="acme-subaccount-token").run()
+        async with stack(tmp_path, directory=CachedDirectory(store.directory.lookup_number), store=store,
+                         credential_source=store.directory.credentials) as s:
+            ok = await TwilioCaller(s.webhook, SHORT, to_number="+15550100001", auth_token="acme-subaccount-token",
+                                    account_sid=acme_account).run()
             forged = await TwilioCaller(s.webhook, SHORT, to_number="+15550100001",
                                         auth_token="some-other-account").run()
             for task in list(s.relay.sessions):
                 await task
-            tokens = await store.directory.auth_tokens()
+            credentials = await store.directory.credentials()
             listed = await store.directory.list_tenants()
     finally:
         await store.close()
     assert ok.error is None and all(t.answered for t in ok.turns)
     assert forged.error is not None and "403" in forged.error
-    assert tokens == ["acme-subaccount-token"]
+    assert [(c.tenant_id, c.account_sid, c.token) for c in credentials] == [
+        ("acme", acme_account, "acme-subaccount-token")]
     assert "acme-subaccount-token" not in repr(listed), "the CLI's tenant list must not show tokens"

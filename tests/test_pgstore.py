@@ -7,6 +7,7 @@ Every test needs the Postgres server on 127.0.0.1:5432; without it they fail, th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -20,12 +21,14 @@ from secrets import token_hex
 import asyncpg
 import pytest
 
-from relay.errors import ConfigError
+from relay.agents import Agent
+from relay.errors import ConfigError, InputError
 from relay.admission import PostgresAdmission
 from relay.pgstore import PostgresStore, migrate, migrations, redact
 from relay.spool import Spool, SpoolError, encode
 from relay.store import CallEnd, CallRecord, Record, SQLiteStore, TurnRecord, record_from_dict
-from tests.pgutil import TcpProxy, call_records, create_database, drop_database, dsn, eventually, throwaway_database
+from tests.pgutil import (AGENT, TcpProxy, call_records, create_database, drop_database, dsn, eventually,
+                          throwaway_database)
 
 pytestmark = pytest.mark.postgres
 
@@ -145,10 +148,10 @@ async def _two_tenants(store: PostgresStore) -> tuple[str, str]:
     """Tenants A and B with a number, a call, its turns and usage each; returns their ids."""
     a, b = f"tenant-a-{token_hex(3)}", f"tenant-b-{token_hex(3)}"
     for tenant in (a, b):
-        await store.directory.add_tenant(tenant, tenant.upper())
+        await store.directory.add_tenant(tenant, tenant.upper(), AGENT)
         await store.directory.add_number(f"+1555{random.randrange(10**6, 10**7)}", tenant)
         submit_all(store, call_records(f"CA-{tenant}", tenant_id=tenant, turns=4))
-        assert await PostgresAdmission(store.pool).admit(tenant, f"CA-{tenant}")
+        assert await PostgresAdmission(store.pool).admit(tenant, "default", f"CA-{tenant}")
     await store.flush()
     return a, b
 
@@ -230,7 +233,7 @@ async def test_a_non_superuser_owner_runs_everything_and_is_held_to_rls(tmp_path
         assert await migrate(url) == [version for version, _ in migrations()]
         store = PostgresStore(url, spool_path=tmp_path / "relay.spool")
         await store.open()
-        await store.directory.add_tenant("acme")
+        await store.directory.add_tenant("acme", "", AGENT)
         submit_all(store, call_records("CA1", tenant_id="acme"))
         await store.flush()
         assert len(await store.turns("CA1")) == 6
@@ -347,8 +350,8 @@ async def test_the_directory_routes_numbers_to_tenant_agents(store: PostgresStor
     directory = store.directory
     tenant, other = f"dir-{token_hex(3)}", f"dir-{token_hex(3)}"
     number = f"+1444{random.randrange(10**6, 10**7)}"
-    await directory.add_tenant(tenant, "Acme")
-    await directory.add_tenant(other, "Other")
+    await directory.add_tenant(tenant, "Acme", AGENT)
+    await directory.add_tenant(other, "Other", AGENT)
     assert {"tenant_id": tenant, "name": "Acme"}.items() <= next(
         t for t in await directory.list_tenants() if t["tenant_id"] == tenant
     ).items()
@@ -356,26 +359,31 @@ async def test_the_directory_routes_numbers_to_tenant_agents(store: PostgresStor
     await directory.add_number(number, tenant)
     assert await directory.lookup_number(number) == (tenant, "default")
 
-    sales = await directory.add_agent(tenant, "sales", voice="cedar", vad_threshold=0.7, calls_per_minute=5,
-                                      greeting="Acme sales, how can I help?")
+    sales = await directory.add_agent(dataclasses.replace(
+        Agent.from_profile(tenant, "sales", AGENT), voice="cedar", vad_threshold=0.7, calls_per_minute=5,
+        greeting="Acme sales, how can I help?"))
     assert await directory.get_agent(tenant, "sales") == sales
-    profile = await directory.agent_profile(tenant, "sales")
-    assert profile is not None and profile.greeting == "Acme sales, how can I help?" and profile.voice == "cedar"
-    assert (await directory.agent_profile(tenant)).greeting == ""  # type: ignore[union-attr]
-    assert (await directory.get_agent(tenant)).voice == "marin"  # the default agent, relay defaults
+    profile = sales.profile(AGENT)
+    assert profile.greeting == "Acme sales, how can I help?" and profile.voice == "cedar"
+    default = await directory.get_agent(tenant)
+    assert default is not None and default.greeting == ""
+    assert default == Agent.from_profile(tenant, "default", AGENT)  # the environment's agent, all of it
     await directory.add_number(number, other)  # re-adding moves the number
     assert await directory.lookup_number(number) == (other, "default")
 
-    with pytest.raises(ValueError, match="no agent 'sales'"):
+    with pytest.raises(InputError, match="no agent 'sales'"):
         await directory.add_number(number, other, "sales")
-    with pytest.raises(ValueError, match="E.164"):
+    with pytest.raises(InputError, match="E.164"):
         await directory.add_number("555-0100", tenant)
-    with pytest.raises(ValueError, match="no tenant"):
-        await directory.add_agent(f"nobody-{token_hex(3)}")
-    with pytest.raises(ValueError, match="voice"):
-        await directory.add_agent(tenant, "x", voice="fable")
-    with pytest.raises(ValueError, match="out of range"):
-        await directory.add_agent(tenant, "x", vad_threshold=2.0)
+    with pytest.raises(InputError, match="no tenant"):
+        await directory.add_agent(Agent.from_profile(f"nobody-{token_hex(3)}", "default", AGENT))
+    with pytest.raises(InputError, match="voice 'fable'"):
+        await directory.add_agent(dataclasses.replace(sales, agent_id="x", voice="fable"))
+    with pytest.raises(InputError, match="vad threshold 2.0 is outside 0..1"):
+        await directory.add_agent(dataclasses.replace(sales, agent_id="x", vad_threshold=2.0))
+    with pytest.raises(InputError, match="max concurrent calls -1"):
+        await directory.add_agent(dataclasses.replace(sales, agent_id="x", max_concurrent_calls=-1))
+    assert [a.agent_id for a in await directory.list_agents(tenant)] == ["default", "sales"]
 
 
 # --- Outages and crashes ----------------------------------------------------------------------

@@ -23,7 +23,7 @@ def test_session_update_is_ga_pcmu_with_server_vad_and_transcription() -> None:
     assert session["audio"]["input"]["format"] == {"type": "audio/pcmu"}
     assert session["audio"]["output"]["format"] == {"type": "audio/pcmu"}
     assert session["audio"]["output"]["voice"] == "cedar"
-    assert session["audio"]["input"]["transcription"] == {"model": "gpt-4o-mini-transcribe"}
+    assert session["audio"]["input"]["transcription"] == {"model": "gpt-realtime-whisper"}  # not on the shutdown list
     vad = session["audio"]["input"]["turn_detection"]
     assert vad == {
         "type": "server_vad",

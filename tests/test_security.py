@@ -114,14 +114,17 @@ async def test_a_stream_without_a_valid_token_is_closed_and_opens_no_upstream(tm
 
 def test_tokens_bind_call_tenant_agent_and_expire() -> None:
     key = streamtoken.derive_secret("auth-token")
-    token = streamtoken.issue(key, tenant="acme", agent="default", call_sid="CA1", now=1000.0, ttl=60)
-    ok = dict(tenant="acme", agent="default", call_sid="CA1")
+    token = streamtoken.issue(key, tenant="acme", agent="default", call_sid="CA1", account_sid="AC1", now=1000.0,
+                              ttl=60)
+    ok = dict(tenant="acme", agent="default", call_sid="CA1", account_sid="AC1")
     assert streamtoken.verify(key, token, **ok, now=1059.0) is None
     assert streamtoken.verify(key, token, **ok, now=1061.0) == "stream token expired"
-    for field, value in (("tenant", "globex"), ("agent", "other"), ("call_sid", "CA2")):
+    for field, value in (("tenant", "globex"), ("agent", "other"), ("call_sid", "CA2"), ("account_sid", "AC2")):
         assert streamtoken.verify(key, token, **{**ok, field: value}, now=1001.0) == "stream token does not match this call"
     assert streamtoken.verify(streamtoken.derive_secret("other"), token, **ok, now=1001.0) is not None
-    assert streamtoken.verify(key, "v1.x.y", **ok, now=1001.0) == "malformed stream token"
+    assert streamtoken.verify(key, "v1.x.y", **ok, now=1001.0) == "malformed call token"
+    # A token for the after-stream hook is no stream token (and the other way round).
+    assert streamtoken.verify(key, token, **ok, now=1001.0, purpose=streamtoken.AFTER_STREAM) is not None
     # Tampering with the expiry breaks the MAC.
     later = token.replace(".1060.", ".9999.")
     assert streamtoken.verify(key, later, **ok, now=1001.0) == "stream token does not match this call"

@@ -12,7 +12,7 @@ from twilio.request_validator import RequestValidator
 
 from relay.sim.caller import TwilioCaller, parse_connect_stream
 from tests.conftest import CONNECTED, START
-from tests.test_call import SHORT, SIM_AUTH_TOKEN, post_webhook, stack
+from tests.test_call import ACCOUNT_SID, SHORT, SIM_AUTH_TOKEN, post_webhook, stack, voice_form
 
 
 async def _raw(port: int, request: bytes) -> bytes:
@@ -30,14 +30,14 @@ def _port(webhook: str) -> int:
 
 async def test_webhook_answers_twiml_connecting_the_stream(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
-        status, body = await post_webhook(s.webhook, {"CallSid": "CA123", "From": "+15550001", "To": "+15550002"})
+        status, body = await post_webhook(s.webhook, voice_form(0x123))
     assert status == 200
     url, params = parse_connect_stream(body.decode())
     assert url == f"ws://127.0.0.1:{_port(s.webhook)}/twilio/voice"
     token = params.pop("token")
-    assert params == {"callSid": "CA123", "from": "+15550001", "to": "+15550002", "tenant": "default",
-                      "agent": "default"}
-    assert token.startswith("v1.")
+    assert params == {"callSid": voice_form(0x123)["CallSid"], "from": "+15550001", "to": "+15550002",
+                      "tenant": "default", "agent": "default"}
+    assert token.startswith("v2.")
 
 
 async def test_health_and_unknown_routes(tmp_path: Path) -> None:
@@ -77,10 +77,11 @@ def signed_connect(stream_url: str) -> websockets.connect:
 
 async def start_message(webhook: str, call_sid: str) -> str:
     """A ``start`` for ``call_sid`` carrying the parameters (and token) our webhook issued for it."""
-    _, body = await post_webhook(webhook, {"CallSid": call_sid, "From": "+15550001", "To": "+15550002"})
+    _, body = await post_webhook(webhook, voice_form(call_sid))
     _, params = parse_connect_stream(body.decode())
     start = orjson.loads(START)
     start["start"]["callSid"] = call_sid
+    start["start"]["accountSid"] = ACCOUNT_SID
     start["start"]["customParameters"] = params
     return orjson.dumps(start).decode()
 

@@ -56,8 +56,13 @@ async def append(ws: ClientConnection, data: bytes) -> None:
                         "audio": base64.b64encode(data[i : i + FRAME_BYTES]).decode()})
 
 
+def model_url(agent: RealtimeAgent, model: str = "gpt-realtime-2.1") -> str:
+    """The agent's endpoint for one model (the client names it in the query, as relay does)."""
+    return f"{agent.url}?model={model}"
+
+
 async def configured(agent: RealtimeAgent, update: dict[str, Any] = PCMU_UPDATE) -> ClientConnection:
-    ws = await connect(agent.url, additional_headers=AUTH)
+    ws = await connect(model_url(agent), additional_headers=AUTH)
     assert (await recv(ws))["type"] == "session.created"
     await send(ws, update)
     assert (await until(ws, "session.updated"))[0]["session"]["audio"]["input"]["format"]["type"] == "audio/pcmu"
@@ -78,23 +83,23 @@ def audio_of(events: list[dict[str, Any]]) -> bytes:
 # ---- handshake ---------------------------------------------------------------------------------
 async def test_handshake_rejections(agent: RealtimeAgent) -> None:
     with pytest.raises(InvalidStatus) as exc:
-        await connect(agent.url)
+        await connect(model_url(agent))
     assert exc.value.response.status_code == 401
     with pytest.raises(InvalidStatus) as exc:
-        await connect(agent.url, additional_headers={"Authorization": "Bearer "})
+        await connect(model_url(agent), additional_headers={"Authorization": "Bearer "})
     assert exc.value.response.status_code == 401
     with pytest.raises(InvalidStatus) as exc:
-        await connect(agent.url.replace("/v1/realtime", "/v1/chat"), additional_headers=AUTH)
+        await connect(model_url(agent).replace("/v1/realtime", "/v1/chat"), additional_headers=AUTH)
     assert exc.value.response.status_code == 404
     with pytest.raises(InvalidStatus) as exc:
-        await connect(agent.url.split("?")[0], additional_headers=AUTH)
+        await connect(agent.url, additional_headers=AUTH)
     assert exc.value.response.status_code == 400
     assert [s for s, _ in agent.rejected] == [401, 401, 404, 400]
     assert agent.sessions == []
 
 
 async def test_beta_header_is_refused_with_4000(agent: RealtimeAgent) -> None:
-    async with connect(agent.url, additional_headers={**AUTH, "OpenAI-Beta": "realtime=v1"}) as ws:
+    async with connect(model_url(agent), additional_headers={**AUTH, "OpenAI-Beta": "realtime=v1"}) as ws:
         event = await recv(ws)
         assert event["type"] == "error"
         assert event["error"]["code"] == "beta_api_shape_disabled"
@@ -109,7 +114,7 @@ async def test_beta_header_is_refused_with_4000(agent: RealtimeAgent) -> None:
 
 
 async def test_beta_session_update_is_refused_with_4000(agent: RealtimeAgent) -> None:
-    async with connect(agent.url, additional_headers=AUTH) as ws:
+    async with connect(model_url(agent), additional_headers=AUTH) as ws:
         await recv(ws)
         await send(ws, {"type": "session.update", "session": {"input_audio_format": "g711_ulaw"}})
         assert (await recv(ws))["error"]["code"] == "beta_api_shape_disabled"
@@ -120,12 +125,12 @@ async def test_beta_session_update_is_refused_with_4000(agent: RealtimeAgent) ->
 
 # ---- session -------------------------------------------------------------------------------------
 async def test_session_created_shape(agent: RealtimeAgent) -> None:
-    async with connect(agent.url, additional_headers=AUTH) as ws:
+    async with connect(model_url(agent), additional_headers=AUTH) as ws:
         event = await recv(ws)
     assert event["type"] == "session.created" and event["event_id"].startswith("event_")
     s = event["session"]
     assert s["object"] == "realtime.session" and s["type"] == "realtime" and s["id"].startswith("sess_")
-    assert s["model"] == "gpt-realtime"
+    assert s["model"] == "gpt-realtime-2.1"
     assert s["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
     assert s["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
     assert s["audio"]["output"]["voice"] == "marin"
@@ -158,7 +163,7 @@ async def test_session_update_merges(agent: RealtimeAgent) -> None:
 
 async def test_append_before_session_updated_is_a_violation() -> None:
     async with RealtimeAgent(AgentConfig(session_updated_delay_ms=200)) as agent:
-        async with connect(agent.url, additional_headers=AUTH) as ws:
+        async with connect(model_url(agent), additional_headers=AUTH) as ws:
             await recv(ws)
             await send(ws, PCMU_UPDATE)
             await append(ws, silence(40))  # two frames, sent before session.updated arrives

@@ -8,7 +8,7 @@ from pathlib import Path
 from relay.sim.caller import TwilioCaller, parse_connect_stream
 from relay.store import DEFAULT_TENANT
 from relay.tenants import CachedDirectory, Route, SingleTenant
-from tests.test_call import SHORT, post_webhook, stack
+from tests.test_call import SHORT, post_webhook, stack, voice_form
 
 NUMBERS = {"+15550100001": ("acme", "concierge"), "+15550100002": ("globex", "default")}
 
@@ -61,7 +61,7 @@ async def test_the_cache_is_bounded() -> None:
 async def test_an_unknown_number_hears_it_is_not_configured_and_no_stream_opens(tmp_path: Path) -> None:
     directory = CachedDirectory(FakeLookup())
     async with stack(tmp_path, directory=directory) as s:
-        status, body = await post_webhook(s.webhook, {"CallSid": "CA1", "From": "+15550001", "To": "+15559999999"})
+        status, body = await post_webhook(s.webhook, voice_form(1, to="+15559999999"))
         sessions = s.agent.sessions
     assert status == 200
     root = ET.fromstring(body.decode())
@@ -73,7 +73,7 @@ async def test_an_unknown_number_hears_it_is_not_configured_and_no_stream_opens(
 async def test_a_routed_call_carries_its_tenant_into_every_stored_record(tmp_path: Path) -> None:
     directory = CachedDirectory(FakeLookup())
     async with stack(tmp_path, directory=directory) as s:
-        status, body = await post_webhook(s.webhook, {"CallSid": "CA2", "From": "+15550001", "To": "+15550100001"})
+        status, body = await post_webhook(s.webhook, voice_form(2, to="+15550100001"))
         _, params = parse_connect_stream(body.decode())
         caller = TwilioCaller(s.webhook, SHORT, to_number="+15550100001")
         result = await caller.run()

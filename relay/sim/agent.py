@@ -89,6 +89,9 @@ class AgentConfig:
     # ``end_call`` tool (when it offers one), as a model told to hang up after goodbye does.
     hangup_words: tuple[str, ...] = ("goodbye", "bye")
     farewell: str = "Thank you for calling. Goodbye!"
+    # Answer every session.update with this error (code, message) instead of session.updated, as
+    # the service does for a session it will not run (a model the key may not use, no quota).
+    session_error: tuple[str, str] | None = None
 
 
 @dataclass(eq=False)
@@ -448,6 +451,10 @@ class RealtimeSession:
             raise _ProtocolError("unknown_parameter", f"Unknown parameter: 'session.{sorted(extra)[0]}'.",
                                  f"session.{sorted(extra)[0]}")
         upd, event_id = copy.deepcopy(upd), msg.get("event_id")
+        if self.config.session_error is not None:
+            code, message = self.config.session_error
+            self._error("invalid_request_error", code, message, None, event_id, now, violation=False)
+            return
         if self.config.session_updated_delay_ms <= 0:
             self._apply_update(upd, event_id, now)
         else:
@@ -867,7 +874,7 @@ class RealtimeAgent:
         if self._server is None:
             raise RuntimeError("RealtimeAgent is not started")
         port = self._server.sockets[0].getsockname()[1]
-        return f"ws://{self._host}:{port}/v1/realtime?model=gpt-realtime"
+        return f"ws://{self._host}:{port}/v1/realtime"  # the client adds ?model=
 
     async def stop(self) -> None:
         if self._server is not None:

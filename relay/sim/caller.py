@@ -11,6 +11,11 @@ the queue and echoes pending marks at once.
 The caller speaks a script (``speak()`` audio, or a WAV file), waits for the answer to finish
 playing, and measures voice-to-voice at the Twilio edge: the end of its own speech to the
 first ``media`` message it receives afterwards.
+
+When the server ends the stream (or refuses its handshake) while the caller is still on the
+line, ``<Connect>`` is over and Twilio runs the TwiML after it, as here: a ``<Redirect>`` is
+fetched with a signed POST, a ``<Say>`` is heard (synthesised into the recording), ``<Pause>``
+is silence, ``<Hangup>`` ends the call (PROTOCOLS §1.1).
 """
 
 from __future__ import annotations
@@ -120,7 +125,10 @@ class CallResult:
     playback: TwilioPlayback = field(default_factory=TwilioPlayback)  # what played, marks, clears, stalls
     close_code: int | None = None
     error: str | None = None
-    closed_by_relay: bool = False  # the relay ended the stream (the agent hung up)
+    closed_by_relay: bool = False  # the relay ended the stream (the agent hung up, or a failure)
+    said_by_twilio: list[str] = field(default_factory=list)  # <Say> text run after the stream
+    redirects: list[tuple[str, int]] = field(default_factory=list)  # (URL, HTTP status) fetched after it
+    twilio_hung_up: bool = False  # the TwiML after the stream ended with <Hangup/>
 
     @property
     def heard(self) -> bytearray:
@@ -159,6 +167,7 @@ class TwilioCaller:
         auth_token: str = "sim-auth-token",
         from_number: str = "+15005550006",
         to_number: str = "+15005550001",
+        account_sid: str | None = None,
     ) -> None:
         self.webhook_url = webhook_url
         self.script = script
@@ -166,7 +175,7 @@ class TwilioCaller:
         self.from_number = from_number
         self.to_number = to_number
         self.call_sid = "CA" + secrets.token_hex(16)
-        self.account_sid = "AC" + secrets.token_hex(16)
+        self.account_sid = account_sid or "AC" + secrets.token_hex(16)
         self.stream_sid = "MZ" + secrets.token_hex(16)
         self.result = CallResult(self.call_sid)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -182,8 +191,10 @@ class TwilioCaller:
 
     async def run(self) -> CallResult:
         self._loop = asyncio.get_running_loop()
+        hung_up = False  # the caller ended the call: Twilio runs nothing more
+        after: list[ET.Element] = []
         try:
-            stream_url, parameters = await self._webhook()
+            stream_url, parameters, after = await self._webhook()
             # Twilio signs the stream URL itself, with no params, as it signs webhooks.
             signature = RequestValidator(self.auth_token).compute_signature(stream_url, {})
             async with websockets.connect(
@@ -196,14 +207,15 @@ class TwilioCaller:
                     await ws.send(self._start_message(parameters))
                     try:
                         await self._talk()
-                    except websockets.ConnectionClosedOK:
-                        if not self.script.wait_for_hangup:
-                            raise
-                        # The relay ended the stream: <Connect> is over and, with no TwiML after
-                        # it, Twilio hangs up. Nothing more to send.
+                    except websockets.ConnectionClosed as closed:
+                        # The relay ended the stream: <Connect> is over, and Twilio goes on with the
+                        # TwiML after it. Only an agent's hang-up the script waits for is no error.
                         self.result.closed_by_relay = True
+                        if not (isinstance(closed, websockets.ConnectionClosedOK) and self.script.wait_for_hangup):
+                            raise
                     if not self.result.closed_by_relay:
                         await self._hang_up(ws)
+                        hung_up = True
                 finally:
                     receiver.cancel()
                     await asyncio.gather(receiver, return_exceptions=True)
@@ -212,7 +224,41 @@ class TwilioCaller:
             self.result.error = f"{type(exc).__name__}: {exc}"
             if self._ws is not None:
                 self.result.close_code = self._ws.close_code
+        if not hung_up and after:
+            try:
+                await self._run_twiml(after)
+            except (OSError, ValueError) as exc:  # Twilio would say "an application error has occurred"
+                self.result.error = self.result.error or f"after the stream: {type(exc).__name__}: {exc}"
         return self.result
+
+    async def _run_twiml(self, verbs: list[ET.Element], depth: int = 0) -> None:
+        """Run TwiML verbs as Twilio does once the stream is over."""
+        for verb in verbs:
+            if verb.tag == "Say":
+                text = (verb.text or "").strip()
+                self.result.said_by_twilio.append(text)
+                self._playback.say(_speech(text))
+            elif verb.tag == "Pause":
+                self._playback.say(audio.silence(int(verb.get("length", "1")) * 1000))
+            elif verb.tag == "Hangup":
+                self.result.twilio_hung_up = True
+                return
+            elif verb.tag == "Redirect":
+                if depth >= 10:
+                    raise ValueError("more than 10 redirects in a row")
+                url, method = (verb.text or "").strip(), verb.get("method", "POST").upper()
+                if method != "POST":
+                    raise ValueError(f"<Redirect method={method!r}>: this simulator follows POST only")
+                form = self._call_form("in-progress")
+                signature = RequestValidator(self.auth_token).compute_signature(url, form)
+                status, body = await http_post(url, urlencode(form).encode(), {"X-Twilio-Signature": signature})
+                self.result.redirects.append((url, status))
+                if status != 200:
+                    raise ValueError(f"<Redirect> to {url} answered HTTP {status}")
+                await self._run_twiml(list(ET.fromstring(body.decode())), depth + 1)
+                return
+            else:
+                self.result.violations.append(f"TwiML verb <{verb.tag}> after the stream is not simulated")
 
     async def _hang_up(self, ws: websockets.ClientConnection) -> None:
         """End the call as the script says: Twilio's ``stop`` and a clean close, or a dropped line."""
@@ -224,24 +270,30 @@ class TwilioCaller:
                                     "streamSid": self.stream_sid}).decode())
         await ws.close()
 
-    async def _webhook(self) -> tuple[str, dict[str, str]]:
-        """POST the voice webhook exactly as Twilio does and read the stream from the TwiML."""
-        form = {
+    def _call_form(self, status: str) -> dict[str, str]:
+        """The parameters of every voice request Twilio makes for this call."""
+        return {
             "AccountSid": self.account_sid,
             "ApiVersion": "2010-04-01",
             "CallSid": self.call_sid,
-            "CallStatus": "ringing",
+            "CallStatus": status,
             "Called": self.to_number,
             "Caller": self.from_number,
             "Direction": "inbound",
             "From": self.from_number,
             "To": self.to_number,
         }
+
+    async def _webhook(self) -> tuple[str, dict[str, str], list[ET.Element]]:
+        """POST the voice webhook exactly as Twilio does; read the stream, and what follows it,
+        from the TwiML."""
+        form = self._call_form("ringing")
         signature = RequestValidator(self.auth_token).compute_signature(self.webhook_url, form)
         status, body = await http_post(self.webhook_url, urlencode(form).encode(), {"X-Twilio-Signature": signature})
         if status != 200:
             raise ValueError(f"webhook answered HTTP {status}")
-        return parse_connect_stream(body.decode())
+        twiml = body.decode()
+        return (*parse_connect_stream(twiml), after_connect(twiml))
 
     def _start_message(self, parameters: dict[str, str]) -> str:
         return orjson.dumps(
@@ -437,6 +489,13 @@ def parse_connect_stream(twiml: str) -> tuple[str, dict[str, str]]:
         raise ValueError(f"stream url {url!r} has a query string; Twilio drops it")
     parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
     return url, parameters
+
+
+def after_connect(twiml: str) -> list[ET.Element]:
+    """The verbs after ``<Connect>``: what Twilio runs once the stream is over."""
+    verbs = list(ET.fromstring(twiml))
+    at = next((i for i, verb in enumerate(verbs) if verb.tag == "Connect"), len(verbs))
+    return verbs[at + 1 :]
 
 
 async def http_get(url: str) -> tuple[int, bytes]:

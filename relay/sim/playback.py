@@ -81,6 +81,10 @@ class TwilioPlayback:
         self.echoed_played += echoed
         return echoed
 
+    def say(self, ulaw: bytes) -> None:
+        """Audio Twilio plays itself (a ``<Say>`` once the stream is over): heard as it is."""
+        self.heard += ulaw
+
     def heard_of(self, item_id: str, clear_index: int = 0) -> int | None:
         """Bytes of ``item_id`` that had played when clear number ``clear_index`` came.
 

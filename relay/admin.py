@@ -1,0 +1,241 @@
+"""The store commands of ``relay``: migrate, tenants, numbers, agents (Postgres); calls and turns
+(either store).
+
+Every bad input gets one line that says what is wrong and exit status 2, the same on both
+stores: a limit out of range, an unknown tenant or agent, a number that is not E.164, a call
+sid that is not one, a Postgres-only command on the embedded store. The tenant's secrets (its
+Twilio auth token) are read from stdin, never the command line, and never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Awaitable, Callable
+import dataclasses
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+
+from relay.agents import RANGES, Agent
+from relay.config import Settings
+from relay.errors import InputError
+from relay.store import DEFAULT_TENANT
+from relay.twilio import CALL_SID
+
+COMMANDS = ("migrate", "tenants", "numbers", "agents", "calls", "turns")
+POSTGRES_ONLY = ("migrate", "tenants", "numbers", "agents")
+# The agent settings the CLI may set (``--vad-silence-ms`` sets vad_silence_ms, and so on).
+AGENT_OPTIONS = ("instructions", "voice", "greeting", "model", "transcription_model", "vad_threshold",
+                 "vad_silence_ms", "vad_prefix_ms", "max_concurrent_calls", "calls_per_minute")
+# Settings a flag may set to None ("none": no limit); present on the command line only when given.
+_CLEARABLE = ("max_concurrent_calls", "calls_per_minute")
+
+
+def limit(text: str) -> int | None:
+    """A call limit from the command line: a whole number in range, or ``none`` for no limit."""
+    if text.strip().lower() == "none":
+        return None
+    lo, hi = RANGES["max_concurrent_calls"]
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number (or none)") from None
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"{value} is outside {lo:g}..{hi:g} (none: no limit)")
+    return value
+
+
+def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    """The store commands' parsers, under ``relay``'s subcommands."""
+    commands.add_parser("migrate", help="create or upgrade the Postgres schema (DATABASE_URL)")
+    tenants = commands.add_parser("tenants", help="add or list tenants (Postgres)")
+    tenant_actions = tenants.add_subparsers(dest="action", required=True)
+    add_tenant = tenant_actions.add_parser("add", help="add a tenant, with a default agent from RELAY_AGENT_*")
+    add_tenant.add_argument("tenant_id")
+    add_tenant.add_argument("--name", default="")
+    add_tenant.add_argument("--max-calls", type=limit, help="concurrent calls admitted (default: no limit)")
+    add_tenant.add_argument("--calls-per-minute", type=limit, help="calls admitted per minute (default: no limit)")
+    tenant_actions.add_parser("list", help="list tenants")
+    set_token = tenant_actions.add_parser(
+        "set-token", help="the tenant's Twilio (sub)account: auth token read from stdin (empty: remove)")
+    set_token.add_argument("tenant_id")
+    set_token.add_argument("--account-sid", help="the AccountSid the token belongs to (AC…); required with a token")
+
+    numbers = commands.add_parser("numbers", help="route a phone number to a tenant (Postgres)")
+    number_actions = numbers.add_subparsers(dest="action", required=True)
+    add_number = number_actions.add_parser("add", help="route an E.164 number to a tenant and agent")
+    add_number.add_argument("e164")
+    add_number.add_argument("--tenant", required=True)
+    add_number.add_argument("--agent", default="default")
+
+    agents = commands.add_parser("agents", help="a tenant's agents: how the model behaves on its calls (Postgres)")
+    agent_actions = agents.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "add an agent; unset values come from RELAY_AGENT_* and friends"),
+                         ("set", "change an agent's settings; unset values stay")):
+        parser = agent_actions.add_parser(action, help=text)
+        parser.add_argument("agent_id")
+        parser.add_argument("--tenant", required=True)
+        parser.add_argument("--instructions")
+        parser.add_argument("--voice")
+        parser.add_argument("--greeting")
+        parser.add_argument("--model", help="the speech model (RELAY_REALTIME_MODEL by default)")
+        parser.add_argument("--transcription-model")
+        parser.add_argument("--vad-threshold", type=float)
+        parser.add_argument("--vad-silence-ms", type=int)
+        parser.add_argument("--vad-prefix-ms", type=int)
+        parser.add_argument("--max-calls", dest="max_concurrent_calls", type=limit, default=argparse.SUPPRESS,
+                            help="the agent's own concurrent-call limit (none: no limit)")
+        parser.add_argument("--calls-per-minute", dest="calls_per_minute", type=limit, default=argparse.SUPPRESS,
+                            help="the agent's own calls-per-minute limit (none: no limit)")
+    list_agents = agent_actions.add_parser("list", help="a tenant's agents")
+    list_agents.add_argument("--tenant", required=True)
+    show_agent = agent_actions.add_parser("show", help="one agent")
+    show_agent.add_argument("agent_id")
+    show_agent.add_argument("--tenant", required=True)
+
+    calls = commands.add_parser("calls", help="recent calls of a tenant, read through row-level security")
+    calls.add_argument("--tenant", default=DEFAULT_TENANT)
+    calls.add_argument("--limit", type=int, default=20)
+    turns = commands.add_parser("turns", help="stored turns of a tenant's calls, read through row-level security")
+    turns.add_argument("--tenant", default=DEFAULT_TENANT)
+    turns.add_argument("--call", help="one call's turns (default: all of the tenant's)")
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one store command; a bad input prints one line and returns 2."""
+    try:
+        if args.command == "calls" and not 1 <= args.limit <= 10_000:
+            raise InputError(f"--limit {args.limit} is outside 1..10000")
+        if getattr(args, "call", None) and not CALL_SID.fullmatch(args.call):
+            raise InputError(f"{args.call[:40]!r} is not a call sid (CA followed by 32 hex digits)")
+        if not settings.database_url:
+            return await _embedded(args, settings)
+        return await _postgres(args, settings)
+    except InputError as exc:
+        print(f"relay {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _embedded(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command in POSTGRES_ONLY:
+        raise InputError("needs DATABASE_URL (the embedded store is single-tenant; RELAY_AGENT_* is its agent)")
+    if args.tenant != DEFAULT_TENANT:
+        raise InputError(f"no tenant {args.tenant[:100]!r} (the embedded store has one: {DEFAULT_TENANT!r})")
+    from relay.store import SQLiteStore
+
+    store = SQLiteStore(settings.sqlite_path, dead_letter_path=settings.dead_letter_path)
+    await store.open()
+    try:
+        if args.command == "calls":
+            rows: list[dict[str, object]] = list(await store.calls(args.limit))
+        else:
+            rows = [asdict(t) for t in await store.turns(args.call)] if args.call else []
+    finally:
+        await store.close()
+    _print_rows(rows)
+    return 0
+
+
+async def _postgres(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncpg
+
+    from relay import pgstore
+
+    if args.command == "migrate":
+        applied = await pgstore.migrate(settings.database_url)
+        print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+        return 0
+    try:
+        async with pgstore.Directory.connect(settings.database_url) as directory:
+            handler: Callable[[pgstore.Directory, argparse.Namespace, Settings], Awaitable[None]] = _HANDLERS[
+                (args.command, getattr(args, "action", None))]
+            await handler(directory, args, settings)
+    except asyncpg.exceptions.CheckViolationError as exc:  # a bound only the database knew
+        raise InputError(f"the database refused a value ({exc.constraint_name})") from None
+    return 0
+
+
+async def _tenants_add(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    await directory.add_tenant(args.tenant_id, args.name or args.tenant_id, settings.agent)
+    if args.max_calls is not None or args.calls_per_minute is not None:
+        await directory.set_limits(args.tenant_id, args.max_calls, args.calls_per_minute)
+    print(f"tenant {args.tenant_id} added")
+
+
+async def _tenants_list(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    _print_rows(await directory.list_tenants())
+
+
+async def _tenants_set_token(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    token = sys.stdin.readline().strip()  # stdin, never argv: shell history and ps show argv
+    await directory.set_auth_token(args.tenant_id, token or None, args.account_sid)
+    print(f"tenant {args.tenant_id}: Twilio auth token {'set for ' + args.account_sid if token else 'removed'}")
+
+
+async def _numbers_add(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    await directory.add_number(args.e164, args.tenant, args.agent)
+    print(f"{args.e164} -> tenant {args.tenant}, agent {args.agent}")
+
+
+def _agent_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line."""
+    return {name: getattr(args, name) for name in AGENT_OPTIONS
+            if (name in _CLEARABLE and hasattr(args, name)) or getattr(args, name, None) is not None}
+
+
+async def _agents_add(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    await directory.require_tenant(args.tenant)
+    if await directory.get_agent(args.tenant, args.agent_id) is not None:
+        raise InputError(f"tenant {args.tenant!r} has an agent {args.agent_id!r} already (relay agents set changes it)")
+    agent = Agent.from_profile(args.tenant, args.agent_id, settings.agent)
+    _print_rows([asdict(await directory.add_agent(dataclasses.replace(agent, **_agent_changes(args))))])
+
+
+async def _agents_set(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    changes = _agent_changes(args)
+    if not changes:
+        raise InputError("nothing to change: give at least one setting (relay agents set --help)")
+    _print_rows([asdict(await directory.set_agent(args.tenant, args.agent_id, **changes))])
+
+
+async def _agents_list(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    _print_rows([asdict(a) for a in await directory.list_agents(args.tenant)])
+
+
+async def _agents_show(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    agent = await directory.get_agent(args.tenant, args.agent_id)
+    if agent is None:
+        await directory.require_tenant(args.tenant)
+        raise InputError(f"tenant {args.tenant!r} has no agent {args.agent_id[:100]!r}")
+    _print_rows([asdict(agent)])
+
+
+async def _calls(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    # Read as the tenant, through the role row-level security applies to.
+    await directory.require_tenant(args.tenant)
+    _print_rows(await directory.tenant_calls(args.tenant, args.limit))
+
+
+async def _turns(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    await directory.require_tenant(args.tenant)
+    _print_rows([asdict(t) for t in await directory.tenant_turns(args.tenant, args.call)])
+
+
+_HANDLERS: dict[tuple[str, str | None], Callable[..., Awaitable[None]]] = {
+    ("tenants", "add"): _tenants_add,
+    ("tenants", "list"): _tenants_list,
+    ("tenants", "set-token"): _tenants_set_token,
+    ("numbers", "add"): _numbers_add,
+    ("agents", "add"): _agents_add,
+    ("agents", "set"): _agents_set,
+    ("agents", "list"): _agents_list,
+    ("agents", "show"): _agents_show,
+    ("calls", None): _calls,
+    ("turns", None): _turns,
+}
+
+
+def _print_rows(rows: list[dict[str, object]]) -> None:
+    sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")

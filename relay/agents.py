@@ -1,0 +1,97 @@
+"""What a tenant's agent is, and every value it may take: one place for both stores, the
+environment (``relay.config``), the CLI and the database's CHECK constraints to agree on.
+
+An ``Agent`` is the stored row (``relay agents add|set|list|show``); ``profile()`` turns it
+into the ``AgentProfile`` a call runs with. A tenant's first agent is the environment's
+(``Settings.agent``), so ``RELAY_AGENT_*`` is the template, never hard-coded defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+from relay.realtime import AgentProfile
+
+DEFAULT_AGENT = "default"
+
+# GA voices (PROTOCOLS §2.2). fable, onyx and nova are absent on purpose: they are reported
+# to come out as noise over G.711.
+VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+# The speech backends an agent may use (more arrive behind the same seam).
+BACKENDS = ("openai-realtime",)
+# Inclusive bounds of every numeric setting, here and in the environment. A limit of 0 admits
+# no call (a suspended agent); no limit at all is None.
+RANGES: dict[str, tuple[float, float]] = {
+    "vad_threshold": (0.0, 1.0),
+    "vad_silence_ms": (100, 10000),
+    "vad_prefix_ms": (0, 5000),
+    "max_concurrent_calls": (0, 100_000),
+    "calls_per_minute": (0, 100_000),
+}
+MAX_TEXT = 20_000  # instructions and greeting, in characters
+MAX_NAME = 100  # agent ids and model names
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """A tenant's agent as stored: how the model behaves on the calls routed to it."""
+
+    tenant_id: str
+    agent_id: str
+    instructions: str
+    voice: str
+    model: str
+    transcription_model: str
+    vad_threshold: float
+    vad_silence_ms: int
+    vad_prefix_ms: int
+    greeting: str = ""  # said when the stream starts; empty: RELAY_GREETING, or the caller speaks first
+    backend: str = BACKENDS[0]
+    max_concurrent_calls: int | None = None  # None: no limit of its own (the tenant's still apply)
+    calls_per_minute: int | None = None
+
+    @classmethod
+    def from_profile(cls, tenant_id: str, agent_id: str, profile: AgentProfile) -> Agent:
+        """An agent that behaves as ``profile`` (the environment's, for a tenant's first agent)."""
+        return cls(tenant_id, agent_id, instructions=profile.instructions, voice=profile.voice, model=profile.model,
+                   transcription_model=profile.transcription_model, vad_threshold=profile.vad_threshold,
+                   vad_silence_ms=profile.vad_silence_ms, vad_prefix_ms=profile.vad_prefix_ms,
+                   greeting=profile.greeting)
+
+    def profile(self, base: AgentProfile) -> AgentProfile:
+        """The session settings a call with this agent runs with; what an agent row does not
+        carry (the relay-wide greeting when it has none, the end_call tool) comes from ``base``."""
+        return dataclasses.replace(
+            base, instructions=self.instructions, voice=self.voice, model=self.model,
+            transcription_model=self.transcription_model, vad_threshold=self.vad_threshold,
+            vad_silence_ms=self.vad_silence_ms, vad_prefix_ms=self.vad_prefix_ms,
+            greeting=self.greeting or base.greeting,
+        )
+
+    def problems(self) -> list[str]:
+        """Every value out of bounds, one line each (empty: the agent can be stored)."""
+        out = []
+        if not self.agent_id or len(self.agent_id) > MAX_NAME or not self.agent_id.isprintable():
+            out.append(f"agent id {self.agent_id[:MAX_NAME]!r} must be 1..{MAX_NAME} printable characters")
+        if self.voice not in VOICES:
+            out.append(f"voice {self.voice[:40]!r} is not one of {', '.join(VOICES)}")
+        if self.backend not in BACKENDS:
+            out.append(f"backend {self.backend[:40]!r} is not one of {', '.join(BACKENDS)}")
+        for name in ("model", "transcription_model"):
+            value = getattr(self, name)
+            if not value or len(value) > MAX_NAME or not value.isprintable() or " " in value:
+                out.append(f"{name.replace('_', ' ')} {value[:MAX_NAME]!r} is not a model name")
+        for name in ("instructions", "greeting"):
+            if len(getattr(self, name)) > MAX_TEXT:
+                out.append(f"{name} is longer than {MAX_TEXT} characters")
+        if not self.instructions.strip():
+            out.append("instructions must not be empty")
+        for name, (lo, hi) in RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not lo <= value <= hi:
+                out.append(f"{name.replace('_', ' ')} {value} is outside {lo:g}..{hi:g}")
+        return out
+
+
+COLUMNS = tuple(f.name for f in fields(Agent))
