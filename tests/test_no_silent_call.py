@@ -21,7 +21,7 @@ from relay.sim import audio
 from relay.sim.agent import AgentConfig
 from relay.sim.caller import CallerScript, TwilioCaller, after_connect, http_post
 from relay.tenants import CachedDirectory
-from tests.pgutil import AGENT, create_database, drop_database, dsn
+from tests.pgutil import AGENT, TcpProxy, create_database, drop_database, dsn
 from tests.test_call import FAST, SHORT, _calls, post_webhook, stack, voice_form
 
 FAILURE = "Sorry, we are having technical difficulties and cannot take your call right now. Goodbye."
@@ -191,17 +191,7 @@ class Balancer:
         port = self._targets[min(len(self.served), len(self._targets) - 1)]
         self.served.append(port)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.close()
-
+        pump = TcpProxy._pump
         tasks = [asyncio.create_task(pump(reader, up_writer)), asyncio.create_task(pump(up_reader, writer))]
         self._tasks.update(tasks)
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -141,18 +141,25 @@ def test_any_other_dtmf_digit_is_a_protocol_error(digit: str) -> None:
         twilio.parse_event(DTMF.replace(b'"digit":"1"', orjson.dumps({"digit": digit})[1:-1]))
 
 
+async def _stream(s, n: int, start_message: bytes, *more: bytes) -> websockets.ClientConnection:  # type: ignore[no-untyped-def]
+    """A webhook for call ``n``, then its stream as Twilio opens it: ``start_message`` carrying
+    the webhook's parameters, then ``more``; returns the socket once the relay has closed it."""
+    _, body = await post_webhook(s.webhook, voice_form(n))
+    _, params = parse_connect_stream(body.decode())
+    start = orjson.loads(start_message)
+    start["start"].update(callSid=voice_form(n)["CallSid"], accountSid=ACCOUNT_SID, customParameters=params)
+    stream_url = s.webhook.replace("http://", "ws://")
+    signature = RequestValidator(SIM_AUTH_TOKEN).compute_signature(stream_url, {})
+    async with websockets.connect(stream_url, additional_headers={"X-Twilio-Signature": signature}) as ws:
+        for message in (CONNECTED, orjson.dumps(start), *more):
+            await ws.send(message.decode())
+        await asyncio.wait_for(ws.wait_closed(), 10)
+    return ws
+
+
 async def test_a_stream_with_the_wrong_media_format_closes_before_any_ai_session(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
-        _, body = await post_webhook(s.webhook, voice_form(1))
-        _, params = parse_connect_stream(body.decode())
-        start = orjson.loads(_start(sampleRate=16000))
-        start["start"].update(callSid=voice_form(1)["CallSid"], accountSid=ACCOUNT_SID, customParameters=params)
-        stream_url = s.webhook.replace("http://", "ws://")
-        signature = RequestValidator(SIM_AUTH_TOKEN).compute_signature(stream_url, {})
-        async with websockets.connect(stream_url, additional_headers={"X-Twilio-Signature": signature}) as ws:
-            await ws.send(CONNECTED.decode())
-            await ws.send(orjson.dumps(start).decode())
-            await asyncio.wait_for(ws.wait_closed(), 5)
+        ws = await _stream(s, 1, _start(sampleRate=16000))
         sessions = list(s.agent.sessions)
     assert ws.close_code == 1007 and "16000" in (ws.close_reason or "")
     assert sessions == []
@@ -160,17 +167,7 @@ async def test_a_stream_with_the_wrong_media_format_closes_before_any_ai_session
 
 async def test_a_keypress_twilio_cannot_send_closes_the_call_with_its_reason(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
-        _, body = await post_webhook(s.webhook, voice_form(2))
-        _, params = parse_connect_stream(body.decode())
-        start = orjson.loads(START)
-        start["start"].update(callSid=voice_form(2)["CallSid"], accountSid=ACCOUNT_SID, customParameters=params)
-        stream_url = s.webhook.replace("http://", "ws://")
-        signature = RequestValidator(SIM_AUTH_TOKEN).compute_signature(stream_url, {})
-        async with websockets.connect(stream_url, additional_headers={"X-Twilio-Signature": signature}) as ws:
-            await ws.send(CONNECTED.decode())
-            await ws.send(orjson.dumps(start).decode())
-            await ws.send(DTMF.replace(b'"digit":"1"', b'"digit":"Z"').decode())
-            await asyncio.wait_for(ws.wait_closed(), 10)
+        ws = await _stream(s, 2, START, DTMF.replace(b'"digit":"1"', b'"digit":"Z"'))
     assert ws.close_code == 1007 and "dtmf.digit" in (ws.close_reason or "")
 
 
