@@ -284,12 +284,14 @@ CREATE TABLE IF NOT EXISTS agents (
     agent_id              TEXT NOT NULL CHECK (agent_id <> ''),
     instructions          TEXT NOT NULL,
     voice                 TEXT NOT NULL,
-    backend               TEXT NOT NULL DEFAULT 'openai',
+    backend               TEXT NOT NULL DEFAULT 'openai-realtime',
+    model                 TEXT NOT NULL DEFAULT '',
+    transcription_model   TEXT NOT NULL DEFAULT '',
     vad_threshold         REAL NOT NULL DEFAULT 0.5,
     vad_silence_ms        INTEGER NOT NULL DEFAULT 500,
     vad_prefix_ms         INTEGER NOT NULL DEFAULT 300,
-    max_concurrent_calls  INTEGER NOT NULL DEFAULT 10,
-    calls_per_minute      INTEGER NOT NULL DEFAULT 60,
+    max_concurrent_calls  INTEGER,
+    calls_per_minute      INTEGER,
     greeting              TEXT NOT NULL DEFAULT '',
     created_at            TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
     PRIMARY KEY (tenant_id, agent_id)
@@ -409,9 +411,12 @@ class SQLiteStore(Store):
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
-            # A file made before agents had a greeting (Postgres migration 0004) gets the column.
-            if "greeting" not in {row[1] for row in db.execute("PRAGMA table_info(agents)")}:
-                db.execute("ALTER TABLE agents ADD COLUMN greeting TEXT NOT NULL DEFAULT ''")
+            # A file made before a column of the Postgres schema's agents (migrations 0004, 0005)
+            # gets it.
+            have = {row[1] for row in db.execute("PRAGMA table_info(agents)")}
+            for column in ("greeting", "model", "transcription_model"):
+                if column not in have:
+                    db.execute(f"ALTER TABLE agents ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
             return db
 
         self._db = await asyncio.to_thread(connect)
