@@ -442,8 +442,10 @@ class ConversationLogic:
             error = event.get("error") or {}
             if not isinstance(error, dict):
                 error = {}
-            if self._backend is not None and not self._gate_open:
-                # The session was never confirmed: an error now is the backend refusing it.
+            if self._backend is not None and not self._gate_open and \
+                    error.get("event_id") in (None, realtime.SESSION_UPDATE_ID):
+                # The session was never confirmed, and the error is about it (or no event of
+                # ours): the backend refuses the session. One about a seeded item is not that.
                 raise BackendError(f"the backend refused the session: {str(error.get('code'))[:60]}: "
                                    f"{str(error.get('message'))[:200]}")
             log.warning("call %s: backend error %s/%s: %s", self.call_sid, error.get("type"), error.get("code"),

@@ -43,6 +43,11 @@ END_CALL_TOOL = {
 }
 
 
+# Our session.update's event_id: an ``error`` naming it (``error.event_id``) is the backend
+# refusing the session itself, not one of the events sent after it.
+SESSION_UPDATE_ID = "relay_session_update"
+
+
 def session_update(agent: AgentProfile) -> bytes:
     """``session.update`` for a phone call (PROTOCOLS §2.2).
 
@@ -53,6 +58,7 @@ def session_update(agent: AgentProfile) -> bytes:
     return orjson.dumps(
         {
             "type": "session.update",
+            "event_id": SESSION_UPDATE_ID,
             "session": {
                 "type": "realtime",
                 "output_modalities": ["audio"],

@@ -14,8 +14,12 @@ import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import orjson
 import pytest
 
+from relay import realtime
+from relay.conversation import Conversation
+from relay.errors import BackendError
 from relay.pgstore import Directory, PostgresStore
 from relay.sim import audio
 from relay.sim.agent import AgentConfig
@@ -23,6 +27,7 @@ from relay.sim.caller import CallerScript, TwilioCaller, after_connect, http_pos
 from relay.tenants import CachedDirectory
 from tests.pgutil import AGENT, TcpProxy, create_database, drop_database, dsn
 from tests.test_call import FAST, SHORT, _calls, post_webhook, stack, voice_form
+from tests.vcall import START
 
 FAILURE = "Sorry, we are having technical difficulties and cannot take your call right now. Goodbye."
 ONE_LINE = dataclasses.replace(SHORT, utterances=("Hello?",))
@@ -196,3 +201,38 @@ class Balancer:
         self._tasks.update(tasks)
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.difference_update(tasks)
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, message: bytes) -> None:
+        self.sent.append(message)
+
+    def send_frames(self, frames: bytes) -> None:
+        self.sent.append(frames)
+
+    def send_append(self, payload: bytes) -> None:
+        self.sent.append(payload)
+
+
+def _error(event_id: str | None) -> bytes:
+    return orjson.dumps({"type": "error", "event_id": "event_1",
+                         "error": {"type": "invalid_request_error", "code": "x", "message": "no", "event_id": event_id}})
+
+
+@pytest.mark.parametrize("event_id, refuses", [
+    (realtime.SESSION_UPDATE_ID, True), (None, True), ("relay_seed_3", False)])
+def test_an_error_before_the_session_is_confirmed_refuses_it_only_if_it_is_about_it(
+        event_id: str | None, refuses: bool) -> None:
+    conversation = Conversation(START, realtime.AgentProfile(instructions="Hi."), _Sink(), lambda record: None)
+    backend = _Sink()
+    conversation.attach_backend(backend)
+    assert orjson.loads(backend.sent[0])["event_id"] == realtime.SESSION_UPDATE_ID
+    if refuses:
+        with pytest.raises(BackendError, match="refused the session"):
+            conversation.backend_message(_error(event_id), 0.0)
+    else:
+        conversation.backend_message(_error(event_id), 0.0)  # logged; the session may still confirm
+    assert not conversation.backend_ready
