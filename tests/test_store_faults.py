@@ -20,6 +20,7 @@ import pytest
 
 from relay.demo import DEMO_GREETING, run_demo
 from relay.store import CallRecord, SQLiteStore, TurnRecord, record_from_dict
+from tests.pgutil import eventually
 from tests.test_call import FAST
 
 FAULT_S = 10.0  # how long the file stays read-only
@@ -50,10 +51,20 @@ async def test_twenty_calls_through_ten_seconds_of_a_read_only_file_keep_every_t
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = tmp_path / "demo.sqlite3"
 
+    def started() -> bool:  # every call is under way: its start is stored
+        try:
+            ro = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.5)
+        except sqlite3.Error:
+            return False  # not created yet
+        try:
+            return int(ro.execute("SELECT count(*) FROM calls").fetchone()[0]) >= 20
+        except sqlite3.Error:
+            return False  # no schema yet
+        finally:
+            ro.close()
+
     async def fault() -> bool:
-        while not Path(f"{db}-wal").exists():
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(2.0)  # the calls are under way
+        await eventually(started, timeout=30, what="the 20 calls' starts in the store")
         _immutable(db, True)
         try:
             unwritable = not _writable(db)
@@ -113,8 +124,7 @@ async def test_a_store_still_unwritable_at_shutdown_dead_letters_what_it_holds(t
         records = [CallRecord(call_sid=f"CA{i}", stream_sid=f"MZ{i}", started_at=float(i)) for i in range(1, 4)]
         for record in records:
             store.submit(record)
-        await asyncio.sleep(0.5)  # the writer is retrying
-        assert store.write_retries >= 1
+        await eventually(lambda: store.write_retries >= 1, what="the writer to find the file read-only")
         await store.close(timeout=1.0)
     finally:
         _immutable(path, False)
