@@ -11,7 +11,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
-from relay.realtime import AgentProfile
+from relay import models
+
+@dataclass(frozen=True, slots=True)
+class AgentProfile:
+    """How the model behaves on a call: the session settings relay sends upstream."""
+
+    instructions: str
+    voice: str = "marin"
+    model: str = models.DEFAULT_REALTIME_MODEL  # the session's model (the connection URL's ``model``)
+    transcription_model: str = models.DEFAULT_TRANSCRIPTION_MODEL
+    vad_threshold: float = 0.5
+    vad_silence_ms: int = 500
+    vad_prefix_ms: int = 300
+    greeting: str = ""  # said as soon as the stream starts; empty: the caller speaks first
+    end_call_tool: bool = True  # offer the model the built-in end_call tool
+    interrupt_response: bool = True  # server VAD cancels a response when the caller speaks
+
 
 DEFAULT_AGENT = "default"
 

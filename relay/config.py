@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from relay import models
-from relay.agents import RANGES, VOICES
-from relay.conversation import CallOptions
-from relay.realtime import AgentProfile
+from relay.agents import RANGES, VOICES, AgentProfile
+from relay.call_options import CallOptions
 from relay.errors import ConfigError
 from relay.streamtoken import derive_secret
 from relay.twilio import ACCOUNT_SID

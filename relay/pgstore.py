@@ -34,9 +34,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from relay.agents import COLUMNS as AGENT_COLUMNS
-from relay.agents import DEFAULT_AGENT, RANGES, Agent
+from relay.agents import DEFAULT_AGENT, RANGES, Agent, AgentProfile
 from relay.errors import ConfigError, InputError
-from relay.realtime import AgentProfile
 from relay.spool import Spool
 from relay.store import CallEnd, CallRecord, Record, Store, TurnRecord
 from relay.trust import Credential

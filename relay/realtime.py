@@ -7,31 +7,14 @@ The beta shape is gone from the live service (PROTOCOLS §0.1); everything here 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from relay import models
+from relay.agents import AgentProfile
 from relay.errors import ProtocolError
 
 PCMU = {"type": "audio/pcmu"}
-
-
-@dataclass(frozen=True, slots=True)
-class AgentProfile:
-    """How the model behaves on a call: the session settings relay sends upstream."""
-
-    instructions: str
-    voice: str = "marin"
-    model: str = models.DEFAULT_REALTIME_MODEL  # the session's model (the connection URL's ``model``)
-    transcription_model: str = models.DEFAULT_TRANSCRIPTION_MODEL
-    vad_threshold: float = 0.5
-    vad_silence_ms: int = 500
-    vad_prefix_ms: int = 300
-    greeting: str = ""  # said as soon as the stream starts; empty: the caller speaks first
-    end_call_tool: bool = True  # offer the model the built-in end_call tool
-    interrupt_response: bool = True  # server VAD cancels a response when the caller speaks
 
 
 END_CALL_TOOL = {

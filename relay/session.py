@@ -35,7 +35,8 @@ from typing import Protocol
 
 from relay import realtime, twilio
 from relay.agents import Agent
-from relay.conversation import CallOptions, CallStats, Conversation, cut_words
+from relay.call_options import CallOptions
+from relay.conversation import CallStats, Conversation, cut_words
 from relay.errors import BackendError, ProtocolError
 from relay.fastpath import LEG_BACKEND, LEG_TWILIO, parse_media
 from relay.pacer import Pacer

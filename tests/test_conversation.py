@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay import realtime
-from relay.conversation import CallOptions
+from relay.call_options import CallOptions
 from relay.sim import audio
 from relay.sim.agent import AgentConfig
 from tests.vcall import VirtualCall

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from relay import _fastpath_py as ref
 from relay import _media_py, _wscore_py, realtime, twilio
-from relay.conversation import CallOptions, Conversation, with_core
+from relay.call_options import CallOptions
+from relay.conversation import Conversation, with_core
 
 fast = pytest.importorskip("relay._fastpath", reason="compiled hot path not built")
 

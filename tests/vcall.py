@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import orjson
 
 from relay import realtime, twilio
-from relay.conversation import CallOptions, Conversation
+from relay.call_options import CallOptions
+from relay.conversation import Conversation
 from relay.fastpath import OP_TEXT, FrameReader, build_append
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeSession, SessionLog
