@@ -26,13 +26,15 @@ import json
 import random
 from typing import Any
 
+import orjson
 import pytest
 from websockets.protocol import Protocol, Side, State
 
 from relay import _fastpath_py as ref
-from relay import _media_py, _wscore_py, realtime, twilio
+from relay import _media_py, _wscore_py, twilio
+from relay.backends import realtime
 from relay.call_options import CallOptions
-from relay.conversation import Conversation, with_core
+from relay.conversation import Conversation
 
 fast = pytest.importorskip("relay._fastpath", reason="compiled hot path not built")
 
@@ -88,18 +90,18 @@ class Relay:
     """One call's two legs and its conversation, on one implementation."""
 
     def __init__(self, impl: str) -> None:
-        wscore, conversation = ((fast.WsCore, Conversation) if impl == "cython" else
-                                (_wscore_py.WsCore, with_core(_media_py.MediaCore)))
+        wscore, core = ((fast.WsCore, fast.MediaCore) if impl == "cython" else
+                        (_wscore_py.WsCore, _media_py.MediaCore))
         self.now = 0.0
         self.twilio_t, self.backend_t = Transport(), Transport()
         self.twilio = _leg(wscore)(self.twilio_t, False, 1 << 20, 0, lambda: self.now)
         self.backend = _leg(wscore)(self.backend_t, True, 1 << 20, 0, lambda: self.now)
-        self.call = conversation(START, realtime.AgentProfile(instructions="x"), self.twilio, lambda r: None,
-                                 CallOptions())
+        self.call = Conversation(START, realtime.AgentProfile(instructions="x"), self.twilio, lambda r: None,
+                                 CallOptions(), core=core)
         self.call.attach_backend(self.backend)
-        self.call._backend_event(UPDATED, 0.0)
-        self.twilio.route(self.call, 0)
-        self.backend.route(self.call, 1)
+        self.call.backend_message(orjson.dumps(UPDATED), 0.0)
+        self.twilio.route(self.call.media, 0)
+        self.backend.route(self.call.media, 1)
 
 
 class LibraryRelay:

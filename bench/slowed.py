@@ -1,58 +1,40 @@
 """relay with a deliberate handicap, to prove the harness cannot flatter.
 
 ``python -m bench.slowed --delay-ms 5 --burn-us 0 -- serve`` runs the real relay, except that
-every audio frame going back to the caller is held ``delay-ms`` longer (a timer, in order, as
-a slow hop would) and costs ``burn-us`` of extra CPU (a busy loop, as heavy per-frame code
-would). The harness must report both: the delay in added latency, the burn in CPU per
-call-second. Nothing in relay itself carries such a switch.
+everything the backend sends reaches relay ``delay-ms`` later (a timer, in order, as a slow hop
+would) and every audio delta in it costs ``burn-us`` of extra CPU (a busy loop, as heavy
+per-frame code would). The harness must report both: the delay in added latency, the burn in
+CPU per call-second. Nothing in relay itself carries such a switch.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 
-import asyncio
+from relay import upstream
 
-from relay import session
-from relay.conversation import Conversation
-from relay.errors import ProtocolError
-from relay.fastpath import parse_audio_delta
+_DELTA = b'"response.output_audio.delta"'
 
 
 def handicap(delay_ms: float, burn_us: float) -> None:
-    """Every audio delta costs ``burn_us`` of CPU and reaches the conversation ``delay_ms`` late."""
+    """Wrap the backend leg's reads: ``delay_ms`` late, ``burn_us`` of CPU per audio delta."""
     delay, burn_ns = delay_ms / 1000, int(burn_us * 1000)
+    read = upstream.UpstreamConnection.data_received
 
-    def route(self: session.CallSession, upstream: session.Upstream, conversation: Conversation) -> None:
-        loop = asyncio.get_running_loop()
+    def data_received(self: upstream.UpstreamConnection, data: bytes) -> None:
+        if burn_ns:
+            until = time.perf_counter_ns() + burn_ns * bytes(data).count(_DELTA)
+            while time.perf_counter_ns() < until:
+                pass
+        if delay:
+            asyncio.get_running_loop().call_later(delay, read, self, bytes(data))
+        else:
+            read(self, data)
 
-        def on_message(message: bytes) -> bool:
-            try:
-                if parse_audio_delta(message) is None:
-                    return False
-            except ProtocolError:
-                return False
-            if burn_ns:
-                until = time.perf_counter_ns() + burn_ns
-                while time.perf_counter_ns() < until:
-                    pass
-            if delay:
-                loop.call_later(delay, _late, conversation, message, loop)
-            else:
-                conversation.backend_frame(message, loop.time())
-            return True
-
-        upstream.on_message = on_message  # type: ignore[attr-defined]  # not routed: every delta comes here
-
-    def _late(conversation: Conversation, message: bytes, loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            conversation.backend_frame(message, loop.time())
-        except Exception:  # the call may have ended while the frame was held
-            pass
-
-    session.CallSession._route_backend = route  # type: ignore[method-assign]
+    upstream.UpstreamConnection.data_received = data_received  # type: ignore[method-assign]  # the handicap itself
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -385,8 +385,8 @@ class GapFiller:
 # ---- Per-frame cores
 # The per-frame halves of a WebSocket connection and of a call (``_wscore.pxi``, ``_media.pxi``;
 # oracles ``_wscore_py``, ``_media_py``). Not sans-I/O like the rest: they write to the
-# transport and sinks they are given, and call hooks their subclasses provide. Both
-# implementations make the same calls and the same writes, in the same order, for every input
+# transport and sinks they are given. Both implementations make the same calls and the same
+# writes, in the same order, and keep the same state, for every input
 # (``tests/test_media_core.py``). The compiled pair calls each other in C: a routed media
 # message crosses no Python frame between the transport and the other socket.
 
@@ -407,8 +407,6 @@ class WsCore:
     time), frames read must not be; False: the reverse."""
     state: str
     """``"open"`` until the subclass says otherwise; sends are no-ops once not ``"open"``."""
-    on_message: Callable[[bytes], bool] | None
-    """Offered each text message the routed core did not take; True: handled, else queued."""
 
     def __init__(self, transport: Any, client: bool, max_size: int, max_rate: int,
                  clock: Callable[[], float]) -> None:
@@ -417,11 +415,11 @@ class WsCore:
         window's count passes the limit."""
     def route(self, media: MediaCore | None, leg: int = ...) -> None:
         """Offer every text message to ``media`` first (``LEG_TWILIO`` or ``LEG_BACKEND``), while
-        nothing waits in the queue for ``recv``. ``None``: no message reaches a call any more
-        (``on_message`` is cleared too). Raises TypeError for anything but a ``MediaCore``."""
+        nothing waits in the queue for ``recv``. ``None``: no message reaches a call any more.
+        Raises TypeError for anything but a ``MediaCore``."""
     def data_received(self, data: bytes) -> None:
-        """Parse ``data``; each message to the routed core, the hook, or the queue, in order;
-        pings answered; a close frame to ``_on_close_frame``; a binary message (1003), a
+        """Parse ``data``; each message to the routed core, or (what it leaves) the queue, in
+        order; pings answered; a close frame to ``_on_close_frame``; a binary message (1003), a
         framing error (1002/1007/1009) or the rate passed (1008) to ``_violation``, and
         nothing more is read from this call. Then ``_wake`` if anything is queued or not open."""
     def send(self, message: bytes) -> None:
@@ -433,15 +431,55 @@ class WsCore:
     def send_append(self, payload: bytes) -> None:
         """``{"type":"input_audio_buffer.append","audio":"<payload>"}`` as one text frame."""
 
-class MediaCore:
-    """What ``relay.conversation.Conversation`` does with every frame (it subclasses this).
+EV_NEW_ITEM: int
+"""``on_event``: audio came for an item nobody announced (``add_item``); it is known now."""
+EV_PLAYED: int
+"""``on_event``: a mark echo heard an ended answer to its end, or no mark is left out."""
+EV_AUDIO_ERROR: int
+"""``on_event``: a delta was dropped (not base64, or more than the ring holds)."""
 
-    Twilio ``media`` into the gap filler, then framed for the backend (or held, bounded, while
-    the gate is closed); mark echoes to ``mark``; audio deltas into the ring, paced out to
+class ItemAudio:
+    """One answer's audio, in bytes of 8 kHz μ-law; the core writes it, everyone else reads."""
+
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def produced(self) -> int:
+        """Bytes the backend produced for it."""
+    @property
+    def out(self) -> int:
+        """Bytes sent to Twilio."""
+    @property
+    def marked(self) -> int:
+        """``out`` at the last mark sent."""
+    @property
+    def played(self) -> int:
+        """Bytes known played (the last mark echoed)."""
+    @property
+    def played_at(self) -> float | None:
+        """Loop time of that echo."""
+    @property
+    def first_out_at(self) -> float | None:
+        """Loop time its first frame was sent."""
+    @property
+    def ended(self) -> bool:
+        """No more audio will come for it."""
+    @property
+    def interrupted(self) -> bool: ...
+    @property
+    def heard_ms(self) -> int | None:
+        """Where the caller cut it (``MediaCore.interrupt``); None otherwise."""
+    def __init__(self, item_id: str) -> None: ...
+
+class MediaCore:
+    """The per-frame half of a call, a leaf: the ring, the gap filler, the writer, the framing.
+
+    Twilio ``media`` into the gap filler, then framed for the backend (or held, bounded, until
+    ``open_gate``); mark echoes read in the same pass; audio deltas into the ring, paced out to
     Twilio within ``lead_ms`` with a mark every ``mark_frames`` frames and at the end of each
-    answer, one write per pump. The subclass provides ``mark(name, now)``,
-    ``_new_assistant(item_id)``, ``_mark_name(turn)``, ``_maybe_store_assistant(turn)`` and
-    ``_audio_dropped(error)``; the shell sets ``on_wants_clock``.
+    answer, one write per pump. It knows answers only as ``ItemAudio`` byte counts. What
+    changes for a turn is reported through ``on_event(kind, item_id, now)`` (never for a
+    steady frame); ``on_wants_clock()`` asks for ``tick`` every 20 ms while audio is queued.
     """
 
     frames_in: int
@@ -450,19 +488,56 @@ class MediaCore:
     frames_dropped: int
     frames_filled: int
     frames_late: int
-    """The per-frame counters (C ints in the compiled core), flushed into ``stats`` on read."""
+    marks_out: int
+    """Counters (C ints in the compiled core), read-only."""
+    on_wants_clock: Callable[[], None]
+    on_event: Callable[[int, str, float], None]
 
-    def __init__(self, twilio_out: Any, stream_sid: str, stats: Any, *, lead_ms: int, mark_frames: int,
+    def __init__(self, twilio_out: Any, stream_sid: str, *, lead_ms: int, mark_frames: int,
                  held_frames: int, max_gap_fill_ms: int) -> None: ...
     @property
-    def stats(self) -> Any:
-        """The call's ``CallStats``, per-frame counters flushed in."""
+    def buffered(self) -> int:
+        """Bytes of answer audio in the ring, not sent yet."""
+    @property
+    def marks_pending(self) -> int:
+        """Marks sent and not echoed yet."""
+    @property
+    def gate_open(self) -> bool:
+        """The current backend session confirmed its format: caller audio flows to it."""
+    @property
+    def current(self) -> ItemAudio | None:
+        """The answer audio last came for."""
+    def item(self, item_id: str) -> ItemAudio | None: ...
+    def add_item(self, item_id: str) -> ItemAudio:
+        """An answer the backend announced (idempotent)."""
+    def state(self) -> dict[str, Any]:
+        """Every field as plain values (tests compare the core with its twin)."""
+    def audio_ms_to_time(self, audio_ms: int) -> float | None:
+        """Loop time of ``audio_ms`` into the current backend session's input audio, if known."""
+    def attach(self, backend: Any) -> None:
+        """A new backend session (``send_append``): caller audio is held until ``open_gate``."""
+    def detach(self) -> None: ...
+    def open_gate(self) -> None:
+        """The session confirmed its format: held audio goes to it, then every frame."""
     def twilio_frame(self, message: bytes, now: float) -> bool:
-        """A ``media`` or ``mark`` handled (True); False for anything else, or a message the
-        reference parser rejects (the session's pump parses it again and closes the call)."""
+        """A ``media`` or mark echo handled (True); False for anything else, or a message the
+        reference parser rejects: handed up unparsed, for the owner's one parse."""
     def caller_audio(self, payload: bytes, timestamp: int, now: float) -> None: ...
+    def mark(self, name: str, now: float) -> None:
+        """A mark echo: the audio before it played, unless it was sent before a ``clear``."""
     def backend_frame(self, message: bytes, now: float) -> bool:
         """An audio delta handled (True: played, or dropped as an interrupted answer's)."""
     def agent_audio(self, item_id: str, payload: bytes, now: float) -> None: ...
+    def end_item(self, item_id: str) -> None:
+        """No more audio will come for the item."""
+    def end_all(self) -> None:
+        """No more audio will come for any item (the backend session is gone)."""
+    def flush(self, now: float) -> None:
+        """Send what is due, and the final mark of each ended answer that has none yet."""
+    def tick(self, now: float) -> bool:
+        """The shared clock: send the frames due. False: no more ticks wanted."""
+    def interrupt(self, now: float) -> ItemAudio | None:
+        """Barge-in: ``clear``, the ring and the answer's later deltas dropped, the answer cut at
+        what the caller heard (``heard_ms``). None when nothing was left to hear."""
     def _pump(self, now: float) -> None:
         """Send every frame due at ``now`` with its marks, in one write."""

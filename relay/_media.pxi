@@ -1,7 +1,8 @@
 # A call's per-frame media core, compiled (included by _fastpath.pyx).
-# Contract: ``_fastpath.pyi`` (MediaCore); oracle: ``_media_py.py``: the same bytes in the same
-# writes, and the same state, for every input. ``relay.conversation.Conversation`` subclasses
-# it. On the common path (a well-formed media frame or audio delta) nothing is parsed into
+# Contract: ``_fastpath.pyi`` (MediaCore, ItemAudio); oracle: ``_media_py.py``: the same bytes in
+# the same writes, and the same state, for every input. A leaf: ``relay.conversation`` holds one
+# and reads what it reports; the core calls no Python of its own on a steady frame. On the
+# common path (a well-formed media frame, mark echo or audio delta) nothing is parsed into
 # Python objects: the caller's payload is framed for the backend straight from Twilio's
 # message, the agent's delta is decoded from its message into the ring, and paced frames are
 # encoded from the ring straight into the one write that carries them and their marks.
@@ -25,44 +26,73 @@ cdef enum:
     MC_B64_FRAME = 216  # 4 * ceil(160 / 3)
 
 
-cdef class MediaCore:
-    cdef public object _twilio
-    cdef public TwilioWriter _writer
-    cdef public object _stats
-    cdef readonly long long _lead_ms
-    cdef readonly long long _mark_frames
-    cdef public object on_wants_clock
-    cdef public long long frames_in, frames_out, frames_held, frames_dropped, frames_filled, frames_late
-    # inbound
-    cdef public object _backend
-    cdef public bint _gate_open
-    cdef public object _held
-    cdef public GapFiller _gaps
-    cdef public object _epoch
-    cdef public object _ts0
-    # outbound
-    cdef public PlayoutRing _ring
-    cdef public object _segments
-    cdef public object _t0
-    cdef public long long _since_mark
-    cdef public object _current
-    cdef public dict _assistants
-    cdef public dict _unstored
-    cdef public set _dropped_items
-    cdef public object _keys_due  # when the keys collected so far are sent (the subclass's)
-    cdef object _fast_turn   # the answer the last delta went to, and its item id as bytes:
-    cdef bytes _fast_item    # the next delta of the same item skips the lookups
+# ``on_event`` kinds (see ``_media_py``).
+EV_NEW_ITEM = 1
+EV_PLAYED = 2
+EV_AUDIO_ERROR = 3
 
-    def __init__(self, twilio_out, stream_sid, stats, *, lead_ms, mark_frames, held_frames,
-                 max_gap_fill_ms):
+
+cdef class ItemAudio:
+    """One answer's audio, in bytes of 8 kHz μ-law (read-only outside the core)."""
+    cdef readonly object item_id
+    cdef readonly long long produced, out, marked, played
+    cdef readonly object played_at, first_out_at, heard_ms
+    cdef readonly bint ended, interrupted
+
+    def __init__(self, item_id):
+        self.item_id = item_id
+        self.produced = self.out = self.marked = self.played = 0
+        self.played_at = self.first_out_at = self.heard_ms = None
+        self.ended = self.interrupted = False
+
+    def __repr__(self):
+        return (f"ItemAudio({self.item_id!r}, produced={self.produced}, out={self.out}, played={self.played}, "
+                f"ended={self.ended}, interrupted={self.interrupted})")
+
+
+def _no_event(kind, item_id, now):
+    pass
+
+
+cdef class MediaCore:
+    cdef object _twilio
+    cdef TwilioWriter _writer
+    cdef long long _lead_ms
+    cdef long long _mark_frames
+    cdef public object on_wants_clock
+    cdef public object on_event
+    cdef readonly long long frames_in, frames_out, frames_held, frames_dropped, frames_filled, frames_late
+    cdef readonly long long marks_out
+    # inbound
+    cdef object _backend
+    cdef bint _gate_open
+    cdef object _held
+    cdef GapFiller _gaps
+    cdef object _epoch
+    cdef object _ts0
+    # outbound
+    cdef PlayoutRing _ring
+    cdef object _segments        # deque of [ItemAudio, bytes in ring]
+    cdef object _t0
+    cdef long long _since_mark
+    cdef bint _clocked           # ticks were asked for (on_wants_clock) and are still wanted
+    cdef ItemAudio _current
+    cdef dict _items
+    cdef set _dropped
+    cdef dict _marks             # name -> (ItemAudio, out at the mark), in the order sent
+    cdef set _cleared
+    cdef ItemAudio _fast_item    # the answer the last delta went to, and its id as bytes:
+    cdef bytes _fast_id          # the next delta of the same item skips the lookups
+
+    def __init__(self, twilio_out, stream_sid, *, lead_ms, mark_frames, held_frames, max_gap_fill_ms):
         self._twilio = twilio_out
         self._writer = TwilioWriter(stream_sid)
-        self._stats = stats
         self._lead_ms = _po_int(lead_ms, "lead_ms", 0, PO_MAX_MS)
         self._mark_frames = mark_frames
         self.on_wants_clock = _no_clock
+        self.on_event = _no_event
         self.frames_in = self.frames_out = self.frames_held = self.frames_dropped = 0
-        self.frames_filled = self.frames_late = 0
+        self.frames_filled = self.frames_late = self.marks_out = 0
         self._backend = None
         self._gate_open = False
         self._held = collections.deque(maxlen=max(1, held_frames))
@@ -73,21 +103,77 @@ cdef class MediaCore:
         self._segments = collections.deque()
         self._t0 = None
         self._since_mark = 0
+        self._clocked = False
         self._current = None
-        self._assistants = {}
-        self._unstored = {}
-        self._dropped_items = set()
-        self._keys_due = None
-        self._fast_turn = None
+        self._items = {}
+        self._dropped = set()
+        self._marks = {}
+        self._cleared = set()
         self._fast_item = None
+        self._fast_id = None
+
+    # ---------------------------------------------------------------- state the owner reads
 
     @property
-    def stats(self):
-        stats = self._stats
-        stats.frames_in, stats.frames_out = self.frames_in, self.frames_out
-        stats.frames_held, stats.frames_dropped = self.frames_held, self.frames_dropped
-        stats.frames_filled, stats.frames_late = self.frames_filled, self.frames_late
-        return stats
+    def buffered(self):
+        return self._ring._len
+
+    @property
+    def marks_pending(self):
+        return len(self._marks)
+
+    @property
+    def gate_open(self):
+        return self._gate_open
+
+    @property
+    def current(self):
+        return self._current
+
+    def item(self, item_id):
+        return self._items.get(item_id)
+
+    def state(self):
+        """Every field, as plain values: what tests compare between the core and its twin."""
+        cdef ItemAudio i
+        ring = self._ring
+        items = []
+        for found in self._items.values():
+            i = <ItemAudio>found
+            items.append((i.item_id, i.produced, i.out, i.marked, i.played, i.played_at, i.first_out_at, i.ended,
+                          i.interrupted, i.heard_ms))
+        return {"ring": (ring.buffered, ring.pushed, ring.sent, ring.padded, ring.heard, ring.dropped),
+                "segments": [((<ItemAudio>segment[0]).item_id, segment[1]) for segment in self._segments],
+                "since mark": self._since_mark, "epoch": self._epoch, "ts0": self._ts0, "t0": self._t0,
+                "held": list(self._held), "gate": self._gate_open, "clocked": self._clocked,
+                "current": self._current.item_id if self._current is not None else None,
+                "items": items,
+                "marks": [(name, (<ItemAudio>entry[0]).item_id, entry[1]) for name, entry in self._marks.items()],
+                "cleared": sorted(self._cleared), "dropped": sorted(self._dropped)}
+
+    def audio_ms_to_time(self, audio_ms):
+        if self._epoch is None or self._ts0 is None:
+            return None
+        return self._epoch + (self._ts0 + audio_ms) / 1000
+
+    # ---------------------------------------------------------------- the backend session
+
+    def attach(self, backend):
+        self._backend = backend
+        self._gate_open = False
+        self._ts0 = None
+
+    def detach(self):
+        self._backend = None
+        self._gate_open = False
+
+    def open_gate(self):
+        self._gate_open = True
+        held, self._held = list(self._held), collections.deque(maxlen=self._held.maxlen)
+        if held:
+            self._ts0 = held[0][1]
+        for payload, _ in held:
+            self._backend.send_append(payload)
 
     # ---------------------------------------------------------------- Twilio → backend
 
@@ -117,9 +203,12 @@ cdef class MediaCore:
                 elif (_is(p + f[0].start, f[0].end - f[0].start, b"mark", 4) and f[4].kind == OBJECT
                         and f[5].kind == STRING):
                     # A mark echo, read in the same pass: what twilio.parse_event returns for it.
-                    self.mark(PyUnicode_DecodeASCII(<const char*>p + f[5].start, f[5].end - f[5].start, NULL),
-                              now)
+                    self._mark(PyUnicode_DecodeASCII(<const char*>p + f[5].start, f[5].end - f[5].start, NULL),
+                               now)
                     return True
+                else:
+                    return False  # another event, read by the owner
+        # An unusual shape (escapes, non-ASCII, ...): the reference decides, as the twin does.
         twilio = _twilio()
         try:
             media = parse_media(message)
@@ -129,10 +218,10 @@ cdef class MediaCore:
             if b'"mark"' in message:
                 event = twilio.parse_event(message)
                 if isinstance(event, twilio.Mark):
-                    self.mark(event.name, now)
+                    self._mark(event.name, now)
                     return True
         except ProtocolError:
-            pass  # the pump parses it again and closes the call with the reason
+            pass  # handed up: the owner's parse says what is wrong, and the call closes
         return False
 
     def caller_audio(self, payload, timestamp, now):
@@ -176,6 +265,35 @@ cdef class MediaCore:
         self.frames_held += 1
         return 0
 
+    def mark(self, name, now):
+        self._mark(name, now)
+
+    cdef int _mark(self, object name, double now) except -1:
+        cdef ItemAudio item, heard_out = None
+        cdef long long cum
+        marks = self._marks
+        if name in self._cleared:
+            # Echoed because of our clear: it means "cleared", not "played" (PROTOCOLS §1.4).
+            self._cleared.discard(name)
+            return 0
+        if name not in marks:
+            return 0
+        while marks:
+            first = next(iter(marks))
+            entry = marks.pop(first)
+            item = <ItemAudio>entry[0]
+            cum = entry[1]
+            if not item.interrupted and cum > item.played:
+                item.played = cum
+                item.played_at = now
+                if item.ended and cum >= item.produced:
+                    heard_out = item
+            if first == name:
+                break
+        if heard_out is not None or not (marks or self._ring._len):
+            self.on_event(EV_PLAYED, heard_out.item_id if heard_out is not None else "", now)
+        return 0
+
     # ---------------------------------------------------------------- backend → Twilio
 
     def backend_frame(self, message, now):
@@ -185,6 +303,7 @@ cdef class MediaCore:
         cdef Field f[3]
         cdef cbuf p
         cdef Py_ssize_t ni
+        cdef ItemAudio item
         if type(message) is bytes:
             p = <cbuf>PyBytes_AS_STRING(message)
             memset(f, 0, sizeof(f))
@@ -193,12 +312,12 @@ cdef class MediaCore:
                     return False
                 if f[1].kind == STRING and f[2].kind == STRING and f[2].b64:
                     ni = f[1].end - f[1].start
-                    turn = self._fast_turn
-                    if (turn is not None and PyBytes_GET_SIZE(self._fast_item) == ni
-                            and memcmp(PyBytes_AS_STRING(self._fast_item), p + f[1].start, ni) == 0):
-                        # The item's answer: an interrupted one has audio_done set, and stays dropped.
-                        if not turn.audio_done:
-                            self._agent_push(turn, p + f[2].start, f[2].end - f[2].start, now)
+                    item = self._fast_item
+                    if (item is not None and PyBytes_GET_SIZE(self._fast_id) == ni
+                            and memcmp(PyBytes_AS_STRING(self._fast_id), p + f[1].start, ni) == 0):
+                        # The item's answer: an interrupted one has ended set, and stays dropped.
+                        if not item.ended:
+                            self._agent_push(item, p + f[2].start, f[2].end - f[2].start, now)
                         return True
         try:
             delta = parse_audio_delta(message)
@@ -209,43 +328,106 @@ cdef class MediaCore:
         self.agent_audio(delta[0], delta[1], now)
         return True
 
+    def add_item(self, item_id):
+        item = self._items.get(item_id)
+        if item is None:
+            item = self._items[item_id] = ItemAudio(item_id)
+        return item
+
     def agent_audio(self, item_id, payload, now):
-        if item_id in self._dropped_items:
+        cdef ItemAudio item
+        if item_id in self._dropped:
             return  # a late delta of an item the caller interrupted
-        turn = self._assistants.get(item_id) or self._new_assistant(item_id)
-        if turn.audio_done:
+        found = self._items.get(item_id)
+        if found is None:
+            found = self.add_item(item_id)
+            self.on_event(EV_NEW_ITEM, item_id, now)
+        item = <ItemAudio>found
+        if item.ended:
             return
         if type(payload) is not bytes:
             raise TypeError(f"push() takes bytes, not {type(payload).__name__}")
         if type(item_id) is str and PyUnicode_IS_ASCII(item_id):
-            self._fast_turn, self._fast_item = turn, item_id.encode()
-        self._agent_push(turn, <cbuf>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), now)
+            self._fast_item, self._fast_id = item, item_id.encode()
+        self._agent_push(item, <cbuf>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), now)
 
-    cdef int _agent_push(self, turn, cbuf s, Py_ssize_t n, double now) except -1:
+    cdef int _agent_push(self, ItemAudio item, cbuf s, Py_ssize_t n, double now) except -1:
         cdef Py_ssize_t m
         try:
             m = self._ring._push_raw(s, n)
-        except ProtocolError as exc:  # not base64, or an answer longer than the ring holds
-            self._audio_dropped(exc)
+        except ProtocolError:  # not base64, or an answer longer than the ring holds
+            self.on_event(EV_AUDIO_ERROR, item.item_id, now)
             return 0
-        turn.produced += m
+        item.produced += m
         segments = self._segments
-        if segments and segments[-1][0] is turn:
+        if segments and segments[-1][0] is item:
             segments[-1][1] += m
         else:
-            segments.append([turn, m])
-        self._current = turn
+            segments.append([item, m])
+        self._current = item
         self._pump_c(now)
-        if self._ring._len:
+        if self._ring._len and not self._clocked:
+            self._clocked = True  # asked once, until a tick says it needs no more
             self.on_wants_clock()
         return 0
 
-    def tick(self, double now):
-        """The shared clock's 20 ms tick: release due frames, send due keys. False: no more ticks wanted."""
-        if self._keys_due is not None and now >= <double>self._keys_due:
-            self._send_keys(now)
+    def end_item(self, item_id):
+        found = self._items.get(item_id)
+        if found is not None:
+            (<ItemAudio>found).ended = True
+
+    def end_all(self):
+        for found in self._items.values():
+            (<ItemAudio>found).ended = True
+
+    def flush(self, now):
+        cdef ItemAudio item
         self._pump_c(now)
-        return self._ring._len > 0 or self._keys_due is not None
+        for found in self._items.values():
+            item = <ItemAudio>found
+            if (item.ended and not item.interrupted and item.out == item.produced and item.marked < item.out
+                    and not any(segment[0] is item for segment in self._segments)):
+                self._twilio.send_frames(build_frame(0x1, self._writer.mark(self._mark_name(item))))
+
+    def tick(self, double now):
+        """The shared clock's 20 ms tick: release the frames due. False: no more ticks wanted."""
+        self._pump_c(now)
+        self._clocked = self._ring._len > 0
+        return self._clocked
+
+    def interrupt(self, double now):
+        cdef ItemAudio item = self._current
+        cdef long long heard
+        if item is None or item.interrupted or item.produced == 0:
+            return None
+        if item.ended and item.played >= item.produced:
+            return None  # everything was heard: no clear, no truncate (PROTOCOLS §2.5 step 4)
+        self._twilio.send(self._writer.clear())
+        self._ring.clear()
+        for segment in self._segments:
+            (<ItemAudio>segment[0]).ended = True
+        self._segments.clear()
+        self._cleared.update(self._marks)
+        self._marks.clear()
+        since = item.played_at if item.played_at is not None else item.first_out_at
+        if since is None:
+            heard = item.played
+        else:
+            heard = item.played + <long long>((now - <double>since) * 1000 * MC_BYTES_PER_MS)
+        heard = max(item.played, min(item.out, heard))
+        item.heard_ms = heard // MC_BYTES_PER_MS
+        item.interrupted = True
+        item.ended = True
+        self._dropped.add(item.item_id)
+        return item
+
+    cdef str _mark_name(self, ItemAudio item):
+        self._since_mark = 0
+        item.marked = item.out
+        name = f"{item.item_id}:{item.out}"
+        self._marks[name] = (item, item.out)
+        self.marks_out += 1
+        return name
 
     def _pump(self, now):
         self._pump_c(now)
@@ -259,6 +441,7 @@ cdef class MediaCore:
         cdef unsigned char* o
         cdef bytes out, mark
         cdef list marks = None
+        cdef ItemAudio item, last, ended
         if ring._len == 0:
             return 0
         if self._t0 is None:
@@ -270,7 +453,7 @@ cdef class MediaCore:
         n = ring._due(elapsed, lead)
         whole = ring._len // MC_FRAME_BYTES
         segments = self._segments
-        final = bool(segments[-1][0].audio_done) if segments else False
+        final = (<ItemAudio>segments[-1][0]).ended if segments else False
         if final and n == whole and ring._len > whole * MC_FRAME_BYTES:
             # The answer's last, partial frame goes out padded with silence, if the lead has room.
             if lead * MC_BYTES_PER_MS - (ring.sent + ring.padded - ring.heard) >= (n + 1) * MC_FRAME_BYTES:
@@ -288,26 +471,24 @@ cdef class MediaCore:
             take, last, ended, more = MC_FRAME_BYTES, None, None, None
             while take and segments:
                 segment = segments[0]
-                turn = segment[0]
+                item = <ItemAudio>segment[0]
                 left = segment[1]
                 used = take if take < left else left
-                if turn.first_out_at is None:
-                    turn.first_out_at = now
-                    if turn.speech_end_at is not None:
-                        self._stats.v2v_ms.append((now - turn.speech_end_at) * 1000)
-                turn.out += used
+                if item.first_out_at is None:
+                    item.first_out_at = now
+                item.out += used
                 take -= used
-                last = turn
+                last = item
                 segment[1] = left - used
                 if left == used:
                     segments.popleft()
-                    if turn.audio_done or segments:  # the answer ends here (not a dry ring)
+                    if item.ended or segments:  # the answer ends here (not a dry ring)
                         if ended is None:
-                            ended = turn
+                            ended = item
                         else:
                             if more is None:
                                 more = []
-                            more.append(turn)
+                            more.append(item)
             self._since_mark += 1
             if (last is not None and last is not ended and (more is None or last not in more)
                     and self._since_mark >= self._mark_frames):
@@ -322,8 +503,8 @@ cdef class MediaCore:
                     marks = []
                 marks.append((i, self._writer.mark(self._mark_name(ended))))
                 if more is not None:
-                    for turn in more:
-                        marks.append((i, self._writer.mark(self._mark_name(turn))))
+                    for item in more:
+                        marks.append((i, self._writer.mark(self._mark_name(item))))
         # Pass 2: the frames, encoded from the ring into one buffer with their marks.
         np = PyBytes_GET_SIZE(self._writer._media_prefix)
         media_len = np + MC_B64_FRAME + 3
@@ -353,20 +534,7 @@ cdef class MediaCore:
             (<WsCore>twilio)._send_frames_c(out)
         else:
             twilio.send_frames(out)
-        if not ring._len:
-            self._check_stored()
         return 0
-
-    def _check_stored(self):
-        """Store every answer whose text and heard part are both known (only a done one can be)."""
-        for turn in self._unstored.values():
-            if turn.done:
-                break
-        else:
-            return
-        for turn in list(self._unstored.values()):
-            if turn.done:
-                self._maybe_store_assistant(turn)
 
 
 def _no_clock():

@@ -1,32 +1,39 @@
-"""Plain-Python reference of a call's per-frame media core (re-exported by ``_fastpath_py``).
+"""Plain-Python reference of a call's per-frame media core.
 
-``MediaCore`` is the part of ``relay.conversation.Conversation`` that runs for every frame:
-a caller's ``media`` into the gap filler and on to the backend (or held while no backend
-session is ready); an agent's audio delta into the playout ring; the ring paced out to Twilio
-in 20 ms frames with their marks, in one write. ``Conversation`` subclasses it and owns
-everything else (events, turns, barge-in, storage). The compiled twin is ``_media.pxi``; the
-two must send the same bytes, in the same writes, and leave the same state, for every input.
+``MediaCore`` is a leaf: it knows the playout ring, the gap filler, the Twilio writer and the
+framing, and nothing of turns, transcripts or backends' event names. A caller's ``media`` goes
+into the gap filler and on to the backend (held, bounded, while no backend session is ready);
+an agent's audio delta goes into the ring, which is paced out to Twilio in 20 ms frames with
+their marks, one write per pump. It counts the bytes of every answer (``ItemAudio``), names the
+marks, reads their echoes, and on barge-in cuts at what the caller heard.
 
-Hooks the subclass provides (called rarely, never on a plain passthrough frame): ``mark``,
-``_new_assistant``, ``_mark_name``, ``_maybe_store_assistant``; ``on_wants_clock`` is set by the
-shell. Per-frame counters are plain ints here and C ints in the compiled core, flushed into
-``stats`` when it is read.
+What happened reaches the conversation that owns the core (``relay.conversation``) as plain
+values: the ``ItemAudio`` records it reads, and the ``on_event(kind, item_id, now)`` hook, called
+only when something changes for a turn (a new item's audio, an answer heard to its end, the
+last mark echoed), never for a steady frame. The compiled twin is ``_media.pxi``; the two send
+the same bytes, in the same writes, and leave the same state, for every input.
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Any
 
 from relay._playout_py import GapFiller, PlayoutRing, silence_b64
 from relay.errors import ProtocolError
 
-__all__ = ["MediaCore"]
+__all__ = ["EV_AUDIO_ERROR", "EV_NEW_ITEM", "EV_PLAYED", "ItemAudio", "MediaCore"]
 
 BYTES_PER_MS = 8
 FRAME_MS = 20
 FRAME_BYTES = FRAME_MS * BYTES_PER_MS
 OP_TEXT = 0x1
+
+# ``on_event`` kinds.
+EV_NEW_ITEM = 1  # audio came for an item nobody announced (``add_item``): it is now known
+EV_PLAYED = 2  # a mark echo: an ended answer is heard to its end, or all audio sent is heard
+EV_AUDIO_ERROR = 3  # a delta was dropped (not base64, or more than the ring holds)
 
 
 def _frame(payload: bytes) -> bytes:
@@ -36,55 +43,142 @@ def _frame(payload: bytes) -> bytes:
     return build_frame(OP_TEXT, payload)
 
 
-class MediaCore:
-    __slots__ = ("_assistants", "_backend", "_current", "_dropped_items", "_epoch", "_gaps", "_gate_open", "_held",
-                 "_keys_due", "_lead_ms", "_mark_frames", "_ring", "_segments", "_since_mark", "_stats", "_t0", "_ts0", "_twilio",
-                 "_unstored", "_writer", "frames_dropped", "frames_filled", "frames_held", "frames_in",
-                 "frames_late", "frames_out", "on_wants_clock")
+class ItemAudio:
+    """One answer's audio, in bytes of 8 kHz μ-law (read-only outside the core)."""
 
-    def __init__(self, twilio_out: Any, stream_sid: str, stats: Any, *, lead_ms: int, mark_frames: int,
-                 held_frames: int, max_gap_fill_ms: int) -> None:
+    __slots__ = ("ended", "first_out_at", "heard_ms", "interrupted", "item_id", "marked", "out", "played",
+                 "played_at", "produced")
+
+    def __init__(self, item_id: str) -> None:
+        self.item_id = item_id
+        self.produced = 0  # bytes the backend produced for it
+        self.out = 0  # bytes sent to Twilio
+        self.marked = 0  # ``out`` at the last mark sent
+        self.played = 0  # bytes known played (the last mark echoed)
+        self.played_at: float | None = None  # loop time of that echo
+        self.first_out_at: float | None = None  # loop time its first frame was sent
+        self.ended = False  # no more audio will come for it
+        self.interrupted = False
+        self.heard_ms: int | None = None  # set when the caller interrupted it
+
+    def __repr__(self) -> str:
+        return (f"ItemAudio({self.item_id!r}, produced={self.produced}, out={self.out}, played={self.played}, "
+                f"ended={self.ended}, interrupted={self.interrupted})")
+
+
+def _no_event(kind: int, item_id: str, now: float) -> None:
+    pass
+
+
+def _no_clock() -> None:
+    pass
+
+
+class MediaCore:
+    __slots__ = ("_backend", "_cleared", "_clocked", "_current", "_dropped", "_epoch", "_gaps", "_gate_open", "_held", "_items",
+                 "_lead_ms", "_mark_frames", "_marks", "_ring", "_segments", "_since_mark", "_t0", "_ts0",
+                 "_twilio", "_writer", "frames_dropped", "frames_filled", "frames_held", "frames_in", "frames_late",
+                 "frames_out", "marks_out", "on_event", "on_wants_clock")
+
+    def __init__(self, twilio_out: Any, stream_sid: str, *, lead_ms: int, mark_frames: int, held_frames: int,
+                 max_gap_fill_ms: int) -> None:
         from relay._fastpath_py import TwilioWriter
 
         self._twilio = twilio_out
         self._writer = TwilioWriter(stream_sid)
-        self._stats = stats
         self._lead_ms = lead_ms
         self._mark_frames = mark_frames
-        self.on_wants_clock: Any = lambda: None
+        self.on_wants_clock: Callable[[], None] = _no_clock
+        self.on_event: Callable[[int, str, float], None] = _no_event
         self.frames_in = self.frames_out = self.frames_held = self.frames_dropped = 0
-        self.frames_filled = self.frames_late = 0
+        self.frames_filled = self.frames_late = self.marks_out = 0
         # inbound
         self._backend: Any = None
-        self._gate_open = False  # the current backend confirmed μ-law both ways
+        self._gate_open = False  # the current backend confirmed its audio format
         self._held: collections.deque[tuple[bytes, int]] = collections.deque(maxlen=max(1, held_frames))
         self._gaps = GapFiller(FRAME_MS, max_gap_fill_ms)
         self._epoch: float | None = None  # loop time of Twilio timestamp 0
         self._ts0: int | None = None  # Twilio timestamp of the current backend session's audio 0
         # outbound
         self._ring = PlayoutRing(FRAME_BYTES)
-        self._segments: collections.deque[list[Any]] = collections.deque()  # [turn, bytes in ring]
+        self._segments: collections.deque[list[Any]] = collections.deque()  # [ItemAudio, bytes in ring]
         self._t0: float | None = None  # loop time of the first frame sent (the ring's clock 0)
         self._since_mark = 0
-        self._current: Any = None
-        self._assistants: dict[str, Any] = {}
-        self._unstored: dict[str, Any] = {}  # answers not stored yet (a few at most)
-        self._dropped_items: set[str] = set()
-        self._keys_due: float | None = None  # when the keys collected so far are sent (the subclass's)
+        self._clocked = False  # ticks were asked for (``on_wants_clock``) and are still wanted
+        self._current: ItemAudio | None = None  # the answer audio last came for
+        self._items: dict[str, ItemAudio] = {}
+        self._dropped: set[str] = set()  # interrupted items: their late deltas are dropped
+        self._marks: dict[str, tuple[ItemAudio, int]] = {}  # sent, not echoed, in order
+        self._cleared: set[str] = set()  # sent before a clear: their echoes mean "cleared"
+
+    # ---------------------------------------------------------------- state the owner reads
 
     @property
-    def stats(self) -> Any:
-        """The call's counters, the per-frame ones flushed in."""
-        stats = self._stats
-        stats.frames_in, stats.frames_out = self.frames_in, self.frames_out
-        stats.frames_held, stats.frames_dropped = self.frames_held, self.frames_dropped
-        stats.frames_filled, stats.frames_late = self.frames_filled, self.frames_late
-        return stats
+    def buffered(self) -> int:
+        """Bytes of answer audio in the ring, not yet sent."""
+        return self._ring.buffered
+
+    @property
+    def marks_pending(self) -> int:
+        """Marks sent and not echoed yet."""
+        return len(self._marks)
+
+    @property
+    def gate_open(self) -> bool:
+        return self._gate_open
+
+    @property
+    def current(self) -> ItemAudio | None:
+        return self._current
+
+    def item(self, item_id: str) -> ItemAudio | None:
+        return self._items.get(item_id)
+
+    def state(self) -> dict[str, Any]:
+        """Every field, as plain values: what tests compare between the core and its twin."""
+        ring = self._ring
+        return {"ring": (ring.buffered, ring.pushed, ring.sent, ring.padded, ring.heard, ring.dropped),
+                "segments": [(segment[0].item_id, segment[1]) for segment in self._segments],
+                "since mark": self._since_mark, "epoch": self._epoch, "ts0": self._ts0, "t0": self._t0,
+                "held": list(self._held), "gate": self._gate_open, "clocked": self._clocked,
+                "current": self._current.item_id if self._current is not None else None,
+                "items": [(i.item_id, i.produced, i.out, i.marked, i.played, i.played_at, i.first_out_at, i.ended,
+                           i.interrupted, i.heard_ms) for i in self._items.values()],
+                "marks": [(name, item.item_id, cum) for name, (item, cum) in self._marks.items()],
+                "cleared": sorted(self._cleared), "dropped": sorted(self._dropped)}
+
+    def audio_ms_to_time(self, audio_ms: int) -> float | None:
+        """Loop time of ``audio_ms`` into the current backend session's input audio, if known."""
+        if self._epoch is None or self._ts0 is None:
+            return None
+        return self._epoch + (self._ts0 + audio_ms) / 1000
+
+    # ---------------------------------------------------------------- the backend session
+
+    def attach(self, backend: Any) -> None:
+        """A new backend session: caller audio is held until ``open_gate``."""
+        self._backend = backend
+        self._gate_open = False
+        self._ts0 = None
+
+    def detach(self) -> None:
+        self._backend = None
+        self._gate_open = False
+
+    def open_gate(self) -> None:
+        """The session confirmed its format: held caller audio goes to it, then every frame."""
+        self._gate_open = True
+        held, self._held = list(self._held), collections.deque(maxlen=self._held.maxlen)
+        if held:
+            self._ts0 = held[0][1]
+        for payload, _ in held:
+            self._backend.send_append(payload)
 
     # ---------------------------------------------------------------- Twilio → backend
 
     def twilio_frame(self, message: bytes, now: float) -> bool:
-        """The per-frame path: a ``media`` or ``mark`` handled as it arrives (False: not one)."""
+        """The per-frame path: a well-formed ``media`` or mark echo handled as it arrives; False
+        for anything else, handed up unparsed (the owner parses it once)."""
         from relay import twilio
         from relay._fastpath_py import parse_media
 
@@ -96,10 +190,10 @@ class MediaCore:
             if b'"mark"' in message:
                 event = twilio.parse_event(message)
                 if isinstance(event, twilio.Mark):
-                    self.mark(event.name, now)  # type: ignore[attr-defined]
+                    self.mark(event.name, now)
                     return True
         except ProtocolError:
-            pass  # the pump parses it again and closes the call with the reason
+            pass  # handed up: the owner's parse says what is wrong, and the call closes
         return False
 
     def caller_audio(self, payload: bytes, timestamp: int, now: float) -> None:
@@ -126,10 +220,33 @@ class MediaCore:
         self._held.append((payload, timestamp))
         self.frames_held += 1
 
+    def mark(self, name: str, now: float) -> None:
+        """A mark echo: the audio before it played (Twilio plays in order), unless it was cleared."""
+        if name in self._cleared:
+            # Echoed because of our clear: it means "cleared", not "played" (PROTOCOLS §1.4).
+            self._cleared.discard(name)
+            return
+        if name not in self._marks:
+            return
+        heard_out = None
+        while self._marks:
+            first = next(iter(self._marks))
+            item, cum = self._marks.pop(first)
+            if not item.interrupted and cum > item.played:
+                item.played = cum
+                item.played_at = now
+                if item.ended and cum >= item.produced:
+                    heard_out = item
+            if first == name:
+                break
+        if heard_out is not None or not (self._marks or self._ring.buffered):
+            self.on_event(EV_PLAYED, heard_out.item_id if heard_out is not None else "", now)
+
     # ---------------------------------------------------------------- backend → Twilio
 
     def backend_frame(self, message: bytes, now: float) -> bool:
-        """The per-frame path: an audio delta handled as it arrives (False: any other event)."""
+        """The per-frame path: a well-formed audio delta handled as it arrives; False for any
+        other event, handed up unparsed."""
         from relay._fastpath_py import parse_audio_delta
 
         try:
@@ -141,33 +258,96 @@ class MediaCore:
         self.agent_audio(delta[0], delta[1], now)
         return True
 
+    def add_item(self, item_id: str) -> ItemAudio:
+        """An answer the backend announced (its audio may follow)."""
+        item = self._items.get(item_id)
+        if item is None:
+            item = self._items[item_id] = ItemAudio(item_id)
+        return item
+
     def agent_audio(self, item_id: str, payload: bytes, now: float) -> None:
-        if item_id in self._dropped_items:
+        if item_id in self._dropped:
             return  # a late delta of an item the caller interrupted
-        turn = self._assistants.get(item_id) or self._new_assistant(item_id)  # type: ignore[attr-defined]
-        if turn.audio_done:
+        item = self._items.get(item_id)
+        if item is None:
+            item = self.add_item(item_id)
+            self.on_event(EV_NEW_ITEM, item_id, now)
+        if item.ended:
             return
         try:
             n = self._ring.push(payload)
-        except ProtocolError as exc:  # not base64, or an answer longer than the ring holds
-            self._audio_dropped(exc)  # type: ignore[attr-defined]
+        except ProtocolError:  # not base64, or an answer longer than the ring holds
+            self.on_event(EV_AUDIO_ERROR, item_id, now)
             return
-        turn.produced += n
-        if self._segments and self._segments[-1][0] is turn:
+        item.produced += n
+        if self._segments and self._segments[-1][0] is item:
             self._segments[-1][1] += n
         else:
-            self._segments.append([turn, n])
-        self._current = turn
+            self._segments.append([item, n])
+        self._current = item
         self._pump(now)
-        if self._ring.buffered:
+        if self._ring.buffered and not self._clocked:
+            self._clocked = True  # asked once, until a tick says it needs no more
             self.on_wants_clock()
 
-    def tick(self, now: float) -> bool:
-        """The shared clock's 20 ms tick: release due frames, send due keys. False: no more ticks wanted."""
-        if self._keys_due is not None and now >= self._keys_due:
-            self._send_keys(now)  # type: ignore[attr-defined]
+    def end_item(self, item_id: str) -> None:
+        """No more audio will come for the item (its last frame may now go out padded)."""
+        item = self._items.get(item_id)
+        if item is not None:
+            item.ended = True
+
+    def end_all(self) -> None:
+        """The backend session is gone: no more audio comes for any answer."""
+        for item in self._items.values():
+            item.ended = True
+
+    def flush(self, now: float) -> None:
+        """Send what is due, and the final mark of every ended answer whose audio all left
+        before it was known to be the last."""
         self._pump(now)
-        return bool(self._ring.buffered) or self._keys_due is not None
+        for item in self._items.values():
+            if (item.ended and not item.interrupted and item.out == item.produced and item.marked < item.out
+                    and not any(segment[0] is item for segment in self._segments)):
+                self._twilio.send_frames(_frame(self._writer.mark(self._mark_name(item))))
+
+    def tick(self, now: float) -> bool:
+        """The shared clock's 20 ms tick: release the frames due. False: no more ticks wanted."""
+        self._pump(now)
+        self._clocked = bool(self._ring.buffered)
+        return self._clocked
+
+    def interrupt(self, now: float) -> ItemAudio | None:
+        """Barge-in: if the caller has audio of the current answer left to hear, Twilio ``clear``,
+        the ring and every later delta of the answer dropped, and the answer cut at what was
+        heard (``heard_ms``). Returns the cut answer, or None when there was nothing to cut."""
+        item = self._current
+        if item is None or item.interrupted or item.produced == 0:
+            return None
+        if item.ended and item.played >= item.produced:
+            return None  # everything was heard: no clear, no truncate (PROTOCOLS §2.5 step 4)
+        self._twilio.send(self._writer.clear())
+        self._ring.clear()
+        for segment in self._segments:
+            segment[0].ended = True
+        self._segments.clear()
+        self._cleared.update(self._marks)
+        self._marks.clear()
+        since = item.played_at if item.played_at is not None else item.first_out_at
+        heard = item.played if since is None else item.played + int((now - since) * 1000 * BYTES_PER_MS)
+        heard = max(item.played, min(item.out, heard))
+        item.heard_ms = heard // BYTES_PER_MS
+        item.interrupted = True
+        item.ended = True
+        self._dropped.add(item.item_id)
+        return item
+
+    def _mark_name(self, item: ItemAudio) -> str:
+        self._since_mark = 0
+        item.marked = item.out
+        name = f"{item.item_id}:{item.out}"
+        self._marks[name] = (item, item.out)
+        self.marks_out += 1
+        return name
 
     def _pump(self, now: float) -> None:
         """Send every frame due now, with its marks, in one write."""
@@ -178,7 +358,7 @@ class MediaCore:
         lead = self._lead_ms
         n = ring.frames_due(elapsed, lead)
         whole = ring.buffered // FRAME_BYTES
-        final = self._segments[-1][0].audio_done if self._segments else False
+        final = self._segments[-1][0].ended if self._segments else False
         if final and n == whole and ring.buffered > whole * FRAME_BYTES:
             # The answer's last, partial frame goes out padded with silence, if the lead has room.
             queued = ring.sent + ring.padded - ring.heard
@@ -197,33 +377,23 @@ class MediaCore:
             take, last, ended = FRAME_BYTES, None, []
             while take and self._segments:
                 segment = self._segments[0]
-                turn = segment[0]
+                item = segment[0]
                 used = min(take, segment[1])
-                if turn.first_out_at is None:
-                    turn.first_out_at = now
-                    if turn.speech_end_at is not None:
-                        self._stats.v2v_ms.append((now - turn.speech_end_at) * 1000)
-                turn.out += used
+                if item.first_out_at is None:
+                    item.first_out_at = now
+                item.out += used
                 take -= used
-                last = turn
+                last = item
                 segment[1] -= used
                 if not segment[1]:
                     self._segments.popleft()
-                    if turn.audio_done or self._segments:  # the answer ends here (not a dry ring)
-                        ended.append(turn)
+                    if item.ended or self._segments:  # the answer ends here (not a dry ring)
+                        ended.append(item)
             self._since_mark += 1
             if last is not None and last not in ended and self._since_mark >= self._mark_frames:
                 ended.append(last)
             parts.append(_frame(writer.media(frame)))
-            for turn in ended:
-                parts.append(_frame(writer.mark(self._mark_name(turn))))  # type: ignore[attr-defined]
+            for item in ended:
+                parts.append(_frame(writer.mark(self._mark_name(item))))
         self.frames_out += len(frames)
         self._twilio.send_frames(b"".join(parts))
-        if not ring.buffered:
-            self._check_stored()
-
-    def _check_stored(self) -> None:
-        """Store every answer whose text and heard part are both known (only a done one can be)."""
-        for turn in list(self._unstored.values()):
-            if turn.done:
-                self._maybe_store_assistant(turn)  # type: ignore[attr-defined]

@@ -26,7 +26,6 @@ cdef class WsCore:
     cdef bytes _masks                 # random masking keys, 4 bytes each, used from _mask_at on
     cdef Py_ssize_t _mask_at
     cdef public object state
-    cdef public object on_message
     cdef MediaCore _media
     cdef int _leg
     cdef object _transport_write       # the transport's bound methods, looked up once
@@ -46,7 +45,6 @@ cdef class WsCore:
         self._masks = b""
         self._mask_at = 0
         self.state = _WS_OPEN
-        self.on_message = None
         self._media = None
         self._leg = 0
 
@@ -55,8 +53,6 @@ cdef class WsCore:
             raise TypeError("route() takes a MediaCore or None")
         self._media = media
         self._leg = leg
-        if media is None:
-            self.on_message = None
 
     def data_received(self, data):
         cdef FrameReader reader = self._reader
@@ -94,9 +90,6 @@ cdef class WsCore:
                             handled = media._backend_frame(payload, now)
                         if handled:
                             continue
-                    hook = self.on_message
-                    if hook is not None and hook(payload):
-                        continue
                 self._messages.append(payload)
             elif opcode == 0x8:
                 self._on_close_frame(payload)

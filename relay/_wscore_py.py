@@ -2,7 +2,7 @@
 
 ``WsCore`` is what ``relay.ws.Connection`` does with every read and every write: bytes from
 the transport into frames (``FrameReader``), each text message offered to the call's media core
-(``route``) or to the ``on_message`` hook before it is queued for ``recv``; the peer's message
+(``route``), or queued for ``recv`` when the core leaves it; the peer's message
 rate counted; pings answered; frames built, masked on the client side, written straight to the
 transport. ``Connection`` subclasses it and owns the asyncio half (``recv``, the closing
 handshake). The compiled twin is ``_wscore.pxi``; both make the same calls and the same writes.
@@ -29,7 +29,7 @@ _APPEND = b'{"type":"input_audio_buffer.append","audio":"'
 
 class WsCore:
     __slots__ = ("_clock", "_leg", "_mask_at", "_masks", "_max_rate", "_media", "_messages", "_reader", "_transport",
-                 "_window_count", "_window_start", "client", "on_message", "state")
+                 "_window_count", "_window_start", "client", "state")
 
     def __init__(self, transport: Any, client: bool, max_size: int, max_rate: int,
                  clock: Callable[[], float]) -> None:
@@ -48,18 +48,15 @@ class WsCore:
         self._masks = b""  # random masking keys, 4 bytes each, used from _mask_at on
         self._mask_at = 0
         self.state = OPEN
-        # Per-frame messages are handled right here: by the call's media core when routed, else
-        # by this hook, which returns False for anything it leaves to ``recv``.
-        self.on_message: Callable[[bytes], bool] | None = None
+        # Per-frame messages are handled right here, by the call's media core when routed;
+        # what it leaves goes to ``recv``.
         self._media: Any = None
         self._leg = LEG_TWILIO
 
     def route(self, media: Any, leg: int = LEG_TWILIO) -> None:
         """Offer every text message to ``media`` (a ``MediaCore``) first; ``None`` unroutes the
-        connection: from then on its messages reach no call (``on_message`` is cleared too)."""
+        connection: from then on its messages reach no call."""
         self._media = media
-        if media is None:
-            self.on_message = None
         self._leg = leg
 
     # ---- bytes from the transport
@@ -97,9 +94,6 @@ class WsCore:
                         handled = (media.twilio_frame if self._leg == LEG_TWILIO else media.backend_frame)(payload, now)
                         if handled:
                             continue
-                    hook = self.on_message
-                    if hook is not None and hook(payload):
-                        continue
                 self._messages.append(payload)
             elif opcode == OP_CLOSE:
                 self._on_close_frame(payload)  # type: ignore[attr-defined]

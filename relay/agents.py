@@ -27,6 +27,7 @@ class AgentProfile:
     greeting: str = ""  # said as soon as the stream starts; empty: the caller speaks first
     end_call_tool: bool = True  # offer the model the built-in end_call tool
     interrupt_response: bool = True  # server VAD cancels a response when the caller speaks
+    backend: str = "openai-realtime"  # which speech backend serves the call (``BACKENDS``)
 
 
 DEFAULT_AGENT = "default"
@@ -73,7 +74,7 @@ class Agent:
         return cls(tenant_id, agent_id, instructions=profile.instructions, voice=profile.voice, model=profile.model,
                    transcription_model=profile.transcription_model, vad_threshold=profile.vad_threshold,
                    vad_silence_ms=profile.vad_silence_ms, vad_prefix_ms=profile.vad_prefix_ms,
-                   greeting=profile.greeting)
+                   greeting=profile.greeting, backend=profile.backend)
 
     def profile(self, base: AgentProfile) -> AgentProfile:
         """The session settings a call with this agent runs with; what an agent row does not
@@ -82,7 +83,7 @@ class Agent:
             base, instructions=self.instructions, voice=self.voice, model=self.model,
             transcription_model=self.transcription_model, vad_threshold=self.vad_threshold,
             vad_silence_ms=self.vad_silence_ms, vad_prefix_ms=self.vad_prefix_ms,
-            greeting=self.greeting or base.greeting,
+            greeting=self.greeting or base.greeting, backend=self.backend,
         )
 
     def problems(self) -> list[str]:

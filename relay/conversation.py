@@ -3,32 +3,36 @@
 ``Conversation`` is the protocol core of a call (the ``CallSession`` shell owns the sockets,
 the tasks and the clock). Every method takes the time as an argument and never awaits, so the
 whole of barge-in, pacing and turn bookkeeping runs the same under a fake clock in tests as
-on the event loop. Output goes straight to the two sinks it is given (a Twilio socket and
-the current backend socket) and to ``submit`` (the store's queue).
+on the event loop. It is composed of two parts it holds, never inherits:
 
-Paced playout (PROTOCOLS §0.2, §6 #4). The agent's audio is decoded into the compiled
-``PlayoutRing`` and leaves in 20 ms frames (160 bytes of μ-law), never more than ``lead_ms``
-ahead of what the caller has heard: frames within the lead go at once (no added latency),
-the rest are released by the shared clock's ticks (``tick``). Every ``mark_frames`` frames,
-and at the end of each answer, a mark ``<item_id>:<bytes of the item sent so far>`` follows.
+* ``media``, the compiled per-frame core (``relay.fastpath.MediaCore``): caller audio to the
+  backend, the agent's audio through the playout ring to Twilio, marks and their echoes. The
+  legs' read loops hand it every ``media``, mark echo and audio delta in C; what it leaves is
+  handed here once (``twilio_message``, ``backend_message``) and parsed once.
+* ``backend``, the current backend session's protocol behind the seam of ``relay.backends``
+  (OpenAI Realtime GA today): this module speaks only its events and commands.
+
+Paced playout (PROTOCOLS §0.2, §6 #4). The agent's audio leaves in 20 ms frames (160 bytes of
+μ-law), never more than ``lead_ms`` ahead of what the caller has heard: frames within the lead
+go at once (no added latency), the rest are released by the shared clock's ticks. Every
+``mark_frames`` frames, and at the end of each answer, a mark ``<item_id>:<bytes of the item
+sent so far>`` follows.
 
 Played position (PROTOCOLS §2.5). A mark echoed before any ``clear`` means its bytes played;
 between echoes the position advances on the 8 kHz clock, clamped to what was sent. Marks
 echoed because of our ``clear`` mean "cleared", never "played".
 
-Barge-in, on ``input_audio_buffer.speech_started`` (or a keypress) while the caller has audio
-left to hear: Twilio ``clear`` first (the audible part), drop the ring and every later delta
-of the item, ``response.cancel`` when the server will not cancel by itself, and
-``conversation.item.truncate`` at the played position, which never passes the produced audio.
+Barge-in, when the caller speaks (or presses a key) while audio of an answer is left to hear:
+Twilio ``clear`` first (the audible part), drop the ring and every later delta of the item, a
+cancel when the backend will not cancel by itself, and a truncate at the played position,
+which never passes the produced audio.
 
-The inbound side keeps the backend's audio clock true: ``GapFiller`` puts silence where
+The inbound side keeps the backend's audio clock true: the gap filler puts silence where
 Twilio's timestamps skip frames and drops duplicates and late frames; audio is held (bounded)
-while no backend session has confirmed μ-law (at start, and while one is replaced).
+while no backend session has confirmed its format (at start, and while one is replaced).
 """
-
 from __future__ import annotations
 
-import collections
 import logging
 import statistics
 import time
@@ -36,10 +40,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from relay import realtime, twilio
-from relay.errors import BackendError, ProtocolError
-from relay.fastpath import OP_TEXT, MediaCore, build_frame, parse_audio_delta, parse_media
+from relay import backends as ev
+from relay import twilio
+from relay.agents import AgentProfile
 from relay.call_options import CallOptions
+from relay.errors import BackendError, ProtocolError
+from relay.fastpath import EV_AUDIO_ERROR, EV_NEW_ITEM, EV_PLAYED, ItemAudio, MediaCore
 from relay.store import DEFAULT_TENANT, CallEnd, CallRecord, Record, TurnRecord
 
 log = logging.getLogger("relay.session")
@@ -62,23 +68,56 @@ class BackendSink(Protocol):
 
 @dataclass(slots=True)
 class AssistantTurn:
+    """One answer: its text and storage here; its audio's byte counts in the media core's
+    ``ItemAudio`` (``audio``), read, never written, from this side."""
+
     seq: int
     item_id: str
     started_at: float  # wall clock
     speech_end_at: float | None  # loop time the caller stopped speaking, if this answers speech
-    produced: int = 0  # bytes of audio the backend produced for the item
-    out: int = 0  # bytes sent to Twilio
-    played: int = 0  # bytes known played (the last mark echoed)
-    played_at: float | None = None  # loop time of that echo
-    marked: int = 0  # ``out`` at the last mark sent
-    first_out_at: float | None = None
+    audio: ItemAudio
     transcript: str = ""  # the full transcript once done, the deltas so far before
     transcript_done: bool = False
-    audio_done: bool = False  # no more audio will come for it
     done: bool = False  # its response ended
-    interrupted: bool = False
-    heard_ms: int | None = None
     stored: bool = False
+
+    @property
+    def produced(self) -> int:
+        return self.audio.produced
+
+    @property
+    def out(self) -> int:
+        return self.audio.out
+
+    @property
+    def played(self) -> int:
+        return self.audio.played
+
+    @property
+    def audio_done(self) -> bool:
+        return self.audio.ended
+
+    @property
+    def interrupted(self) -> bool:
+        return self.audio.interrupted
+
+    @property
+    def first_out_at(self) -> float | None:
+        return self.audio.first_out_at
+
+    @property
+    def heard_ms(self) -> int:
+        """What the caller heard of it: where it was cut, else what its echoed marks say."""
+        heard = self.audio.heard_ms
+        return heard if heard is not None else min(self.audio.played, self.audio.produced) // BYTES_PER_MS
+
+    @property
+    def v2v_ms(self) -> float | None:
+        """Voice to voice: the caller's speech end to the answer's first frame sent to Twilio."""
+        first = self.audio.first_out_at
+        if first is None or self.speech_end_at is None:
+            return None
+        return (first - self.speech_end_at) * 1000
 
 
 @dataclass(slots=True)
@@ -106,7 +145,7 @@ class CallStats:
     backend_sessions: int = 0
     reconnects: int = 0
     recycles: int = 0
-    v2v_ms: list[float] = field(default_factory=list)
+    v2v_ms: list[float] = field(default_factory=list)  # per answer, in the order they were sent
 
 
 def cut_words(text: str, fraction: float) -> str:
@@ -125,54 +164,63 @@ def cut_words(text: str, fraction: float) -> str:
     return " ".join(w for w in kept if w)
 
 
-class ConversationLogic:
-    """Everything of a call's protocol that is not per-frame, over a ``MediaCore``.
+class Conversation:
+    """The protocol state of one bridged call (``start`` received and verified).
 
-    The media core (compiled, or its Python twin) handles each ``media``, mark echo and audio
-    delta and paces the ring out; this half handles every other event, the turns, barge-in,
-    keys, hang-up and storage. ``Conversation`` is the two joined; a test can join this half
-    to the twin core instead (``relay._media_py.MediaCore``) and compare the two.
+    Composed of a media core (``media``: compiled, or its Python twin when a test passes
+    ``core=relay._media_py.MediaCore``), which handles every ``media``, mark echo and audio
+    delta and paces the ring out, and a backend adapter per backend session (``backend``,
+    the seam of ``relay.backends``). This object handles everything else: the backend's
+    events, the turns, barge-in, keys, hang-up and storage.
     """
 
-    __slots__ = ()
+    __slots__ = ("_assistants", "_awaiting_answer", "_backlog", "_dtmf_count", "_greeted", "_keys", "_keys_due",
+                 "_response_active", "_say_on_open", "_seq", "_speaking", "_speech_end_at", "_stats", "_submit",
+                 "_unstored", "_upstream", "_users", "agent", "backend", "farewell_played", "hangup_requested",
+                 "media", "on_hangup", "on_wants_clock", "options", "start", "tenant_id")
 
     def __init__(
         self,
         start: twilio.Start,
-        agent: realtime.AgentProfile,
+        agent: AgentProfile,
         twilio_out: TwilioSink,
         submit: Callable[[Record], None],
         options: CallOptions = CallOptions(),
+        *,
+        core: Callable[..., Any] = MediaCore,
     ) -> None:
-        # The media core's state: the sinks, the ring and gap filler, the answers' audio.
-        super().__init__(twilio_out, start.stream_sid, CallStats(),  # type: ignore[call-arg]
-                         lead_ms=options.lead_ms, mark_frames=options.mark_frames,
-                         held_frames=options.presession_buffer_ms // FRAME_MS,
-                         max_gap_fill_ms=options.max_gap_fill_ms)
+        self.media = core(twilio_out, start.stream_sid, lead_ms=options.lead_ms, mark_frames=options.mark_frames,
+                          held_frames=options.presession_buffer_ms // FRAME_MS,
+                          max_gap_fill_ms=options.max_gap_fill_ms)
+        self.media.on_event = self._media_event
         self.start = start
         self.agent = agent
         self.options = options
         self._submit = submit
+        self._stats = CallStats()
         params = start.custom_parameters
         self.tenant_id = params.get("tenant") or DEFAULT_TENANT
-        # Hooks for the shell: the clock is wanted (audio to pace, keys to send; on the core);
-        # the agent asked to hang up; the farewell has played.
+        # Hooks for the shell: the agent asked to hang up, or the farewell has played; keys
+        # wait to be sent (``tick`` wanted; the media core has its own clock hook).
         self.on_hangup: Callable[[], None] = lambda: None
+        self.on_wants_clock: Callable[[], None] = lambda: None
         # ---- backend leg
+        self.backend: ev.Backend = ev.for_agent(agent)  # the (last) session's protocol
+        self._upstream: BackendSink | None = None  # the current session's socket, if any
         self._greeted = False
         self._say_on_open: str | None = None
         self._backlog: list[bytes] = []  # client events waiting for a ready backend
         self._response_active = False
         self._speaking = False  # the caller is mid-utterance (speech_started, not stopped)
         self._awaiting_answer = False  # the caller's turn is committed; its response has not begun
-        # ---- outbound audio
-        self._marks_out: dict[str, tuple[AssistantTurn, int]] = {}  # sent, not echoed, in order
-        self._marks_cleared: set[str] = set()
         # ---- turns
         self._seq = 0
         self._users: dict[str, UserTurn] = {}
+        self._assistants: dict[str, AssistantTurn] = {}
+        self._unstored: dict[str, AssistantTurn] = {}  # answers not stored yet (a few at most)
         self._speech_end_at: float | None = None
-        self._keys = ""  # collected, to be sent at the core's ``_keys_due`` (its tick reads it)
+        self._keys = ""  # collected, sent at ``_keys_due``
+        self._keys_due: float | None = None
         self._dtmf_count = 0
         self.hangup_requested = False
         self.farewell_played = False
@@ -184,10 +232,21 @@ class ConversationLogic:
     def call_sid(self) -> str:
         return self.start.call_sid
 
+    @property
+    def stats(self) -> CallStats:
+        """The call's counters, the media core's per-frame ones read in."""
+        stats, media = self._stats, self.media
+        stats.frames_in, stats.frames_out = media.frames_in, media.frames_out
+        stats.frames_held, stats.frames_dropped = media.frames_held, media.frames_dropped
+        stats.frames_filled, stats.frames_late = media.frames_filled, media.frames_late
+        stats.marks_out = media.marks_out
+        stats.v2v_ms = [v for turn in self._assistants.values() if (v := turn.v2v_ms) is not None]
+        return stats
+
     # ================================================================== backend sessions
 
-    def attach_backend(self, backend: BackendSink, reason: str = "start") -> None:
-        """Make ``backend`` the call's backend session and configure it.
+    def attach_backend(self, upstream: BackendSink, reason: str = "start") -> None:
+        """Make ``upstream`` the call's backend session and configure it.
 
         ``reason``: ``"start"``; ``"recycle"`` (a fresh session takes over before the old one's
         cap) or ``"reconnect"`` (the old one dropped). Both of the latter are seeded with the
@@ -195,44 +254,44 @@ class ConversationLogic:
         """
         if reason != "start":
             self._forget_backend()
-        self._backend = backend
-        self._ts0 = None
-        self.stats.backend_sessions += 1
+        backend = self.backend = ev.for_agent(self.agent)
+        self._upstream = upstream
+        self.media.attach(upstream)
+        self._stats.backend_sessions += 1
         if reason == "recycle":
-            self.stats.recycles += 1
+            self._stats.recycles += 1
         elif reason == "reconnect":
-            self.stats.reconnects += 1
+            self._stats.reconnects += 1
             self._say_on_open = self.options.reconnect_message or None
-        seed = realtime.seed_items(self.history(), self.options.seed_max_chars) if reason != "start" else []
-        backend.send(realtime.session_update(self.agent))
-        for message in seed:
-            backend.send(message)
+        seed = backend.seed(self.history(), self.options.seed_max_chars) if reason != "start" else []
+        for message in backend.configure(self.agent) + seed:
+            upstream.send(message)
 
     def backend_lost(self, now: float) -> None:
         """The backend session ended unexpectedly: what it produced still plays; the rest waits."""
         self._forget_backend()
-        self._pump(now)
-        self._mark_ends()
+        self.media.flush(now)
         self._check_stored()
 
     def _forget_backend(self) -> None:
         """The session is gone: its state goes with it, and no more of its answers will come."""
-        self._backend = None
-        self._gate_open = self._response_active = self._speaking = self._awaiting_answer = False
+        self._upstream = None
+        self.media.detach()
+        self._response_active = self._speaking = self._awaiting_answer = False
         for turn in self._assistants.values():
-            if not turn.done:
-                turn.audio_done = turn.done = True
+            turn.done = True
+        self.media.end_all()
 
     @property
     def backend_ready(self) -> bool:
         """The current backend session confirmed a μ-law session: caller audio flows to it."""
-        return self._backend is not None and self._gate_open
+        return self._upstream is not None and self.media.gate_open
 
     @property
     def idle(self) -> bool:
         """Nobody is talking and nothing is left to hear: a backend session can be swapped."""
-        return (self._gate_open and not self._response_active and not self._speaking
-                and not self._awaiting_answer and not self._ring.buffered and not self._marks_out
+        return (self.media.gate_open and not self._response_active and not self._speaking
+                and not self._awaiting_answer and not self.media.buffered and not self.media.marks_pending
                 and not self.hangup_requested and not self._keys
                 and all(user.transcript is not None for user in self._users.values()))
 
@@ -249,27 +308,28 @@ class ConversationLogic:
                     turns.append((turn.seq, "assistant", text))
         return [(role, text) for _, role, text in sorted(turns)]
 
-    def _to_backend(self, message: bytes) -> None:
-        if self._backend is not None and self._gate_open:
-            self._backend.send(message)
+    def _to_backend(self, message: bytes | None) -> None:
+        if message is None:
+            return  # the backend has no such command
+        if self._upstream is not None and self.media.gate_open:
+            self._upstream.send(message)
         else:
             self._backlog.append(message)
 
     # ================================================================== Twilio → backend
 
     def twilio_message(self, message: bytes, now: float) -> str | None:
-        """Handle one message from Twilio; returns ``"stop"`` when the call ended.
+        """Handle one message from Twilio the media core handed up; returns ``"stop"`` when
+        the call ended. Parsed here once (a ``media`` or mark in an unusual shape lands here too).
 
         Raises:
             ProtocolError: malformed, or not an event a started stream may send.
         """
-        media = parse_media(message)
-        if media is not None:
-            self.caller_audio(media[0], media[1], now)
-            return None
         event = twilio.parse_event(message)
-        if isinstance(event, twilio.Mark):
-            self.mark(event.name, now)
+        if isinstance(event, twilio.Media):
+            self.media.caller_audio(event.payload, event.timestamp, now)
+        elif isinstance(event, twilio.Mark):
+            self.media.mark(event.name, now)
         elif isinstance(event, twilio.Stop):
             return "stop"
         elif isinstance(event, twilio.Dtmf):
@@ -279,42 +339,36 @@ class ConversationLogic:
         return None
 
     def _open_gate(self, now: float) -> None:
-        assert self._backend is not None
-        self._gate_open = True
-        held, self._held = list(self._held), collections.deque(maxlen=self._held.maxlen)
-        if held:
-            self._ts0 = held[0][1]
-        for payload, _ in held:
-            self._backend.send_append(payload)
+        assert self._upstream is not None
+        self.media.open_gate()
         backlog, self._backlog = self._backlog, []
         for message in backlog:
-            self._backend.send(message)
+            self._upstream.send(message)
         if not self._greeted:
             self._greeted = True
             if self.agent.greeting:
-                self._backend.send(realtime.say(self.agent.greeting))
+                self._upstream.send(self.backend.say(self.agent.greeting))
         elif self._say_on_open:
-            self._backend.send(realtime.say(self._say_on_open))
+            self._upstream.send(self.backend.say(self._say_on_open))
         self._say_on_open = None
 
-    def mark(self, name: str, now: float) -> None:
-        if name in self._marks_cleared:
-            # Echoed because of our clear: it means "cleared", not "played" (PROTOCOLS §1.4).
-            self._marks_cleared.discard(name)
-            return
-        if name not in self._marks_out:
-            return
-        # Twilio plays in order: every mark sent before this one has played too.
-        while self._marks_out:
-            first = next(iter(self._marks_out))
-            turn, cum = self._marks_out.pop(first)
-            if not turn.interrupted and cum > turn.played:
-                turn.played = cum
-                turn.played_at = now
-            if first == name:
-                break
-        self._check_stored()
-        self._check_farewell()
+    def _media_event(self, kind: int, item_id: str, now: float) -> None:
+        """What the media core reports: never a steady frame, only a change for a turn."""
+        if kind == EV_PLAYED:
+            self._check_stored()
+            self._check_farewell()
+        elif kind == EV_NEW_ITEM:
+            self._new_assistant(item_id)
+        elif kind == EV_AUDIO_ERROR:
+            self._stats.backend_errors += 1
+            log.warning("call %s: audio delta dropped: not base64, or more than the playout ring holds",
+                        self.call_sid)
+
+    def tick(self, now: float) -> bool:
+        """The keys' clock: send them once due. False: no more ticks wanted."""
+        if self._keys_due is not None and now >= self._keys_due:
+            self._send_keys(now)
+        return self._keys_due is not None
 
     def dtmf(self, digit: str, now: float) -> None:
         """A key: collected until '#' or ``dtmf_timeout_ms`` of no more keys, then sent as user input."""
@@ -334,140 +388,100 @@ class ConversationLogic:
         turn = UserTurn(self._next_seq(), f"dtmf_{self._dtmf_count}", time.time(), f"[DTMF {keys}]")
         self._users[turn.item_id] = turn
         self._store_user(turn)
-        self._to_backend(realtime.user_text(f"The caller pressed these keys on the phone keypad: {keys}"))
-        self._to_backend(realtime.response_create())
+        for message in self.backend.user_text(f"The caller pressed these keys on the phone keypad: {keys}"):
+            self._to_backend(message)
 
     # ================================================================== backend → Twilio
 
     def backend_message(self, message: bytes, now: float) -> None:
-        """Handle one backend event.
+        """Handle one backend message the media core handed up (parsed here once).
 
         Raises:
             BackendError: the backend session cannot serve a phone call (ends the call).
         """
-        try:
-            delta = parse_audio_delta(message)
-            if delta is not None:
-                self.agent_audio(delta[0], delta[1], now)
-                return
-            event = realtime.parse_event(message)
-        except ProtocolError as exc:
-            # One malformed event is logged and skipped; the call goes on.
-            self.stats.backend_errors += 1
-            log.warning("call %s: bad event from backend: %s", self.call_sid, exc)
-            return
-        self._backend_event(event, now)
+        for event in self.backend.parse(message):
+            self._backend_event(event, now)
 
-    def _audio_dropped(self, exc: ProtocolError) -> None:
-        self.stats.backend_errors += 1
-        log.warning("call %s: audio delta dropped: %s", self.call_sid, exc)
-
-    def _mark_ends(self) -> None:
-        """An answer whose last audio already left before it was known to be the last gets its
-        final mark now, alone."""
-        for turn in self._unstored.values():
-            if turn.audio_done and not turn.interrupted and turn.out == turn.produced and turn.marked < turn.out \
-                    and not any(segment[0] is turn for segment in self._segments):
-                self._twilio.send_frames(build_frame(OP_TEXT, self._writer.mark(self._mark_name(turn))))
-
-    def _mark_name(self, turn: AssistantTurn) -> str:
-        self._since_mark = 0
-        turn.marked = turn.out
-        name = f"{turn.item_id}:{turn.out}"
-        self._marks_out[name] = (turn, turn.out)
-        self._stats.marks_out += 1  # (not through ``stats``, which flushes every counter)
-        return name
-
-    def _backend_event(self, event: dict[str, Any], now: float) -> None:
-        kind = event["type"]
-        if kind == "session.updated":
-            problems = realtime.session_problems(event.get("session", {}))
-            if problems:
-                raise BackendError("backend session unusable for a phone call: " + "; ".join(problems))
-            if not self._gate_open and self._backend is not None:
+    def _backend_event(self, event: ev.Event, now: float) -> None:
+        media = self.media
+        if isinstance(event, ev.AnswerAudio):
+            media.agent_audio(event.item_id, event.payload, now)
+        elif isinstance(event, ev.Ready):
+            if not media.gate_open and self._upstream is not None:
                 self._open_gate(now)
-        elif kind == "input_audio_buffer.speech_started":
+        elif isinstance(event, ev.CallerSpeechStarted):
             self._speaking = True
             self._barge_in(now)
-        elif kind == "input_audio_buffer.speech_stopped":
+        elif isinstance(event, ev.CallerSpeechStopped):
             self._speaking = False
-            self._speech_end_at = self._audio_ms_to_loop_time(event.get("audio_end_ms"))
-        elif kind == "input_audio_buffer.committed":
+            end = event.audio_end_ms
+            self._speech_end_at = media.audio_ms_to_time(end) if end is not None else None
+        elif isinstance(event, ev.CallerTurn):
             self._speaking = False
             self._awaiting_answer = True
-            self._user_turn(str(event.get("item_id", "")))
-        elif kind == "conversation.item.input_audio_transcription.completed":
-            turn = self._user_turn(str(event.get("item_id", "")))
-            turn.transcript = str(event.get("transcript", ""))
-            self._store_user(turn)
-        elif kind == "response.created":
+            self._user_turn(event.item_id)
+        elif isinstance(event, ev.CallerTranscript):
+            user = self._user_turn(event.item_id)
+            user.transcript = event.text
+            self._store_user(user)
+        elif isinstance(event, ev.ResponseStarted):
             self._response_active = True
             self._awaiting_answer = False
-        elif kind == "response.output_item.added":
-            item = event.get("item") or {}
-            if item.get("type") == "message" and item.get("role") == "assistant" and item.get("id"):
-                self._new_assistant(str(item["id"]))
-        elif kind == "response.output_audio_transcript.delta":
-            turn = self._assistants.get(str(event.get("item_id", "")))
-            if turn is not None and not turn.transcript_done:
-                turn.transcript += str(event.get("delta", ""))
-        elif kind == "response.output_audio_transcript.done":
-            turn = self._assistants.get(str(event.get("item_id", "")))
-            if turn is not None:
-                turn.transcript = str(event.get("transcript", ""))
-                turn.transcript_done = True
-        elif kind == "response.output_audio.done":
-            turn = self._assistants.get(str(event.get("item_id", "")))
-            if turn is not None:
-                turn.audio_done = True
-                self._pump(now)
-                self._mark_ends()
-        elif kind == "response.done":
-            self._response_done(event.get("response") or {}, now)
-        elif kind == "error":
-            self.stats.backend_errors += 1
-            error = event.get("error") or {}
-            if not isinstance(error, dict):
-                error = {}
-            if self._backend is not None and not self._gate_open and \
-                    error.get("event_id") in (None, realtime.SESSION_UPDATE_ID):
-                # The session was never confirmed, and the error is about it (or no event of
-                # ours): the backend refuses the session. One about a seeded item is not that.
-                raise BackendError(f"the backend refused the session: {str(error.get('code'))[:60]}: "
-                                   f"{str(error.get('message'))[:200]}")
-            log.warning("call %s: backend error %s/%s: %s", self.call_sid, error.get("type"), error.get("code"),
-                        error.get("message"))
+        elif isinstance(event, ev.AnswerStarted):
+            self._new_assistant(event.item_id)
+        elif isinstance(event, ev.AnswerTranscript):
+            turn = self._assistants.get(event.item_id)
+            if turn is None:
+                return
+            if event.final:
+                turn.transcript, turn.transcript_done = event.text, True
+            elif not turn.transcript_done:
+                turn.transcript += event.text
+        elif isinstance(event, ev.AnswerAudioDone):
+            if event.item_id in self._assistants:
+                media.end_item(event.item_id)
+                media.flush(now)
+        elif isinstance(event, ev.ResponseDone):
+            self._response_done(event, now)
+        elif isinstance(event, ev.Refused):
+            self._stats.backend_errors += 1
+            raise BackendError(event.reason)
+        elif isinstance(event, ev.Failed):
+            self._stats.backend_errors += 1
+            if event.malformed:
+                # One malformed event is logged and skipped; the call goes on.
+                log.warning("call %s: bad event from backend: %s", self.call_sid, event.reason)
+            else:
+                log.warning("call %s: %s", self.call_sid, event.reason)
 
-    def _response_done(self, response: dict[str, Any], now: float) -> None:
+    def _response_done(self, event: ev.ResponseDone, now: float) -> None:
         self._response_active = False
-        for item in response.get("output") or []:
-            if not isinstance(item, dict):
-                continue
-            if item.get("type") == "function_call":
-                self._function_call(item)
-                continue
-            turn = self._assistants.get(str(item.get("id", "")))
+        for call in event.tool_calls:
+            self._tool_call(call)
+        for item_id in event.item_ids:
+            turn = self._assistants.get(item_id)
             if turn is not None:
-                turn.audio_done = turn.done = True
-        self._pump(now)
-        self._mark_ends()
+                turn.done = True
+                self.media.end_item(item_id)
+        self.media.flush(now)
         self._check_stored()
         if self.hangup_requested:
             self._check_farewell()
 
-    def _function_call(self, item: dict[str, Any]) -> None:
-        name, call_id = item.get("name"), str(item.get("call_id", ""))
-        if name == END_CALL and self.agent.end_call_tool:
+    def _tool_call(self, call: ev.ToolCall) -> None:
+        if call.name == END_CALL and self.agent.end_call_tool:
             log.info("call %s: the agent ends the call", self.call_sid)
             self.hangup_requested = True
             self.on_hangup()
             return
         # Not a tool relay offered: say so, so the model does not wait for an answer.
-        self._to_backend(realtime.function_output(call_id, {"error": f"no tool named {str(name)[:40]!r}"}))
+        for message in self.backend.tool_result(call.call_id, {"error": f"no tool named {call.name[:40]!r}"}):
+            self._to_backend(message)
 
     def _check_farewell(self) -> None:
         """The agent asked to hang up: has everything it said been heard?"""
-        if not self.hangup_requested or self.farewell_played or self._ring.buffered or self._marks_out:
+        if (not self.hangup_requested or self.farewell_played or self.media.buffered
+                or self.media.marks_pending):
             return
         if any(not turn.done for turn in self._assistants.values()):
             return
@@ -477,45 +491,30 @@ class ConversationLogic:
     def farewell_ms_left(self) -> int:
         """The audio not yet heard: what a hang-up waits for (bounded by the shell)."""
         queued = sum(turn.out - turn.played for turn in self._assistants.values() if not turn.interrupted)
-        return (self._ring.buffered + max(0, queued)) // BYTES_PER_MS
+        return (self.media.buffered + max(0, queued)) // BYTES_PER_MS
 
     def _barge_in(self, now: float, *, keypress: bool = False) -> None:
         if self.hangup_requested:
             return  # the farewell plays in full, whoever speaks over it
-        turn = self._current
+        media, backend = self.media, self.backend
+        current = media.current
+        turn = self._assistants.get(current.item_id) if current is not None else None
         if keypress and self._response_active and not (turn and not turn.done and not turn.interrupted):
-            self._to_backend(realtime.response_cancel())  # still thinking: no audio to truncate
-        if turn is None or turn.interrupted or turn.produced == 0:
+            self._to_backend(backend.cancel())  # still thinking: no audio to truncate
+        cut = media.interrupt(now)
+        if cut is None:
             return
-        if turn.audio_done and turn.played >= turn.produced:
-            return  # everything was heard: no clear, no truncate (PROTOCOLS §2.5 step 4)
-        self.stats.barge_ins += 1
-        self._twilio.send(self._writer.clear())
-        self._ring.clear()
-        for segment in self._segments:
-            segment[0].audio_done = True
-        self._segments.clear()
-        self._marks_cleared.update(self._marks_out)
-        self._marks_out.clear()
-        since = turn.played_at if turn.played_at is not None else turn.first_out_at
-        heard = turn.played if since is None else turn.played + int((now - since) * 1000 * BYTES_PER_MS)
-        heard = max(turn.played, min(turn.out, heard))
-        turn.heard_ms = heard // BYTES_PER_MS
-        turn.interrupted = True
-        turn.audio_done = True
-        self._dropped_items.add(turn.item_id)
-        if self._response_active and not turn.done and (keypress or not self.agent.interrupt_response):
-            self._to_backend(realtime.response_cancel())  # the server will not cancel by itself
-        # The truncate keeps the model's memory to what the caller actually heard.
-        self._to_backend(realtime.truncate(turn.item_id, turn.heard_ms))
+        self._stats.barge_ins += 1
+        turn = self._assistants.get(cut.item_id)
+        if cut.heard_ms is not None:
+            if self._response_active and not (turn is not None and turn.done) and \
+                    (keypress or not backend.server_cancels):
+                self._to_backend(backend.cancel())  # the server will not cancel by itself
+            # The truncate keeps the model's memory to what the caller actually heard.
+            self._to_backend(backend.truncate(cut.item_id, cut.heard_ms))
         self._check_stored()
 
     # ================================================================== turns
-
-    def _audio_ms_to_loop_time(self, audio_ms: object) -> float | None:
-        if not isinstance(audio_ms, int) or self._epoch is None or self._ts0 is None:
-            return None
-        return self._epoch + (self._ts0 + audio_ms) / 1000
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -530,7 +529,8 @@ class ConversationLogic:
     def _new_assistant(self, item_id: str) -> AssistantTurn:
         turn = self._assistants.get(item_id)
         if turn is None:
-            turn = AssistantTurn(self._next_seq(), item_id, time.time(), self._speech_end_at)
+            turn = AssistantTurn(self._next_seq(), item_id, time.time(), self._speech_end_at,
+                                 self.media.add_item(item_id))
             self._assistants[item_id] = self._unstored[item_id] = turn
             self._speech_end_at = None
         return turn
@@ -544,10 +544,16 @@ class ConversationLogic:
                                 text_generated=turn.transcript, text_heard=turn.transcript))
 
     def _heard_text(self, turn: AssistantTurn) -> str:
-        heard_ms = turn.heard_ms if turn.heard_ms is not None else turn.played // BYTES_PER_MS
+        heard_ms = turn.heard_ms
         audio_ms = turn.produced // BYTES_PER_MS
         text = turn.transcript
         return text if heard_ms >= audio_ms else cut_words(text, heard_ms / max(1, audio_ms))
+
+    def _check_stored(self) -> None:
+        """Store every answer whose text and heard part are both known (only a done one can be)."""
+        for turn in list(self._unstored.values()):
+            if turn.done:
+                self._maybe_store_assistant(turn)
 
     def _maybe_store_assistant(self, turn: AssistantTurn, *, final: bool = False) -> None:
         """Store an answer once its text and what the caller heard of it are both known."""
@@ -558,17 +564,14 @@ class ConversationLogic:
             return
         turn.stored = True
         self._unstored.pop(turn.item_id, None)
-        if turn.heard_ms is None:
-            turn.heard_ms = min(turn.played, turn.produced) // BYTES_PER_MS
         heard = self._heard_text(turn)
-        v2v = None
-        if turn.first_out_at is not None and turn.speech_end_at is not None:
-            v2v = round((turn.first_out_at - turn.speech_end_at) * 1000, 1)
+        v2v = turn.v2v_ms
         self._submit(TurnRecord(tenant_id=self.tenant_id, call_sid=self.call_sid, seq=turn.seq, role="assistant",
                                 started_at=turn.started_at, ended_at=time.time(), item_id=turn.item_id,
                                 text_generated=turn.transcript, text_heard=heard,
                                 interrupted=turn.interrupted or heard != turn.transcript,
-                                audio_ms=turn.produced // BYTES_PER_MS, voice_to_voice_ms=v2v))
+                                audio_ms=turn.produced // BYTES_PER_MS,
+                                voice_to_voice_ms=round(v2v, 1) if v2v is not None else None))
 
     def finish(self, end_reason: str) -> None:
         """Submit every turn still open and the call's end: nothing said is left unstored."""
@@ -581,25 +584,10 @@ class ConversationLogic:
             self._store_user(user)
         for assistant in self._assistants.values():
             self._maybe_store_assistant(assistant, final=True)
-        v2v = self.stats.v2v_ms
+        stats = self.stats
+        v2v = stats.v2v_ms
         self._submit(CallEnd(tenant_id=self.tenant_id, call_sid=self.call_sid, ended_at=time.time(),
-                             end_reason=end_reason or "error", frames_in=self.stats.frames_in,
-                             frames_out=self.stats.frames_out, turns=len(self._users) + len(self._assistants),
+                             end_reason=end_reason or "error", frames_in=stats.frames_in,
+                             frames_out=stats.frames_out, turns=len(self._users) + len(self._assistants),
                              v2v_p50_ms=round(statistics.median(v2v), 1) if v2v else None,
                              v2v_max_ms=round(max(v2v), 1) if v2v else None))
-
-
-class Conversation(ConversationLogic, MediaCore):
-    """The protocol state of one bridged call (``start`` received and verified)."""
-
-    # Slots: no instance dict to search (the media core's own state is its C fields).
-    __slots__ = ("_awaiting_answer", "_backlog", "_dtmf_count", "_greeted", "_keys", "_marks_cleared",
-                 "_marks_out", "_response_active", "_say_on_open", "_seq", "_speaking", "_speech_end_at", "_submit",
-                 "_users", "agent", "farewell_played", "hangup_requested", "on_hangup", "options", "start",
-                 "tenant_id")
-
-
-def with_core(core: type[Any]) -> type[Conversation]:
-    """``Conversation`` joined to another media core: ``relay._media_py.MediaCore``, the twin,
-    is the oracle the compiled core is tested against."""
-    return type("Conversation", (ConversationLogic, core), {"__slots__": Conversation.__slots__})  # type: ignore[return-value]

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 try:
     from relay._fastpath import (
+        EV_AUDIO_ERROR,
+        EV_NEW_ITEM,
+        EV_PLAYED,
         IMPLEMENTATION,
         LEG_BACKEND,
         LEG_TWILIO,
@@ -20,6 +23,7 @@ try:
         OP_TEXT,
         FrameReader,
         GapFiller,
+        ItemAudio,
         MediaCore,
         PlayoutRing,
         Resampler,
@@ -38,6 +42,9 @@ try:
     )
 except ImportError:  # not built: the reference keeps tools and tests usable
     from relay._fastpath_py import (  # type: ignore[assignment]
+        EV_AUDIO_ERROR,
+        EV_NEW_ITEM,
+        EV_PLAYED,
         IMPLEMENTATION,
         LEG_BACKEND,
         LEG_TWILIO,
@@ -49,6 +56,7 @@ except ImportError:  # not built: the reference keeps tools and tests usable
         OP_TEXT,
         FrameReader,
         GapFiller,
+        ItemAudio,
         MediaCore,
         PlayoutRing,
         Resampler,
@@ -67,6 +75,9 @@ except ImportError:  # not built: the reference keeps tools and tests usable
     )
 
 __all__ = [
+    "EV_AUDIO_ERROR",
+    "EV_NEW_ITEM",
+    "EV_PLAYED",
     "IMPLEMENTATION",
     "LEG_BACKEND",
     "LEG_TWILIO",
@@ -78,6 +89,7 @@ __all__ = [
     "OP_TEXT",
     "FrameReader",
     "GapFiller",
+    "ItemAudio",
     "MediaCore",
     "PlayoutRing",
     "Resampler",

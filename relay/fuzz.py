@@ -51,7 +51,8 @@ from typing import Any, TextIO
 import orjson
 
 from relay import _fastpath_py as twin
-from relay import realtime, twilio
+from relay import twilio
+from relay.backends import realtime
 from relay.errors import FrameError, PayloadError, ProtocolError
 
 # ---------------------------------------------------------------------------------- the corpus
@@ -510,7 +511,7 @@ MESSAGE_PARSERS: tuple[tuple[str, tuple[type[BaseException], ...], str | None], 
     ("parse_media", (ProtocolError, PayloadError), "parse_media"),
     ("parse_audio_delta", (ProtocolError, PayloadError), "parse_audio_delta"),
     ("b64_decoded_len", (PayloadError,), "b64_decoded_len"),
-    ("twilio.parse_event", (ProtocolError,), None),
+    ("twilio.parse_event", (ProtocolError, PayloadError), None),  # PayloadError: a media payload
     ("realtime.parse_event", (ProtocolError,), None),
 )
 FRAME_READER = "FrameReader"

@@ -34,7 +34,8 @@ import orjson
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from relay import fastpath, realtime, streamtoken, twilio, upstream
+from relay import fastpath, streamtoken, twilio, upstream
+from relay.agents import AgentProfile
 from relay.admission import Admission, LocalAdmission
 from relay.config import Settings
 from relay.errors import ProtocolError
@@ -78,7 +79,7 @@ class Relay:
         settings: Settings,
         store: Store,
         *,
-        connect_upstream: Callable[[realtime.AgentProfile], Awaitable[Upstream]] | None = None,
+        connect_upstream: Callable[[AgentProfile], Awaitable[Upstream]] | None = None,
         directory: Directory | None = None,
         resolve_agent: ResolveAgent | None = None,
         admission: Admission | None = None,
@@ -116,7 +117,7 @@ class Relay:
         # How recent calls ended, for the after-stream hook when it lands on this relay.
         self.outcomes: collections.OrderedDict[str, str] = collections.OrderedDict()
 
-    async def _connect_realtime(self, agent: realtime.AgentProfile) -> Upstream:
+    async def _connect_realtime(self, agent: AgentProfile) -> Upstream:
         # No OpenAI-Beta header: its presence selects the retired beta shape (PROTOCOLS §2.1).
         return await upstream.connect(
             self.settings.realtime_url_for(agent.model),
@@ -125,7 +126,7 @@ class Relay:
             timeout=10,
         )
 
-    async def open_upstream(self, agent: realtime.AgentProfile) -> Upstream:
+    async def open_upstream(self, agent: AgentProfile) -> Upstream:
         """A backend session for a call, counted in ``upstreams_open`` until its transport is gone."""
         conn = await self._connect_upstream(agent)
         if hasattr(conn, "on_lost"):

@@ -33,12 +33,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from relay import realtime, twilio
-from relay.agents import Agent
+from relay import twilio
+from relay.agents import Agent, AgentProfile
 from relay.call_options import CallOptions
 from relay.conversation import CallStats, Conversation, cut_words
 from relay.errors import BackendError, ProtocolError
-from relay.fastpath import LEG_BACKEND, LEG_TWILIO, parse_media
+from relay.fastpath import LEG_BACKEND, LEG_TWILIO, MediaCore
 from relay.pacer import Pacer
 from relay.store import DEFAULT_TENANT, Store
 from relay.ws import ConnectionClosed
@@ -69,7 +69,7 @@ __all__ = ["CallSession", "CallStats", "ConnectUpstream", "ResolveAgent", "Twili
 class TwilioSocket(Protocol):
     """What a session needs from the Twilio leg (``relay.ws.WebSocket``)."""
 
-    def route(self, media: Conversation | None, leg: int = LEG_TWILIO) -> None: ...
+    def route(self, media: MediaCore | None, leg: int = LEG_TWILIO) -> None: ...
     async def recv(self) -> bytes: ...
     def send(self, message: bytes) -> None: ...
     def send_frames(self, frames: bytes) -> None: ...
@@ -80,7 +80,7 @@ class Upstream(Protocol):
     """What a session needs from the backend leg (``relay.upstream.UpstreamConnection``)."""
 
     aborted: bool
-    def route(self, media: Conversation | None, leg: int = LEG_TWILIO) -> None: ...
+    def route(self, media: MediaCore | None, leg: int = LEG_TWILIO) -> None: ...
     async def recv(self) -> bytes: ...
     def send(self, message: bytes) -> None: ...
     def send_append(self, payload: bytes) -> None: ...
@@ -88,7 +88,7 @@ class Upstream(Protocol):
 
 
 # A new backend session for a call's agent (its model picks the endpoint).
-ConnectUpstream = Callable[[realtime.AgentProfile], Awaitable[Upstream]]
+ConnectUpstream = Callable[[AgentProfile], Awaitable[Upstream]]
 # The tenant's agent for a call: (tenant_id, agent_id) -> its stored row, or None for the default.
 ResolveAgent = Callable[[str, str], Awaitable["Agent | None"]]
 
@@ -110,7 +110,7 @@ class CallSession:
         twilio_ws: TwilioSocket,
         *,
         connect_upstream: ConnectUpstream,
-        agent: realtime.AgentProfile,
+        agent: AgentProfile,
         store: Store,
         options: CallOptions = CallOptions(),
         pacer: Pacer | None = None,
@@ -191,7 +191,11 @@ class CallSession:
         await self._pick_agent()
         conversation = self.conversation = Conversation(start, self._agent, self.twilio, self._store.submit,
                                                         self._options)
-        conversation.on_wants_clock = lambda: self._pacer.add(self, conversation.tick)
+        # The shared clock paces the media core's ring (a C call per tick) and, while keys wait
+        # to be sent, the conversation's own tick.
+        media = conversation.media
+        media.on_wants_clock = lambda: self._pacer.add(media, media.tick)
+        conversation.on_wants_clock = lambda: self._pacer.add(conversation, conversation.tick)
         conversation.on_hangup = self._hangup.set
         log.info("call %s stream %s started", start.call_sid, start.stream_sid)
         try:
@@ -201,7 +205,8 @@ class CallSession:
             raise
         finally:
             self._ending = True
-            self._pacer.remove(self)
+            self._pacer.remove(conversation.media)
+            self._pacer.remove(conversation)
             self.end_reason = self.end_reason or "error"
             conversation.finish(self.end_reason)
             log.info("call %s ended (%s): %d frames in, %d out, %d backend session(s)", start.call_sid,
@@ -226,14 +231,11 @@ class CallSession:
 
     async def _await_start(self) -> twilio.Start:
         while True:
-            message = await self.twilio.recv()
-            if parse_media(message) is not None:
-                raise ProtocolError("media before start")
-            event = twilio.parse_event(message)
+            event = twilio.parse_event(await self.twilio.recv())
             if isinstance(event, twilio.Start):
                 twilio.check_start(event)
                 return event
-            if not isinstance(event, twilio.Connected):
+            if not isinstance(event, twilio.Connected):  # media, a mark, ... before start
                 raise ProtocolError(f"{type(event).__name__.lower()} before start")
 
     async def _pick_agent(self) -> None:
@@ -257,7 +259,7 @@ class CallSession:
             self.end_reason = "backend_unavailable"
             return
         self._use(upstream, "start")
-        self.twilio.route(conversation, LEG_TWILIO)
+        self.twilio.route(conversation.media, LEG_TWILIO)
         tasks = [
             asyncio.create_task(self._twilio_pump(conversation), name=f"twilio-{self.call_sid}"),
             asyncio.create_task(self._backend_loop(conversation), name=f"backend-{self.call_sid}"),
@@ -322,16 +324,13 @@ class CallSession:
         conversation, loop = self.conversation, self._loop
         self._upstream = upstream
         self._opened_at = loop.time()
-        self._route_backend(upstream, conversation)
+        # Audio deltas go from the upstream's reads straight to the media core (only the
+        # current session is routed: a retired one is unrouted before it is replaced).
+        upstream.route(conversation.media, LEG_BACKEND)
         conversation.attach_backend(upstream, reason)
         if self._recycler is not None:
             self._recycler.cancel()
         self._recycler = asyncio.create_task(self._recycle(upstream, loop.time()), name=f"recycle-{self.call_sid}")
-
-    def _route_backend(self, upstream: Upstream, conversation: Conversation) -> None:
-        """Audio deltas go from ``upstream``'s reads straight to the conversation (only the current
-        session is routed: a retired one is unrouted before it is replaced)."""
-        upstream.route(conversation, LEG_BACKEND)
 
     async def _backend_loop(self, conversation: Conversation) -> str:
         while True:

@@ -12,7 +12,7 @@ import dataclasses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay import realtime
+from relay.backends import realtime
 from relay.call_options import CallOptions
 from relay.sim import audio
 from relay.sim.agent import AgentConfig
@@ -83,7 +83,7 @@ def test_lost_caller_frames_are_filled_with_silence_and_duplicates_dropped() -> 
     conversation, session = call.conversation, call.agent
     frame = base64.b64encode(audio.silence(20))
     for timestamp in (0, 100, 100, 60, 120):  # 80 ms lost, a duplicate, a late one
-        conversation.caller_audio(frame, timestamp, call.now)
+        conversation.media.caller_audio(frame, timestamp, call.now)
     assert conversation.stats.frames_filled == 4 and conversation.stats.frames_late == 2
     # The backend got 20 ms, 80 ms of silence, 20 ms, 20 ms: its audio clock is Twilio's.
     assert call.sessions[0].appends == 4

@@ -48,7 +48,8 @@ from twilio.request_validator import RequestValidator
 
 from relay import _fastpath as compiled
 from relay import _fastpath_py as twin
-from relay import fuzz, realtime, streamtoken, twilio
+from relay import fuzz, streamtoken, twilio
+from relay.backends import realtime
 from relay.config import Settings
 from relay.errors import PayloadError, ProtocolError
 from relay.server import HttpProtocol, Relay
@@ -304,7 +305,9 @@ def test_twilio_parse_event_raises_only_protocol_error(data: bytes) -> None:
         event = twilio.parse_event(data)
     except ProtocolError:
         return
-    assert isinstance(event, (twilio.Connected, twilio.Start, twilio.Dtmf, twilio.Mark, twilio.Stop))
+    assert isinstance(event, (twilio.Connected, twilio.Start, twilio.Dtmf, twilio.Mark, twilio.Stop, twilio.Media))
+    if isinstance(event, twilio.Media):  # what the compiled path would have read from it
+        assert compiled.parse_media(data) == (event.payload, event.timestamp)
     if isinstance(event, twilio.Start):
         assert type(event.sample_rate) is int and type(event.channels) is int
         assert all(type(v) is str for v in event.custom_parameters.values())

@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from relay import realtime
+from relay.backends import realtime
 from relay.conversation import Conversation
 from relay.errors import BackendError
 from relay.pgstore import Directory, PostgresStore

@@ -7,7 +7,7 @@ import base64
 import orjson
 import pytest
 
-from relay import realtime
+from relay.backends import realtime
 from relay.errors import PayloadError, ProtocolError
 
 AGENT = realtime.AgentProfile(instructions="Be brief.", voice="cedar")

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from relay import realtime, twilio
+from relay import twilio
+from relay.backends import realtime
 from relay.call_options import CallOptions
 from relay.conversation import Conversation
 from relay.fastpath import OP_TEXT, FrameReader, build_append
@@ -90,12 +91,14 @@ class VirtualCall:
         self._ts = 0
         self._next_frame = FRAME_S
         self._next_tick = FRAME_S + pacer_phase_ms / 1000
-        self._ticking = False
+        self._ticking: dict[str, Callable[[float], bool]] = {}  # the clocks wanted, by whom
         self._draining = False
         self.hangups = 0
         profile = profile or realtime.AgentProfile(instructions="Be brief.")
         self.conversation = Conversation(START, profile, _TwilioSide(self), self.records.append, options)
-        self.conversation.on_wants_clock = self._want_clock
+        media = self.conversation.media
+        media.on_wants_clock = lambda: self._ticking.setdefault("media", media.tick)
+        self.conversation.on_wants_clock = lambda: self._ticking.setdefault("keys", self.conversation.tick)
         self.conversation.on_hangup = self._hangup
         self.open_backend("start")
 
@@ -131,7 +134,7 @@ class VirtualCall:
             while events := backend.session.take_events():
                 for event in events:
                     self.backend_events.append((self.now, event["type"]))
-                    self.conversation.backend_message(orjson.dumps(event), self.now)
+                    self._from_backend(orjson.dumps(event))
         finally:
             self._draining = False
 
@@ -153,13 +156,20 @@ class VirtualCall:
         for name in names:
             message = orjson.dumps({"event": "mark", "sequenceNumber": "1", "streamSid": START.stream_sid,
                                     "mark": {"name": name}})
-            self._at(self.now + self.latency, lambda m=message: self.conversation.twilio_message(m, self.now))
+            self._at(self.now + self.latency, lambda m=message: self._from_twilio(m))
 
     def _at(self, when: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._queue, (when, next(self._order), fn))
 
-    def _want_clock(self) -> None:
-        self._ticking = True
+    # As a leg's WsCore routes a message: to the media core first, then what it leaves to the
+    # conversation (the session's pumps).
+    def _from_backend(self, message: bytes) -> None:
+        if not self.conversation.media.backend_frame(message, self.now):
+            self.conversation.backend_message(message, self.now)
+
+    def _from_twilio(self, message: bytes) -> None:
+        if not self.conversation.media.twilio_frame(message, self.now):
+            self.conversation.twilio_message(message, self.now)
 
     def _hangup(self) -> None:
         self.hangups += 1
@@ -196,8 +206,9 @@ class VirtualCall:
                 self._frame()
                 self._next_frame += FRAME_S
             if self.now >= self._next_tick:
-                if self._ticking:
-                    self._ticking = self.conversation.tick(self.now)
+                for who, tick in list(self._ticking.items()):
+                    if not tick(self.now):
+                        del self._ticking[who]
                 self._next_tick += FRAME_S
         return True
 
@@ -205,7 +216,7 @@ class VirtualCall:
         self._echo(self.playback.play(audio.FRAME_BYTES))  # Twilio plays 20 ms
         frame = bytes(self._speech[: audio.FRAME_BYTES]).ljust(audio.FRAME_BYTES, bytes([audio.ULAW_SILENCE]))
         del self._speech[: audio.FRAME_BYTES]
-        self.conversation.caller_audio(base64.b64encode(frame), self._ts, self.now)  # the caller sends 20 ms
+        self.conversation.media.caller_audio(base64.b64encode(frame), self._ts, self.now)  # the caller sends 20 ms
         self._ts += 20
 
     # ---- what happened

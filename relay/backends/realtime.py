@@ -1,8 +1,9 @@
-"""OpenAI Realtime (GA), sans-I/O: the client events relay sends and the server events it reads.
+"""OpenAI Realtime (GA), sans-I/O: the client events relay sends, the server events it reads,
+and ``RealtimeBackend``, the backend seam's adapter over them (``relay.backends``).
 
 The beta shape is gone from the live service (PROTOCOLS §0.1); everything here is GA.
-``response.output_audio.delta`` takes the compiled one-pass path
-(``fastpath.parse_audio_delta``); every other server event is parsed here with orjson.
+``response.output_audio.delta`` and ``input_audio_buffer.append`` take the compiled path
+(``WIRE_REALTIME_JSON``); every other server event is parsed here once, with orjson.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from relay import backends as ev
 from relay.agents import AgentProfile
 from relay.errors import ProtocolError
 
@@ -165,3 +167,105 @@ def parse_event(message: bytes) -> dict[str, Any]:
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         raise ProtocolError("Realtime event is not an object with a string 'type'")
     return event
+
+
+def _str(event: dict[str, Any], key: str) -> str:
+    return str(event.get(key, ""))
+
+
+class RealtimeBackend:
+    """One Realtime GA session behind the backend seam (``relay.backends.Backend``)."""
+
+    name = "openai-realtime"
+    wire = ev.WIRE_REALTIME_JSON
+
+    __slots__ = ("_ready", "server_cancels")
+
+    def __init__(self, agent: AgentProfile) -> None:
+        # Server VAD cancels the response itself when the caller speaks, if the agent says so.
+        self.server_cancels = agent.interrupt_response
+        self._ready = False  # session.updated confirmed μ-law
+
+    def configure(self, agent: AgentProfile) -> list[bytes]:
+        return [session_update(agent)]
+
+    def seed(self, history: list[tuple[str, str]], max_chars: int) -> list[bytes]:
+        return seed_items(history, max_chars)
+
+    def say(self, text: str) -> bytes:
+        return say(text)
+
+    def user_text(self, text: str) -> list[bytes]:
+        return [user_text(text), response_create()]
+
+    def cancel(self) -> bytes:
+        return response_cancel()
+
+    def truncate(self, item_id: str, heard_ms: int) -> bytes:
+        return truncate(item_id, heard_ms)
+
+    def tool_result(self, call_id: str, output: dict[str, Any]) -> list[bytes]:
+        return [function_output(call_id, output)]
+
+    def parse(self, message: bytes) -> list[ev.Event]:
+        try:
+            event = parse_event(message)
+        except ProtocolError as exc:
+            return [ev.Failed(str(exc), malformed=True)]
+        kind = event["type"]
+        if kind == "response.output_audio.delta":  # one the compiled path handed up: read it here
+            delta = event.get("delta")
+            if not isinstance(delta, str) or not isinstance(event.get("item_id"), str):
+                return [ev.Failed("response.output_audio.delta needs string item_id and delta", malformed=True)]
+            return [ev.AnswerAudio(event["item_id"], delta.encode())]
+        if kind == "session.updated":
+            problems = session_problems(event.get("session", {}))
+            if problems:
+                return [ev.Refused("backend session unusable for a phone call: " + "; ".join(problems))]
+            self._ready = True
+            return [ev.Ready()]
+        if kind == "input_audio_buffer.speech_started":
+            return [ev.CallerSpeechStarted()]
+        if kind == "input_audio_buffer.speech_stopped":
+            end = event.get("audio_end_ms")
+            return [ev.CallerSpeechStopped(end if isinstance(end, int) and not isinstance(end, bool) else None)]
+        if kind == "input_audio_buffer.committed":
+            return [ev.CallerTurn(_str(event, "item_id"))]
+        if kind == "conversation.item.input_audio_transcription.completed":
+            return [ev.CallerTranscript(_str(event, "item_id"), _str(event, "transcript"))]
+        if kind == "response.created":
+            return [ev.ResponseStarted()]
+        if kind == "response.output_item.added":
+            item = event.get("item") or {}
+            if isinstance(item, dict) and item.get("type") == "message" and item.get("role") == "assistant" \
+                    and item.get("id"):
+                return [ev.AnswerStarted(str(item["id"]))]
+            return []
+        if kind == "response.output_audio_transcript.delta":
+            return [ev.AnswerTranscript(_str(event, "item_id"), _str(event, "delta"), final=False)]
+        if kind == "response.output_audio_transcript.done":
+            return [ev.AnswerTranscript(_str(event, "item_id"), _str(event, "transcript"), final=True)]
+        if kind == "response.output_audio.done":
+            return [ev.AnswerAudioDone(_str(event, "item_id"))]
+        if kind == "response.done":
+            response = event.get("response") or {}
+            items, calls = [], []
+            for item in (response.get("output") or []) if isinstance(response, dict) else []:
+                if not isinstance(item, dict):
+                    continue
+                if item.get("type") == "function_call":
+                    calls.append(ev.ToolCall(_str(item, "call_id"), str(item.get("name")), _str(item, "arguments")))
+                else:
+                    items.append(_str(item, "id"))
+            return [ev.ResponseDone(tuple(items), tuple(calls))]
+        if kind == "error":
+            error = event.get("error") or {}
+            if not isinstance(error, dict):
+                error = {}
+            if not self._ready and error.get("event_id") in (None, SESSION_UPDATE_ID):
+                # The session was never confirmed, and the error is about it (or no event of
+                # ours): the backend refuses the session. One about a seeded item is not that.
+                return [ev.Refused(f"the backend refused the session: {str(error.get('code'))[:60]}: "
+                                   f"{str(error.get('message'))[:200]}")]
+            return [ev.Failed(f"backend error {error.get('type')}/{error.get('code')}: {error.get('message')}")]
+        return []

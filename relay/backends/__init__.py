@@ -1,0 +1,203 @@
+"""The backend seam: what a call needs from any speech-to-speech backend, sans-I/O.
+
+A ``Backend`` is one backend session's protocol, with no socket: ``parse`` turns each message
+the backend sent into a few ``Event`` values, and the command methods return the messages to
+send. ``relay.conversation`` speaks only this seam, so a backend plugs in by implementing it
+(``relay.backends.realtime`` is OpenAI Realtime GA). The per-frame parts stay compiled and
+are chosen per backend by ``wire``: the audio appends relay sends and the audio deltas it
+reads never reach ``parse`` on the common path (``relay.fastpath.MediaCore`` handles them).
+
+Events are plain frozen values. A backend reports what it knows and leaves out what it does
+not (a backend without turn signals never sends ``CallerTurn``); ``None`` from a command
+means the backend has no such thing (no truncate, say), and the call goes on without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from relay.agents import AgentProfile
+
+# The compiled framing a backend's audio takes (``MediaCore``): JSON text appends and deltas
+# with base64 μ-law, as OpenAI Realtime sends them.
+WIRE_REALTIME_JSON = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The session is confirmed in a format a phone call can use: caller audio may flow."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The backend refused the session before it was ready (wrong format, an error about it)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """An error that ends no call: logged and counted (``malformed``: a message relay could not read)."""
+
+    reason: str
+    malformed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallerSpeechStarted:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CallerSpeechStopped:
+    audio_end_ms: int | None  # into the session's input audio, when the backend says
+
+
+@dataclass(frozen=True, slots=True)
+class CallerTurn:
+    """The caller's utterance is committed as a turn; an answer is coming."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallerTranscript:
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseStarted:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerStarted:
+    """An answer (an item of the agent's speech) begins; its audio follows."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerAudio:
+    """Audio of an answer that did not take the compiled path (base64 μ-law)."""
+
+    item_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerTranscript:
+    """Text of an answer: a delta to append, or (``final``) the whole of it."""
+
+    item_id: str
+    text: str
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerAudioDone:
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    call_id: str
+    name: str
+    arguments: str  # JSON, as the model wrote it
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    """The response ended: its answers are done; its tool calls are to be run."""
+
+    item_ids: tuple[str, ...]
+    tool_calls: tuple[ToolCall, ...]
+
+
+Event = (Ready | Refused | Failed | CallerSpeechStarted | CallerSpeechStopped | CallerTurn | CallerTranscript
+         | ResponseStarted | AnswerStarted | AnswerAudio | AnswerTranscript | AnswerAudioDone | ResponseDone)
+
+
+class Backend(Protocol):
+    """One backend session's protocol. A new session gets a new instance."""
+
+    name: str
+    wire: int  # the compiled framing of its audio (``WIRE_*``)
+    server_cancels: bool  # the backend cancels a response itself when the caller speaks
+
+    def parse(self, message: bytes) -> list[Event]:
+        """The events in one message (never raises: a bad message is a ``Failed``)."""
+        ...
+
+    def configure(self, agent: AgentProfile) -> list[bytes]:
+        """The session set-up, sent first."""
+        ...
+
+    def seed(self, history: list[tuple[str, str]], max_chars: int) -> list[bytes]:
+        """The conversation so far, (role, text) oldest first, for a fresh session."""
+        ...
+
+    def say(self, text: str) -> bytes:
+        """Have the agent say ``text`` (a greeting, a line after a reconnect)."""
+        ...
+
+    def user_text(self, text: str) -> list[bytes]:
+        """Something the caller did that is not speech (keys), answered by the agent."""
+        ...
+
+    def cancel(self) -> bytes | None:
+        """Stop the response in progress."""
+        ...
+
+    def truncate(self, item_id: str, heard_ms: int) -> bytes | None:
+        """Cut the answer in the model's memory at what the caller heard."""
+        ...
+
+    def tool_result(self, call_id: str, output: dict[str, Any]) -> list[bytes]:
+        """The result of a tool call, and whatever makes the model go on."""
+        ...
+
+
+# Each backend an agent may name (``relay.agents.BACKENDS``), and the class that speaks it;
+# imported when first used, so a deployment loads only the protocols its agents use.
+IMPLEMENTATIONS = {"openai-realtime": ("relay.backends.realtime", "RealtimeBackend")}
+
+
+def for_agent(agent: AgentProfile) -> Backend:
+    """A new session's protocol for ``agent`` (its ``backend``).
+
+    Raises:
+        ValueError: no backend of that name (the stores and settings refuse such an agent first).
+    """
+    try:
+        module, name = IMPLEMENTATIONS[agent.backend]
+    except KeyError:
+        raise ValueError(f"no speech backend named {agent.backend[:40]!r}") from None
+    backend: Backend = getattr(importlib.import_module(module), name)(agent)
+    return backend
+
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "WIRE_REALTIME_JSON",
+    "for_agent",
+    "AnswerAudio",
+    "AnswerAudioDone",
+    "AnswerStarted",
+    "AnswerTranscript",
+    "Backend",
+    "CallerSpeechStarted",
+    "CallerSpeechStopped",
+    "CallerTranscript",
+    "CallerTurn",
+    "Event",
+    "Failed",
+    "Ready",
+    "Refused",
+    "ResponseDone",
+    "ResponseStarted",
+    "ToolCall",
+]
