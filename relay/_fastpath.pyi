@@ -59,13 +59,6 @@ def parse_audio_delta(message: bytes) -> tuple[str, bytes] | None:
         PayloadError: ``delta`` is not padded standard base64.
     """
 
-def build_append(payload: bytes) -> bytes:
-    """Build ``{"type":"input_audio_buffer.append","audio":<payload>}`` (PROTOCOLS §2.3).
-
-    Args:
-        payload: base64 audio already validated by :func:`parse_media`; copied, not decoded.
-    """
-
 class TwilioWriter:
     """Builds the three messages a bidirectional stream may send (PROTOCOLS §1.4).
 
@@ -117,22 +110,6 @@ def build_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes
         TypeError: ``payload`` is not ``bytes``.
         ValueError: an opcode that is not one of the five ints above, a control payload over 125 bytes, or a
             mask that is not 4 bytes.
-    """
-
-def build_append_frame(payload: bytes, mask: bytes) -> bytes:
-    """``build_frame(OP_TEXT, build_append(payload), mask)`` in one allocation: caller audio as
-    the masked client frame the backend leg sends.
-
-    Raises:
-        the errors of ``build_append`` and ``build_frame``.
-    """
-
-def media_frames(writer: TwilioWriter, payload: bytes, name: str) -> bytes:
-    """A ``media`` message and its ``mark``, as two unmasked server frames in one buffer:
-    ``build_frame(OP_TEXT, writer.media(payload)) + build_frame(OP_TEXT, writer.mark(name))``.
-
-    Raises:
-        the errors of ``TwilioWriter.mark``.
     """
 
 class FrameReader:

@@ -369,14 +369,9 @@ def parse_audio_delta(message):
             PyBytes_FromStringAndSize(<const char*>p + f[2].start, f[2].end - f[2].start))
 
 
+# input_audio_buffer.append (PROTOCOLS §2.3) up to its audio: WsCore.send_append writes the
+# caller's base64 after it, then '"}', into the frame it sends the backend.
 cdef bytes _APPEND = b'{"type":"input_audio_buffer.append","audio":"'
-
-
-def build_append(payload):
-    if type(payload) is not bytes:
-        return _ref.build_append(payload)
-    return _join3(PyBytes_AS_STRING(_APPEND), PyBytes_GET_SIZE(_APPEND),
-                  PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), b'"}', 2)
 
 
 cdef bytes _json_str(value):
@@ -728,39 +723,6 @@ cdef inline Py_ssize_t _write_text3(unsigned char* o, const char* a, Py_ssize_t 
     if mask != NULL:
         _mask_copy(p, p, n, mask)
     return head + n
-
-
-def build_append_frame(payload, mask):
-    cdef Py_ssize_t n
-    cdef bytes out
-    if type(payload) is not bytes or type(mask) is not bytes or PyBytes_GET_SIZE(mask) != 4:
-        return _ref.build_append_frame(payload, mask)
-    n = PyBytes_GET_SIZE(_APPEND) + PyBytes_GET_SIZE(payload) + 2
-    out = PyBytes_FromStringAndSize(NULL, _header_len(n, True) + n)
-    _write_text3(<unsigned char*>PyBytes_AS_STRING(out), PyBytes_AS_STRING(_APPEND), PyBytes_GET_SIZE(_APPEND),
-                 PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), b'"}', 2,
-                 <const unsigned char*>PyBytes_AS_STRING(mask))
-    return out
-
-
-def media_frames(TwilioWriter writer, payload, name):
-    """See ``_fastpath.pyi`` (``TwilioWriter.media_frames``)."""
-    cdef bytes mark, out
-    cdef Py_ssize_t n1, n2, w
-    cdef unsigned char* o
-    if writer._media_prefix is None:
-        _uninitialised()
-    if type(payload) is not bytes:
-        return _ref.build_frame(1, writer.media(payload)) + _ref.build_frame(1, writer.mark(name))
-    mark = writer.mark(name)
-    n1 = PyBytes_GET_SIZE(writer._media_prefix) + PyBytes_GET_SIZE(payload) + 3
-    n2 = PyBytes_GET_SIZE(mark)
-    out = PyBytes_FromStringAndSize(NULL, _header_len(n1, False) + n1 + _header_len(n2, False) + n2)
-    o = <unsigned char*>PyBytes_AS_STRING(out)
-    w = _write_text3(o, PyBytes_AS_STRING(writer._media_prefix), PyBytes_GET_SIZE(writer._media_prefix),
-                     PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), b'"}}', 3, NULL)
-    _write_text3(o + w, PyBytes_AS_STRING(mark), n2, b"", 0, b"", 0, NULL)
-    return out
 
 
 # ---------------------------------------------------------------- codec (see _codec.pxi)

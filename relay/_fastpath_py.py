@@ -83,11 +83,6 @@ def parse_audio_delta(message: bytes) -> tuple[str, bytes] | None:
     return item_id, delta
 
 
-def build_append(payload: bytes) -> bytes:
-    """See ``_fastpath.pyi``."""
-    return b'{"type":"input_audio_buffer.append","audio":"' + payload + b'"}'
-
-
 def _json_str(value: str) -> bytes:
     try:
         return orjson.dumps(value)
@@ -261,16 +256,6 @@ class FrameReader:
             self._part_size += n if (opcode == OP_CONT or not fin) else 0
         return fin, opcode, payload
 
-
-
-def build_append_frame(payload: bytes, mask: bytes) -> bytes:
-    """See ``_fastpath.pyi``."""
-    return build_frame(OP_TEXT, build_append(payload), mask)
-
-
-def media_frames(writer: TwilioWriter, payload: bytes, name: str) -> bytes:
-    """See ``_fastpath.pyi``."""
-    return build_frame(OP_TEXT, writer.media(payload)) + build_frame(OP_TEXT, writer.mark(name))
 
 
 # ---------------------------------------------------------------- codec

@@ -134,7 +134,7 @@ class WsCore:
             self._write(_build(0x1, message, self._mask()))
 
     def send_frames(self, frames: bytes) -> None:
-        """Write frames already built by the fast path (e.g. ``media_frames``); a no-op once closing."""
+        """Write frames already built (a media core's paced frames and marks); a no-op once closing."""
         if self.state == OPEN:
             self._write(frames)
 

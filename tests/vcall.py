@@ -24,7 +24,7 @@ import orjson
 from relay import realtime, twilio
 from relay.call_options import CallOptions
 from relay.conversation import Conversation
-from relay.fastpath import OP_TEXT, FrameReader, build_append
+from relay.fastpath import OP_TEXT, FrameReader
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeSession, SessionLog
 from relay.sim.playback import TwilioPlayback
@@ -50,7 +50,7 @@ class _Backend:
             self.call.drain_agent()
 
     def send_append(self, payload: bytes) -> None:
-        self.send(build_append(payload))
+        self.send(orjson.dumps({"type": "input_audio_buffer.append", "audio": payload.decode()}))
 
 
 class _TwilioSide:
