@@ -1,9 +1,10 @@
 """The per-frame hot path: the contract both implementations honour.
 
-``relay._fastpath`` (Cython, compiled from ``_fastpath.pyx``) and ``relay._fastpath_py``
-(plain Python, the oracle) expose exactly these names and return equal values, or raise the
-same error class, for every input. Everything here is sans-I/O: bytes in, bytes out, no clock,
-no logging. Import it through ``relay.fastpath``, which says which one it picked.
+``relay._fastpath`` (Cython, compiled from ``_fastpath.pyx`` and its ``.pxi`` parts) and
+``relay._fastpath_py`` (plain Python, the oracle: it gathers the twin module of each part)
+expose exactly these names and return equal values, or raise the same error class, for every
+input. Everything but the per-frame cores is sans-I/O: bytes in, bytes out, no clock, no
+logging. Import it through ``relay.fastpath``, which says which one it picked.
 """
 
 from collections.abc import Callable
@@ -11,6 +12,10 @@ from typing import Any
 
 IMPLEMENTATION: str
 """``"cython"`` for the compiled module, ``"python"`` for the reference."""
+
+# ---- Messages
+# Twilio Media Streams and OpenAI Realtime messages, read in one pass and written in one
+# allocation (``_messages.pxi``; twin ``_messages_py``).
 
 def b64_decoded_len(data: bytes) -> int:
     """Return how many bytes padded standard base64 ``data`` decodes to, without decoding.
@@ -83,10 +88,11 @@ class TwilioWriter:
     def clear(self) -> bytes:
         """``{"event":"clear","streamSid":…}``."""
 
-# ---------------------------------------------------------------- WebSocket framing (RFC 6455)
-# The media path's frames on both legs: Twilio → relay (masked client frames in, unmasked
-# server frames out) and relay → backend (masked client frames out, unmasked frames in).
-# The opening handshake stays with websockets' sans-I/O layer.
+# ---- WebSocket framing (RFC 6455)
+# The media path's frames on both legs (``_framing.pxi``; twin ``_framing_py``): Twilio →
+# relay (masked client frames in, unmasked server frames out) and relay → backend (masked
+# client frames out, unmasked frames in). The opening handshake stays with websockets'
+# sans-I/O layer.
 
 OP_CONT: int
 OP_TEXT: int
@@ -147,7 +153,7 @@ class FrameReader:
         """
 
 # ---- Codec
-# G.711 μ-law ↔ PCM16 and streaming resampling (``_codec.pxi``; oracle ``_codec_py``).
+# G.711 μ-law ↔ PCM16 and streaming resampling (``_codec.pxi``; twin ``_codec_py``).
 # PCM16 is mono, signed 16-bit little-endian, 2 bytes per sample. Every input must be
 # ``bytes`` exactly: ``bytearray``, ``memoryview``, ``str`` and the rest raise ``TypeError``
 # in both implementations. Integer arithmetic only, so both agree bit for bit.
@@ -217,7 +223,7 @@ class Resampler:
 
 # ---- Playout
 # The agent's audio paced out to Twilio, and the caller's audio kept on its clock
-# (``_playout.pxi``; oracle ``_playout_py``). Sans-I/O: time is passed in as ints, never read.
+# (``_playout.pxi``; twin ``_playout_py``). Sans-I/O: time is passed in as ints, never read.
 # Every count, size and time argument must be an ``int`` (``TypeError`` otherwise) within the
 # range given (``ValueError`` otherwise); a bad argument changes nothing.
 
@@ -361,7 +367,7 @@ class GapFiller:
 
 # ---- Per-frame cores
 # The per-frame halves of a WebSocket connection and of a call (``_wscore.pxi``, ``_media.pxi``;
-# oracles ``_wscore_py``, ``_media_py``). Not sans-I/O like the rest: they write to the
+# twins ``_wscore_py``, ``_media_py``). Not sans-I/O like the rest: they write to the
 # transport and sinks they are given, and call hooks their subclasses provide. Both
 # implementations make the same calls and the same writes, in the same order, for every input
 # (``tests/test_media_core.py``). The compiled pair calls each other in C: a routed media

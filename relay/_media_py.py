@@ -18,6 +18,8 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+from relay._framing_py import build_frame
+from relay._messages_py import TwilioWriter, parse_audio_delta, parse_media
 from relay._playout_py import GapFiller, PlayoutRing, silence_b64
 from relay.errors import ProtocolError
 
@@ -31,8 +33,6 @@ OP_TEXT = 0x1
 
 def _frame(payload: bytes) -> bytes:
     """One final, unmasked text frame (the server side of the Twilio leg)."""
-    from relay._fastpath_py import build_frame
-
     return build_frame(OP_TEXT, payload)
 
 
@@ -44,8 +44,6 @@ class MediaCore:
 
     def __init__(self, twilio_out: Any, stream_sid: str, stats: Any, *, lead_ms: int, mark_frames: int,
                  held_frames: int, max_gap_fill_ms: int) -> None:
-        from relay._fastpath_py import TwilioWriter
-
         self._twilio = twilio_out
         self._writer = TwilioWriter(stream_sid)
         self._stats = stats
@@ -86,7 +84,6 @@ class MediaCore:
     def twilio_frame(self, message: bytes, now: float) -> bool:
         """The per-frame path: a ``media`` or ``mark`` handled as it arrives (False: not one)."""
         from relay import twilio
-        from relay._fastpath_py import parse_media
 
         try:
             media = parse_media(message)
@@ -130,8 +127,6 @@ class MediaCore:
 
     def backend_frame(self, message: bytes, now: float) -> bool:
         """The per-frame path: an audio delta handled as it arrives (False: any other event)."""
-        from relay._fastpath_py import parse_audio_delta
-
         try:
             delta = parse_audio_delta(message)
         except ProtocolError:

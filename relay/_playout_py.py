@@ -1,4 +1,4 @@
-"""Plain-Python reference of the playout part of the hot path (re-exported by ``_fastpath_py``).
+"""Plain-Python twin of ``_playout.pxi``: the playout ring, the gap filler, μ-law silence.
 
 ``PlayoutRing`` holds the agent's audio until it is paced out to Twilio in 20 ms frames;
 ``GapFiller`` keeps the caller's audio clock true across lost, duplicated and reordered
@@ -14,15 +14,11 @@ Sans-I/O: time is passed in, never read.
 from __future__ import annotations
 
 import binascii
-import re
 
-from relay.errors import PayloadError, ProtocolError
+from relay._messages_py import b64_decoded_len
+from relay.errors import ProtocolError
 
 __all__ = ["GapFiller", "PlayoutRing", "silence_b64"]
-
-# The same check as ``_fastpath_py.b64_decoded_len`` (not imported: that module star-imports
-# this one at its end, so importing it back here would be circular).
-_B64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
 BYTES_PER_MS = 8  # 8 kHz G.711: one byte per sample
 SILENCE = 0xFF  # μ-law code of (positive) zero
@@ -108,9 +104,7 @@ class PlayoutRing:
     def push(self, b64: bytes) -> int:
         if type(b64) is not bytes:
             raise TypeError(f"push() takes bytes, not {type(b64).__name__}")
-        if len(b64) % 4 or _B64.fullmatch(b64) is None:
-            raise PayloadError("payload is not padded standard base64")
-        n = len(b64) // 4 * 3 - (len(b64) - len(b64.rstrip(b"=")))
+        n = b64_decoded_len(b64)  # PayloadError unless padded standard base64
         need = len(self._buf) + n
         if need > self._max:
             raise ProtocolError("playout buffer full")

@@ -1,4 +1,4 @@
-"""Plain-Python reference of a WebSocket connection's per-frame half (re-exported by ``_fastpath_py``).
+"""Plain-Python twin of ``_wscore.pxi``: a WebSocket connection's per-frame half.
 
 ``WsCore`` is what ``relay.ws.Connection`` does with every read and every write: bytes from
 the transport into frames (``FrameReader``), each text message offered to the call's media core
@@ -18,13 +18,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from relay._framing_py import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameReader, build_frame
+from relay._messages_py import _append
 from relay.errors import FrameError
 
 __all__ = ["LEG_BACKEND", "LEG_TWILIO", "OPEN", "WsCore"]
 
 OPEN = "open"
 LEG_TWILIO, LEG_BACKEND = 0, 1
-_APPEND = b'{"type":"input_audio_buffer.append","audio":"'
 
 
 class WsCore:
@@ -33,8 +34,6 @@ class WsCore:
 
     def __init__(self, transport: Any, client: bool, max_size: int, max_rate: int,
                  clock: Callable[[], float]) -> None:
-        from relay._fastpath_py import FrameReader
-
         self._transport = transport
         self.client = bool(client)  # every frame we send is masked; every frame we read must not be
         self._reader = FrameReader(not self.client, max_size)
@@ -65,8 +64,6 @@ class WsCore:
     # ---- bytes from the transport
 
     def data_received(self, data: bytes) -> None:
-        from relay._fastpath_py import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT
-
         reader = self._reader
         reader.feed(data)
         now = None
@@ -105,7 +102,7 @@ class WsCore:
                 self._on_close_frame(payload)  # type: ignore[attr-defined]
                 break
             elif opcode == OP_PING:
-                self._write(_build(0xA, payload, self._mask()))
+                self._write(build_frame(OP_PONG, payload, self._mask()))
             elif opcode == OP_BINARY:
                 # Both peers speak JSON text; a binary message is not ours to guess at.
                 self._violation("binary", "binary messages are not accepted", 1003)  # type: ignore[attr-defined]
@@ -131,7 +128,7 @@ class WsCore:
     def send(self, message: bytes) -> None:
         """Send one text message (already-encoded JSON); a no-op once closing."""
         if self.state == OPEN:
-            self._write(_build(0x1, message, self._mask()))
+            self._write(build_frame(OP_TEXT, message, self._mask()))
 
     def send_frames(self, frames: bytes) -> None:
         """Write frames already built (a media core's paced frames and marks); a no-op once closing."""
@@ -141,15 +138,10 @@ class WsCore:
     def send_many(self, messages: tuple[bytes, ...] | list[bytes]) -> None:
         """Send text messages in one transport write; a no-op once closing."""
         if self.state == OPEN:
-            self._write(b"".join([_build(0x1, m, self._mask()) for m in messages]))
+            self._write(b"".join([build_frame(OP_TEXT, m, self._mask()) for m in messages]))
 
     def send_append(self, payload: bytes) -> None:
         """Send caller audio (base64 μ-law) as ``input_audio_buffer.append``, framed in one go."""
         if self.state == OPEN:
-            self._write(_build(0x1, _APPEND + payload + b'"}', self._mask()))
+            self._write(build_frame(OP_TEXT, _append(payload), self._mask()))
 
-
-def _build(opcode: int, payload: bytes, mask: bytes | None) -> bytes:
-    from relay._fastpath_py import build_frame
-
-    return build_frame(opcode, payload, mask)
