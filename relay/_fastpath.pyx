@@ -28,8 +28,6 @@ cdef extern from "Python.h":
 
 IMPLEMENTATION = "cython"
 
-ctypedef const unsigned char* cbuf
-
 cdef enum:  # bytes of JSON and base64 text
     QUOTE = 34      # "
     BSLASH = 92     # backslash

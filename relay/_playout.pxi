@@ -152,19 +152,7 @@ cdef void _po_dec_ring(unsigned char* buf, Py_ssize_t cap, Py_ssize_t pos, cbuf 
 
 @cython.final
 cdef class PlayoutRing:
-    cdef readonly Py_ssize_t frame_bytes
-    cdef readonly long long max_bytes
-    cdef readonly long long pushed
-    cdef readonly long long sent
-    cdef readonly long long padded
-    cdef readonly long long dropped
-    cdef readonly long long heard     # bytes handed out (padding included) the ear has heard
-    cdef long long _clock             # the elapsed_ms of the last frames_due
-    cdef unsigned char* _buf          # the ring: _len bytes from _head, wrapping at _cap
-    cdef Py_ssize_t _cap
-    cdef Py_ssize_t _head
-    cdef Py_ssize_t _len
-    cdef unsigned char* _scratch      # one frame, for frames that straddle the end or are padded
+    # Fields and C methods: declared in _fastpath.pxd.
 
     def __cinit__(self):
         # Usable (as the defaults) even if __init__ is skipped: PlayoutRing.__new__(PlayoutRing).
@@ -324,15 +312,7 @@ cdef class PlayoutRing:
 
 @cython.final
 cdef class GapFiller:
-    cdef readonly long long frame_ms
-    cdef readonly long long max_fill_ms
-    cdef readonly long long frames
-    cdef readonly long long filled
-    cdef readonly long long dropped
-    cdef readonly long long capped
-    cdef long long _cap   # most silence frames for one gap
-    cdef long long _tol   # jitter accepted either side of a slot
-    cdef long long _next  # timestamp of the next slot on the grid; -1 before the first frame
+    # Fields and C methods: declared in _fastpath.pxd.
 
     def __cinit__(self):
         self.frame_ms, self.max_fill_ms, self._cap, self._tol, self._next = 20, 1000, 50, 10, -1
