@@ -7,6 +7,15 @@ from libc.stdint cimport int16_t
 
 ctypedef const unsigned char* cbuf  # a bytes object's content, read-only
 
+# The audio format and its frame: relay/audio_format.py has the Python definition and why each
+# value is what it is (a test holds the two equal). Exported by the module under these names.
+cpdef enum:
+    SAMPLE_RATE = 8000      # Hz: Twilio's audio/x-mulaw, and the backends' audio/pcmu
+    BYTES_PER_MS = 8        # μ-law: one byte per sample
+    FRAME_MS = 20           # the frame period, Twilio's and the playout's
+    FRAME_BYTES = 160       # FRAME_MS * BYTES_PER_MS
+    B64_FRAME_BYTES = 216   # FRAME_BYTES in padded base64: 4 * ceil(160 / 3)
+
 # ---------------------------------------------------------------- _messages.pxi
 
 cdef class TwilioWriter:

@@ -13,6 +13,22 @@ from typing import Any
 IMPLEMENTATION: str
 """``"cython"`` for the compiled module, ``"python"`` for the reference."""
 
+# ---- Audio format
+# G.711 μ-law, 8 kHz, mono, in 20 ms frames. The compiled module exports the ``cpdef enum`` of
+# ``_fastpath.pxd`` that its parts are built with; the twin re-exports ``relay.audio_format``,
+# the Python definition, which says why each value is what it is. Python code reads them there.
+
+SAMPLE_RATE: int
+"""8000 Hz."""
+BYTES_PER_MS: int
+"""8: one μ-law byte per sample."""
+FRAME_MS: int
+"""20 ms."""
+FRAME_BYTES: int
+"""160: one frame of audio."""
+B64_FRAME_BYTES: int
+"""216: one frame in padded base64."""
+
 # ---- Messages
 # Twilio Media Streams and OpenAI Realtime messages, read in one pass and written in one
 # allocation (``_messages.pxi``; twin ``_messages_py``).

@@ -10,6 +10,7 @@ re-exports them; nothing is defined here:
 * ``_wscore_py``: a socket's read loop and writes (``_wscore.pxi``)
 * ``_media_py``: a call's per-frame media core (``_media.pxi``)
 
+The audio format constants are ``relay.audio_format``'s, as the compiled module exports its own.
 The contract and its docstrings live in ``_fastpath.pyi``; ``relay.fastpath`` picks this module
 when the compiled one is not built.
 """
@@ -22,10 +23,15 @@ from relay._media_py import MediaCore
 from relay._messages_py import TwilioWriter, b64_decoded_len, parse_audio_delta, parse_media
 from relay._playout_py import GapFiller, PlayoutRing, silence_b64
 from relay._wscore_py import LEG_BACKEND, LEG_TWILIO, WsCore
+from relay.audio_format import B64_FRAME_BYTES, BYTES_PER_MS, FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 
 IMPLEMENTATION = "python"
 
 __all__ = [
+    "B64_FRAME_BYTES",
+    "BYTES_PER_MS",
+    "FRAME_BYTES",
+    "FRAME_MS",
     "IMPLEMENTATION",
     "LEG_BACKEND",
     "LEG_TWILIO",
@@ -40,6 +46,7 @@ __all__ = [
     "MediaCore",
     "PlayoutRing",
     "Resampler",
+    "SAMPLE_RATE",
     "TwilioWriter",
     "WsCore",
     "b64_decoded_len",

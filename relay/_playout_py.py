@@ -16,11 +16,11 @@ from __future__ import annotations
 import binascii
 
 from relay._messages_py import b64_decoded_len
+from relay.audio_format import BYTES_PER_MS, FRAME_BYTES, FRAME_MS
 from relay.errors import ProtocolError
 
 __all__ = ["GapFiller", "PlayoutRing", "silence_b64"]
 
-BYTES_PER_MS = 8  # 8 kHz G.711: one byte per sample
 SILENCE = 0xFF  # μ-law code of (positive) zero
 MIN_CAPACITY = 4096  # the ring's first allocation; it doubles from there
 MAX_FRAME = 1 << 20  # frame_bytes / frame_ms ceiling (a 2 min frame: anything above is a bug)
@@ -40,7 +40,7 @@ def _b64(data: bytes) -> bytes:
     return binascii.b2a_base64(data, newline=False)
 
 
-def silence_b64(frame_bytes: int = 160) -> bytes:
+def silence_b64(frame_bytes: int = FRAME_BYTES) -> bytes:
     """See ``_fastpath.pyi``."""
     n = _int(frame_bytes, "frame_bytes", 0, MAX_FRAME)
     return _b64(bytes([SILENCE]) * n)
@@ -52,7 +52,7 @@ class PlayoutRing:
     __slots__ = ("_fb", "_max", "_buf", "_cap", "_pushed", "_sent", "_padded", "_dropped",
                  "_heard", "_clock")
 
-    def __init__(self, frame_bytes: int = 160, max_bytes: int = 8_000_000) -> None:
+    def __init__(self, frame_bytes: int = FRAME_BYTES, max_bytes: int = 8_000_000) -> None:
         self._fb = _int(frame_bytes, "frame_bytes", 1, MAX_FRAME)
         self._max = _int(max_bytes, "max_bytes", 0, MAX_BYTES)
         self._buf = bytearray()
@@ -168,7 +168,7 @@ class GapFiller:
     __slots__ = ("_f", "_max_fill", "_cap", "_tol", "_next", "_frames", "_filled", "_dropped",
                  "_capped")
 
-    def __init__(self, frame_ms: int = 20, max_fill_ms: int = 1000) -> None:
+    def __init__(self, frame_ms: int = FRAME_MS, max_fill_ms: int = 1000) -> None:
         self._f = _int(frame_ms, "frame_ms", 1, MAX_FRAME)
         self._max_fill = _int(max_fill_ms, "max_fill_ms", 0, MAX_BYTES)
         self._cap = self._max_fill // self._f  # most silence frames for one gap

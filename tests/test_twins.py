@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import _fastpath_py, fastpath
+from relay import _fastpath_py, audio_format, fastpath
 
 fast = pytest.importorskip("relay._fastpath", reason="compiled hot path not built")
 
@@ -36,15 +36,31 @@ def test_the_facade_defines_nothing_and_gathers_every_twin() -> None:
         for attr in module.__all__:
             if attr in _fastpath_py.__all__:
                 gathered[attr] = getattr(module, attr)
+    for attr in audio_format.__all__:
+        gathered[attr] = getattr(audio_format, attr)
     assert set(_fastpath_py.__all__) - set(gathered) == {"IMPLEMENTATION"}
     for attr, value in gathered.items():
         assert getattr(_fastpath_py, attr) is value, attr
 
 
 def test_the_twins_expose_what_the_compiled_module_does() -> None:
-    assert set(fastpath.__all__) == set(_fastpath_py.__all__)
+    # The façade leaves the audio format out: Python code reads it from relay.audio_format.
+    assert set(fastpath.__all__) == set(_fastpath_py.__all__) - set(audio_format.__all__)
     for name in _fastpath_py.__all__:
         assert hasattr(fast, name), name
+
+
+@pytest.mark.parametrize("name", audio_format.__all__)
+def test_the_compiled_audio_format_is_the_python_one(name: str) -> None:
+    assert type(getattr(fast, name)) is int
+    assert getattr(fast, name) == getattr(audio_format, name) == getattr(_fastpath_py, name)
+
+
+def test_the_audio_format_adds_up() -> None:
+    f = audio_format
+    assert f.BYTES_PER_MS * 1000 == f.SAMPLE_RATE  # one byte per sample
+    assert f.FRAME_BYTES == f.FRAME_MS * f.BYTES_PER_MS
+    assert f.B64_FRAME_BYTES == 4 * -(-f.FRAME_BYTES // 3)
 
 
 @pytest.mark.parametrize("name", TWINS)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import orjson
 
 from relay import realtime, twilio
+from relay.audio_format import FRAME_MS
 from relay.call_options import CallOptions
 from relay.conversation import Conversation
 from relay.fastpath import OP_TEXT, FrameReader
@@ -30,7 +31,7 @@ from relay.sim.agent import AgentConfig, RealtimeSession, SessionLog
 from relay.sim.playback import TwilioPlayback
 from relay.store import Record, TurnRecord
 
-FRAME_S = 0.020
+FRAME_S = FRAME_MS / 1000
 START = twilio.Start(stream_sid="MZ" + "5" * 32, call_sid="CA" + "7" * 32, account_sid="AC" + "1" * 32,
                      tracks=("inbound",), encoding="audio/x-mulaw", sample_rate=8000, channels=1,
                      custom_parameters={"tenant": "default"})
