@@ -1,5 +1,6 @@
 """Builds the compiled hot path, relay._fastpath, from relay/_fastpath.pyx; pyproject.toml has the rest."""
 
+import glob
 import os
 
 from Cython.Build import cythonize
@@ -9,7 +10,8 @@ debug = os.environ.get("RELAY_DEBUG") == "1"
 
 setup(
     ext_modules=cythonize(
-        [Extension("relay._fastpath", ["relay/_fastpath.pyx"], depends=["relay/_fastpath.pxd", "relay/_codec.pxi", "relay/_playout.pxi", "relay/_wscore.pxi", "relay/_media.pxi"],
+        [Extension("relay._fastpath", ["relay/_fastpath.pyx"],
+                   depends=["relay/_fastpath.pxd", *sorted(glob.glob("relay/*.pxi"))],  # its parts
                    extra_compile_args=["-O3"])],
         compiler_directives={"language_level": 3, "embedsignature": True},
         compile_time_env={"RELAY_DEBUG": debug},

@@ -32,6 +32,7 @@ from websockets.protocol import Protocol, Side, State
 
 from relay import _fastpath_py as ref
 from relay import _media_py, _wscore_py, twilio
+from relay.audio_format import B64_FRAME_BYTES, FRAME_BYTES, SAMPLE_RATE
 from relay.backends import realtime
 from relay.call_options import CallOptions
 from relay.conversation import Conversation
@@ -41,9 +42,9 @@ fast = pytest.importorskip("relay._fastpath", reason="compiled hot path not buil
 IMPLS = ["cython", "python", "library"]
 FRAMES = 50
 START = twilio.Start(stream_sid="MZ" + "5" * 32, call_sid="CA" + "7" * 32, account_sid="AC" + "1" * 32,
-                     tracks=("inbound",), encoding="audio/x-mulaw", sample_rate=8000, channels=1)
+                     tracks=("inbound",), encoding="audio/x-mulaw", sample_rate=SAMPLE_RATE, channels=1)
 _rng = random.Random(5)
-PAYLOADS = [base64.b64encode(_rng.randbytes(160)) for _ in range(FRAMES)]
+PAYLOADS = [base64.b64encode(_rng.randbytes(FRAME_BYTES)) for _ in range(FRAMES)]
 UPDATED = {"type": "session.updated", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}},
                                                             "output": {"format": {"type": "audio/pcmu"}}}}}
 
@@ -131,13 +132,13 @@ class LibraryRelay:
             message = json.loads(event.data)
             if message["type"] == "response.output_audio.delta":
                 audio = base64.b64decode(message["delta"])
-                for at in range(0, len(audio), 160):
+                for at in range(0, len(audio), FRAME_BYTES):
                     self.twilio.send_text(json.dumps({"event": "media", "streamSid": self.sid, "media": {
-                        "payload": base64.b64encode(audio[at:at + 160]).decode()}}).encode())
+                        "payload": base64.b64encode(audio[at:at + FRAME_BYTES]).decode()}}).encode())
                     self.frames_out += 1
                     if self.frames_out % 5 == 0:
                         self.twilio.send_text(json.dumps({"event": "mark", "streamSid": self.sid,
-                                                          "mark": {"name": f"item_1:{self.frames_out * 160}"}}).encode())
+                                                          "mark": {"name": f"item_1:{self.frames_out * FRAME_BYTES}"}}).encode())
                 self.twilio_t.write(b"".join(self.twilio.data_to_send()))
 
 
@@ -184,7 +185,7 @@ def test_outbound_frames(benchmark: Any, impl: str) -> None:
     benchmark(one_second)
     out = relay.frames_out if impl == "library" else relay.call.stats.frames_out
     benchmark.extra_info.update(frames=FRAMES, correct=out >= FRAMES)
-    assert out >= FRAMES and relay.twilio_t.bytes > out * 216
+    assert out >= FRAMES and relay.twilio_t.bytes > out * B64_FRAME_BYTES
 
 
 def _split(stream: bytes) -> list[bytes]:

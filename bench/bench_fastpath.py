@@ -39,6 +39,7 @@ DELTA_MSG = (
     b'"response_id":"resp_CSx0Bv3T5X3yS4TuPZjQp","item_id":"' + ITEM.encode() + b'",'
     b'"output_index":0,"content_index":0,"delta":"' + DELTA + b'"}'
 )
+APPEND_MSG = b'{"type":"input_audio_buffer.append","audio":"' + PAYLOAD + b'"}'  # what the backend is sent
 assert len(PAYLOAD) == 216 and len(DELTA) == 4000
 
 
@@ -122,11 +123,6 @@ def test_b64_decoded_len(benchmark: Any, impl: str) -> None:
     _run(benchmark, fn, PAYLOAD, expected=ref.b64_decoded_len(PAYLOAD))
 
 
-@pytest.mark.benchmark(group="build_append (216-char payload)")
-@pytest.mark.parametrize("impl", IMPLS)
-def test_build_append(benchmark: Any, impl: str) -> None:
-    fn = _pick(impl, "build_append", lib_build_append)
-    _run(benchmark, fn, PAYLOAD, expected=ref.build_append(PAYLOAD))
 
 
 def _writer(impl: str) -> Any:
@@ -208,7 +204,7 @@ def test_build_server_frame(benchmark: Any, impl: str) -> None:
 @pytest.mark.benchmark(group="build_frame: masked client frame (append)")
 @pytest.mark.parametrize("impl", IMPLS)
 def test_build_client_frame(benchmark: Any, impl: str) -> None:
-    message = ref.build_append(PAYLOAD)
+    message = APPEND_MSG
     mask = b"\x9a\xbc\xde\xf0"
     if impl == "library":  # a random mask each time: check by parsing it back
         frame = lib_build_client_frame(message)
@@ -220,3 +216,33 @@ def test_build_client_frame(benchmark: Any, impl: str) -> None:
         return
     module = _compiled() if impl == "cython" else ref
     _run(benchmark, module.build_frame, 1, message, mask, expected=ref.build_frame(1, message, mask))
+
+
+class _Sink:
+    """A transport that keeps its last write."""
+
+    last = b""
+
+    def write(self, data: bytes) -> None:
+        self.last = data
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.benchmark(group="WsCore.send_append: masked append frame (216-char payload)")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_send_append(benchmark: Any, impl: str) -> None:
+    """Caller audio to the backend: the append message built, framed, masked and written."""
+    sink = _Sink()
+    if impl == "library":
+        def fn(payload: bytes) -> None:
+            sink.write(lib_build_client_frame(lib_build_append(payload)))
+    else:
+        module = _compiled() if impl == "cython" else ref
+        fn = module.WsCore(sink, True, 1 << 20, 0, lambda: 0.0).send_append
+    benchmark(fn, PAYLOAD)
+    reader = ref.FrameReader(True)  # a random mask each time: check by parsing it back
+    reader.feed(sink.last)
+    benchmark.extra_info["correct"] = correct = reader.read() == (ref.OP_TEXT, APPEND_MSG)
+    assert correct

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import pytest
 
 from relay import _fastpath_py as ref
+from relay.audio_format import FRAME_BYTES as FRAME
 
 IMPLS = ["cython", "python", "library"]
 
@@ -34,7 +35,6 @@ _rng = random.Random(20)
 DELTA_RAW = _rng.randbytes(4800)  # 600 ms of agent audio
 DELTA = binascii.b2a_base64(DELTA_RAW, newline=False)
 BACKLOG = 400  # bytes already buffered: frames straddle deltas
-FRAME = 160
 FRAMES = len(DELTA_RAW) // FRAME
 assert len(DELTA) == 6400 and FRAMES == 30
 

@@ -27,11 +27,10 @@ import orjson
 from twilio.request_validator import RequestValidator
 
 from bench.wire import ClientEndpoint, WireError, connect, frame
+from relay.audio_format import FRAME_BYTES, FRAME_MS
 from relay.sim.caller import http_post, outbound_violations, parse_connect_stream
 
-FRAME_MS = 20
 FRAME_NS = FRAME_MS * 1_000_000
-FRAME_BYTES = 160
 SLOTS = 20  # 1 ms apart
 MAGIC = b"\x7e\x81"
 TAG_BYTES = 8

@@ -134,16 +134,7 @@ cdef inline void _put(unsigned char* o, Py_ssize_t i, int v) noexcept nogil:
 
 @cython.final
 cdef class Resampler:
-    cdef readonly int src_rate
-    cdef readonly int dst_rate
-    cdef int _mode
-    cdef int _f              # the factor L (up) or M (down)
-    cdef const int16_t* _taps
-    cdef int _ntaps          # K
-    cdef int _prev           # up: the previous input sample (0 before the stream)
-    cdef int16_t* _buf       # down: x[M*m - (K-1)] ... for the next output m (zeros before)
-    cdef Py_ssize_t _len     # samples in _buf
-    cdef Py_ssize_t _cap     # room in _buf
+    # Fields and C methods: declared in _fastpath.pxd.
 
     def __init__(self, src_rate, dst_rate):
         if not isinstance(src_rate, int) or not isinstance(dst_rate, int):

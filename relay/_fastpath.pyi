@@ -1,16 +1,38 @@
 """The per-frame hot path: the contract both implementations honour.
 
-``relay._fastpath`` (Cython, compiled from ``_fastpath.pyx``) and ``relay._fastpath_py``
-(plain Python, the oracle) expose exactly these names and return equal values, or raise the
-same error class, for every input. Everything here is sans-I/O: bytes in, bytes out, no clock,
-no logging. Import it through ``relay.fastpath``, which says which one it picked.
+``relay._fastpath`` (Cython, compiled from ``_fastpath.pyx`` and its ``.pxi`` parts) and
+``relay._fastpath_py`` (plain Python, the oracle: it gathers the twin module of each part)
+expose exactly these names and return equal values, or raise the same error class, for every
+input. Everything but the per-frame cores is sans-I/O: bytes in, bytes out, no clock, no
+logging. Import it through ``relay.fastpath``, which says which one it picked.
 """
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 IMPLEMENTATION: str
 """``"cython"`` for the compiled module, ``"python"`` for the reference."""
+
+# ---- Audio format
+# G.711 μ-law, 8 kHz, mono, in 20 ms frames. The compiled module exports the ``cpdef enum`` of
+# ``_fastpath.pxd`` that its parts are built with; the twin re-exports ``relay.audio_format``,
+# the Python definition, which says why each value is what it is. Python code reads them there.
+
+SAMPLE_RATE: int
+"""8000 Hz."""
+BYTES_PER_MS: int
+"""8: one μ-law byte per sample."""
+FRAME_MS: int
+"""20 ms."""
+FRAME_BYTES: int
+"""160: one frame of audio."""
+B64_FRAME_BYTES: int
+"""216: one frame in padded base64."""
+
+# ---- Messages
+# Twilio Media Streams and OpenAI Realtime messages, read in one pass and written in one
+# allocation (``_messages.pxi``; twin ``_messages_py``).
 
 def b64_decoded_len(data: bytes) -> int:
     """Return how many bytes padded standard base64 ``data`` decodes to, without decoding.
@@ -59,13 +81,6 @@ def parse_audio_delta(message: bytes) -> tuple[str, bytes] | None:
         PayloadError: ``delta`` is not padded standard base64.
     """
 
-def build_append(payload: bytes) -> bytes:
-    """Build ``{"type":"input_audio_buffer.append","audio":<payload>}`` (PROTOCOLS §2.3).
-
-    Args:
-        payload: base64 audio already validated by :func:`parse_media`; copied, not decoded.
-    """
-
 class TwilioWriter:
     """Builds the three messages a bidirectional stream may send (PROTOCOLS §1.4).
 
@@ -90,10 +105,11 @@ class TwilioWriter:
     def clear(self) -> bytes:
         """``{"event":"clear","streamSid":…}``."""
 
-# ---------------------------------------------------------------- WebSocket framing (RFC 6455)
-# The media path's frames on both legs: Twilio → relay (masked client frames in, unmasked
-# server frames out) and relay → backend (masked client frames out, unmasked frames in).
-# The opening handshake stays with websockets' sans-I/O layer.
+# ---- WebSocket framing (RFC 6455)
+# The media path's frames on both legs (``_framing.pxi``; twin ``_framing_py``): Twilio →
+# relay (masked client frames in, unmasked server frames out) and relay → backend (masked
+# client frames out, unmasked frames in). The opening handshake stays with websockets'
+# sans-I/O layer.
 
 OP_CONT: int
 OP_TEXT: int
@@ -117,22 +133,6 @@ def build_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes
         TypeError: ``payload`` is not ``bytes``.
         ValueError: an opcode that is not one of the five ints above, a control payload over 125 bytes, or a
             mask that is not 4 bytes.
-    """
-
-def build_append_frame(payload: bytes, mask: bytes) -> bytes:
-    """``build_frame(OP_TEXT, build_append(payload), mask)`` in one allocation: caller audio as
-    the masked client frame the backend leg sends.
-
-    Raises:
-        the errors of ``build_append`` and ``build_frame``.
-    """
-
-def media_frames(writer: TwilioWriter, payload: bytes, name: str) -> bytes:
-    """A ``media`` message and its ``mark``, as two unmasked server frames in one buffer:
-    ``build_frame(OP_TEXT, writer.media(payload)) + build_frame(OP_TEXT, writer.mark(name))``.
-
-    Raises:
-        the errors of ``TwilioWriter.mark``.
     """
 
 class FrameReader:
@@ -170,7 +170,7 @@ class FrameReader:
         """
 
 # ---- Codec
-# G.711 μ-law ↔ PCM16 and streaming resampling (``_codec.pxi``; oracle ``_codec_py``).
+# G.711 μ-law ↔ PCM16 and streaming resampling (``_codec.pxi``; twin ``_codec_py``).
 # PCM16 is mono, signed 16-bit little-endian, 2 bytes per sample. Every input must be
 # ``bytes`` exactly: ``bytearray``, ``memoryview``, ``str`` and the rest raise ``TypeError``
 # in both implementations. Integer arithmetic only, so both agree bit for bit.
@@ -240,7 +240,7 @@ class Resampler:
 
 # ---- Playout
 # The agent's audio paced out to Twilio, and the caller's audio kept on its clock
-# (``_playout.pxi``; oracle ``_playout_py``). Sans-I/O: time is passed in as ints, never read.
+# (``_playout.pxi``; twin ``_playout_py``). Sans-I/O: time is passed in as ints, never read.
 # Every count, size and time argument must be an ``int`` (``TypeError`` otherwise) within the
 # range given (``ValueError`` otherwise); a bad argument changes nothing.
 
@@ -384,7 +384,7 @@ class GapFiller:
 
 # ---- Per-frame cores
 # The per-frame halves of a WebSocket connection and of a call (``_wscore.pxi``, ``_media.pxi``;
-# oracles ``_wscore_py``, ``_media_py``). Not sans-I/O like the rest: they write to the
+# twins ``_wscore_py``, ``_media_py``). Not sans-I/O like the rest: they write to the
 # transport and sinks they are given. Both implementations make the same calls and the same
 # writes, in the same order, and keep the same state, for every input
 # (``tests/test_media_core.py``). The compiled pair calls each other in C: a routed media
@@ -407,6 +407,12 @@ class WsCore:
     time), frames read must not be; False: the reverse."""
     state: str
     """``"open"`` until the subclass says otherwise; sends are no-ops once not ``"open"``."""
+    @property
+    def transport(self) -> Any:
+        """The transport written to (the shell closes or aborts it)."""
+    @property
+    def messages(self) -> deque[bytes]:
+        """Text messages the routed core left, in order, for ``recv``."""
 
     def __init__(self, transport: Any, client: bool, max_size: int, max_rate: int,
                  clock: Callable[[], float]) -> None:

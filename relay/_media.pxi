@@ -7,23 +7,7 @@
 # message, the agent's delta is decoded from its message into the ring, and paced frames are
 # encoded from the ring straight into the one write that carries them and their marks.
 
-cdef object _twilio_module = None
-
-
-cdef object _twilio():
-    # relay.twilio imports this module (through relay.fastpath): import it on first use.
-    global _twilio_module
-    if _twilio_module is None:
-        from relay import twilio as module
-        _twilio_module = module
-    return _twilio_module
-
-
-cdef enum:
-    MC_FRAME_BYTES = 160
-    MC_FRAME_MS = 20
-    MC_BYTES_PER_MS = 8
-    MC_B64_FRAME = 216  # 4 * ceil(160 / 3)
+from relay import twilio as _twilio_events  # Mark, for the rare mark echo the one-pass scan leaves
 
 
 # ``on_event`` kinds (see ``_media_py``).
@@ -34,10 +18,6 @@ EV_AUDIO_ERROR = 3
 
 cdef class ItemAudio:
     """One answer's audio, in bytes of 8 kHz μ-law (read-only outside the core)."""
-    cdef readonly object item_id
-    cdef readonly long long produced, out, marked, played
-    cdef readonly object played_at, first_out_at, heard_ms
-    cdef readonly bint ended, interrupted
 
     def __init__(self, item_id):
         self.item_id = item_id
@@ -55,35 +35,6 @@ def _no_event(kind, item_id, now):
 
 
 cdef class MediaCore:
-    cdef object _twilio
-    cdef TwilioWriter _writer
-    cdef long long _lead_ms
-    cdef long long _mark_frames
-    cdef public object on_wants_clock
-    cdef public object on_event
-    cdef readonly long long frames_in, frames_out, frames_held, frames_dropped, frames_filled, frames_late
-    cdef readonly long long marks_out
-    # inbound
-    cdef object _backend
-    cdef bint _gate_open
-    cdef object _held
-    cdef GapFiller _gaps
-    cdef object _epoch
-    cdef object _ts0
-    # outbound
-    cdef PlayoutRing _ring
-    cdef object _segments        # deque of [ItemAudio, bytes in ring]
-    cdef object _t0
-    cdef long long _since_mark
-    cdef bint _clocked           # ticks were asked for (on_wants_clock) and are still wanted
-    cdef ItemAudio _current
-    cdef dict _items
-    cdef set _dropped
-    cdef dict _marks             # name -> (ItemAudio, out at the mark), in the order sent
-    cdef set _cleared
-    cdef ItemAudio _fast_item    # the answer the last delta went to, and its id as bytes:
-    cdef bytes _fast_id          # the next delta of the same item skips the lookups
-
     def __init__(self, twilio_out, stream_sid, *, lead_ms, mark_frames, held_frames, max_gap_fill_ms):
         self._twilio = twilio_out
         self._writer = TwilioWriter(stream_sid)
@@ -96,10 +47,10 @@ cdef class MediaCore:
         self._backend = None
         self._gate_open = False
         self._held = collections.deque(maxlen=max(1, held_frames))
-        self._gaps = GapFiller(MC_FRAME_MS, max_gap_fill_ms)
+        self._gaps = GapFiller(FRAME_MS, max_gap_fill_ms)
         self._epoch = None
         self._ts0 = None
-        self._ring = PlayoutRing(MC_FRAME_BYTES)
+        self._ring = PlayoutRing(FRAME_BYTES)
         self._segments = collections.deque()
         self._t0 = None
         self._since_mark = 0
@@ -209,7 +160,7 @@ cdef class MediaCore:
                 else:
                     return False  # another event, read by the owner
         # An unusual shape (escapes, non-ASCII, ...): the reference decides, as the twin does.
-        twilio = _twilio()
+        twilio = _twilio_events
         try:
             media = parse_media(message)
             if media is not None:
@@ -241,9 +192,9 @@ cdef class MediaCore:
             return 0
         if lost:
             self.frames_filled += lost
-            silence = silence_b64(lost * MC_FRAME_BYTES)
+            silence = silence_b64(lost * FRAME_BYTES)
             self._upstream(<cbuf>PyBytes_AS_STRING(silence), PyBytes_GET_SIZE(silence), silence,
-                           ts - lost * MC_FRAME_MS)
+                           ts - lost * FRAME_MS)
         return self._upstream(p, n, payload, ts)
 
     cdef int _upstream(self, cbuf p, Py_ssize_t n, object payload, long long ts) except -1:
@@ -413,9 +364,9 @@ cdef class MediaCore:
         if since is None:
             heard = item.played
         else:
-            heard = item.played + <long long>((now - <double>since) * 1000 * MC_BYTES_PER_MS)
+            heard = item.played + <long long>((now - <double>since) * 1000 * BYTES_PER_MS)
         heard = max(item.played, min(item.out, heard))
-        item.heard_ms = heard // MC_BYTES_PER_MS
+        item.heard_ms = heard // BYTES_PER_MS
         item.interrupted = True
         item.ended = True
         self._dropped.add(item.item_id)
@@ -451,24 +402,24 @@ cdef class MediaCore:
         if elapsed < 0 or elapsed > PO_MAX_MS:
             ring.frames_due(elapsed, lead)  # raises as the reference does
         n = ring._due(elapsed, lead)
-        whole = ring._len // MC_FRAME_BYTES
+        whole = ring._len // FRAME_BYTES
         segments = self._segments
         final = (<ItemAudio>segments[-1][0]).ended if segments else False
-        if final and n == whole and ring._len > whole * MC_FRAME_BYTES:
+        if final and n == whole and ring._len > whole * FRAME_BYTES:
             # The answer's last, partial frame goes out padded with silence, if the lead has room.
-            if lead * MC_BYTES_PER_MS - (ring.sent + ring.padded - ring.heard) >= (n + 1) * MC_FRAME_BYTES:
+            if lead * BYTES_PER_MS - (ring.sent + ring.padded - ring.heard) >= (n + 1) * FRAME_BYTES:
                 n += 1
         if n == 0:
             return 0
         if self._t0 is None:
             self._t0 = now
         k = whole if n > whole else n
-        partial = final and n > whole and ring._len > k * MC_FRAME_BYTES
+        partial = final and n > whole and ring._len > k * FRAME_BYTES
         count = k + partial
         # Pass 1: which answers each frame carries; an answer whose audio ends in it gets a mark
         # right after it, and so does the newest one every ``mark_frames`` frames.
         for i in range(count):
-            take, last, ended, more = MC_FRAME_BYTES, None, None, None
+            take, last, ended, more = FRAME_BYTES, None, None, None
             while take and segments:
                 segment = segments[0]
                 item = <ItemAudio>segment[0]
@@ -507,7 +458,7 @@ cdef class MediaCore:
                         marks.append((i, self._writer.mark(self._mark_name(item))))
         # Pass 2: the frames, encoded from the ring into one buffer with their marks.
         np = PyBytes_GET_SIZE(self._writer._media_prefix)
-        media_len = np + MC_B64_FRAME + 3
+        media_len = np + B64_FRAME_BYTES + 3
         size = count * (_header_len(media_len, False) + media_len)
         if marks is not None:
             for _, mark in marks:
@@ -520,8 +471,8 @@ cdef class MediaCore:
             w += _write_header(o + w, 0x1, media_len, NULL)
             memcpy(o + w, PyBytes_AS_STRING(self._writer._media_prefix), np)
             w += np
-            ring._frame_into(MC_FRAME_BYTES if ring._len >= MC_FRAME_BYTES else ring._len, o + w)
-            w += MC_B64_FRAME
+            ring._frame_into(FRAME_BYTES if ring._len >= FRAME_BYTES else ring._len, o + w)
+            w += B64_FRAME_BYTES
             memcpy(o + w, b'"}}', 3)
             w += 3
             while marks is not None and k < len(marks) and marks[k][0] == i:

@@ -20,14 +20,15 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
+from relay import twilio
+from relay._framing_py import build_frame
+from relay._messages_py import TwilioWriter, parse_audio_delta, parse_media
 from relay._playout_py import GapFiller, PlayoutRing, silence_b64
+from relay.audio_format import BYTES_PER_MS, FRAME_BYTES, FRAME_MS
 from relay.errors import ProtocolError
 
 __all__ = ["EV_AUDIO_ERROR", "EV_NEW_ITEM", "EV_PLAYED", "ItemAudio", "MediaCore"]
 
-BYTES_PER_MS = 8
-FRAME_MS = 20
-FRAME_BYTES = FRAME_MS * BYTES_PER_MS
 OP_TEXT = 0x1
 
 # ``on_event`` kinds.
@@ -38,8 +39,6 @@ EV_AUDIO_ERROR = 3  # a delta was dropped (not base64, or more than the ring hol
 
 def _frame(payload: bytes) -> bytes:
     """One final, unmasked text frame (the server side of the Twilio leg)."""
-    from relay._fastpath_py import build_frame
-
     return build_frame(OP_TEXT, payload)
 
 
@@ -82,8 +81,6 @@ class MediaCore:
 
     def __init__(self, twilio_out: Any, stream_sid: str, *, lead_ms: int, mark_frames: int, held_frames: int,
                  max_gap_fill_ms: int) -> None:
-        from relay._fastpath_py import TwilioWriter
-
         self._twilio = twilio_out
         self._writer = TwilioWriter(stream_sid)
         self._lead_ms = lead_ms
@@ -179,9 +176,6 @@ class MediaCore:
     def twilio_frame(self, message: bytes, now: float) -> bool:
         """The per-frame path: a well-formed ``media`` or mark echo handled as it arrives; False
         for anything else, handed up unparsed (the owner parses it once)."""
-        from relay import twilio
-        from relay._fastpath_py import parse_media
-
         try:
             media = parse_media(message)
             if media is not None:
@@ -247,8 +241,6 @@ class MediaCore:
     def backend_frame(self, message: bytes, now: float) -> bool:
         """The per-frame path: a well-formed audio delta handled as it arrives; False for any
         other event, handed up unparsed."""
-        from relay._fastpath_py import parse_audio_delta
-
         try:
             delta = parse_audio_delta(message)
         except ProtocolError:

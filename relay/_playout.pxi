@@ -16,7 +16,6 @@ from libc.stdint cimport uint16_t, uint32_t
 
 cdef enum:
     PO_MIN_CAPACITY = 4096   # first allocation; doubles from there, never above max_bytes
-    PO_BYTES_PER_MS = 8      # 8 kHz G.711
     PO_SILENCE = 0xFF        # μ-law (positive) zero
     PO_MAX_FRAME = 1 << 20   # frame_bytes / frame_ms ceiling
 
@@ -152,28 +151,16 @@ cdef void _po_dec_ring(unsigned char* buf, Py_ssize_t cap, Py_ssize_t pos, cbuf 
 
 @cython.final
 cdef class PlayoutRing:
-    cdef readonly Py_ssize_t frame_bytes
-    cdef readonly long long max_bytes
-    cdef readonly long long pushed
-    cdef readonly long long sent
-    cdef readonly long long padded
-    cdef readonly long long dropped
-    cdef readonly long long heard     # bytes handed out (padding included) the ear has heard
-    cdef long long _clock             # the elapsed_ms of the last frames_due
-    cdef unsigned char* _buf          # the ring: _len bytes from _head, wrapping at _cap
-    cdef Py_ssize_t _cap
-    cdef Py_ssize_t _head
-    cdef Py_ssize_t _len
-    cdef unsigned char* _scratch      # one frame, for frames that straddle the end or are padded
+    # Fields and C methods: declared in _fastpath.pxd.
 
     def __cinit__(self):
         # Usable (as the defaults) even if __init__ is skipped: PlayoutRing.__new__(PlayoutRing).
-        self.frame_bytes, self.max_bytes = 160, 8_000_000
-        self._scratch = <unsigned char*>PyMem_Malloc(160)
+        self.frame_bytes, self.max_bytes = FRAME_BYTES, 8_000_000
+        self._scratch = <unsigned char*>PyMem_Malloc(FRAME_BYTES)
         if self._scratch == NULL:
             raise MemoryError()
 
-    def __init__(self, frame_bytes=160, max_bytes=8_000_000):
+    def __init__(self, frame_bytes=FRAME_BYTES, max_bytes=8_000_000):
         cdef Py_ssize_t fb = <Py_ssize_t>_po_int(frame_bytes, "frame_bytes", 1, PO_MAX_FRAME)
         cdef long long mx = _po_int(max_bytes, "max_bytes", 0, PO_MAX_BYTES)
         cdef unsigned char* scratch = <unsigned char*>PyMem_Malloc(<size_t>fb)
@@ -308,10 +295,10 @@ cdef class PlayoutRing:
     cdef long long _due(self, long long elapsed, long long lead) noexcept:
         cdef long long out = self.sent + self.padded, room, due, whole
         if elapsed > self._clock:
-            room = (elapsed - self._clock) * PO_BYTES_PER_MS  # how much the ear heard since
+            room = (elapsed - self._clock) * BYTES_PER_MS  # how much the ear heard since
             self.heard = out if room >= out - self.heard else self.heard + room
         self._clock = elapsed
-        room = lead * PO_BYTES_PER_MS - (out - self.heard)
+        room = lead * BYTES_PER_MS - (out - self.heard)
         if room < self.frame_bytes:
             return 0
         due = room // self.frame_bytes
@@ -324,20 +311,14 @@ cdef class PlayoutRing:
 
 @cython.final
 cdef class GapFiller:
-    cdef readonly long long frame_ms
-    cdef readonly long long max_fill_ms
-    cdef readonly long long frames
-    cdef readonly long long filled
-    cdef readonly long long dropped
-    cdef readonly long long capped
-    cdef long long _cap   # most silence frames for one gap
-    cdef long long _tol   # jitter accepted either side of a slot
-    cdef long long _next  # timestamp of the next slot on the grid; -1 before the first frame
+    # Fields and C methods: declared in _fastpath.pxd.
 
     def __cinit__(self):
-        self.frame_ms, self.max_fill_ms, self._cap, self._tol, self._next = 20, 1000, 50, 10, -1
+        # The defaults, as __init__ sets them, even if it is skipped.
+        self.frame_ms, self.max_fill_ms, self._next = FRAME_MS, 1000, -1
+        self._cap, self._tol = 1000 // FRAME_MS, FRAME_MS // 2
 
-    def __init__(self, frame_ms=20, max_fill_ms=1000):
+    def __init__(self, frame_ms=FRAME_MS, max_fill_ms=1000):
         cdef long long f = _po_int(frame_ms, "frame_ms", 1, PO_MAX_FRAME)
         cdef long long mf = _po_int(max_fill_ms, "max_fill_ms", 0, PO_MAX_BYTES)
         self.frame_ms, self.max_fill_ms = f, mf
@@ -373,7 +354,7 @@ cdef class GapFiller:
         return f"GapFiller(frame_ms={self.frame_ms}, max_fill_ms={self.max_fill_ms})"
 
 
-def silence_b64(frame_bytes=160):
+def silence_b64(frame_bytes=FRAME_BYTES):
     cdef Py_ssize_t n = <Py_ssize_t>_po_int(frame_bytes, "frame_bytes", 0, PO_MAX_FRAME), g
     cdef bytes out = PyBytes_FromStringAndSize(NULL, 4 * ((n + 2) // 3))
     cdef char* o = PyBytes_AS_STRING(out)

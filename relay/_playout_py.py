@@ -1,4 +1,4 @@
-"""Plain-Python reference of the playout part of the hot path (re-exported by ``_fastpath_py``).
+"""Plain-Python twin of ``_playout.pxi``: the playout ring, the gap filler, μ-law silence.
 
 ``PlayoutRing`` holds the agent's audio until it is paced out to Twilio in 20 ms frames;
 ``GapFiller`` keeps the caller's audio clock true across lost, duplicated and reordered
@@ -14,17 +14,13 @@ Sans-I/O: time is passed in, never read.
 from __future__ import annotations
 
 import binascii
-import re
 
-from relay.errors import PayloadError, ProtocolError
+from relay._messages_py import b64_decoded_len
+from relay.audio_format import BYTES_PER_MS, FRAME_BYTES, FRAME_MS
+from relay.errors import ProtocolError
 
 __all__ = ["GapFiller", "PlayoutRing", "silence_b64"]
 
-# The same check as ``_fastpath_py.b64_decoded_len`` (not imported: that module star-imports
-# this one at its end, so importing it back here would be circular).
-_B64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
-
-BYTES_PER_MS = 8  # 8 kHz G.711: one byte per sample
 SILENCE = 0xFF  # μ-law code of (positive) zero
 MIN_CAPACITY = 4096  # the ring's first allocation; it doubles from there
 MAX_FRAME = 1 << 20  # frame_bytes / frame_ms ceiling (a 2 min frame: anything above is a bug)
@@ -44,7 +40,7 @@ def _b64(data: bytes) -> bytes:
     return binascii.b2a_base64(data, newline=False)
 
 
-def silence_b64(frame_bytes: int = 160) -> bytes:
+def silence_b64(frame_bytes: int = FRAME_BYTES) -> bytes:
     """See ``_fastpath.pyi``."""
     n = _int(frame_bytes, "frame_bytes", 0, MAX_FRAME)
     return _b64(bytes([SILENCE]) * n)
@@ -56,7 +52,7 @@ class PlayoutRing:
     __slots__ = ("_fb", "_max", "_buf", "_cap", "_pushed", "_sent", "_padded", "_dropped",
                  "_heard", "_clock")
 
-    def __init__(self, frame_bytes: int = 160, max_bytes: int = 8_000_000) -> None:
+    def __init__(self, frame_bytes: int = FRAME_BYTES, max_bytes: int = 8_000_000) -> None:
         self._fb = _int(frame_bytes, "frame_bytes", 1, MAX_FRAME)
         self._max = _int(max_bytes, "max_bytes", 0, MAX_BYTES)
         self._buf = bytearray()
@@ -108,9 +104,7 @@ class PlayoutRing:
     def push(self, b64: bytes) -> int:
         if type(b64) is not bytes:
             raise TypeError(f"push() takes bytes, not {type(b64).__name__}")
-        if len(b64) % 4 or _B64.fullmatch(b64) is None:
-            raise PayloadError("payload is not padded standard base64")
-        n = len(b64) // 4 * 3 - (len(b64) - len(b64.rstrip(b"=")))
+        n = b64_decoded_len(b64)  # PayloadError unless padded standard base64
         need = len(self._buf) + n
         if need > self._max:
             raise ProtocolError("playout buffer full")
@@ -174,7 +168,7 @@ class GapFiller:
     __slots__ = ("_f", "_max_fill", "_cap", "_tol", "_next", "_frames", "_filled", "_dropped",
                  "_capped")
 
-    def __init__(self, frame_ms: int = 20, max_fill_ms: int = 1000) -> None:
+    def __init__(self, frame_ms: int = FRAME_MS, max_fill_ms: int = 1000) -> None:
         self._f = _int(frame_ms, "frame_ms", 1, MAX_FRAME)
         self._max_fill = _int(max_fill_ms, "max_fill_ms", 0, MAX_BYTES)
         self._cap = self._max_fill // self._f  # most silence frames for one gap

@@ -7,7 +7,6 @@
 import collections
 import os as _os
 
-cdef class MediaCore  # _media.pxi: the two call each other in C
 
 cdef object _WS_OPEN = "open"
 LEG_TWILIO = 0
@@ -15,24 +14,8 @@ LEG_BACKEND = 1
 
 
 cdef class WsCore:
-    cdef public object _transport
-    cdef readonly FrameReader _reader
-    cdef readonly bint client          # every frame we send is masked; every frame we read must not be
-    cdef long long _max_rate
-    cdef double _window_start
-    cdef long long _window_count
-    cdef object _clock
-    cdef public object _messages
-    cdef bytes _masks                 # random masking keys, 4 bytes each, used from _mask_at on
-    cdef Py_ssize_t _mask_at
-    cdef public object state
-    cdef MediaCore _media
-    cdef int _leg
-    cdef object _transport_write       # the transport's bound methods, looked up once
-    cdef object _transport_is_closing
-
     def __init__(self, transport, client, max_size, max_rate, clock):
-        self._transport = transport
+        self.transport = transport
         self._transport_write = transport.write
         self._transport_is_closing = transport.is_closing
         self.client = bool(client)
@@ -41,7 +24,7 @@ cdef class WsCore:
         self._window_start = 0.0
         self._window_count = 0
         self._clock = clock
-        self._messages = collections.deque()
+        self.messages = collections.deque()
         self._masks = b""
         self._mask_at = 0
         self.state = _WS_OPEN
@@ -79,7 +62,7 @@ cdef class WsCore:
                         return
                     self._window_start, self._window_count = t, 1
             if opcode == 0x1:
-                if not self._messages:
+                if not self.messages:
                     media = self._media
                     if media is not None:
                         if now < 0:
@@ -90,7 +73,7 @@ cdef class WsCore:
                             handled = media._backend_frame(payload, now)
                         if handled:
                             continue
-                self._messages.append(payload)
+                self.messages.append(payload)
             elif opcode == 0x8:
                 self._on_close_frame(payload)
                 break
@@ -99,7 +82,7 @@ cdef class WsCore:
             elif opcode == 0x2:
                 self._violation("binary", "binary messages are not accepted", 1003)
                 break
-        if self._messages or self.state != _WS_OPEN:
+        if self.messages or self.state != _WS_OPEN:
             self._wake()
 
     # ---- writing

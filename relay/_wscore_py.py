@@ -1,4 +1,4 @@
-"""Plain-Python reference of a WebSocket connection's per-frame half (re-exported by ``_fastpath_py``).
+"""Plain-Python twin of ``_wscore.pxi``: a WebSocket connection's per-frame half.
 
 ``WsCore`` is what ``relay.ws.Connection`` does with every read and every write: bytes from
 the transport into frames (``FrameReader``), each text message offered to the call's media core
@@ -18,24 +18,23 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from relay._framing_py import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameReader, build_frame
+from relay._messages_py import _append
 from relay.errors import FrameError
 
 __all__ = ["LEG_BACKEND", "LEG_TWILIO", "OPEN", "WsCore"]
 
 OPEN = "open"
 LEG_TWILIO, LEG_BACKEND = 0, 1
-_APPEND = b'{"type":"input_audio_buffer.append","audio":"'
 
 
 class WsCore:
-    __slots__ = ("_clock", "_leg", "_mask_at", "_masks", "_max_rate", "_media", "_messages", "_reader", "_transport",
+    __slots__ = ("_clock", "_leg", "_mask_at", "_masks", "_max_rate", "_media", "messages", "_reader", "transport",
                  "_window_count", "_window_start", "client", "state")
 
     def __init__(self, transport: Any, client: bool, max_size: int, max_rate: int,
                  clock: Callable[[], float]) -> None:
-        from relay._fastpath_py import FrameReader
-
-        self._transport = transport
+        self.transport = transport
         self.client = bool(client)  # every frame we send is masked; every frame we read must not be
         self._reader = FrameReader(not self.client, max_size)
         # Messages per second allowed from the peer (0: no limit), counted in one-second
@@ -44,7 +43,7 @@ class WsCore:
         self._window_start = 0.0
         self._window_count = 0
         self._clock = clock
-        self._messages: collections.deque[bytes] = collections.deque()
+        self.messages: collections.deque[bytes] = collections.deque()
         self._masks = b""  # random masking keys, 4 bytes each, used from _mask_at on
         self._mask_at = 0
         self.state = OPEN
@@ -62,8 +61,6 @@ class WsCore:
     # ---- bytes from the transport
 
     def data_received(self, data: bytes) -> None:
-        from relay._fastpath_py import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT
-
         reader = self._reader
         reader.feed(data)
         now = None
@@ -86,7 +83,7 @@ class WsCore:
                     self._window_start, self._window_count = t, 1
             if opcode == OP_TEXT:
                 # Order holds: while anything waits for ``recv``, later messages queue behind it.
-                if not self._messages:
+                if not self.messages:
                     media = self._media
                     if media is not None:
                         if now is None:
@@ -94,17 +91,17 @@ class WsCore:
                         handled = (media.twilio_frame if self._leg == LEG_TWILIO else media.backend_frame)(payload, now)
                         if handled:
                             continue
-                self._messages.append(payload)
+                self.messages.append(payload)
             elif opcode == OP_CLOSE:
                 self._on_close_frame(payload)  # type: ignore[attr-defined]
                 break
             elif opcode == OP_PING:
-                self._write(_build(0xA, payload, self._mask()))
+                self._write(build_frame(OP_PONG, payload, self._mask()))
             elif opcode == OP_BINARY:
                 # Both peers speak JSON text; a binary message is not ours to guess at.
                 self._violation("binary", "binary messages are not accepted", 1003)  # type: ignore[attr-defined]
                 break
-        if self._messages or self.state != OPEN:
+        if self.messages or self.state != OPEN:
             self._wake()  # type: ignore[attr-defined]
 
     # ---- writing
@@ -119,31 +116,26 @@ class WsCore:
         return self._masks[at : at + 4]
 
     def _write(self, data: bytes) -> None:
-        if not self._transport.is_closing():
-            self._transport.write(data)
+        if not self.transport.is_closing():
+            self.transport.write(data)
 
     def send(self, message: bytes) -> None:
         """Send one text message (already-encoded JSON); a no-op once closing."""
         if self.state == OPEN:
-            self._write(_build(0x1, message, self._mask()))
+            self._write(build_frame(OP_TEXT, message, self._mask()))
 
     def send_frames(self, frames: bytes) -> None:
-        """Write frames already built by the fast path (e.g. ``media_frames``); a no-op once closing."""
+        """Write frames already built (a media core's paced frames and marks); a no-op once closing."""
         if self.state == OPEN:
             self._write(frames)
 
     def send_many(self, messages: tuple[bytes, ...] | list[bytes]) -> None:
         """Send text messages in one transport write; a no-op once closing."""
         if self.state == OPEN:
-            self._write(b"".join([_build(0x1, m, self._mask()) for m in messages]))
+            self._write(b"".join([build_frame(OP_TEXT, m, self._mask()) for m in messages]))
 
     def send_append(self, payload: bytes) -> None:
         """Send caller audio (base64 μ-law) as ``input_audio_buffer.append``, framed in one go."""
         if self.state == OPEN:
-            self._write(_build(0x1, _APPEND + payload + b'"}', self._mask()))
+            self._write(build_frame(OP_TEXT, _append(payload), self._mask()))
 
-
-def _build(opcode: int, payload: bytes, mask: bytes | None) -> bytes:
-    from relay._fastpath_py import build_frame
-
-    return build_frame(opcode, payload, mask)

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from relay import models
 from relay.agents import RANGES, VOICES, AgentProfile
+from relay.audio_format import FRAME_MS
 from relay.call_options import CallOptions
 from relay.errors import ConfigError
 from relay.streamtoken import derive_secret
@@ -102,7 +103,7 @@ class Settings:
     @property
     def call_options(self) -> CallOptions:
         """How each call is paced and kept alive."""
-        return CallOptions(lead_ms=self.playout_lead_ms, mark_frames=max(1, self.mark_interval_ms // 20),
+        return CallOptions(lead_ms=self.playout_lead_ms, mark_frames=max(1, self.mark_interval_ms // FRAME_MS),
                            presession_buffer_ms=self.presession_buffer_ms, dtmf_timeout_ms=self.dtmf_timeout_ms,
                            reconnect_message=self.reconnect_message, hangup_grace_ms=self.hangup_grace_ms)
 

@@ -43,6 +43,7 @@ from typing import Any, Protocol
 from relay import backends as ev
 from relay import twilio
 from relay.agents import AgentProfile
+from relay.audio_format import BYTES_PER_MS, FRAME_MS
 from relay.call_options import CallOptions
 from relay.errors import BackendError, ProtocolError
 from relay.fastpath import EV_AUDIO_ERROR, EV_NEW_ITEM, EV_PLAYED, ItemAudio, MediaCore
@@ -50,9 +51,6 @@ from relay.store import DEFAULT_TENANT, CallEnd, CallRecord, Record, TurnRecord
 
 log = logging.getLogger("relay.session")
 
-BYTES_PER_MS = 8  # G.711 μ-law at 8 kHz
-FRAME_MS = 20
-FRAME_BYTES = FRAME_MS * BYTES_PER_MS
 END_CALL = "end_call"
 
 

@@ -52,6 +52,7 @@ import orjson
 
 from relay import _fastpath_py as twin
 from relay import twilio
+from relay.audio_format import FRAME_BYTES
 from relay.backends import realtime
 from relay.errors import FrameError, PayloadError, ProtocolError
 
@@ -76,7 +77,7 @@ class Rng(random.Random):
         return seq[int(self.random() * len(seq))]
 
 
-_PAYLOAD = base64.b64encode(bytes(range(256))[:160]).decode()  # 20 ms of 8 kHz μ-law: 216 chars
+_PAYLOAD = base64.b64encode(bytes(range(256))[:FRAME_BYTES]).decode()  # 20 ms of 8 kHz μ-law: 216 chars
 _SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
 
 TWILIO_SEEDS: tuple[bytes, ...] = (

@@ -18,6 +18,7 @@ import re
 import orjson
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from relay.audio_format import SAMPLE_RATE
 from relay.errors import ProtocolError
 
 STREAM_PATH = "/twilio/voice"
@@ -132,8 +133,8 @@ def check_start(start: Start) -> None:
     """
     if start.encoding != "audio/x-mulaw":
         raise ProtocolError(f"unsupported media encoding {start.encoding[:40]!r}: relay takes audio/x-mulaw")
-    if start.sample_rate != 8000:
-        raise ProtocolError(f"unsupported sample rate {start.sample_rate}: relay takes 8000 Hz")
+    if start.sample_rate != SAMPLE_RATE:
+        raise ProtocolError(f"unsupported sample rate {start.sample_rate}: relay takes {SAMPLE_RATE} Hz")
     if start.channels != 1:
         raise ProtocolError(f"unsupported channel count {start.channels}: relay takes mono")
     if "inbound" not in start.tracks:

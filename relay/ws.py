@@ -125,7 +125,7 @@ class Connection(WsCore):
             self._close_sent = Close(code, "")
         self.state = CLOSING
         if not self.mask_frames:
-            self._transport.close()  # the server closes TCP first (RFC 6455 §7.1.1)
+            self.transport.close()  # the server closes TCP first (RFC 6455 §7.1.1)
 
     def _finish(self) -> None:
         self.state = CLOSED
@@ -155,7 +155,7 @@ class Connection(WsCore):
         Raises:
             ConnectionClosed: the connection closed (after every message received was read).
         """
-        while not self._messages:
+        while not self.messages:
             if self.state != OPEN:
                 both = self._close_rcvd is not None and self._close_sent is not None
                 raise ConnectionClosed(self._close_rcvd, self._close_sent, self._rcvd_then_sent if both else None)
@@ -164,7 +164,7 @@ class Connection(WsCore):
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._messages.popleft()
+        return self.messages.popleft()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake and wait (bounded) for the connection to end."""
@@ -173,12 +173,12 @@ class Connection(WsCore):
             await asyncio.wait_for(asyncio.shield(self._closed), CLOSE_TIMEOUT)
         except TimeoutError:
             self.aborted = True
-            self._transport.abort()
+            self.transport.abort()
 
     def fail(self, error: ProtocolError | str, code: int = 1008) -> None:
         """Close this connection for a peer error: a close frame with the reason, then TCP."""
         self._start_close(code, str(error))
-        self._transport.close()  # after the close frame is flushed; no more reading
+        self.transport.close()  # after the close frame is flushed; no more reading
 
 
 class WebSocket(Connection):

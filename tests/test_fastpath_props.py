@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import string
 from typing import Any, Callable
 from unittest import mock
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay import _fastpath_py as ref
+from relay import _messages_py  # the twin the compiled parsers fall back to
 
 fast = pytest.importorskip("relay._fastpath", reason="compiled hot path not built")
 
@@ -499,7 +501,7 @@ def test_clean_messages_never_reach_the_reference(msg: bytes) -> None:
     for name in ("parse_media", "parse_audio_delta"):
         if not _ok(getattr(ref, name), msg):
             continue  # errors are always the reference's to raise
-        with mock.patch.object(ref, name, side_effect=AssertionError("fell back")):
+        with mock.patch.object(_messages_py, name, side_effect=AssertionError("fell back")):
             got = getattr(fast, name)(msg)
         assert _typed(got) == _typed(getattr(ref, name)(msg))
 
@@ -530,8 +532,8 @@ def test_fast_path_is_taken_for_the_protocol_examples() -> None:
              b'"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"}')
     delta = (b'{"type":"response.output_audio.delta","event_id":"evt_1","response_id":"resp_1",'
              b'"item_id":"item_1","output_index":0,"content_index":0,"delta":"AAAA"}')
-    with mock.patch.object(ref, "parse_media", side_effect=AssertionError), \
-         mock.patch.object(ref, "parse_audio_delta", side_effect=AssertionError):
+    with mock.patch.object(_messages_py, "parse_media", side_effect=AssertionError), \
+         mock.patch.object(_messages_py, "parse_audio_delta", side_effect=AssertionError):
         assert fast.parse_media(media) == (b"f39/fw==", 5)
         assert fast.parse_audio_delta(delta) == ("item_1", b"AAAA")
         assert fast.parse_media(b'{"event":"stop","stop":{"x":[1,-2.5,true,false,null]}}') is None
@@ -591,11 +593,34 @@ def test_b64_decoded_len_non_bytes(data: bytes, form: str) -> None:
 LONG_B64 = st.binary(min_size=100, max_size=4000).map(base64.b64encode)
 
 
+class _Writes:
+    """A transport that records what a ``WsCore`` writes."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _send_append(module: Any, payload: Any, client: bool) -> tuple[tuple[str, Any], list[bytes]]:
+    """The outcome of ``WsCore.send_append(payload)`` and what it wrote, masking keys seeded."""
+    transport = _Writes()
+    core = module.WsCore(transport, client, 1 << 20, 0, lambda: 0.0)
+    with mock.patch("os.urandom", random.Random(7).randbytes):
+        outcome = _outcome(core.send_append, payload)
+    return outcome, transport.writes
+
+
 @FEW
 @given(st.one_of(B64_BYTES, LONG_B64, st.binary(max_size=64).map(bytearray), st.text(max_size=8),
-                 st.none(), st.binary(max_size=16).map(memoryview)))
-def test_build_append(payload: Any) -> None:
-    assert_same("build_append", payload)
+                 st.none(), st.binary(max_size=16).map(memoryview)), st.booleans())
+def test_send_append(payload: Any, client: bool) -> None:
+    """The append message, framed (masked on the client side): the same frame, or the same error."""
+    assert _send_append(fast, payload, client) == _send_append(ref, payload, client)
 
 
 WEIRD_TEXT = st.one_of(

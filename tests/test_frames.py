@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from typing import Any, Callable
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -773,37 +774,61 @@ def test_ping_between_fragments_comes_out_first_and_the_message_whole(fp: Any, m
     assert reader.pending() == 0
 
 
-# ---- the one-allocation builders used per frame ----------------------------------------------
+# ---- the frames the cores build per media message ---------------------------------------
 
 b64_payloads = st.binary(max_size=3000).map(lambda b: __import__("base64").b64encode(b))
 
 
+class _Writes:
+    """A transport that records what a ``WsCore`` writes."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _sent_append(module: Any, payload: bytes, mask: bytes) -> list[bytes]:
+    """What a client ``WsCore`` of ``module`` writes for ``send_append(payload)``, its masking
+    keys all ``mask``."""
+    transport = _Writes()
+    core = module.WsCore(transport, True, 1 << 20, 0, lambda: 0.0)
+    with mock.patch("os.urandom", lambda n: mask * (n // 4)):
+        core.send_append(payload)
+    return transport.writes
+
+
 @settings(max_examples=200, deadline=None)
 @given(payload=b64_payloads, mask=st.binary(min_size=4, max_size=4))
-def test_build_append_frame_equals_the_twin_and_its_definition(payload: bytes, mask: bytes) -> None:
-    from relay import _fastpath as C
-    from relay import _fastpath_py as P
-
-    expected = P.build_frame(P.OP_TEXT, P.build_append(payload), mask)
-    assert P.build_append_frame(payload, mask) == expected
-    assert C.build_append_frame(payload, mask) == expected
+def test_send_append_frame_equals_the_twin_and_its_definition(payload: bytes, mask: bytes) -> None:
+    """The backend leg's caller audio: one masked text frame, built in one go by the compiled
+    core, byte for byte the twin's and the frame of the append message."""
+    expected = twin.build_frame(OP_TEXT, b'{"type":"input_audio_buffer.append","audio":"' + payload + b'"}', mask)
+    assert _sent_append(twin, payload, mask) == [expected]
+    assert _sent_append(compiled, payload, mask) == [expected]
 
 
 @settings(max_examples=200, deadline=None)
 @given(payload=b64_payloads, name=st.text(min_size=1, max_size=40), sid=st.text(min_size=1, max_size=40))
-def test_media_frames_equal_the_twin_and_parse_back(payload: bytes, name: str, sid: str) -> None:
-    from relay import _fastpath as C
-    from relay import _fastpath_py as P
+def test_writer_frames_equal_the_twin_and_parse_back(payload: bytes, name: str, sid: str) -> None:
+    """A media message and its mark as two server frames, the way the media core writes them."""
+    def frames(module: Any) -> bytes:
+        writer = module.TwilioWriter(sid)
+        return module.build_frame(OP_TEXT, writer.media(payload)) + module.build_frame(OP_TEXT, writer.mark(name))
 
     try:
-        expected = P.media_frames(P.TwilioWriter(sid), payload, name)
+        expected = frames(twin)
     except ProtocolError as exc:
         with pytest.raises(type(exc)):
-            C.media_frames(C.TwilioWriter(sid), payload, name)
+            frames(compiled)
         return
-    assert C.media_frames(C.TwilioWriter(sid), payload, name) == expected
-    reader = P.FrameReader(False)
+    assert frames(compiled) == expected
+    reader = twin.FrameReader(False)
     reader.feed(expected)
-    assert reader.read() == (P.OP_TEXT, P.TwilioWriter(sid).media(payload))
-    assert reader.read() == (P.OP_TEXT, P.TwilioWriter(sid).mark(name))
+    assert reader.read() == (twin.OP_TEXT, twin.TwilioWriter(sid).media(payload))
+    assert reader.read() == (twin.OP_TEXT, twin.TwilioWriter(sid).mark(name))
     assert reader.read() is None

@@ -112,8 +112,8 @@ def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypat
     def pump() -> None:
         # What the session's pumps do with the messages a leg left to ``recv``.
         for leg, handle in ((twilio_leg, call.twilio_message), (backend_leg, call.backend_message)):
-            while leg._messages:
-                message = leg._messages.popleft()
+            while leg.messages:
+                message = leg.messages.popleft()
                 try:
                     outcome.append(("slow", handle(message, now[0])))
                 except Exception as exc:  # noqa: BLE001 - the class is what we compare

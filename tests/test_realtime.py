@@ -46,9 +46,26 @@ def test_session_problems_accepts_only_pcmu_both_ways() -> None:
     assert len(realtime.session_problems({})) == 2
 
 
+class _Writes:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
 def test_input_audio_buffer_append_carries_the_payload_untouched(fp) -> None:
     payload = b"no+JhoaJjpzSHxAKBgYJDhtEopGKh4aIjZm7JhQMCAYIDBEaKdCdkYuIh4mNlK0t"
-    assert orjson.loads(fp.build_append(payload)) == {"type": "input_audio_buffer.append", "audio": payload.decode()}
+    transport = _Writes()
+    fp.WsCore(transport, False, 1 << 20, 0, lambda: 0.0).send_append(payload)
+    reader = fp.FrameReader(False)
+    reader.feed(b"".join(transport.writes))
+    opcode, message = reader.read()
+    assert opcode == fp.OP_TEXT
+    assert orjson.loads(message) == {"type": "input_audio_buffer.append", "audio": payload.decode()}
 
 
 def test_truncate() -> None:

@@ -22,16 +22,17 @@ from dataclasses import dataclass
 import orjson
 
 from relay import twilio
+from relay.audio_format import FRAME_MS
 from relay.backends import realtime
 from relay.call_options import CallOptions
 from relay.conversation import Conversation
-from relay.fastpath import OP_TEXT, FrameReader, build_append
+from relay.fastpath import OP_TEXT, FrameReader
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeSession, SessionLog
 from relay.sim.playback import TwilioPlayback
 from relay.store import Record, TurnRecord
 
-FRAME_S = 0.020
+FRAME_S = FRAME_MS / 1000
 START = twilio.Start(stream_sid="MZ" + "5" * 32, call_sid="CA" + "7" * 32, account_sid="AC" + "1" * 32,
                      tracks=("inbound",), encoding="audio/x-mulaw", sample_rate=8000, channels=1,
                      custom_parameters={"tenant": "default"})
@@ -51,7 +52,7 @@ class _Backend:
             self.call.drain_agent()
 
     def send_append(self, payload: bytes) -> None:
-        self.send(build_append(payload))
+        self.send(orjson.dumps({"type": "input_audio_buffer.append", "audio": payload.decode()}))
 
 
 class _TwilioSide:

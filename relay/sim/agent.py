@@ -556,7 +556,7 @@ class RealtimeSession:
 
     def _trim(self, prefix: int) -> None:
         keep = self._speech_start if self._speaking else (
-            self._uncommitted if self._vad_params() is None else max(self._uncommitted, self._vad_pos - prefix - 160))
+            self._uncommitted if self._vad_params() is None else max(self._uncommitted, self._vad_pos - prefix - audio.FRAME_BYTES))
         drop = keep - self._origin
         if drop > 65536:
             del self._buf[:drop]
@@ -573,7 +573,7 @@ class RealtimeSession:
         self._add_item(item, previous)
         self._emit("conversation.item.done", previous_item_id=previous, item=item.json())
         if self.session["audio"]["input"]["transcription"] is not None:
-            seconds = round((end - start) / 8000, 3)
+            seconds = round((end - start) / audio.SAMPLE_RATE, 3)
 
             def complete(t: float) -> None:
                 item.transcribed = True

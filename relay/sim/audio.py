@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 8000
-FRAME_BYTES = 160  # 20 ms of μ-law at 8 kHz
+from relay.audio_format import FRAME_BYTES, SAMPLE_RATE  # noqa: F401  (FRAME_BYTES: the simulators' frame)
+
 ULAW_SILENCE = 0xFF  # μ-law code for 0
 
 _BIAS = 0x84

@@ -34,11 +34,10 @@ import orjson
 import websockets
 from twilio.request_validator import RequestValidator
 
+from relay.audio_format import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from relay.sim import audio
 from relay.sim.playback import TwilioPlayback
 
-FRAME_MS = 20
-FRAME_BYTES = audio.FRAME_BYTES
 ALLOWED_KEYS = {
     "media": ({"event", "streamSid", "media"}, "media", {"payload"}),
     "mark": ({"event", "streamSid", "mark"}, "mark", {"name"}),
@@ -305,7 +304,7 @@ class TwilioCaller:
                     "streamSid": self.stream_sid,
                     "callSid": self.call_sid,
                     "tracks": ["inbound"],
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": SAMPLE_RATE, "channels": 1},
                     "customParameters": parameters,
                 },
                 "streamSid": self.stream_sid,

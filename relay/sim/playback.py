@@ -15,8 +15,8 @@ import base64
 import collections
 from dataclasses import dataclass, field
 
-FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
-BYTES_PER_MS = 8
+from relay.audio_format import BYTES_PER_MS, FRAME_BYTES
+
 SILENCE = 0xFF
 
 
