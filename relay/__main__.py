@@ -45,7 +45,7 @@ async def serve(settings: Settings) -> None:
         import asyncpg
 
         from relay.admission import PostgresAdmission
-        from relay.pgstore import PostgresStore, migrate
+        from relay.pg import PostgresStore, migrate
 
         try:
             await migrate(settings.database_url)  # idempotent; a fresh database needs no extra step

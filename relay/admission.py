@@ -21,7 +21,7 @@ from typing import Protocol
 
 import asyncpg
 
-from relay.pgstore import as_writer
+from relay.pg.store import as_writer
 
 START_GRACE = 60.0
 MAX_CALL = 4 * 3600.0

@@ -41,7 +41,7 @@ from relay.store import CallEnd, CallRecord, Record, Store, TurnRecord
 from relay.trust import Credential
 from relay.twilio import ACCOUNT_SID, E164
 
-log = logging.getLogger("relay.pgstore")
+log = logging.getLogger("relay.pg.store")
 
 # --- DSNs: printable without their secrets -------------------------------------------------
 
@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 def migrations() -> list[tuple[str, str]]:
     """Every bundled migration as ``(version, sql)``, in order: ``0001_schema.sql`` is "0001"."""
     found = []
-    for entry in resources.files("relay.migrations").iterdir():
+    for entry in resources.files("relay.pg.migrations").iterdir():
         match = re.fullmatch(r"(\d{4})_\w+\.sql", entry.name)
         if match:
             found.append((match[1], entry.read_text(encoding="utf-8")))
