@@ -44,8 +44,7 @@ async def serve(settings: Settings) -> None:
     if settings.database_url:
         import asyncpg
 
-        from relay.admission import PostgresAdmission
-        from relay.pg import PostgresStore, migrate
+        from relay.pg import PostgresAdmission, PostgresStore, migrate
 
         try:
             await migrate(settings.database_url)  # idempotent; a fresh database needs no extra step

@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from relay.pg.store import Directory, PostgresStore
+from relay.pg import Directory, PostgresStore
 from relay.spool import decode
 from relay.store import CallEnd
 from relay.sim.caller import TwilioCaller

@@ -23,8 +23,7 @@ import pytest
 
 from relay.agents import Agent
 from relay.errors import ConfigError, InputError
-from relay.admission import PostgresAdmission
-from relay.pg.store import PostgresStore, migrate, migrations, redact
+from relay.pg import PostgresAdmission, PostgresStore, migrate, migrations, redact
 from relay.spool import Spool, SpoolError, encode
 from relay.store import CallEnd, CallRecord, Record, SQLiteStore, TurnRecord, record_from_dict
 from tests.pgutil import (AGENT, TcpProxy, call_records, create_database, drop_database, dsn, eventually,
