@@ -139,8 +139,6 @@ async def _embedded(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _postgres(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncpg
-
     from relay import pg
 
     if args.command == "migrate":
@@ -152,7 +150,7 @@ async def _postgres(args: argparse.Namespace, settings: Settings) -> int:
             handler: Callable[[pg.Directory, argparse.Namespace, Settings], Awaitable[None]] = _HANDLERS[
                 (args.command, getattr(args, "action", None))]
             await handler(directory, args, settings)
-    except asyncpg.exceptions.CheckViolationError as exc:  # a bound only the database knew
+    except pg.CheckViolationError as exc:  # a bound only the database knew
         raise InputError(f"the database refused a value ({exc.constraint_name})") from None
     return 0
 

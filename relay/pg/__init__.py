@@ -12,9 +12,10 @@ relay never loads it.
 """
 
 from relay.pg.admission import PostgresAdmission
-from relay.pg.db import redact
+from relay.pg.db import CONNECT_ERRORS, CheckViolationError, redact
 from relay.pg.directory import Directory
 from relay.pg.schema import migrate, migrations
 from relay.pg.store import PostgresStore
 
-__all__ = ["Directory", "PostgresAdmission", "PostgresStore", "migrate", "migrations", "redact"]
+__all__ = ["CONNECT_ERRORS", "CheckViolationError", "Directory", "PostgresAdmission", "PostgresStore", "migrate",
+           "migrations", "redact"]

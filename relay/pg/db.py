@@ -53,6 +53,14 @@ def dsn_secrets(dsn: str) -> list[str]:
     return found
 
 
+# --- Errors the rest of relay handles (asyncpg is imported in relay.pg alone) -----------------
+
+# Connecting failed: nothing listening, a timeout, a connection refused or dropped.
+CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+# A value outside a bound the database's CHECK constraints enforce.
+CheckViolationError = asyncpg.exceptions.CheckViolationError
+
+
 # --- Transactions under the two roles ---------------------------------------------------------
 
 

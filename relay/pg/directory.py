@@ -55,7 +55,7 @@ class Directory:
 
     async def add_tenant(self, tenant_id: str, name: str, first_agent: AgentProfile) -> None:
         """Create the tenant (or rename it); one without agents gets a ``default`` agent that
-        behaves as ``first_agent`` (the environment's, ``Settings.agent``)."""
+        behaves as ``first_agent`` (the caller's default agent: ``Settings.agent`` for the CLI)."""
         if not tenant_id or len(tenant_id) > 100 or not tenant_id.isprintable():
             raise InputError(f"tenant id {tenant_id[:100]!r} must be 1..100 printable characters")
         agent = Agent.from_profile(tenant_id, DEFAULT_AGENT, first_agent)
