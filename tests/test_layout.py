@@ -1,5 +1,6 @@
 """The package's layout holds: Postgres (and asyncpg) only when a database is configured, a store
-that does not read the environment, every package in the distribution."""
+that does not read the environment, the development tools apart from the service, every package
+in the distribution."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def _sources(under: Path) -> list[Path]:
 def test_importing_the_service_loads_neither_asyncpg_nor_relay_pg() -> None:
     python("import relay.server, relay.admin, relay.__main__, relay.config, relay.store, relay.admission, "
            "relay.tenants, relay.demo; import sys; assert 'asyncpg' not in sys.modules; "
-           f"assert {LOADED} == [], {LOADED}")
+           f"assert {LOADED} == [], {LOADED}; "
+           "assert not [m for m in sys.modules if m.startswith('relay.devtools')]")
 
 
 def test_the_embedded_stores_commands_load_neither(tmp_path: Path) -> None:
