@@ -1,12 +1,9 @@
 """Builds the compiled hot path, relay._fastpath, from relay/_fastpath.pyx; pyproject.toml has the rest."""
 
 import glob
-import os
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
-
-debug = os.environ.get("RELAY_DEBUG") == "1"
 
 setup(
     ext_modules=cythonize(
@@ -14,6 +11,5 @@ setup(
                    depends=["relay/_fastpath.pxd", *sorted(glob.glob("relay/*.pxi"))],  # its parts
                    extra_compile_args=["-O3"])],
         compiler_directives={"language_level": 3, "embedsignature": True},
-        compile_time_env={"RELAY_DEBUG": debug},
     ),
 )

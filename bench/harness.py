@@ -129,7 +129,7 @@ async def _bench_database() -> str | None:
     async def prepare() -> None:
         import asyncpg
 
-        from relay.pgstore import Directory, migrate
+        from relay.pg import Directory, migrate
 
         parts = urlsplit(BENCH_DATABASE_URL)
         name = parts.path.lstrip("/")

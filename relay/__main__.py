@@ -42,14 +42,11 @@ async def serve(settings: Settings) -> None:
     models_in_use = [(settings.realtime_model, "RELAY_REALTIME_MODEL"),
                      (settings.transcription_model, "RELAY_TRANSCRIPTION_MODEL")]
     if settings.database_url:
-        import asyncpg
-
-        from relay.admission import PostgresAdmission
-        from relay.pgstore import PostgresStore, migrate
+        from relay.pg import CONNECT_ERRORS, PostgresAdmission, PostgresStore, migrate
 
         try:
             await migrate(settings.database_url)  # idempotent; a fresh database needs no extra step
-        except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        except CONNECT_ERRORS as exc:
             # Calls are still served: records wait in the spool until Postgres is back.
             log.error("Postgres unreachable at start (%s); records spool until it is back", type(exc).__name__)
         pg = PostgresStore(settings.database_url, spool_path=settings.spool_path,

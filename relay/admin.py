@@ -139,20 +139,18 @@ async def _embedded(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _postgres(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncpg
-
-    from relay import pgstore
+    from relay import pg
 
     if args.command == "migrate":
-        applied = await pgstore.migrate(settings.database_url)
+        applied = await pg.migrate(settings.database_url)
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
         return 0
     try:
-        async with pgstore.Directory.connect(settings.database_url) as directory:
-            handler: Callable[[pgstore.Directory, argparse.Namespace, Settings], Awaitable[None]] = _HANDLERS[
+        async with pg.Directory.connect(settings.database_url) as directory:
+            handler: Callable[[pg.Directory, argparse.Namespace, Settings], Awaitable[None]] = _HANDLERS[
                 (args.command, getattr(args, "action", None))]
             await handler(directory, args, settings)
-    except asyncpg.exceptions.CheckViolationError as exc:  # a bound only the database knew
+    except pg.CheckViolationError as exc:  # a bound only the database knew
         raise InputError(f"the database refused a value ({exc.constraint_name})") from None
     return 0
 

@@ -2,7 +2,7 @@
 
 Twilio POSTs a form body to the webhook, and the ``websockets`` server refuses any request
 with a body, so HTTP is parsed here with httptools. A GET that asks to upgrade on the
-webhook's path becomes a ``ws.WebSocket`` (websockets' sans-I/O handshake, compiled framing) and
+webhook's path becomes a ``ws.Connection`` (websockets' sans-I/O handshake, compiled framing) and
 runs a ``CallSession``.
 
 Routes:
@@ -44,7 +44,7 @@ from relay.session import CallSession, ResolveAgent, Upstream
 from relay.store import Store
 from relay.tenants import Directory, SingleTenant
 from relay.trust import Credential, binding_problem, signers
-from relay.ws import WebSocket, handshake
+from relay.ws import Connection, handshake
 
 log = logging.getLogger("relay.server")
 
@@ -304,7 +304,7 @@ class Relay:
                 "store": {"kind": self.store.kind, "dead_letters": self.store.dead_letters},
                 "pacer": self.pacer.stats()}
 
-    def start_call(self, ws: WebSocket, found: tuple[Credential, ...] = ()) -> None:
+    def start_call(self, ws: Connection, found: tuple[Credential, ...] = ()) -> None:
         settings = self.settings
         session = CallSession(
             ws,
@@ -357,7 +357,7 @@ class HttpProtocol(asyncio.Protocol):
         self._relay = relay
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
-        self._ws: WebSocket | None = None
+        self._ws: Connection | None = None
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._body = bytearray()
@@ -567,8 +567,8 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.close()
             return
         settings = self._relay.settings
-        self._ws = WebSocket(self._transport, max_size=settings.max_message_bytes,
-                             max_rate=settings.max_messages_per_second, on_violation=self._relay.note_violation)
+        self._ws = Connection(self._transport, max_size=settings.max_message_bytes,
+                              max_rate=settings.max_messages_per_second, on_violation=self._relay.note_violation)
         self._ws.on_lost = self._lost
         # From here on the transport feeds the WebSocket's compiled read loop directly.
         self._transport.set_protocol(self._ws)  # type: ignore[arg-type]

@@ -67,7 +67,7 @@ __all__ = ["CallSession", "CallStats", "ConnectUpstream", "ResolveAgent", "Twili
 
 
 class TwilioSocket(Protocol):
-    """What a session needs from the Twilio leg (``relay.ws.WebSocket``)."""
+    """What a session needs from the Twilio leg (``relay.ws.Connection``)."""
 
     def route(self, media: MediaCore | None, leg: int = LEG_TWILIO) -> None: ...
     async def recv(self) -> bytes: ...

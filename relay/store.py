@@ -271,7 +271,7 @@ class Store(ABC):
         """The most recent calls, newest first."""
 
 
-# The same tables as the Postgres schema (relay/migrations), without row-level security: the
+# The same tables as the Postgres schema (relay/pg/migrations), without row-level security: the
 # embedded store serves one tenant, but data moves between the two without reshaping.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (

@@ -50,7 +50,8 @@ def parse_close(payload: bytes) -> Close:
 
 
 class Connection(WsCore):
-    """One open WebSocket on an asyncio transport, either side.
+    """One open WebSocket on an asyncio transport: as it is, the server side (the Twilio leg);
+    ``relay.upstream.UpstreamConnection`` is the client side.
 
     ``mask_frames`` is True on the client side (every frame we send is masked, every frame we
     read must not be); the server side is the reverse. Reading, the rate limit and every write
@@ -181,11 +182,4 @@ class Connection(WsCore):
         self.transport.close()  # after the close frame is flushed; no more reading
 
 
-class WebSocket(Connection):
-    """The server side: a WebSocket accepted on the HTTP server's transport (the Twilio leg)."""
-
-    mask_frames = False
-    __slots__ = ()
-
-
-__all__ = ["Connection", "ConnectionClosed", "WebSocket", "handshake"]
+__all__ = ["Connection", "ConnectionClosed", "handshake"]

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from relay.config import Settings
-from relay.pgstore import migrate
+from relay.pg import migrate
 from relay.store import CallEnd, CallRecord, Record, TurnRecord
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432

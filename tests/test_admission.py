@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from relay.admission import START_GRACE, LocalAdmission, PostgresAdmission
+from relay.admission import START_GRACE, LocalAdmission
 from relay.agents import Agent
 from relay.config import Settings
-from relay.pgstore import Directory, PostgresStore
+from relay.pg import Directory, PostgresAdmission, PostgresStore
 from relay.server import Relay, RelayServer
 from relay.tenants import CachedDirectory
 from tests.pgutil import AGENT, create_database, drop_database, dsn

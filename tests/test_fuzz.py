@@ -19,7 +19,7 @@ base64, then bit flips, insertions, deletions, truncation and splices.
   mutated webhook POSTs, upgrades, oversized heads and bodies and garbage in random chunks,
   never raises out of ``data_received``, writes only whole HTTP responses, and starts no
   call for an upgrade whose signature is not valid (a validly signed one does start one).
-* ``python -m relay.fuzz`` finishes a seeded run clean, and fails with a reproducer when a
+* ``python -m relay.devtools.fuzz`` finishes a seeded run clean, and fails with a reproducer when a
   parser raises something undocumented or the compiled path and the twin disagree.
 
 The bugs these tests found (a RecursionError in twilio.parse_event, AttributeError in
@@ -48,9 +48,10 @@ from twilio.request_validator import RequestValidator
 
 from relay import _fastpath as compiled
 from relay import _fastpath_py as twin
-from relay import fuzz, streamtoken, twilio
+from relay import streamtoken, twilio
 from relay.backends import realtime
 from relay.config import Settings
+from relay.devtools import fuzz
 from relay.errors import PayloadError, ProtocolError
 from relay.server import HttpProtocol, Relay
 from relay.store import SQLiteStore
@@ -80,7 +81,7 @@ PAYLOADS = (b"", b"//7+/g==", b"AAA=", b"no+JhoaJjpzSHxAKBgYJDhtEopGKh4aIjZm7JhQ
 
 @st.composite
 def engine_mutants(draw: st.DrawFn, seeds: tuple[bytes, ...]) -> bytes:
-    """A seed changed by ``relay.fuzz``'s mutators, with hypothesis choosing (and shrinking) every step."""
+    """A seed changed by ``relay.devtools.fuzz``'s mutators, with hypothesis choosing (and shrinking) every step."""
     rng = draw(st.randoms(use_true_random=False))
     data = draw(st.sampled_from(seeds))
     if data[:1] == b"{" and draw(st.booleans()):
@@ -596,7 +597,7 @@ async def test_a_validly_signed_upgrade_does_start_a_call(tmp_path: Path) -> Non
     await store.close()
 
 
-# --- python -m relay.fuzz ---------------------------------------------------------------------
+# --- python -m relay.devtools.fuzz ------------------------------------------------------------
 
 
 def test_the_fuzzer_finishes_a_seeded_run_clean() -> None:

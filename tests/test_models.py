@@ -97,7 +97,7 @@ def test_serve_warns_about_each_agent_on_the_list(tmp_path: Path) -> None:
     name = asyncio.run(create_database())
 
     async def agents() -> None:
-        from relay.pgstore import Directory
+        from relay.pg import Directory
 
         async with Directory.connect(dsn(name)) as directory:
             await directory.add_tenant("acme", "Acme", AGENT)

@@ -20,7 +20,7 @@ import pytest
 from relay.backends import realtime
 from relay.conversation import Conversation
 from relay.errors import BackendError
-from relay.pgstore import Directory, PostgresStore
+from relay.pg import Directory, PostgresStore
 from relay.sim import audio
 from relay.sim.agent import AgentConfig
 from relay.sim.caller import CallerScript, TwilioCaller, after_connect, http_post

@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from relay.pgstore import Directory, PostgresStore
+from relay.pg import Directory, PostgresStore
 from relay.spool import decode
 from relay.store import CallEnd
 from relay.sim.caller import TwilioCaller

@@ -23,8 +23,7 @@ import pytest
 
 from relay.agents import Agent
 from relay.errors import ConfigError, InputError
-from relay.admission import PostgresAdmission
-from relay.pgstore import PostgresStore, migrate, migrations, redact
+from relay.pg import PostgresAdmission, PostgresStore, migrate, migrations, redact
 from relay.spool import Spool, SpoolError, encode
 from relay.store import CallEnd, CallRecord, Record, SQLiteStore, TurnRecord, record_from_dict
 from tests.pgutil import (AGENT, TcpProxy, call_records, create_database, drop_database, dsn, eventually,
@@ -471,7 +470,7 @@ async def test_a_relay_stopped_during_an_outage_replays_at_its_next_start(
 # fsync'd), report, then wait to be killed.
 CHILD = """
 import asyncio, sys
-from relay.pgstore import PostgresStore
+from relay.pg.store import PostgresStore
 from tests.pgutil import call_records
 
 async def main(url, spool, prefix):

@@ -21,9 +21,9 @@ import websockets
 from twilio.request_validator import RequestValidator
 
 from relay import twilio
-from relay.admission import LocalAdmission, PostgresAdmission
+from relay.admission import LocalAdmission
 from relay.errors import ProtocolError
-from relay.pgstore import PostgresStore
+from relay.pg import PostgresAdmission, PostgresStore
 from relay.sim.caller import TwilioCaller, parse_connect_stream
 from relay.tenants import CachedDirectory
 from relay.trust import Credential, binding_problem, may_act_for

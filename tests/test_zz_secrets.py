@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.pgstore import PostgresStore
+from relay.pg import PostgresStore
 from relay.sim.caller import TwilioCaller
 from tests.conftest import RUN_LOG, SECRETS
 from tests.pgutil import TcpProxy, create_database, drop_database, dsn

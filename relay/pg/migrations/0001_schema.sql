@@ -1,6 +1,6 @@
 -- 0001: the multi-tenant schema, its two roles and row-level security (DESIGN §3).
 --
--- Applied by relay.pgstore.migrate() in one transaction under an advisory lock. The DSN's
+-- Applied by relay.pg.migrate() in one transaction under an advisory lock. The DSN's
 -- user needs CREATEROLE (or superuser) the first time, because roles are cluster-wide.
 --
 -- Roles (both NOLOGIN: the relay connects as the DSN's user and switches with SET LOCAL ROLE):

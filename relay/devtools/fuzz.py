@@ -2,7 +2,7 @@
 
 ::
 
-    python -m relay.fuzz [--frames N] [--seconds S] [--seed K] [--twin-every M] [--strict]
+    python -m relay.devtools.fuzz [--frames N] [--seconds S] [--seed K] [--twin-every M] [--strict]
 
 Each input starts from a valid message (Twilio Media Streams, OpenAI Realtime, or bare base64
 audio) and is mutated through its JSON tree (a value of another type, a deeply nested value,
@@ -722,9 +722,9 @@ def summary(result: Result, out: TextIO) -> None:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """``python -m relay.fuzz``: 0 when every outcome was documented and matched the twin."""
+    """``python -m relay.devtools.fuzz``: 0 when every outcome was documented and matched the twin."""
     out = out or sys.stdout
-    parser = argparse.ArgumentParser(prog="python -m relay.fuzz", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m relay.devtools.fuzz", description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=1_000_000, help="inputs to draw (default 1000000)")
     parser.add_argument("--seconds", type=float, default=None, help="stop early after this long")
     parser.add_argument("--seed", type=int, default=0, help="seed of the input sequence (default 0)")
