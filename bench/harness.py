@@ -129,6 +129,7 @@ async def _bench_database() -> str | None:
     async def prepare() -> None:
         import asyncpg
 
+        from relay.config import Settings
         from relay.pg import Directory, migrate
 
         parts = urlsplit(BENCH_DATABASE_URL)
@@ -141,7 +142,8 @@ async def _bench_database() -> str | None:
             await admin.close()
         await migrate(BENCH_DATABASE_URL)
         async with Directory.connect(BENCH_DATABASE_URL) as directory:
-            await directory.add_tenant("bench", "load harness")
+            # The relay under test reads its agent from the same environment the harness gives it.
+            await directory.add_tenant("bench", "load harness", Settings.from_env({"OPENAI_API_KEY": "sk-bench"}, serve=False).agent)
             await directory.add_number(BENCH_NUMBER, "bench")
 
     try:
