@@ -44,6 +44,11 @@ BENCH_DATABASE_URL = os.environ.get("RELAY_BENCH_DATABASE_URL", "postgresql://po
 BENCH_NUMBER = "+15550199999"  # the number the load generator dials (its webhook "To")
 LATE_MS = 20.0  # one frame period: a frame this much later than the floor is a gap the caller hears
 LOAD_BOUND_CPU = 0.90  # the load side's core this busy: figures say more about it than the relay
+# relay as it was before its call core was composed (media core as a leaf, the backend seam,
+# one parse per message): the baseline "relay-landed" runs this commit, built from git beside
+# today's relay, so the two are measured in the same run.
+LANDED_COMMIT = "3571b65150f5bbafe89bca0a793d384650276bfe"
+LANDED_DIR = ROOT / "bench" / "results" / f"landed-{LANDED_COMMIT[:12]}"
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class RelaySpec:
     webhook_path: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     requires: tuple[str, ...] = ()  # Python modules or executables it needs
+    root: Path = ROOT  # the source tree it runs from (its working directory and PYTHONPATH)
 
 
 def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, RelaySpec]:
@@ -82,6 +88,11 @@ def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, Rela
             lambda port, up: [py, "-m", "bench.slowed", *slowed, "serve"], "/twilio/voice", "/twilio/voice",
             relay_env,
         ),
+        "relay-landed": RelaySpec(
+            "relay-landed", f"relay as landed ({LANDED_COMMIT[:7]})",
+            lambda port, up: [py, "-m", "relay", "serve"], "/twilio/voice", "/twilio/voice",
+            relay_env, ("landed",), LANDED_DIR,
+        ),
         "sample": RelaySpec(
             "sample", "sample-style (FastAPI/uvicorn)",
             lambda port, up: [py, str(BASELINES / "sample_fastapi.py"), "--port", str(port), "--upstream", up],
@@ -105,7 +116,11 @@ async def unavailable(spec: RelaySpec) -> str | None:
     import importlib.util
 
     for need in spec.requires:
-        if need == "postgres":
+        if need == "landed":
+            problem = _build_landed()
+            if problem:
+                return problem
+        elif need == "postgres":
             problem = await _bench_database()
             if problem:
                 return problem
@@ -119,6 +134,26 @@ async def unavailable(spec: RelaySpec) -> str | None:
                               capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             return f"npm ci failed: {done.stderr.strip()[-200:]}"
+    return None
+
+
+def _build_landed() -> str | None:
+    """Check out ``LANDED_COMMIT`` under bench/results and build its compiled hot path there
+    (once; the tree is kept), or say why it cannot be."""
+    built = list(LANDED_DIR.glob("relay/_fastpath*.so"))
+    if built:
+        return None
+    if shutil.which("git") is None:
+        return "git not found"
+    LANDED_DIR.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", LANDED_COMMIT], capture_output=True, timeout=120)
+    if archive.returncode != 0:
+        return f"git archive {LANDED_COMMIT[:7]} failed: {archive.stderr.decode(errors='replace').strip()[-200:]}"
+    subprocess.run(["tar", "-x", "-C", str(LANDED_DIR)], input=archive.stdout, check=True, timeout=120)
+    done = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=LANDED_DIR,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        return f"building relay {LANDED_COMMIT[:7]} failed: {done.stderr.strip()[-200:]}"
     return None
 
 
@@ -183,7 +218,7 @@ class RelayProcess:
         return Target(self.spec.name, f"ws://{base}{self.spec.stream_path}", webhook)
 
     async def start(self, timeout: float = 30.0) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT), **self.spec.env)
+        env = dict(os.environ, PYTHONPATH=str(self.spec.root), **self.spec.env)
         env.update({
             "RELAY_HOST": "127.0.0.1",
             "RELAY_PORT": str(self.port),
@@ -194,7 +229,7 @@ class RelayProcess:
         })
         core = self.core
         self.proc = subprocess.Popen(
-            self.spec.argv(self.port, self.upstream_url), cwd=ROOT, env=env,
+            self.spec.argv(self.port, self.upstream_url), cwd=self.spec.root, env=env,
             stdout=subprocess.DEVNULL, stderr=self._stderr.open("wb"),
             preexec_fn=(lambda: pin(core)) if core is not None else None,
         )
@@ -252,7 +287,7 @@ class RelayProcess:
 @dataclass
 class Options:
     calls: int = 100
-    relays: tuple[str, ...] = ("relay", "sample", "websockets", "node")
+    relays: tuple[str, ...] = ("relay", "relay-landed", "sample", "websockets", "node")
     main_s: float = 10.0
     step_s: float = 3.0
     settle_s: float = 1.0
