@@ -134,8 +134,9 @@ class LibraryRelay:
                         "payload": base64.b64encode(audio[at:at + 160]).decode()}}).encode())
                     self.frames_out += 1
                     if self.frames_out % 5 == 0:
+                        mark = {"name": f"item_1:{self.frames_out * 160}"}
                         self.twilio.send_text(json.dumps({"event": "mark", "streamSid": self.sid,
-                                                          "mark": {"name": f"item_1:{self.frames_out * 160}"}}).encode())
+                                                          "mark": mark}).encode())
                 self.twilio_t.write(b"".join(self.twilio.data_to_send()))
 
 

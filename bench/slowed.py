@@ -10,10 +10,10 @@ call-second. Nothing in relay itself carries such a switch.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import sys
 import time
-
-import asyncio
 
 from relay import session
 from relay.conversation import Conversation
@@ -47,10 +47,8 @@ def handicap(delay_ms: float, burn_us: float) -> None:
         upstream.on_message = on_message  # type: ignore[attr-defined]  # not routed: every delta comes here
 
     def _late(conversation: Conversation, message: bytes, loop: asyncio.AbstractEventLoop) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the call may have ended while the frame was held
             conversation.backend_frame(message, loop.time())
-        except Exception:  # the call may have ended while the frame was held
-            pass
 
     session.CallSession._route_backend = route  # type: ignore[method-assign]
 
