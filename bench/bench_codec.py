@@ -17,8 +17,9 @@ from __future__ import annotations
 import importlib
 import random
 import warnings
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest

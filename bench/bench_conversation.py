@@ -137,8 +137,9 @@ class LibraryRelay:
                         "payload": base64.b64encode(audio[at:at + FRAME_BYTES]).decode()}}).encode())
                     self.frames_out += 1
                     if self.frames_out % 5 == 0:
+                        mark = {"name": f"item_1:{self.frames_out * FRAME_BYTES}"}
                         self.twilio.send_text(json.dumps({"event": "mark", "streamSid": self.sid,
-                                                          "mark": {"name": f"item_1:{self.frames_out * FRAME_BYTES}"}}).encode())
+                                                          "mark": mark}).encode())
                 self.twilio_t.write(b"".join(self.twilio.data_to_send()))
 
 

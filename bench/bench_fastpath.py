@@ -14,8 +14,9 @@ import base64
 import binascii
 import importlib
 import random
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -196,8 +197,8 @@ def test_read_frame(benchmark: Any, impl: str) -> None:
 @pytest.mark.parametrize("impl", IMPLS)
 def test_build_server_frame(benchmark: Any, impl: str) -> None:
     message = ref.TwilioWriter(SID).media(DELTA)
-    fn = lib_build_server_frame if impl == "library" else (
-        lambda p, m=(_compiled() if impl == "cython" else ref): m.build_frame(1, p))
+    m = _compiled() if impl == "cython" else ref
+    fn = lib_build_server_frame if impl == "library" else (lambda p: m.build_frame(1, p))
     _run(benchmark, fn, message, expected=ref.build_frame(ref.OP_TEXT, message))
 
 

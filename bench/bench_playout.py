@@ -21,8 +21,9 @@ import importlib
 import itertools
 import random
 from collections import deque
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import os
 import time
 from array import array
@@ -287,10 +288,8 @@ class LoadRun:
         # would stay in the relay's paced playout as a standing backlog for the whole call,
         # counted against every later frame. Setup time is not per-frame cost.
         call.tick(time.perf_counter_ns())
-        try:
+        with contextlib.suppress(TimeoutError):  # a relay that drops early audio: the stream starts anyway
             await asyncio.wait_for(asyncio.shield(call.first_back), FIRST_FRAME_WAIT_S)
-        except TimeoutError:
-            pass  # a relay that drops early audio: the stream starts anyway
         self.clock.add(call)
 
     async def _webhook(self, index: int) -> tuple[str, dict[str, str]]:
@@ -349,11 +348,11 @@ class LoadRun:
         lags = list(self.clock.lags_ms)
         deadline = time.perf_counter() + grace
         while time.perf_counter() < deadline and not all(
-            all(c.back[a:b]) for c, a, b in zip(calls, first, last)
+            all(c.back[a:b]) for c, a, b in zip(calls, first, last, strict=True)
         ):
             await asyncio.sleep(0.05)
         rtts, sent, lost = [], 0, 0
-        for c, a, b in zip(calls, first, last):
+        for c, a, b in zip(calls, first, last, strict=True):
             s = np.frombuffer(c.sent, dtype=np.int64)[a:b]
             r = np.frombuffer(c.back, dtype=np.int64)[a:b]
             came = r > 0

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{report['calls']} calls, {report['turns_answered']}/{report['turns']} turns answered: "
           f"send-time jitter p50 {pacer.get('late_p50_ms')} ms, p99 {pacer.get('late_p99_ms')} ms, "
           f"max {pacer.get('late_max_ms')} ms over {pacer.get('call_ticks')} call-ticks; "
-          f"caller stutters {report['caller_stutters']} (load core {report['load_core_busy']:.0%} busy); violations {report['violations']}  ({path})")
+          f"caller stutters {report['caller_stutters']} (load core {report['load_core_busy']:.0%} busy); "
+          f"violations {report['violations']}  ({path})")
     return 0 if report["violations"] == 0 and report["calls_completed"] == report["calls"] else 1
 
 

@@ -51,7 +51,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"p99 {_num(direct.get('rtt_ms', {}).get('p99'))} ms.",
         "",
         "| relay | added p50 ms | added p99 ms | added p99.9 ms | p99 × relay | CPU ms / call-s | CPU × relay "
-        "| calls / core | max calls, p99 added < " + f"{o['bound_ms']:g} ms | RSS KiB / call | lost | misrouted | late |",
+        "| calls / core | max calls, p99 added < "
+        + f"{o['bound_ms']:g} ms | RSS KiB / call | lost | misrouted | late |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, entry in relays.items():
@@ -151,7 +152,7 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
 
     written = []
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, entry in report["relays"].items():
+    for entry in report["relays"].values():
         f = entry.get("main")
         if not f:
             continue
@@ -171,7 +172,7 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     written.append(path)
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, entry in report["relays"].items():
+    for entry in report["relays"].values():
         steps = [s for s in entry.get("steps") or [] if "cpu_ms_per_call_s" in s]
         if steps:
             ax.plot([s["calls"] for s in steps], [s["cpu_ms_per_call_s"] for s in steps], marker="o",

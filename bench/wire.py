@@ -133,7 +133,7 @@ class Endpoint(asyncio.Protocol):
             if item is None:
                 return
             opcode, payload = item
-            if opcode == OP_TEXT or opcode == OP_BINARY:
+            if opcode in (OP_TEXT, OP_BINARY):
                 self.on_message(payload)
             elif opcode == OP_PING:
                 self.send_raw(frame(payload, OP_PONG, masked=self.masked))

@@ -32,9 +32,9 @@ SWITCH_INTERVAL_S = 0.0005
 
 async def serve(settings: Settings) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    from relay.admission import Admission
     from relay.server import Relay, RelayServer
     from relay.store import SQLiteStore, Store
-    from relay.admission import Admission
     from relay.tenants import CachedDirectory, Directory, SingleTenant
 
     store: Store
@@ -58,7 +58,7 @@ async def serve(settings: Settings) -> None:
         credential_source = pg.directory.credentials
         try:
             models_in_use += await pg.directory.models_in_use()
-        except Exception as exc:  # the database is down: its agents are checked at the next start
+        except Exception as exc:  # noqa: BLE001 - the database is down: its agents are checked at the next start
             log.warning("could not read the agents' models (%s)", type(exc).__name__)
     else:
         store = SQLiteStore(settings.sqlite_path, dead_letter_path=settings.dead_letter_path)

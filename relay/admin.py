@@ -10,9 +10,9 @@ Twilio auth token) are read from stdin, never the command line, and never printe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Awaitable, Callable
-import dataclasses
 from dataclasses import asdict
 from typing import Any
 

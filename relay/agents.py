@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 
 from relay import models
 
+
 @dataclass(frozen=True, slots=True)
 class AgentProfile:
     """How the model behaves on a call: the session settings relay sends upstream."""

@@ -25,7 +25,6 @@ from relay.sim.agent import AgentConfig, RealtimeAgent
 from relay.sim.caller import CallerScript, CallResult, TwilioCaller
 from relay.store import SQLiteStore, TurnRecord
 
-
 DEMO_SCRIPT = CallerScript(
     utterances=(
         "Hi, I would like to book a table for two.",
@@ -42,7 +41,7 @@ def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))], 1)
+    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 1)
 
 
 async def run_demo(
@@ -83,7 +82,7 @@ async def run_demo(
         await server.close()
         await store.flush()
         stored = {r.call_sid: await store.turns(r.call_sid) for r in results}
-        ends = {c["call_sid"]: str(c["end_reason"]) for c in await store.calls()}
+        ends = {str(c["call_sid"]): str(c["end_reason"]) for c in await store.calls()}
     finally:
         await server.close()
         await store.close()
@@ -105,7 +104,8 @@ def _summary(
     hangup_expected: bool,
 ) -> dict[str, Any]:
     v2v = [t.voice_to_voice_ms for r in results for t in r.turns if t.voice_to_voice_ms is not None]
-    violations = [f"{r.call_sid}: {v}" for r in results for v in r.violations] + [f"agent: {v}" for v in agent.violations]
+    violations = [f"{r.call_sid}: {v}" for r in results for v in r.violations]
+    violations += [f"agent: {v}" for v in agent.violations]
     errors = [f"{r.call_sid}: {r.error}" for r in results if r.error]
     calls = []
     for r in results:
@@ -174,7 +174,8 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def _completed(result: CallResult, hangup_expected: bool) -> bool:
     """No error, every line answered, and the agent hung up when the script waited for it."""
-    return not result.error and all(t.answered for t in result.turns) and (result.closed_by_relay or not hangup_expected)
+    answered = all(t.answered for t in result.turns)
+    return not result.error and answered and (result.closed_by_relay or not hangup_expected)
 
 
 def _clip(text: str | None, width: int = 44) -> str:

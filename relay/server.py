@@ -37,6 +37,7 @@ from websockets.http11 import Request
 from relay import fastpath, streamtoken, twilio, upstream
 from relay.agents import AgentProfile
 from relay.admission import Admission, LocalAdmission
+from relay.agents import AgentProfile
 from relay.config import Settings
 from relay.errors import ProtocolError
 from relay.pacer import Pacer
@@ -169,7 +170,7 @@ class Relay:
         self._credentials_at = now
         try:
             self.tenant_credentials = tuple(await self.credential_source())
-        except Exception as exc:  # the store is unreachable: the credentials known so far stay valid
+        except Exception as exc:  # noqa: BLE001 - the store is unreachable: the credentials known so far stay valid
             log.warning("could not reload tenant auth tokens (%s)", type(exc).__name__)
 
     # ------------------------------------------------------------------ Twilio's requests
@@ -198,7 +199,7 @@ class Relay:
             return HTTPStatus.FORBIDDEN, "forbidden\n"
         try:
             admitted = await self.admission.admit(route.tenant_id, route.agent_id, call.call_sid)
-        except Exception as exc:  # the shared count is unreachable: calls matter more than the cap
+        except Exception as exc:  # noqa: BLE001 - the shared count is unreachable: calls matter more than the cap
             log.warning("webhook: admission check failed (%s); admitting call %s", type(exc).__name__, call.call_sid)
             admitted = True
         if not admitted:
@@ -256,7 +257,7 @@ class Relay:
         while True:
             try:
                 reason = await self.store.end_reason(call_sid)
-            except Exception as exc:  # the store is unreachable: answer as for a failure
+            except Exception as exc:  # noqa: BLE001 - the store is unreachable: answer as for a failure
                 log.warning("call %s: end reason unavailable (%s)", call_sid, type(exc).__name__)
                 return None
             if reason is not None or loop.time() >= deadline:
@@ -340,7 +341,7 @@ class Relay:
     async def _admission_note(self, note: Callable[[str], Awaitable[None]], call_sid: str) -> None:
         try:
             await note(call_sid)
-        except Exception as exc:  # a slot not freed here expires on its own (relay.admission)
+        except Exception as exc:  # noqa: BLE001 - a slot not freed here expires on its own (relay.admission)
             log.warning("call %s: admission update failed (%s)", call_sid, type(exc).__name__)
 
     def call_started(self, call_sid: str) -> None:
@@ -407,8 +408,7 @@ class HttpProtocol(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._too_large = b"", [], bytearray(), False
-        if self._head_bytes < 0:
-            self._head_bytes = 0  # a new request on a kept-alive connection
+        self._head_bytes = max(self._head_bytes, 0)  # a new request on a kept-alive connection
 
     def on_headers_complete(self) -> None:
         self._head_bytes = -1
@@ -482,12 +482,12 @@ class HttpProtocol(asyncio.Protocol):
         signed: dict[str, str] | str = raw if is_json else (
             dict(parse_qsl(raw, keep_blank_values=True)) if method == b"POST" else {})
         signature = self._header("x-twilio-signature")
-        params: dict[str, str] | None = dict(parse_qsl(query if is_json or method != b"POST" else raw,
-                                                       keep_blank_values=True))
+        fields = dict(parse_qsl(query if is_json or method != b"POST" else raw, keep_blank_values=True))
+        params: dict[str, str] | None = fields
         if is_json:
             try:
                 body = orjson.loads(raw)
-                params.update({str(k): str(v) for k, v in body.items()} if isinstance(body, dict) else {})
+                fields.update({str(k): str(v) for k, v in body.items()} if isinstance(body, dict) else {})
             except orjson.JSONDecodeError:
                 params = None  # answered 400 once the signature is known good
         found = relay.signers(signed_url, signed, signature)

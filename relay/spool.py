@@ -135,8 +135,9 @@ class Spool:
             self._require_open()
             records: list[Record] = []
             end = offset
-            for record, end in self._frames(offset, limit, self._size):
+            for record, after in self._frames(offset, limit, self._size):
                 records.append(record)
+                end = after
             return records, end
 
     def clear(self) -> None:

@@ -218,7 +218,7 @@ class Store(ABC):
             try:
                 await self._write_batch(batch)
                 return
-            except Exception as exc:  # a failure _write_batch does not handle itself: a bug, say
+            except Exception as exc:  # noqa: BLE001 - a failure _write_batch does not handle itself: a bug, say
                 reason = f"{type(exc).__name__}: {exc}"[:300]
                 log.error("store write of %d record(s) failed (%s); dead-lettering them", len(batch), reason)
             try:
@@ -480,7 +480,7 @@ class SQLiteStore(Store):
             cursor = self._db.execute(
                 f"SELECT {', '.join(_TURN_COLUMNS)} FROM call_turns WHERE call_sid = ? ORDER BY seq", (call_sid,)
             )
-            return [TurnRecord(**dict(zip(_TURN_COLUMNS, row))) for row in cursor.fetchall()]
+            return [TurnRecord(**dict(zip(_TURN_COLUMNS, row, strict=True))) for row in cursor.fetchall()]
 
         rows = await asyncio.to_thread(query)
         return [TurnRecord(**{**asdict(r), "interrupted": bool(r.interrupted)}) for r in rows]
@@ -490,6 +490,6 @@ class SQLiteStore(Store):
             assert self._db is not None
             cursor = self._db.execute("SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,))
             names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row)) for row in cursor.fetchall()]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
         return await asyncio.to_thread(query)

@@ -51,7 +51,7 @@ def verify(secret: bytes, token: str, *, tenant: str, agent: str, call_sid: str,
     """``None`` if ``token`` was issued for exactly this purpose, call, account, tenant and agent
     and is unexpired; otherwise the reason it is refused (safe to log: never the token)."""
     # ASCII only and a bounded expiry: nothing a peer sends can make the parsing itself raise.
-    parts = token.split(".") if isinstance(token, str) and token.isascii() and len(token) <= 200 else []
+    parts = token.split(".") if token.isascii() and len(token) <= 200 else []
     if len(parts) != 3 or parts[0] != VERSION or not (parts[1].isdigit() and len(parts[1]) <= 12):
         return "malformed call token"
     expires = int(parts[1])

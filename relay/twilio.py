@@ -10,10 +10,10 @@ up or counted, and the TwiML relay answers with.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-import re
+from typing import Any, TypeVar
 
 import orjson
 from twilio.twiml.voice_response import Connect, VoiceResponse
@@ -141,7 +141,10 @@ def check_start(start: Start) -> None:
         raise ProtocolError("the stream's tracks do not include inbound: there is no caller audio")
 
 
-def _get(obj: Mapping[str, object], key: str, kind: type, where: str) -> object:
+_T = TypeVar("_T")
+
+
+def _get(obj: Mapping[str, object], key: str, kind: type[_T], where: str) -> _T:
     value = obj.get(key)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ProtocolError(f"Twilio {where} needs {key!r} as {kind.__name__}")
@@ -189,34 +192,32 @@ def parse_event(message: bytes) -> TwilioEvent:
     if event == "media":
         return _media(obj)
     if event == "start":
-        start = _get(obj, "start", dict, "start")
-        assert isinstance(start, dict)
-        fmt = _get(start, "mediaFormat", dict, "start")
-        assert isinstance(fmt, dict)
-        tracks = _get(start, "tracks", list, "start")
-        if not all(isinstance(t, str) for t in tracks):  # type: ignore[union-attr]
+        start: dict[str, Any] = _get(obj, "start", dict, "start")
+        fmt: dict[str, Any] = _get(start, "mediaFormat", dict, "start")
+        tracks: list[Any] = _get(start, "tracks", list, "start")
+        if not all(isinstance(t, str) for t in tracks):
             raise ProtocolError("Twilio start.tracks must be a list of strings")
         params = start.get("customParameters") or {}
         if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
             raise ProtocolError("Twilio start.customParameters must map names to strings")
         return Start(
-            stream_sid=str(_get(start, "streamSid", str, "start")),
-            call_sid=str(_get(start, "callSid", str, "start")),
-            account_sid=str(_get(start, "accountSid", str, "start")),
-            tracks=tuple(tracks),  # type: ignore[arg-type]
-            encoding=str(_get(fmt, "encoding", str, "start.mediaFormat")),
-            sample_rate=int(_get(fmt, "sampleRate", int, "start.mediaFormat")),  # type: ignore[call-overload]
-            channels=int(_get(fmt, "channels", int, "start.mediaFormat")),  # type: ignore[call-overload]
+            stream_sid=_get(start, "streamSid", str, "start"),
+            call_sid=_get(start, "callSid", str, "start"),
+            account_sid=_get(start, "accountSid", str, "start"),
+            tracks=tuple(tracks),
+            encoding=_get(fmt, "encoding", str, "start.mediaFormat"),
+            sample_rate=_get(fmt, "sampleRate", int, "start.mediaFormat"),
+            channels=_get(fmt, "channels", int, "start.mediaFormat"),
             custom_parameters=params,
         )
     if event == "connected":
-        return Connected(str(_get(obj, "protocol", str, "connected")), str(_get(obj, "version", str, "connected")))
+        return Connected(_get(obj, "protocol", str, "connected"), _get(obj, "version", str, "connected"))
     if event == "mark":
-        mark = _get(obj, "mark", dict, "mark")
-        return Mark(str(_get(mark, "name", str, "mark")))  # type: ignore[arg-type]
+        mark: dict[str, Any] = _get(obj, "mark", dict, "mark")
+        return Mark(_get(mark, "name", str, "mark"))
     if event == "dtmf":
-        dtmf = _get(obj, "dtmf", dict, "dtmf")
-        digit = str(_get(dtmf, "digit", str, "dtmf"))  # type: ignore[arg-type]
+        dtmf: dict[str, Any] = _get(obj, "dtmf", dict, "dtmf")
+        digit = _get(dtmf, "digit", str, "dtmf")
         if digit not in DTMF_DIGITS:
             raise ProtocolError("Twilio dtmf.digit must be one of 0-9 * # A-D")
         return Dtmf(digit)

@@ -12,8 +12,10 @@ the one reader, writes straight to the transport, the closing handshake of RFC 6
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
@@ -61,6 +63,13 @@ class Connection(WsCore):
     mask_frames = False
     __slots__ = ("_close_rcvd", "_close_sent", "_closed", "_loop", "_on_violation", "_rcvd_then_sent", "_waiter",
                  "aborted", "on_lost")
+
+    if TYPE_CHECKING:  # WsCore's members for its subclasses: both cores have them, _fastpath.pyi omits them
+        _transport: asyncio.Transport
+        _messages: collections.deque[bytes]
+
+        def _write(self, data: bytes) -> None: ...
+        def _mask(self) -> bytes | None: ...
 
     def __init__(self, transport: asyncio.Transport, *, max_size: int, max_rate: int = 0,
                  on_violation: Callable[[str], None] | None = None) -> None:

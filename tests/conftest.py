@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import importlib
 import os
 
@@ -11,13 +12,12 @@ IMPLEMENTATIONS = ["relay._fastpath_py", "relay._fastpath"]
 
 # CI must not pass when the Postgres tests did not run: count those that passed and, when
 # RELAY_POSTGRES_REPORT names a file, write the count there for .ci/run to check.
-_postgres_passed = 0
+_passed: collections.Counter[str] = collections.Counter()
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    global _postgres_passed
     if report.when == "call" and report.passed and "postgres" in report.keywords:
-        _postgres_passed += 1
+        _passed["postgres"] += 1
 
 
 # Every log record of the whole run, at DEBUG, goes to one file, so a test can prove that no
@@ -48,7 +48,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = os.environ.get("RELAY_POSTGRES_REPORT")
     if path:
         with open(path, "w") as f:
-            f.write(f"{_postgres_passed}\n")
+            f.write(f"{_passed['postgres']}\n")
 
 
 @pytest.fixture(params=IMPLEMENTATIONS, ids=["python", "cython"])
@@ -70,8 +70,14 @@ MEDIA = (
     b'"payload":"no+JhoaJjpzSHxAKBgYJDhtEopGKh4aIjZm7JhQMCAYIDBEaKdCdkYuIh4mNlK0t"},'
     b'"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"}'
 )
-DTMF = b'{"event":"dtmf","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","sequenceNumber":"5","dtmf":{"track":"inbound_track","digit":"1"}}'
-MARK = b'{"event":"mark","sequenceNumber":"4","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","mark":{"name":"my label"}}'
+DTMF = (
+    b'{"event":"dtmf","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","sequenceNumber":"5",'
+    b'"dtmf":{"track":"inbound_track","digit":"1"}}'
+)
+MARK = (
+    b'{"event":"mark","sequenceNumber":"4","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0",'
+    b'"mark":{"name":"my label"}}'
+)
 STOP = (
     b'{"event":"stop","sequenceNumber":"5","stop":{"accountSid":"ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",'
     b'"callSid":"CAXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"},"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"}'

@@ -32,7 +32,7 @@ def dsn(database: str, *, port: int = PG_PORT, password: str | None = None) -> s
 async def _admin() -> asyncpg.Connection:
     try:
         return await asyncpg.connect(ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         pytest.fail(
             f"these tests need Postgres at {PG_HOST}:{PG_PORT} (user postgres, database test); "
             f"start it with `pg_ctlcluster --skip-systemctl-redirect <version> main start`: {exc!r}",

@@ -13,7 +13,6 @@ import pytest
 from bench import report
 from bench.harness import Harness, Options
 
-
 HOLD_MS = 20.0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import re
 import struct
 import time
@@ -220,7 +221,7 @@ def test_client_endpoint_keeps_order_when_many_frames_share_one_read(run) -> Non
     messages = [text_of(n) for n in range(0, 3000, 7)]
 
     async def scenario() -> None:
-        async with websockets_echo_server() as (url, received, _):
+        async with websockets_echo_server() as (url, _received, _):
             client = await wire.connect(lambda: RecordingClient(url), url)
             for message in messages:
                 client.send(message)
@@ -292,11 +293,10 @@ def test_server_endpoint_joins_a_fragmented_message(run) -> None:
 
 def test_server_endpoint_answers_a_ping_with_its_pong(run) -> None:
     async def scenario() -> None:
-        async with wire_echo_server() as (url, _):
-            async with ws_connect(url, compression=None) as ws:
-                # websockets resolves the waiter only on a pong carrying the ping's own data.
-                await asyncio.wait_for(await ws.ping(b"are you there"), RECV_TIMEOUT_S)
-                await asyncio.wait_for(await ws.ping(), RECV_TIMEOUT_S)
+        async with wire_echo_server() as (url, _), ws_connect(url, compression=None) as ws:
+            # websockets resolves the waiter only on a pong carrying the ping's own data.
+            await asyncio.wait_for(await ws.ping(b"are you there"), RECV_TIMEOUT_S)
+            await asyncio.wait_for(await ws.ping(), RECV_TIMEOUT_S)
 
     run(scenario())
 
@@ -411,7 +411,7 @@ async def test_server_endpoint_decodes_a_websockets_stream_however_it_is_split(c
     transport = FakeTransport()
     endpoint.connection_made(transport)  # type: ignore[arg-type]
     bounds = [0, *sorted(set(cuts)), len(stream)]
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         endpoint.data_received(stream[a:b])
 
     assert endpoint.received == [b"hello", b"abcdef", b"\x00\x01", _BIG]
@@ -488,80 +488,77 @@ def test_echo_upstream_opens_a_session_and_applies_the_format_update(run) -> Non
 
 def test_echo_upstream_echoes_each_append_inside_a_response_lifecycle(run) -> None:
     async def scenario() -> None:
-        async with EchoUpstream(frames_per_response=3, stagger=False) as up:
-            async with ws_connect(up.url, compression=None) as ws:
-                await recv_event(ws)  # session.created
-                seen: list[dict[str, Any]] = []
+        async with EchoUpstream(frames_per_response=3, stagger=False) as up, ws_connect(up.url, compression=None) as ws:
+            await recv_event(ws)  # session.created
+            seen: list[dict[str, Any]] = []
 
-                await ws.send(append(audio_chunk(0)))
-                events = await recv_until(ws, "response.output_audio.delta")
-                seen += events
-                assert [e["type"] for e in events] == [
-                    "response.created", "response.output_item.added", "response.content_part.added",
-                    "response.output_audio.delta",
-                ]
-                created, item_added, _, delta = events
-                first_id = created["response"]["id"]
-                assert created["response"]["status"] == "in_progress"
-                assert item_added["item"]["role"] == "assistant"
-                assert delta["delta"] == audio_chunk(0)
-                assert delta["response_id"] == first_id and delta["item_id"] == item_added["item"]["id"]
+            await ws.send(append(audio_chunk(0)))
+            events = await recv_until(ws, "response.output_audio.delta")
+            seen += events
+            assert [e["type"] for e in events] == [
+                "response.created", "response.output_item.added", "response.content_part.added",
+                "response.output_audio.delta",
+            ]
+            created, item_added, _, delta = events
+            first_id = created["response"]["id"]
+            assert created["response"]["status"] == "in_progress"
+            assert item_added["item"]["role"] == "assistant"
+            assert delta["delta"] == audio_chunk(0)
+            assert delta["response_id"] == first_id and delta["item_id"] == item_added["item"]["id"]
 
-                for k in (1, 2):
-                    await ws.send(append(audio_chunk(k)))
-                    (delta,) = await recv_until(ws, "response.output_audio.delta")
-                    seen.append(delta)
-                    assert (delta["delta"], delta["response_id"]) == (audio_chunk(k), first_id)
+            for k in (1, 2):
+                await ws.send(append(audio_chunk(k)))
+                (delta,) = await recv_until(ws, "response.output_audio.delta")
+                seen.append(delta)
+                assert (delta["delta"], delta["response_id"]) == (audio_chunk(k), first_id)
 
-                # The third chunk closed the response.
-                finished = await recv_until(ws, "response.done")
-                seen += finished
-                assert finished[-1]["response"]["status"] == "completed"
-                assert finished[-1]["response"]["id"] == first_id
+            # The third chunk closed the response.
+            finished = await recv_until(ws, "response.done")
+            seen += finished
+            assert finished[-1]["response"]["status"] == "completed"
+            assert finished[-1]["response"]["id"] == first_id
 
-                await ws.send(append(audio_chunk(3)))
-                events = await recv_until(ws, "response.output_audio.delta")
-                seen += events
-                assert events[0]["type"] == "response.created"
-                assert events[0]["response"]["id"] != first_id
-                assert events[-1]["delta"] == audio_chunk(3)
-                assert events[-1]["response_id"] == events[0]["response"]["id"]
+            await ws.send(append(audio_chunk(3)))
+            events = await recv_until(ws, "response.output_audio.delta")
+            seen += events
+            assert events[0]["type"] == "response.created"
+            assert events[0]["response"]["id"] != first_id
+            assert events[-1]["delta"] == audio_chunk(3)
+            assert events[-1]["response_id"] == events[0]["response"]["id"]
 
-                assert len({e["event_id"] for e in seen}) == len(seen)
-                assert (up.stats.appends, up.stats.deltas) == (4, 4)
+            assert len({e["event_id"] for e in seen}) == len(seen)
+            assert (up.stats.appends, up.stats.deltas) == (4, 4)
 
     run(scenario())
 
 
 def test_echo_upstream_confirms_a_truncate_and_shrugs_off_a_malformed_message(run) -> None:
     async def scenario() -> None:
-        async with EchoUpstream(frames_per_response=3, stagger=False) as up:
-            async with ws_connect(up.url, compression=None) as ws:
-                await recv_event(ws)  # session.created
-                await ws.send("this is not JSON")
-                await ws.send(orjson.dumps({"type": "conversation.item.truncate", "item_id": "item_abc",
-                                            "content_index": 0, "audio_end_ms": 1234}).decode())
-                truncated = await recv_event(ws)
-                assert truncated["type"] == "conversation.item.truncated"
-                assert (truncated["item_id"], truncated["audio_end_ms"]) == ("item_abc", 1234)
-                assert up.stats.bad_messages == 1
+        async with EchoUpstream(frames_per_response=3, stagger=False) as up, ws_connect(up.url, compression=None) as ws:
+            await recv_event(ws)  # session.created
+            await ws.send("this is not JSON")
+            await ws.send(orjson.dumps({"type": "conversation.item.truncate", "item_id": "item_abc",
+                                        "content_index": 0, "audio_end_ms": 1234}).decode())
+            truncated = await recv_event(ws)
+            assert truncated["type"] == "conversation.item.truncated"
+            assert (truncated["item_id"], truncated["audio_end_ms"]) == ("item_abc", 1234)
+            assert up.stats.bad_messages == 1
 
     run(scenario())
 
 
 def test_echo_upstream_ends_a_cancelled_response_as_cancelled(run) -> None:
     async def scenario() -> None:
-        async with EchoUpstream(frames_per_response=3, stagger=False) as up:
-            async with ws_connect(up.url, compression=None) as ws:
-                await recv_event(ws)  # session.created
-                await ws.send(append(audio_chunk(0)))
-                first = (await recv_until(ws, "response.output_audio.delta"))[0]["response"]["id"]
-                await ws.send('{"type":"response.cancel"}')
-                done = (await recv_until(ws, "response.done"))[-1]
-                assert (done["response"]["id"], done["response"]["status"]) == (first, "cancelled")
-                await ws.send(append(audio_chunk(1)))
-                created = (await recv_until(ws, "response.output_audio.delta"))[0]
-                assert created["type"] == "response.created" and created["response"]["id"] != first
+        async with EchoUpstream(frames_per_response=3, stagger=False) as up, ws_connect(up.url, compression=None) as ws:
+            await recv_event(ws)  # session.created
+            await ws.send(append(audio_chunk(0)))
+            first = (await recv_until(ws, "response.output_audio.delta"))[0]["response"]["id"]
+            await ws.send('{"type":"response.cancel"}')
+            done = (await recv_until(ws, "response.done"))[-1]
+            assert (done["response"]["id"], done["response"]["status"]) == (first, "cancelled")
+            await ws.send(append(audio_chunk(1)))
+            created = (await recv_until(ws, "response.output_audio.delta"))[0]
+            assert created["type"] == "response.created" and created["response"]["id"] != first
 
     run(scenario())
 
@@ -629,7 +626,8 @@ async def test_a_returning_frame_is_credited_to_its_call_once_and_strays_are_cou
     call.back.extend([0, 0])
 
     def media(payload: bytes, sid: str = call.stream_sid) -> bytes:
-        return twilio_out({"event": "media", "streamSid": sid, "media": {"payload": base64.b64encode(payload).decode()}})
+        encoded = base64.b64encode(payload).decode()
+        return twilio_out({"event": "media", "streamSid": sid, "media": {"payload": encoded}})
 
     call.data_received(media(tag(5, 0) + FILLER))
     call.data_received(media(tag(5, 0) + FILLER))  # again
@@ -874,7 +872,7 @@ def table_rows(markdown: str) -> list[dict[str, str]]:
     lines = [line for line in markdown.splitlines() if line.startswith("|")]
     header, _, *body = ([cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines)
     assert all(len(row) == len(header) for row in body)
-    return [dict(zip(header, row)) for row in body]
+    return [dict(zip(header, row, strict=True)) for row in body]
 
 
 def test_markdown_has_a_row_per_relay_with_ratios_to_relay() -> None:

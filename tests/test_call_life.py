@@ -104,7 +104,7 @@ async def test_a_session_is_recycled_before_its_cap_with_nothing_the_caller_hear
         await finish(s)
     assert took > cap + 2, "the call must outlast one session"
     assert result.error is None and result.violations == [] and s.agent.violations == []
-    first, second, *more = s.agent.sessions
+    first, _second, *_ = s.agent.sessions
     # Relay closed the first session itself, before the cap; the backend never had to.
     assert first.close_code == 1000 and first.closed_at is not None and first.closed_at - first.opened_at < cap
     assert all(t.answered for t in result.turns)
@@ -125,7 +125,7 @@ async def test_after_a_barge_in_the_recording_holds_nothing_of_the_rest_of_the_a
     words = audio.transcribe(audio.read_wav(wav)).split()
     cut = words.index("Booked.")
     assert 0 < cut < len(long_answer.split())
-    assert words == long_answer.split()[:cut] + ["Booked."]
+    assert words == [*long_answer.split()[:cut], "Booked."]
     [truncate] = session.truncates
     assert s.agent.violations == [] and result.clears == 1
     # What the model was told the caller heard is what the recording holds, to a frame or two.

@@ -12,8 +12,9 @@ import importlib
 import math
 import struct
 import warnings
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest

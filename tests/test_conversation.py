@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -71,7 +72,7 @@ def test_marks_name_the_item_and_its_bytes_and_every_answer_ends_with_one() -> N
     assert marks and all(name.startswith(answer.item_id + ":") for name in marks)
     cums = [int(name.rpartition(":")[2]) for name in marks]
     assert cums == sorted(cums) and cums[-1] == answer.audio_ms * 8  # the last one: the whole answer
-    assert all(b - a <= 5 * 160 for a, b in zip([0, *cums], cums))
+    assert all(b - a <= 5 * 160 for a, b in itertools.pairwise([0, *cums]))
     assert call.playback.echoed_played == marks  # all played, in order, none cleared
     assert answer.text_heard == answer.text_generated and not answer.interrupted
 

@@ -7,8 +7,10 @@ every breach of RFC 6455 must raise ``FrameError`` with the close code to answer
 
 from __future__ import annotations
 
+import itertools
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -18,13 +20,11 @@ from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
-
-from relay.errors import ProtocolError
 from websockets.uri import parse_uri
 
 from relay import _fastpath as compiled
 from relay import _fastpath_py as twin
-from relay.errors import FrameError
+from relay.errors import FrameError, ProtocolError
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 DATA_OPS = (OP_TEXT, OP_BINARY)
@@ -123,7 +123,7 @@ def typed(items: list) -> list:
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
     edges = [0, *points, len(data)]
-    return [data[a:b] for a, b in zip(edges, edges[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
 
 
 # --- valid frame streams, with the messages they carry --------------------------------------
@@ -171,7 +171,7 @@ def scripts(draw: st.DrawFn, valid_text: bool = True) -> tuple[list[tuple[bool, 
 def encode(mod: Any, frames: list[tuple[bool, int, bytes]], masks: list[bytes | None]) -> bytes:
     """Whole FIN frames by ``mod.build_frame``, fragments and continuations by hand."""
     out = []
-    for (fin, op, payload), mask in zip(frames, masks):
+    for (fin, op, payload), mask in zip(frames, masks, strict=True):
         if fin and op != OP_CONT:
             out.append(mod.build_frame(op, payload, mask))
         else:

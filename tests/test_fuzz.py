@@ -34,6 +34,7 @@ import asyncio
 import base64
 import dataclasses
 import io
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -261,7 +262,7 @@ def frame_streams(draw: st.DrawFn) -> tuple[bool, int, list[bytes]]:
         cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=4)))
         bounds = [0, *cuts, len(stream)]
         return draw(st.booleans()), draw(st.sampled_from([0, 125, 1 << 20])), [
-            stream[a:b] for a, b in zip(bounds, bounds[1:])]
+            stream[a:b] for a, b in itertools.pairwise(bounds)]
     message = draw(st.one_of(st.sampled_from(MESSAGES), engine_mutants(MESSAGES)))
     return fuzz.frame_stream(message, draw(st.randoms(use_true_random=False)))
 
@@ -474,7 +475,8 @@ WS_HEADERS = (b"Host: 127.0.0.1:1\r\nUpgrade: websocket\r\nConnection: Upgrade\r
 
 
 def _post(target: bytes, body: bytes, extra: bytes = b"") -> bytes:
-    return (b"POST " + target + b" HTTP/1.1\r\nHost: relay.example\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    return (b"POST " + target + b" HTTP/1.1\r\nHost: relay.example\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
             b"X-Twilio-Signature: bm90IGEgc2lnbmF0dXJl\r\n" + extra
             + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
@@ -498,9 +500,10 @@ REQUESTS: dict[str, tuple[bytes, bytes]] = {  # name: (request, the status line 
     "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"HTTP/1.1 400 Bad Request"),
 }
 HTTP_TOKENS = (
-    b"\r\n", b"\r\n\r\n", b"\n", b"\x00", b" ", b":", b"?", b"#", b"%", b"%zz", b"Content-Length: 99999999999\r\n",
-    b"Content-Length: -1\r\n", b"Transfer-Encoding: chunked\r\n", b"Connection: close\r\n", b"Connection: Upgrade\r\n",
-    b"Upgrade: websocket\r\n", b"X-Twilio-Signature: \xff\r\n", b"Host: [::1\r\n", b"x" * 9000, b"GET / HTTP/1.1\r\n\r\n",
+    b"\r\n", b"\r\n\r\n", b"\n", b"\x00", b" ", b":", b"?", b"#", b"%", b"%zz",
+    b"Content-Length: 99999999999\r\n", b"Content-Length: -1\r\n", b"Transfer-Encoding: chunked\r\n",
+    b"Connection: close\r\n", b"Connection: Upgrade\r\n", b"Upgrade: websocket\r\n",
+    b"X-Twilio-Signature: \xff\r\n", b"Host: [::1\r\n", b"x" * 9000, b"GET / HTTP/1.1\r\n\r\n",
     b"HTTP/1.1", b"HTTP/2.0", b"?bodySHA256=", b"&bodySHA256=x", b"http://[", b"\xc3\xa9", b"/../..",
 )
 
@@ -528,7 +531,7 @@ def http_inputs(draw: st.DrawFn) -> list[bytes]:
                 data = fuzz.mutate_bytes(data, rng)
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=5)))
     bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 RESPONSE = re.compile(rb"HTTP/1\.1 (\d{3}) [A-Za-z ]+\r\n(?:[A-Za-z-]+: [^\r\n]*\r\n)*\r\n", re.S)
@@ -545,7 +548,7 @@ def exchange(http: Http, chunks: list[bytes]) -> tuple[FakeTransport, RecordingH
                 break
             try:
                 protocol.data_received(chunk)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise AssertionError(f"data_received raised {exc!r}") from exc
         if not transport.closed and protocol.eof_received() is not True:
             transport.close()
@@ -587,7 +590,9 @@ async def test_a_validly_signed_upgrade_does_start_a_call(tmp_path: Path) -> Non
     signature = RequestValidator("t").compute_signature(SETTINGS.stream_url, {}).encode()
     transport, protocol = FakeTransport(), RecordingHttp(relay)
     protocol.connection_made(transport)  # type: ignore[arg-type]
-    protocol.data_received(b"GET /twilio/voice HTTP/1.1\r\n" + WS_HEADERS + b"X-Twilio-Signature: " + signature + b"\r\n\r\n")
+    protocol.data_received(
+        b"GET /twilio/voice HTTP/1.1\r\n" + WS_HEADERS + b"X-Twilio-Signature: " + signature + b"\r\n\r\n"
+    )
     assert transport.writes[0].startswith(b"HTTP/1.1 101 ")
     assert relay.calls_total == 1
     for task in list(relay.sessions):
@@ -621,7 +626,7 @@ def test_the_fuzzer_is_deterministic_for_a_seed() -> None:
 
 def _reproducer(report: str) -> bytes:
     line = next(x for x in report.splitlines() if x.startswith("reproducer = "))
-    return eval(line.removeprefix("reproducer = "))  # noqa: S307 - bytes literals the fuzzer printed
+    return eval(line.removeprefix("reproducer = "))  # bytes literals and repeats (b'[' * 1000) the fuzzer printed
 
 
 def test_the_fuzzer_fails_with_a_reproducer_on_an_undocumented_exception(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -685,7 +690,7 @@ def test_regression_upgrade_with_a_bad_absolute_target(http: Http) -> None:
 @pytest.mark.parametrize("target", [b"/twilio/voice?bodySHA256=", b"/twilio/voice?xbodySHA256=1"])
 def test_regression_blank_body_hash_is_a_signature_failure(http: Http, target: bytes) -> None:
     before = http.relay.rejected_signatures
-    transport, protocol = exchange(http, [_post(target, b'{"CallSid":"CA1"}')])
+    transport, _ = exchange(http, [_post(target, b'{"CallSid":"CA1"}')])
     assert transport.writes[0].startswith(b"HTTP/1.1 403 ") and http.relay.rejected_signatures == before + 1
 
 

@@ -273,4 +273,4 @@ def test_both_cores_expose_the_same_surface(name: str) -> None:
     twin_names = {n for n in dir(twin) if not n.startswith("__")}
     assert compiled_names <= twin_names
     assert {n for n in compiled_names if not n.startswith("_")} == {n for n in twin_names if not n.startswith("_")}
-    assert getattr(fast, "LEG_TWILIO") == _wscore_py.LEG_TWILIO and fast.LEG_BACKEND == _wscore_py.LEG_BACKEND
+    assert fast.LEG_TWILIO == _wscore_py.LEG_TWILIO and fast.LEG_BACKEND == _wscore_py.LEG_BACKEND

@@ -218,8 +218,8 @@ class _Sink:
 
 
 def _error(event_id: str | None) -> bytes:
-    return orjson.dumps({"type": "error", "event_id": "event_1",
-                         "error": {"type": "invalid_request_error", "code": "x", "message": "no", "event_id": event_id}})
+    error = {"type": "invalid_request_error", "code": "x", "message": "no", "event_id": event_id}
+    return orjson.dumps({"type": "error", "event_id": "event_1", "error": error})
 
 
 @pytest.mark.parametrize("event_id, refuses", [

@@ -20,9 +20,9 @@ import asyncpg
 import pytest
 
 from relay.pg import Directory, PostgresStore
+from relay.sim.caller import TwilioCaller
 from relay.spool import decode
 from relay.store import CallEnd
-from relay.sim.caller import TwilioCaller
 from relay.tenants import CachedDirectory
 from tests.pgutil import AGENT, TcpProxy, create_database, drop_database, dsn, eventually
 from tests.test_call import SHORT, SIM_AUTH_TOKEN, stack

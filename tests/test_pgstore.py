@@ -26,8 +26,16 @@ from relay.errors import ConfigError, InputError
 from relay.pg import PostgresAdmission, PostgresStore, migrate, migrations, redact
 from relay.spool import Spool, SpoolError, encode
 from relay.store import CallEnd, CallRecord, Record, SQLiteStore, TurnRecord, record_from_dict
-from tests.pgutil import (AGENT, TcpProxy, call_records, create_database, drop_database, dsn, eventually,
-                          throwaway_database)
+from tests.pgutil import (
+    AGENT,
+    TcpProxy,
+    call_records,
+    create_database,
+    drop_database,
+    dsn,
+    eventually,
+    throwaway_database,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -372,13 +380,13 @@ async def test_the_directory_routes_numbers_to_tenant_agents(store: PostgresStor
 
     with pytest.raises(InputError, match="no agent 'sales'"):
         await directory.add_number(number, other, "sales")
-    with pytest.raises(InputError, match="E.164"):
+    with pytest.raises(InputError, match=r"E\.164"):
         await directory.add_number("555-0100", tenant)
     with pytest.raises(InputError, match="no tenant"):
         await directory.add_agent(Agent.from_profile(f"nobody-{token_hex(3)}", "default", AGENT))
     with pytest.raises(InputError, match="voice 'fable'"):
         await directory.add_agent(dataclasses.replace(sales, agent_id="x", voice="fable"))
-    with pytest.raises(InputError, match="vad threshold 2.0 is outside 0..1"):
+    with pytest.raises(InputError, match=r"vad threshold 2\.0 is outside 0\.\.1"):
         await directory.add_agent(dataclasses.replace(sales, agent_id="x", vad_threshold=2.0))
     with pytest.raises(InputError, match="max concurrent calls -1"):
         await directory.add_agent(dataclasses.replace(sales, agent_id="x", max_concurrent_calls=-1))

@@ -41,7 +41,8 @@ def test_session_update_is_ga_pcmu_with_server_vad_and_transcription() -> None:
 def test_session_problems_accepts_only_pcmu_both_ways() -> None:
     good = {"audio": {"input": {"format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcmu"}}}}
     assert realtime.session_problems(good) == []
-    pcm = {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}}, "output": {"format": {"type": "audio/pcmu"}}}}
+    pcm = {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}},
+                     "output": {"format": {"type": "audio/pcmu"}}}}
     assert realtime.session_problems(pcm) == ["session audio.input.format is 'audio/pcm', not 'audio/pcmu'"]
     assert len(realtime.session_problems({})) == 2
 
@@ -111,8 +112,10 @@ def test_audio_delta_is_read_by_the_fast_path(fp) -> None:
         {"type": "session.updated", "session": {}},
         {"type": "input_audio_buffer.speech_started", "audio_start_ms": 100, "item_id": "item_2"},
         {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 900, "item_id": "item_2"},
-        {"type": "conversation.item.input_audio_transcription.completed", "item_id": "i", "content_index": 0, "transcript": "hi"},
-        {"type": "response.output_audio.done", "response_id": "r", "item_id": "i", "output_index": 0, "content_index": 0},
+        {"type": "conversation.item.input_audio_transcription.completed", "item_id": "i", "content_index": 0,
+         "transcript": "hi"},
+        {"type": "response.output_audio.done", "response_id": "r", "item_id": "i", "output_index": 0,
+         "content_index": 0},
         {"type": "response.output_audio_transcript.done", "item_id": "i", "transcript": "hello"},
         {"type": "response.done", "response": {"status": "completed", "output": []}},
         {"type": "error", "error": {"type": "invalid_request_error", "code": "x", "message": "m"}},

@@ -120,7 +120,8 @@ def test_tokens_bind_call_tenant_agent_and_expire() -> None:
     assert streamtoken.verify(key, token, **ok, now=1059.0) is None
     assert streamtoken.verify(key, token, **ok, now=1061.0) == "stream token expired"
     for field, value in (("tenant", "globex"), ("agent", "other"), ("call_sid", "CA2"), ("account_sid", "AC2")):
-        assert streamtoken.verify(key, token, **{**ok, field: value}, now=1001.0) == "stream token does not match this call"
+        mismatched = {**ok, field: value}
+        assert streamtoken.verify(key, token, **mismatched, now=1001.0) == "stream token does not match this call"
     assert streamtoken.verify(streamtoken.derive_secret("other"), token, **ok, now=1001.0) is not None
     assert streamtoken.verify(key, "v1.x.y", **ok, now=1001.0) == "malformed call token"
     # A token for the after-stream hook is no stream token (and the other way round).

@@ -25,7 +25,7 @@ async def _raw(port: int, request: bytes) -> bytes:
 
 
 def _port(webhook: str) -> int:
-    return int(webhook.rsplit(":", 1)[1].split("/")[0])
+    return int(webhook.rsplit(":", 1)[1].split("/", maxsplit=1)[0])
 
 
 async def test_webhook_answers_twiml_connecting_the_stream(tmp_path: Path) -> None:
@@ -89,7 +89,8 @@ async def start_message(webhook: str, call_sid: str) -> str:
 async def test_a_bad_stream_is_closed_and_a_good_call_beside_it_completes(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
         stream_url = s.webhook.replace("http://", "ws://")
-        good = asyncio.create_task(TwilioCaller(s.webhook, dataclasses.replace(SHORT, utterances=("Hello there.",))).run())
+        script = dataclasses.replace(SHORT, utterances=("Hello there.",))
+        good = asyncio.create_task(TwilioCaller(s.webhook, script).run())
 
         async with signed_connect(stream_url) as ws:  # media before start
             await ws.send(CONNECTED.decode())

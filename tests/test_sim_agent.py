@@ -243,7 +243,7 @@ async def test_truncate_past_produced_audio_is_rejected(agent: RealtimeAgent) ->
     assert slog.truncates == [{"item_id": item_id, "content_index": 0, "audio_end_ms": half}]
     assert len(slog.violations) == 2
     kept = slog.turns[-1]
-    assert kept[0] == "assistant" and kept[1] == " ".join("You said: book a table for two".split()[:3])
+    assert kept[0] == "assistant" and kept[1] == "You said: book"  # the first three words, half the answer
 
 
 async def test_response_cancel_without_response_is_harmless(agent: RealtimeAgent) -> None:
@@ -262,7 +262,7 @@ async def test_barge_in_cancels_with_turn_detected() -> None:
         await append(ws, silence(300) + speak("book a table for two") + silence(800))
         deltas = [(await until(ws, "response.output_audio.delta"))[0] for _ in range(3)]  # well under way
         await append(ws, speak("wait") + silence(100))
-        started, before = await until(ws, "input_audio_buffer.speech_started")
+        _started, before = await until(ws, "input_audio_buffer.speech_started")
         done, events = await until(ws, "response.done")
         assert done["response"]["status"] == "cancelled"
         assert done["response"]["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
@@ -282,7 +282,7 @@ async def test_response_create_and_active_response(agent: RealtimeAgent) -> None
     await send(ws, {"type": "response.create"})
     err, _ = await until(ws, "error")
     assert err["error"]["code"] == "conversation_already_has_active_response"
-    done, events = await until(ws, "response.done")
+    _done, events = await until(ws, "response.done")
     assert transcribe(audio_of(events)) == "Welcome to the bistro"
     await send(ws, {"type": "response.cancel"})
     assert (await until(ws, "error"))[0]["error"]["code"] == "response_cancel_not_active"
@@ -402,18 +402,18 @@ def test_a_goodbye_gets_the_farewell_then_an_end_call_tool_call() -> None:
 
 
 def test_without_the_tool_a_goodbye_is_just_a_line() -> None:
-    core, slog = _session_with_tools([])
+    core, _slog = _session_with_tools([])
     assert core._wants_hangup("Thanks, goodbye.") is False
 
 
 def test_a_malformed_tool_is_refused() -> None:
-    core, slog = _session_with_tools([{"type": "function"}])
+    core, _slog = _session_with_tools([{"type": "function"}])
     [error] = [e for e in core.take_events() if e["type"] == "error"]
     assert error["error"]["param"] == "session.tools[0]"
 
 
 def test_say_exactly_makes_the_agent_say_that_line() -> None:
-    core, slog = _session_with_tools([])
+    core, _slog = _session_with_tools([])
     core.take_events()
     core.receive(json.dumps({"type": "response.create",
                              "response": {"instructions": "Say exactly the following to the caller, and nothing "

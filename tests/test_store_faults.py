@@ -3,8 +3,9 @@ it refuses for good goes to the dead-letter file with its reason.
 
 "Read-only" here is the real thing: the file and its WAL made immutable (``chattr +i``), so
 every write through the store's open descriptors fails (EPERM: SQLite's "disk I/O error") until
-it is lifted (a plain ``chmod`` would not do: permissions are checked at open, and root passes). That needs root and a filesystem with the attribute (ext4, xfs, btrfs), as the
-development machine and CI have.
+it is lifted (a plain ``chmod`` would not do: permissions are checked at open, and root passes).
+That needs root and a filesystem with the attribute (ext4, xfs, btrfs), as the development
+machine and CI have.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ async def test_an_unknown_number_hears_it_is_not_configured_and_no_stream_opens(
 async def test_a_routed_call_carries_its_tenant_into_every_stored_record(tmp_path: Path) -> None:
     directory = CachedDirectory(FakeLookup())
     async with stack(tmp_path, directory=directory) as s:
-        status, body = await post_webhook(s.webhook, voice_form(2, to="+15550100001"))
+        _status, body = await post_webhook(s.webhook, voice_form(2, to="+15550100001"))
         _, params = parse_connect_stream(body.decode())
         caller = TwilioCaller(s.webhook, SHORT, to_number="+15550100001")
         result = await caller.run()

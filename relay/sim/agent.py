@@ -415,7 +415,8 @@ class RealtimeSession:
 
     @property
     def _input_format(self) -> str:
-        return self.session["audio"]["input"]["format"]["type"]
+        kind: str = self.session["audio"]["input"]["format"]["type"]
+        return kind
 
     def _find(self, item_id: Any) -> _Item | None:
         return next((i for i in self.items if i.id == item_id), None)
@@ -603,8 +604,8 @@ class RealtimeSession:
     def _on_input_audio_buffer_commit(self, msg: dict[str, Any], now: float) -> None:
         ms = (self._clock - self._uncommitted) / 8
         if ms < 100:
-            raise _ProtocolError("input_audio_buffer_commit_empty", "Error committing input audio buffer: buffer "
-                                 f"too small. Expected at least 100ms of audio, but buffer only has {ms:.2f}ms of audio.")
+            raise _ProtocolError("input_audio_buffer_commit_empty", "Error committing input audio buffer: buffer too "
+                                 f"small. Expected at least 100ms of audio, but buffer only has {ms:.2f}ms of audio.")
         self._speaking, self._silence = False, 0
         self._commit(self._id("item"), self._uncommitted, self._clock, self._clock, now, auto=False)
 
@@ -931,7 +932,8 @@ class RealtimeAgent:
             return self._reject(connection, request, 401, "invalid_request_error",
                                 "Missing bearer authentication in header")
         if not urllib.parse.parse_qs(url.query).get("model", [""])[0]:
-            return self._reject(connection, request, 400, "invalid_request_error", "Missing required parameter: 'model'.")
+            return self._reject(connection, request, 400, "invalid_request_error",
+                                "Missing required parameter: 'model'.")
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:

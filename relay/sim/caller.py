@@ -21,9 +21,9 @@ is silence, ``<Hangup>`` ends the call (PROTOCOLS §1.1).
 from __future__ import annotations
 
 import asyncio
-import functools
 import base64
 import binascii
+import functools
 import itertools
 import secrets
 import xml.etree.ElementTree as ET
@@ -319,17 +319,14 @@ class TwilioCaller:
         await self._stream(clock, audio.silence(script.lead_in_ms))
         if script.expect_greeting:  # the agent speaks first: listen to it all before saying anything
             await self._listen(clock, TurnResult(said=""), may_interrupt=False)
-        if script.wav:
-            wav = audio.read_wav(script.wav)
-            lines = [f"[{script.wav}]"]
-        else:
-            lines = list(script.utterances)
+        wav = audio.read_wav(script.wav) if script.wav else None
+        lines = [f"[{script.wav}]"] if script.wav else list(script.utterances)
         began = self._loop.time()
         for index, text in enumerate(lines):
             if script.run_for_ms is not None and (self._loop.time() - began) * 1000 >= script.run_for_ms:
                 break
             turn = TurnResult(said=text)
-            await self._stream(clock, wav if script.wav else _speech(text))
+            await self._stream(clock, wav if wav is not None else _speech(text))
             await self._listen(clock, turn, may_interrupt=index < len(lines) - 1)
         if script.dtmf:
             turn = TurnResult(said=f"[DTMF {script.dtmf}]")
@@ -343,22 +340,27 @@ class TwilioCaller:
             while self._loop.time() < deadline:
                 await self._stream(clock, audio.silence(FRAME_MS))
 
+    def _begin_listening(self, since: float) -> None:
+        """Wait for an answer from ``since`` on: the reader fills ``_first_media_after`` in when
+        its audio comes (a method, so that the awaiting loop of ``_listen`` reads the field anew)."""
+        self._first_media_after = None
+        self._listening_since = since
+
     async def _listen(self, clock: _Clock, turn: TurnResult, *, may_interrupt: bool) -> None:
         """Stream silence until the answer has played (or, barging in, this far into it)."""
         assert self._loop is not None
         self.result.turns.append(turn)
         turn.speech_end_at = self._loop.time()
-        self._first_media_after = None
-        self._listening_since = turn.speech_end_at
+        self._begin_listening(turn.speech_end_at)
         heard_from = len(self.result.heard)
         deadline = turn.speech_end_at + self.script.answer_timeout_ms / 1000
-        interrupting = self.script.barge_in_ms is not None and may_interrupt
+        barge_in_ms = self.script.barge_in_ms if may_interrupt else None
         try:
             while self._loop.time() < deadline:
                 await self._stream(clock, audio.silence(FRAME_MS))
                 if self._first_media_after is None:
                     continue
-                if interrupting and (self._loop.time() - self._first_media_after) * 1000 >= self.script.barge_in_ms:
+                if barge_in_ms is not None and (self._loop.time() - self._first_media_after) * 1000 >= barge_in_ms:
                     break
                 quiet = self._loop.time() - max(self._last_media_at, self._first_media_after)
                 if not self._playback.queue and quiet * 1000 >= self.script.answer_quiet_ms:
