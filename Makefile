@@ -10,7 +10,7 @@ ARGS   ?=
 # Lint, format and types (configured in pyproject.toml): every check runs, any failure fails it.
 # stubtest holds relay/_fastpath.pyi to the compiled module, so it needs the build.
 LINT_CHECKS := "ruff check relay tests bench" "ruff format --check --output-format concise relay tests bench" \
-               "mypy" "python -m mypy.stubtest relay._fastpath --allowlist stubtest_allowlist.txt"
+               "mypy" "python -m mypy.stubtest relay._fastpath --allowlist tests/stubtest_allowlist.txt"
 LINT := status=0; for check in $(LINT_CHECKS); do echo "$(BIN)/$$check"; $(BIN)/$$check || status=1; done; \
         [ $$status -eq 0 ]
 
