@@ -27,15 +27,22 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="short windows and a coarse search: under a minute")
     p.add_argument("--calls", type=int, default=100, help="concurrent calls for the main figures (default 100)")
-    p.add_argument("--relays", default="relay,sample,websockets,node",
-                   help=f"comma-separated, from: {', '.join(names)} (the direct path always runs)")
+    p.add_argument(
+        "--relays",
+        default="relay,sample,websockets,node",
+        help=f"comma-separated, from: {', '.join(names)} (the direct path always runs)",
+    )
     p.add_argument("--duration", type=float, help="seconds measured at --calls (default 10, quick 2)")
     p.add_argument("--step-duration", type=float, help="seconds measured per search step (default 3, quick 1)")
     p.add_argument("--max-calls", type=int, help="top of the step search (default 2000, quick 800)")
     p.add_argument("--bound-ms", type=float, default=5.0, help="p99 added-latency bound of the search")
     p.add_argument("--no-search", action="store_true", help="main figures only")
-    p.add_argument("--target-calls", type=int, default=500,
-                   help="also measure relay at this many calls, where its p99 target is set (0: skip)")
+    p.add_argument(
+        "--target-calls",
+        type=int,
+        default=500,
+        help="also measure relay at this many calls, where its p99 target is set (0: skip)",
+    )
     p.add_argument("--slow-ms", type=float, default=5.0, help="relay-slowed: hold each outbound frame this long")
     p.add_argument("--burn-us", type=float, default=0.0, help="relay-slowed: extra CPU per outbound frame")
     p.add_argument("--check", action="store_true", help="validate every message the relays send against Twilio's rules")
@@ -50,9 +57,16 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         p.error(f"unknown relay(s) {', '.join(unknown)}; choose from {', '.join(names)}")
     if args.calls < 1:
         p.error("--calls must be at least 1")
-    overrides = {"calls": args.calls, "relays": relays, "bound_ms": args.bound_ms, "search": not args.no_search,
-                 "slow_ms": args.slow_ms, "burn_us": args.burn_us, "check": args.check,
-                 "target_calls": args.target_calls}
+    overrides = {
+        "calls": args.calls,
+        "relays": relays,
+        "bound_ms": args.bound_ms,
+        "search": not args.no_search,
+        "slow_ms": args.slow_ms,
+        "burn_us": args.burn_us,
+        "check": args.check,
+        "target_calls": args.target_calls,
+    }
     if args.duration is not None:
         overrides["main_s"] = args.duration
     if args.step_duration is not None:

@@ -41,22 +41,39 @@ fast = pytest.importorskip("relay._fastpath", reason="compiled hot path not buil
 
 IMPLS = ["cython", "python", "library"]
 FRAMES = 50
-START = twilio.Start(stream_sid="MZ" + "5" * 32, call_sid="CA" + "7" * 32, account_sid="AC" + "1" * 32,
-                     tracks=("inbound",), encoding="audio/x-mulaw", sample_rate=SAMPLE_RATE, channels=1)
+START = twilio.Start(
+    stream_sid="MZ" + "5" * 32,
+    call_sid="CA" + "7" * 32,
+    account_sid="AC" + "1" * 32,
+    tracks=("inbound",),
+    encoding="audio/x-mulaw",
+    sample_rate=SAMPLE_RATE,
+    channels=1,
+)
 _rng = random.Random(5)
 PAYLOADS = [base64.b64encode(_rng.randbytes(FRAME_BYTES)) for _ in range(FRAMES)]
-UPDATED = {"type": "session.updated", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}},
-                                                            "output": {"format": {"type": "audio/pcmu"}}}}}
+UPDATED = {
+    "type": "session.updated",
+    "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcmu"}}}},
+}
 
 
 def _media(i: int, payload: bytes) -> bytes:
-    return (b'{"event":"media","sequenceNumber":"%d","media":{"track":"inbound","chunk":"%d","timestamp":"%d",'
-            b'"payload":"%s"},"streamSid":"%s"}' % (i + 2, i + 1, i * 20, payload, START.stream_sid.encode()))
+    return (
+        b'{"event":"media","sequenceNumber":"%d","media":{"track":"inbound","chunk":"%d","timestamp":"%d",'
+        b'"payload":"%s"},"streamSid":"%s"}' % (i + 2, i + 1, i * 20, payload, START.stream_sid.encode())
+    )
 
 
-DELTAS = b"".join(ref.build_frame(ref.OP_TEXT, b'{"type":"response.output_audio.delta","event_id":"event_1",'
-                                  b'"response_id":"resp_1","item_id":"item_1","output_index":0,"content_index":0,'
-                                  b'"delta":"%s"}' % p) for p in PAYLOADS)
+DELTAS = b"".join(
+    ref.build_frame(
+        ref.OP_TEXT,
+        b'{"type":"response.output_audio.delta","event_id":"event_1",'
+        b'"response_id":"resp_1","item_id":"item_1","output_index":0,"content_index":0,'
+        b'"delta":"%s"}' % p,
+    )
+    for p in PAYLOADS
+)
 
 
 class Transport:
@@ -91,14 +108,14 @@ class Relay:
     """One call's two legs and its conversation, on one implementation."""
 
     def __init__(self, impl: str) -> None:
-        wscore, core = ((fast.WsCore, fast.MediaCore) if impl == "cython" else
-                        (_wscore_py.WsCore, _media_py.MediaCore))
+        wscore, core = (fast.WsCore, fast.MediaCore) if impl == "cython" else (_wscore_py.WsCore, _media_py.MediaCore)
         self.now = 0.0
         self.twilio_t, self.backend_t = Transport(), Transport()
         self.twilio = _leg(wscore)(self.twilio_t, False, 1 << 20, 0, lambda: self.now)
         self.backend = _leg(wscore)(self.backend_t, True, 1 << 20, 0, lambda: self.now)
-        self.call = Conversation(START, realtime.AgentProfile(instructions="x"), self.twilio, lambda r: None,
-                                 CallOptions(), core=core)
+        self.call = Conversation(
+            START, realtime.AgentProfile(instructions="x"), self.twilio, lambda r: None, CallOptions(), core=core
+        )
         self.call.attach_backend(self.backend)
         self.call.backend_message(orjson.dumps(UPDATED), 0.0)
         self.twilio.route(self.call.media, 0)
@@ -121,8 +138,9 @@ class LibraryRelay:
         for event in self.twilio.events_received():
             message = json.loads(event.data)
             if message["event"] == "media":
-                self.backend.send_text(json.dumps({"type": "input_audio_buffer.append",
-                                                   "audio": message["media"]["payload"]}).encode())
+                self.backend.send_text(
+                    json.dumps({"type": "input_audio_buffer.append", "audio": message["media"]["payload"]}).encode()
+                )
                 for chunk in self.backend.data_to_send():
                     self.backend_t.write(chunk)
 
@@ -133,13 +151,21 @@ class LibraryRelay:
             if message["type"] == "response.output_audio.delta":
                 audio = base64.b64decode(message["delta"])
                 for at in range(0, len(audio), FRAME_BYTES):
-                    self.twilio.send_text(json.dumps({"event": "media", "streamSid": self.sid, "media": {
-                        "payload": base64.b64encode(audio[at:at + FRAME_BYTES]).decode()}}).encode())
+                    self.twilio.send_text(
+                        json.dumps(
+                            {
+                                "event": "media",
+                                "streamSid": self.sid,
+                                "media": {"payload": base64.b64encode(audio[at : at + FRAME_BYTES]).decode()},
+                            }
+                        ).encode()
+                    )
                     self.frames_out += 1
                     if self.frames_out % 5 == 0:
                         mark = {"name": f"item_1:{self.frames_out * FRAME_BYTES}"}
-                        self.twilio.send_text(json.dumps({"event": "mark", "streamSid": self.sid,
-                                                          "mark": mark}).encode())
+                        self.twilio.send_text(
+                            json.dumps({"event": "mark", "streamSid": self.sid, "mark": mark}).encode()
+                        )
                 self.twilio_t.write(b"".join(self.twilio.data_to_send()))
 
 
@@ -196,8 +222,7 @@ def _split(stream: bytes) -> list[bytes]:
         length = stream[at + 1] & 0x7F
         head = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if stream[at + 1] & 0x80 else 0)
         if length == 126:
-            length = int.from_bytes(stream[at + 2:at + 4], "big")
-        out.append(stream[at:at + head + length])
+            length = int.from_bytes(stream[at + 2 : at + 4], "big")
+        out.append(stream[at : at + head + length])
         at += head + length
     return out
-

@@ -124,8 +124,6 @@ def test_b64_decoded_len(benchmark: Any, impl: str) -> None:
     _run(benchmark, fn, PAYLOAD, expected=ref.b64_decoded_len(PAYLOAD))
 
 
-
-
 def _writer(impl: str) -> Any:
     return (_compiled() if impl == "cython" else ref).TwilioWriter(SID)
 
@@ -237,6 +235,7 @@ def test_send_append(benchmark: Any, impl: str) -> None:
     """Caller audio to the backend: the append message built, framed, masked and written."""
     sink = _Sink()
     if impl == "library":
+
         def fn(payload: bytes) -> None:
             sink.write(lib_build_client_frame(lib_build_append(payload)))
     else:

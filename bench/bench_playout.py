@@ -86,9 +86,7 @@ def _delta_cycle(ring: Any) -> Callable[[], list[bytes]]:
 def test_playout_delta(benchmark: Any, impl: str) -> None:
     expected = _delta_cycle(_ring("python"))()
     stream = DELTA_RAW[-BACKLOG:] + DELTA_RAW
-    assert [binascii.a2b_base64(f) for f in expected] == [
-        stream[i * FRAME : (i + 1) * FRAME] for i in range(FRAMES)
-    ]
+    assert [binascii.a2b_base64(f) for f in expected] == [stream[i * FRAME : (i + 1) * FRAME] for i in range(FRAMES)]
     ring = _ring(impl)
     result = benchmark(_delta_cycle(ring))
     benchmark.extra_info["frames"] = FRAMES

@@ -53,9 +53,15 @@ def _default_session() -> dict[str, Any]:
                 "format": dict(pcm),
                 "transcription": None,
                 "noise_reduction": None,
-                "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                                   "silence_duration_ms": 500, "create_response": True,
-                                   "interrupt_response": True, "idle_timeout_ms": None},
+                "turn_detection": {
+                    "type": "server_vad",
+                    "threshold": 0.5,
+                    "prefix_padding_ms": 300,
+                    "silence_duration_ms": 500,
+                    "create_response": True,
+                    "interrupt_response": True,
+                    "idle_timeout_ms": None,
+                },
             },
             "output": {"format": dict(pcm), "voice": "marin", "speed": 1.0},
         },
@@ -84,8 +90,9 @@ class UpstreamStats:
 class EchoUpstream:
     """``async with EchoUpstream() as up``: ``up.url`` for relays, ``up.direct_url`` for the floor."""
 
-    def __init__(self, frames_per_response: int = DEFAULT_FRAMES_PER_RESPONSE, *, stagger: bool = True,
-                 seed: int = 3) -> None:
+    def __init__(
+        self, frames_per_response: int = DEFAULT_FRAMES_PER_RESPONSE, *, stagger: bool = True, seed: int = 3
+    ) -> None:
         self.frames_per_response = frames_per_response
         self.stagger = stagger
         self.stats = UpstreamStats()
@@ -189,9 +196,14 @@ class _Connection(ServerEndpoint):
             _merge(self.session, message.get("session") or {})
             self._emit({"type": "session.updated", "session": self.session})
         elif kind == "conversation.item.truncate":
-            self._emit({"type": "conversation.item.truncated", "item_id": message.get("item_id"),
-                        "content_index": message.get("content_index", 0),
-                        "audio_end_ms": message.get("audio_end_ms", 0)})
+            self._emit(
+                {
+                    "type": "conversation.item.truncated",
+                    "item_id": message.get("item_id"),
+                    "content_index": message.get("content_index", 0),
+                    "audio_end_ms": message.get("audio_end_ms", 0),
+                }
+            )
         elif kind == "response.cancel" and self.response_id:
             self._finish("cancelled")
 
@@ -201,12 +213,21 @@ class _Connection(ServerEndpoint):
         out = []
         if not self.response_id:
             out.append(self._begin())
-        out.append(frame(
-            b'{"type":"response.output_audio.delta","event_id":"' + self._event_id()
-            + b'","response_id":"' + self.response_id + b'","item_id":"' + self.item_id
-            + b'","output_index":0,"content_index":0,"delta":"' + audio + b'"}',
-            OP_TEXT, masked=False,
-        ))
+        out.append(
+            frame(
+                b'{"type":"response.output_audio.delta","event_id":"'
+                + self._event_id()
+                + b'","response_id":"'
+                + self.response_id
+                + b'","item_id":"'
+                + self.item_id
+                + b'","output_index":0,"content_index":0,"delta":"'
+                + audio
+                + b'"}',
+                OP_TEXT,
+                masked=False,
+            )
+        )
         stats.deltas += 1
         self.send_raw(b"".join(out))
         self.frames_in_response += 1
@@ -215,13 +236,26 @@ class _Connection(ServerEndpoint):
             self.response_frames = self.owner.frames_per_response
 
     def _item(self, status: str) -> dict[str, Any]:
-        return {"id": self.item_id.decode(), "object": "realtime.item", "type": "message", "status": status,
-                "role": "assistant", "content": [{"type": "output_audio", "transcript": "echo"}]}
+        return {
+            "id": self.item_id.decode(),
+            "object": "realtime.item",
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": [{"type": "output_audio", "transcript": "echo"}],
+        }
 
     def _response(self, status: str) -> dict[str, Any]:
-        return {"object": "realtime.response", "id": self.response_id.decode(), "status": status,
-                "status_details": None, "output": [self._item(status)] if status != "in_progress" else [],
-                "output_modalities": ["audio"], "usage": None, "metadata": None}
+        return {
+            "object": "realtime.response",
+            "id": self.response_id.decode(),
+            "status": status,
+            "status_details": None,
+            "output": [self._item(status)] if status != "in_progress" else [],
+            "output_modalities": ["audio"],
+            "usage": None,
+            "metadata": None,
+        }
 
     def _begin(self) -> bytes:
         n = self.owner.next_id()
@@ -230,21 +264,38 @@ class _Connection(ServerEndpoint):
         events = [
             {"type": "response.created", "response": self._response("in_progress")},
             {"type": "response.output_item.added", **ids, "item": self._item("in_progress")},
-            {"type": "response.content_part.added", **ids, "item_id": self.item_id.decode(), "content_index": 0,
-             "part": {"type": "audio", "transcript": ""}},
+            {
+                "type": "response.content_part.added",
+                **ids,
+                "item_id": self.item_id.decode(),
+                "content_index": 0,
+                "part": {"type": "audio", "transcript": ""},
+            },
         ]
-        return b"".join(frame(orjson.dumps({"type": e.pop("type"), "event_id": self._event_id().decode(), **e}),
-                              OP_TEXT, masked=False) for e in events)
+        return b"".join(
+            frame(
+                orjson.dumps({"type": e.pop("type"), "event_id": self._event_id().decode(), **e}), OP_TEXT, masked=False
+            )
+            for e in events
+        )
 
     def _finish(self, status: str) -> None:
-        ids = {"response_id": self.response_id.decode(), "item_id": self.item_id.decode(),
-               "output_index": 0, "content_index": 0}
+        ids = {
+            "response_id": self.response_id.decode(),
+            "item_id": self.item_id.decode(),
+            "output_index": 0,
+            "content_index": 0,
+        }
         for event in (
             {"type": "response.output_audio.done", **ids},
             {"type": "response.output_audio_transcript.done", **ids, "transcript": "echo"},
             {"type": "response.content_part.done", **ids, "part": {"type": "audio", "transcript": "echo"}},
-            {"type": "response.output_item.done", "response_id": ids["response_id"], "output_index": 0,
-             "item": self._item("completed" if status == "completed" else "incomplete")},
+            {
+                "type": "response.output_item.done",
+                "response_id": ids["response_id"],
+                "output_index": 0,
+                "item": self._item("completed" if status == "completed" else "incomplete"),
+            },
             {"type": "response.done", "response": self._response(status)},
         ):
             self._emit(event)
@@ -258,10 +309,16 @@ class _Connection(ServerEndpoint):
             self.marks += 1
             payload = message["media"]["payload"].encode()
             self.send_raw(
-                frame(b'{"event":"media","streamSid":"' + self.stream_sid + b'","media":{"payload":"'
-                      + payload + b'"}}', OP_TEXT, masked=False)
-                + frame(b'{"event":"mark","streamSid":"' + self.stream_sid + b'","mark":{"name":"echo:%d"}}'
-                        % self.marks, OP_TEXT, masked=False)
+                frame(
+                    b'{"event":"media","streamSid":"' + self.stream_sid + b'","media":{"payload":"' + payload + b'"}}',
+                    OP_TEXT,
+                    masked=False,
+                )
+                + frame(
+                    b'{"event":"mark","streamSid":"' + self.stream_sid + b'","mark":{"name":"echo:%d"}}' % self.marks,
+                    OP_TEXT,
+                    masked=False,
+                )
             )
             self.owner.stats.deltas += 1
         elif event == "start":

@@ -75,38 +75,64 @@ def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, Rela
     slowed = [f"--delay-ms={slow_ms}", f"--burn-us={burn_us}"]
     return {
         "relay": RelaySpec(
-            "relay", "relay", lambda port, up: [py, "-m", "relay", "serve"], "/twilio/voice", "/twilio/voice",
+            "relay",
+            "relay",
+            lambda port, up: [py, "-m", "relay", "serve"],
+            "/twilio/voice",
+            "/twilio/voice",
             relay_env,
         ),
         "relay-postgres": RelaySpec(
-            "relay-postgres", "relay, Postgres store",
-            lambda port, up: [py, "-m", "relay", "serve"], "/twilio/voice", "/twilio/voice",
-            {**relay_env, "DATABASE_URL": BENCH_DATABASE_URL}, ("postgres",),
+            "relay-postgres",
+            "relay, Postgres store",
+            lambda port, up: [py, "-m", "relay", "serve"],
+            "/twilio/voice",
+            "/twilio/voice",
+            {**relay_env, "DATABASE_URL": BENCH_DATABASE_URL},
+            ("postgres",),
         ),
         "relay-slowed": RelaySpec(
-            "relay-slowed", f"relay, slowed ({slow_ms:g} ms, {burn_us:g} µs/frame)",
-            lambda port, up: [py, "-m", "bench.slowed", *slowed, "serve"], "/twilio/voice", "/twilio/voice",
+            "relay-slowed",
+            f"relay, slowed ({slow_ms:g} ms, {burn_us:g} µs/frame)",
+            lambda port, up: [py, "-m", "bench.slowed", *slowed, "serve"],
+            "/twilio/voice",
+            "/twilio/voice",
             relay_env,
         ),
         "relay-landed": RelaySpec(
-            "relay-landed", f"relay as landed ({LANDED_COMMIT[:7]})",
-            lambda port, up: [py, "-m", "relay", "serve"], "/twilio/voice", "/twilio/voice",
-            relay_env, ("landed",), LANDED_DIR,
+            "relay-landed",
+            f"relay as landed ({LANDED_COMMIT[:7]})",
+            lambda port, up: [py, "-m", "relay", "serve"],
+            "/twilio/voice",
+            "/twilio/voice",
+            relay_env,
+            ("landed",),
+            LANDED_DIR,
         ),
         "sample": RelaySpec(
-            "sample", "sample-style (FastAPI/uvicorn)",
+            "sample",
+            "sample-style (FastAPI/uvicorn)",
             lambda port, up: [py, str(BASELINES / "sample_fastapi.py"), "--port", str(port), "--upstream", up],
-            "/media-stream", None, {}, ("fastapi", "uvicorn"),
+            "/media-stream",
+            None,
+            {},
+            ("fastapi", "uvicorn"),
         ),
         "websockets": RelaySpec(
-            "websockets", "websockets on uvloop",
+            "websockets",
+            "websockets on uvloop",
             lambda port, up: [py, str(BASELINES / "websockets_uvloop.py"), "--port", str(port), "--upstream", up],
-            "/media-stream", None,
+            "/media-stream",
+            None,
         ),
         "node": RelaySpec(
-            "node", "Node.js ws",
+            "node",
+            "Node.js ws",
             lambda port, up: ["node", str(BASELINES / "node_ws" / "relay.js"), "--port", str(port), "--upstream", up],
-            "/media-stream", None, {}, ("node", "npm"),
+            "/media-stream",
+            None,
+            {},
+            ("node", "npm"),
         ),
     }
 
@@ -130,8 +156,14 @@ async def unavailable(spec: RelaySpec) -> str | None:
         elif importlib.util.find_spec(need) is None:
             return f"Python package {need} not installed (pip install -e '.[bench]')"
     if spec.name == "node" and not (BASELINES / "node_ws" / "node_modules" / "ws").exists():
-        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=BASELINES / "node_ws",
-                              capture_output=True, text=True, timeout=300, check=False)
+        done = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--silent"],
+            cwd=BASELINES / "node_ws",
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         if done.returncode != 0:
             return f"npm ci failed: {done.stderr.strip()[-200:]}"
     return None
@@ -150,8 +182,13 @@ def _build_landed() -> str | None:
     if archive.returncode != 0:
         return f"git archive {LANDED_COMMIT[:7]} failed: {archive.stderr.decode(errors='replace').strip()[-200:]}"
     subprocess.run(["tar", "-x", "-C", str(LANDED_DIR)], input=archive.stdout, check=True, timeout=120)
-    done = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=LANDED_DIR,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=LANDED_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if done.returncode != 0:
         return f"building relay {LANDED_COMMIT[:7]} failed: {done.stderr.strip()[-200:]}"
     return None
@@ -178,7 +215,9 @@ async def _bench_database() -> str | None:
         await migrate(BENCH_DATABASE_URL)
         async with Directory.connect(BENCH_DATABASE_URL) as directory:
             # The relay under test reads its agent from the same environment the harness gives it.
-            await directory.add_tenant("bench", "load harness", Settings.from_env({"OPENAI_API_KEY": "sk-bench"}, serve=False).agent)
+            await directory.add_tenant(
+                "bench", "load harness", Settings.from_env({"OPENAI_API_KEY": "sk-bench"}, serve=False).agent
+            )
             await directory.add_number(BENCH_NUMBER, "bench")
 
     try:
@@ -219,18 +258,23 @@ class RelayProcess:
 
     async def start(self, timeout: float = 30.0) -> None:
         env = dict(os.environ, PYTHONPATH=str(self.spec.root), **self.spec.env)
-        env.update({
-            "RELAY_HOST": "127.0.0.1",
-            "RELAY_PORT": str(self.port),
-            "RELAY_PUBLIC_URL": f"http://127.0.0.1:{self.port}",
-            "RELAY_REALTIME_URL": self.upstream_url,
-            "RELAY_SQLITE_PATH": str(self.workdir / f"{self.spec.name}.sqlite3"),
-            "RELAY_SPOOL_PATH": str(self.workdir / f"{self.spec.name}.spool"),
-        })
+        env.update(
+            {
+                "RELAY_HOST": "127.0.0.1",
+                "RELAY_PORT": str(self.port),
+                "RELAY_PUBLIC_URL": f"http://127.0.0.1:{self.port}",
+                "RELAY_REALTIME_URL": self.upstream_url,
+                "RELAY_SQLITE_PATH": str(self.workdir / f"{self.spec.name}.sqlite3"),
+                "RELAY_SPOOL_PATH": str(self.workdir / f"{self.spec.name}.spool"),
+            }
+        )
         core = self.core
         self.proc = subprocess.Popen(
-            self.spec.argv(self.port, self.upstream_url), cwd=self.spec.root, env=env,
-            stdout=subprocess.DEVNULL, stderr=self._stderr.open("wb"),
+            self.spec.argv(self.port, self.upstream_url),
+            cwd=self.spec.root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr.open("wb"),
             # PLW1509: pin() only calls sched_setaffinity in the child, no lock another thread could hold
             preexec_fn=(lambda: pin(core)) if core is not None else None,  # noqa: PLW1509
         )
@@ -257,8 +301,13 @@ class RelayProcess:
         keeps it (a short window of a cheap relay is below /proc/stat's 10 ms ticks), else ticks."""
         assert self.proc is not None
         try:
-            return sum(int((task / "schedstat").read_text().split()[0])
-                       for task in Path(f"/proc/{self.proc.pid}/task").iterdir()) / 1e9
+            return (
+                sum(
+                    int((task / "schedstat").read_text().split()[0])
+                    for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
+                )
+                / 1e9
+            )
         except (OSError, ValueError, IndexError):
             fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
@@ -355,8 +404,9 @@ class Floor:
 CDF_QS = np.concatenate([np.linspace(0, 99, 199), np.linspace(99, 99.99, 100)[1:]])
 
 
-def figures(w: Window, floor: dict[str, float] | None, *, cpu_s: float | None, rss_kib: int | None,
-            rss_idle_kib: int | None) -> dict[str, Any]:
+def figures(
+    w: Window, floor: dict[str, float] | None, *, cpu_s: float | None, rss_kib: int | None, rss_idle_kib: int | None
+) -> dict[str, Any]:
     """The per-window figures the report shows (every latency in ms)."""
     rtt = quantiles_ms(w.rtt_ns)
     out: dict[str, Any] = {
@@ -459,15 +509,19 @@ class Harness:
                 steps.append(fig)
                 if n == o.calls:
                     main = fig
-                log.info("direct @%d: p50 %.2f p99 %.2f ms, load core %.0f%%", n, fig["rtt_ms"]["p50"],
-                         fig["rtt_ms"]["p99"], 100 * w.load_cpu)
+                log.info(
+                    "direct @%d: p50 %.2f p99 %.2f ms, load core %.0f%%",
+                    n,
+                    fig["rtt_ms"]["p50"],
+                    fig["rtt_ms"]["p99"],
+                    100 * w.load_cpu,
+                )
                 if fig["load_bound"]:
                     break
         finally:
             await run.close()
         capacity = max((s["calls"] for s in steps if not s["load_bound"]), default=0)
-        return {"title": "direct (no relay: the floor)", "main": main, "steps": steps,
-                "load_side_capacity": capacity}
+        return {"title": "direct (no relay: the floor)", "main": main, "steps": steps, "load_side_capacity": capacity}
 
     async def _relay(self, spec: RelaySpec, upstream: EchoUpstream) -> dict[str, Any]:
         o = self.o
@@ -502,19 +556,30 @@ class Harness:
                 w = await run.window(seconds, on_start=lambda: mark("a"), on_end=lambda: mark("b"))
                 if proc.proc is not None and proc.proc.poll() is not None:
                     raise RuntimeError(f"{spec.name} died: {proc.stderr_tail()}")
-                fig = figures(w, self.floor.at(n), cpu_s=marks["b"] - marks["a"], rss_kib=proc.rss_kib(),
-                              rss_idle_kib=rss_idle)
-                fig["cdf_ms"] = (np.percentile(w.rtt_ns / 1e6, CDF_QS) if w.rtt_ns.size else
-                                 np.zeros(len(CDF_QS))).round(4).tolist()
+                fig = figures(
+                    w, self.floor.at(n), cpu_s=marks["b"] - marks["a"], rss_kib=proc.rss_kib(), rss_idle_kib=rss_idle
+                )
+                fig["cdf_ms"] = (
+                    (np.percentile(w.rtt_ns / 1e6, CDF_QS) if w.rtt_ns.size else np.zeros(len(CDF_QS)))
+                    .round(4)
+                    .tolist()
+                )
                 fig["floor_cdf_ms"] = self.floor.cdf_at(n).round(4).tolist()
                 user = marks["b_ticks"][0] - marks["a_ticks"][0]
                 kernel = marks["b_ticks"][1] - marks["a_ticks"][1]
                 fig["kernel_share"] = round(kernel / (user + kernel), 3) if user + kernel >= 20 else None
                 fig["passes"] = passes(fig, o.bound_ms)
                 steps[n] = fig
-                log.info("%s @%d: added p50 %.2f p99 %.2f ms, %.2f cpu ms/call-s, lost %d%s", spec.name, n,
-                         fig["added_ms"]["p50"], fig["added_ms"]["p99"], fig["cpu_ms_per_call_s"], fig["lost"],
-                         " (load-bound)" if fig["load_bound"] else "")
+                log.info(
+                    "%s @%d: added p50 %.2f p99 %.2f ms, %.2f cpu ms/call-s, lost %d%s",
+                    spec.name,
+                    n,
+                    fig["added_ms"]["p50"],
+                    fig["added_ms"]["p99"],
+                    fig["cpu_ms_per_call_s"],
+                    fig["lost"],
+                    " (load-bound)" if fig["load_bound"] else "",
+                )
                 return fig
 
             main = await measure(o.calls, o.main_s)
@@ -571,8 +636,13 @@ class Harness:
                 lo = mid
             else:
                 hi = mid
-        return {"max_calls": lo, "first_failing": hi or None, "load_bound": load_bound,
-                "bound_ms": o.bound_ms, "at_most": o.max_calls}
+        return {
+            "max_calls": lo,
+            "first_failing": hi or None,
+            "load_bound": load_bound,
+            "bound_ms": o.bound_ms,
+            "at_most": o.max_calls,
+        }
 
 
 def machine() -> dict[str, Any]:
@@ -597,5 +667,11 @@ def machine() -> dict[str, Any]:
     node_version = None
     if node:
         node_version = subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    return {"cores": os.cpu_count(), "memory_gib": round(mem_kib / 1024 / 1024, 1), "cpu": cpu,
-            "python": platform.python_version(), "node": node_version, "platform": platform.platform()}
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "node": node_version,
+        "platform": platform.platform(),
+    }

@@ -117,19 +117,23 @@ class LoadCall(ClientEndpoint):
 
     def begin(self, parameters: dict[str, str]) -> None:
         self.send(b'{"event":"connected","protocol":"Call","version":"1.0.0"}')
-        self.send(orjson.dumps({
-            "event": "start",
-            "sequenceNumber": str(self._next_sequence()),
-            "start": {
-                "accountSid": "AC" + "0" * 32,
-                "streamSid": self.stream_sid,
-                "callSid": self.call_sid,
-                "tracks": ["inbound"],
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                "customParameters": parameters,
-            },
-            "streamSid": self.stream_sid,
-        }))
+        self.send(
+            orjson.dumps(
+                {
+                    "event": "start",
+                    "sequenceNumber": str(self._next_sequence()),
+                    "start": {
+                        "accountSid": "AC" + "0" * 32,
+                        "streamSid": self.stream_sid,
+                        "callSid": self.call_sid,
+                        "tracks": ["inbound"],
+                        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                        "customParameters": parameters,
+                    },
+                    "streamSid": self.stream_sid,
+                }
+            )
+        )
 
     def tick(self, now: int) -> None:
         """Send this call's next frame, with every mark echo that has come due, in one write."""
@@ -153,11 +157,13 @@ class LoadCall(ClientEndpoint):
         out, marks = [], self._marks
         while marks and (until is None or marks[0][0] <= until):
             _, name = marks.pop(0)
-            out.append(frame(
-                b'{"event":"mark","sequenceNumber":"%d","streamSid":"%b","mark":{"name":%b}}'
-                % (self._next_sequence(), self._sid, name),
-                masked=True,
-            ))
+            out.append(
+                frame(
+                    b'{"event":"mark","sequenceNumber":"%d","streamSid":"%b","mark":{"name":%b}}'
+                    % (self._next_sequence(), self._sid, name),
+                    masked=True,
+                )
+            )
         self.run.counters.marks_echoed += len(out)
         return b"".join(out)
 
@@ -165,8 +171,10 @@ class LoadCall(ClientEndpoint):
         if self.stopped:
             return
         self.stopped = True
-        self.send(b'{"event":"stop","sequenceNumber":"%d","stop":{"accountSid":"%b","callSid":"%b"},"streamSid":"%b"}'
-                  % (self._next_sequence(), b"AC" + b"0" * 32, self.call_sid.encode(), self._sid))
+        self.send(
+            b'{"event":"stop","sequenceNumber":"%d","stop":{"accountSid":"%b","callSid":"%b"},"streamSid":"%b"}'
+            % (self._next_sequence(), b"AC" + b"0" * 32, self.call_sid.encode(), self._sid)
+        )
         self.close(1000)
 
     def on_message(self, data: bytes) -> None:
@@ -267,8 +275,11 @@ class LoadRun:
             tasks.append(asyncio.create_task(self._open_call(self._indices)))
             self._indices += 1
             await asyncio.sleep(1 / rate)
-        failed = [f"{type(r).__name__}: {r}" for r in await asyncio.gather(*tasks, return_exceptions=True)
-                  if isinstance(r, BaseException)]
+        failed = [
+            f"{type(r).__name__}: {r}"
+            for r in await asyncio.gather(*tasks, return_exceptions=True)
+            if isinstance(r, BaseException)
+        ]
         self.setup_errors += failed  # every one, for the report; this step fails on its own only
         if failed:
             raise WireError(f"{len(failed)} call(s) failed to start: {failed[0]}")
@@ -294,11 +305,19 @@ class LoadRun:
 
     async def _webhook(self, index: int) -> tuple[str, dict[str, str]]:
         assert self.target.webhook_url
-        form = {"AccountSid": "AC" + "0" * 32, "ApiVersion": "2010-04-01", "CallSid": f"CA{index:032x}",
-                "CallStatus": "ringing", "Direction": "inbound", "From": "+15550100000", "To": "+15550199999"}
+        form = {
+            "AccountSid": "AC" + "0" * 32,
+            "ApiVersion": "2010-04-01",
+            "CallSid": f"CA{index:032x}",
+            "CallStatus": "ringing",
+            "Direction": "inbound",
+            "From": "+15550100000",
+            "To": "+15550199999",
+        }
         signature = RequestValidator(AUTH_TOKEN).compute_signature(self.target.webhook_url, form)
-        status, body = await http_post(self.target.webhook_url, urlencode(form).encode(),
-                                       {"X-Twilio-Signature": signature})
+        status, body = await http_post(
+            self.target.webhook_url, urlencode(form).encode(), {"X-Twilio-Signature": signature}
+        )
         if status != 200:
             raise WireError(f"webhook answered HTTP {status}")
         return parse_connect_stream(body.decode())

@@ -36,8 +36,10 @@ from bench.loadgen import AUTH_TOKEN
 from relay.sim.agent import AgentConfig, RealtimeAgent
 from relay.sim.caller import CallerScript, TwilioCaller, http_get
 
-ANSWER = ("Here is everything you need to know about tonight: the kitchen opens at six, the chef has "
-          "three specials, and the terrace is open if the weather holds")
+ANSWER = (
+    "Here is everything you need to know about tonight: the kitchen opens at six, the chef has "
+    "three specials, and the terrace is open if the weather holds"
+)
 
 
 async def run(calls: int, seconds: float, relay_core: int | None, load_core: int | None) -> dict[str, object]:
@@ -54,8 +56,13 @@ async def run(calls: int, seconds: float, relay_core: int | None, load_core: int
     try:
         started, load_cpu = time.monotonic(), time.process_time()
         for _ in range(calls):
-            script = CallerScript(utterances=lines, lead_in_ms=rng.randint(100, 2000), answer_quiet_ms=300,
-                                  answer_timeout_ms=10_000, run_for_ms=int(seconds * 1000))
+            script = CallerScript(
+                utterances=lines,
+                lead_in_ms=rng.randint(100, 2000),
+                answer_quiet_ms=300,
+                answer_timeout_ms=10_000,
+                run_for_ms=int(seconds * 1000),
+            )
             tasks.append(asyncio.create_task(TwilioCaller(webhook, script, auth_token=AUTH_TOKEN).run()))
             await asyncio.sleep(0.01)
         results = await asyncio.gather(*tasks)
@@ -99,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     path = out / f"pacing-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2))
     pacer = report["pacer"]
-    print(f"{report['calls']} calls, {report['turns_answered']}/{report['turns']} turns answered: "
-          f"send-time jitter p50 {pacer.get('late_p50_ms')} ms, p99 {pacer.get('late_p99_ms')} ms, "
-          f"max {pacer.get('late_max_ms')} ms over {pacer.get('call_ticks')} call-ticks; "
-          f"caller stutters {report['caller_stutters']} (load core {report['load_core_busy']:.0%} busy); "
-          f"violations {report['violations']}  ({path})")
+    print(
+        f"{report['calls']} calls, {report['turns_answered']}/{report['turns']} turns answered: "
+        f"send-time jitter p50 {pacer.get('late_p50_ms')} ms, p99 {pacer.get('late_p99_ms')} ms, "
+        f"max {pacer.get('late_max_ms')} ms over {pacer.get('call_ticks')} call-ticks; "
+        f"caller stutters {report['caller_stutters']} (load core {report['load_core_busy']:.0%} busy); "
+        f"violations {report['violations']}  ({path})"
+    )
     return 0 if report["violations"] == 0 and report["calls_completed"] == report["calls"] else 1
 
 

@@ -82,11 +82,14 @@ def markdown(report: dict[str, Any]) -> str:
     for name, entry in relays.items():
         f = entry.get("main") or {}
         if f.get("load_bound"):
-            notes.append(f"{entry.get('title', name)}: the load side's core was over 90 % busy; its figures are "
-                         "an upper bound.")
+            notes.append(
+                f"{entry.get('title', name)}: the load side's core was over 90 % busy; its figures are an upper bound."
+            )
         if f.get("violation_count"):
-            notes.append(f"{entry.get('title', name)}: {f['violation_count']} message(s) Twilio would reject, e.g. "
-                         f"{'; '.join(f['violations'][:3])}")
+            notes.append(
+                f"{entry.get('title', name)}: {f['violation_count']} message(s) Twilio would reject, e.g. "
+                f"{'; '.join(f['violations'][:3])}"
+            )
     if report.get("upstream_sessions_left_open"):
         notes.append(f"{report['upstream_sessions_left_open']} upstream session(s) outlived their call.")
     if notes:
@@ -114,10 +117,15 @@ def targets(entry: dict[str, Any]) -> list[str]:
         line += f"{cpu / TARGET_CPU_MS:.1f}× over."
         share = main.get("kernel_share")
         if share is not None:
-            line += (f" {share:.0%} of it is kernel time ({cpu * share:.2f} ms: loopback TCP, where each write "
-                     "also runs the receiver's side of the stack), which alone "
-                     + ("is over the target." if cpu * share > TARGET_CPU_MS else
-                        f"leaves {TARGET_CPU_MS - cpu * share:.2f} ms for all of user space."))
+            line += (
+                f" {share:.0%} of it is kernel time ({cpu * share:.2f} ms: loopback TCP, where each write "
+                "also runs the receiver's side of the stack), which alone "
+                + (
+                    "is over the target."
+                    if cpu * share > TARGET_CPU_MS
+                    else f"leaves {TARGET_CPU_MS - cpu * share:.2f} ms for all of user space."
+                )
+            )
     out.append(line)
     at = [s for s in entry.get("steps") or [] if s.get("calls", 0) >= TARGET_CALLS and "added_ms" in s]
     if at:
@@ -128,15 +136,21 @@ def targets(entry: dict[str, Any]) -> list[str]:
             busy = step["cpu_ms_per_call_s"] * step["calls"] / 1000
             verdict += f" (at {step['cpu_ms_per_call_s']:.2f} ms per call-second the relay's core is {busy:.0%} busy)."
         load = " The load side's core was full: an upper bound." if step.get("load_bound") else ""
-        out.append(f"- p99 added latency at {step['calls']} calls {p99:.2f} ms (target < {TARGET_P99_MS:g} ms at "
-                   f"{TARGET_CALLS}): {verdict}{load}")
+        out.append(
+            f"- p99 added latency at {step['calls']} calls {p99:.2f} ms (target < {TARGET_P99_MS:g} ms at "
+            f"{TARGET_CALLS}): {verdict}{load}"
+        )
     else:
-        out.append(f"- p99 added latency at {TARGET_CALLS} calls: not measured in this run "
-                   f"(`--calls {TARGET_CALLS} --no-search` measures it).")
+        out.append(
+            f"- p99 added latency at {TARGET_CALLS} calls: not measured in this run "
+            f"(`--calls {TARGET_CALLS} --no-search` measures it)."
+        )
     rss = main.get("rss_kib_per_call")
     if rss is not None:
-        out.append(f"- memory {rss:.1f} KiB per call (target ≤ {TARGET_RSS_KIB:g}): "
-                   + ("met." if rss <= TARGET_RSS_KIB else f"{rss / TARGET_RSS_KIB:.1f}× over."))
+        out.append(
+            f"- memory {rss:.1f} KiB per call (target ≤ {TARGET_RSS_KIB:g}): "
+            + ("met." if rss <= TARGET_RSS_KIB else f"{rss / TARGET_RSS_KIB:.1f}× over.")
+        )
     return out
 
 
@@ -175,8 +189,9 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     for entry in report["relays"].values():
         steps = [s for s in entry.get("steps") or [] if "cpu_ms_per_call_s" in s]
         if steps:
-            ax.plot([s["calls"] for s in steps], [s["cpu_ms_per_call_s"] for s in steps], marker="o",
-                    label=entry["title"])
+            ax.plot(
+                [s["calls"] for s in steps], [s["cpu_ms_per_call_s"] for s in steps], marker="o", label=entry["title"]
+            )
     ax.set_xlabel("concurrent calls")
     ax.set_ylabel("relay CPU ms per call-second")
     ax.set_title("CPU per call-second (one core; lower is better)")

@@ -39,8 +39,10 @@ async def serve(settings: Settings) -> None:
 
     store: Store
     directory: Directory
-    models_in_use = [(settings.realtime_model, "RELAY_REALTIME_MODEL"),
-                     (settings.transcription_model, "RELAY_TRANSCRIPTION_MODEL")]
+    models_in_use = [
+        (settings.realtime_model, "RELAY_REALTIME_MODEL"),
+        (settings.transcription_model, "RELAY_TRANSCRIPTION_MODEL"),
+    ]
     if settings.database_url:
         from relay.pg import CONNECT_ERRORS, PostgresAdmission, PostgresStore, migrate
 
@@ -49,8 +51,9 @@ async def serve(settings: Settings) -> None:
         except CONNECT_ERRORS as exc:
             # Calls are still served: records wait in the spool until Postgres is back.
             log.error("Postgres unreachable at start (%s); records spool until it is back", type(exc).__name__)
-        pg = PostgresStore(settings.database_url, spool_path=settings.spool_path,
-                           dead_letter_path=settings.dead_letter_path)
+        pg = PostgresStore(
+            settings.database_url, spool_path=settings.spool_path, dead_letter_path=settings.dead_letter_path
+        )
         await pg.open()  # replays a spool left by an earlier run first
         store, directory = pg, CachedDirectory(pg.directory.lookup_number)
         resolve_agent = pg.directory.get_agent
@@ -68,8 +71,16 @@ async def serve(settings: Settings) -> None:
         await store.open()
     for warning in models.shutdown_warnings(models_in_use):
         log.warning(warning)
-    server = RelayServer(Relay(settings, store, directory=directory, resolve_agent=resolve_agent,
-                               admission=admission, credential_source=credential_source))
+    server = RelayServer(
+        Relay(
+            settings,
+            store,
+            directory=directory,
+            resolve_agent=resolve_agent,
+            admission=admission,
+            credential_source=credential_source,
+        )
+    )
     await server.start()
     log.info(
         "relay %s listening on %s:%d; Twilio streams to %s; fastpath=%s; store=%s %s",

@@ -74,16 +74,90 @@ def pcm16_to_ulaw(data: bytes) -> bytes:
 # telephone band). Symmetric; sum(|h|) < 65536, so every accumulator fits in int32.
 _DOWN_TAPS = {
     2: (
-        -23, -19, 75, 70, -162, -186, 282, 411, -424, -813, 571, 1543, -700, -3124, 788, 10311,
+        -23,
+        -19,
+        75,
+        70,
+        -162,
+        -186,
+        282,
+        411,
+        -424,
+        -813,
+        571,
+        1543,
+        -700,
+        -3124,
+        788,
+        10311,
         15568,
-        10311, 788, -3124, -700, 1543, 571, -813, -424, 411, 282, -186, -162, 70, 75, -19, -23,
+        10311,
+        788,
+        -3124,
+        -700,
+        1543,
+        571,
+        -813,
+        -424,
+        411,
+        282,
+        -186,
+        -162,
+        70,
+        75,
+        -19,
+        -23,
     ),
     3: (
-        -15, -20, 4, 50, 67, 5, -108, -159, -44, 188, 319, 142, -282, -579, -348, 380, 1005,
-        773, -466, -1827, -1821, 525, 4692, 8715,
+        -15,
+        -20,
+        4,
+        50,
+        67,
+        5,
+        -108,
+        -159,
+        -44,
+        188,
+        319,
+        142,
+        -282,
+        -579,
+        -348,
+        380,
+        1005,
+        773,
+        -466,
+        -1827,
+        -1821,
+        525,
+        4692,
+        8715,
         10376,
-        8715, 4692, 525, -1821, -1827, -466, 773, 1005, 380, -348, -579, -282, 142, 319, 188,
-        -44, -159, -108, 5, 67, 50, 4, -20, -15,
+        8715,
+        4692,
+        525,
+        -1821,
+        -1827,
+        -466,
+        773,
+        1005,
+        380,
+        -348,
+        -579,
+        -282,
+        142,
+        319,
+        188,
+        -44,
+        -159,
+        -108,
+        5,
+        67,
+        50,
+        4,
+        -20,
+        -15,
     ),
 }
 
@@ -101,8 +175,10 @@ def _mode(src_rate: object, dst_rate: object) -> tuple[int, int]:
         return _UP, dst_rate // 8000
     if dst_rate == 8000 and src_rate in (16000, 24000):
         return _DOWN, src_rate // 8000
-    raise ValueError(f"unsupported resampling {src_rate} -> {dst_rate} Hz "
-                     "(supported: 8000 <-> 16000, 8000 <-> 24000, or the same rate)")
+    raise ValueError(
+        f"unsupported resampling {src_rate} -> {dst_rate} Hz "
+        "(supported: 8000 <-> 16000, 8000 <-> 24000, or the same rate)"
+    )
 
 
 def _clamp16(v: int) -> int:
@@ -166,10 +242,7 @@ class Resampler:
         buf.extend(x)
         taps, m, k = self._taps, self._f, len(self._taps)
         nout = (len(buf) - k + m) // m
-        out = [
-            _clamp16((sum(map(int.__mul__, taps, buf[s : s + k])) + 16384) >> 15)
-            for s in range(0, nout * m, m)
-        ]
+        out = [_clamp16((sum(map(int.__mul__, taps, buf[s : s + k])) + 16384) >> 15) for s in range(0, nout * m, m)]
         del buf[: nout * m]
         return struct.pack(f"<{nout}h", *out)
 

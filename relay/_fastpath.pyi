@@ -414,8 +414,7 @@ class WsCore:
     def messages(self) -> deque[bytes]:
         """Text messages the routed core left, in order, for ``recv``."""
 
-    def __init__(self, transport: Any, client: bool, max_size: int, max_rate: int,
-                 clock: Callable[[], float]) -> None:
+    def __init__(self, transport: Any, client: bool, max_size: int, max_rate: int, clock: Callable[[], float]) -> None:
         """``max_rate``: messages per second allowed from the peer (0: no limit), counted in
         one-second windows; ``clock`` is read once per read with a routed message, and when a
         window's count passes the limit."""
@@ -499,8 +498,16 @@ class MediaCore:
     on_wants_clock: Callable[[], None]
     on_event: Callable[[int, str, float], None]
 
-    def __init__(self, twilio_out: Any, stream_sid: str, *, lead_ms: int, mark_frames: int,
-                 held_frames: int, max_gap_fill_ms: int) -> None: ...
+    def __init__(
+        self,
+        twilio_out: Any,
+        stream_sid: str,
+        *,
+        lead_ms: int,
+        mark_frames: int,
+        held_frames: int,
+        max_gap_fill_ms: int,
+    ) -> None: ...
     @property
     def buffered(self) -> int:
         """Bytes of answer audio in the ring, not sent yet."""

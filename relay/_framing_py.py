@@ -118,7 +118,9 @@ class FrameReader:
         if opcode not in _DATA_OPS and opcode not in _CONTROL_OPS and opcode != OP_CONT:
             raise FrameError(1002, f"unknown opcode {opcode}")
         if bool(b1 & 0x80) != self.masked:
-            raise FrameError(1002, "client frames must be masked" if self.masked else "server frames must not be masked")
+            raise FrameError(
+                1002, "client frames must be masked" if self.masked else "server frames must not be masked"
+            )
         n, head = b1 & 0x7F, 2
         if opcode in _CONTROL_OPS:
             if not fin:

@@ -45,8 +45,18 @@ def _frame(payload: bytes) -> bytes:
 class ItemAudio:
     """One answer's audio, in bytes of 8 kHz μ-law (read-only outside the core)."""
 
-    __slots__ = ("ended", "first_out_at", "heard_ms", "interrupted", "item_id", "marked", "out", "played",
-                 "played_at", "produced")
+    __slots__ = (
+        "ended",
+        "first_out_at",
+        "heard_ms",
+        "interrupted",
+        "item_id",
+        "marked",
+        "out",
+        "played",
+        "played_at",
+        "produced",
+    )
 
     def __init__(self, item_id: str) -> None:
         self.item_id = item_id
@@ -61,8 +71,10 @@ class ItemAudio:
         self.heard_ms: int | None = None  # set when the caller interrupted it
 
     def __repr__(self) -> str:
-        return (f"ItemAudio({self.item_id!r}, produced={self.produced}, out={self.out}, played={self.played}, "
-                f"ended={self.ended}, interrupted={self.interrupted})")
+        return (
+            f"ItemAudio({self.item_id!r}, produced={self.produced}, out={self.out}, played={self.played}, "
+            f"ended={self.ended}, interrupted={self.interrupted})"
+        )
 
 
 def _no_event(kind: int, item_id: str, now: float) -> None:
@@ -74,13 +86,48 @@ def _no_clock() -> None:
 
 
 class MediaCore:
-    __slots__ = ("_backend", "_cleared", "_clocked", "_current", "_dropped", "_epoch", "_gaps", "_gate_open", "_held", "_items",
-                 "_lead_ms", "_mark_frames", "_marks", "_ring", "_segments", "_since_mark", "_t0", "_ts0",
-                 "_twilio", "_writer", "frames_dropped", "frames_filled", "frames_held", "frames_in", "frames_late",
-                 "frames_out", "marks_out", "on_event", "on_wants_clock")
+    __slots__ = (
+        "_backend",
+        "_cleared",
+        "_clocked",
+        "_current",
+        "_dropped",
+        "_epoch",
+        "_gaps",
+        "_gate_open",
+        "_held",
+        "_items",
+        "_lead_ms",
+        "_mark_frames",
+        "_marks",
+        "_ring",
+        "_segments",
+        "_since_mark",
+        "_t0",
+        "_ts0",
+        "_twilio",
+        "_writer",
+        "frames_dropped",
+        "frames_filled",
+        "frames_held",
+        "frames_in",
+        "frames_late",
+        "frames_out",
+        "marks_out",
+        "on_event",
+        "on_wants_clock",
+    )
 
-    def __init__(self, twilio_out: Any, stream_sid: str, *, lead_ms: int, mark_frames: int, held_frames: int,
-                 max_gap_fill_ms: int) -> None:
+    def __init__(
+        self,
+        twilio_out: Any,
+        stream_sid: str,
+        *,
+        lead_ms: int,
+        mark_frames: int,
+        held_frames: int,
+        max_gap_fill_ms: int,
+    ) -> None:
         self._twilio = twilio_out
         self._writer = TwilioWriter(stream_sid)
         self._lead_ms = lead_ms
@@ -134,15 +181,36 @@ class MediaCore:
     def state(self) -> dict[str, Any]:
         """Every field, as plain values: what tests compare between the core and its twin."""
         ring = self._ring
-        return {"ring": (ring.buffered, ring.pushed, ring.sent, ring.padded, ring.heard, ring.dropped),
-                "segments": [(segment[0].item_id, segment[1]) for segment in self._segments],
-                "since mark": self._since_mark, "epoch": self._epoch, "ts0": self._ts0, "t0": self._t0,
-                "held": list(self._held), "gate": self._gate_open, "clocked": self._clocked,
-                "current": self._current.item_id if self._current is not None else None,
-                "items": [(i.item_id, i.produced, i.out, i.marked, i.played, i.played_at, i.first_out_at, i.ended,
-                           i.interrupted, i.heard_ms) for i in self._items.values()],
-                "marks": [(name, item.item_id, cum) for name, (item, cum) in self._marks.items()],
-                "cleared": sorted(self._cleared), "dropped": sorted(self._dropped)}
+        return {
+            "ring": (ring.buffered, ring.pushed, ring.sent, ring.padded, ring.heard, ring.dropped),
+            "segments": [(segment[0].item_id, segment[1]) for segment in self._segments],
+            "since mark": self._since_mark,
+            "epoch": self._epoch,
+            "ts0": self._ts0,
+            "t0": self._t0,
+            "held": list(self._held),
+            "gate": self._gate_open,
+            "clocked": self._clocked,
+            "current": self._current.item_id if self._current is not None else None,
+            "items": [
+                (
+                    i.item_id,
+                    i.produced,
+                    i.out,
+                    i.marked,
+                    i.played,
+                    i.played_at,
+                    i.first_out_at,
+                    i.ended,
+                    i.interrupted,
+                    i.heard_ms,
+                )
+                for i in self._items.values()
+            ],
+            "marks": [(name, item.item_id, cum) for name, (item, cum) in self._marks.items()],
+            "cleared": sorted(self._cleared),
+            "dropped": sorted(self._dropped),
+        }
 
     def audio_ms_to_time(self, audio_ms: int) -> float | None:
         """Loop time of ``audio_ms`` into the current backend session's input audio, if known."""
@@ -298,8 +366,13 @@ class MediaCore:
         before it was known to be the last."""
         self._pump(now)
         for item in self._items.values():
-            if (item.ended and not item.interrupted and item.out == item.produced and item.marked < item.out
-                    and not any(segment[0] is item for segment in self._segments)):
+            if (
+                item.ended
+                and not item.interrupted
+                and item.out == item.produced
+                and item.marked < item.out
+                and not any(segment[0] is item for segment in self._segments)
+            ):
                 self._twilio.send_frames(_frame(self._writer.mark(self._mark_name(item))))
 
     def tick(self, now: float) -> bool:

@@ -49,8 +49,7 @@ def silence_b64(frame_bytes: int = FRAME_BYTES) -> bytes:
 class PlayoutRing:
     """See ``_fastpath.pyi``."""
 
-    __slots__ = ("_fb", "_max", "_buf", "_cap", "_pushed", "_sent", "_padded", "_dropped",
-                 "_heard", "_clock")
+    __slots__ = ("_fb", "_max", "_buf", "_cap", "_pushed", "_sent", "_padded", "_dropped", "_heard", "_clock")
 
     def __init__(self, frame_bytes: int = FRAME_BYTES, max_bytes: int = 8_000_000) -> None:
         self._fb = _int(frame_bytes, "frame_bytes", 1, MAX_FRAME)
@@ -165,8 +164,7 @@ class PlayoutRing:
 class GapFiller:
     """See ``_fastpath.pyi``."""
 
-    __slots__ = ("_f", "_max_fill", "_cap", "_tol", "_next", "_frames", "_filled", "_dropped",
-                 "_capped")
+    __slots__ = ("_f", "_max_fill", "_cap", "_tol", "_next", "_frames", "_filled", "_dropped", "_capped")
 
     def __init__(self, frame_ms: int = FRAME_MS, max_fill_ms: int = 1000) -> None:
         self._f = _int(frame_ms, "frame_ms", 1, MAX_FRAME)

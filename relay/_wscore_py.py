@@ -29,11 +29,23 @@ LEG_TWILIO, LEG_BACKEND = 0, 1
 
 
 class WsCore:
-    __slots__ = ("_clock", "_leg", "_mask_at", "_masks", "_max_rate", "_media", "messages", "_reader", "transport",
-                 "_window_count", "_window_start", "client", "state")
+    __slots__ = (
+        "_clock",
+        "_leg",
+        "_mask_at",
+        "_masks",
+        "_max_rate",
+        "_media",
+        "messages",
+        "_reader",
+        "transport",
+        "_window_count",
+        "_window_start",
+        "client",
+        "state",
+    )
 
-    def __init__(self, transport: Any, client: bool, max_size: int, max_rate: int,
-                 clock: Callable[[], float]) -> None:
+    def __init__(self, transport: Any, client: bool, max_size: int, max_rate: int, clock: Callable[[], float]) -> None:
         self.transport = transport
         self.client = bool(client)  # every frame we send is masked; every frame we read must not be
         self._reader = FrameReader(not self.client, max_size)
@@ -138,4 +150,3 @@ class WsCore:
         """Send caller audio (base64 μ-law) as ``input_audio_buffer.append``, framed in one go."""
         if self.state == OPEN:
             self._write(build_frame(OP_TEXT, _append(payload), self._mask()))
-

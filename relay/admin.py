@@ -27,8 +27,18 @@ from relay.twilio import CALL_SID
 COMMANDS = ("migrate", "tenants", "numbers", "agents", "calls", "turns")
 POSTGRES_ONLY = ("migrate", "tenants", "numbers", "agents")
 # The agent settings the CLI may set (``--vad-silence-ms`` sets vad_silence_ms, and so on).
-AGENT_OPTIONS = ("instructions", "voice", "greeting", "model", "transcription_model", "vad_threshold",
-                 "vad_silence_ms", "vad_prefix_ms", "max_concurrent_calls", "calls_per_minute")
+AGENT_OPTIONS = (
+    "instructions",
+    "voice",
+    "greeting",
+    "model",
+    "transcription_model",
+    "vad_threshold",
+    "vad_silence_ms",
+    "vad_prefix_ms",
+    "max_concurrent_calls",
+    "calls_per_minute",
+)
 # Settings a flag may set to None ("none": no limit); present on the command line only when given.
 _CLEARABLE = ("max_concurrent_calls", "calls_per_minute")
 
@@ -59,7 +69,8 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     add_tenant.add_argument("--calls-per-minute", type=limit, help="calls admitted per minute (default: no limit)")
     tenant_actions.add_parser("list", help="list tenants")
     set_token = tenant_actions.add_parser(
-        "set-token", help="the tenant's Twilio (sub)account: auth token read from stdin (empty: remove)")
+        "set-token", help="the tenant's Twilio (sub)account: auth token read from stdin (empty: remove)"
+    )
     set_token.add_argument("tenant_id")
     set_token.add_argument("--account-sid", help="the AccountSid the token belongs to (AC…); required with a token")
 
@@ -72,8 +83,10 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
 
     agents = commands.add_parser("agents", help="a tenant's agents: how the model behaves on its calls (Postgres)")
     agent_actions = agents.add_subparsers(dest="action", required=True)
-    for action, text in (("add", "add an agent; unset values come from RELAY_AGENT_* and friends"),
-                         ("set", "change an agent's settings; unset values stay")):
+    for action, text in (
+        ("add", "add an agent; unset values come from RELAY_AGENT_* and friends"),
+        ("set", "change an agent's settings; unset values stay"),
+    ):
         parser = agent_actions.add_parser(action, help=text)
         parser.add_argument("agent_id")
         parser.add_argument("--tenant", required=True)
@@ -85,10 +98,20 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         parser.add_argument("--vad-threshold", type=float)
         parser.add_argument("--vad-silence-ms", type=int)
         parser.add_argument("--vad-prefix-ms", type=int)
-        parser.add_argument("--max-calls", dest="max_concurrent_calls", type=limit, default=argparse.SUPPRESS,
-                            help="the agent's own concurrent-call limit (none: no limit)")
-        parser.add_argument("--calls-per-minute", dest="calls_per_minute", type=limit, default=argparse.SUPPRESS,
-                            help="the agent's own calls-per-minute limit (none: no limit)")
+        parser.add_argument(
+            "--max-calls",
+            dest="max_concurrent_calls",
+            type=limit,
+            default=argparse.SUPPRESS,
+            help="the agent's own concurrent-call limit (none: no limit)",
+        )
+        parser.add_argument(
+            "--calls-per-minute",
+            dest="calls_per_minute",
+            type=limit,
+            default=argparse.SUPPRESS,
+            help="the agent's own calls-per-minute limit (none: no limit)",
+        )
     list_agents = agent_actions.add_parser("list", help="a tenant's agents")
     list_agents.add_argument("--tenant", required=True)
     show_agent = agent_actions.add_parser("show", help="one agent")
@@ -148,7 +171,8 @@ async def _postgres(args: argparse.Namespace, settings: Settings) -> int:
     try:
         async with pg.Directory.connect(settings.database_url) as directory:
             handler: Callable[[pg.Directory, argparse.Namespace, Settings], Awaitable[None]] = _HANDLERS[
-                (args.command, getattr(args, "action", None))]
+                (args.command, getattr(args, "action", None))
+            ]
             await handler(directory, args, settings)
     except pg.CheckViolationError as exc:  # a bound only the database knew
         raise InputError(f"the database refused a value ({exc.constraint_name})") from None
@@ -179,8 +203,11 @@ async def _numbers_add(directory: Any, args: argparse.Namespace, settings: Setti
 
 def _agent_changes(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given on the command line."""
-    return {name: getattr(args, name) for name in AGENT_OPTIONS
-            if (name in _CLEARABLE and hasattr(args, name)) or getattr(args, name, None) is not None}
+    return {
+        name: getattr(args, name)
+        for name in AGENT_OPTIONS
+        if (name in _CLEARABLE and hasattr(args, name)) or getattr(args, name, None) is not None
+    }
 
 
 async def _agents_add(directory: Any, args: argparse.Namespace, settings: Settings) -> None:

@@ -32,8 +32,12 @@ class Admission(Protocol):
 class LocalAdmission:
     """One relay's own count, for the embedded store (``None`` limits: no limit)."""
 
-    def __init__(self, max_concurrent: int | None = None, per_minute: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_concurrent: int | None = None,
+        per_minute: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_concurrent, self.per_minute = max_concurrent, per_minute
         self._clock = clock
         self._live: dict[str, tuple[float, bool]] = {}  # call_sid -> (admitted at, started)

@@ -72,19 +72,34 @@ class Agent:
     @classmethod
     def from_profile(cls, tenant_id: str, agent_id: str, profile: AgentProfile) -> Agent:
         """An agent that behaves as ``profile`` (the environment's, for a tenant's first agent)."""
-        return cls(tenant_id, agent_id, instructions=profile.instructions, voice=profile.voice, model=profile.model,
-                   transcription_model=profile.transcription_model, vad_threshold=profile.vad_threshold,
-                   vad_silence_ms=profile.vad_silence_ms, vad_prefix_ms=profile.vad_prefix_ms,
-                   greeting=profile.greeting, backend=profile.backend)
+        return cls(
+            tenant_id,
+            agent_id,
+            instructions=profile.instructions,
+            voice=profile.voice,
+            model=profile.model,
+            transcription_model=profile.transcription_model,
+            vad_threshold=profile.vad_threshold,
+            vad_silence_ms=profile.vad_silence_ms,
+            vad_prefix_ms=profile.vad_prefix_ms,
+            greeting=profile.greeting,
+            backend=profile.backend,
+        )
 
     def profile(self, base: AgentProfile) -> AgentProfile:
         """The session settings a call with this agent runs with; what an agent row does not
         carry (the relay-wide greeting when it has none, the end_call tool) comes from ``base``."""
         return dataclasses.replace(
-            base, instructions=self.instructions, voice=self.voice, model=self.model,
-            transcription_model=self.transcription_model, vad_threshold=self.vad_threshold,
-            vad_silence_ms=self.vad_silence_ms, vad_prefix_ms=self.vad_prefix_ms,
-            greeting=self.greeting or base.greeting, backend=self.backend,
+            base,
+            instructions=self.instructions,
+            voice=self.voice,
+            model=self.model,
+            transcription_model=self.transcription_model,
+            vad_threshold=self.vad_threshold,
+            vad_silence_ms=self.vad_silence_ms,
+            vad_prefix_ms=self.vad_prefix_ms,
+            greeting=self.greeting or base.greeting,
+            backend=self.backend,
         )
 
     def problems(self) -> list[str]:

@@ -94,18 +94,28 @@ class Settings:
         """The agent the environment describes (``RELAY_AGENT_*`` and friends): every call's with
         the embedded store, and the template of each tenant's first agent with Postgres."""
         return AgentProfile(
-            instructions=self.agent_instructions, voice=self.agent_voice, model=self.realtime_model,
-            transcription_model=self.transcription_model, vad_threshold=self.vad_threshold,
-            vad_silence_ms=self.vad_silence_ms, vad_prefix_ms=self.vad_prefix_ms, greeting=self.greeting,
+            instructions=self.agent_instructions,
+            voice=self.agent_voice,
+            model=self.realtime_model,
+            transcription_model=self.transcription_model,
+            vad_threshold=self.vad_threshold,
+            vad_silence_ms=self.vad_silence_ms,
+            vad_prefix_ms=self.vad_prefix_ms,
+            greeting=self.greeting,
             end_call_tool=self.end_call_tool,
         )
 
     @property
     def call_options(self) -> CallOptions:
         """How each call is paced and kept alive."""
-        return CallOptions(lead_ms=self.playout_lead_ms, mark_frames=max(1, self.mark_interval_ms // FRAME_MS),
-                           presession_buffer_ms=self.presession_buffer_ms, dtmf_timeout_ms=self.dtmf_timeout_ms,
-                           reconnect_message=self.reconnect_message, hangup_grace_ms=self.hangup_grace_ms)
+        return CallOptions(
+            lead_ms=self.playout_lead_ms,
+            mark_frames=max(1, self.mark_interval_ms // FRAME_MS),
+            presession_buffer_ms=self.presession_buffer_ms,
+            dtmf_timeout_ms=self.dtmf_timeout_ms,
+            reconnect_message=self.reconnect_message,
+            hangup_grace_ms=self.hangup_grace_ms,
+        )
 
     @property
     def stream_url(self) -> str:
@@ -220,7 +230,9 @@ class Settings:
         if not serve:
             pass
         elif not self.public_url:
-            problems.append("RELAY_PUBLIC_URL is required: the https origin Twilio reaches, e.g. https://relay.example.com")
+            problems.append(
+                "RELAY_PUBLIC_URL is required: the https origin Twilio reaches, e.g. https://relay.example.com"
+            )
         elif public.scheme not in ("https", "http") or not public.hostname:
             problems.append(f"RELAY_PUBLIC_URL={self.public_url!r} must be an https:// origin")
         elif public.scheme == "http" and not is_loopback(public.hostname):
@@ -236,8 +248,10 @@ class Settings:
         elif backend.scheme == "ws" and not is_loopback(backend.hostname):
             problems.append(f"RELAY_REALTIME_URL={self.realtime_url!r} must use wss (ws is for loopback only)")
         elif "model" in parse_qs(backend.query):
-            problems.append(f"RELAY_REALTIME_URL={self.realtime_url!r} names a model: the model is "
-                            "RELAY_REALTIME_MODEL (or the agent's), remove ?model= from the URL")
+            problems.append(
+                f"RELAY_REALTIME_URL={self.realtime_url!r} names a model: the model is "
+                "RELAY_REALTIME_MODEL (or the agent's), remove ?model= from the URL"
+            )
         if not self.realtime_model or not self.realtime_model.isprintable() or " " in self.realtime_model:
             problems.append(f"RELAY_REALTIME_MODEL={self.realtime_model!r} is not a model name")
         if self.twilio_account_sid and not ACCOUNT_SID.fullmatch(self.twilio_account_sid):
@@ -256,4 +270,3 @@ class Settings:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             problems.append(f"RELAY_LOG_LEVEL={self.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
         return problems
-

@@ -31,6 +31,7 @@ The inbound side keeps the backend's audio clock true: the gap filler puts silen
 Twilio's timestamps skip frames and drops duplicates and late frames; audio is held (bounded)
 while no backend session has confirmed its format (at start, and while one is replaced).
 """
+
 from __future__ import annotations
 
 import logging
@@ -172,10 +173,35 @@ class Conversation:
     events, the turns, barge-in, keys, hang-up and storage.
     """
 
-    __slots__ = ("_assistants", "_awaiting_answer", "_backlog", "_dtmf_count", "_greeted", "_keys", "_keys_due",
-                 "_response_active", "_say_on_open", "_seq", "_speaking", "_speech_end_at", "_stats", "_submit",
-                 "_unstored", "_upstream", "_users", "agent", "backend", "farewell_played", "hangup_requested",
-                 "media", "on_hangup", "on_wants_clock", "options", "start", "tenant_id")
+    __slots__ = (
+        "_assistants",
+        "_awaiting_answer",
+        "_backlog",
+        "_dtmf_count",
+        "_greeted",
+        "_keys",
+        "_keys_due",
+        "_response_active",
+        "_say_on_open",
+        "_seq",
+        "_speaking",
+        "_speech_end_at",
+        "_stats",
+        "_submit",
+        "_unstored",
+        "_upstream",
+        "_users",
+        "agent",
+        "backend",
+        "farewell_played",
+        "hangup_requested",
+        "media",
+        "on_hangup",
+        "on_wants_clock",
+        "options",
+        "start",
+        "tenant_id",
+    )
 
     def __init__(
         self,
@@ -187,9 +213,14 @@ class Conversation:
         *,
         core: Callable[..., Any] = MediaCore,
     ) -> None:
-        self.media = core(twilio_out, start.stream_sid, lead_ms=options.lead_ms, mark_frames=options.mark_frames,
-                          held_frames=options.presession_buffer_ms // FRAME_MS,
-                          max_gap_fill_ms=options.max_gap_fill_ms)
+        self.media = core(
+            twilio_out,
+            start.stream_sid,
+            lead_ms=options.lead_ms,
+            mark_frames=options.mark_frames,
+            held_frames=options.presession_buffer_ms // FRAME_MS,
+            max_gap_fill_ms=options.max_gap_fill_ms,
+        )
         self.media.on_event = self._media_event
         self.start = start
         self.agent = agent
@@ -222,9 +253,17 @@ class Conversation:
         self._dtmf_count = 0
         self.hangup_requested = False
         self.farewell_played = False
-        self._submit(CallRecord(tenant_id=self.tenant_id, call_sid=start.call_sid, stream_sid=start.stream_sid,
-                                started_at=time.time(), account_sid=start.account_sid,
-                                from_number=params.get("from", ""), to_number=params.get("to", "")))
+        self._submit(
+            CallRecord(
+                tenant_id=self.tenant_id,
+                call_sid=start.call_sid,
+                stream_sid=start.stream_sid,
+                started_at=time.time(),
+                account_sid=start.account_sid,
+                from_number=params.get("from", ""),
+                to_number=params.get("to", ""),
+            )
+        )
 
     @property
     def call_sid(self) -> str:
@@ -288,10 +327,17 @@ class Conversation:
     @property
     def idle(self) -> bool:
         """Nobody is talking and nothing is left to hear: a backend session can be swapped."""
-        return (self.media.gate_open and not self._response_active and not self._speaking
-                and not self._awaiting_answer and not self.media.buffered and not self.media.marks_pending
-                and not self.hangup_requested and not self._keys
-                and all(user.transcript is not None for user in self._users.values()))
+        return (
+            self.media.gate_open
+            and not self._response_active
+            and not self._speaking
+            and not self._awaiting_answer
+            and not self.media.buffered
+            and not self.media.marks_pending
+            and not self.hangup_requested
+            and not self._keys
+            and all(user.transcript is not None for user in self._users.values())
+        )
 
     def history(self) -> list[tuple[str, str]]:
         """The conversation so far as (role, text): what the caller said and what they heard."""
@@ -359,8 +405,7 @@ class Conversation:
             self._new_assistant(item_id)
         elif kind == EV_AUDIO_ERROR:
             self._stats.backend_errors += 1
-            log.warning("call %s: audio delta dropped: not base64, or more than the playout ring holds",
-                        self.call_sid)
+            log.warning("call %s: audio delta dropped: not base64, or more than the playout ring holds", self.call_sid)
 
     def tick(self, now: float) -> bool:
         """The keys' clock: send them once due. False: no more ticks wanted."""
@@ -478,8 +523,7 @@ class Conversation:
 
     def _check_farewell(self) -> None:
         """The agent asked to hang up: has everything it said been heard?"""
-        if (not self.hangup_requested or self.farewell_played or self.media.buffered
-                or self.media.marks_pending):
+        if not self.hangup_requested or self.farewell_played or self.media.buffered or self.media.marks_pending:
             return
         if any(not turn.done for turn in self._assistants.values()):
             return
@@ -505,8 +549,11 @@ class Conversation:
         self._stats.barge_ins += 1
         turn = self._assistants.get(cut.item_id)
         if cut.heard_ms is not None:
-            if self._response_active and not (turn is not None and turn.done) and \
-                    (keypress or not backend.server_cancels):
+            if (
+                self._response_active
+                and not (turn is not None and turn.done)
+                and (keypress or not backend.server_cancels)
+            ):
                 self._to_backend(backend.cancel())  # the server will not cancel by itself
             # The truncate keeps the model's memory to what the caller actually heard.
             self._to_backend(backend.truncate(cut.item_id, cut.heard_ms))
@@ -527,8 +574,9 @@ class Conversation:
     def _new_assistant(self, item_id: str) -> AssistantTurn:
         turn = self._assistants.get(item_id)
         if turn is None:
-            turn = AssistantTurn(self._next_seq(), item_id, time.time(), self._speech_end_at,
-                                 self.media.add_item(item_id))
+            turn = AssistantTurn(
+                self._next_seq(), item_id, time.time(), self._speech_end_at, self.media.add_item(item_id)
+            )
             self._assistants[item_id] = self._unstored[item_id] = turn
             self._speech_end_at = None
         return turn
@@ -537,9 +585,19 @@ class Conversation:
         if turn.stored:
             return
         turn.stored = True
-        self._submit(TurnRecord(tenant_id=self.tenant_id, call_sid=self.call_sid, seq=turn.seq, role="user",
-                                started_at=turn.started_at, ended_at=time.time(), item_id=turn.item_id,
-                                text_generated=turn.transcript, text_heard=turn.transcript))
+        self._submit(
+            TurnRecord(
+                tenant_id=self.tenant_id,
+                call_sid=self.call_sid,
+                seq=turn.seq,
+                role="user",
+                started_at=turn.started_at,
+                ended_at=time.time(),
+                item_id=turn.item_id,
+                text_generated=turn.transcript,
+                text_heard=turn.transcript,
+            )
+        )
 
     def _heard_text(self, turn: AssistantTurn) -> str:
         heard_ms = turn.heard_ms
@@ -564,28 +622,47 @@ class Conversation:
         self._unstored.pop(turn.item_id, None)
         heard = self._heard_text(turn)
         v2v = turn.v2v_ms
-        self._submit(TurnRecord(tenant_id=self.tenant_id, call_sid=self.call_sid, seq=turn.seq, role="assistant",
-                                started_at=turn.started_at, ended_at=time.time(), item_id=turn.item_id,
-                                text_generated=turn.transcript, text_heard=heard,
-                                interrupted=turn.interrupted or heard != turn.transcript,
-                                audio_ms=turn.produced // BYTES_PER_MS,
-                                voice_to_voice_ms=round(v2v, 1) if v2v is not None else None))
+        self._submit(
+            TurnRecord(
+                tenant_id=self.tenant_id,
+                call_sid=self.call_sid,
+                seq=turn.seq,
+                role="assistant",
+                started_at=turn.started_at,
+                ended_at=time.time(),
+                item_id=turn.item_id,
+                text_generated=turn.transcript,
+                text_heard=heard,
+                interrupted=turn.interrupted or heard != turn.transcript,
+                audio_ms=turn.produced // BYTES_PER_MS,
+                voice_to_voice_ms=round(v2v, 1) if v2v is not None else None,
+            )
+        )
 
     def finish(self, end_reason: str) -> None:
         """Submit every turn still open and the call's end: nothing said is left unstored."""
         if self._keys:  # pressed as the call ended: stored, though the model will not hear them
             self._dtmf_count += 1
             keys, self._keys, self._keys_due = self._keys, "", None
-            self._users[f"dtmf_{self._dtmf_count}"] = UserTurn(self._next_seq(), f"dtmf_{self._dtmf_count}",
-                                                                time.time(), f"[DTMF {keys}]")
+            self._users[f"dtmf_{self._dtmf_count}"] = UserTurn(
+                self._next_seq(), f"dtmf_{self._dtmf_count}", time.time(), f"[DTMF {keys}]"
+            )
         for user in self._users.values():
             self._store_user(user)
         for assistant in self._assistants.values():
             self._maybe_store_assistant(assistant, final=True)
         stats = self.stats
         v2v = stats.v2v_ms
-        self._submit(CallEnd(tenant_id=self.tenant_id, call_sid=self.call_sid, ended_at=time.time(),
-                             end_reason=end_reason or "error", frames_in=stats.frames_in,
-                             frames_out=stats.frames_out, turns=len(self._users) + len(self._assistants),
-                             v2v_p50_ms=round(statistics.median(v2v), 1) if v2v else None,
-                             v2v_max_ms=round(max(v2v), 1) if v2v else None))
+        self._submit(
+            CallEnd(
+                tenant_id=self.tenant_id,
+                call_sid=self.call_sid,
+                ended_at=time.time(),
+                end_reason=end_reason or "error",
+                frames_in=stats.frames_in,
+                frames_out=stats.frames_out,
+                turns=len(self._users) + len(self._assistants),
+                v2v_p50_ms=round(statistics.median(v2v), 1) if v2v else None,
+                v2v_max_ms=round(max(v2v), 1) if v2v else None,
+            )
+        )

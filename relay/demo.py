@@ -119,8 +119,15 @@ def _summary(
             }
             for t in turns
         ]
-        calls.append({"call_sid": r.call_sid, "turns": rows, "stored_turns": len(turns),
-                      "end_reason": ends.get(r.call_sid), "caller_heard": [t.heard for t in r.turns]})
+        calls.append(
+            {
+                "call_sid": r.call_sid,
+                "turns": rows,
+                "stored_turns": len(turns),
+                "end_reason": ends.get(r.call_sid),
+                "caller_heard": [t.heard for t in r.turns],
+            }
+        )
     return {
         "calls": len(results),
         "calls_completed": sum(1 for r in results if _completed(r, hangup_expected)),

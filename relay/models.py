@@ -45,8 +45,10 @@ SHUTDOWNS: dict[str, Shutdown] = {
     "whisper-1": Shutdown(_TRANSCRIBE_2027, DEFAULT_TRANSCRIPTION_MODEL, False),
 }
 # Every snapshot of these families is on the list too (reported).
-_PREFIXES = {"gpt-4o-realtime": Shutdown(_REALTIME_2027, "gpt-realtime-2.1", False),
-             "gpt-4o-mini-realtime": Shutdown(_REALTIME_2027, "gpt-realtime-2.1-mini", False)}
+_PREFIXES = {
+    "gpt-4o-realtime": Shutdown(_REALTIME_2027, "gpt-realtime-2.1", False),
+    "gpt-4o-mini-realtime": Shutdown(_REALTIME_2027, "gpt-realtime-2.1-mini", False),
+}
 
 
 def shutdown_of(model: str) -> Shutdown | None:
@@ -64,6 +66,8 @@ def shutdown_warnings(uses: Iterable[tuple[str, str]]) -> list[str]:
         found = shutdown_of(model)
         if found is not None:
             how = "announced" if found.announced else "reported"
-            lines.append(f"model {model!r} ({where}) shuts down on {found.date.isoformat()} ({how}); "
-                         f"move to {found.replacement!r}")
+            lines.append(
+                f"model {model!r} ({where}) shuts down on {found.date.isoformat()} ({how}); "
+                f"move to {found.replacement!r}"
+            )
     return lines

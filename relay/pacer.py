@@ -76,8 +76,12 @@ class Pacer:
 
     def stats(self) -> dict[str, float | int]:
         """Ticks so far, and their lateness (send-time jitter) at p50, p99 and worst, in ms."""
-        return {"ticks": self.ticks, "calls": len(self._ticks), "call_ticks": sum(self.late),
-                **late_quantiles(self.late)}
+        return {
+            "ticks": self.ticks,
+            "calls": len(self._ticks),
+            "call_ticks": sum(self.late),
+            **late_quantiles(self.late),
+        }
 
 
 def late_quantiles(histogram: list[int]) -> dict[str, float]:

@@ -90,8 +90,9 @@ class Relay:
         self.store = store
         self.directory = directory or SingleTenant()
         self.resolve_agent = resolve_agent
-        self.admission = admission or LocalAdmission(settings.max_concurrent_calls or None,
-                                                     settings.calls_per_minute or None)
+        self.admission = admission or LocalAdmission(
+            settings.max_concurrent_calls or None, settings.calls_per_minute or None
+        )
         self.rejected_signatures = 0  # webhooks and handshakes refused for a bad X-Twilio-Signature
         self.rejected_bindings = 0  # signed, but by an account that may not act for that call
         self.malformed_webhooks = 0  # refused with 400 before anything was looked up or counted
@@ -205,26 +206,49 @@ class Relay:
         if not admitted:
             log.warning("webhook: call %s refused: tenant %s is at its call limit", call.call_sid, route.tenant_id)
             return HTTPStatus.OK, twilio.refusal_twiml(self.settings.busy_message)
-        log.info("webhook: call %s from %s to %s: tenant %s", call.call_sid, call.from_ or "?", call.to,
-                 route.tenant_id)
+        log.info(
+            "webhook: call %s from %s to %s: tenant %s", call.call_sid, call.from_ or "?", call.to, route.tenant_id
+        )
         now = time.time()
-        token = streamtoken.issue(self.stream_token_key, tenant=route.tenant_id, agent=route.agent_id,
-                                  call_sid=call.call_sid, account_sid=call.account_sid, now=now)
-        hook = streamtoken.issue(self.stream_token_key, tenant=route.tenant_id, agent="", call_sid=call.call_sid,
-                                 account_sid=call.account_sid, now=now, purpose=streamtoken.AFTER_STREAM,
-                                 ttl=streamtoken.AFTER_STREAM_TTL)
-        after_url = (f"{self.settings.public_url.rstrip('/')}{twilio.AFTER_STREAM_PATH}?"
-                     f"{urlencode({'tenant': route.tenant_id, 'token': hook})}")
+        token = streamtoken.issue(
+            self.stream_token_key,
+            tenant=route.tenant_id,
+            agent=route.agent_id,
+            call_sid=call.call_sid,
+            account_sid=call.account_sid,
+            now=now,
+        )
+        hook = streamtoken.issue(
+            self.stream_token_key,
+            tenant=route.tenant_id,
+            agent="",
+            call_sid=call.call_sid,
+            account_sid=call.account_sid,
+            now=now,
+            purpose=streamtoken.AFTER_STREAM,
+            ttl=streamtoken.AFTER_STREAM_TTL,
+        )
+        after_url = (
+            f"{self.settings.public_url.rstrip('/')}{twilio.AFTER_STREAM_PATH}?"
+            f"{urlencode({'tenant': route.tenant_id, 'token': hook})}"
+        )
         twiml = twilio.connect_stream_twiml(
             self.settings.stream_url,
-            {"callSid": call.call_sid, "from": call.from_, "to": call.to, "tenant": route.tenant_id,
-             "agent": route.agent_id, "token": token},
+            {
+                "callSid": call.call_sid,
+                "from": call.from_,
+                "to": call.to,
+                "tenant": route.tenant_id,
+                "agent": route.agent_id,
+                "token": token,
+            },
             after_url,
         )
         return HTTPStatus.OK, twiml
 
-    async def after_stream(self, query: dict[str, str], params: dict[str, str],
-                           found: tuple[Credential, ...]) -> tuple[HTTPStatus, str]:
+    async def after_stream(
+        self, query: dict[str, str], params: dict[str, str], found: tuple[Credential, ...]
+    ) -> tuple[HTTPStatus, str]:
         """What Twilio runs once relay has closed a call's stream (the ``<Redirect>`` after
         ``</Connect>``): nothing more after a normal end (the agent hung up), the failure message
         after anything else. Works on any relay sharing the store: the reason is looked up there
@@ -233,9 +257,16 @@ class Relay:
         if not (twilio.CALL_SID.fullmatch(call_sid) and twilio.ACCOUNT_SID.fullmatch(account_sid)):
             self.malformed_webhooks += 1
             return HTTPStatus.BAD_REQUEST, "CallSid and AccountSid must be Twilio sids\n"
-        refused = streamtoken.verify(self.stream_token_key, query.get("token", ""), tenant=tenant, agent="",
-                                     call_sid=call_sid, account_sid=account_sid, now=time.time(),
-                                     purpose=streamtoken.AFTER_STREAM)
+        refused = streamtoken.verify(
+            self.stream_token_key,
+            query.get("token", ""),
+            tenant=tenant,
+            agent="",
+            call_sid=call_sid,
+            account_sid=account_sid,
+            now=time.time(),
+            purpose=streamtoken.AFTER_STREAM,
+        )
         problem = refused or self.binding_problem(found, tenant, account_sid)
         if problem is not None:
             log.warning("after-stream hook refused for call %s: %s", call_sid, problem)
@@ -277,10 +308,15 @@ class Relay:
         allowed to act for the token's tenant."""
         params = start.custom_parameters
         tenant = params.get("tenant", "")
-        return streamtoken.verify(self.stream_token_key, params.get("token", ""), tenant=tenant,
-                                  agent=params.get("agent", ""), call_sid=start.call_sid,
-                                  account_sid=start.account_sid, now=time.time()) or \
-            self.binding_problem(found, tenant, start.account_sid)
+        return streamtoken.verify(
+            self.stream_token_key,
+            params.get("token", ""),
+            tenant=tenant,
+            agent=params.get("agent", ""),
+            call_sid=start.call_sid,
+            account_sid=start.account_sid,
+            now=time.time(),
+        ) or self.binding_problem(found, tenant, start.account_sid)
 
     # ------------------------------------------------------------------ calls
 
@@ -297,13 +333,20 @@ class Relay:
         self.upstreams_outlived += 1
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "fastpath": fastpath.IMPLEMENTATION, "calls_active": len(self.sessions),
-                "connections": self.connections, "refused_signatures": self.rejected_signatures,
-                "refused_bindings": self.rejected_bindings, "malformed_webhooks": self.malformed_webhooks,
-                "violations": dict(self.violations), "upstreams_open": self.upstreams_open,
-                "upstreams_outlived": self.upstreams_outlived,
-                "store": {"kind": self.store.kind, "dead_letters": self.store.dead_letters},
-                "pacer": self.pacer.stats()}
+        return {
+            "status": "ok",
+            "fastpath": fastpath.IMPLEMENTATION,
+            "calls_active": len(self.sessions),
+            "connections": self.connections,
+            "refused_signatures": self.rejected_signatures,
+            "refused_bindings": self.rejected_bindings,
+            "malformed_webhooks": self.malformed_webhooks,
+            "violations": dict(self.violations),
+            "upstreams_open": self.upstreams_open,
+            "upstreams_outlived": self.upstreams_outlived,
+            "store": {"kind": self.store.kind, "dead_letters": self.store.dead_letters},
+            "pacer": self.pacer.stats(),
+        }
 
     def start_call(self, ws: Connection, found: tuple[Credential, ...] = ()) -> None:
         settings = self.settings
@@ -438,8 +481,15 @@ class HttpProtocol(asyncio.Protocol):
         self._handle_request()
 
     # requests
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str = "text/plain", *, keep_alive: bool,
-              head_only: bool = False) -> None:
+    def _send(
+        self,
+        status: HTTPStatus,
+        body: bytes,
+        content_type: str = "text/plain",
+        *,
+        keep_alive: bool,
+        head_only: bool = False,
+    ) -> None:
         assert self._transport is not None
         if self._transport.is_closing():
             return
@@ -460,10 +510,16 @@ class HttpProtocol(asyncio.Protocol):
         if self._too_large:
             self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"request too large\n", keep_alive=False)
         elif url.path == "/healthz" and method in (b"GET", b"HEAD"):
-            self._send(HTTPStatus.OK, orjson.dumps(self._relay.health()), "application/json", keep_alive=keep_alive,
-                       head_only=method == b"HEAD")
+            self._send(
+                HTTPStatus.OK,
+                orjson.dumps(self._relay.health()),
+                "application/json",
+                keep_alive=keep_alive,
+                head_only=method == b"HEAD",
+            )
         elif (url.path == twilio.STREAM_PATH and method in (b"POST", b"GET")) or (
-                url.path == twilio.AFTER_STREAM_PATH and method == b"POST"):
+            url.path == twilio.AFTER_STREAM_PATH and method == b"POST"
+        ):
             self._twilio_request(method, url.path, url.query, keep_alive)
         elif url.path in ("/healthz", twilio.STREAM_PATH, twilio.AFTER_STREAM_PATH):
             self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", keep_alive=keep_alive)
@@ -479,8 +535,9 @@ class HttpProtocol(asyncio.Protocol):
         signed_url = relay.settings.public_url.rstrip("/") + path + (f"?{query}" if query else "")
         # As twilio's validator decides: a bodySHA256 query parameter, even an empty one.
         is_json = method == b"POST" and "bodySHA256" in parse_qs(query)
-        signed: dict[str, str] | str = raw if is_json else (
-            dict(parse_qsl(raw, keep_blank_values=True)) if method == b"POST" else {})
+        signed: dict[str, str] | str = (
+            raw if is_json else (dict(parse_qsl(raw, keep_blank_values=True)) if method == b"POST" else {})
+        )
         signature = self._header("x-twilio-signature")
         fields = dict(parse_qsl(query if is_json or method != b"POST" else raw, keep_blank_values=True))
         params: dict[str, str] | None = fields
@@ -496,14 +553,23 @@ class HttpProtocol(asyncio.Protocol):
             log.warning("Twilio request to %s refused: X-Twilio-Signature missing or wrong", path)
             self._send(HTTPStatus.FORBIDDEN, b"forbidden\n", keep_alive=False)
             return
-        task = asyncio.ensure_future(self._answer_twilio(path, dict(parse_qsl(query)), params, keep_alive,
-                                                         found, (signed_url, signed, signature)))
+        task = asyncio.ensure_future(
+            self._answer_twilio(
+                path, dict(parse_qsl(query)), params, keep_alive, found, (signed_url, signed, signature)
+            )
+        )
         relay.background.add(task)
         task.add_done_callback(relay.background.discard)
 
-    async def _answer_twilio(self, path: str, query: dict[str, str], params: dict[str, str] | None,
-                             keep_alive: bool, found: tuple[Credential, ...],
-                             signed: tuple[str, dict[str, str] | str, str | None]) -> None:
+    async def _answer_twilio(
+        self,
+        path: str,
+        query: dict[str, str],
+        params: dict[str, str] | None,
+        keep_alive: bool,
+        found: tuple[Credential, ...],
+        signed: tuple[str, dict[str, str] | str, str | None],
+    ) -> None:
         relay = self._relay
         if not found and not relay.settings.skip_twilio_signature:
             # Perhaps a tenant's token added since the last reload: reload once, then decide.
@@ -567,8 +633,12 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.close()
             return
         settings = self._relay.settings
-        self._ws = Connection(self._transport, max_size=settings.max_message_bytes,
-                              max_rate=settings.max_messages_per_second, on_violation=self._relay.note_violation)
+        self._ws = Connection(
+            self._transport,
+            max_size=settings.max_message_bytes,
+            max_rate=settings.max_messages_per_second,
+            on_violation=self._relay.note_violation,
+        )
         self._ws.on_lost = self._lost
         # From here on the transport feeds the WebSocket's compiled read loop directly.
         self._transport.set_protocol(self._ws)  # type: ignore[arg-type]

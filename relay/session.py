@@ -80,6 +80,7 @@ class Upstream(Protocol):
     """What a session needs from the backend leg (``relay.upstream.UpstreamConnection``)."""
 
     aborted: bool
+
     def route(self, media: MediaCore | None, leg: int = LEG_TWILIO) -> None: ...
     async def recv(self) -> bytes: ...
     def send(self, message: bytes) -> None: ...
@@ -189,8 +190,9 @@ class CallSession:
         if self._on_started is not None:
             self._on_started(start.call_sid)
         await self._pick_agent()
-        conversation = self.conversation = Conversation(start, self._agent, self.twilio, self._store.submit,
-                                                        self._options)
+        conversation = self.conversation = Conversation(
+            start, self._agent, self.twilio, self._store.submit, self._options
+        )
         # The shared clock paces the media core's ring (a C call per tick) and, while keys wait
         # to be sent, the conversation's own tick.
         media = conversation.media
@@ -209,9 +211,14 @@ class CallSession:
             self._pacer.remove(conversation)
             self.end_reason = self.end_reason or "error"
             conversation.finish(self.end_reason)
-            log.info("call %s ended (%s): %d frames in, %d out, %d backend session(s)", start.call_sid,
-                     self.end_reason, conversation.stats.frames_in, conversation.stats.frames_out,
-                     conversation.stats.backend_sessions)
+            log.info(
+                "call %s ended (%s): %d frames in, %d out, %d backend session(s)",
+                start.call_sid,
+                self.end_reason,
+                conversation.stats.frames_in,
+                conversation.stats.frames_out,
+                conversation.stats.backend_sessions,
+            )
             if self._on_ended is not None:
                 self._on_ended(start.call_sid, self.end_reason)
             await self._end_stream()
@@ -245,8 +252,7 @@ class CallSession:
         try:
             found = await self._resolve_agent(self.tenant_id, params.get("agent") or "default")
         except Exception as exc:  # the directory is down: the call goes on with the default agent
-            log.warning("call %s: agent lookup failed (%s); using the default agent", self.call_sid,
-                        type(exc).__name__)
+            log.warning("call %s: agent lookup failed (%s); using the default agent", self.call_sid, type(exc).__name__)
             found = None
         if found is not None:
             self._agent = found.profile(self._agent)
@@ -311,8 +317,7 @@ class CallSession:
             try:
                 await asyncio.wait_for(self._hangup.wait(), max(0.0, deadline - self._loop.time()))
             except TimeoutError:
-                log.warning("call %s: the farewell's final mark did not come back in time; hanging up",
-                            self.call_sid)
+                log.warning("call %s: the farewell's final mark did not come back in time; hanging up", self.call_sid)
                 break
         return "agent_hangup"
 
@@ -351,8 +356,11 @@ class CallSession:
                 log.warning("call %s: %s; reconnecting", self.call_sid, failure)
                 self._retire(upstream)
             else:
-                log.warning("call %s: the backend session ended unexpectedly (close code %s); reconnecting",
-                            self.call_sid, getattr(upstream, "close_code", None))
+                log.warning(
+                    "call %s: the backend session ended unexpectedly (close code %s); reconnecting",
+                    self.call_sid,
+                    getattr(upstream, "close_code", None),
+                )
                 self._upstream = None
             now = self._loop.time()
             if self._lost_at is None:
@@ -362,14 +370,20 @@ class CallSession:
             # tight loop: the wait doubles with every short-lived one.
             if now - self._opened_at < SHORT_LIVED_S:
                 self._short_lived += 1
-                await asyncio.sleep(min(RECONNECT_BACKOFF[0] * 2 ** (self._short_lived - 1), RECONNECT_BACKOFF[1],
-                                        max(0.0, self._lost_at + self._give_up_s - now)))
+                await asyncio.sleep(
+                    min(
+                        RECONNECT_BACKOFF[0] * 2 ** (self._short_lived - 1),
+                        RECONNECT_BACKOFF[1],
+                        max(0.0, self._lost_at + self._give_up_s - now),
+                    )
+                )
             else:
                 self._short_lived = 0
             fresh = await self._reconnect()
             if fresh is None:
-                log.error("call %s: no working backend session for %.0f s; ending the call", self.call_sid,
-                          self._give_up_s)
+                log.error(
+                    "call %s: no working backend session for %.0f s; ending the call", self.call_sid, self._give_up_s
+                )
                 return "backend_lost"
             self._use(fresh, "reconnect")
 
@@ -393,8 +407,9 @@ class CallSession:
             except ConnectionClosed:
                 return
             except TimeoutError:
-                raise BackendNotReady(f"the backend did not confirm the session within "
-                                      f"{self._ready_timeout_s * 1000:.0f} ms") from None
+                raise BackendNotReady(
+                    f"the backend did not confirm the session within {self._ready_timeout_s * 1000:.0f} ms"
+                ) from None
             if upstream is not self._upstream:
                 return
             if isinstance(message, str):
@@ -416,8 +431,12 @@ class CallSession:
                 async with asyncio.timeout(left):
                     return await self._connect_upstream(self._agent)
             except Exception as exc:
-                log.warning("call %s: reconnecting to the backend failed (%s); again in %.1f s",
-                            self.call_sid, type(exc).__name__, delay)
+                log.warning(
+                    "call %s: reconnecting to the backend failed (%s); again in %.1f s",
+                    self.call_sid,
+                    type(exc).__name__,
+                    delay,
+                )
             await asyncio.sleep(min(delay, max(0.0, give_up_at - self._loop.time())))
             delay = min(delay * 2, most)
         return None
@@ -471,4 +490,3 @@ class CallSession:
             log.warning("call %s: a backend session outlived its call; aborted", self.call_sid)
             if self._on_outlived is not None:
                 self._on_outlived()
-

@@ -125,8 +125,13 @@ class Store(ABC):
 
     kind: str = "abstract"
 
-    def __init__(self, queue_size: int = 10000, batch_size: int = 256, *,
-                 dead_letter_path: str | Path = "relay.dead-letter.jsonl") -> None:
+    def __init__(
+        self,
+        queue_size: int = 10000,
+        batch_size: int = 256,
+        *,
+        dead_letter_path: str | Path = "relay.dead-letter.jsonl",
+    ) -> None:
         self._queue: asyncio.Queue[Record] = asyncio.Queue(queue_size)
         self._batch_size = batch_size
         self._writer: asyncio.Task[None] | None = None
@@ -161,8 +166,12 @@ class Store(ABC):
             left = list(self._inflight)
             while not self._queue.empty():
                 left.append(self._queue.get_nowait())
-            log.error("store: %d record(s) not written within %.0f s of shutdown; dead-lettered to %s",
-                      len(left), timeout, self.dead_letter_path)
+            log.error(
+                "store: %d record(s) not written within %.0f s of shutdown; dead-lettered to %s",
+                len(left),
+                timeout,
+                self.dead_letter_path,
+            )
             await asyncio.to_thread(self._append_dead_letters, left, "not written before shutdown")
             self._inflight = []
         if self._writer is not None:
@@ -225,8 +234,12 @@ class Store(ABC):
                 await asyncio.to_thread(self._append_dead_letters, batch, reason)
                 return
             except OSError as exc:
-                log.error("the dead-letter file %s cannot be written either (%s); retrying in %.1f s",
-                          self.dead_letter_path, exc, delay)
+                log.error(
+                    "the dead-letter file %s cannot be written either (%s); retrying in %.1f s",
+                    self.dead_letter_path,
+                    exc,
+                    delay,
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_BACKOFF[1])
 
@@ -345,22 +358,30 @@ CREATE TABLE IF NOT EXISTS call_turns (
 
 _TURN_COLUMNS = [f.name for f in fields(TurnRecord)]
 
-_INSERT_TURN = (f"INSERT INTO call_turns ({', '.join(_TURN_COLUMNS)}) "
-                f"VALUES ({', '.join(':' + c for c in _TURN_COLUMNS)}) ON CONFLICT (call_sid, seq) DO NOTHING")
-_INSERT_CALL = ("INSERT INTO calls (call_sid, tenant_id, stream_sid, account_sid, from_number, to_number, started_at) "
-                "VALUES (:call_sid, :tenant_id, :stream_sid, :account_sid, :from_number, :to_number, :started_at) "
-                "ON CONFLICT (call_sid) DO NOTHING")
-_END_CALL = ("UPDATE calls SET ended_at = :ended_at, end_reason = :end_reason, frames_in = :frames_in, "
-             "frames_out = :frames_out, turns = :turns, v2v_p50_ms = :v2v_p50_ms, v2v_max_ms = :v2v_max_ms "
-             "WHERE call_sid = :call_sid")
+_INSERT_TURN = (
+    f"INSERT INTO call_turns ({', '.join(_TURN_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _TURN_COLUMNS)}) ON CONFLICT (call_sid, seq) DO NOTHING"
+)
+_INSERT_CALL = (
+    "INSERT INTO calls (call_sid, tenant_id, stream_sid, account_sid, from_number, to_number, started_at) "
+    "VALUES (:call_sid, :tenant_id, :stream_sid, :account_sid, :from_number, :to_number, :started_at) "
+    "ON CONFLICT (call_sid) DO NOTHING"
+)
+_END_CALL = (
+    "UPDATE calls SET ended_at = :ended_at, end_reason = :end_reason, frames_in = :frames_in, "
+    "frames_out = :frames_out, turns = :turns, v2v_p50_ms = :v2v_p50_ms, v2v_max_ms = :v2v_max_ms "
+    "WHERE call_sid = :call_sid"
+)
 # Usage as Postgres computes it: inbound is Twilio's 20 ms frames, outbound the audio of the
 # answers stored before the end.
-_USAGE = ("INSERT INTO usage (call_sid, tenant_id, audio_in_seconds, audio_out_seconds) "
-          "SELECT call_sid, tenant_id, coalesce(frames_in, 0) * 0.020, "
-          "coalesce((SELECT sum(audio_ms) FROM call_turns t WHERE t.call_sid = calls.call_sid "
-          "AND t.role = 'assistant'), 0) / 1000.0 FROM calls WHERE call_sid = :call_sid "
-          "ON CONFLICT (call_sid) DO UPDATE SET audio_in_seconds = excluded.audio_in_seconds, "
-          "audio_out_seconds = excluded.audio_out_seconds")
+_USAGE = (
+    "INSERT INTO usage (call_sid, tenant_id, audio_in_seconds, audio_out_seconds) "
+    "SELECT call_sid, tenant_id, coalesce(frames_in, 0) * 0.020, "
+    "coalesce((SELECT sum(audio_ms) FROM call_turns t WHERE t.call_sid = calls.call_sid "
+    "AND t.role = 'assistant'), 0) / 1000.0 FROM calls WHERE call_sid = :call_sid "
+    "ON CONFLICT (call_sid) DO UPDATE SET audio_in_seconds = excluded.audio_in_seconds, "
+    "audio_out_seconds = excluded.audio_out_seconds"
+)
 
 
 # What SQLite refuses for good: the data itself (a constraint, a value it cannot bind).
@@ -447,14 +468,22 @@ class SQLiteStore(Store):
                 loop_time = asyncio.get_running_loop().time()
                 if failing_since is None:
                     failing_since = loop_time
-                    log.warning("sqlite store %s cannot be written (%s: %s); %d record(s) wait and are retried",
-                                self.path, type(exc).__name__, exc, len(batch))
+                    log.warning(
+                        "sqlite store %s cannot be written (%s: %s); %d record(s) wait and are retried",
+                        self.path,
+                        type(exc).__name__,
+                        exc,
+                        len(batch),
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_BACKOFF[1])
                 continue
             if failing_since is not None:
-                log.warning("sqlite store %s writable again after %.1f s", self.path,
-                            asyncio.get_running_loop().time() - failing_since)
+                log.warning(
+                    "sqlite store %s writable again after %.1f s",
+                    self.path,
+                    asyncio.get_running_loop().time() - failing_since,
+                )
             return
 
     def _execute(self, statements: list[tuple[str, dict[str, object]]]) -> None:

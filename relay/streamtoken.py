@@ -39,15 +39,33 @@ def _mac(secret: bytes, purpose: str, tenant: str, agent: str, call_sid: str, ac
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def issue(secret: bytes, *, tenant: str, agent: str, call_sid: str, account_sid: str, now: float,
-          purpose: str = STREAM, ttl: float = DEFAULT_TTL) -> str:
+def issue(
+    secret: bytes,
+    *,
+    tenant: str,
+    agent: str,
+    call_sid: str,
+    account_sid: str,
+    now: float,
+    purpose: str = STREAM,
+    ttl: float = DEFAULT_TTL,
+) -> str:
     """A token for one call and one purpose, valid until ``now + ttl``."""
     expires = int(now + ttl)
     return f"{VERSION}.{expires}.{_mac(secret, purpose, tenant, agent, call_sid, account_sid, expires)}"
 
 
-def verify(secret: bytes, token: str, *, tenant: str, agent: str, call_sid: str, account_sid: str, now: float,
-           purpose: str = STREAM) -> str | None:
+def verify(
+    secret: bytes,
+    token: str,
+    *,
+    tenant: str,
+    agent: str,
+    call_sid: str,
+    account_sid: str,
+    now: float,
+    purpose: str = STREAM,
+) -> str | None:
     """``None`` if ``token`` was issued for exactly this purpose, call, account, tenant and agent
     and is unexpired; otherwise the reason it is refused (safe to log: never the token)."""
     # ASCII only and a bounded expiry: nothing a peer sends can make the parsing itself raise.

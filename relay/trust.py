@@ -38,8 +38,9 @@ class Credential:
         return "the deployment" if self.tenant_id is None else f"tenant {self.tenant_id}"
 
 
-def signers(credentials: Iterable[Credential], url: str, params: Mapping[str, str] | str,
-            signature: str | None) -> tuple[Credential, ...]:
+def signers(
+    credentials: Iterable[Credential], url: str, params: Mapping[str, str] | str, signature: str | None
+) -> tuple[Credential, ...]:
     """The credentials whose token made ``signature`` over ``url`` and ``params`` (a form, or a
     JSON body's text when the URL carries its ``bodySHA256``). Usually one; none: not Twilio."""
     if not signature:
@@ -59,8 +60,9 @@ def may_act_for(signer: Credential, tenant_id: str, account_sid: str, own_accoun
     return account_sid not in own_accounts
 
 
-def binding_problem(found: Iterable[Credential], tenant_id: str, account_sid: str,
-                    own_accounts: Mapping[str, str]) -> str | None:
+def binding_problem(
+    found: Iterable[Credential], tenant_id: str, account_sid: str, own_accounts: Mapping[str, str]
+) -> str | None:
     """``None`` when one of the request's signers may act for the call; else why not (loggable)."""
     found = tuple(found)
     if any(may_act_for(s, tenant_id, account_sid, own_accounts) for s in found):

@@ -96,8 +96,14 @@ class _ClientHandshake(asyncio.Protocol):
         self.transport.close()
 
 
-async def connect(url: str, headers: dict[str, str], *, max_size: int = 16 * 1024 * 1024,
-                  timeout: float = 10.0, ssl_context: Any = None) -> UpstreamConnection:
+async def connect(
+    url: str,
+    headers: dict[str, str],
+    *,
+    max_size: int = 16 * 1024 * 1024,
+    timeout: float = 10.0,
+    ssl_context: Any = None,
+) -> UpstreamConnection:
     """Open ``url`` (ws:// or wss://) with ``headers`` and return the open connection.
 
     Raises:
@@ -111,8 +117,11 @@ async def connect(url: str, headers: dict[str, str], *, max_size: int = 16 * 102
 
     async def open_() -> UpstreamConnection:
         transport, handshake = await loop.create_connection(
-            lambda: _ClientHandshake(url, headers, max_size), uri.host, uri.port,
-            ssl=ssl_context if uri.secure else None, server_hostname=uri.host if uri.secure else None,
+            lambda: _ClientHandshake(url, headers, max_size),
+            uri.host,
+            uri.port,
+            ssl=ssl_context if uri.secure else None,
+            server_hostname=uri.host if uri.secure else None,
         )
         try:
             return await handshake.opened

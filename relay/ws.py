@@ -61,8 +61,17 @@ class Connection(WsCore):
     """
 
     mask_frames = False
-    __slots__ = ("_close_rcvd", "_close_sent", "_closed", "_loop", "_on_violation", "_rcvd_then_sent", "_waiter",
-                 "aborted", "on_lost")
+    __slots__ = (
+        "_close_rcvd",
+        "_close_sent",
+        "_closed",
+        "_loop",
+        "_on_violation",
+        "_rcvd_then_sent",
+        "_waiter",
+        "aborted",
+        "on_lost",
+    )
 
     if TYPE_CHECKING:  # WsCore's members for its subclasses: both cores have them, _fastpath.pyi omits them
         _transport: asyncio.Transport
@@ -71,8 +80,14 @@ class Connection(WsCore):
         def _write(self, data: bytes) -> None: ...
         def _mask(self) -> bytes | None: ...
 
-    def __init__(self, transport: asyncio.Transport, *, max_size: int, max_rate: int = 0,
-                 on_violation: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        *,
+        max_size: int,
+        max_rate: int = 0,
+        on_violation: Callable[[str], None] | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         super().__init__(transport, self.mask_frames, max_size, max_rate, self._loop.time)
         self._on_violation = on_violation

@@ -22,12 +22,24 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 # Every log record of the whole run, at DEBUG, goes to one file, so a test can prove that no
 # secret reached a log (tests/test_zz_secrets.py runs last and greps it).
-RUN_LOG = os.path.join(os.environ.get("PYTEST_RUN_LOG_DIR") or __import__("tempfile").gettempdir(),
-                       f"relay-test-run-{os.getpid()}.log")
+RUN_LOG = os.path.join(
+    os.environ.get("PYTEST_RUN_LOG_DIR") or __import__("tempfile").gettempdir(), f"relay-test-run-{os.getpid()}.log"
+)
 # The secret values the tests hand the relay (keys, tokens, passwords); none may be logged.
-SECRETS = ("sim-auth-token", "sk-sim", "sim-key-not-secret", "sk-test-secret-value", "twilio-test-secret-token",
-           "tok-secret-123", "s3cr3t-xyz", "s3cret-", "hunter2", "bench-auth-token", "sk-bench-not-a-secret",
-           "acme-subaccount-token")
+SECRETS = (
+    "sim-auth-token",
+    "sk-sim",
+    "sim-key-not-secret",
+    "sk-test-secret-value",
+    "twilio-test-secret-token",
+    "tok-secret-123",
+    "s3cr3t-xyz",
+    "s3cret-",
+    "hunter2",
+    "bench-auth-token",
+    "sk-bench-not-a-secret",
+    "acme-subaccount-token",
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -75,8 +87,7 @@ DTMF = (
     b'"dtmf":{"track":"inbound_track","digit":"1"}}'
 )
 MARK = (
-    b'{"event":"mark","sequenceNumber":"4","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0",'
-    b'"mark":{"name":"my label"}}'
+    b'{"event":"mark","sequenceNumber":"4","streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0","mark":{"name":"my label"}}'
 )
 STOP = (
     b'{"event":"stop","sequenceNumber":"5","stop":{"accountSid":"ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",'

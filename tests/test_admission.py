@@ -71,20 +71,28 @@ async def test_two_relays_on_one_database_admit_exactly_the_tenant_limit(tmp_pat
         for i in range(2):
             store = PostgresStore(dsn(name), spool_path=tmp_path / f"relay{i}.spool")
             await store.open()
-            settings = Settings(host="127.0.0.1", port=0, realtime_url="ws://127.0.0.1:9/v1/realtime",
-                                openai_api_key="k", twilio_auth_token=SIM_AUTH_TOKEN)
-            relay = Relay(settings, store, directory=CachedDirectory(store.directory.lookup_number),
-                          admission=PostgresAdmission(store.pool))
+            settings = Settings(
+                host="127.0.0.1",
+                port=0,
+                realtime_url="ws://127.0.0.1:9/v1/realtime",
+                openai_api_key="k",
+                twilio_auth_token=SIM_AUTH_TOKEN,
+            )
+            relay = Relay(
+                settings,
+                store,
+                directory=CachedDirectory(store.directory.lookup_number),
+                admission=PostgresAdmission(store.pool),
+            )
             server = RelayServer(relay)
             await server.start()
             relay.settings = dataclasses.replace(settings, public_url=f"http://127.0.0.1:{server.port}")
             stores.append(store)
             servers.append(server)
         hooks = [f"http://127.0.0.1:{srv.port}/twilio/voice" for srv in servers]
-        answers = await asyncio.gather(*(
-            post_webhook(hooks[i % 2], voice_form(i, to="+15550100001"))
-            for i in range(10)
-        ))
+        answers = await asyncio.gather(
+            *(post_webhook(hooks[i % 2], voice_form(i, to="+15550100001")) for i in range(10))
+        )
     finally:
         for server in servers:
             await server.close(drain_timeout=1)
@@ -102,14 +110,19 @@ async def test_an_agents_own_limit_holds_beside_its_tenants(tmp_path: Path) -> N
         async with Directory.connect(dsn(name)) as directory:
             await directory.add_tenant("acme", "Acme", AGENT)
             await directory.set_limits("acme", 3, None)
-            await directory.add_agent(dataclasses.replace(
-                Agent.from_profile("acme", "sales", AGENT), max_concurrent_calls=1))
+            await directory.add_agent(
+                dataclasses.replace(Agent.from_profile("acme", "sales", AGENT), max_concurrent_calls=1)
+            )
             await directory.add_number("+15550100001", "acme", "sales")
             await directory.add_number("+15550100002", "acme")
         store = PostgresStore(dsn(name), spool_path=tmp_path / "relay.spool")
         await store.open()
-        async with stack(tmp_path, directory=CachedDirectory(store.directory.lookup_number), store=store,
-                         admission=PostgresAdmission(store.pool)) as s:
+        async with stack(
+            tmp_path,
+            directory=CachedDirectory(store.directory.lookup_number),
+            store=store,
+            admission=PostgresAdmission(store.pool),
+        ) as s:
             sales = [await post_webhook(s.webhook, voice_form(i, to="+15550100001")) for i in range(2)]
             default = [await post_webhook(s.webhook, voice_form(10 + i, to="+15550100002")) for i in range(3)]
     finally:

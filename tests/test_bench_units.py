@@ -345,9 +345,7 @@ def test_server_endpoint_answers_a_non_websocket_request_with_400_and_closes(run
 
 
 @pytest.mark.parametrize("masked", [True, False], ids=["masked", "unmasked"])
-@pytest.mark.parametrize(
-    ("size", "header"), [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10), (200_000, 10)]
-)
+@pytest.mark.parametrize(("size", "header"), [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10), (200_000, 10)])
 def test_frame_is_parsed_by_websockets_in_each_length_encoding(size: int, header: int, masked: bool) -> None:
     payload = text_of(size)
     data = wire.frame(payload, masked=masked)
@@ -472,8 +470,17 @@ def test_echo_upstream_opens_a_session_and_applies_the_format_update(run) -> Non
                 created = await recv_event(ws)
                 assert created["type"] == "session.created"
                 pcmu = {"type": "audio/pcmu"}
-                await ws.send(orjson.dumps({"type": "session.update", "session": {
-                    "type": "realtime", "audio": {"input": {"format": pcmu}, "output": {"format": pcmu}}}}).decode())
+                await ws.send(
+                    orjson.dumps(
+                        {
+                            "type": "session.update",
+                            "session": {
+                                "type": "realtime",
+                                "audio": {"input": {"format": pcmu}, "output": {"format": pcmu}},
+                            },
+                        }
+                    ).decode()
+                )
                 updated = await recv_event(ws)
                 assert updated["type"] == "session.updated"
                 audio = updated["session"]["audio"]
@@ -496,7 +503,9 @@ def test_echo_upstream_echoes_each_append_inside_a_response_lifecycle(run) -> No
             events = await recv_until(ws, "response.output_audio.delta")
             seen += events
             assert [e["type"] for e in events] == [
-                "response.created", "response.output_item.added", "response.content_part.added",
+                "response.created",
+                "response.output_item.added",
+                "response.content_part.added",
                 "response.output_audio.delta",
             ]
             created, item_added, _, delta = events
@@ -537,8 +546,16 @@ def test_echo_upstream_confirms_a_truncate_and_shrugs_off_a_malformed_message(ru
         async with EchoUpstream(frames_per_response=3, stagger=False) as up, ws_connect(up.url, compression=None) as ws:
             await recv_event(ws)  # session.created
             await ws.send("this is not JSON")
-            await ws.send(orjson.dumps({"type": "conversation.item.truncate", "item_id": "item_abc",
-                                        "content_index": 0, "audio_end_ms": 1234}).decode())
+            await ws.send(
+                orjson.dumps(
+                    {
+                        "type": "conversation.item.truncate",
+                        "item_id": "item_abc",
+                        "content_index": 0,
+                        "audio_end_ms": 1234,
+                    }
+                ).decode()
+            )
             truncated = await recv_event(ws)
             assert truncated["type"] == "conversation.item.truncated"
             assert (truncated["item_id"], truncated["audio_end_ms"]) == ("item_abc", 1234)
@@ -574,8 +591,9 @@ def test_echo_upstream_direct_path_answers_media_as_twilio_expects_and_stop_clos
         async with EchoUpstream() as up:
             async with ws_connect(up.direct_url, compression=None) as ws:
                 await ws.send(orjson.dumps({"event": "start", "start": {"streamSid": sid}, "streamSid": sid}).decode())
-                await ws.send(orjson.dumps({"event": "media", "media": {"payload": payload},
-                                            "streamSid": sid}).decode())
+                await ws.send(
+                    orjson.dumps({"event": "media", "media": {"payload": payload}, "streamSid": sid}).decode()
+                )
                 media = await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S)
                 mark = await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S)
                 assert orjson.loads(media) == {"event": "media", "streamSid": sid, "media": {"payload": payload}}
@@ -602,7 +620,8 @@ def test_tag_round_trips_through_read_tag(call: int, seq: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "payload", [b"", tag(1, 2)[:-1], FILLER + tag(1, 2)[:2], b"\x00" * FRAME_BYTES],
+    "payload",
+    [b"", tag(1, 2)[:-1], FILLER + tag(1, 2)[:2], b"\x00" * FRAME_BYTES],
     ids=["empty", "short", "untagged-silence", "untagged-zeros"],
 )
 def test_read_tag_is_none_for_short_or_untagged_payloads(payload: bytes) -> None:
@@ -653,8 +672,10 @@ async def test_a_mark_is_echoed_once_the_audio_before_it_has_played_or_at_once_o
     play_ns = FRAME_BYTES * 125_000
 
     before = time.perf_counter_ns()
-    call.data_received(twilio_out({"event": "media", "streamSid": sid, "media": {"payload": audio}})
-                       + twilio_out({"event": "mark", "streamSid": sid, "mark": {"name": "m1"}}))
+    call.data_received(
+        twilio_out({"event": "media", "streamSid": sid, "media": {"payload": audio}})
+        + twilio_out({"event": "mark", "streamSid": sid, "mark": {"name": "m1"}})
+    )
     after = time.perf_counter_ns()
 
     call.tick(before + play_ns - 1)  # the audio is still playing
@@ -668,9 +689,11 @@ async def test_a_mark_is_echoed_once_the_audio_before_it_has_played_or_at_once_o
     assert read_tag(base64.b64decode(media["media"]["payload"])) == (3, 1)
     assert (mark["event"], mark["streamSid"], mark["mark"]) == ("mark", sid, {"name": "m1"})
 
-    call.data_received(twilio_out({"event": "media", "streamSid": sid, "media": {"payload": audio}})
-                       + twilio_out({"event": "mark", "streamSid": sid, "mark": {"name": "m2"}})
-                       + twilio_out({"event": "clear", "streamSid": sid}))
+    call.data_received(
+        twilio_out({"event": "media", "streamSid": sid, "media": {"payload": audio}})
+        + twilio_out({"event": "mark", "streamSid": sid, "mark": {"name": "m2"}})
+        + twilio_out({"event": "clear", "streamSid": sid})
+    )
     (mark,) = sent_messages(transport)  # no tick needed
     assert mark["mark"] == {"name": "m2"}
     assert (load.counters.clears, load.counters.marks_echoed) == (1, 2)
@@ -742,8 +765,18 @@ def test_floor_interpolates_between_neighbouring_ladder_points_and_clamps_outsid
 
 def window_of(rtts_ms: list[float], *, calls: int = 4, seconds: float = 2.0, load_cpu: float = 0.5) -> Window:
     rtt = np.array([int(ms * 1_000_000) for ms in rtts_ms], dtype=np.int64)
-    return Window(calls=calls, seconds=seconds, rtt_ns=rtt, sent=rtt.size, lost=0, misrouted=0, duplicates=0,
-                  foreign=0, load_cpu=load_cpu, tick_lag_p99_ms=0.1)
+    return Window(
+        calls=calls,
+        seconds=seconds,
+        rtt_ns=rtt,
+        sent=rtt.size,
+        lost=0,
+        misrouted=0,
+        duplicates=0,
+        foreign=0,
+        load_cpu=load_cpu,
+        tick_lag_p99_ms=0.1,
+    )
 
 
 def test_figures_take_added_latency_quantile_by_quantile_and_never_below_zero() -> None:
@@ -766,8 +799,13 @@ def test_figures_without_a_floor_carry_no_added_latency() -> None:
 
 
 def test_figures_count_cpu_per_call_second_and_memory_per_call() -> None:
-    fig = figures(window_of([1.0], calls=4, seconds=2.0), {"p50": 1.0, "p99": 1.0, "p999": 1.0},
-                  cpu_s=0.4, rss_kib=10 * 1024, rss_idle_kib=8 * 1024)
+    fig = figures(
+        window_of([1.0], calls=4, seconds=2.0),
+        {"p50": 1.0, "p99": 1.0, "p999": 1.0},
+        cpu_s=0.4,
+        rss_kib=10 * 1024,
+        rss_idle_kib=8 * 1024,
+    )
     assert fig["cpu_ms_per_call_s"] == pytest.approx(0.4 * 1000 / (4 * 2.0))
     assert fig["calls_per_core"] == pytest.approx(1000 / fig["cpu_ms_per_call_s"])
     assert fig["cpu_util"] == pytest.approx(0.2)
@@ -847,9 +885,17 @@ async def test_search_stops_climbing_when_the_load_side_is_full(tmp_path: Path) 
 
 
 def main_figures(added_p99: float, cpu: float) -> dict[str, Any]:
-    return {"added_ms": {"p50": added_p99 / 2, "p99": added_p99, "p999": added_p99 * 2},
-            "cpu_ms_per_call_s": cpu, "calls_per_core": 1000 / cpu, "rss_kib_per_call": 60.0,
-            "lost": 0, "misrouted": 0, "late": 0, "load_bound": False, "violations": []}
+    return {
+        "added_ms": {"p50": added_p99 / 2, "p99": added_p99, "p999": added_p99 * 2},
+        "cpu_ms_per_call_s": cpu,
+        "calls_per_core": 1000 / cpu,
+        "rss_kib_per_call": 60.0,
+        "lost": 0,
+        "misrouted": 0,
+        "late": 0,
+        "load_bound": False,
+        "violations": [],
+    }
 
 
 REPORT: dict[str, Any] = {
@@ -858,10 +904,16 @@ REPORT: dict[str, Any] = {
     "machine": {"cores": 4, "cpu": "Test CPU", "memory_gib": 16.0},
     "direct": {"main": {"rtt_ms": {"p50": 0.4, "p99": 0.9}}},
     "relays": {
-        "relay": {"title": "relay", "main": main_figures(1.0, 10.0),
-                  "search": {"max_calls": 1600, "first_failing": None, "load_bound": False}},
-        "sample": {"title": "sample-style (FastAPI/uvicorn)", "main": main_figures(4.0, 20.0),
-                   "search": {"max_calls": 300, "first_failing": 400, "load_bound": False}},
+        "relay": {
+            "title": "relay",
+            "main": main_figures(1.0, 10.0),
+            "search": {"max_calls": 1600, "first_failing": None, "load_bound": False},
+        },
+        "sample": {
+            "title": "sample-style (FastAPI/uvicorn)",
+            "main": main_figures(4.0, 20.0),
+            "search": {"max_calls": 300, "first_failing": 400, "load_bound": False},
+        },
         "node": {"title": "Node.js ws", "skipped": "node not found"},
     },
 }

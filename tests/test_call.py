@@ -36,12 +36,22 @@ def stutters(result: CallResult) -> list[float]:
 ACCOUNT_SID = "AC" + "0" * 32
 
 
-def voice_form(call_sid: str | int = 1, *, to: str = "+15550002", from_: str = "+15550001",
-               account_sid: str = ACCOUNT_SID) -> dict[str, str]:
+def voice_form(
+    call_sid: str | int = 1, *, to: str = "+15550002", from_: str = "+15550001", account_sid: str = ACCOUNT_SID
+) -> dict[str, str]:
     """A voice webhook's form as Twilio sends it; an int ``call_sid`` becomes ``CA`` + 32 hex digits."""
     sid = call_sid if isinstance(call_sid, str) else f"CA{call_sid:032x}"
-    return {"AccountSid": account_sid, "ApiVersion": "2010-04-01", "CallSid": sid, "CallStatus": "ringing",
-            "Called": to, "Caller": from_, "Direction": "inbound", "From": from_, "To": to}
+    return {
+        "AccountSid": account_sid,
+        "ApiVersion": "2010-04-01",
+        "CallSid": sid,
+        "CallStatus": "ringing",
+        "Called": to,
+        "Caller": from_,
+        "Direction": "inbound",
+        "From": from_,
+        "To": to,
+    }
 
 
 async def post_webhook(url: str, form: dict[str, str], token: str = SIM_AUTH_TOKEN) -> tuple[int, bytes]:
@@ -75,10 +85,24 @@ async def stack(
     if store is None:
         store = SQLiteStore(tmp_path / "relay.sqlite3")
         await store.open()
-    base = Settings(host="127.0.0.1", port=0, realtime_url=agent.url, openai_api_key="sk-sim",  # type: ignore[arg-type]
-                    twilio_auth_token=SIM_AUTH_TOKEN, **settings)
-    server = RelayServer(Relay(base, store, directory=directory, admission=admission,
-                               credential_source=credential_source, resolve_agent=resolve_agent))
+    base = Settings(
+        host="127.0.0.1",
+        port=0,
+        realtime_url=agent.url,
+        openai_api_key="sk-sim",  # type: ignore[arg-type]
+        twilio_auth_token=SIM_AUTH_TOKEN,
+        **settings,
+    )
+    server = RelayServer(
+        Relay(
+            base,
+            store,
+            directory=directory,
+            admission=admission,
+            credential_source=credential_source,
+            resolve_agent=resolve_agent,
+        )
+    )
     await server.start()
     server.relay.settings = dataclasses.replace(base, public_url=f"http://127.0.0.1:{server.port}")
     try:

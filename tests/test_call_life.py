@@ -35,7 +35,10 @@ async def test_the_agent_greets_the_caller_first(tmp_path: Path) -> None:
     assert result.violations == [] and s.agent.violations == []
     assert [t.heard for t in result.turns] == [greeting, "You said: Book a table."]
     assert [(t.role, t.text_heard) for t in turns] == [
-        ("assistant", greeting), ("user", "Book a table."), ("assistant", "You said: Book a table.")]
+        ("assistant", greeting),
+        ("user", "Book a table."),
+        ("assistant", "You said: Book a table."),
+    ]
 
 
 async def test_keys_pressed_reach_the_model_and_are_stored(tmp_path: Path) -> None:
@@ -74,7 +77,8 @@ async def test_the_call_survives_its_backend_session_dropping(tmp_path: Path) ->
         caller = asyncio.create_task(TwilioCaller(s.webhook, script).run())
         # Drop the backend session as soon as its first answer is done.
         await s.agent.wait_until(
-            lambda: bool(s.agent.sessions) and any(k == "response.done" for _, k in s.agent.sessions[0].sent), 20)
+            lambda: bool(s.agent.sessions) and any(k == "response.done" for _, k in s.agent.sessions[0].sent), 20
+        )
         s.agent.kill(s.agent.sessions[0])
         result = await caller
         await finish(s)
@@ -87,7 +91,10 @@ async def test_the_call_survives_its_backend_session_dropping(tmp_path: Path) ->
     # The new session knew the conversation: its answers count on from the first line.
     assert "Line 2: Second question." in heard and "Line 3: Third question." in heard
     assert [t.text_generated for t in turns if t.role == "user"] == [
-        "First question.", "Second question.", "Third question."]
+        "First question.",
+        "Second question.",
+        "Third question.",
+    ]
     [call] = await _calls(tmp_path)
     assert call["end_reason"] == "stop"
 
@@ -133,7 +140,6 @@ async def test_after_a_barge_in_the_recording_holds_nothing_of_the_rest_of_the_a
     assert heard_ms is not None and abs(truncate["audio_end_ms"] - heard_ms / 8) <= 60
 
 
-
 async def test_a_backend_session_that_will_not_close_is_cut_logged_and_counted(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from relay import session as session_module
     from relay.session import CallSession
@@ -149,8 +155,13 @@ async def test_a_backend_session_that_will_not_close_is_cut_logged_and_counted(m
 
     outlived: list[int] = []
     monkeypatch.setattr(session_module, "UPSTREAM_CLOSE_TIMEOUT", 0.05)
-    call = CallSession(None, connect_upstream=None, agent=None, store=None,  # type: ignore[arg-type]
-                       on_upstream_outlived=lambda: outlived.append(1))
+    call = CallSession(
+        None,
+        connect_upstream=None,
+        agent=None,
+        store=None,  # type: ignore[arg-type]
+        on_upstream_outlived=lambda: outlived.append(1),
+    )
     await call._close_upstream(Stuck())  # type: ignore[arg-type]
     assert outlived == [1]
 

@@ -14,13 +14,19 @@ import pytest
 from relay.__main__ import main
 from tests.pgutil import create_database, drop_database, dsn
 
-ENV = {"RELAY_AGENT_INSTRUCTIONS": "You answer for Acme. Be brief.", "RELAY_AGENT_VOICE": "cedar",
-       "RELAY_REALTIME_MODEL": "gpt-realtime-2.1-mini", "RELAY_TRANSCRIPTION_MODEL": "gpt-4o-transcribe",
-       "RELAY_VAD_SILENCE_MS": "700", "RELAY_GREETING": "Acme, hello."}
+ENV = {
+    "RELAY_AGENT_INSTRUCTIONS": "You answer for Acme. Be brief.",
+    "RELAY_AGENT_VOICE": "cedar",
+    "RELAY_REALTIME_MODEL": "gpt-realtime-2.1-mini",
+    "RELAY_TRANSCRIPTION_MODEL": "gpt-4o-transcribe",
+    "RELAY_VAD_SILENCE_MS": "700",
+    "RELAY_GREETING": "Acme, hello.",
+}
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str, stdin: str = "",
-        monkeypatch: pytest.MonkeyPatch | None = None) -> tuple[int, str, str]:
+def run(
+    capsys: pytest.CaptureFixture[str], *argv: str, stdin: str = "", monkeypatch: pytest.MonkeyPatch | None = None
+) -> tuple[int, str, str]:
     if monkeypatch is not None and stdin:
         import io
 
@@ -64,78 +70,127 @@ def test_a_tenants_first_agent_is_the_environments(pg: str, capsys: pytest.Captu
     code, out, _ = run(capsys, "agents", "show", "default", "--tenant", "acme")
     [agent] = orjson.loads(out)
     assert code == 0
-    assert {k: agent[k] for k in ("instructions", "voice", "model", "transcription_model", "vad_silence_ms",
-                                  "greeting", "backend")} == {
-        "instructions": "You answer for Acme. Be brief.", "voice": "cedar", "model": "gpt-realtime-2.1-mini",
-        "transcription_model": "gpt-4o-transcribe", "vad_silence_ms": 700, "greeting": "Acme, hello.",
-        "backend": "openai-realtime"}
+    assert {
+        k: agent[k]
+        for k in ("instructions", "voice", "model", "transcription_model", "vad_silence_ms", "greeting", "backend")
+    } == {
+        "instructions": "You answer for Acme. Be brief.",
+        "voice": "cedar",
+        "model": "gpt-realtime-2.1-mini",
+        "transcription_model": "gpt-4o-transcribe",
+        "vad_silence_ms": 700,
+        "greeting": "Acme, hello.",
+        "backend": "openai-realtime",
+    }
     assert agent["max_concurrent_calls"] is None and agent["calls_per_minute"] is None
 
 
 @pytest.mark.postgres
 def test_agents_are_added_changed_listed_and_shown(pg: str, capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, "tenants", "add", "acme")
-    code, out, _ = run(capsys, "agents", "add", "sales", "--tenant", "acme", "--voice", "ash", "--max-calls", "5",
-                       "--instructions", "You sell.", "--vad-threshold", "0.7")
+    code, out, _ = run(
+        capsys,
+        "agents",
+        "add",
+        "sales",
+        "--tenant",
+        "acme",
+        "--voice",
+        "ash",
+        "--max-calls",
+        "5",
+        "--instructions",
+        "You sell.",
+        "--vad-threshold",
+        "0.7",
+    )
     assert code == 0 and orjson.loads(out)[0]["max_concurrent_calls"] == 5
-    code, out, _ = run(capsys, "agents", "set", "sales", "--tenant", "acme", "--greeting", "Sales!",
-                       "--max-calls", "none", "--calls-per-minute", "30", "--model", "gpt-realtime-2.1")
+    code, out, _ = run(
+        capsys,
+        "agents",
+        "set",
+        "sales",
+        "--tenant",
+        "acme",
+        "--greeting",
+        "Sales!",
+        "--max-calls",
+        "none",
+        "--calls-per-minute",
+        "30",
+        "--model",
+        "gpt-realtime-2.1",
+    )
     [sales] = orjson.loads(out)
     assert code == 0
-    assert (sales["greeting"], sales["max_concurrent_calls"], sales["calls_per_minute"], sales["voice"],
-            sales["model"], sales["vad_threshold"]) == ("Sales!", None, 30, "ash", "gpt-realtime-2.1", 0.7)
+    assert (
+        sales["greeting"],
+        sales["max_concurrent_calls"],
+        sales["calls_per_minute"],
+        sales["voice"],
+        sales["model"],
+        sales["vad_threshold"],
+    ) == ("Sales!", None, 30, "ash", "gpt-realtime-2.1", 0.7)
     code, out, _ = run(capsys, "agents", "list", "--tenant", "acme")
     assert code == 0 and [a["agent_id"] for a in orjson.loads(out)] == ["default", "sales"]
     assert run(capsys, "numbers", "add", "+15550100009", "--tenant", "acme", "--agent", "sales")[0] == 0
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("argv, says", [
-    (("agents", "add", "x", "--tenant", "nosuch"), "no tenant 'nosuch'"),
-    (("agents", "add", "default", "--tenant", "acme"), "has an agent 'default' already"),
-    (("agents", "add", "x", "--tenant", "acme", "--voice", "nova"), "voice 'nova' is not one of"),
-    (("agents", "add", "x", "--tenant", "acme", "--vad-threshold", "2"), "vad threshold 2.0 is outside 0..1"),
-    (("agents", "add", "x", "--tenant", "acme", "--vad-silence-ms", "5"), "vad silence ms 5 is outside 100..10000"),
-    (("agents", "add", "x", "--tenant", "acme", "--max-calls", "-1"), "-1 is outside 0..100000"),
-    (("agents", "add", "x", "--tenant", "acme", "--calls-per-minute", "many"), "'many' is not a whole number"),
-    (("agents", "add", "x", "--tenant", "acme", "--model", "gpt realtime"), "not a model name"),
-    (("agents", "set", "nobody", "--tenant", "acme", "--voice", "ash"), "has no agent 'nobody'"),
-    (("agents", "set", "default", "--tenant", "acme"), "nothing to change"),
-    (("agents", "show", "nobody", "--tenant", "acme"), "has no agent 'nobody'"),
-    (("agents", "list", "--tenant", "nosuch"), "no tenant 'nosuch'"),
-    (("tenants", "add", "t2", "--max-calls", "-1"), "-1 is outside 0..100000"),
-    (("tenants", "add", "t2", "--calls-per-minute", "99999999"), "99999999 is outside 0..100000"),
-    (("tenants", "set-token", "nosuch", "--account-sid", "AC" + "1" * 32), "no tenant 'nosuch'"),
-    (("tenants", "set-token", "acme"), "needs its account"),
-    (("tenants", "set-token", "acme", "--account-sid", "AC123"), "needs its account"),
-    (("numbers", "add", "555-0100", "--tenant", "acme"), "is not an E.164 number"),
-    (("numbers", "add", "+15550100001", "--tenant", "nosuch"), "no tenant 'nosuch'"),
-    (("numbers", "add", "+15550100001", "--tenant", "acme", "--agent", "nobody"), "has no agent 'nobody'"),
-    (("calls", "--tenant", "nosuch"), "no tenant 'nosuch'"),
-    (("turns", "--tenant", "nosuch"), "no tenant 'nosuch'"),
-    (("turns", "--tenant", "acme", "--call", "CA-bogus"), "is not a call sid"),
-    (("calls", "--tenant", "acme", "--limit", "0"), "--limit 0 is outside"),
-])
-def test_bad_input_gets_one_line_and_exit_2(pg: str, capsys: pytest.CaptureFixture[str],
-                                            monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...], says: str) -> None:
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (("agents", "add", "x", "--tenant", "nosuch"), "no tenant 'nosuch'"),
+        (("agents", "add", "default", "--tenant", "acme"), "has an agent 'default' already"),
+        (("agents", "add", "x", "--tenant", "acme", "--voice", "nova"), "voice 'nova' is not one of"),
+        (("agents", "add", "x", "--tenant", "acme", "--vad-threshold", "2"), "vad threshold 2.0 is outside 0..1"),
+        (("agents", "add", "x", "--tenant", "acme", "--vad-silence-ms", "5"), "vad silence ms 5 is outside 100..10000"),
+        (("agents", "add", "x", "--tenant", "acme", "--max-calls", "-1"), "-1 is outside 0..100000"),
+        (("agents", "add", "x", "--tenant", "acme", "--calls-per-minute", "many"), "'many' is not a whole number"),
+        (("agents", "add", "x", "--tenant", "acme", "--model", "gpt realtime"), "not a model name"),
+        (("agents", "set", "nobody", "--tenant", "acme", "--voice", "ash"), "has no agent 'nobody'"),
+        (("agents", "set", "default", "--tenant", "acme"), "nothing to change"),
+        (("agents", "show", "nobody", "--tenant", "acme"), "has no agent 'nobody'"),
+        (("agents", "list", "--tenant", "nosuch"), "no tenant 'nosuch'"),
+        (("tenants", "add", "t2", "--max-calls", "-1"), "-1 is outside 0..100000"),
+        (("tenants", "add", "t2", "--calls-per-minute", "99999999"), "99999999 is outside 0..100000"),
+        (("tenants", "set-token", "nosuch", "--account-sid", "AC" + "1" * 32), "no tenant 'nosuch'"),
+        (("tenants", "set-token", "acme"), "needs its account"),
+        (("tenants", "set-token", "acme", "--account-sid", "AC123"), "needs its account"),
+        (("numbers", "add", "555-0100", "--tenant", "acme"), "is not an E.164 number"),
+        (("numbers", "add", "+15550100001", "--tenant", "nosuch"), "no tenant 'nosuch'"),
+        (("numbers", "add", "+15550100001", "--tenant", "acme", "--agent", "nobody"), "has no agent 'nobody'"),
+        (("calls", "--tenant", "nosuch"), "no tenant 'nosuch'"),
+        (("turns", "--tenant", "nosuch"), "no tenant 'nosuch'"),
+        (("turns", "--tenant", "acme", "--call", "CA-bogus"), "is not a call sid"),
+        (("calls", "--tenant", "acme", "--limit", "0"), "--limit 0 is outside"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(
+    pg: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...], says: str
+) -> None:
     run(capsys, "tenants", "add", "acme")
     code, out, err = run(capsys, *argv, stdin="a-token\n", monkeypatch=monkeypatch)
     assert code == 2 and out == ""
     assert says in err and err.count("\n") == 1 and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("argv, says", [
-    (("calls", "--tenant", "nosuch"), "no tenant 'nosuch'"),
-    (("turns", "--tenant", "nosuch"), "no tenant 'nosuch'"),
-    (("turns", "--call", "CA-bogus"), "is not a call sid"),
-    (("calls", "--limit", "0"), "--limit 0 is outside"),
-    (("tenants", "add", "t2", "--max-calls", "-1"), "-1 is outside 0..100000"),
-    (("tenants", "add", "t2"), "needs DATABASE_URL"),
-    (("agents", "list", "--tenant", "default"), "needs DATABASE_URL"),
-    (("numbers", "add", "555-0100", "--tenant", "default"), "needs DATABASE_URL"),
-])
-def test_the_embedded_store_answers_bad_input_the_same_way(embedded: Path, capsys: pytest.CaptureFixture[str],
-                                                          argv: tuple[str, ...], says: str) -> None:
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (("calls", "--tenant", "nosuch"), "no tenant 'nosuch'"),
+        (("turns", "--tenant", "nosuch"), "no tenant 'nosuch'"),
+        (("turns", "--call", "CA-bogus"), "is not a call sid"),
+        (("calls", "--limit", "0"), "--limit 0 is outside"),
+        (("tenants", "add", "t2", "--max-calls", "-1"), "-1 is outside 0..100000"),
+        (("tenants", "add", "t2"), "needs DATABASE_URL"),
+        (("agents", "list", "--tenant", "default"), "needs DATABASE_URL"),
+        (("numbers", "add", "555-0100", "--tenant", "default"), "needs DATABASE_URL"),
+    ],
+)
+def test_the_embedded_store_answers_bad_input_the_same_way(
+    embedded: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], says: str
+) -> None:
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
     assert says in err and err.count("\n") == 1, err
@@ -151,8 +206,14 @@ def test_the_database_itself_refuses_what_relay_refuses(pg: str, capsys: pytest.
         conn = await asyncpg.connect(pg)
         refused = []
         try:
-            for column, value in (("voice", "'nova'"), ("backend", "'openai'"), ("max_concurrent_calls", "-1"),
-                                  ("calls_per_minute", "100001"), ("model", "''"), ("vad_silence_ms", "5")):
+            for column, value in (
+                ("voice", "'nova'"),
+                ("backend", "'openai'"),
+                ("max_concurrent_calls", "-1"),
+                ("calls_per_minute", "100001"),
+                ("model", "''"),
+                ("vad_silence_ms", "5"),
+            ):
                 try:
                     await conn.execute(f"UPDATE agents SET {column} = {value} WHERE tenant_id = 'acme'")
                 except asyncpg.exceptions.CheckViolationError as exc:

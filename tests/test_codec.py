@@ -311,8 +311,18 @@ def test_odd_chunk_raises_and_keeps_state(pair: tuple[int, int], data: bytes, od
 
 @pytest.mark.parametrize(
     "rates",
-    [(16000, 24000), (24000, 16000), (8000, 44100), (44100, 8000), (48000, 48000), (0, 0), (-8000, 8000),
-     (8000, 32000), (32000, 8000), (True, True)],
+    [
+        (16000, 24000),
+        (24000, 16000),
+        (8000, 44100),
+        (44100, 8000),
+        (48000, 48000),
+        (0, 0),
+        (-8000, 8000),
+        (8000, 32000),
+        (32000, 8000),
+        (True, True),
+    ],
 )
 def test_invalid_rates(fp: ModuleType, rates: tuple[int, int]) -> None:
     with pytest.raises(ValueError):

@@ -7,8 +7,11 @@ import pytest
 from relay.config import DEFAULT_REALTIME_URL, Settings
 from relay.errors import ConfigError
 
-GOOD = {"RELAY_PUBLIC_URL": "https://relay.example.com", "OPENAI_API_KEY": "sk-test-secret-value",
-        "TWILIO_AUTH_TOKEN": "twilio-test-secret-token"}
+GOOD = {
+    "RELAY_PUBLIC_URL": "https://relay.example.com",
+    "OPENAI_API_KEY": "sk-test-secret-value",
+    "TWILIO_AUTH_TOKEN": "twilio-test-secret-token",
+}
 
 
 def test_defaults_with_the_three_required_values() -> None:
@@ -37,8 +40,16 @@ def test_every_problem_is_listed_in_one_error() -> None:
         Settings.from_env(env)
     text = str(info.value)
     assert len(info.value.problems) == 8, info.value.problems
-    for needle in ("RELAY_PORT", "RELAY_PUBLIC_URL", "RELAY_REALTIME_URL", "OPENAI_API_KEY", "TWILIO_AUTH_TOKEN",
-                   "nova", "RELAY_VAD_THRESHOLD", "DATABASE_URL"):
+    for needle in (
+        "RELAY_PORT",
+        "RELAY_PUBLIC_URL",
+        "RELAY_REALTIME_URL",
+        "OPENAI_API_KEY",
+        "TWILIO_AUTH_TOKEN",
+        "nova",
+        "RELAY_VAD_THRESHOLD",
+        "DATABASE_URL",
+    ):
         assert needle in text
 
 
@@ -57,10 +68,19 @@ def test_secrets_stay_out_of_repr_and_errors() -> None:
 
 
 def test_conversation_settings_shape_every_call() -> None:
-    s = Settings.from_env({**GOOD, "RELAY_PLAYOUT_LEAD_MS": "160", "RELAY_MARK_INTERVAL_MS": "40",
-                           "RELAY_GREETING": " Hello! ", "RELAY_RECONNECT_MESSAGE": "One moment.",
-                           "RELAY_UPSTREAM_MAX_SESSION_S": "1800", "RELAY_DTMF_TIMEOUT_MS": "900",
-                           "RELAY_HANGUP_GRACE_MS": "500", "RELAY_END_CALL_TOOL": "0"})
+    s = Settings.from_env(
+        {
+            **GOOD,
+            "RELAY_PLAYOUT_LEAD_MS": "160",
+            "RELAY_MARK_INTERVAL_MS": "40",
+            "RELAY_GREETING": " Hello! ",
+            "RELAY_RECONNECT_MESSAGE": "One moment.",
+            "RELAY_UPSTREAM_MAX_SESSION_S": "1800",
+            "RELAY_DTMF_TIMEOUT_MS": "900",
+            "RELAY_HANGUP_GRACE_MS": "500",
+            "RELAY_END_CALL_TOOL": "0",
+        }
+    )
     options = s.call_options
     assert (options.lead_ms, options.mark_frames) == (160, 2)
     assert (options.dtmf_timeout_ms, options.hangup_grace_ms) == (900, 500)
@@ -72,7 +92,8 @@ def test_conversation_settings_shape_every_call() -> None:
 
 def test_conversation_settings_out_of_range_are_refused() -> None:
     with pytest.raises(ConfigError) as err:
-        Settings.from_env({**GOOD, "RELAY_PLAYOUT_LEAD_MS": "10", "RELAY_UPSTREAM_MAX_SESSION_S": "5",
-                           "RELAY_END_CALL_TOOL": "maybe"})
+        Settings.from_env(
+            {**GOOD, "RELAY_PLAYOUT_LEAD_MS": "10", "RELAY_UPSTREAM_MAX_SESSION_S": "5", "RELAY_END_CALL_TOOL": "maybe"}
+        )
     text = str(err.value)
     assert "RELAY_PLAYOUT_LEAD_MS" in text and "RELAY_UPSTREAM_MAX_SESSION_S" in text and "RELAY_END_CALL_TOOL" in text

@@ -37,9 +37,12 @@ def heard_words(call: VirtualCall) -> list[str]:
 
 # ---------------------------------------------------------------- paced playout (§0.2, §6 #4)
 
+
 def test_answers_go_out_in_20_ms_frames_never_more_than_the_lead_ahead() -> None:
-    call = VirtualCall(agent_config=dataclasses.replace(AGENT, chunk_ms=(40, 400), realtime_factor=8.0),
-                       options=CallOptions(lead_ms=100))
+    call = VirtualCall(
+        agent_config=dataclasses.replace(AGENT, chunk_ms=(40, 400), realtime_factor=8.0),
+        options=CallOptions(lead_ms=100),
+    )
     call.say("Tell me about the menu.")
     assert call.run_until(call.answered(1), 20)
     media = sent(call, "media")
@@ -79,6 +82,7 @@ def test_marks_name_the_item_and_its_bytes_and_every_answer_ends_with_one() -> N
 
 # ---------------------------------------------------------------- inbound gap fill
 
+
 def test_lost_caller_frames_are_filled_with_silence_and_duplicates_dropped() -> None:
     call = VirtualCall(agent_config=AGENT)  # not run: no frames from the virtual caller
     conversation, session = call.conversation, call.agent
@@ -93,15 +97,25 @@ def test_lost_caller_frames_are_filled_with_silence_and_duplicates_dropped() -> 
 
 # ---------------------------------------------------------------- barge-in (§2.5)
 
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(barge_ms=st.integers(60, 3500), latency_ms=st.sampled_from([0.0, 1.0, 3.0]),
-       lead_ms=st.sampled_from([60, 100, 200]), mark_frames=st.sampled_from([1, 5, 10]),
-       phase=st.integers(0, 19))
-def test_the_truncate_lands_where_the_caller_stopped_hearing(barge_ms: int, latency_ms: float, lead_ms: int,
-                                                            mark_frames: int, phase: int) -> None:
+@given(
+    barge_ms=st.integers(60, 3500),
+    latency_ms=st.sampled_from([0.0, 1.0, 3.0]),
+    lead_ms=st.sampled_from([60, 100, 200]),
+    mark_frames=st.sampled_from([1, 5, 10]),
+    phase=st.integers(0, 19),
+)
+def test_the_truncate_lands_where_the_caller_stopped_hearing(
+    barge_ms: int, latency_ms: float, lead_ms: int, mark_frames: int, phase: int
+) -> None:
     agent = dataclasses.replace(AGENT, reply=talkative, chunk_ms=(40, 200), realtime_factor=4.0)
-    call = VirtualCall(agent_config=agent, options=CallOptions(lead_ms=lead_ms, mark_frames=mark_frames),
-                       latency_ms=latency_ms, pacer_phase_ms=phase)
+    call = VirtualCall(
+        agent_config=agent,
+        options=CallOptions(lead_ms=lead_ms, mark_frames=mark_frames),
+        latency_ms=latency_ms,
+        pacer_phase_ms=phase,
+    )
     call.say("What is on the menu?")
     assert call.run_until(lambda: call.playback.played >= barge_ms * 8, 30)
     call.say("Stop, just book it.")
@@ -161,6 +175,7 @@ def test_with_interrupt_response_off_relay_cancels_the_response_itself() -> None
 
 # ---------------------------------------------------------------- greeting, keys, hang-up
 
+
 def test_the_agent_greets_first_and_the_greeting_is_a_stored_turn() -> None:
     profile = realtime.AgentProfile(instructions="x", greeting="Hello, you are through to the demo line.")
     call = VirtualCall(agent_config=AGENT, profile=profile)
@@ -207,6 +222,7 @@ def test_the_farewell_plays_to_its_final_mark_before_hang_up() -> None:
 
 
 # ---------------------------------------------------------------- new backend sessions
+
 
 def counting(text: str, history: list[tuple[str, str]]) -> str:
     """Proves the context: the answer counts the caller's lines the model knows of."""

@@ -9,8 +9,12 @@ from relay.sim.agent import AgentConfig
 
 
 async def test_the_demo_call_is_greeted_answered_and_hung_up_by_the_agent(tmp_path: Path) -> None:
-    summary = await run_demo(2, db_path=str(tmp_path / "demo.sqlite3"), record=str(tmp_path / "heard.wav"),
-                             agent_config=AgentConfig(think_ms=100, realtime_factor=8.0))
+    summary = await run_demo(
+        2,
+        db_path=str(tmp_path / "demo.sqlite3"),
+        record=str(tmp_path / "heard.wav"),
+        agent_config=AgentConfig(think_ms=100, realtime_factor=8.0),
+    )
     assert summary["calls_completed"] == 2 and summary["violations"] == 0 and summary["errors"] == []
     for call in summary["call_details"]:
         assert call["end_reason"] == "agent_hangup"  # after the farewell played in full

@@ -74,39 +74,167 @@ class Raw:
 # JSON text near the edge of what the C scan takes: valid, invalid, and valid-but-not-its-job.
 TRICKY = [
     # numbers the scan takes (no exponent, at most 18 bytes)
-    "0", "-0", "7", "-12", "0.5", "-0.0", "12.250", "999999999999999999", "-99999999999999999",
+    "0",
+    "-0",
+    "7",
+    "-12",
+    "0.5",
+    "-0.0",
+    "12.250",
+    "999999999999999999",
+    "-99999999999999999",
     # numbers it leaves to orjson: long, exponents, overflow to infinity
-    "1234567890123456789", "18446744073709551616", "1" + "0" * 40, "1" + "0" * 320, "1" + "0" * 400,
-    "0.1234567890123456789", "1e5", "1E5", "1e+5", "1e-5", "-1.5e3", "1E400", "-1e400", "1e-400",
+    "1234567890123456789",
+    "18446744073709551616",
+    "1" + "0" * 40,
+    "1" + "0" * 320,
+    "1" + "0" * 400,
+    "0.1234567890123456789",
+    "1e5",
+    "1E5",
+    "1e+5",
+    "1e-5",
+    "-1.5e3",
+    "1E400",
+    "-1e400",
+    "1e-400",
     # not numbers
-    "01", "-01", "00", "-", "+1", "1.", ".5", "-.5", "1.e3", "1e", "1e+", "0x1", "1_0", "NaN",
-    "Infinity", "-Infinity", "--1", "1.2.3",
+    "01",
+    "-01",
+    "00",
+    "-",
+    "+1",
+    "1.",
+    ".5",
+    "-.5",
+    "1.e3",
+    "1e",
+    "1e+",
+    "0x1",
+    "1_0",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "--1",
+    "1.2.3",
     # literals
-    "true", "false", "null", "tru", "truee", "True", "trUe", "tRue", "nul", "nulll", "nuLl", "nulL",
-    "falsE", "fAlse", "fals", "t",
+    "true",
+    "false",
+    "null",
+    "tru",
+    "truee",
+    "True",
+    "trUe",
+    "tRue",
+    "nul",
+    "nulll",
+    "nuLl",
+    "nulL",
+    "falsE",
+    "fAlse",
+    "fals",
+    "t",
     # containers
-    "[]", "{}", "[ ]", "{\n}", "[1,]", "[,1]", "[,]", "{,}", '{"a":1,}', '{"a"}', '{"a":}',
-    '{"a" 1}', "[1 2]", '{"a":1 "b":2}', "[[[]]]", "[", "]", "{", "}", '{"a":[1,{"b":null}]}',
-    "{1:2}", "[true,false,null]", '{"a":1,"a":2}', "[" * 70 + "]" * 70,
+    "[]",
+    "{}",
+    "[ ]",
+    "{\n}",
+    "[1,]",
+    "[,1]",
+    "[,]",
+    "{,}",
+    '{"a":1,}',
+    '{"a"}',
+    '{"a":}',
+    '{"a" 1}',
+    "[1 2]",
+    '{"a":1 "b":2}',
+    "[[[]]]",
+    "[",
+    "]",
+    "{",
+    "}",
+    '{"a":[1,{"b":null}]}',
+    "{1:2}",
+    "[true,false,null]",
+    '{"a":1,"a":2}',
+    "[" * 70 + "]" * 70,
     # strings: escapes, surrogates, control bytes, non-ASCII, invalid UTF-8, broken
-    '""', '"a"', '"\\u0041"', '"\\ud800"', '"\\udc00"', '"\\ud83d\\ude00"', '"a\\"b"', '"\\x"',
-    '"\\"', '"é"', '"\udcff"', '"\x00"', '"\x1f"', '"\x7f"', "'a'", '"a', '"\\/"', '"\\n"',
-    '"\t"', '"\u2028"', '"😀"',
+    '""',
+    '"a"',
+    '"\\u0041"',
+    '"\\ud800"',
+    '"\\udc00"',
+    '"\\ud83d\\ude00"',
+    '"a\\"b"',
+    '"\\x"',
+    '"\\"',
+    '"é"',
+    '"\udcff"',
+    '"\x00"',
+    '"\x1f"',
+    '"\x7f"',
+    "'a'",
+    '"a',
+    '"\\/"',
+    '"\\n"',
+    '"\t"',
+    '"\u2028"',
+    '"😀"',
 ]
 
 # Values for the fields the parsers read.
 FIELD_TOKENS = [
-    '"media"', '"media "', '"Media"', '"med\\u0069a"', '"\\u006dedia"', '"5"', '"0"', '"007"', '""',
-    '"123456789012345"', '"1234567890123456"', '"1.5"', '"-1"', '" 1"', '"1 "', '"+1"', '"\u0661"',
-    '"AAAA"', '"AAA="', '"AA=="', '"A==="', '"===="', '"="', '"AAAA="', '"AA=A"', '"AAAAAAA"',
-    '"AB+/"', '"AB-_"', '"AA\\u003d\\u003d"', '"AAAA\\n"', '"response.output_audio.delta"',
-    '"response.output_audio.delta "', '"response.output_audio.deltA"',
+    '"media"',
+    '"media "',
+    '"Media"',
+    '"med\\u0069a"',
+    '"\\u006dedia"',
+    '"5"',
+    '"0"',
+    '"007"',
+    '""',
+    '"123456789012345"',
+    '"1234567890123456"',
+    '"1.5"',
+    '"-1"',
+    '" 1"',
+    '"1 "',
+    '"+1"',
+    '"\u0661"',
+    '"AAAA"',
+    '"AAA="',
+    '"AA=="',
+    '"A==="',
+    '"===="',
+    '"="',
+    '"AAAA="',
+    '"AA=A"',
+    '"AAAAAAA"',
+    '"AB+/"',
+    '"AB-_"',
+    '"AA\\u003d\\u003d"',
+    '"AAAA\\n"',
+    '"response.output_audio.delta"',
+    '"response.output_audio.delta "',
+    '"response.output_audio.deltA"',
     '"response.output_audio.delt4"',
-    '"medix"', '"mediA"', '"Xedia"', '"AAAA\x00', '"AAAA\x00"', '"5\x00', '"item_1"',
-    '"it\\u0065m"', '"ité"',
-    '{"timestamp":"5","payload":"AAAA"}', '{"payload":"AAAA"}', '{"timestamp":"5"}',
-    '{"timestamp":"5","payload":"AAAA","timestamp":"6"}', '{"timestamp":5,"payload":"AAAA"}',
-    '{"timestamp":"5","payload":"AAAA","payload":"AA=="}', '{"media":{"timestamp":"5"}}',
+    '"medix"',
+    '"mediA"',
+    '"Xedia"',
+    '"AAAA\x00',
+    '"AAAA\x00"',
+    '"5\x00',
+    '"item_1"',
+    '"it\\u0065m"',
+    '"ité"',
+    '{"timestamp":"5","payload":"AAAA"}',
+    '{"payload":"AAAA"}',
+    '{"timestamp":"5"}',
+    '{"timestamp":"5","payload":"AAAA","timestamp":"6"}',
+    '{"timestamp":5,"payload":"AAAA"}',
+    '{"timestamp":"5","payload":"AAAA","payload":"AA=="}',
+    '{"media":{"timestamp":"5"}}',
     *TRICKY,
 ]
 
@@ -158,9 +286,9 @@ class Gen:
         if isinstance(v, Obj):
             if not v.pairs:
                 return "{" + w() + "}"
-            return "{" + ",".join(
-                w() + self.string(k) + w() + ":" + w() + self.value(x) + w() for k, x in v.pairs
-            ) + "}"
+            return (
+                "{" + ",".join(w() + self.string(k) + w() + ":" + w() + self.value(x) + w() for k, x in v.pairs) + "}"
+            )
         if isinstance(v, list):
             if not v:
                 return "[" + w() + "]"
@@ -200,8 +328,9 @@ class Gen:
             del pairs[draw(st.integers(0, len(pairs) - 1))]
         if pairs and self.odd("dup"):
             k = draw(st.integers(0, len(pairs) - 1))
-            again = draw(st.one_of(st.just(pairs[k][1]), B64_TEXT, NOISY_VALUES,
-                                   st.sampled_from(FIELD_TOKENS).map(Raw)))
+            again = draw(
+                st.one_of(st.just(pairs[k][1]), B64_TEXT, NOISY_VALUES, st.sampled_from(FIELD_TOKENS).map(Raw))
+            )
             pairs.insert(draw(st.integers(0, len(pairs))), (pairs[k][0], again))
         return pairs
 
@@ -235,8 +364,7 @@ CLEAN_VALUES = st.recursive(
     | st.integers(-(10**15), 10**15)
     | st.tuples(st.integers(-999, 999), st.integers(0, 10**6)).map(lambda t: Raw(f"{t[0]}.{t[1]}"))
     | PLAIN_TEXT,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.lists(st.tuples(PLAIN_TEXT, inner), max_size=3).map(Obj),
+    lambda inner: st.lists(inner, max_size=3) | st.lists(st.tuples(PLAIN_TEXT, inner), max_size=3).map(Obj),
     max_leaves=6,
 )
 NOISY_VALUES = st.recursive(
@@ -246,24 +374,39 @@ NOISY_VALUES = st.recursive(
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=6)
     | st.sampled_from(TRICKY).map(Raw),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.lists(st.tuples(st.text(max_size=4), inner), max_size=3).map(Obj),
+    lambda inner: st.lists(inner, max_size=3) | st.lists(st.tuples(st.text(max_size=4), inner), max_size=3).map(Obj),
     max_leaves=6,
 )
 
 B64_VALID = st.binary(max_size=80).map(lambda b: base64.b64encode(b).decode())
 B64_INVALID = st.one_of(
-    st.text(alphabet="ABCxyz019+/=-_ .\n\\\"é", max_size=14),
-    st.tuples(B64_VALID, st.sampled_from(["=", "==", "A", "AB", "ABC", "===", "-", "_", " "]),
-              B64_VALID).map("".join),
+    st.text(alphabet='ABCxyz019+/=-_ .\n\\"é', max_size=14),
+    st.tuples(B64_VALID, st.sampled_from(["=", "==", "A", "AB", "ABC", "===", "-", "_", " "]), B64_VALID).map("".join),
 )
 B64_TEXT = st.one_of(B64_VALID, B64_VALID, B64_VALID, B64_INVALID)
 
 TIMESTAMP_VALID = st.text(alphabet="0123456789", min_size=1, max_size=15)
 TIMESTAMP_INVALID = st.one_of(
     st.text(alphabet="0123456789", max_size=20),
-    st.sampled_from(["", "0", "007", "١٢", "²", "1.5", "-1", " 1", "1 ", "1e3", "+1",
-                     "999999999999999", "1000000000000000", "0x10", "1_000"]),
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "007",
+            "١٢",
+            "²",
+            "1.5",
+            "-1",
+            " 1",
+            "1 ",
+            "1e3",
+            "+1",
+            "999999999999999",
+            "1000000000000000",
+            "0x10",
+            "1_000",
+        ]
+    ),
 )
 
 SID = st.text(alphabet="0123456789abcdef", min_size=1, max_size=32).map(lambda s: "MZ" + s)
@@ -280,9 +423,13 @@ def twilio_media(draw: Any, noise: int) -> bytes:
         ("payload", g.pick(B64_VALID, B64_INVALID)),
     ]
     top = [
-        ("event", g.pick(st.sampled_from(["media"] * 5 + ["mark", "stop"]),
-                         st.sampled_from(["Media", "media ", "", "médi\u0430", "medi", "medix",
-                                          "mediA"]))),
+        (
+            "event",
+            g.pick(
+                st.sampled_from(["media"] * 5 + ["mark", "stop"]),
+                st.sampled_from(["Media", "media ", "", "médi\u0430", "medi", "medix", "mediA"]),
+            ),
+        ),
         ("sequenceNumber", draw(st.integers(1, 10**6).map(str))),
         ("media", g.pick(st.just(Obj(g.pairs(media))), st.just(Obj([])))),
         ("streamSid", draw(SID)),
@@ -299,22 +446,33 @@ def twilio_other(draw: Any, noise: int) -> bytes:
     if kind == "connected":
         pairs = [("event", "connected"), ("protocol", "Call"), ("version", "1.0.0")]
     elif kind == "start":
-        start = Obj([("accountSid", "AC" + "0" * 32), ("streamSid", sid),
-                     ("callSid", "CA" + "1" * 32), ("tracks", ["inbound"]),
-                     ("customParameters", {"k": draw(text)}),
-                     ("mediaFormat", {"encoding": "audio/x-mulaw", "sampleRate": 8000,
-                                      "channels": 1})])
+        start = Obj(
+            [
+                ("accountSid", "AC" + "0" * 32),
+                ("streamSid", sid),
+                ("callSid", "CA" + "1" * 32),
+                ("tracks", ["inbound"]),
+                ("customParameters", {"k": draw(text)}),
+                ("mediaFormat", {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}),
+            ]
+        )
         pairs = [("event", "start"), ("sequenceNumber", "1"), ("start", start), ("streamSid", sid)]
     elif kind == "mark":
-        pairs = [("event", "mark"), ("sequenceNumber", "4"), ("streamSid", sid),
-                 ("mark", {"name": draw(text)})]
+        pairs = [("event", "mark"), ("sequenceNumber", "4"), ("streamSid", sid), ("mark", {"name": draw(text)})]
     elif kind == "stop":
-        pairs = [("event", "stop"), ("sequenceNumber", "5"), ("streamSid", sid),
-                 ("stop", {"accountSid": "AC1", "callSid": "CA1"})]
+        pairs = [
+            ("event", "stop"),
+            ("sequenceNumber", "5"),
+            ("streamSid", sid),
+            ("stop", {"accountSid": "AC1", "callSid": "CA1"}),
+        ]
     elif kind == "dtmf":
-        pairs = [("event", "dtmf"), ("streamSid", sid), ("sequenceNumber", "5"),
-                 ("dtmf", {"track": "inbound_track",
-                           "digit": draw(st.sampled_from("0123456789*#"))})]
+        pairs = [
+            ("event", "dtmf"),
+            ("streamSid", sid),
+            ("sequenceNumber", "5"),
+            ("dtmf", {"track": "inbound_track", "digit": draw(st.sampled_from("0123456789*#"))}),
+        ]
     else:
         pairs = [("event", g.pick(text, NOISY_VALUES)), ("streamSid", sid)]
     return g.message(g.pairs(pairs))
@@ -324,11 +482,16 @@ def twilio_other(draw: Any, noise: int) -> bytes:
 def realtime_delta(draw: Any, noise: int) -> bytes:
     g = Gen(draw, noise)
     pairs = [
-        ("type", g.pick(st.sampled_from([DELTA] * 5 + ["response.output_audio.done",
-                                                      "response.output_audio_transcript.delta",
-                                                      "session.created"]),
-                        st.sampled_from(["error", DELTA + " ", DELTA.upper(), DELTA[:-1],
-                                         DELTA[:-1] + "A", ""]))),
+        (
+            "type",
+            g.pick(
+                st.sampled_from(
+                    [DELTA] * 5
+                    + ["response.output_audio.done", "response.output_audio_transcript.delta", "session.created"]
+                ),
+                st.sampled_from(["error", DELTA + " ", DELTA.upper(), DELTA[:-1], DELTA[:-1] + "A", ""]),
+            ),
+        ),
         ("event_id", "evt_" + draw(st.text(alphabet="abc123", max_size=6))),
         ("response_id", "resp_1"),
         ("item_id", g.pick(PLAIN_TEXT.map("item_".__add__), st.text(max_size=6))),
@@ -346,8 +509,7 @@ def mutated(draw: Any, base: st.SearchStrategy[bytes]) -> bytes:
     for _ in range(draw(st.integers(1, 3))):
         op = draw(st.sampled_from(["flip", "insert", "delete"]))
         pos = draw(st.integers(0, len(data)))
-        byte = draw(st.sampled_from(b'"\\{}[],:=0123456789eE.-+ tfnAa\x00\x1f\x80\xff')
-                    | st.integers(0, 255))
+        byte = draw(st.sampled_from(b'"\\{}[],:=0123456789eE.-+ tfnAa\x00\x1f\x80\xff') | st.integers(0, 255))
         if op == "insert":
             data.insert(pos, byte)
         elif pos < len(data):
@@ -529,13 +691,19 @@ def _repeats_a_key(msg: bytes) -> bool:
 
 
 def test_fast_path_is_taken_for_the_protocol_examples() -> None:
-    media = (b'{"event":"media","sequenceNumber":"4","media":{"track":"inbound","chunk":"2",'
-             b'"timestamp":"5","payload":"f39/fw=="},'
-             b'"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"}')
-    delta = (b'{"type":"response.output_audio.delta","event_id":"evt_1","response_id":"resp_1",'
-             b'"item_id":"item_1","output_index":0,"content_index":0,"delta":"AAAA"}')
-    with mock.patch.object(_messages_py, "parse_media", side_effect=AssertionError), \
-         mock.patch.object(_messages_py, "parse_audio_delta", side_effect=AssertionError):
+    media = (
+        b'{"event":"media","sequenceNumber":"4","media":{"track":"inbound","chunk":"2",'
+        b'"timestamp":"5","payload":"f39/fw=="},'
+        b'"streamSid":"MZ18ad3ab5a668481ce02b83e7395059f0"}'
+    )
+    delta = (
+        b'{"type":"response.output_audio.delta","event_id":"evt_1","response_id":"resp_1",'
+        b'"item_id":"item_1","output_index":0,"content_index":0,"delta":"AAAA"}'
+    )
+    with (
+        mock.patch.object(_messages_py, "parse_media", side_effect=AssertionError),
+        mock.patch.object(_messages_py, "parse_audio_delta", side_effect=AssertionError),
+    ):
         assert fast.parse_media(media) == (b"f39/fw==", 5)
         assert fast.parse_audio_delta(delta) == ("item_1", b"AAAA")
         assert fast.parse_media(b'{"event":"stop","stop":{"x":[1,-2.5,true,false,null]}}') is None
@@ -549,8 +717,25 @@ B64_BYTES = st.one_of(
     st.binary(max_size=120).map(base64.b64encode),
     st.binary(max_size=24),
     st.text(alphabet="AZaz09+/=-_ \n", max_size=16).map(str.encode),
-    st.sampled_from([b"", b"=", b"==", b"===", b"====", b"A===", b"AA==", b"AAA=", b"AAAA",
-                     b"AA=A", b"A=AA", b"AAAA====", b"AA==AAAA", b"AAA\n", b"AAAA\x00"]),
+    st.sampled_from(
+        [
+            b"",
+            b"=",
+            b"==",
+            b"===",
+            b"====",
+            b"A===",
+            b"AA==",
+            b"AAA=",
+            b"AAAA",
+            b"AA=A",
+            b"A=AA",
+            b"AAAA====",
+            b"AA==AAAA",
+            b"AAA\n",
+            b"AAAA\x00",
+        ]
+    ),
 )
 
 
@@ -569,7 +754,7 @@ def test_b64_one_bad_byte_anywhere(bad: str) -> None:
         good = (b"AB+/" * 11)[:n]
         for variant in (good, good[:-1] + b"=" if n else good, good[:-2] + b"==" if n else good):
             for pos in range(len(variant)):
-                data = variant[:pos] + bad.encode("latin-1") + variant[pos + 1:]
+                data = variant[:pos] + bad.encode("latin-1") + variant[pos + 1 :]
                 assert_same("b64_decoded_len", data)
                 msg = b'{"type":"' + DELTA.encode() + b'","item_id":"i","delta":"' + data + b'"}'
                 assert_same("parse_audio_delta", msg)
@@ -583,7 +768,9 @@ def test_b64_decoded_len_non_bytes(data: bytes, form: str) -> None:
         pass
 
     conv: dict[str, Callable[[bytes], Any]] = {
-        "str": lambda b: b.decode("latin-1"), "bytearray": bytearray, "memoryview": memoryview,
+        "str": lambda b: b.decode("latin-1"),
+        "bytearray": bytearray,
+        "memoryview": memoryview,
         "subclass": Bytes,
     }
     assert_same("b64_decoded_len", conv[form](data))
@@ -618,8 +805,17 @@ def _send_append(module: Any, payload: Any, client: bool) -> tuple[tuple[str, An
 
 
 @FEW
-@given(st.one_of(B64_BYTES, LONG_B64, st.binary(max_size=64).map(bytearray), st.text(max_size=8),
-                 st.none(), st.binary(max_size=16).map(memoryview)), st.booleans())
+@given(
+    st.one_of(
+        B64_BYTES,
+        LONG_B64,
+        st.binary(max_size=64).map(bytearray),
+        st.text(max_size=8),
+        st.none(),
+        st.binary(max_size=16).map(memoryview),
+    ),
+    st.booleans(),
+)
 def test_send_append(payload: Any, client: bool) -> None:
     """The append message, framed (masked on the client side): the same frame, or the same error."""
     assert _send_append(fast, payload, client) == _send_append(ref, payload, client)
@@ -630,22 +826,26 @@ WEIRD_TEXT = st.one_of(
     st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=12),  # all of ASCII
     st.text(alphabet=PLAIN + '"\\', max_size=12),
     st.text(alphabet='ab "\\/\x00\x1f\x7f', max_size=6),  # ASCII that orjson must escape
-    st.text(alphabet="ab\"\\/\x00\x01\x1f\x7f\x80\u2028\ud800\udfff😀 ", max_size=8),
-    st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1,
-            max_size=2),
+    st.text(alphabet='ab"\\/\x00\x01\x1f\x7f\x80\u2028\ud800\udfff😀 ', max_size=8),
+    st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=2),
     SID,
 )
 NAMES = st.one_of(WEIRD_TEXT, st.none(), st.integers(), st.binary(max_size=4))
 
 
 @SETTINGS
-@given(st.one_of(WEIRD_TEXT, NAMES), st.lists(NAMES, max_size=3),
-       st.one_of(B64_BYTES, LONG_B64, st.text(max_size=4), st.binary(max_size=8).map(bytearray)))
+@given(
+    st.one_of(WEIRD_TEXT, NAMES),
+    st.lists(NAMES, max_size=3),
+    st.one_of(B64_BYTES, LONG_B64, st.text(max_size=4), st.binary(max_size=8).map(bytearray)),
+)
 def test_twilio_writer(sid: Any, names: list[Any], payload: Any) -> None:
     expected = _outcome(ref.TwilioWriter, sid)
     got = _outcome(fast.TwilioWriter, sid)
     assert (got[0], got[1] if got[0] == "raise" else None) == (
-        expected[0], expected[1] if expected[0] == "raise" else None)
+        expected[0],
+        expected[1] if expected[0] == "raise" else None,
+    )
     if got[0] == "raise":
         return
     w_ref, w_fast = ref.TwilioWriter(sid), fast.TwilioWriter(sid)
@@ -658,9 +858,28 @@ def test_twilio_writer(sid: Any, names: list[Any], payload: Any) -> None:
         assert orjson.loads(good)["streamSid"] == sid
 
 
-@pytest.mark.parametrize("name", ["x", " ", "a b", 'a"b', '"', "a\\b", "a/b", "\x00", "\x1f",
-                                  "\x7f",
-                                  "\x80", "é", "\u2028", "😀", "\ud800", "", "~" * 300])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x",
+        " ",
+        "a b",
+        'a"b',
+        '"',
+        "a\\b",
+        "a/b",
+        "\x00",
+        "\x1f",
+        "\x7f",
+        "\x80",
+        "é",
+        "\u2028",
+        "😀",
+        "\ud800",
+        "",
+        "~" * 300,
+    ],
+)
 def test_twilio_writer_mark_names(name: str) -> None:
     got = _outcome(fast.TwilioWriter("MZ1").mark, name)
     assert got == _outcome(ref.TwilioWriter("MZ1").mark, name)
@@ -677,8 +896,10 @@ def test_twilio_writer_str_subclass() -> None:
     assert w_fast.mark(Sid("plain")) == w_ref.mark(Sid("plain"))
 
 
-@pytest.mark.parametrize("call", [("media", b"AAAA"), ("media", "x"), ("mark", "x"), ("mark", 'a"'),
-                                  ("mark", b"x"), ("mark", ""), ("clear",)])
+@pytest.mark.parametrize(
+    "call",
+    [("media", b"AAAA"), ("media", "x"), ("mark", "x"), ("mark", 'a"'), ("mark", b"x"), ("mark", ""), ("clear",)],
+)
 def test_twilio_writer_not_initialised(call: tuple[Any, ...]) -> None:
     """__new__ without __init__: same error class as the reference, and no crash."""
     name, *args = call

@@ -27,10 +27,19 @@ from relay.conversation import Conversation
 
 fast = pytest.importorskip("relay._fastpath", reason="compiled hot path not built")
 
-START = twilio.Start(stream_sid="MZ" + "5" * 32, call_sid="CA" + "7" * 32, account_sid="AC" + "1" * 32,
-                     tracks=("inbound",), encoding="audio/x-mulaw", sample_rate=8000, channels=1)
-UPDATED = {"type": "session.updated", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}},
-                                                            "output": {"format": {"type": "audio/pcmu"}}}}}
+START = twilio.Start(
+    stream_sid="MZ" + "5" * 32,
+    call_sid="CA" + "7" * 32,
+    account_sid="AC" + "1" * 32,
+    tracks=("inbound",),
+    encoding="audio/x-mulaw",
+    sample_rate=8000,
+    channels=1,
+)
+UPDATED = {
+    "type": "session.updated",
+    "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcmu"}}}},
+}
 FRAMES = 1000
 
 
@@ -59,27 +68,65 @@ def test_a_thousand_steady_frames_enter_no_python_function() -> None:
     twilio_leg = Leg(_sink(twilio_writes), False, 1 << 20, 0, clock)
     backend_leg = Leg(_sink(backend_writes), True, 1 << 20, 0, clock)
     records: list[Any] = []
-    call = Conversation(START, AgentProfile(instructions="x"), twilio_leg, records.append,
-                        CallOptions(lead_ms=100, mark_frames=5))
+    call = Conversation(
+        START, AgentProfile(instructions="x"), twilio_leg, records.append, CallOptions(lead_ms=100, mark_frames=5)
+    )
     call.attach_backend(backend_leg)
     call.backend_message(orjson.dumps(UPDATED), 0.0)
-    call.backend_message(orjson.dumps({"type": "response.output_item.added", "item": {
-        "type": "message", "role": "assistant", "id": "item_a"}}), 0.0)
+    call.backend_message(
+        orjson.dumps(
+            {"type": "response.output_item.added", "item": {"type": "message", "role": "assistant", "id": "item_a"}}
+        ),
+        0.0,
+    )
     twilio_leg.route(call.media, fast.LEG_TWILIO)
     backend_leg.route(call.media, fast.LEG_BACKEND)
 
     audio = base64.b64encode(bytes(range(160))).decode()
-    media = [ref.build_frame(ref.OP_TEXT, orjson.dumps({
-        "event": "media", "sequenceNumber": str(i + 2), "streamSid": START.stream_sid,
-        "media": {"track": "inbound", "chunk": str(i + 1), "timestamp": str(20 * i), "payload": audio}}), b"k3y!")
-        for i in range(FRAMES + 50)]
-    delta = ref.build_frame(ref.OP_TEXT, orjson.dumps({
-        "type": "response.output_audio.delta", "response_id": "resp_1", "item_id": "item_a", "output_index": 0,
-        "content_index": 0, "delta": audio}))
+    media = [
+        ref.build_frame(
+            ref.OP_TEXT,
+            orjson.dumps(
+                {
+                    "event": "media",
+                    "sequenceNumber": str(i + 2),
+                    "streamSid": START.stream_sid,
+                    "media": {"track": "inbound", "chunk": str(i + 1), "timestamp": str(20 * i), "payload": audio},
+                }
+            ),
+            b"k3y!",
+        )
+        for i in range(FRAMES + 50)
+    ]
+    delta = ref.build_frame(
+        ref.OP_TEXT,
+        orjson.dumps(
+            {
+                "type": "response.output_audio.delta",
+                "response_id": "resp_1",
+                "item_id": "item_a",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": audio,
+            }
+        ),
+    )
     # Twilio echoes the mark sent after frame 5k once it has played, 100 ms (5 frames) later.
-    echoes = {i: ref.build_frame(ref.OP_TEXT, orjson.dumps({
-        "event": "mark", "sequenceNumber": "9", "streamSid": START.stream_sid,
-        "mark": {"name": f"item_a:{(i - 5) * 160}"}}), b"m4sk") for i in range(10, FRAMES + 50, 5)}
+    echoes = {
+        i: ref.build_frame(
+            ref.OP_TEXT,
+            orjson.dumps(
+                {
+                    "event": "mark",
+                    "sequenceNumber": "9",
+                    "streamSid": START.stream_sid,
+                    "mark": {"name": f"item_a:{(i - 5) * 160}"},
+                }
+            ),
+            b"m4sk",
+        )
+        for i in range(10, FRAMES + 50, 5)
+    }
 
     def frames(first: int, last: int) -> None:
         for i in range(first, last):

@@ -140,8 +140,11 @@ def scripts(draw: st.DrawFn, valid_text: bool = True) -> tuple[list[tuple[bool, 
         op = draw(st.sampled_from(CONTROL_OPS))
         if op == OP_CLOSE:
             reasons = st.text(max_size=20)  # at most 80 bytes: the payload stays under 126
-            payload = draw(st.one_of(st.just(b""), st.builds(
-                close_payload, st.sampled_from([1000, 1001, 1011, 3000, 4000]), reasons)))
+            payload = draw(
+                st.one_of(
+                    st.just(b""), st.builds(close_payload, st.sampled_from([1000, 1001, 1011, 3000, 4000]), reasons)
+                )
+            )
         else:
             payload = draw(st.binary(max_size=125))
         frames.append((True, op, payload))
@@ -245,8 +248,12 @@ def test_compiled_reader_equals_twin_on_mutated_streams(
 ) -> None:
     frames, _ = script
     # mostly masked as the reader expects, so that mutations get past the first frame
-    frame_masks = [mask_choice.draw(st.binary(min_size=4, max_size=4) if masked else st.none())
-                   if mask_choice.draw(st.integers(0, 7)) else mask_choice.draw(masks) for _ in frames]
+    frame_masks = [
+        mask_choice.draw(st.binary(min_size=4, max_size=4) if masked else st.none())
+        if mask_choice.draw(st.integers(0, 7))
+        else mask_choice.draw(masks)
+        for _ in frames
+    ]
     chunks = split(mutate(encode(twin, frames, frame_masks), ops), cuts)
     expected = run(twin, chunks, masked, max_size)
     got = run(compiled, chunks, masked, max_size)
@@ -350,8 +357,10 @@ def ws_scripts(draw: st.DrawFn) -> list[tuple]:
             continue
         data = draw(st.text(max_size=50)).encode() if kind == "text" else draw(st.binary(max_size=300))
         pieces = split(data, draw(st.lists(st.integers(0, 1000), max_size=3)))
-        between = [draw(st.lists(st.tuples(st.sampled_from(["ping", "pong"]), st.binary(max_size=20)), max_size=1))
-                   for _ in pieces]
+        between = [
+            draw(st.lists(st.tuples(st.sampled_from(["ping", "pong"]), st.binary(max_size=20)), max_size=1))
+            for _ in pieces
+        ]
         steps.append((kind, pieces, between))
     if draw(st.booleans()):
         steps.append(("close", draw(st.sampled_from([1000, 1001, 1011, 4000])), draw(st.text(max_size=30))))
@@ -428,8 +437,9 @@ def fin_frames(draw: st.DrawFn) -> list[tuple[int, bytes]]:
             payload = draw(st.binary(max_size=125 if op in CONTROL_OPS else 300))
         frames.append((op, payload))
     if draw(st.booleans()):
-        frames.append((OP_CLOSE, close_payload(draw(st.sampled_from([1000, 1001, 1011, 4000])),
-                                               draw(st.text(max_size=30)))))
+        frames.append(
+            (OP_CLOSE, close_payload(draw(st.sampled_from([1000, 1001, 1011, 4000])), draw(st.text(max_size=30))))
+        )
     return frames
 
 
@@ -477,8 +487,12 @@ SEND = {
     OP_PING: lambda proto, payload: proto.send_ping(payload),
     OP_PONG: lambda proto, payload: proto.send_pong(payload),
 }
-SIZES = {OP_TEXT: [0, 125, 126, 65535, 65536], OP_BINARY: [0, 125, 126, 65535, 65536],
-         OP_PING: [0, 1, 125], OP_PONG: [0, 1, 125]}
+SIZES = {
+    OP_TEXT: [0, 125, 126, 65535, 65536],
+    OP_BINARY: [0, 125, 126, 65535, 65536],
+    OP_PING: [0, 1, 125],
+    OP_PONG: [0, 1, 125],
+}
 CASES = [(op, size) for op, sizes in SIZES.items() for size in sizes]
 
 
@@ -593,8 +607,9 @@ def test_binary_that_is_not_utf8_is_accepted(fp: Any, text: bytes) -> None:
 def test_utf8_character_split_across_fragments_is_accepted(fp: Any, masked: bool) -> None:
     euro = "€".encode()  # 3 bytes
     for cut in (1, 2):
-        data = (raw_frame(OP_TEXT, b"x" + euro[:cut], fin=False, mask=key(masked))
-                + raw_frame(OP_CONT, euro[cut:] + b"y", mask=key(masked)))
+        data = raw_frame(OP_TEXT, b"x" + euro[:cut], fin=False, mask=key(masked)) + raw_frame(
+            OP_CONT, euro[cut:] + b"y", mask=key(masked)
+        )
         assert read_all(fp, data, masked) == [(OP_TEXT, b"x" + euro + b"y")]
     emoji = "🎉".encode()  # 4 bytes, one per fragment
     data = raw_frame(OP_TEXT, emoji[:1], fin=False, mask=key(masked))
@@ -765,9 +780,11 @@ def test_ping_between_fragments_comes_out_first_and_the_message_whole(fp: Any, m
     reader.feed(raw_frame(OP_PING, b"are you there", mask=key(masked)))
     assert reader.read() == (OP_PING, b"are you there")
     assert reader.read() is None
-    reader.feed(raw_frame(OP_CONT, b"lo, ", fin=False, mask=key(masked))
-                + raw_frame(OP_PONG, b"", mask=key(masked))
-                + raw_frame(OP_CONT, "wörld".encode(), mask=key(masked)))
+    reader.feed(
+        raw_frame(OP_CONT, b"lo, ", fin=False, mask=key(masked))
+        + raw_frame(OP_PONG, b"", mask=key(masked))
+        + raw_frame(OP_CONT, "wörld".encode(), mask=key(masked))
+    )
     assert reader.read() == (OP_PONG, b"")
     assert reader.read() == (OP_TEXT, "Hello, wörld".encode())
     assert reader.read() is None
@@ -816,6 +833,7 @@ def test_send_append_frame_equals_the_twin_and_its_definition(payload: bytes, ma
 @given(payload=b64_payloads, name=st.text(min_size=1, max_size=40), sid=st.text(min_size=1, max_size=40))
 def test_writer_frames_equal_the_twin_and_parse_back(payload: bytes, name: str, sid: str) -> None:
     """A media message and its mark as two server frames, the way the media core writes them."""
+
     def frames(module: Any) -> bytes:
         writer = module.TwilioWriter(sid)
         return module.build_frame(OP_TEXT, writer.media(payload)) + module.build_frame(OP_TEXT, writer.mark(name))

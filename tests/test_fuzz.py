@@ -59,18 +59,36 @@ from relay.store import SQLiteStore
 from tests.conftest import CONNECTED, DTMF, MARK, MEDIA, START, STOP
 
 # ``fp`` is a module, not state: sharing it across examples is safe.
-PROPS = settings(max_examples=250, deadline=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+PROPS = settings(
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 FEW = settings(PROPS, max_examples=120)
 
-DELTA = (b'{"type":"response.output_audio.delta","event_id":"event_1","response_id":"resp_1",'
-         b'"item_id":"item_1","output_index":0,"content_index":0,"delta":"//7+/g=="}')
-SESSION_UPDATED = json.dumps({"type": "session.updated", "event_id": "event_2", "session": {
-    "type": "realtime", "output_modalities": ["audio"],
-    "audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": {"type": "server_vad"}},
-              "output": {"format": {"type": "audio/pcmu"}, "voice": "marin"}}}}).encode()
-ERROR = json.dumps({"type": "error", "event_id": "event_3", "error": {
-    "type": "invalid_request_error", "code": "invalid_value", "message": "Invalid value.", "param": None}}).encode()
+DELTA = (
+    b'{"type":"response.output_audio.delta","event_id":"event_1","response_id":"resp_1",'
+    b'"item_id":"item_1","output_index":0,"content_index":0,"delta":"//7+/g=="}'
+)
+SESSION_UPDATED = json.dumps(
+    {
+        "type": "session.updated",
+        "event_id": "event_2",
+        "session": {
+            "type": "realtime",
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": {"format": {"type": "audio/pcmu"}, "turn_detection": {"type": "server_vad"}},
+                "output": {"format": {"type": "audio/pcmu"}, "voice": "marin"},
+            },
+        },
+    }
+).encode()
+ERROR = json.dumps(
+    {
+        "type": "error",
+        "event_id": "event_3",
+        "error": {"type": "invalid_request_error", "code": "invalid_value", "message": "Invalid value.", "param": None},
+    }
+).encode()
 
 TWILIO_MESSAGES = (CONNECTED, START, MEDIA, DTMF, MARK, STOP)
 REALTIME_MESSAGES = (DELTA, SESSION_UPDATED, ERROR)
@@ -97,16 +115,44 @@ def engine_mutants(draw: st.DrawFn, seeds: tuple[bytes, ...]) -> bytes:
 
 def json_values(max_leaves: int = 8) -> st.SearchStrategy[Any]:
     """Any JSON value, with lone surrogates in strings, unbounded ints, NaN and infinities."""
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
-                        st.text(st.characters(exclude_categories=()), max_size=12),
-                        st.from_regex(r"[0-9]{0,17}", fullmatch=True),  # timestamps and beyond
-                        st.text("AZaz09+/=\n -_\u00e9", max_size=16),  # base64, nearly
-                        st.sampled_from(["media", "response.output_audio.delta", "start", "audio/pcmu"]))
-    return st.recursive(scalars, lambda kids: st.lists(kids, max_size=3)
-                        | st.dictionaries(st.sampled_from(["event", "media", "payload", "timestamp", "type",
-                                                           "item_id", "delta", "audio", "input", "output",
-                                                           "format", "tracks", "x"]), kids, max_size=3),
-                        max_leaves=max_leaves)
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(st.characters(exclude_categories=()), max_size=12),
+        st.from_regex(r"[0-9]{0,17}", fullmatch=True),  # timestamps and beyond
+        st.text("AZaz09+/=\n -_\u00e9", max_size=16),  # base64, nearly
+        st.sampled_from(["media", "response.output_audio.delta", "start", "audio/pcmu"]),
+    )
+    return st.recursive(
+        scalars,
+        lambda kids: (
+            st.lists(kids, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "event",
+                        "media",
+                        "payload",
+                        "timestamp",
+                        "type",
+                        "item_id",
+                        "delta",
+                        "audio",
+                        "input",
+                        "output",
+                        "format",
+                        "tracks",
+                        "x",
+                    ]
+                ),
+                kids,
+                max_size=3,
+            )
+        ),
+        max_leaves=max_leaves,
+    )
 
 
 @st.composite
@@ -121,8 +167,24 @@ def encoded(draw: st.DrawFn, value: Any) -> fuzz.Raw:
     return fuzz.Raw(b"[" * depth + text + b"]" * depth)
 
 
-WANTED = {"event", "media", "payload", "timestamp", "type", "item_id", "delta", "start", "tracks",
-          "mediaFormat", "customParameters", "session", "audio", "input", "output", "format"}
+WANTED = {
+    "event",
+    "media",
+    "payload",
+    "timestamp",
+    "type",
+    "item_id",
+    "delta",
+    "start",
+    "tracks",
+    "mediaFormat",
+    "customParameters",
+    "session",
+    "audio",
+    "input",
+    "output",
+    "format",
+}
 
 
 def _key_of(tree: Any, path: tuple[int, ...]) -> Any:
@@ -159,17 +221,28 @@ def reshaped(draw: st.DrawFn) -> bytes:
     """A media event or audio delta rebuilt field by field: each field a near miss (digits of
     every length, base64 of every length and padding, other events) or another JSON value,
     keys in any order, some repeated, extra keys; then perhaps one field written carelessly."""
-    digits = st.one_of(st.integers(0, 10**15 - 1).map(str), st.integers(10**15 - 2, 10**15 + 2).map(str),
-                       st.from_regex(r"[0-9]{0,17}", fullmatch=True))
-    b64 = st.one_of(st.binary(max_size=6).map(lambda b: base64.b64encode(b).decode()),
-                    st.text("AZaz09+/=", max_size=12))
+    digits = st.one_of(
+        st.integers(0, 10**15 - 1).map(str),
+        st.integers(10**15 - 2, 10**15 + 2).map(str),
+        st.from_regex(r"[0-9]{0,17}", fullmatch=True),
+    )
+    b64 = st.one_of(
+        st.binary(max_size=6).map(lambda b: base64.b64encode(b).decode()), st.text("AZaz09+/=", max_size=12)
+    )
     if draw(st.booleans()):
         inner = [("payload", draw(_field(b64))), ("timestamp", draw(_field(digits))), ("track", "inbound")]
-        pairs = [("event", draw(_field(st.sampled_from(["media", "mark", "Media", ""])))),
-                 ("media", draw(_field(st.permutations(inner).map(fuzz.Obj)))), ("streamSid", "MZ1")]
+        pairs = [
+            ("event", draw(_field(st.sampled_from(["media", "mark", "Media", ""])))),
+            ("media", draw(_field(st.permutations(inner).map(fuzz.Obj)))),
+            ("streamSid", "MZ1"),
+        ]
     else:
-        pairs = [("type", draw(_field(st.sampled_from(["response.output_audio.delta", "error"])))),
-                 ("item_id", draw(_field(st.text(max_size=6)))), ("delta", draw(_field(b64))), ("output_index", 0)]
+        pairs = [
+            ("type", draw(_field(st.sampled_from(["response.output_audio.delta", "error"])))),
+            ("item_id", draw(_field(st.text(max_size=6)))),
+            ("delta", draw(_field(b64))),
+            ("output_index", 0),
+        ]
     pairs = draw(st.permutations(pairs))
     for _ in range(max(0, draw(st.integers(0, 5)) - 3)):  # repeated or extra keys, now and then
         key = draw(st.sampled_from([k for k, _ in pairs] + ["x"]))
@@ -261,8 +334,11 @@ def frame_streams(draw: st.DrawFn) -> tuple[bool, int, list[bytes]]:
         stream = draw(st.binary(max_size=80))
         cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=4)))
         bounds = [0, *cuts, len(stream)]
-        return draw(st.booleans()), draw(st.sampled_from([0, 125, 1 << 20])), [
-            stream[a:b] for a, b in itertools.pairwise(bounds)]
+        return (
+            draw(st.booleans()),
+            draw(st.sampled_from([0, 125, 1 << 20])),
+            [stream[a:b] for a, b in itertools.pairwise(bounds)],
+        )
     message = draw(st.one_of(st.sampled_from(MESSAGES), engine_mutants(MESSAGES)))
     return fuzz.frame_stream(message, draw(st.randoms(use_true_random=False)))
 
@@ -334,8 +410,12 @@ def test_realtime_parse_event_raises_only_protocol_error(data: bytes) -> None:
 
 
 @PROPS
-@given(session=st.one_of(json_values(max_leaves=12), st.builds(
-    lambda a, b: {"audio": {"input": a, "output": b}}, json_values(4), json_values(4))))
+@given(
+    session=st.one_of(
+        json_values(max_leaves=12),
+        st.builds(lambda a, b: {"audio": {"input": a, "output": b}}, json_values(4), json_values(4)),
+    )
+)
 def test_session_problems_is_a_list_of_strings_for_any_json(session: Any) -> None:
     problems = _session_problems(session)
     ok = {"format": {"type": "audio/pcmu"}}
@@ -354,12 +434,17 @@ def _verify(token: str) -> str | None:
 
 
 @PROPS
-@given(token=st.one_of(
-    st.text(st.characters(exclude_categories=()), max_size=60),
-    st.builds(lambda exp, mac: f"v1.{exp}.{mac}", st.text(st.characters(exclude_categories=()), max_size=8)
-              | st.integers(0).map(str), st.text(max_size=44)),
-    st.builds(lambda data: data.decode("utf-8", "surrogateescape"), engine_mutants((TOKEN.encode(),))),
-))
+@given(
+    token=st.one_of(
+        st.text(st.characters(exclude_categories=()), max_size=60),
+        st.builds(
+            lambda exp, mac: f"v1.{exp}.{mac}",
+            st.text(st.characters(exclude_categories=()), max_size=8) | st.integers(0).map(str),
+            st.text(max_size=44),
+        ),
+        st.builds(lambda data: data.decode("utf-8", "surrogateescape"), engine_mutants((TOKEN.encode(),))),
+    )
+)
 def test_verify_returns_a_reason_for_any_token_but_the_issued_one(token: str) -> None:
     reason = _verify(token)
     if token == TOKEN:
@@ -448,8 +533,14 @@ class RecordingHttp(HttpProtocol):
         self._recorded(super().on_message_complete)
 
 
-SETTINGS = Settings(host="127.0.0.1", port=0, public_url="http://127.0.0.1:1",  # type: ignore[arg-type]
-                    realtime_url="ws://127.0.0.1:1/v1/realtime", openai_api_key="k", twilio_auth_token="t")
+SETTINGS = Settings(
+    host="127.0.0.1",
+    port=0,
+    public_url="http://127.0.0.1:1",  # type: ignore[arg-type]
+    realtime_url="ws://127.0.0.1:1/v1/realtime",
+    openai_api_key="k",
+    twilio_auth_token="t",
+)
 
 
 @dataclasses.dataclass
@@ -470,41 +561,78 @@ def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Http]:
 
 
 FORM = urlencode({"CallSid": "CA" + "1" * 32, "From": "+15550100", "To": "+15550199", "AccountSid": "AC" + "2" * 32})
-WS_HEADERS = (b"Host: 127.0.0.1:1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+WS_HEADERS = (
+    b"Host: 127.0.0.1:1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
 
 
 def _post(target: bytes, body: bytes, extra: bytes = b"") -> bytes:
-    return (b"POST " + target + b" HTTP/1.1\r\nHost: relay.example\r\n"
-            b"Content-Type: application/x-www-form-urlencoded\r\n"
-            b"X-Twilio-Signature: bm90IGEgc2lnbmF0dXJl\r\n" + extra
-            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return (
+        b"POST " + target + b" HTTP/1.1\r\nHost: relay.example\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"X-Twilio-Signature: bm90IGEgc2lnbmF0dXJl\r\n"
+        + extra
+        + b"Content-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
 
 
 REQUESTS: dict[str, tuple[bytes, bytes]] = {  # name: (request, the status line it must get)
     "webhook": (_post(b"/twilio/voice", FORM.encode()), b"HTTP/1.1 403 Forbidden"),
     "webhook json": (_post(b"/twilio/voice?bodySHA256=" + b"a" * 64, b'{"CallSid":"CA1"}'), b"HTTP/1.1 403 Forbidden"),
     "webhook get": (b"GET /twilio/voice?" + FORM.encode() + b" HTTP/1.1\r\nHost: r\r\n\r\n", b"HTTP/1.1 403 Forbidden"),
-    "upgrade": (b"GET /twilio/voice HTTP/1.1\r\n" + WS_HEADERS + b"X-Twilio-Signature: bm8=\r\n\r\n",
-                b"HTTP/1.1 403 Forbidden"),
+    "upgrade": (
+        b"GET /twilio/voice HTTP/1.1\r\n" + WS_HEADERS + b"X-Twilio-Signature: bm8=\r\n\r\n",
+        b"HTTP/1.1 403 Forbidden",
+    ),
     "unsigned upgrade": (b"GET /twilio/voice HTTP/1.1\r\n" + WS_HEADERS + b"\r\n", b"HTTP/1.1 403 Forbidden"),
     "health": (b"GET /healthz HTTP/1.1\r\nHost: r\r\n\r\n", b"HTTP/1.1 200 OK"),
     "head": (b"HEAD /healthz HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK"),
     "not found": (b"GET /nope HTTP/1.1\r\n\r\n", b"HTTP/1.1 404 Not Found"),
     "method": (b"DELETE /healthz HTTP/1.1\r\n\r\n", b"HTTP/1.1 405 Method Not Allowed"),
-    "chunked": (b"POST /twilio/voice HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Twilio-Signature: x\r\n\r\n"
-                b"5\r\nCallS\r\n3\r\nid=\r\n0\r\n\r\n", b"HTTP/1.1 403 Forbidden"),
-    "too many headers": (b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(70)) + b"\r\n",
-                         b"HTTP/1.1 413 Request Entity Too Large"),
+    "chunked": (
+        b"POST /twilio/voice HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Twilio-Signature: x\r\n\r\n"
+        b"5\r\nCallS\r\n3\r\nid=\r\n0\r\n\r\n",
+        b"HTTP/1.1 403 Forbidden",
+    ),
+    "too many headers": (
+        b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(70)) + b"\r\n",
+        b"HTTP/1.1 413 Request Entity Too Large",
+    ),
     "body too large": (_post(b"/twilio/voice", b"a=" + b"b" * 70_000), b"HTTP/1.1 413 Request Entity Too Large"),
     "garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"HTTP/1.1 400 Bad Request"),
 }
 HTTP_TOKENS = (
-    b"\r\n", b"\r\n\r\n", b"\n", b"\x00", b" ", b":", b"?", b"#", b"%", b"%zz",
-    b"Content-Length: 99999999999\r\n", b"Content-Length: -1\r\n", b"Transfer-Encoding: chunked\r\n",
-    b"Connection: close\r\n", b"Connection: Upgrade\r\n", b"Upgrade: websocket\r\n",
-    b"X-Twilio-Signature: \xff\r\n", b"Host: [::1\r\n", b"x" * 9000, b"GET / HTTP/1.1\r\n\r\n",
-    b"HTTP/1.1", b"HTTP/2.0", b"?bodySHA256=", b"&bodySHA256=x", b"http://[", b"\xc3\xa9", b"/../..",
+    b"\r\n",
+    b"\r\n\r\n",
+    b"\n",
+    b"\x00",
+    b" ",
+    b":",
+    b"?",
+    b"#",
+    b"%",
+    b"%zz",
+    b"Content-Length: 99999999999\r\n",
+    b"Content-Length: -1\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Connection: close\r\n",
+    b"Connection: Upgrade\r\n",
+    b"Upgrade: websocket\r\n",
+    b"X-Twilio-Signature: \xff\r\n",
+    b"Host: [::1\r\n",
+    b"x" * 9000,
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"HTTP/1.1",
+    b"HTTP/2.0",
+    b"?bodySHA256=",
+    b"&bodySHA256=x",
+    b"http://[",
+    b"\xc3\xa9",
+    b"/../..",
 )
 
 
@@ -610,8 +738,14 @@ def test_the_fuzzer_finishes_a_seeded_run_clean() -> None:
     assert fuzz.main(["--frames", "20000", "--seed", "1"], out=out) == 0, out.getvalue()
     table = out.getvalue()
     assert "20000 inputs in" in table and "inputs/s" in table
-    for parser in ("parse_media", "parse_audio_delta", "b64_decoded_len", "twilio.parse_event",
-                   "realtime.parse_event", "FrameReader"):
+    for parser in (
+        "parse_media",
+        "parse_audio_delta",
+        "b64_decoded_len",
+        "twilio.parse_event",
+        "realtime.parse_event",
+        "FrameReader",
+    ):
         assert re.search(rf"^{re.escape(parser)} +[1-9]", table, re.M), parser  # some inputs parsed
 
 
@@ -660,11 +794,16 @@ def test_the_fuzzer_fails_when_the_compiled_path_and_the_twin_disagree(monkeypat
 # --- regressions: the reproducers of the bugs this file found, each now fixed ----------------
 
 
-@pytest.mark.parametrize("message", [
-    b'{"event":' + b"[" * 1000 + b"]" * 1000 + b"}",
-    b'{"event":"start","start":{"accountSid":"a","streamSid":"s","callSid":"c","tracks":['
-    + b"[" * 1000 + b"]" * 1000 + b'],"mediaFormat":{"encoding":"e","sampleRate":8000,"channels":1}}}',
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        b'{"event":' + b"[" * 1000 + b"]" * 1000 + b"}",
+        b'{"event":"start","start":{"accountSid":"a","streamSid":"s","callSid":"c","tracks":['
+        + b"[" * 1000
+        + b"]" * 1000
+        + b'],"mediaFormat":{"encoding":"e","sampleRate":8000,"channels":1}}}',
+    ],
+)
 def test_regression_twilio_parse_event_on_deep_nesting(message: bytes) -> None:
     with pytest.raises(ProtocolError):
         twilio.parse_event(message)

@@ -28,10 +28,12 @@ def _sources(under: Path) -> list[Path]:
 
 
 def test_importing_the_service_loads_neither_asyncpg_nor_relay_pg() -> None:
-    python("import relay.server, relay.admin, relay.__main__, relay.config, relay.store, relay.admission, "
-           "relay.tenants, relay.demo; import sys; assert 'asyncpg' not in sys.modules; "
-           f"assert {LOADED} == [], {LOADED}; "
-           "assert not [m for m in sys.modules if m.startswith('relay.devtools')]")
+    python(
+        "import relay.server, relay.admin, relay.__main__, relay.config, relay.store, relay.admission, "
+        "relay.tenants, relay.demo; import sys; assert 'asyncpg' not in sys.modules; "
+        f"assert {LOADED} == [], {LOADED}; "
+        "assert not [m for m in sys.modules if m.startswith('relay.devtools')]"
+    )
 
 
 def test_the_embedded_stores_commands_load_neither(tmp_path: Path) -> None:
@@ -39,7 +41,8 @@ def test_the_embedded_stores_commands_load_neither(tmp_path: Path) -> None:
         "import os, sys; os.environ.pop('DATABASE_URL', None); os.environ['RELAY_SQLITE_PATH'] = sys.argv[1]\n"
         "from relay.__main__ import main\n"
         f"assert main(['calls']) == 0 and main(['turns']) == 0\nprint({LOADED})\n",
-        str(tmp_path / "relay.sqlite3"))
+        str(tmp_path / "relay.sqlite3"),
+    )
     assert out.splitlines()[-1] == "[]"
 
 
@@ -61,7 +64,8 @@ def test_serving_on_the_embedded_store_loads_neither(tmp_path: Path) -> None:
         "                           twilio_auth_token='x', sqlite_path=sys.argv[1],\n"
         "                           dead_letter_path=sys.argv[1] + '.dead')))\n"
         "print(seen)\n",
-        str(tmp_path / "relay.sqlite3"))
+        str(tmp_path / "relay.sqlite3"),
+    )
     assert out.splitlines()[-1] == "[[]]"
 
 
@@ -81,8 +85,9 @@ def test_asyncpg_is_imported_in_relay_pg_alone_and_relay_pg_only_where_a_databas
             if not in_pg:
                 assert not any(n == "asyncpg" or n.startswith("asyncpg.") for n in names), where
                 # relay.pg is imported inside the functions that run with DATABASE_URL set, never on load
-                assert node not in top_level or not any(n == "relay.pg" or n.startswith("relay.pg.") for n in names), \
+                assert node not in top_level or not any(n == "relay.pg" or n.startswith("relay.pg.") for n in names), (
                     where
+                )
 
 
 def test_the_postgres_code_does_not_read_the_environment() -> None:
@@ -95,8 +100,9 @@ def test_the_postgres_code_does_not_read_the_environment() -> None:
 
 def test_every_package_and_the_migrations_are_in_the_distribution() -> None:
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
-    packages = {".".join(p.parent.relative_to(ROOT).parts) for p in RELAY.rglob("__init__.py")
-                if "__pycache__" not in p.parts}
+    packages = {
+        ".".join(p.parent.relative_to(ROOT).parts) for p in RELAY.rglob("__init__.py") if "__pycache__" not in p.parts
+    }
     assert set(tool["packages"]) == packages
     assert "*.sql" in tool["package-data"]["relay.pg.migrations"]
     assert sorted(p.name for p in (PG / "migrations").glob("*.sql"))

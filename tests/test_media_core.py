@@ -31,10 +31,19 @@ from relay.conversation import AssistantTurn, Conversation
 
 fast = pytest.importorskip("relay._fastpath", reason="compiled hot path not built")
 
-START = twilio.Start(stream_sid="MZ" + "5" * 32, call_sid="CA" + "7" * 32, account_sid="AC" + "1" * 32,
-                     tracks=("inbound",), encoding="audio/x-mulaw", sample_rate=8000, channels=1)
-UPDATED = {"type": "session.updated", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}},
-                                                            "output": {"format": {"type": "audio/pcmu"}}}}}
+START = twilio.Start(
+    stream_sid="MZ" + "5" * 32,
+    call_sid="CA" + "7" * 32,
+    account_sid="AC" + "1" * 32,
+    tracks=("inbound",),
+    encoding="audio/x-mulaw",
+    sample_rate=8000,
+    channels=1,
+)
+UPDATED = {
+    "type": "session.updated",
+    "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcmu"}}}},
+}
 ITEMS = ("item_a", "item_b", "it\u00e9m_c")
 
 
@@ -102,8 +111,9 @@ def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypat
     twilio_leg = Leg(twilio_t, False, 1 << 20, 0, lambda: now[0])
     backend_leg = Leg(backend_t, True, 1 << 20, 0, lambda: now[0])
     twilio_leg.events, backend_leg.events = [], []
-    call = Conversation(START, realtime.AgentProfile(instructions="x"), twilio_leg, records.append, options,
-                        core=CORES[impl])
+    call = Conversation(
+        START, realtime.AgentProfile(instructions="x"), twilio_leg, records.append, options, core=CORES[impl]
+    )
     call.attach_backend(backend_leg)
     twilio_leg.route(call.media, 0)
     backend_leg.route(call.media, 1)
@@ -127,12 +137,14 @@ def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypat
             _, jump, size, split, _ = step
             ts = max(0, ts + jump)
             payload = base64.b64encode(bytes(range(size % 256)) * (size // 256 + 1))[: 4 * ((size + 2) // 3)]
-            message = b'{"event":"media","sequenceNumber":"3","media":{"track":"inbound","chunk":"2",' \
-                      b'"timestamp":"%d","payload":"%s"},"streamSid":"%s"}' % (ts, payload, START.stream_sid.encode())
+            message = (
+                b'{"event":"media","sequenceNumber":"3","media":{"track":"inbound","chunk":"2",'
+                b'"timestamp":"%d","payload":"%s"},"streamSid":"%s"}' % (ts, payload, START.stream_sid.encode())
+            )
             data = ref.build_frame(ref.OP_TEXT, message, b"k3y!")
             if split:
-                twilio_leg.data_received(data[:split % len(data)])
-                twilio_leg.data_received(data[split % len(data):])
+                twilio_leg.data_received(data[: split % len(data)])
+                twilio_leg.data_received(data[split % len(data) :])
             else:
                 twilio_leg.data_received(data)
         elif kind == "delta":
@@ -140,9 +152,16 @@ def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypat
             delta = base64.b64encode(bytes((i * 7) & 0xFF for i in range(size)))
             if bad and delta:
                 delta = delta[:-1] + b"*"
-            message = orjson.dumps({"type": "response.output_audio.delta", "response_id": "resp_1",
-                                    "item_id": ITEMS[item], "output_index": 0, "content_index": 0,
-                                    "delta": delta.decode()})
+            message = orjson.dumps(
+                {
+                    "type": "response.output_audio.delta",
+                    "response_id": "resp_1",
+                    "item_id": ITEMS[item],
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": delta.decode(),
+                }
+            )
             backend_leg.data_received(ref.build_frame(ref.OP_TEXT, message))
         elif kind == "event":
             _, event, item, _ = step
@@ -152,16 +171,26 @@ def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypat
             backend_leg.data_received(ref.build_frame(ref.OP_TEXT, orjson.dumps(payload)))
         elif kind == "mark":
             _, pick, _ = step
-            names = [orjson.loads(frame[1])["mark"]["name"] for frame in _frames(twilio_t.writes)
-                     if b'"event":"mark"' in frame[1]]
+            names = [
+                orjson.loads(frame[1])["mark"]["name"]
+                for frame in _frames(twilio_t.writes)
+                if b'"event":"mark"' in frame[1]
+            ]
             name = names[pick % len(names)] if names else "nothing:0"
-            message = orjson.dumps({"event": "mark", "streamSid": START.stream_sid, "sequenceNumber": "9",
-                                    "mark": {"name": name}})
+            message = orjson.dumps(
+                {"event": "mark", "streamSid": START.stream_sid, "sequenceNumber": "9", "mark": {"name": name}}
+            )
             twilio_leg.data_received(ref.build_frame(ref.OP_TEXT, message, b"m4sk"))
         elif kind == "dtmf":
             _, digit, _ = step
-            message = orjson.dumps({"event": "dtmf", "streamSid": START.stream_sid, "sequenceNumber": "5",
-                                    "dtmf": {"track": "inbound_track", "digit": digit}})
+            message = orjson.dumps(
+                {
+                    "event": "dtmf",
+                    "streamSid": START.stream_sid,
+                    "sequenceNumber": "5",
+                    "dtmf": {"track": "inbound_track", "digit": digit},
+                }
+            )
             twilio_leg.data_received(ref.build_frame(ref.OP_TEXT, message, b"dtmf"))
         elif kind == "tick":
             outcome.append(("tick", call.tick(now[0]), call.media.tick(now[0])))
@@ -172,10 +201,15 @@ def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypat
     stats = dataclasses.asdict(call.stats)
     answers = [_drop_wall_clock(turn) for turn in call._assistants.values()]
     return {
-        "twilio writes": twilio_t.writes, "backend writes": backend_t.writes,
-        "twilio events": twilio_leg.events, "backend events": backend_leg.events,
-        "outcome": outcome, "records": [_drop_wall_clock(r) for r in records], "stats": stats,
-        "answers": answers, **call.media.state(),
+        "twilio writes": twilio_t.writes,
+        "backend writes": backend_t.writes,
+        "twilio events": twilio_leg.events,
+        "backend events": backend_leg.events,
+        "outcome": outcome,
+        "records": [_drop_wall_clock(r) for r in records],
+        "stats": stats,
+        "answers": answers,
+        **call.media.state(),
     }
 
 
@@ -198,31 +232,50 @@ EVENTS = [
     {"type": "response.output_audio.done", "item_id": "x"},
     {"type": "response.output_audio_transcript.done", "item_id": "x", "transcript": "one two three four"},
     {"type": "response.done", "response": {"id": "resp_1", "status": "completed", "output": []}},
-    {"type": "response.done", "response": {"id": "resp_1", "status": "completed",
-                                           "output": [{"type": "message", "id": "item_a"}]}},
-    {"type": "response.done", "response": {"id": "resp_2", "status": "cancelled",
-                                           "output": [{"type": "message", "id": "item_b"}]}},
+    {
+        "type": "response.done",
+        "response": {"id": "resp_1", "status": "completed", "output": [{"type": "message", "id": "item_a"}]},
+    },
+    {
+        "type": "response.done",
+        "response": {"id": "resp_2", "status": "cancelled", "output": [{"type": "message", "id": "item_b"}]},
+    },
 ]
 
 ms = st.integers(0, 45)
-steps = st.lists(st.one_of(
-    st.tuples(st.just("media"), st.sampled_from([20, 20, 20, 20, 0, -20, 40, 60, 1500, 7]),
-              st.sampled_from([160, 160, 80, 0, 161]), st.sampled_from([0, 0, 0, 1, 7, 100, 300]), ms),
-    st.tuples(st.just("delta"), st.integers(0, 2), st.sampled_from([160, 160, 320, 800, 80, 1, 0, 4000]),
-              st.sampled_from([False, False, False, True]), ms),
-    st.tuples(st.just("event"), st.sampled_from(EVENTS), st.integers(0, 2), ms),
-    st.tuples(st.just("mark"), st.integers(0, 1000), ms),
-    st.tuples(st.just("tick"), st.sampled_from([0, 20, 20, 40, 1600])),
-    st.tuples(st.just("dtmf"), st.sampled_from(["1", "5", "#"]), ms),
-    st.tuples(st.just("raw"), st.booleans(), st.binary(max_size=40), ms),
-), max_size=80)
+steps = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("media"),
+            st.sampled_from([20, 20, 20, 20, 0, -20, 40, 60, 1500, 7]),
+            st.sampled_from([160, 160, 80, 0, 161]),
+            st.sampled_from([0, 0, 0, 1, 7, 100, 300]),
+            ms,
+        ),
+        st.tuples(
+            st.just("delta"),
+            st.integers(0, 2),
+            st.sampled_from([160, 160, 320, 800, 80, 1, 0, 4000]),
+            st.sampled_from([False, False, False, True]),
+            ms,
+        ),
+        st.tuples(st.just("event"), st.sampled_from(EVENTS), st.integers(0, 2), ms),
+        st.tuples(st.just("mark"), st.integers(0, 1000), ms),
+        st.tuples(st.just("tick"), st.sampled_from([0, 20, 20, 40, 1600])),
+        st.tuples(st.just("dtmf"), st.sampled_from(["1", "5", "#"]), ms),
+        st.tuples(st.just("raw"), st.booleans(), st.binary(max_size=40), ms),
+    ),
+    max_size=80,
+)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(steps=steps, lead=st.sampled_from([60, 100, 200]), mark_frames=st.sampled_from([1, 5, 10]))
-def test_compiled_core_equals_its_twin(steps: list[tuple[Any, ...]], lead: int, mark_frames: int,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_core_equals_its_twin(
+    steps: list[tuple[Any, ...]], lead: int, mark_frames: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     options = CallOptions(lead_ms=lead, mark_frames=mark_frames, presession_buffer_ms=200, max_gap_fill_ms=200)
     compiled = run("compiled", steps, options, monkeypatch)
     twin = run("twin", steps, options, monkeypatch)
@@ -237,9 +290,13 @@ def test_a_plain_call_is_exercised(monkeypatch: pytest.MonkeyPatch) -> None:
         script += [("media", 20, 160, 0, 20), ("delta", 0, 160, False, 0)]
         if i % 5 == 4:
             script.append(("mark", -1, 1))
-    script += [("event", {"type": "response.output_audio.done", "item_id": "x"}, 0, 0),
-               ("event", {"type": "response.output_audio_transcript.done", "item_id": "x", "transcript": "hi"}, 0, 0),
-               ("event", EVENTS[-2], 0, 0), ("tick", 20), ("mark", -1, 5)]
+    script += [
+        ("event", {"type": "response.output_audio.done", "item_id": "x"}, 0, 0),
+        ("event", {"type": "response.output_audio_transcript.done", "item_id": "x", "transcript": "hi"}, 0, 0),
+        ("event", EVENTS[-2], 0, 0),
+        ("tick", 20),
+        ("mark", -1, 5),
+    ]
     options = CallOptions()
     compiled = run("compiled", script, options, monkeypatch)
     twin = run("twin", script, options, monkeypatch)

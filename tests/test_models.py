@@ -20,8 +20,13 @@ from relay.errors import ConfigError
 from tests.pgutil import AGENT, create_database, drop_database, dsn
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVE_ENV = {"RELAY_PUBLIC_URL": "http://127.0.0.1:8080", "OPENAI_API_KEY": "sk-test-secret-value",
-             "TWILIO_AUTH_TOKEN": "twilio-test-secret-token", "RELAY_HOST": "127.0.0.1", "RELAY_PORT": "0"}
+SERVE_ENV = {
+    "RELAY_PUBLIC_URL": "http://127.0.0.1:8080",
+    "OPENAI_API_KEY": "sk-test-secret-value",
+    "TWILIO_AUTH_TOKEN": "twilio-test-secret-token",
+    "RELAY_HOST": "127.0.0.1",
+    "RELAY_PORT": "0",
+}
 
 
 def test_the_defaults_are_the_current_line_and_on_no_list() -> None:
@@ -29,15 +34,22 @@ def test_the_defaults_are_the_current_line_and_on_no_list() -> None:
     assert (settings.realtime_model, settings.transcription_model) == ("gpt-realtime-2.1", "gpt-realtime-whisper")
     assert models.shutdown_warnings([(settings.realtime_model, "x"), (settings.transcription_model, "y")]) == []
     assert settings.realtime_url_for("gpt-realtime-2.1") == "wss://api.openai.com/v1/realtime?model=gpt-realtime-2.1"
-    assert Settings(realtime_url="ws://127.0.0.1:9/v1/realtime?x=1").realtime_url_for("m") == \
-        "ws://127.0.0.1:9/v1/realtime?x=1&model=m"
+    assert (
+        Settings(realtime_url="ws://127.0.0.1:9/v1/realtime?x=1").realtime_url_for("m")
+        == "ws://127.0.0.1:9/v1/realtime?x=1&model=m"
+    )
 
 
-@pytest.mark.parametrize("model, date, announced", [
-    ("gpt-realtime", "2027-01-20", True), ("gpt-realtime-mini-2025-12-15", "2027-01-20", True),
-    ("gpt-4o-realtime-preview-2024-12-17", "2027-01-20", False), ("gpt-4o-mini-transcribe", "2027-02-26", False),
-    ("whisper-1", "2027-02-26", False),
-])
+@pytest.mark.parametrize(
+    "model, date, announced",
+    [
+        ("gpt-realtime", "2027-01-20", True),
+        ("gpt-realtime-mini-2025-12-15", "2027-01-20", True),
+        ("gpt-4o-realtime-preview-2024-12-17", "2027-01-20", False),
+        ("gpt-4o-mini-transcribe", "2027-02-26", False),
+        ("whisper-1", "2027-02-26", False),
+    ],
+)
 def test_each_model_on_the_list_is_warned_about_with_its_date(model: str, date: str, announced: bool) -> None:
     [line] = models.shutdown_warnings([(model, "agent acme/default")])
     assert model in line and date in line and "agent acme/default" in line
@@ -57,10 +69,16 @@ def test_the_model_is_a_setting_not_part_of_the_url() -> None:
 
 def serve_log(tmp_path: Path, **env: str) -> str:
     """Start ``relay serve`` with ``env``, wait until it listens, stop it; its log."""
-    full = {**os.environ, **SERVE_ENV, "RELAY_SQLITE_PATH": str(tmp_path / "relay.sqlite3"),
-            "RELAY_SPOOL_PATH": str(tmp_path / "relay.spool"), **env}
-    proc = subprocess.Popen([sys.executable, "-m", "relay", "serve"], cwd=ROOT, env=full, stderr=subprocess.PIPE,
-                            text=True)
+    full = {
+        **os.environ,
+        **SERVE_ENV,
+        "RELAY_SQLITE_PATH": str(tmp_path / "relay.sqlite3"),
+        "RELAY_SPOOL_PATH": str(tmp_path / "relay.spool"),
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve"], cwd=ROOT, env=full, stderr=subprocess.PIPE, text=True
+    )
     lines = []
     try:
         deadline = time.monotonic() + 30

@@ -43,13 +43,19 @@ def heard_the_apology(result) -> bool:  # type: ignore[no-untyped-def]
     return result.said_by_twilio == [FAILURE] and FAILURE in audio.transcribe(result.heard) and result.twilio_hung_up
 
 
-@pytest.mark.parametrize("agent, reason", [
-    (dataclasses.replace(FAST, session_error=("model_not_found", "The model `gpt-x` does not exist.")),
-     "backend_refused"),
-    (dataclasses.replace(FAST, session_updated_delay_ms=60_000), "backend_not_ready"),
-])
+@pytest.mark.parametrize(
+    "agent, reason",
+    [
+        (
+            dataclasses.replace(FAST, session_error=("model_not_found", "The model `gpt-x` does not exist.")),
+            "backend_refused",
+        ),
+        (dataclasses.replace(FAST, session_updated_delay_ms=60_000), "backend_not_ready"),
+    ],
+)
 async def test_a_backend_that_will_not_serve_the_call_gets_the_caller_an_apology(
-        tmp_path: Path, agent: AgentConfig, reason: str) -> None:
+    tmp_path: Path, agent: AgentConfig, reason: str
+) -> None:
     async with stack(tmp_path, agent, backend_ready_timeout_ms=800) as s:
         result = await TwilioCaller(s.webhook, ONE_LINE).run()
         await settle(s)
@@ -71,7 +77,8 @@ async def test_a_backend_lost_mid_call_for_good_ends_it_with_the_apology(tmp_pat
     async with stack(tmp_path, reconnect_give_up_s=2) as s:
         caller = asyncio.create_task(TwilioCaller(s.webhook, script).run())
         await s.agent.wait_until(
-            lambda: bool(s.agent.sessions) and any(k == "response.done" for _, k in s.agent.sessions[0].sent), 20)
+            lambda: bool(s.agent.sessions) and any(k == "response.done" for _, k in s.agent.sessions[0].sent), 20
+        )
         await s.agent.stop()  # the backend goes away: every reconnect fails
         s.agent.kill(s.agent.sessions[0])
         result = await caller
@@ -145,9 +152,10 @@ async def test_the_hook_on_another_relay_reads_the_end_from_the_database(tmp_pat
             await store.open()
             stores.append(store)
         refusing = dataclasses.replace(FAST, session_error=("insufficient_quota", "You exceeded your quota."))
-        async with stack(tmp_path / "a", refusing, CachedDirectory(stores[0].directory.lookup_number),
-                         stores[0]) as a, \
-                stack(tmp_path / "b", FAST, CachedDirectory(stores[1].directory.lookup_number), stores[1]) as b:
+        async with (
+            stack(tmp_path / "a", refusing, CachedDirectory(stores[0].directory.lookup_number), stores[0]) as a,
+            stack(tmp_path / "b", FAST, CachedDirectory(stores[1].directory.lookup_number), stores[1]) as b,
+        ):
             async with Balancer([a.webhook, a.webhook, b.webhook]) as lb:
                 for relay in (a.relay, b.relay):
                     relay.settings = dataclasses.replace(relay.settings, public_url=lb.origin)
@@ -222,10 +230,12 @@ def _error(event_id: str | None) -> bytes:
     return orjson.dumps({"type": "error", "event_id": "event_1", "error": error})
 
 
-@pytest.mark.parametrize("event_id, refuses", [
-    (realtime.SESSION_UPDATE_ID, True), (None, True), ("relay_seed_3", False)])
+@pytest.mark.parametrize(
+    "event_id, refuses", [(realtime.SESSION_UPDATE_ID, True), (None, True), ("relay_seed_3", False)]
+)
 def test_an_error_before_the_session_is_confirmed_refuses_it_only_if_it_is_about_it(
-        event_id: str | None, refuses: bool) -> None:
+    event_id: str | None, refuses: bool
+) -> None:
     conversation = Conversation(START, realtime.AgentProfile(instructions="Hi."), _Sink(), lambda record: None)
     backend = _Sink()
     conversation.attach_backend(backend)

@@ -76,8 +76,14 @@ async def test_each_tenant_reads_only_its_own_calls_and_turns(database: str, tmp
 async def test_a_call_runs_with_its_tenants_agent(database: str, tmp_path: Path) -> None:
     store = PostgresStore(dsn(database), spool_path=tmp_path / "relay.spool")
     await store.open()
-    await store.directory.set_agent("acme", "default", instructions="You are Acme's concierge.", voice="cedar",
-                                    model="gpt-realtime-2.1-mini", transcription_model="gpt-4o-transcribe")
+    await store.directory.set_agent(
+        "acme",
+        "default",
+        instructions="You are Acme's concierge.",
+        voice="cedar",
+        model="gpt-realtime-2.1-mini",
+        transcription_model="gpt-4o-transcribe",
+    )
     directory = CachedDirectory(store.directory.lookup_number)
     try:
         async with stack(tmp_path, directory=directory, store=store, resolve_agent=store.directory.get_agent) as s:
@@ -102,8 +108,12 @@ async def test_fifty_calls_through_a_database_outage_keep_every_turn_exactly_onc
     database: str, tmp_path: Path
 ) -> None:
     async with TcpProxy() as proxy:
-        store = PostgresStore(dsn(database, port=proxy.port), spool_path=tmp_path / "relay.spool",
-                              connect_timeout=1.0, command_timeout=2.0)
+        store = PostgresStore(
+            dsn(database, port=proxy.port),
+            spool_path=tmp_path / "relay.spool",
+            connect_timeout=1.0,
+            command_timeout=2.0,
+        )
         await store.open()
         db = await asyncpg.connect(dsn(database))  # the real server, past the proxy
         directory = CachedDirectory(store.directory.lookup_number)
@@ -183,8 +193,9 @@ async def test_kill_9_with_a_full_spool_then_restart_loses_nothing_and_doubles_n
         await eventually(lambda: bool(agent.sessions), timeout=20, what="the call's stream is open")
         proxy.down()  # Postgres goes away mid-call: everything of this call must spool
         result = await call
-        await eventually(lambda: _spooled_call_end(spool, result.call_sid), timeout=20,
-                         what="the call's turns and its end spooled")
+        await eventually(
+            lambda: _spooled_call_end(spool, result.call_sid), timeout=20, what="the call's turns and its end spooled"
+        )
         relay.kill()  # SIGKILL: no shutdown, no flush
         await relay.wait()
 
@@ -192,10 +203,14 @@ async def test_kill_9_with_a_full_spool_then_restart_loses_nothing_and_doubles_n
         relay = await start_relay(_free_port())  # replays the spool at open
         db = await asyncpg.connect(dsn(database))
         try:
-            await eventually(lambda: _user_turns(db, result.call_sid, len(SHORT.utterances)), timeout=30,
-                             what="spooled turns replayed")
-            rows = await db.fetch("SELECT seq, role, text_generated FROM call_turns WHERE call_sid = $1 ORDER BY seq",
-                                  result.call_sid)
+            await eventually(
+                lambda: _user_turns(db, result.call_sid, len(SHORT.utterances)),
+                timeout=30,
+                what="spooled turns replayed",
+            )
+            rows = await db.fetch(
+                "SELECT seq, role, text_generated FROM call_turns WHERE call_sid = $1 ORDER BY seq", result.call_sid
+            )
             ended = await db.fetchval("SELECT end_reason FROM calls WHERE call_sid = $1", result.call_sid)
         finally:
             await db.close()
@@ -253,12 +268,18 @@ async def test_a_tenant_on_its_own_twilio_subaccount_is_signed_with_its_own_toke
     acme_account = "AC" + "a" * 32
     await store.directory.set_auth_token("acme", "acme-subaccount-token", acme_account)
     try:
-        async with stack(tmp_path, directory=CachedDirectory(store.directory.lookup_number), store=store,
-                         credential_source=store.directory.credentials) as s:
-            ok = await TwilioCaller(s.webhook, SHORT, to_number="+15550100001", auth_token="acme-subaccount-token",
-                                    account_sid=acme_account).run()
-            forged = await TwilioCaller(s.webhook, SHORT, to_number="+15550100001",
-                                        auth_token="some-other-account").run()
+        async with stack(
+            tmp_path,
+            directory=CachedDirectory(store.directory.lookup_number),
+            store=store,
+            credential_source=store.directory.credentials,
+        ) as s:
+            ok = await TwilioCaller(
+                s.webhook, SHORT, to_number="+15550100001", auth_token="acme-subaccount-token", account_sid=acme_account
+            ).run()
+            forged = await TwilioCaller(
+                s.webhook, SHORT, to_number="+15550100001", auth_token="some-other-account"
+            ).run()
             for task in list(s.relay.sessions):
                 await task
             credentials = await store.directory.credentials()
@@ -268,5 +289,6 @@ async def test_a_tenant_on_its_own_twilio_subaccount_is_signed_with_its_own_toke
     assert ok.error is None and all(t.answered for t in ok.turns)
     assert forged.error is not None and "403" in forged.error
     assert [(c.tenant_id, c.account_sid, c.token) for c in credentials] == [
-        ("acme", acme_account, "acme-subaccount-token")]
+        ("acme", acme_account, "acme-subaccount-token")
+    ]
     assert "acme-subaccount-token" not in repr(listed), "the CLI's tenant list must not show tokens"

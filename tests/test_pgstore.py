@@ -366,9 +366,15 @@ async def test_the_directory_routes_numbers_to_tenant_agents(store: PostgresStor
     await directory.add_number(number, tenant)
     assert await directory.lookup_number(number) == (tenant, "default")
 
-    sales = await directory.add_agent(dataclasses.replace(
-        Agent.from_profile(tenant, "sales", AGENT), voice="cedar", vad_threshold=0.7, calls_per_minute=5,
-        greeting="Acme sales, how can I help?"))
+    sales = await directory.add_agent(
+        dataclasses.replace(
+            Agent.from_profile(tenant, "sales", AGENT),
+            voice="cedar",
+            vad_threshold=0.7,
+            calls_per_minute=5,
+            greeting="Acme sales, how can I help?",
+        )
+    )
     assert await directory.get_agent(tenant, "sales") == sales
     profile = sales.profile(AGENT)
     assert profile.greeting == "Acme sales, how can I help?" and profile.voice == "cedar"

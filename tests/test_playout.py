@@ -34,8 +34,7 @@ FEW = settings(max_examples=100, deadline=None, suppress_health_check=[HealthChe
 
 IMPL = pytest.mark.parametrize("impl", [ref, fast], ids=["python", "cython"])
 
-RING_STATE = ("buffered", "pushed", "sent", "padded", "dropped", "heard", "capacity", "frame_bytes",
-              "max_bytes")
+RING_STATE = ("buffered", "pushed", "sent", "padded", "dropped", "heard", "capacity", "frame_bytes", "max_bytes")
 GAP_STATE = ("frames", "filled", "dropped", "capped", "frame_ms", "max_fill_ms")
 NON_BYTES: list[Any] = ["AAAA", bytearray(b"AAAA"), memoryview(b"AAAA"), None, 4]
 
@@ -105,8 +104,7 @@ def invalid_b64(draw: st.DrawFn) -> bytes:
     return out if not _is_b64(out) else b"A"
 
 
-pushes = st.one_of(valid_b64, valid_b64, valid_b64, invalid_b64(), st.binary(max_size=12),
-                   st.sampled_from(NON_BYTES))
+pushes = st.one_of(valid_b64, valid_b64, valid_b64, invalid_b64(), st.binary(max_size=12), st.sampled_from(NON_BYTES))
 counts = st.one_of(st.integers(-2, 40), st.just(2**70), st.sampled_from([1.0, "1", None]))
 finals = st.one_of(st.booleans(), st.sampled_from([0, 1, "", "x"]))
 ring_ops = st.lists(
@@ -115,8 +113,11 @@ ring_ops = st.lists(
         st.tuples(st.just("pop"), counts, finals),
         st.tuples(st.just("pop1")),
         st.tuples(st.just("clear")),
-        st.tuples(st.just("due"), st.one_of(st.integers(-5, 5000), st.just(2**60)),
-                  st.one_of(st.integers(-5, 400), st.just(1.5))),
+        st.tuples(
+            st.just("due"),
+            st.one_of(st.integers(-5, 5000), st.just(2**60)),
+            st.one_of(st.integers(-5, 400), st.just(1.5)),
+        ),
         st.tuples(st.just("tick"), st.integers(0, 100), st.integers(0, 400)),
     ),
     max_size=60,
@@ -124,8 +125,10 @@ ring_ops = st.lists(
 
 
 @SETTINGS
-@given(frame_bytes=st.one_of(st.integers(-2, 2**21), st.sampled_from([2**20, 2**20 + 1, "160", 1.0, None])),
-       max_bytes=st.one_of(st.integers(-2, 2**41), st.sampled_from([2**40, 2**40 + 1, "1", None])))
+@given(
+    frame_bytes=st.one_of(st.integers(-2, 2**21), st.sampled_from([2**20, 2**20 + 1, "160", 1.0, None])),
+    max_bytes=st.one_of(st.integers(-2, 2**41), st.sampled_from([2**40, 2**40 + 1, "1", None])),
+)
 def test_ring_constructor_equals_twin(frame_bytes: Any, max_bytes: Any) -> None:
     got = [_outcome(m.PlayoutRing, frame_bytes, max_bytes) for m in (fast, ref)]
     assert got[0][0] == got[1][0]
@@ -168,10 +171,8 @@ def test_ring_equals_twin(frame_bytes: int, max_bytes: int, ops: list[tuple[Any,
 
 @IMPL
 @SETTINGS
-@given(chunks=st.lists(st.binary(max_size=700), max_size=12),
-       frame_bytes=st.one_of(st.just(160), st.integers(1, 400)))
-def test_pop_everything_returns_the_pushed_bytes(impl: ModuleType, chunks: list[bytes],
-                                                  frame_bytes: int) -> None:
+@given(chunks=st.lists(st.binary(max_size=700), max_size=12), frame_bytes=st.one_of(st.just(160), st.integers(1, 400)))
+def test_pop_everything_returns_the_pushed_bytes(impl: ModuleType, chunks: list[bytes], frame_bytes: int) -> None:
     ring = impl.PlayoutRing(frame_bytes)
     for c in chunks:
         assert ring.push(b64(c)) == len(c)
@@ -192,12 +193,18 @@ def test_pop_everything_returns_the_pushed_bytes(impl: ModuleType, chunks: list[
 @given(
     frame_bytes=st.one_of(st.just(160), st.integers(1, 300)),
     max_bytes=st.one_of(st.just(8_000_000), st.integers(0, 30_000)),
-    ops=st.lists(st.one_of(st.tuples(st.just("push"), audio),
-                           st.tuples(st.just("pop"), st.integers(0, 60), st.booleans()),
-                           st.tuples(st.just("clear"))), max_size=40),
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("push"), audio),
+            st.tuples(st.just("pop"), st.integers(0, 60), st.booleans()),
+            st.tuples(st.just("clear")),
+        ),
+        max_size=40,
+    ),
 )
-def test_interleaved_ops_keep_order_and_count(impl: ModuleType, frame_bytes: int, max_bytes: int,
-                                              ops: list[tuple[Any, ...]]) -> None:
+def test_interleaved_ops_keep_order_and_count(
+    impl: ModuleType, frame_bytes: int, max_bytes: int, ops: list[tuple[Any, ...]]
+) -> None:
     ring = impl.PlayoutRing(frame_bytes, max_bytes)
     model = bytearray()  # what the ring should hold, oldest first
     dropped = padded = 0
@@ -278,8 +285,9 @@ def test_max_bytes_is_enforced(impl: ModuleType) -> None:
 
 
 @IMPL
-@pytest.mark.parametrize("bad", [b"A", b"AAA", b"AA=A", b"A===", b"====", b"AAAA\n", b" AAA",
-                                 b"AA-_", b"AAAAA===", b"AAA=AAAA", b"\x00AAA"])
+@pytest.mark.parametrize(
+    "bad", [b"A", b"AAA", b"AA=A", b"A===", b"====", b"AAAA\n", b" AAA", b"AA-_", b"AAAAA===", b"AAA=AAAA", b"\x00AAA"]
+)
 def test_invalid_base64_adds_nothing(impl: ModuleType, bad: bytes) -> None:
     ring = impl.PlayoutRing()
     ring.push(b64(b"abc"))
@@ -348,9 +356,19 @@ def test_ring_state_is_read_only(impl: ModuleType, name: str) -> None:
 
 
 @IMPL
-@pytest.mark.parametrize("args,error", [((0,), ValueError), ((-1,), ValueError), (("160",), TypeError),
-                                        ((1.5,), TypeError), ((160, -1), ValueError), ((2**21,), ValueError),
-                                        ((160, 2**41), ValueError), ((160, None), TypeError)])
+@pytest.mark.parametrize(
+    "args,error",
+    [
+        ((0,), ValueError),
+        ((-1,), ValueError),
+        (("160",), TypeError),
+        ((1.5,), TypeError),
+        ((160, -1), ValueError),
+        ((2**21,), ValueError),
+        ((160, 2**41), ValueError),
+        ((160, None), TypeError),
+    ],
+)
 def test_ring_arguments(impl: ModuleType, args: tuple[Any, ...], error: type[Exception]) -> None:
     with pytest.raises(error):
         impl.PlayoutRing(*args)
@@ -509,7 +527,7 @@ def timestamp_walk(draw: st.DrawFn) -> list[Any]:
         elif kind == "back":
             t = max(0, t - 20 * draw(st.integers(1, 5)))
         elif kind == "jump":
-            t += draw(st.integers(-10**5, 10**7))
+            t += draw(st.integers(-(10**5), 10**7))
             t = max(t, 0)
         elif kind == "dup" and out:
             out.append(out[-1])
@@ -598,8 +616,7 @@ def test_cap(impl: ModuleType) -> None:
     gaps=st.lists(st.integers(0, 50), max_size=100),
     jitter=st.lists(st.integers(-9, 9), min_size=101, max_size=101),
 )
-def test_upstream_audio_spans_the_stream(impl: ModuleType, start: int, gaps: list[int],
-                                         jitter: list[int]) -> None:
+def test_upstream_audio_spans_the_stream(impl: ModuleType, start: int, gaps: list[int], jitter: list[int]) -> None:
     """frames + filled == the time covered / frame_ms, whatever was lost (up to the cap)."""
     g = impl.GapFiller()
     grid = [start]

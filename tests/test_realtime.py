@@ -41,8 +41,12 @@ def test_session_update_is_ga_pcmu_with_server_vad_and_transcription() -> None:
 def test_session_problems_accepts_only_pcmu_both_ways() -> None:
     good = {"audio": {"input": {"format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcmu"}}}}
     assert realtime.session_problems(good) == []
-    pcm = {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}},
-                     "output": {"format": {"type": "audio/pcmu"}}}}
+    pcm = {
+        "audio": {
+            "input": {"format": {"type": "audio/pcm", "rate": 24000}},
+            "output": {"format": {"type": "audio/pcmu"}},
+        }
+    }
     assert realtime.session_problems(pcm) == ["session audio.input.format is 'audio/pcm', not 'audio/pcmu'"]
     assert len(realtime.session_problems({})) == 2
 
@@ -112,10 +116,19 @@ def test_audio_delta_is_read_by_the_fast_path(fp) -> None:
         {"type": "session.updated", "session": {}},
         {"type": "input_audio_buffer.speech_started", "audio_start_ms": 100, "item_id": "item_2"},
         {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 900, "item_id": "item_2"},
-        {"type": "conversation.item.input_audio_transcription.completed", "item_id": "i", "content_index": 0,
-         "transcript": "hi"},
-        {"type": "response.output_audio.done", "response_id": "r", "item_id": "i", "output_index": 0,
-         "content_index": 0},
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": "i",
+            "content_index": 0,
+            "transcript": "hi",
+        },
+        {
+            "type": "response.output_audio.done",
+            "response_id": "r",
+            "item_id": "i",
+            "output_index": 0,
+            "content_index": 0,
+        },
         {"type": "response.output_audio_transcript.done", "item_id": "i", "transcript": "hello"},
         {"type": "response.done", "response": {"status": "completed", "output": []}},
         {"type": "error", "error": {"type": "invalid_request_error", "code": "x", "message": "m"}},
@@ -149,6 +162,7 @@ def test_parse_event_rejects_non_events() -> None:
 
 # ---------------------------------------------------------------- conversation events (§2.3)
 
+
 def test_session_update_offers_the_end_call_tool_unless_turned_off() -> None:
     session = orjson.loads(realtime.session_update(AGENT))["session"]
     assert session["tool_choice"] == "auto"
@@ -167,14 +181,15 @@ def test_interrupt_response_follows_the_agent() -> None:
 
 def test_say_is_a_response_create_with_the_line_in_its_instructions() -> None:
     event = orjson.loads(realtime.say("Hello there."))
-    assert event == {"type": "response.create",
-                     "response": {"instructions": realtime.SAY_PREFIX + "Hello there."}}
+    assert event == {"type": "response.create", "response": {"instructions": realtime.SAY_PREFIX + "Hello there."}}
 
 
 def test_function_output_answers_a_tool_call() -> None:
     event = orjson.loads(realtime.function_output("call_1", {"error": "no"}))
-    assert event == {"type": "conversation.item.create",
-                     "item": {"type": "function_call_output", "call_id": "call_1", "output": '{"error":"no"}'}}
+    assert event == {
+        "type": "conversation.item.create",
+        "item": {"type": "function_call_output", "call_id": "call_1", "output": '{"error":"no"}'},
+    }
 
 
 def test_seed_items_carry_the_newest_turns_that_fit_oldest_first() -> None:

@@ -39,8 +39,11 @@ async def test_unsigned_wrongly_signed_and_replayed_webhooks_get_403(tmp_path: P
         unsigned = await http_post(s.webhook, body, {})
         wrong_key = await http_post(s.webhook, body, {"X-Twilio-Signature": _sign(s.webhook, FORM, "not-the-token")})
         replayed = await http_post(s.webhook, body, {"X-Twilio-Signature": _sign(other_url, FORM)})
-        tampered = await http_post(s.webhook, urlencode({**FORM, "To": "+15559999999"}).encode(),
-                                   {"X-Twilio-Signature": _sign(s.webhook, FORM)})
+        tampered = await http_post(
+            s.webhook,
+            urlencode({**FORM, "To": "+15559999999"}).encode(),
+            {"X-Twilio-Signature": _sign(s.webhook, FORM)},
+        )
         good = await post_webhook(s.webhook, FORM)
         rejected = s.relay.rejected_signatures
     assert [r[0] for r in (unsigned, wrong_key, replayed, tampered)] == [403] * 4
@@ -53,10 +56,10 @@ async def test_a_json_webhook_is_checked_by_its_body_hash(tmp_path: Path) -> Non
     async with stack(tmp_path) as s:
         body = orjson.dumps(FORM)
         url = f"{s.webhook}?bodySHA256={hashlib.sha256(body).hexdigest()}"
-        good = await http_post(url, body, {"X-Twilio-Signature": _sign(url, {}),
-                                           "Content-Type": "application/json"})
-        forged = await http_post(url, orjson.dumps({**FORM, "To": "+15559999999"}),
-                                 {"X-Twilio-Signature": _sign(url, {})})
+        good = await http_post(url, body, {"X-Twilio-Signature": _sign(url, {}), "Content-Type": "application/json"})
+        forged = await http_post(
+            url, orjson.dumps({**FORM, "To": "+15559999999"}), {"X-Twilio-Signature": _sign(url, {})}
+        )
     assert good[0] == 200 and b"<Stream" in good[1]
     assert forged[0] == 403
 
@@ -114,8 +117,9 @@ async def test_a_stream_without_a_valid_token_is_closed_and_opens_no_upstream(tm
 
 def test_tokens_bind_call_tenant_agent_and_expire() -> None:
     key = streamtoken.derive_secret("auth-token")
-    token = streamtoken.issue(key, tenant="acme", agent="default", call_sid="CA1", account_sid="AC1", now=1000.0,
-                              ttl=60)
+    token = streamtoken.issue(
+        key, tenant="acme", agent="default", call_sid="CA1", account_sid="AC1", now=1000.0, ttl=60
+    )
     ok = dict(tenant="acme", agent="default", call_sid="CA1", account_sid="AC1")
     assert streamtoken.verify(key, token, **ok, now=1059.0) is None
     assert streamtoken.verify(key, token, **ok, now=1061.0) == "stream token expired"

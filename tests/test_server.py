@@ -35,8 +35,13 @@ async def test_webhook_answers_twiml_connecting_the_stream(tmp_path: Path) -> No
     url, params = parse_connect_stream(body.decode())
     assert url == f"ws://127.0.0.1:{_port(s.webhook)}/twilio/voice"
     token = params.pop("token")
-    assert params == {"callSid": voice_form(0x123)["CallSid"], "from": "+15550001", "to": "+15550002",
-                      "tenant": "default", "agent": "default"}
+    assert params == {
+        "callSid": voice_form(0x123)["CallSid"],
+        "from": "+15550001",
+        "to": "+15550002",
+        "tenant": "default",
+        "agent": "default",
+    }
     assert token.startswith("v2.")
 
 

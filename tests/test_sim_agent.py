@@ -16,11 +16,20 @@ from relay.sim.audio import FRAME_BYTES, silence, speak, transcribe
 
 AUTH = {"Authorization": "Bearer sk-test"}
 FAST = AgentConfig(think_ms=20, chunk_ms=(40, 120), realtime_factor=50.0, transcription_delay_ms=30)
-PCMU_UPDATE = {"type": "session.update", "session": {
-    "type": "realtime",
-    "audio": {"input": {"format": {"type": "audio/pcmu"}, "transcription": {"model": "whisper-1"},
-                        "turn_detection": {"type": "server_vad", "silence_duration_ms": 300}},
-              "output": {"format": {"type": "audio/pcmu"}}}}}
+PCMU_UPDATE = {
+    "type": "session.update",
+    "session": {
+        "type": "realtime",
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcmu"},
+                "transcription": {"model": "whisper-1"},
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": 300},
+            },
+            "output": {"format": {"type": "audio/pcmu"}},
+        },
+    },
+}
 
 
 @pytest.fixture
@@ -52,8 +61,9 @@ async def until(ws: ClientConnection, kind: str, timeout: float = 5.0) -> tuple[
 
 async def append(ws: ClientConnection, data: bytes) -> None:
     for i in range(0, len(data), FRAME_BYTES):
-        await send(ws, {"type": "input_audio_buffer.append",
-                        "audio": base64.b64encode(data[i : i + FRAME_BYTES]).decode()})
+        await send(
+            ws, {"type": "input_audio_buffer.append", "audio": base64.b64encode(data[i : i + FRAME_BYTES]).decode()}
+        )
 
 
 def model_url(agent: RealtimeAgent, model: str = "gpt-realtime-2.1") -> str:
@@ -103,8 +113,9 @@ async def test_beta_header_is_refused_with_4000(agent: RealtimeAgent) -> None:
         event = await recv(ws)
         assert event["type"] == "error"
         assert event["error"]["code"] == "beta_api_shape_disabled"
-        assert event["error"]["message"] == ("The Realtime Beta API is no longer supported. "
-                                             "Please use /v1/realtime for the GA API.")
+        assert event["error"]["message"] == (
+            "The Realtime Beta API is no longer supported. Please use /v1/realtime for the GA API."
+        )
         with pytest.raises(ConnectionClosed):
             await recv(ws)
         assert ws.close_code == 4000
@@ -149,8 +160,14 @@ async def test_session_update_merges(agent: RealtimeAgent) -> None:
     assert td["silence_duration_ms"] == 300 and td["threshold"] == 0.5 and td["prefix_padding_ms"] == 300
     assert agent.sessions[0].session_updated_at is not None
     # an invalid update is rejected and changes nothing
-    await send(ws, {"type": "session.update", "event_id": "ev1",
-                    "session": {"type": "realtime", "audio": {"output": {"voice": "nova"}}}})
+    await send(
+        ws,
+        {
+            "type": "session.update",
+            "event_id": "ev1",
+            "session": {"type": "realtime", "audio": {"output": {"voice": "nova"}}},
+        },
+    )
     err = await recv(ws)
     assert err["type"] == "error" and err["error"]["param"] == "session.audio.output.voice"
     assert err["error"]["event_id"] == "ev1"
@@ -190,17 +207,31 @@ async def test_vad_turn_transcription_and_response(agent: RealtimeAgent) -> None
     assert started["audio_start_ms"] == 0  # onset at ~300 ms minus 300 ms prefix padding
     assert 1500 < stopped["audio_end_ms"] < 2500
     assert started["item_id"] == stopped["item_id"] == committed["item_id"]
-    assert kinds.index("input_audio_buffer.speech_stopped") < kinds.index("input_audio_buffer.committed") \
-        < kinds.index("response.created") < kinds.index("response.output_audio.delta")
-    for kind in ("conversation.item.added", "conversation.item.done", "rate_limits.updated",
-                 "response.output_item.added", "response.content_part.added", "response.output_audio.done",
-                 "response.output_audio_transcript.done", "response.content_part.done", "response.output_item.done"):
+    assert (
+        kinds.index("input_audio_buffer.speech_stopped")
+        < kinds.index("input_audio_buffer.committed")
+        < kinds.index("response.created")
+        < kinds.index("response.output_audio.delta")
+    )
+    for kind in (
+        "conversation.item.added",
+        "conversation.item.done",
+        "rate_limits.updated",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ):
         assert kind in kinds, kind
     assert transcribe(audio_of(events)) == "You said: book a table for two"
     t_done = events[kinds.index("response.output_audio_transcript.done")]
     assert t_done["transcript"] == "You said: book a table for two"
-    assert "".join(e["delta"] for e in events if e["type"] == "response.output_audio_transcript.delta") \
+    assert (
+        "".join(e["delta"] for e in events if e["type"] == "response.output_audio_transcript.delta")
         == t_done["transcript"]
+    )
     assert done["response"]["status"] == "completed" and done["response"]["id"].startswith("resp_")
     assert done["response"]["output"][0]["status"] == "completed"
     if "conversation.item.input_audio_transcription.completed" in kinds:
@@ -222,20 +253,32 @@ async def test_truncate_past_produced_audio_is_rejected(agent: RealtimeAgent) ->
     events, done = await run_turn(ws, "book a table for two")
     item_id = done["response"]["output"][0]["id"]
     produced = len(audio_of(events)) // 8
-    await send(ws, {"type": "conversation.item.truncate", "event_id": "ev_t1", "item_id": item_id,
-                    "content_index": 0, "audio_end_ms": produced + 60})
+    await send(
+        ws,
+        {
+            "type": "conversation.item.truncate",
+            "event_id": "ev_t1",
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": produced + 60,
+        },
+    )
     err, _ = await until(ws, "error")
-    assert err["error"] == {"type": "invalid_request_error", "code": "invalid_value", "param": "audio_end_ms",
-                            "event_id": "ev_t1",
-                            "message": f"Audio content of {produced}ms is already shorter than {produced + 60}ms"}
+    assert err["error"] == {
+        "type": "invalid_request_error",
+        "code": "invalid_value",
+        "param": "audio_end_ms",
+        "event_id": "ev_t1",
+        "message": f"Audio content of {produced}ms is already shorter than {produced + 60}ms",
+    }
     half = produced // 2
-    await send(ws, {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
-                    "audio_end_ms": half})
+    await send(ws, {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": half})
     ok, _ = await until(ws, "conversation.item.truncated")
     assert (ok["item_id"], ok["content_index"], ok["audio_end_ms"]) == (item_id, 0, half)
     # the item is now only `half` ms long
-    await send(ws, {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
-                    "audio_end_ms": half + 1})
+    await send(
+        ws, {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": half + 1}
+    )
     err2, _ = await until(ws, "error")
     assert err2["error"]["message"] == f"Audio content of {half}ms is already shorter than {half + 1}ms"
     await ws.close()
@@ -268,8 +311,13 @@ async def test_barge_in_cancels_with_turn_detected() -> None:
         assert done["response"]["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
         assert done["response"]["output"][0]["status"] == "incomplete"
         kinds = [e["type"] for e in events]
-        assert kinds[:5] == ["response.output_audio.done", "response.output_audio_transcript.done",
-                             "response.content_part.done", "response.output_item.done", "conversation.item.done"]
+        assert kinds[:5] == [
+            "response.output_audio.done",
+            "response.output_audio_transcript.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "conversation.item.done",
+        ]
         produced = len(b"".join(base64.b64decode(d["delta"]) for d in deltas) + audio_of(before)) // 8
         assert 100 <= produced < 1500  # stopped well before the ~2.5 s reply ended
         await ws.close()
@@ -337,14 +385,17 @@ async def test_truncate_while_generating_stops_audio_and_voice_is_locked() -> No
         other = await configured(agent)  # a second, well-behaved session on the same agent
         await send(ws, {"type": "response.create", "response": {"instructions": "one two three four five six"}})
         first, _ = await until(ws, "response.output_audio.delta")
-        await send(ws, {"type": "conversation.item.truncate", "item_id": first["item_id"], "content_index": 0,
-                        "audio_end_ms": 20})
+        await send(
+            ws,
+            {"type": "conversation.item.truncate", "item_id": first["item_id"], "content_index": 0, "audio_end_ms": 20},
+        )
         ok, _ = await until(ws, "conversation.item.truncated")
         assert ok["audio_end_ms"] == 20
         done, _ = await until(ws, "response.done")
         assert done["response"]["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
-        await send(ws, {"type": "session.update", "session": {"type": "realtime",
-                                                             "audio": {"output": {"voice": "cedar"}}}})
+        await send(
+            ws, {"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"voice": "cedar"}}}}
+        )
         assert (await until(ws, "error"))[0]["error"]["code"] == "cannot_update_voice"
         await send(ws, {"type": "bogus"})
         await until(ws, "error")
@@ -368,8 +419,12 @@ def _session_with_tools(tools: list[dict[str, Any]]) -> tuple[RealtimeSession, S
     return core, slog
 
 
-END_CALL = {"type": "function", "name": "end_call", "description": "Hang up.",
-            "parameters": {"type": "object", "properties": {}, "required": []}}
+END_CALL = {
+    "type": "function",
+    "name": "end_call",
+    "description": "Hang up.",
+    "parameters": {"type": "object", "properties": {}, "required": []},
+}
 
 
 def test_a_goodbye_gets_the_farewell_then_an_end_call_tool_call() -> None:
@@ -377,8 +432,12 @@ def test_a_goodbye_gets_the_farewell_then_an_end_call_tool_call() -> None:
     core.take_events()
     t = 0.0
     for i in range(0, len(speech := speak("Thanks, goodbye.") + silence(800)), FRAME_BYTES):
-        core.receive(json.dumps({"type": "input_audio_buffer.append",
-                                 "audio": base64.b64encode(speech[i : i + FRAME_BYTES]).decode()}), t)
+        core.receive(
+            json.dumps(
+                {"type": "input_audio_buffer.append", "audio": base64.b64encode(speech[i : i + FRAME_BYTES]).decode()}
+            ),
+            t,
+        )
         t += 0.02
     for _ in range(2000):
         t += 0.01
@@ -389,8 +448,10 @@ def test_a_goodbye_gets_the_farewell_then_an_end_call_tool_call() -> None:
     assert transcribe(audio_bytes) == AgentConfig().farewell
     # The GA function-call lifecycle, after the audio, in the same response (output_index 1).
     call_events = [e for e in events if e["type"].startswith("response.function_call_arguments")]
-    assert [e["type"] for e in call_events] == ["response.function_call_arguments.delta",
-                                                "response.function_call_arguments.done"]
+    assert [e["type"] for e in call_events] == [
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+    ]
     done = call_events[-1]
     assert done["name"] == "end_call" and done["arguments"] == "{}" and done["output_index"] == 1
     assert kinds.index("response.output_audio.done") < kinds.index("response.function_call_arguments.done")
@@ -415,9 +476,17 @@ def test_a_malformed_tool_is_refused() -> None:
 def test_say_exactly_makes_the_agent_say_that_line() -> None:
     core, _slog = _session_with_tools([])
     core.take_events()
-    core.receive(json.dumps({"type": "response.create",
-                             "response": {"instructions": "Say exactly the following to the caller, and nothing "
-                                                          "else: Hello and welcome."}}), 0.0)
+    core.receive(
+        json.dumps(
+            {
+                "type": "response.create",
+                "response": {
+                    "instructions": "Say exactly the following to the caller, and nothing else: Hello and welcome."
+                },
+            }
+        ),
+        0.0,
+    )
     for k in range(1, 2000):
         core.advance(k * 0.01)
     events = core.take_events()

@@ -13,8 +13,15 @@ async def test_turns_round_trip_in_order_and_replays_never_duplicate(tmp_path: P
     store.submit(CallRecord(call_sid="CA1", stream_sid="MZ1", started_at=1.0, from_number="+1", to_number="+2"))
     user = TurnRecord(call_sid="CA1", seq=1, role="user", started_at=2.0, text_generated="hi", text_heard="hi")
     answer = TurnRecord(
-        call_sid="CA1", seq=2, role="assistant", started_at=3.0, text_generated="hello there",
-        text_heard="hello", interrupted=True, audio_ms=900, voice_to_voice_ms=812.5,
+        call_sid="CA1",
+        seq=2,
+        role="assistant",
+        started_at=3.0,
+        text_generated="hello there",
+        text_heard="hello",
+        interrupted=True,
+        audio_ms=900,
+        voice_to_voice_ms=812.5,
     )
     for record in (answer, user, user, answer):  # out of order and replayed
         store.submit(record)

@@ -49,7 +49,8 @@ def _writable(path: Path) -> bool:
 
 
 async def test_twenty_calls_through_ten_seconds_of_a_read_only_file_keep_every_turn(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db = tmp_path / "demo.sqlite3"
 
     def started() -> bool:  # every call is under way: its start is stored

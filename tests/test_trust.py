@@ -38,6 +38,7 @@ ACME_NUMBER, GLOBEX_NUMBER, INITECH_NUMBER = "+15550100001", "+15550100002", "+1
 
 # ---------------------------------------------------------------- the rules, sans-I/O
 
+
 def test_a_tenant_token_acts_for_its_own_tenant_and_account_only() -> None:
     acme = Credential("acme", ACME, ACME_TOKEN)
     own = {ACME: "acme", GLOBEX: "globex"}
@@ -61,10 +62,23 @@ def test_the_deployment_token_acts_for_calls_on_the_deployments_account() -> Non
 
 # ---------------------------------------------------------------- the webhook's fields
 
-@pytest.mark.parametrize("field, value", [
-    ("CallSid", ""), ("CallSid", "CA123"), ("CallSid", "CA" + "g" * 32), ("AccountSid", "AC1"), ("AccountSid", ""),
-    ("To", ""), ("To", "555-1234"), ("To", "+0123"), ("To", "client:"), ("From", "+1 555 0100"), ("From", "<script>"),
-])
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("CallSid", ""),
+        ("CallSid", "CA123"),
+        ("CallSid", "CA" + "g" * 32),
+        ("AccountSid", "AC1"),
+        ("AccountSid", ""),
+        ("To", ""),
+        ("To", "555-1234"),
+        ("To", "+0123"),
+        ("To", "client:"),
+        ("From", "+1 555 0100"),
+        ("From", "<script>"),
+    ],
+)
 async def test_a_malformed_webhook_gets_400_and_touches_nothing(tmp_path: Path, field: str, value: str) -> None:
     admission = LocalAdmission(max_concurrent=1)
     async with stack(tmp_path, admission=admission) as s:
@@ -77,8 +91,7 @@ async def test_a_malformed_webhook_gets_400_and_touches_nothing(tmp_path: Path, 
 
 async def test_twenty_webhooks_without_a_callsid_never_get_past_a_limit_of_one(tmp_path: Path) -> None:
     async with stack(tmp_path, max_concurrent_calls=1) as s:
-        answers = await asyncio.gather(*(post_webhook(s.webhook, {**voice_form(n), "CallSid": ""})
-                                         for n in range(20)))
+        answers = await asyncio.gather(*(post_webhook(s.webhook, {**voice_form(n), "CallSid": ""}) for n in range(20)))
         first = await post_webhook(s.webhook, voice_form(100))
         second = await post_webhook(s.webhook, voice_form(101))
     assert [status for status, _ in answers] == [400] * 20
@@ -88,10 +101,16 @@ async def test_twenty_webhooks_without_a_callsid_never_get_past_a_limit_of_one(t
     assert await LocalAdmission(1).admit("t", "a", "") is False
 
 
-@pytest.mark.parametrize("to, from_", [
-    ("client:alice", "client:bob"), ("sip:alice@example.sip.twilio.com", "sip:+15550001@pbx.example.com"),
-    ("+15550002", "anonymous"), ("+15550002", "Restricted"), ("+15550002", ""),
-])
+@pytest.mark.parametrize(
+    "to, from_",
+    [
+        ("client:alice", "client:bob"),
+        ("sip:alice@example.sip.twilio.com", "sip:+15550001@pbx.example.com"),
+        ("+15550002", "anonymous"),
+        ("+15550002", "Restricted"),
+        ("+15550002", ""),
+    ],
+)
 async def test_every_form_twilio_sends_is_accepted(tmp_path: Path, to: str, from_: str) -> None:
     async with stack(tmp_path) as s:
         status, body = await post_webhook(s.webhook, voice_form(1, to=to, from_=from_))
@@ -101,12 +120,17 @@ async def test_every_form_twilio_sends_is_accepted(tmp_path: Path, to: str, from
 def test_webhook_fields_parse_into_a_voice_request() -> None:
     call = twilio.voice_request(voice_form(0xABC, to="client:alice"))
     assert (call.call_sid, call.account_sid, call.to, call.from_) == (
-        f"CA{0xABC:032x}", ACCOUNT_SID, "client:alice", "+15550001")
+        f"CA{0xABC:032x}",
+        ACCOUNT_SID,
+        "client:alice",
+        "+15550001",
+    )
     with pytest.raises(ProtocolError, match="CallSid"):
         twilio.voice_request({})
 
 
 # ---------------------------------------------------------------- the stream's start
+
 
 def _start(**fmt: object) -> bytes:
     start = orjson.loads(START)
@@ -118,10 +142,16 @@ def _start(**fmt: object) -> bytes:
     return orjson.dumps(start)
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"encoding": "audio/x-alaw"}, "audio/x-alaw"), ({"sampleRate": 16000}, "16000"), ({"channels": 2}, "channel"),
-    ({"tracks": ["outbound"]}, "inbound"), ({"tracks": []}, "inbound"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"encoding": "audio/x-alaw"}, "audio/x-alaw"),
+        ({"sampleRate": 16000}, "16000"),
+        ({"channels": 2}, "channel"),
+        ({"tracks": ["outbound"]}, "inbound"),
+        ({"tracks": []}, "inbound"),
+    ],
+)
 def test_a_start_relay_cannot_serve_is_refused_with_its_reason(change: dict[str, object], reason: str) -> None:
     event = twilio.parse_event(_start(**change))
     assert isinstance(event, twilio.Start)
@@ -173,6 +203,7 @@ async def test_a_keypress_twilio_cannot_send_closes_the_call_with_its_reason(tmp
 
 # ---------------------------------------------------------------- tenants on one Postgres
 
+
 @pytest.fixture
 async def tenants(tmp_path: Path) -> AsyncIterator[PostgresStore]:
     """acme and globex on Twilio subaccounts of their own; initech on the deployment's account."""
@@ -195,9 +226,14 @@ async def tenants(tmp_path: Path) -> AsyncIterator[PostgresStore]:
 @pytest.fixture
 async def multi(tmp_path: Path, tenants: PostgresStore) -> AsyncIterator:  # type: ignore[type-arg]
     store = tenants
-    async with stack(tmp_path, directory=CachedDirectory(store.directory.lookup_number), store=store,
-                     admission=PostgresAdmission(store.pool), credential_source=store.directory.credentials,
-                     twilio_account_sid=ACCOUNT_SID) as s:
+    async with stack(
+        tmp_path,
+        directory=CachedDirectory(store.directory.lookup_number),
+        store=store,
+        admission=PostgresAdmission(store.pool),
+        credential_source=store.directory.credentials,
+        twilio_account_sid=ACCOUNT_SID,
+    ) as s:
         yield s
 
 
@@ -212,8 +248,11 @@ async def _admissions(store: PostgresStore, tenant: str) -> int:
 @pytest.mark.postgres
 async def test_tenant_a_token_on_tenant_b_number_gets_403_and_counts_nothing(multi, tenants) -> None:  # type: ignore[no-untyped-def]
     s = multi
-    as_acme = [voice_form(1, to=GLOBEX_NUMBER, account_sid=ACME), voice_form(2, to=GLOBEX_NUMBER, account_sid=GLOBEX),
-               voice_form(3, to=INITECH_NUMBER, account_sid=ACME)]
+    as_acme = [
+        voice_form(1, to=GLOBEX_NUMBER, account_sid=ACME),
+        voice_form(2, to=GLOBEX_NUMBER, account_sid=GLOBEX),
+        voice_form(3, to=INITECH_NUMBER, account_sid=ACME),
+    ]
     refused = [await post_webhook(s.webhook, form, ACME_TOKEN) for form in as_acme]
     # acme's token, acme's number, but not acme's account: refused too.
     wrong_account = await post_webhook(s.webhook, voice_form(4, to=ACME_NUMBER, account_sid=GLOBEX), ACME_TOKEN)
@@ -225,9 +264,11 @@ async def test_tenant_a_token_on_tenant_b_number_gets_403_and_counts_nothing(mul
     assert await _admissions(tenants, "globex") == 0 and await _admissions(tenants, "initech") == 0
     assert s.agent.sessions == [] and s.relay.rejected_bindings == 5
     # Each signer in its own place is let in.
-    ok = [await post_webhook(s.webhook, voice_form(6, to=ACME_NUMBER, account_sid=ACME), ACME_TOKEN),
-          await post_webhook(s.webhook, voice_form(7, to=GLOBEX_NUMBER, account_sid=GLOBEX), GLOBEX_TOKEN),
-          await post_webhook(s.webhook, voice_form(8, to=INITECH_NUMBER, account_sid=ACCOUNT_SID))]
+    ok = [
+        await post_webhook(s.webhook, voice_form(6, to=ACME_NUMBER, account_sid=ACME), ACME_TOKEN),
+        await post_webhook(s.webhook, voice_form(7, to=GLOBEX_NUMBER, account_sid=GLOBEX), GLOBEX_TOKEN),
+        await post_webhook(s.webhook, voice_form(8, to=INITECH_NUMBER, account_sid=ACCOUNT_SID)),
+    ]
     assert all(status == 200 and b"<Stream" in body for status, body in ok)
 
 
@@ -266,8 +307,9 @@ async def test_each_tenant_calls_through_its_own_account(multi) -> None:  # type
         TwilioCaller(s.webhook, SHORT, to_number=INITECH_NUMBER, account_sid=ACCOUNT_SID).run(),
     )
     assert all(r.error is None and all(t.answered for t in r.turns) for r in results)
-    crossed = await TwilioCaller(s.webhook, SHORT, to_number=GLOBEX_NUMBER, auth_token=ACME_TOKEN,
-                                 account_sid=ACME).run()
+    crossed = await TwilioCaller(
+        s.webhook, SHORT, to_number=GLOBEX_NUMBER, auth_token=ACME_TOKEN, account_sid=ACME
+    ).run()
     assert crossed.error is not None and "403" in crossed.error
 
 

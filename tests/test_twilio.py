@@ -164,7 +164,8 @@ def test_twiml_connects_a_bidirectional_stream_with_parameters() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["https://relay.example.com/twilio/voice", "wss://relay.example.com/twilio/voice?token=1", "ws://example.com/x"]
+    "url",
+    ["https://relay.example.com/twilio/voice", "wss://relay.example.com/twilio/voice?token=1", "ws://example.com/x"],
 )
 def test_simulated_twilio_refuses_stream_urls_twilio_cannot_dial(url: str) -> None:
     with pytest.raises(ValueError):

@@ -24,9 +24,13 @@ TWINS = tuple(f"relay._{part}_py" for part in PARTS)
 
 def test_every_compiled_part_has_a_twin_and_every_twin_a_part() -> None:
     assert sorted(p.name for p in RELAY.glob("_*.pxi")) == sorted(f"_{part}.pxi" for part in PARTS)
-    assert sorted(p.stem for p in RELAY.glob("_*_py.py")) == sorted([f"_{part}_py" for part in PARTS] + ["_fastpath_py"])
+    assert sorted(p.stem for p in RELAY.glob("_*_py.py")) == sorted(
+        [f"_{part}_py" for part in PARTS] + ["_fastpath_py"]
+    )
     pyx = (RELAY / "_fastpath.pyx").read_text()
-    assert [line for line in pyx.splitlines() if line.startswith("include ")] == [f'include "_{part}.pxi"' for part in PARTS]
+    assert [line for line in pyx.splitlines() if line.startswith("include ")] == [
+        f'include "_{part}.pxi"' for part in PARTS
+    ]
 
 
 def test_the_facade_defines_nothing_and_gathers_every_twin() -> None:

@@ -25,8 +25,11 @@ async def test_no_secret_appears_in_the_logs_of_the_run(tmp_path: Path) -> None:
     name = await create_database()
     try:
         async with TcpProxy() as proxy:
-            store = PostgresStore(dsn(name, port=proxy.port, password="s3cret-in-a-dsn"),
-                                  spool_path=tmp_path / "relay.spool", connect_timeout=1.0)
+            store = PostgresStore(
+                dsn(name, port=proxy.port, password="s3cret-in-a-dsn"),
+                spool_path=tmp_path / "relay.spool",
+                connect_timeout=1.0,
+            )
             await store.open()
             async with stack(tmp_path, store=store) as s:
                 proxy.down()  # failures get logged too: they must not show the DSN's password

@@ -33,9 +33,16 @@ from relay.sim.playback import TwilioPlayback
 from relay.store import Record, TurnRecord
 
 FRAME_S = FRAME_MS / 1000
-START = twilio.Start(stream_sid="MZ" + "5" * 32, call_sid="CA" + "7" * 32, account_sid="AC" + "1" * 32,
-                     tracks=("inbound",), encoding="audio/x-mulaw", sample_rate=8000, channels=1,
-                     custom_parameters={"tenant": "default"})
+START = twilio.Start(
+    stream_sid="MZ" + "5" * 32,
+    call_sid="CA" + "7" * 32,
+    account_sid="AC" + "1" * 32,
+    tracks=("inbound",),
+    encoding="audio/x-mulaw",
+    sample_rate=8000,
+    channels=1,
+    custom_parameters={"tenant": "default"},
+)
 
 
 @dataclass
@@ -73,9 +80,15 @@ class _TwilioSide:
 
 
 class VirtualCall:
-    def __init__(self, *, agent_config: AgentConfig = AgentConfig(), options: CallOptions = CallOptions(),
-                 profile: realtime.AgentProfile | None = None, latency_ms: float = 0.0,
-                 pacer_phase_ms: float = 7.0) -> None:
+    def __init__(
+        self,
+        *,
+        agent_config: AgentConfig = AgentConfig(),
+        options: CallOptions = CallOptions(),
+        profile: realtime.AgentProfile | None = None,
+        latency_ms: float = 0.0,
+        pacer_phase_ms: float = 7.0,
+    ) -> None:
         self.now = 0.0
         self.agent_config = agent_config
         self.latency = latency_ms / 1000
@@ -155,8 +168,9 @@ class VirtualCall:
 
     def _echo(self, names: list[str]) -> None:
         for name in names:
-            message = orjson.dumps({"event": "mark", "sequenceNumber": "1", "streamSid": START.stream_sid,
-                                    "mark": {"name": name}})
+            message = orjson.dumps(
+                {"event": "mark", "sequenceNumber": "1", "streamSid": START.stream_sid, "mark": {"name": name}}
+            )
             self._at(self.now + self.latency, lambda m=message: self._from_twilio(m))
 
     def _at(self, when: float, fn: Callable[[], None]) -> None:
@@ -193,8 +207,12 @@ class VirtualCall:
         until = self.now + timeout
         while not done():
             deadline = self.agent.next_deadline()
-            t = min(self._next_frame, self._next_tick, deadline if deadline is not None else until + 1,
-                    self._queue[0][0] if self._queue else until + 1)
+            t = min(
+                self._next_frame,
+                self._next_tick,
+                deadline if deadline is not None else until + 1,
+                self._queue[0][0] if self._queue else until + 1,
+            )
             if t > until:
                 self.now = until
                 return False

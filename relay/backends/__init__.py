@@ -117,8 +117,21 @@ class ResponseDone:
     tool_calls: tuple[ToolCall, ...]
 
 
-Event = (Ready | Refused | Failed | CallerSpeechStarted | CallerSpeechStopped | CallerTurn | CallerTranscript
-         | ResponseStarted | AnswerStarted | AnswerAudio | AnswerTranscript | AnswerAudioDone | ResponseDone)
+Event = (
+    Ready
+    | Refused
+    | Failed
+    | CallerSpeechStarted
+    | CallerSpeechStopped
+    | CallerTurn
+    | CallerTranscript
+    | ResponseStarted
+    | AnswerStarted
+    | AnswerAudio
+    | AnswerTranscript
+    | AnswerAudioDone
+    | ResponseDone
+)
 
 
 class Backend(Protocol):

@@ -23,7 +23,7 @@ END_CALL_TOOL = {
     "type": "function",
     "name": "end_call",
     "description": "Hang up the phone call. Say goodbye first, in the same response; call this only "
-                   "once the conversation is over.",
+    "once the conversation is over.",
     "parameters": {"type": "object", "properties": {}, "required": []},
 }
 
@@ -91,7 +91,12 @@ def session_problems(session: dict[str, Any]) -> list[str]:
 def truncate(item_id: str, audio_end_ms: int) -> bytes:
     """``conversation.item.truncate`` at what the caller actually heard (PROTOCOLS §2.5)."""
     return orjson.dumps(
-        {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": int(audio_end_ms)}
+        {
+            "type": "conversation.item.truncate",
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": int(audio_end_ms),
+        }
     )
 
 
@@ -118,9 +123,12 @@ SAY_PREFIX = "Say exactly the following to the caller, and nothing else: "
 
 def function_output(call_id: str, output: dict[str, Any]) -> bytes:
     """``conversation.item.create`` with a ``function_call_output`` for the model's tool call."""
-    return orjson.dumps({"type": "conversation.item.create",
-                         "item": {"type": "function_call_output", "call_id": call_id,
-                                  "output": orjson.dumps(output).decode()}})
+    return orjson.dumps(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": call_id, "output": orjson.dumps(output).decode()},
+        }
+    )
 
 
 def seed_items(history: list[tuple[str, str]], max_chars: int) -> list[bytes]:
@@ -139,8 +147,11 @@ def seed_items(history: list[tuple[str, str]], max_chars: int) -> list[bytes]:
     out = []
     for role, text in reversed(kept):
         part = {"type": "input_text" if role == "user" else "output_text", "text": text}
-        out.append(orjson.dumps({"type": "conversation.item.create",
-                                 "item": {"type": "message", "role": role, "content": [part]}}))
+        out.append(
+            orjson.dumps(
+                {"type": "conversation.item.create", "item": {"type": "message", "role": role, "content": [part]}}
+            )
+        )
     return out
 
 
@@ -237,8 +248,12 @@ class RealtimeBackend:
             return [ev.ResponseStarted()]
         if kind == "response.output_item.added":
             item = event.get("item") or {}
-            if isinstance(item, dict) and item.get("type") == "message" and item.get("role") == "assistant" \
-                    and item.get("id"):
+            if (
+                isinstance(item, dict)
+                and item.get("type") == "message"
+                and item.get("role") == "assistant"
+                and item.get("id")
+            ):
                 return [ev.AnswerStarted(str(item["id"]))]
             return []
         if kind == "response.output_audio_transcript.delta":
@@ -265,7 +280,11 @@ class RealtimeBackend:
             if not self._ready and error.get("event_id") in (None, SESSION_UPDATE_ID):
                 # The session was never confirmed, and the error is about it (or no event of
                 # ours): the backend refuses the session. One about a seeded item is not that.
-                return [ev.Refused(f"the backend refused the session: {str(error.get('code'))[:60]}: "
-                                   f"{str(error.get('message'))[:200]}")]
+                return [
+                    ev.Refused(
+                        f"the backend refused the session: {str(error.get('code'))[:60]}: "
+                        f"{str(error.get('message'))[:200]}"
+                    )
+                ]
             return [ev.Failed(f"backend error {error.get('type')}/{error.get('code')}: {error.get('message')}")]
         return []

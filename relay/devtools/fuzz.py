@@ -91,7 +91,9 @@ TWILIO_SEEDS: tuple[bytes, ...] = (
     b'"streamSid":"' + _SID.encode() + b'"}',
     b'{"event":"media","sequenceNumber":"9999","media":{"track":"inbound","chunk":"9998",'
     b'"timestamp":"199960","payload":"' + _PAYLOAD.encode() + b'"},"streamSid":"' + _SID.encode() + b'"}',
-    b'{"event":"dtmf","streamSid":"' + _SID.encode() + b'","sequenceNumber":"5","dtmf":{"track":"inbound_track","digit":"1"}}',
+    b'{"event":"dtmf","streamSid":"'
+    + _SID.encode()
+    + b'","sequenceNumber":"5","dtmf":{"track":"inbound_track","digit":"1"}}',
     b'{"event":"mark","sequenceNumber":"4","streamSid":"' + _SID.encode() + b'","mark":{"name":"my label"}}',
     b'{"event":"stop","sequenceNumber":"5","stop":{"accountSid":"ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",'
     b'"callSid":"CAXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"},"streamSid":"' + _SID.encode() + b'"}',
@@ -102,19 +104,59 @@ REALTIME_SEEDS: tuple[bytes, ...] = (
     b'"item_id":"item_1","output_index":0,"content_index":0,"delta":"//7+/g=="}',
     b'{"type":"response.output_audio.delta","event_id":"event_2","response_id":"resp_1",'
     b'"item_id":"item_1","output_index":0,"content_index":0,"delta":"' + _PAYLOAD.encode() + b'"}',
-    orjson.dumps({"type": "session.updated", "event_id": "event_3", "session": {
-        "type": "realtime", "output_modalities": ["audio"], "instructions": "Be brief.",
-        "audio": {"input": {"format": {"type": "audio/pcmu"}, "transcription": {"model": "gpt-4o-mini-transcribe"},
-                            "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                                               "silence_duration_ms": 500, "create_response": True}},
-                  "output": {"format": {"type": "audio/pcmu"}, "voice": "marin", "speed": 1.0}}}}),
-    orjson.dumps({"type": "error", "event_id": "event_4", "error": {
-        "type": "invalid_request_error", "code": "invalid_value", "message": "Invalid value.", "param": None,
-        "event_id": None}}),
-    orjson.dumps({"type": "input_audio_buffer.speech_started", "event_id": "event_5", "audio_start_ms": 1000,
-                  "item_id": "item_2"}),
-    orjson.dumps({"type": "response.done", "event_id": "event_6", "response": {
-        "id": "resp_1", "status": "completed", "output": [], "usage": {"total_tokens": 12}}}),
+    orjson.dumps(
+        {
+            "type": "session.updated",
+            "event_id": "event_3",
+            "session": {
+                "type": "realtime",
+                "output_modalities": ["audio"],
+                "instructions": "Be brief.",
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcmu"},
+                        "transcription": {"model": "gpt-4o-mini-transcribe"},
+                        "turn_detection": {
+                            "type": "server_vad",
+                            "threshold": 0.5,
+                            "prefix_padding_ms": 300,
+                            "silence_duration_ms": 500,
+                            "create_response": True,
+                        },
+                    },
+                    "output": {"format": {"type": "audio/pcmu"}, "voice": "marin", "speed": 1.0},
+                },
+            },
+        }
+    ),
+    orjson.dumps(
+        {
+            "type": "error",
+            "event_id": "event_4",
+            "error": {
+                "type": "invalid_request_error",
+                "code": "invalid_value",
+                "message": "Invalid value.",
+                "param": None,
+                "event_id": None,
+            },
+        }
+    ),
+    orjson.dumps(
+        {
+            "type": "input_audio_buffer.speech_started",
+            "event_id": "event_5",
+            "audio_start_ms": 1000,
+            "item_id": "item_2",
+        }
+    ),
+    orjson.dumps(
+        {
+            "type": "response.done",
+            "event_id": "event_6",
+            "response": {"id": "resp_1", "status": "completed", "output": [], "usage": {"total_tokens": 12}},
+        }
+    ),
 )
 
 B64_SEEDS: tuple[bytes, ...] = (b"", b"AAAA", b"//7+/g==", b"AAA=", _PAYLOAD.encode())
@@ -199,40 +241,156 @@ def replace_at(node: Any, path: tuple[int, ...], new: Any, at: int = 0) -> Any:
 # Values a field may be swapped for: every JSON type, numbers at and beyond the edges orjson
 # and the compiled scanner draw, then tokens that are not JSON at all (NaN-like and worse).
 VALUES: tuple[Any, ...] = (
-    None, True, False, 0, -1, 1.5, "", "x", "media", [], Obj(), [1, "a", None], Obj([("a", 1)]),
-    Obj([("payload", "AAAA"), ("timestamp", "1")]), Obj([("type", "audio/pcmu")]),
-    Raw(b"-0"), Raw(b"0.0"), Raw(b"1e3"), Raw(b"1E-3"), Raw(b"1e999"), Raw(b"-1e999"), Raw(b"1e-999"),
-    Raw(b"123456789012345678"), Raw(b"1234567890123456789"), Raw(b"18446744073709551615"),
-    Raw(b"18446744073709551616"), Raw(b"-9223372036854775809"), Raw(b"9" * 400), Raw(b"0." + b"1" * 400),
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1.5,
+    "",
+    "x",
+    "media",
+    [],
+    Obj(),
+    [1, "a", None],
+    Obj([("a", 1)]),
+    Obj([("payload", "AAAA"), ("timestamp", "1")]),
+    Obj([("type", "audio/pcmu")]),
+    Raw(b"-0"),
+    Raw(b"0.0"),
+    Raw(b"1e3"),
+    Raw(b"1E-3"),
+    Raw(b"1e999"),
+    Raw(b"-1e999"),
+    Raw(b"1e-999"),
+    Raw(b"123456789012345678"),
+    Raw(b"1234567890123456789"),
+    Raw(b"18446744073709551615"),
+    Raw(b"18446744073709551616"),
+    Raw(b"-9223372036854775809"),
+    Raw(b"9" * 400),
+    Raw(b"0." + b"1" * 400),
 )
 BROKEN_VALUES: tuple[Raw, ...] = (
-    Raw(b"NaN"), Raw(b"-NaN"), Raw(b"Infinity"), Raw(b"-Infinity"), Raw(b"nan"), Raw(b"inf"),
-    Raw(b"01"), Raw(b"1."), Raw(b".5"), Raw(b"+1"), Raw(b"0x10"), Raw(b"-"), Raw(b"1e"), Raw(b"--1"),
-    Raw(b"tru"), Raw(b"True"), Raw(b"nul"), Raw(b"undefined"), Raw(b"'x'"), Raw(b""),
+    Raw(b"NaN"),
+    Raw(b"-NaN"),
+    Raw(b"Infinity"),
+    Raw(b"-Infinity"),
+    Raw(b"nan"),
+    Raw(b"inf"),
+    Raw(b"01"),
+    Raw(b"1."),
+    Raw(b".5"),
+    Raw(b"+1"),
+    Raw(b"0x10"),
+    Raw(b"-"),
+    Raw(b"1e"),
+    Raw(b"--1"),
+    Raw(b"tru"),
+    Raw(b"True"),
+    Raw(b"nul"),
+    Raw(b"undefined"),
+    Raw(b"'x'"),
+    Raw(b""),
 )
 
 # Strings a string field may become: base64 and digit edges, escapes, unicode; then strings
 # that are not JSON (lone surrogates, bad escapes, bytes that are not UTF-8, control bytes).
 STRINGS: tuple[Any, ...] = (
-    "", "A", "AA", "AAA", "AAAA", "AA==", "AAA=", "A===", "====", "AA=A", "AAAA====", "AA==AA==",
-    "A-_A", "AAA\n", " AAAA", "AAAA ", "0", "5", "000000000000000", "999999999999999", "1000000000000000",
-    "-1", "1.0", "1e3", "\u0663", "\u00b2", "\uff11", "media", "Media", "media ", "response.output_audio.delta",
-    "start", "stop", "mark", "dtmf", "connected", "session.updated", "error", "audio/pcmu", "\u00e9",
-    "\U0001f600", "x" * 300, "A" * 4096,
-    Raw(b'"\\u0041AAA"'), Raw(b'"AA\\u003d="'), Raw(b'"\\/\\/7+/g=="'), Raw(b'"\\ud83d\\ude00"'),
-    Raw(b'"\\u0000"'), Raw(b'"\x7f"'), Raw(b'"\xc3\xa9"'),
+    "",
+    "A",
+    "AA",
+    "AAA",
+    "AAAA",
+    "AA==",
+    "AAA=",
+    "A===",
+    "====",
+    "AA=A",
+    "AAAA====",
+    "AA==AA==",
+    "A-_A",
+    "AAA\n",
+    " AAAA",
+    "AAAA ",
+    "0",
+    "5",
+    "000000000000000",
+    "999999999999999",
+    "1000000000000000",
+    "-1",
+    "1.0",
+    "1e3",
+    "\u0663",
+    "\u00b2",
+    "\uff11",
+    "media",
+    "Media",
+    "media ",
+    "response.output_audio.delta",
+    "start",
+    "stop",
+    "mark",
+    "dtmf",
+    "connected",
+    "session.updated",
+    "error",
+    "audio/pcmu",
+    "\u00e9",
+    "\U0001f600",
+    "x" * 300,
+    "A" * 4096,
+    Raw(b'"\\u0041AAA"'),
+    Raw(b'"AA\\u003d="'),
+    Raw(b'"\\/\\/7+/g=="'),
+    Raw(b'"\\ud83d\\ude00"'),
+    Raw(b'"\\u0000"'),
+    Raw(b'"\x7f"'),
+    Raw(b'"\xc3\xa9"'),
 )
 BROKEN_STRINGS: tuple[Raw, ...] = (
-    Raw(b'"\\ud800"'), Raw(b'"\\udc00x"'), Raw(b'"\\x41"'), Raw(b'"\\'), Raw(b'"\xff\xfe"'),
-    Raw(b'"\xc3\x28"'), Raw(b'"\xed\xa0\x80"'), Raw(b'"\xf4\x90\x80\x80"'), Raw(b'"\xc0\xaf"'),
-    Raw(b'"\x01"'), Raw(b'"\x00"'), Raw(b'"\t"'), Raw(b'"unterminated'),
+    Raw(b'"\\ud800"'),
+    Raw(b'"\\udc00x"'),
+    Raw(b'"\\x41"'),
+    Raw(b'"\\'),
+    Raw(b'"\xff\xfe"'),
+    Raw(b'"\xc3\x28"'),
+    Raw(b'"\xed\xa0\x80"'),
+    Raw(b'"\xf4\x90\x80\x80"'),
+    Raw(b'"\xc0\xaf"'),
+    Raw(b'"\x01"'),
+    Raw(b'"\x00"'),
+    Raw(b'"\t"'),
+    Raw(b'"unterminated'),
 )
 
 KEYS: tuple[Any, ...] = (
-    "event", "media", "payload", "timestamp", "type", "item_id", "delta", "start", "tracks", "mediaFormat",
-    "customParameters", "session", "audio", "format", "", "Event", "event ", "x",
-    Raw(b'"\\u0065vent"'), Raw(b'"ev\\u0065nt"'), Raw(b'"t\\u0079pe"'), Raw(b'"\xc3\xa9"'), Raw(b'"\xff"'),
-    Raw(b"event"), Raw(b'"event'), Raw(b"1"),
+    "event",
+    "media",
+    "payload",
+    "timestamp",
+    "type",
+    "item_id",
+    "delta",
+    "start",
+    "tracks",
+    "mediaFormat",
+    "customParameters",
+    "session",
+    "audio",
+    "format",
+    "",
+    "Event",
+    "event ",
+    "x",
+    Raw(b'"\\u0065vent"'),
+    Raw(b'"ev\\u0065nt"'),
+    Raw(b'"t\\u0079pe"'),
+    Raw(b'"\xc3\xa9"'),
+    Raw(b'"\xff"'),
+    Raw(b"event"),
+    Raw(b'"event'),
+    Raw(b"1"),
 )
 
 # Nesting depths around the compiled scanner's limit (64) and orjson's (1024).
@@ -308,10 +466,38 @@ def mutate_tree(tree: Any, rng: random.Random, paths: Sequence[tuple[int, ...]] 
 
 INTERESTING_BYTES = b'\x00\x01\x1f "\\{}[],:=+/-.0159AZaez\x7f\x80\xbf\xc0\xc3\xed\xf4\xff'
 TOKENS: tuple[bytes, ...] = (
-    b'"', b"\\", b"{", b"}", b"[", b"]", b",", b":", b"=", b"==", b"null", b"true", b"NaN", b"Infinity",
-    b"-", b"1e999", b"99999999999999999999", b"\\u0000", b"\\ud800", b"\\u", b"\xc3\x28", b"\xed\xa0\x80",
-    b"\xff", b"\x00", b" \t\r\n", b"\x0b", b"\xc2\xa0", b'"event":"media",', b'"type":"response.output_audio.delta",',
-    b'{"a":' * 70, b"[" * 70, b"]" * 70,
+    b'"',
+    b"\\",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b",",
+    b":",
+    b"=",
+    b"==",
+    b"null",
+    b"true",
+    b"NaN",
+    b"Infinity",
+    b"-",
+    b"1e999",
+    b"99999999999999999999",
+    b"\\u0000",
+    b"\\ud800",
+    b"\\u",
+    b"\xc3\x28",
+    b"\xed\xa0\x80",
+    b"\xff",
+    b"\x00",
+    b" \t\r\n",
+    b"\x0b",
+    b"\xc2\xa0",
+    b'"event":"media",',
+    b'"type":"response.output_audio.delta",',
+    b'{"a":' * 70,
+    b"[" * 70,
+    b"]" * 70,
 )
 
 
@@ -396,8 +582,16 @@ def _mask(payload: bytes, key: bytes) -> bytes:
     return (int.from_bytes(payload, "little") ^ int.from_bytes(keys, "little")).to_bytes(n, "little")
 
 
-def raw_frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool, rng: random.Random,
-              rsv: int = 0, length: int | None = None) -> bytes:
+def raw_frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    masked: bool,
+    rng: random.Random,
+    rsv: int = 0,
+    length: int | None = None,
+) -> bytes:
     """One frame written by hand, so it can also break the rules (reserved bits, long forms)."""
     n = len(payload) if length is None else length
     form = rng.random()
@@ -450,12 +644,27 @@ def frame_stream(message: bytes, rng: random.Random) -> tuple[bool, int, list[by
             frames.append(control())
     r = rng.random()
     if r < 0.04:  # a frame that breaks the rules on purpose
-        frames.insert(rng.randrange(len(frames) + 1), raw_frame(
-            rng.randrange(16), rng.randbytes(rng.randrange(8)), fin=rng.random() < 0.5,
-            masked=rng.random() < 0.5, rng=rng, rsv=rng.randrange(8)))
+        frames.insert(
+            rng.randrange(len(frames) + 1),
+            raw_frame(
+                rng.randrange(16),
+                rng.randbytes(rng.randrange(8)),
+                fin=rng.random() < 0.5,
+                masked=rng.random() < 0.5,
+                rng=rng,
+                rsv=rng.randrange(8),
+            ),
+        )
     elif r < 0.06:  # a length field claiming 2**63 or more, or just more than is sent
-        frames.append(raw_frame(rng.choice((0x1, 0x2, 0x0)), b"abc", masked=masked, rng=rng,
-                                length=rng.choice(((1 << 63) + 5, (1 << 64) - 1, (1 << 63) - 1, 70000))))
+        frames.append(
+            raw_frame(
+                rng.choice((0x1, 0x2, 0x0)),
+                b"abc",
+                masked=masked,
+                rng=rng,
+                length=rng.choice(((1 << 63) + 5, (1 << 64) - 1, (1 << 63) - 1, 70000)),
+            )
+        )
     stream = b"".join(frames)
     if rng.random() < 0.3:
         for _ in range(rng.randint(1, 3)):
@@ -595,8 +804,10 @@ class Failure:
             lines.append(f"reproducer = {literal(self.data)}")
         else:
             masked, max_size, chunks = self.stream
-            lines.append(f"reproducer = dict(masked={masked!r}, max_size={max_size!r}, "
-                         f"chunks=[{', '.join(literal(c) for c in chunks)}])")
+            lines.append(
+                f"reproducer = dict(masked={masked!r}, max_size={max_size!r}, "
+                f"chunks=[{', '.join(literal(c) for c in chunks)}])"
+            )
         if self.trace:
             lines.append(self.trace.rstrip())
         return "\n".join(lines)
@@ -622,8 +833,9 @@ def _label(value: Any) -> str:
     return "None" if value is None else "ok"
 
 
-def run(frames: int = 1_000_000, *, seed: int = 0, seconds: float | None = None, twin_every: int = 10,
-        strict: bool = False) -> Result:
+def run(
+    frames: int = 1_000_000, *, seed: int = 0, seconds: float | None = None, twin_every: int = 10, strict: bool = False
+) -> Result:
     """Fuzz ``frames`` inputs (or until ``seconds`` pass); stop at the first failure.
 
     Args:
@@ -637,8 +849,10 @@ def run(frames: int = 1_000_000, *, seed: int = 0, seconds: float | None = None,
     rng = Rng(seed)
     corpus = Corpus(rng)
     result = Result(counts={name: Counter() for name, _, _ in MESSAGE_PARSERS} | {FRAME_READER: Counter()})
-    fns = [(name, _parser(name, impl, compiled), documented, getattr(twin, impl) if impl else None, result.counts[name])
-           for name, documented, impl in MESSAGE_PARSERS]
+    fns = [
+        (name, _parser(name, impl, compiled), documented, getattr(twin, impl) if impl else None, result.counts[name])
+        for name, documented, impl in MESSAGE_PARSERS
+    ]
     frame_counts = result.counts[FRAME_READER]
     reader_class, twin_reader = compiled.FrameReader, twin.FrameReader
     deadline = None if seconds is None else time.perf_counter() + seconds
@@ -652,8 +866,13 @@ def run(frames: int = 1_000_000, *, seed: int = 0, seconds: float | None = None,
             result.known[bug.id] = (count + 1, first)
             result.counts[parser]["KNOWN " + bug.id] += 1
             return False
-        result.failure = Failure(parser, f"undocumented {type(exc).__name__}: {exc}"[:300], data, stream,
-                                 "".join(traceback.format_exception(exc, limit=-4)))
+        result.failure = Failure(
+            parser,
+            f"undocumented {type(exc).__name__}: {exc}"[:300],
+            data,
+            stream,
+            "".join(traceback.format_exception(exc, limit=-4)),
+        )
         return True
 
     for i in range(frames):
@@ -712,8 +931,11 @@ def summary(result: Result, out: TextIO) -> None:
     print(f"{'parser':<22}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths)), file=out)
     for name, counts in result.counts.items():
         print(f"{name:<22}" + "".join(f"{counts.get(c, 0):>{w}}" for c, w in zip(columns, widths)), file=out)
-    print(f"{result.inputs} inputs in {result.seconds:.1f} s: {result.rate:,.0f} inputs/s "
-          f"(each through {len(result.counts)} parsers; {result.twin_checks} checked against the twin)", file=out)
+    print(
+        f"{result.inputs} inputs in {result.seconds:.1f} s: {result.rate:,.0f} inputs/s "
+        f"(each through {len(result.counts)} parsers; {result.twin_checks} checked against the twin)",
+        file=out,
+    )
     for bug in KNOWN_BUGS:
         if bug.id in result.known:
             count, first = result.known[bug.id]
@@ -728,8 +950,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser.add_argument("--frames", type=int, default=1_000_000, help="inputs to draw (default 1000000)")
     parser.add_argument("--seconds", type=float, default=None, help="stop early after this long")
     parser.add_argument("--seed", type=int, default=0, help="seed of the input sequence (default 0)")
-    parser.add_argument("--twin-every", type=int, default=10,
-                        help="compare with the Python twin on every N-th input (default 10, 0: never)")
+    parser.add_argument(
+        "--twin-every",
+        type=int,
+        default=10,
+        help="compare with the Python twin on every N-th input (default 10, 0: never)",
+    )
     parser.add_argument("--strict", action="store_true", help="known, reported bugs fail the run too")
     args = parser.parse_args(argv)
     try:

@@ -17,5 +17,13 @@ from relay.pg.directory import Directory
 from relay.pg.schema import migrate, migrations
 from relay.pg.store import PostgresStore
 
-__all__ = ["CONNECT_ERRORS", "CheckViolationError", "Directory", "PostgresAdmission", "PostgresStore", "migrate",
-           "migrations", "redact"]
+__all__ = [
+    "CONNECT_ERRORS",
+    "CheckViolationError",
+    "Directory",
+    "PostgresAdmission",
+    "PostgresStore",
+    "migrate",
+    "migrations",
+    "redact",
+]

@@ -65,5 +65,6 @@ class PostgresAdmission:
 
     async def ended(self, call_sid: str) -> None:
         async with as_writer(self._pool) as conn:
-            await conn.execute("UPDATE admissions SET ended_at = now() WHERE call_sid = $1 AND ended_at IS NULL",
-                               call_sid)
+            await conn.execute(
+                "UPDATE admissions SET ended_at = now() WHERE call_sid = $1 AND ended_at IS NULL", call_sid
+            )

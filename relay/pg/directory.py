@@ -21,11 +21,12 @@ from relay.twilio import ACCOUNT_SID, E164
 
 _UPSERT_AGENT = (
     f"INSERT INTO agents ({', '.join(AGENT_COLUMNS)}) VALUES ({placeholders(len(AGENT_COLUMNS))}) "
-    f"ON CONFLICT (tenant_id, agent_id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in AGENT_COLUMNS[2:])
+    f"ON CONFLICT (tenant_id, agent_id) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in AGENT_COLUMNS[2:])
 )
-_INSERT_AGENT = (f"INSERT INTO agents ({', '.join(AGENT_COLUMNS)}) VALUES ({placeholders(len(AGENT_COLUMNS))}) "
-                 "ON CONFLICT DO NOTHING")
+_INSERT_AGENT = (
+    f"INSERT INTO agents ({', '.join(AGENT_COLUMNS)}) VALUES ({placeholders(len(AGENT_COLUMNS))}) "
+    "ON CONFLICT DO NOTHING"
+)
 _SELECT_AGENTS = f"SELECT {', '.join(AGENT_COLUMNS)} FROM agents"
 
 
@@ -108,14 +109,18 @@ class Directory:
     async def credentials(self) -> list[Credential]:
         """Every tenant's Twilio account and token (secrets: for signature checks only, never shown)."""
         async with as_writer(self._pool) as conn:
-            rows = await conn.fetch("SELECT tenant_id, twilio_account_sid, twilio_auth_token FROM tenants "
-                                    "WHERE twilio_auth_token IS NOT NULL")
+            rows = await conn.fetch(
+                "SELECT tenant_id, twilio_account_sid, twilio_auth_token FROM tenants "
+                "WHERE twilio_auth_token IS NOT NULL"
+            )
         return [Credential(r["tenant_id"], r["twilio_account_sid"], r["twilio_auth_token"]) for r in rows]
 
     async def list_tenants(self) -> list[dict[str, Any]]:
         async with as_writer(self._pool) as conn:
-            rows = await conn.fetch("SELECT tenant_id, name, max_concurrent_calls, calls_per_minute, "
-                                    "twilio_account_sid, created_at FROM tenants ORDER BY tenant_id")
+            rows = await conn.fetch(
+                "SELECT tenant_id, name, max_concurrent_calls, calls_per_minute, "
+                "twilio_account_sid, created_at FROM tenants ORDER BY tenant_id"
+            )
         return [dict(row) for row in rows]
 
     async def add_agent(self, agent: Agent) -> Agent:
@@ -156,11 +161,17 @@ class Directory:
     async def models_in_use(self) -> list[tuple[str, str]]:
         """(model, where) for every agent's speech and transcription model, for start-up checks."""
         async with as_writer(self._pool) as conn:
-            rows = await conn.fetch("SELECT tenant_id, agent_id, model, transcription_model FROM agents "
-                                    "ORDER BY tenant_id, agent_id")
-        return [use for r in rows for use in ((r["model"], f"agent {r['tenant_id']}/{r['agent_id']}"),
-                                              (r["transcription_model"],
-                                               f"agent {r['tenant_id']}/{r['agent_id']} transcription"))]
+            rows = await conn.fetch(
+                "SELECT tenant_id, agent_id, model, transcription_model FROM agents ORDER BY tenant_id, agent_id"
+            )
+        return [
+            use
+            for r in rows
+            for use in (
+                (r["model"], f"agent {r['tenant_id']}/{r['agent_id']}"),
+                (r["transcription_model"], f"agent {r['tenant_id']}/{r['agent_id']} transcription"),
+            )
+        ]
 
     async def add_number(self, e164: str, tenant_id: str, agent_id: str = DEFAULT_AGENT) -> None:
         """Route calls to ``e164`` to the tenant's agent (re-adding a number moves it).

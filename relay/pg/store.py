@@ -48,7 +48,7 @@ _INSERT_TURN = (
 # 20 ms frames; outbound is what the assistant turns, written before the end, carried.
 _END_CALL = f"""
 WITH ended AS (
-    UPDATE calls SET {', '.join(f"{c} = ${i}" for i, c in enumerate(_END_COLUMNS[1:], start=2))}
+    UPDATE calls SET {", ".join(f"{c} = ${i}" for i, c in enumerate(_END_COLUMNS[1:], start=2))}
     WHERE call_sid = $1
     RETURNING call_sid, tenant_id, frames_in
 )
@@ -114,8 +114,11 @@ class PostgresStore(Store):
         command_timeout: float = 10.0,
         max_backoff: float = 5.0,
     ) -> None:
-        super().__init__(queue_size=queue_size, batch_size=batch_size,
-                         dead_letter_path=dead_letter_path or f"{spool_path}.dead-letter.jsonl")
+        super().__init__(
+            queue_size=queue_size,
+            batch_size=batch_size,
+            dead_letter_path=dead_letter_path or f"{spool_path}.dead-letter.jsonl",
+        )
         self._dsn = dsn
         self._secrets = dsn_secrets(dsn)
         self._pool_size = pool_size

@@ -46,20 +46,45 @@ log = logging.getLogger(__name__)
 
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 BETA_MESSAGE = "The Realtime Beta API is no longer supported. Please use /v1/realtime for the GA API."
-BETA_SESSION_FIELDS = ("input_audio_format", "output_audio_format", "modalities", "voice",
-                       "input_audio_transcription", "turn_detection", "max_response_output_tokens")
-SESSION_FIELDS = {"type", "model", "output_modalities", "instructions", "audio", "tools", "tool_choice",
-                  "max_output_tokens", "tracing", "truncation", "prompt", "include"}
+BETA_SESSION_FIELDS = (
+    "input_audio_format",
+    "output_audio_format",
+    "modalities",
+    "voice",
+    "input_audio_transcription",
+    "turn_detection",
+    "max_response_output_tokens",
+)
+SESSION_FIELDS = {
+    "type",
+    "model",
+    "output_modalities",
+    "instructions",
+    "audio",
+    "tools",
+    "tool_choice",
+    "max_output_tokens",
+    "tracing",
+    "truncation",
+    "prompt",
+    "include",
+}
 READ_ONLY_FIELDS = {"id", "object", "expires_at"}  # echoed from session.created; ignored
-AUDIO_FIELDS = {"input": {"format", "transcription", "noise_reduction", "turn_detection"},
-                "output": {"format", "voice", "speed"}}
+AUDIO_FIELDS = {
+    "input": {"format", "transcription", "noise_reduction", "turn_detection"},
+    "output": {"format", "voice", "speed"},
+}
 CLIENT_FIELDS = {  # allowed top-level fields per client event, besides type and event_id
-    "session.update": {"session"}, "input_audio_buffer.append": {"audio"},
-    "input_audio_buffer.commit": set(), "input_audio_buffer.clear": set(),
+    "session.update": {"session"},
+    "input_audio_buffer.append": {"audio"},
+    "input_audio_buffer.commit": set(),
+    "input_audio_buffer.clear": set(),
     "conversation.item.create": {"item", "previous_item_id"},
     "conversation.item.truncate": {"item_id", "content_index", "audio_end_ms"},
-    "conversation.item.delete": {"item_id"}, "conversation.item.retrieve": {"item_id"},
-    "response.create": {"response"}, "response.cancel": {"response_id"},
+    "conversation.item.delete": {"item_id"},
+    "conversation.item.retrieve": {"item_id"},
+    "response.create": {"response"},
+    "response.cancel": {"response_id"},
     "output_audio_buffer.clear": set(),
 }
 SEMANTIC_SILENCE_MS = {"low": 1000, "medium": 500, "auto": 500, "high": 250}
@@ -213,19 +238,31 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
 def _turn_detection_defaults(kind: str) -> dict[str, Any]:
     if kind == "semantic_vad":
         return {"type": "semantic_vad", "eagerness": "auto", "create_response": True, "interrupt_response": True}
-    return {"type": kind, "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500,
-            "idle_timeout_ms": None, "create_response": True, "interrupt_response": True}
+    return {
+        "type": kind,
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 500,
+        "idle_timeout_ms": None,
+        "create_response": True,
+        "interrupt_response": True,
+    }
 
 
 def _check_format(fmt: Any, where: str) -> None:
     if not isinstance(fmt, dict) or fmt.get("type") not in ("audio/pcm", "audio/pcmu", "audio/pcma"):
-        raise _ProtocolError("invalid_value", f"Invalid value for '{where}': expected one of "
-                             "{'type':'audio/pcm','rate':24000}, {'type':'audio/pcmu'}, {'type':'audio/pcma'}.", where)
+        raise _ProtocolError(
+            "invalid_value",
+            f"Invalid value for '{where}': expected one of "
+            "{'type':'audio/pcm','rate':24000}, {'type':'audio/pcmu'}, {'type':'audio/pcma'}.",
+            where,
+        )
     if fmt["type"] == "audio/pcm":
         fmt.setdefault("rate", 24000)
         if fmt["rate"] != 24000:
-            raise _ProtocolError("invalid_value", f"Invalid value for '{where}.rate': only 24000 is supported.",
-                                 f"{where}.rate")
+            raise _ProtocolError(
+                "invalid_value", f"Invalid value for '{where}.rate': only 24000 is supported.", f"{where}.rate"
+            )
     elif set(fmt) != {"type"}:
         raise _ProtocolError("unknown_parameter", f"Unknown parameter: '{where}.{sorted(set(fmt) - {'type'})[0]}'.")
 
@@ -234,54 +271,82 @@ def _validate_session(s: dict[str, Any]) -> None:
     """Raise _ProtocolError if the merged session ``s`` is not a valid GA session."""
     mods = s.get("output_modalities")
     if mods not in (["audio"], ["text"]):
-        raise _ProtocolError("invalid_value", "Invalid value for 'session.output_modalities': expected ['audio'] "
-                             "or ['text'].", "session.output_modalities")
+        raise _ProtocolError(
+            "invalid_value",
+            "Invalid value for 'session.output_modalities': expected ['audio'] or ['text'].",
+            "session.output_modalities",
+        )
     a = s.get("audio")
     if not isinstance(a, dict) or not isinstance(a.get("input"), dict) or not isinstance(a.get("output"), dict):
         raise _ProtocolError("invalid_type", "Invalid type for 'session.audio'.", "session.audio")
     for side, allowed in AUDIO_FIELDS.items():
         extra = set(a[side]) - allowed
         if extra:
-            raise _ProtocolError("unknown_parameter", f"Unknown parameter: 'session.audio.{side}.{sorted(extra)[0]}'.",
-                                 f"session.audio.{side}.{sorted(extra)[0]}")
+            raise _ProtocolError(
+                "unknown_parameter",
+                f"Unknown parameter: 'session.audio.{side}.{sorted(extra)[0]}'.",
+                f"session.audio.{side}.{sorted(extra)[0]}",
+            )
         _check_format(a[side].get("format"), f"session.audio.{side}.format")
     voice = a["output"].get("voice")
     if not (voice in VOICES or (isinstance(voice, dict) and str(voice.get("id", "")).startswith("voice_"))):
-        raise _ProtocolError("invalid_value", f"Invalid value: '{voice}'. Supported values are: "
-                             + ", ".join(f"'{v}'" for v in VOICES) + ".", "session.audio.output.voice")
+        raise _ProtocolError(
+            "invalid_value",
+            f"Invalid value: '{voice}'. Supported values are: " + ", ".join(f"'{v}'" for v in VOICES) + ".",
+            "session.audio.output.voice",
+        )
     speed = a["output"].get("speed", 1.0)
     if not isinstance(speed, (int, float)) or isinstance(speed, bool) or not 0.25 <= speed <= 1.5:
-        raise _ProtocolError("invalid_value", "Invalid value for 'session.audio.output.speed': expected a number "
-                             "between 0.25 and 1.5.", "session.audio.output.speed")
+        raise _ProtocolError(
+            "invalid_value",
+            "Invalid value for 'session.audio.output.speed': expected a number between 0.25 and 1.5.",
+            "session.audio.output.speed",
+        )
     tr = a["input"].get("transcription")
     if tr is not None and (not isinstance(tr, dict) or not isinstance(tr.get("model"), str)):
-        raise _ProtocolError("invalid_value", "Invalid value for 'session.audio.input.transcription': expected "
-                             "null or an object with a model.", "session.audio.input.transcription")
+        raise _ProtocolError(
+            "invalid_value",
+            "Invalid value for 'session.audio.input.transcription': expected null or an object with a model.",
+            "session.audio.input.transcription",
+        )
     tools = s.get("tools")
     if not isinstance(tools, list):
         raise _ProtocolError("invalid_type", "Invalid type for 'session.tools': expected an array.", "session.tools")
     for i, tool in enumerate(tools):
-        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("name"), str) \
-                or not isinstance(tool.get("parameters", {}), dict) or set(tool) - {"type", "name", "description",
-                                                                                    "parameters"}:
-            raise _ProtocolError("invalid_value", f"Invalid value for 'session.tools[{i}]': expected a function "
-                                 "tool with a name and JSON-schema parameters.", f"session.tools[{i}]")
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type") != "function"
+            or not isinstance(tool.get("name"), str)
+            or not isinstance(tool.get("parameters", {}), dict)
+            or set(tool) - {"type", "name", "description", "parameters"}
+        ):
+            raise _ProtocolError(
+                "invalid_value",
+                f"Invalid value for 'session.tools[{i}]': expected a function "
+                "tool with a name and JSON-schema parameters.",
+                f"session.tools[{i}]",
+            )
     td = a["input"].get("turn_detection")
     p = "session.audio.input.turn_detection"
     if td is None:
         return
     if not isinstance(td, dict) or td.get("type") not in ("server_vad", "semantic_vad"):
-        raise _ProtocolError("invalid_value", f"Invalid value for '{p}.type': expected 'server_vad' or "
-                             "'semantic_vad'.", f"{p}.type")
+        raise _ProtocolError(
+            "invalid_value", f"Invalid value for '{p}.type': expected 'server_vad' or 'semantic_vad'.", f"{p}.type"
+        )
     if td["type"] == "server_vad":
         thr = td.get("threshold")
         if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not 0.0 <= thr <= 1.0:
-            raise _ProtocolError("invalid_value", f"Invalid value for '{p}.threshold': expected a number between "
-                                 "0 and 1.", f"{p}.threshold")
+            raise _ProtocolError(
+                "invalid_value",
+                f"Invalid value for '{p}.threshold': expected a number between 0 and 1.",
+                f"{p}.threshold",
+            )
         for key in ("prefix_padding_ms", "silence_duration_ms"):
             if not isinstance(td.get(key), int) or isinstance(td.get(key), bool) or td[key] < 0:
-                raise _ProtocolError("invalid_value", f"Invalid value for '{p}.{key}': expected an integer >= 0.",
-                                     f"{p}.{key}")
+                raise _ProtocolError(
+                    "invalid_value", f"Invalid value for '{p}.{key}': expected an integer >= 0.", f"{p}.{key}"
+                )
     elif td.get("eagerness") not in SEMANTIC_SILENCE_MS:
         raise _ProtocolError("invalid_value", f"Invalid value for '{p}.eagerness'.", f"{p}.eagerness")
     for key in ("create_response", "interrupt_response"):
@@ -292,8 +357,9 @@ def _validate_session(s: dict[str, Any]) -> None:
 class RealtimeSession:
     """Sans-I/O protocol state for one Realtime connection (times are seconds, any monotonic clock)."""
 
-    def __init__(self, config: AgentConfig, slog: SessionLog, *, model: str = "gpt-realtime",
-                 beta_header: bool = False) -> None:
+    def __init__(
+        self, config: AgentConfig, slog: SessionLog, *, model: str = "gpt-realtime", beta_header: bool = False
+    ) -> None:
         self.config, self.log, self.beta_header = config, slog, beta_header
         self.rng = random.Random(config.seed * 1_000_003 + slog.index)
         self.reply = config.reply or default_reply
@@ -324,8 +390,10 @@ class RealtimeSession:
             self.close_request = (4000, "beta_api_shape_disabled")
             return
         self._emit("session.created", session=copy.deepcopy(self.session))
-        self._at(now + self.config.max_session_s,
-                 lambda t: self._close(1001, "Your session hit the maximum duration of 60 minutes."))
+        self._at(
+            now + self.config.max_session_s,
+            lambda t: self._close(1001, "Your session hit the maximum duration of 60 minutes."),
+        )
 
     def receive(self, data: str | bytes, now: float) -> None:
         """Handle one client message (a WebSocket text frame)."""
@@ -347,8 +415,13 @@ class RealtimeSession:
             kind, event_id = msg["type"], msg.get("event_id")
             self.log.received.append((now, kind))
             if kind not in CLIENT_FIELDS:
-                raise _ProtocolError("invalid_event", f"Invalid value: '{kind}'. Supported values are: "
-                                     + ", ".join(f"'{k}'" for k in CLIENT_FIELDS) + ".", "type")
+                raise _ProtocolError(
+                    "invalid_event",
+                    f"Invalid value: '{kind}'. Supported values are: "
+                    + ", ".join(f"'{k}'" for k in CLIENT_FIELDS)
+                    + ".",
+                    "type",
+                )
             extra = set(msg) - CLIENT_FIELDS[kind] - {"type", "event_id"}
             if extra:
                 raise _ProtocolError("unknown_parameter", f"Unknown parameter: '{sorted(extra)[0]}'.", sorted(extra)[0])
@@ -389,10 +462,20 @@ class RealtimeSession:
     def _close(self, code: int, reason: str) -> None:
         self.close_request = (code, reason)
 
-    def _error(self, etype: str, code: str, message: str, param: str | None, event_id: Any, now: float,
-               *, violation: bool = True) -> None:
-        ev = self._emit("error", error={"type": etype, "code": code, "message": message, "param": param,
-                                        "event_id": event_id})
+    def _error(
+        self,
+        etype: str,
+        code: str,
+        message: str,
+        param: str | None,
+        event_id: Any,
+        now: float,
+        *,
+        violation: bool = True,
+    ) -> None:
+        ev = self._emit(
+            "error", error={"type": etype, "code": code, "message": message, "param": param, "event_id": event_id}
+        )
         self.log.errors_sent.append(ev)
         if violation:
             self.log.violations.append(f"error {code}: {message}")
@@ -400,13 +483,27 @@ class RealtimeSession:
     def _default_session(self, model: str) -> dict[str, Any]:
         pcm = {"type": "audio/pcm", "rate": 24000}
         session = {
-            "type": "realtime", "object": "realtime.session", "id": self._id("sess"), "model": model,
-            "output_modalities": ["audio"], "instructions": "You are a helpful, witty, and friendly AI.",
-            "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None,
-            "truncation": "auto", "prompt": None, "expires_at": int(time.time()) + 3600, "include": None,
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": self._id("sess"),
+            "model": model,
+            "output_modalities": ["audio"],
+            "instructions": "You are a helpful, witty, and friendly AI.",
+            "tools": [],
+            "tool_choice": "auto",
+            "max_output_tokens": "inf",
+            "tracing": None,
+            "truncation": "auto",
+            "prompt": None,
+            "expires_at": int(time.time()) + 3600,
+            "include": None,
             "audio": {
-                "input": {"format": dict(pcm), "transcription": None, "noise_reduction": None,
-                          "turn_detection": _turn_detection_defaults("server_vad")},
+                "input": {
+                    "format": dict(pcm),
+                    "transcription": None,
+                    "noise_reduction": None,
+                    "turn_detection": _turn_detection_defaults("server_vad"),
+                },
                 "output": {"format": dict(pcm), "voice": "marin", "speed": 1.0},
             },
         }
@@ -431,8 +528,9 @@ class RealtimeSession:
         self._sync_turns()
 
     def _sync_turns(self) -> None:
-        self.log.turns[:] = [(i.role, i.kept_text()) for i in self.items
-                             if i.type == "message" and i.role and i.kept_text()]
+        self.log.turns[:] = [
+            (i.role, i.kept_text()) for i in self.items if i.type == "message" and i.role and i.kept_text()
+        ]
 
     # ---- session.update ----------------------------------------------------------------------
     def _on_session_update(self, msg: dict[str, Any], now: float) -> None:
@@ -440,17 +538,20 @@ class RealtimeSession:
         if not isinstance(upd, dict):
             raise _ProtocolError("missing_required_parameter", "Missing required parameter: 'session'.", "session")
         if any(k in upd for k in BETA_SESSION_FIELDS):
-            self._error("invalid_request_error", "beta_api_shape_disabled", BETA_MESSAGE, None,
-                        msg.get("event_id"), now)
+            self._error(
+                "invalid_request_error", "beta_api_shape_disabled", BETA_MESSAGE, None, msg.get("event_id"), now
+            )
             self._close(4000, "beta_api_shape_disabled")
             return
         if upd.get("type") != "realtime":
-            raise _ProtocolError("missing_required_parameter", "Missing required parameter: 'session.type'.",
-                                 "session.type")
+            raise _ProtocolError(
+                "missing_required_parameter", "Missing required parameter: 'session.type'.", "session.type"
+            )
         extra = set(upd) - SESSION_FIELDS - READ_ONLY_FIELDS
         if extra:
-            raise _ProtocolError("unknown_parameter", f"Unknown parameter: 'session.{sorted(extra)[0]}'.",
-                                 f"session.{sorted(extra)[0]}")
+            raise _ProtocolError(
+                "unknown_parameter", f"Unknown parameter: 'session.{sorted(extra)[0]}'.", f"session.{sorted(extra)[0]}"
+            )
         upd, event_id = copy.deepcopy(upd), msg.get("event_id")
         if self.config.session_error is not None:
             code, message = self.config.session_error
@@ -466,10 +567,15 @@ class RealtimeSession:
         try:
             _merge(candidate, upd)
             _validate_session(candidate)
-            if self.audio_output_started and candidate["audio"]["output"]["voice"] != \
-                    self.session["audio"]["output"]["voice"]:
-                raise _ProtocolError("cannot_update_voice", "Cannot update a conversation's voice if assistant "
-                                     "audio is present.", "session.audio.output.voice")
+            if (
+                self.audio_output_started
+                and candidate["audio"]["output"]["voice"] != self.session["audio"]["output"]["voice"]
+            ):
+                raise _ProtocolError(
+                    "cannot_update_voice",
+                    "Cannot update a conversation's voice if assistant audio is present.",
+                    "session.audio.output.voice",
+                )
         except _ProtocolError as e:
             self._error("invalid_request_error", e.code, e.message, e.param, event_id, now)
             return
@@ -487,8 +593,9 @@ class RealtimeSession:
         try:
             data = binascii.a2b_base64(b64, strict_mode=True)
         except binascii.Error:
-            raise _ProtocolError("invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.",
-                                 "audio") from None
+            raise _ProtocolError(
+                "invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.", "audio"
+            ) from None
         if len(data) > MAX_APPEND_BYTES:
             raise _ProtocolError("invalid_value", "Audio chunk exceeds the 15 MiB limit.", "audio")
         self.log.appends += 1
@@ -539,8 +646,11 @@ class RealtimeSession:
                 self._speaking = True
                 self._speech_item = self._id("item")
                 self._speech_start = max(self._uncommitted, pos - prefix, 0)
-                self._emit("input_audio_buffer.speech_started", audio_start_ms=self._speech_start // 8,
-                           item_id=self._speech_item)
+                self._emit(
+                    "input_audio_buffer.speech_started",
+                    audio_start_ms=self._speech_start // 8,
+                    item_id=self._speech_item,
+                )
                 td = self.session["audio"]["input"]["turn_detection"]
                 if self.response is not None and td.get("interrupt_response", True):
                     self._cancel(self.response, "turn_detected")
@@ -550,14 +660,23 @@ class RealtimeSession:
         self._silence += audio.FRAME_BYTES
         if self._silence >= silence:
             self._speaking = False
-            self._emit("input_audio_buffer.speech_stopped", audio_end_ms=self._speech_end // 8,
-                       item_id=self._speech_item)
-            self._commit(self._speech_item, self._speech_start, self._speech_end, pos + audio.FRAME_BYTES, now,
-                         auto=True)
+            self._emit(
+                "input_audio_buffer.speech_stopped", audio_end_ms=self._speech_end // 8, item_id=self._speech_item
+            )
+            self._commit(
+                self._speech_item, self._speech_start, self._speech_end, pos + audio.FRAME_BYTES, now, auto=True
+            )
 
     def _trim(self, prefix: int) -> None:
-        keep = self._speech_start if self._speaking else (
-            self._uncommitted if self._vad_params() is None else max(self._uncommitted, self._vad_pos - prefix - audio.FRAME_BYTES))
+        keep = (
+            self._speech_start
+            if self._speaking
+            else (
+                self._uncommitted
+                if self._vad_params() is None
+                else max(self._uncommitted, self._vad_pos - prefix - audio.FRAME_BYTES)
+            )
+        )
         drop = keep - self._origin
         if drop > 65536:
             del self._buf[:drop]
@@ -578,8 +697,14 @@ class RealtimeSession:
 
             def complete(t: float) -> None:
                 item.transcribed = True
-                self._emit("conversation.item.input_audio_transcription.completed", item_id=item_id,
-                           content_index=0, transcript=transcript, usage={"type": "duration", "seconds": seconds})
+                self._emit(
+                    "conversation.item.input_audio_transcription.completed",
+                    item_id=item_id,
+                    content_index=0,
+                    transcript=transcript,
+                    usage={"type": "duration", "seconds": seconds},
+                )
+
             self._at(now + self.config.transcription_delay_ms / 1000, complete)
         td = self.session["audio"]["input"]["turn_detection"]
         if auto and td is not None and td.get("create_response", True) and self.response is None:
@@ -599,13 +724,17 @@ class RealtimeSession:
         """Marked words, or any frame louder than the default VAD level (silence transcribes to "")."""
         return bool(audio.words_heard(data)) or any(
             audio.frame_energy_dbfs(data[i : i + audio.FRAME_BYTES]) > -35.0
-            for i in range(0, len(data), audio.FRAME_BYTES))
+            for i in range(0, len(data), audio.FRAME_BYTES)
+        )
 
     def _on_input_audio_buffer_commit(self, msg: dict[str, Any], now: float) -> None:
         ms = (self._clock - self._uncommitted) / 8
         if ms < 100:
-            raise _ProtocolError("input_audio_buffer_commit_empty", "Error committing input audio buffer: buffer too "
-                                 f"small. Expected at least 100ms of audio, but buffer only has {ms:.2f}ms of audio.")
+            raise _ProtocolError(
+                "input_audio_buffer_commit_empty",
+                "Error committing input audio buffer: buffer too "
+                f"small. Expected at least 100ms of audio, but buffer only has {ms:.2f}ms of audio.",
+            )
         self._speaking, self._silence = False, 0
         self._commit(self._id("item"), self._uncommitted, self._clock, self._clock, now, auto=False)
 
@@ -614,15 +743,19 @@ class RealtimeSession:
         self._emit("input_audio_buffer.cleared")
 
     def _on_output_audio_buffer_clear(self, msg: dict[str, Any], now: float) -> None:
-        raise _ProtocolError("invalid_event", "output_audio_buffer.clear is only supported for WebRTC and SIP "
-                             "sessions.", "type")
+        raise _ProtocolError(
+            "invalid_event", "output_audio_buffer.clear is only supported for WebRTC and SIP sessions.", "type"
+        )
 
     # ---- responses ---------------------------------------------------------------------------
     def _on_response_create(self, msg: dict[str, Any], now: float) -> None:
         if self.response is not None:
-            raise _ProtocolError("conversation_already_has_active_response", "Conversation already has an active "
-                                 f"response in progress: {self.response.id}. Wait until the response is finished "
-                                 "before creating a new one.")
+            raise _ProtocolError(
+                "conversation_already_has_active_response",
+                "Conversation already has an active "
+                f"response in progress: {self.response.id}. Wait until the response is finished "
+                "before creating a new one.",
+            )
         params = msg.get("response") or {}
         if not isinstance(params, dict):
             raise _ProtocolError("invalid_type", "Invalid type for 'response': expected an object.", "response")
@@ -653,21 +786,40 @@ class RealtimeSession:
             data, bpm, marks = up.astype("<i2").tobytes(), 48, [m * 6 for m in marks]
         else:
             data = ulaw
-        item = _Item(id=self._id("item"), role="assistant", status="in_progress", has_audio=True, words=words,
-                     bpm=bpm, total_bytes=len(data))
+        item = _Item(
+            id=self._id("item"),
+            role="assistant",
+            status="in_progress",
+            has_audio=True,
+            words=words,
+            bpm=bpm,
+            total_bytes=len(data),
+        )
         resp = self.response = _Response(id=self._id("resp"), item=item, audio=data, marks=marks)
         if call is not None:
-            resp.tool_call = _Item(id=self._id("item"), type="function_call", role=None, status="completed",
-                                   extra={"name": call, "call_id": self._id("call"), "arguments": "{}"})
+            resp.tool_call = _Item(
+                id=self._id("item"),
+                type="function_call",
+                role=None,
+                status="completed",
+                extra={"name": call, "call_id": self._id("call"), "arguments": "{}"},
+            )
         self._at(at, lambda t: self._begin(resp, t))
 
     def _response_json(self, resp: _Response, status: str, details: Any = None) -> dict[str, Any]:
         out_fmt = self.session["audio"]["output"]
         obj: dict[str, Any] = {
-            "object": "realtime.response", "id": resp.id, "status": status, "status_details": details,
-            "output": [], "conversation_id": self.conversation_id, "output_modalities": ["audio"],
-            "max_output_tokens": "inf", "audio": {"output": {"format": out_fmt["format"], "voice": out_fmt["voice"]}},
-            "usage": None, "metadata": None,
+            "object": "realtime.response",
+            "id": resp.id,
+            "status": status,
+            "status_details": details,
+            "output": [],
+            "conversation_id": self.conversation_id,
+            "output_modalities": ["audio"],
+            "max_output_tokens": "inf",
+            "audio": {"output": {"format": out_fmt["format"], "voice": out_fmt["voice"]}},
+            "usage": None,
+            "metadata": None,
         }
         if status != "in_progress":
             if resp.started:
@@ -675,11 +827,18 @@ class RealtimeSession:
                 if resp.tool_call is not None and status == "completed":
                     obj["output"].append(resp.tool_call.json())
             audio_tokens, text_tokens = resp.item.sent_bytes // (resp.item.bpm * 50), resp.item.words_sent
-            obj["usage"] = {"total_tokens": audio_tokens + text_tokens + 100, "input_tokens": 100,
-                            "output_tokens": audio_tokens + text_tokens,
-                            "input_token_details": {"text_tokens": 100, "audio_tokens": 0, "cached_tokens": 0,
-                                                    "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0}},
-                            "output_token_details": {"text_tokens": text_tokens, "audio_tokens": audio_tokens}}
+            obj["usage"] = {
+                "total_tokens": audio_tokens + text_tokens + 100,
+                "input_tokens": 100,
+                "output_tokens": audio_tokens + text_tokens,
+                "input_token_details": {
+                    "text_tokens": 100,
+                    "audio_tokens": 0,
+                    "cached_tokens": 0,
+                    "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0},
+                },
+                "output_token_details": {"text_tokens": text_tokens, "audio_tokens": audio_tokens},
+            }
         return obj
 
     def _begin(self, resp: _Response, t: float) -> None:
@@ -687,14 +846,23 @@ class RealtimeSession:
             return
         resp.started = True
         self._emit("response.created", response=self._response_json(resp, "in_progress"))
-        self._emit("rate_limits.updated", rate_limits=[
-            {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
-            {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5}])
+        self._emit(
+            "rate_limits.updated",
+            rate_limits=[
+                {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
+                {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5},
+            ],
+        )
         ids = {"response_id": resp.id, "output_index": 0}
         self._emit("response.output_item.added", **ids, item=resp.item.json())
         self._add_item(resp.item)
-        self._emit("response.content_part.added", **ids, item_id=resp.item.id, content_index=0,
-                   part={"type": "audio", "transcript": ""})
+        self._emit(
+            "response.content_part.added",
+            **ids,
+            item_id=resp.item.id,
+            content_index=0,
+            part={"type": "audio", "transcript": ""},
+        )
         self._deliver(resp, t)
 
     def _part_ids(self, resp: _Response) -> dict[str, Any]:
@@ -708,13 +876,19 @@ class RealtimeSession:
         chunk = resp.audio[item.sent_bytes : item.sent_bytes + ms * item.bpm]
         item.sent_bytes += len(chunk)
         self.audio_output_started = True
-        self._emit("response.output_audio.delta", **self._part_ids(resp), delta=binascii.b2a_base64(
-            chunk, newline=False).decode())
+        self._emit(
+            "response.output_audio.delta",
+            **self._part_ids(resp),
+            delta=binascii.b2a_base64(chunk, newline=False).decode(),
+        )
         finished = item.sent_bytes >= len(resp.audio)
         while item.words_sent < len(item.words) and (finished or resp.marks[item.words_sent] < item.sent_bytes):
             word = item.words[item.words_sent]
-            self._emit("response.output_audio_transcript.delta", **self._part_ids(resp),
-                       delta=word if item.words_sent == 0 else " " + word)
+            self._emit(
+                "response.output_audio_transcript.delta",
+                **self._part_ids(resp),
+                delta=word if item.words_sent == 0 else " " + word,
+            )
             item.words_sent += 1
         self._sync_turns()
         if finished:
@@ -751,41 +925,49 @@ class RealtimeSession:
         self._add_item(call)
         args = {**ids, "item_id": call.id, "call_id": call.extra["call_id"]}
         self._emit("response.function_call_arguments.delta", **args, delta=call.extra["arguments"])
-        self._emit("response.function_call_arguments.done", **args, name=call.extra["name"],
-                   arguments=call.extra["arguments"])
+        self._emit(
+            "response.function_call_arguments.done", **args, name=call.extra["name"], arguments=call.extra["arguments"]
+        )
         self._emit("response.output_item.done", **ids, item=call.json())
         self._emit("conversation.item.done", item=call.json())
 
     def _on_response_cancel(self, msg: dict[str, Any], now: float) -> None:
         rid = msg.get("response_id")
         if self.response is None or (rid is not None and rid != self.response.id):
-            raise _ProtocolError("response_cancel_not_active", "Cancellation failed: no active response found.",
-                                 violation=False)
+            raise _ProtocolError(
+                "response_cancel_not_active", "Cancellation failed: no active response found.", violation=False
+            )
         self._cancel(self.response, "client_cancelled")
 
     # ---- conversation items ------------------------------------------------------------------
     def _on_conversation_item_truncate(self, msg: dict[str, Any], now: float) -> None:
         item = self._find(msg.get("item_id"))
         if item is None:
-            raise _ProtocolError("invalid_value", f"Conversation item with id '{msg.get('item_id')}' not found.",
-                                 "item_id")
+            raise _ProtocolError(
+                "invalid_value", f"Conversation item with id '{msg.get('item_id')}' not found.", "item_id"
+            )
         if not item.has_audio:
-            raise _ProtocolError("invalid_value", "Only assistant messages with audio content can be truncated.",
-                                 "item_id")
+            raise _ProtocolError(
+                "invalid_value", "Only assistant messages with audio content can be truncated.", "item_id"
+            )
         if msg.get("content_index") != 0:
-            raise _ProtocolError("invalid_value", "Invalid value for 'content_index': only 0 is supported.",
-                                 "content_index")
+            raise _ProtocolError(
+                "invalid_value", "Invalid value for 'content_index': only 0 is supported.", "content_index"
+            )
         end = msg.get("audio_end_ms")
         if not isinstance(end, int) or isinstance(end, bool):
-            raise _ProtocolError("invalid_type", "Invalid type for 'audio_end_ms': expected an integer.",
-                                 "audio_end_ms")
+            raise _ProtocolError(
+                "invalid_type", "Invalid type for 'audio_end_ms': expected an integer.", "audio_end_ms"
+            )
         if end < 0:
-            raise _ProtocolError("invalid_value", "Invalid value for 'audio_end_ms': expected an integer >= 0.",
-                                 "audio_end_ms")
+            raise _ProtocolError(
+                "invalid_value", "Invalid value for 'audio_end_ms': expected an integer >= 0.", "audio_end_ms"
+            )
         produced = item.sent_bytes / item.bpm
         if end > produced:
-            raise _ProtocolError("invalid_value", f"Audio content of {int(produced)}ms is already shorter than "
-                                 f"{end}ms", "audio_end_ms")
+            raise _ProtocolError(
+                "invalid_value", f"Audio content of {int(produced)}ms is already shorter than {end}ms", "audio_end_ms"
+            )
         total_ms = item.total_bytes / item.bpm
         keep = int(len(item.words) * end / total_ms) if total_ms else 0
         item.keep_words = keep if item.keep_words is None else min(keep, item.keep_words)
@@ -810,23 +992,33 @@ class RealtimeSession:
         if kind == "message":
             role, content = raw.get("role"), raw.get("content")
             if role not in ("user", "system", "assistant") or not isinstance(content, list) or not content:
-                raise _ProtocolError("invalid_value", "A message item needs a role of 'user', 'system' or "
-                                     "'assistant' and a non-empty content list.", "item")
+                raise _ProtocolError(
+                    "invalid_value",
+                    "A message item needs a role of 'user', 'system' or 'assistant' and a non-empty content list.",
+                    "item",
+                )
             allowed = ("output_text",) if role == "assistant" else ("input_text", "input_audio", "input_image")
             if any(not isinstance(p, dict) or p.get("type") not in allowed for p in content):
-                raise _ProtocolError("invalid_value", f"Invalid content part type for a {role} message; expected "
-                                     + " or ".join(allowed) + ".", "item.content")
+                raise _ProtocolError(
+                    "invalid_value",
+                    f"Invalid content part type for a {role} message; expected " + " or ".join(allowed) + ".",
+                    "item.content",
+                )
             text = " ".join(str(p.get("text") or p.get("transcript") or "") for p in content).strip()
             item = _Item(id=item_id, role=role, content=copy.deepcopy(content), text=text)
         elif kind in ("function_call_output", "function_call"):
             need = ("call_id", "output") if kind == "function_call_output" else ("call_id", "name", "arguments")
             if any(not isinstance(raw.get(k), str) for k in need):
-                raise _ProtocolError("missing_required_parameter", f"A {kind} item needs "
-                                     + ", ".join(need) + ".", "item")
+                raise _ProtocolError(
+                    "missing_required_parameter", f"A {kind} item needs " + ", ".join(need) + ".", "item"
+                )
             item = _Item(id=item_id, type=kind, role=None, extra={k: raw[k] for k in need})
         else:
-            raise _ProtocolError("invalid_value", f"Invalid value: '{kind}'. Supported values are: 'message', "
-                                 "'function_call', 'function_call_output'.", "item.type")
+            raise _ProtocolError(
+                "invalid_value",
+                f"Invalid value: '{kind}'. Supported values are: 'message', 'function_call', 'function_call_output'.",
+                "item.type",
+            )
         previous = self._last_item_id() if prev is None else (None if prev == "root" else prev)
         self._add_item(item, previous)
         self._emit("conversation.item.done", previous_item_id=previous, item=item.json())
@@ -834,8 +1026,9 @@ class RealtimeSession:
     def _on_conversation_item_delete(self, msg: dict[str, Any], now: float) -> None:
         item = self._find(msg.get("item_id"))
         if item is None or (self.response is not None and self.response.item is item):
-            raise _ProtocolError("invalid_value", f"Conversation item with id '{msg.get('item_id')}' not found.",
-                                 "item_id")
+            raise _ProtocolError(
+                "invalid_value", f"Conversation item with id '{msg.get('item_id')}' not found.", "item_id"
+            )
         self.items.remove(item)
         self._emit("conversation.item.deleted", item_id=item.id)
         self._sync_turns()
@@ -843,8 +1036,9 @@ class RealtimeSession:
     def _on_conversation_item_retrieve(self, msg: dict[str, Any], now: float) -> None:
         item = self._find(msg.get("item_id"))
         if item is None:
-            raise _ProtocolError("invalid_value", f"Conversation item with id '{msg.get('item_id')}' not found.",
-                                 "item_id")
+            raise _ProtocolError(
+                "invalid_value", f"Conversation item with id '{msg.get('item_id')}' not found.", "item_id"
+            )
         self._emit("conversation.item.retrieved", item=item.json())
 
 
@@ -866,8 +1060,15 @@ class RealtimeAgent:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         if not self.config.realtime_factor > 0 or self.config.chunk_ms[0] <= 0:
             raise ValueError("realtime_factor and chunk_ms must be positive")
-        self._server = await serve(self._handle, host, port, process_request=self._process_request,
-                                   max_size=32 * 1024 * 1024, close_timeout=2, compression=None)
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._process_request,
+            max_size=32 * 1024 * 1024,
+            close_timeout=2,
+            compression=None,
+        )
         self._host = host
 
     @property
@@ -915,8 +1116,9 @@ class RealtimeAgent:
         async with asyncio.timeout(timeout):
             await session.closed.wait()
 
-    def _reject(self, connection: ServerConnection, request: Request, status: int, etype: str,
-                message: str) -> Response:
+    def _reject(
+        self, connection: ServerConnection, request: Request, status: int, etype: str, message: str
+    ) -> Response:
         self.rejected.append((status, request.path))
         body = orjson.dumps({"error": {"type": etype, "code": None, "message": message, "param": None}}).decode()
         response = connection.respond(status, body)
@@ -929,11 +1131,13 @@ class RealtimeAgent:
             return self._reject(connection, request, 404, "invalid_request_error", f"Invalid URL (GET {url.path})")
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
-            return self._reject(connection, request, 401, "invalid_request_error",
-                                "Missing bearer authentication in header")
+            return self._reject(
+                connection, request, 401, "invalid_request_error", "Missing bearer authentication in header"
+            )
         if not urllib.parse.parse_qs(url.query).get("model", [""])[0]:
-            return self._reject(connection, request, 400, "invalid_request_error",
-                                "Missing required parameter: 'model'.")
+            return self._reject(
+                connection, request, 400, "invalid_request_error", "Missing required parameter: 'model'."
+            )
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:

@@ -27,7 +27,6 @@ _BIAS = 0x84
 _MAGIC = 0xB38E  # 16 bits that do not occur in silence (all ones) or in a run of zeros
 
 
-
 def _build_decode_table() -> np.ndarray:
     table = np.zeros(256, dtype=np.int16)
     for code in range(256):

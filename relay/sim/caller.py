@@ -264,9 +264,16 @@ class TwilioCaller:
         if self.script.hangup != "stop":
             ws.transport.abort()  # the line drops: no stop, no closing handshake
             return
-        await ws.send(orjson.dumps({"event": "stop", "sequenceNumber": str(next(self._seq)),
-                                    "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-                                    "streamSid": self.stream_sid}).decode())
+        await ws.send(
+            orjson.dumps(
+                {
+                    "event": "stop",
+                    "sequenceNumber": str(next(self._seq)),
+                    "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+                    "streamSid": self.stream_sid,
+                }
+            ).decode()
+        )
         await ws.close()
 
     def _call_form(self, status: str) -> dict[str, str]:
@@ -374,9 +381,16 @@ class TwilioCaller:
 
     async def _send_dtmf(self, digit: str) -> None:
         assert self._ws is not None
-        await self._ws.send(orjson.dumps({"event": "dtmf", "streamSid": self.stream_sid,
-                                          "sequenceNumber": str(next(self._seq)),
-                                          "dtmf": {"track": "inbound_track", "digit": digit}}).decode())
+        await self._ws.send(
+            orjson.dumps(
+                {
+                    "event": "dtmf",
+                    "streamSid": self.stream_sid,
+                    "sequenceNumber": str(next(self._seq)),
+                    "dtmf": {"track": "inbound_track", "digit": digit},
+                }
+            ).decode()
+        )
 
     async def _stream(self, clock: _Clock, ulaw: bytes) -> None:
         """Send ``ulaw`` as 20 ms ``media`` messages, one per tick, playing back on the same tick."""
