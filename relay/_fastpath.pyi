@@ -9,7 +9,9 @@ logging. Import it through ``relay.fastpath``, which says which one it picked.
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, final
+
+from typing_extensions import disjoint_base  # PEP 800: a cdef class cannot share a subclass with another
 
 IMPLEMENTATION: str
 """``"cython"`` for the compiled module, ``"python"`` for the reference."""
@@ -81,6 +83,7 @@ def parse_audio_delta(message: bytes) -> tuple[str, bytes] | None:
         PayloadError: ``delta`` is not padded standard base64.
     """
 
+@disjoint_base
 class TwilioWriter:
     """Builds the three messages a bidirectional stream may send (PROTOCOLS §1.4).
 
@@ -135,6 +138,7 @@ def build_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes
             mask that is not 4 bytes.
     """
 
+@disjoint_base
 class FrameReader:
     """Incremental frame parser for one direction of one connection; no I/O.
 
@@ -165,7 +169,8 @@ class FrameReader:
             FrameError: the peer broke RFC 6455; ``code`` is the close code to answer with:
                 1002 for wrong masking, reserved bits, an unknown opcode, a fragmented or
                 oversized control frame, a continuation out of place, a 1-byte close payload,
-                a close code a peer may not send (RFC 6455 §7.4) or a length over 2**63; 1007 for a text message or close reason that is not
+                a close code a peer may not send (RFC 6455 §7.4) or a length over 2**63; 1007 for a text
+                message or close reason that is not
                 UTF-8; 1009 for a message over ``max_size``. The reader is unusable after.
         """
 
@@ -189,6 +194,7 @@ def pcm16_to_ulaw(data: bytes) -> bytes:
     its length is odd.
     """
 
+@final
 class Resampler:
     """Streaming PCM16 resampler: 8000 → 16000 / 24000 Hz, 16000 / 24000 → 8000 Hz, or a
     same-rate passthrough (8000, 16000 or 24000 Hz).
@@ -250,6 +256,7 @@ def silence_b64(frame_bytes: int = 160) -> bytes:
     ``silence_b64()`` is one 20 ms frame: 216 characters. ``frame_bytes``: 0 to 2**20.
     """
 
+@final
 class PlayoutRing:
     """The agent's audio waiting to be paced out to Twilio in frames of ``frame_bytes`` bytes
     (160: 20 ms of 8 kHz μ-law).
@@ -337,6 +344,7 @@ class PlayoutRing:
             elapsed_ms, lead_ms: 0 to 2**53.
         """
 
+@final
 class GapFiller:
     """Keeps the caller's audio clock true: tells, for each inbound Twilio frame, how many
     silence frames to send upstream before it, or that it must be dropped.
@@ -395,6 +403,7 @@ LEG_TWILIO: int
 LEG_BACKEND: int
 """``WsCore.route`` leg: text messages go to ``MediaCore.backend_frame``."""
 
+@disjoint_base
 class WsCore:
     """What ``relay.ws.Connection`` does with every read and every write.
 
@@ -427,6 +436,10 @@ class WsCore:
         order; pings answered; a close frame to ``_on_close_frame``; a binary message (1003), a
         framing error (1002/1007/1009) or the rate passed (1008) to ``_violation``, and
         nothing more is read from this call. Then ``_wake`` if anything is queued or not open."""
+    def _write(self, data: bytes) -> None:
+        """Bytes to the transport as they are, unless it is closing (for the subclass)."""
+    def _mask(self) -> bytes | None:
+        """The next masking key on the client side, None on the server side (for the subclass)."""
     def send(self, message: bytes) -> None:
         """One text frame."""
     def send_frames(self, frames: bytes) -> None:
@@ -443,6 +456,7 @@ EV_PLAYED: int
 EV_AUDIO_ERROR: int
 """``on_event``: a delta was dropped (not base64, or more than the ring holds)."""
 
+@disjoint_base
 class ItemAudio:
     """One answer's audio, in bytes of 8 kHz μ-law; the core writes it, everyone else reads."""
 
@@ -476,6 +490,7 @@ class ItemAudio:
         """Where the caller cut it (``MediaCore.interrupt``); None otherwise."""
     def __init__(self, item_id: str) -> None: ...
 
+@disjoint_base
 class MediaCore:
     """The per-frame half of a call, a leaf: the ring, the gap filler, the writer, the framing.
 

@@ -59,19 +59,19 @@ cdef int _check_utf8(const unsigned char* p, Py_ssize_t n, str what) except -1:
     return 0
 
 
-def build_frame(opcode_arg, payload, mask=None):
+def build_frame(opcode, payload, mask=None):
     cdef Py_ssize_t n, head
-    cdef int opcode
+    cdef int op
     cdef bytes out
     cdef unsigned char* o
     cdef int bit
     if type(payload) is not bytes:
         raise TypeError("payload must be bytes")
-    if type(opcode_arg) is not int or opcode_arg not in (1, 2, 8, 9, 10):
-        raise ValueError(f"cannot build a frame with opcode {opcode_arg!r}")
-    opcode = opcode_arg
+    if type(opcode) is not int or opcode not in (1, 2, 8, 9, 10):
+        raise ValueError(f"cannot build a frame with opcode {opcode!r}")
+    op = opcode
     n = PyBytes_GET_SIZE(payload)
-    if _is_control(opcode) and n > 125:
+    if _is_control(op) and n > 125:
         raise ValueError("a control frame carries at most 125 bytes")
     if mask is not None and (type(mask) is not bytes or PyBytes_GET_SIZE(mask) != 4):
         raise ValueError("mask must be 4 bytes")
@@ -79,7 +79,7 @@ def build_frame(opcode_arg, payload, mask=None):
     head = 2 if n < 126 else 4 if n < 65536 else 10
     out = PyBytes_FromStringAndSize(NULL, head + (4 if bit else 0) + n)
     o = <unsigned char*>PyBytes_AS_STRING(out)
-    o[0] = 0x80 | opcode
+    o[0] = 0x80 | op
     if n < 126:
         o[1] = bit | n
     elif n < 65536:

@@ -106,7 +106,7 @@ class TwilioWriter:
 
     __slots__ = ("stream_sid", "_media_prefix", "_mark_prefix", "_clear")
 
-    def __init__(self, stream_sid: str) -> None:
+    def __init__(self, stream_sid: object) -> None:  # anything: refused as the compiled one refuses it
         if not isinstance(stream_sid, str) or not stream_sid:
             raise ProtocolError("streamSid must be a non-empty string")
         self.stream_sid = stream_sid
@@ -118,7 +118,7 @@ class TwilioWriter:
     def media(self, payload: bytes) -> bytes:
         return self._media_prefix + payload + b'"}}'
 
-    def mark(self, name: str) -> bytes:
+    def mark(self, name: object) -> bytes:
         if not isinstance(name, str) or not name:
             raise ProtocolError("mark.name must be a non-empty string")
         return self._mark_prefix + _json_str(name) + b"}}"

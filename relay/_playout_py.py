@@ -36,7 +36,7 @@ def _int(value: object, name: str, lo: int, hi: int) -> int:
     return int(value)
 
 
-def _b64(data: bytes) -> bytes:
+def _b64(data: bytes | bytearray) -> bytes:
     return binascii.b2a_base64(data, newline=False)
 
 

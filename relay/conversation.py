@@ -213,7 +213,7 @@ class Conversation:
         *,
         core: Callable[..., Any] = MediaCore,
     ) -> None:
-        self.media = core(
+        self.media: MediaCore = core(
             twilio_out,
             start.stream_sid,
             lead_ms=options.lead_ms,

@@ -28,13 +28,13 @@ try:
         PlayoutRing,
         Resampler,
         TwilioWriter,
+        WsCore,
         b64_decoded_len,
         build_frame,
         parse_audio_delta,
         parse_media,
         pcm16_to_ulaw,
         silence_b64,
-        WsCore,
         ulaw_to_pcm16,
     )
 except ImportError:  # not built: the reference keeps tools and tests usable
@@ -58,13 +58,13 @@ except ImportError:  # not built: the reference keeps tools and tests usable
         PlayoutRing,
         Resampler,
         TwilioWriter,
+        WsCore,
         b64_decoded_len,
         build_frame,
         parse_audio_delta,
         parse_media,
         pcm16_to_ulaw,
         silence_b64,
-        WsCore,
         ulaw_to_pcm16,
     )
 
@@ -88,12 +88,12 @@ __all__ = [
     "PlayoutRing",
     "Resampler",
     "TwilioWriter",
+    "WsCore",
     "b64_decoded_len",
     "build_frame",
     "parse_audio_delta",
     "parse_media",
     "pcm16_to_ulaw",
     "silence_b64",
-    "WsCore",
     "ulaw_to_pcm16",
 ]

@@ -35,7 +35,6 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request
 
 from relay import fastpath, streamtoken, twilio, upstream
-from relay.agents import AgentProfile
 from relay.admission import Admission, LocalAdmission
 from relay.agents import AgentProfile
 from relay.config import Settings

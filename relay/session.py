@@ -251,7 +251,7 @@ class CallSession:
         params = self.start.custom_parameters if self.start else {}
         try:
             found = await self._resolve_agent(self.tenant_id, params.get("agent") or "default")
-        except Exception as exc:  # the directory is down: the call goes on with the default agent
+        except Exception as exc:  # noqa: BLE001 - the directory is down: the call goes on with the default agent
             log.warning("call %s: agent lookup failed (%s); using the default agent", self.call_sid, type(exc).__name__)
             found = None
         if found is not None:
@@ -260,7 +260,7 @@ class CallSession:
     async def _bridge(self, conversation: Conversation) -> None:
         try:
             upstream = await self._connect_upstream(self._agent)
-        except Exception as exc:  # no backend at all when the call starts: this call ends, clearly
+        except Exception as exc:  # noqa: BLE001 - no backend at all when the call starts: this call ends, clearly
             log.error("call %s: speech backend unavailable: %s", self.call_sid, exc)
             self.end_reason = "backend_unavailable"
             return
@@ -281,11 +281,12 @@ class CallSession:
         finally:
             self._ending = True
             self.twilio.route(None)
+            running: list[asyncio.Task[str] | asyncio.Task[None]] = [*tasks]
             if self._recycler is not None:
-                tasks.append(self._recycler)
-            for task in tasks:
+                running.append(self._recycler)
+            for task in running:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*running, return_exceptions=True)
             if self._upstream is not None:
                 self._retire(self._upstream)
             if self._closing:
@@ -412,8 +413,6 @@ class CallSession:
                 ) from None
             if upstream is not self._upstream:
                 return
-            if isinstance(message, str):
-                message = message.encode()
             conversation.backend_message(message, self._loop.time())
             if deadline is not None and conversation.backend_ready:
                 deadline = None
@@ -430,7 +429,7 @@ class CallSession:
             try:
                 async with asyncio.timeout(left):
                     return await self._connect_upstream(self._agent)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure to connect is retried until the give-up time
                 log.warning(
                     "call %s: reconnecting to the backend failed (%s); again in %.1f s",
                     self.call_sid,
@@ -450,7 +449,7 @@ class CallSession:
             return
         try:
             fresh = await self._connect_upstream(self._agent)
-        except Exception as exc:  # the cap's close will reconnect instead
+        except Exception as exc:  # noqa: BLE001 - the cap's close will reconnect instead
             log.warning("call %s: could not open a fresh backend session (%s)", self.call_sid, type(exc).__name__)
             return
         adopted = False

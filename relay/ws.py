@@ -12,10 +12,8 @@ the one reader, writes straight to the transport, the closing handshake of RFC 6
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
@@ -72,13 +70,6 @@ class Connection(WsCore):
         "aborted",
         "on_lost",
     )
-
-    if TYPE_CHECKING:  # WsCore's members for its subclasses: both cores have them, _fastpath.pyi omits them
-        _transport: asyncio.Transport
-        _messages: collections.deque[bytes]
-
-        def _write(self, data: bytes) -> None: ...
-        def _mask(self) -> bytes | None: ...
 
     def __init__(
         self,

@@ -18,7 +18,9 @@ LOADED = "sorted(m for m in sys.modules if m == 'asyncpg' or m.startswith(('asyn
 
 
 def python(code: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, check=False, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -196,7 +196,6 @@ def for_agent(agent: AgentProfile) -> Backend:
 __all__ = [
     "IMPLEMENTATIONS",
     "WIRE_REALTIME_JSON",
-    "for_agent",
     "AnswerAudio",
     "AnswerAudioDone",
     "AnswerStarted",
@@ -213,4 +212,5 @@ __all__ = [
     "ResponseDone",
     "ResponseStarted",
     "ToolCall",
+    "for_agent",
 ]

@@ -70,7 +70,7 @@ def session_update(agent: AgentProfile) -> bytes:
     )
 
 
-def session_problems(session: dict[str, Any]) -> list[str]:
+def session_problems(session: object) -> list[str]:
     """What in an effective session (from ``session.updated``) would break a phone call.
 
     A session left on the default PCM format reads μ-law as noise and never ends a turn

@@ -73,7 +73,7 @@ class Rng(random.Random):
     def randint(self, a: int, b: int) -> int:
         return a + int(self.random() * (b - a + 1))
 
-    def choice(self, seq: Sequence[Any]) -> Any:
+    def choice(self, seq: Sequence[Any]) -> Any:  # type: ignore[override]  # sequences only, indexed directly
         return seq[int(self.random() * len(seq))]
 
 
@@ -189,7 +189,8 @@ def emit(node: Any) -> bytes:
     if kind is dict:
         return emit(Obj(node.items()))
     if kind is Raw:
-        return node
+        raw: bytes = node
+        return raw
     if kind is str:
         try:
             return orjson.dumps(node)
@@ -211,10 +212,10 @@ def node_paths(node: Any, path: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
     out = [path]
     if type(node) is Obj:
         for i, (_, value) in enumerate(node):
-            out += node_paths(value, path + (i,))
+            out += node_paths(value, (*path, i))
     elif type(node) is list:
         for i, value in enumerate(node):
-            out += node_paths(value, path + (i,))
+            out += node_paths(value, (*path, i))
     return out
 
 
@@ -233,9 +234,9 @@ def replace_at(node: Any, path: tuple[int, ...], new: Any, at: int = 0) -> Any:
         copy = Obj(node)
         copy[i] = (copy[i][0], replace_at(copy[i][1], path, new, at + 1))
         return copy
-    copy = list(node)
-    copy[i] = replace_at(copy[i], path, new, at + 1)
-    return copy
+    items = list(node)
+    items[i] = replace_at(items[i], path, new, at + 1)
+    return items
 
 
 # Values a field may be swapped for: every JSON type, numbers at and beyond the edges orjson
@@ -752,7 +753,7 @@ def _parser(name: str, impl: str | None, compiled: Any) -> Callable[[bytes], Any
     """The callable behind a ``MESSAGE_PARSERS`` row, looked up when a run starts."""
     if impl is not None:
         return getattr(compiled, impl)  # type: ignore[no-any-return]
-    return twilio.parse_event if name.startswith("twilio.") else realtime.parse_event  # type: ignore[return-value]
+    return twilio.parse_event if name.startswith("twilio.") else realtime.parse_event
 
 
 def _compiled() -> Any:
@@ -848,7 +849,7 @@ def run(
     compiled = _compiled()
     rng = Rng(seed)
     corpus = Corpus(rng)
-    result = Result(counts={name: Counter() for name, _, _ in MESSAGE_PARSERS} | {FRAME_READER: Counter()})
+    result = Result(counts={name: Counter[str]() for name, _, _ in MESSAGE_PARSERS} | {FRAME_READER: Counter[str]()})
     fns = [
         (name, _parser(name, impl, compiled), documented, getattr(twin, impl) if impl else None, result.counts[name])
         for name, documented, impl in MESSAGE_PARSERS
@@ -902,21 +903,23 @@ def run(
 
         stream = frame_stream(data, rng)
         try:
-            got = read_stream(reader_class, *stream)
+            messages = read_stream(reader_class, *stream)
         except Exception as exc:  # noqa: BLE001
             if undocumented(FRAME_READER, exc, data, stream):
                 break
             continue
-        frame_counts[f"FrameError {got[-1][1]}" if got and got[-1][0] == "FrameError" else "ok"] += 1
+        frame_counts[f"FrameError {messages[-1][1]}" if messages and messages[-1][0] == "FrameError" else "ok"] += 1
         if check_twin:
             result.twin_checks += 1
             try:
-                want = read_stream(twin_reader, *stream)
+                twin_messages = read_stream(twin_reader, *stream)
             except Exception as exc:  # noqa: BLE001
                 result.failure = Failure(FRAME_READER, f"twin raised {type(exc).__name__}: {exc}", data, stream)
                 break
-            if got != want:
-                result.failure = Failure(FRAME_READER, f"compiled {got!r:.200} != twin {want!r:.200}", data, stream)
+            if messages != twin_messages:
+                result.failure = Failure(
+                    FRAME_READER, f"compiled {messages!r:.200} != twin {twin_messages!r:.200}", data, stream
+                )
                 break
     result.seconds = time.perf_counter() - start
     return result
@@ -928,9 +931,11 @@ def summary(result: Result, out: TextIO) -> None:
     for counts in result.counts.values():
         columns += sorted(k for k in counts if k not in columns)
     widths = [max(len(c), 8) + 2 for c in columns]
-    print(f"{'parser':<22}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths)), file=out)
+    print(f"{'parser':<22}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)), file=out)
     for name, counts in result.counts.items():
-        print(f"{name:<22}" + "".join(f"{counts.get(c, 0):>{w}}" for c, w in zip(columns, widths)), file=out)
+        print(
+            f"{name:<22}" + "".join(f"{counts.get(c, 0):>{w}}" for c, w in zip(columns, widths, strict=True)), file=out
+        )
     print(
         f"{result.inputs} inputs in {result.seconds:.1f} s: {result.rate:,.0f} inputs/s "
         f"(each through {len(result.counts)} parsers; {result.twin_checks} checked against the twin)",

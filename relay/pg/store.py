@@ -201,7 +201,7 @@ class PostgresStore(Store):
         log.info("replaying %d byte(s) spooled at %s", self._spool.size, self._spool.path)
         try:
             await self._replay()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure (network, server, driver): the spool keeps it
             log.warning("postgres is unavailable (%s); the spool is replayed once it is back", self._brief(exc))
             async with self._spool_lock:
                 self._start_recovery()
@@ -247,7 +247,7 @@ class PostgresStore(Store):
                 return
         try:
             await self._store(batch)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure: the batch goes to the spool, never lost
             log.warning(
                 "postgres write of %d record(s) failed (%s); spooling to %s",
                 len(batch), self._brief(exc), self._spool.path,
@@ -279,7 +279,7 @@ class PostgresStore(Store):
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             try:
                 await self._replay()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure: retried with backoff
                 self.failed_retries += 1
                 delay = min(delay * 2, self._max_backoff)
                 log.warning(
@@ -350,7 +350,8 @@ class PostgresStore(Store):
 
     async def end_reason(self, call_sid: str) -> str | None:
         async with as_writer(self._require_pool()) as conn:
-            return await conn.fetchval("SELECT end_reason FROM calls WHERE call_sid = $1", call_sid)
+            reason: str | None = await conn.fetchval("SELECT end_reason FROM calls WHERE call_sid = $1", call_sid)
+        return reason
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None:

@@ -38,6 +38,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from relay.audio_format import FRAME_BYTES, SAMPLE_RATE
 from relay.sim import audio
 
 __all__ = ["AgentConfig", "RealtimeAgent", "RealtimeSession", "SessionLog", "default_reply"]
@@ -631,17 +632,17 @@ class RealtimeSession:
             self._vad_pos = self._clock
         else:
             level, prefix, silence = params
-            while self._clock - self._vad_pos >= audio.FRAME_BYTES and not self.close_request:
+            while self._clock - self._vad_pos >= FRAME_BYTES and not self.close_request:
                 start = self._vad_pos - self._origin
-                speech = audio.frame_energy_dbfs(self._buf[start : start + audio.FRAME_BYTES]) > level
+                speech = audio.frame_energy_dbfs(self._buf[start : start + FRAME_BYTES]) > level
                 self._vad_window(self._vad_pos, speech, prefix, silence, now)
-                self._vad_pos += audio.FRAME_BYTES
+                self._vad_pos += FRAME_BYTES
         self._trim(params[1] if params else 0)
 
     def _vad_window(self, pos: int, speech: bool, prefix: int, silence: int, now: float) -> None:
         if speech:
             self._silence = 0
-            self._speech_end = pos + audio.FRAME_BYTES
+            self._speech_end = pos + FRAME_BYTES
             if not self._speaking:
                 self._speaking = True
                 self._speech_item = self._id("item")
@@ -657,15 +658,13 @@ class RealtimeSession:
             return
         if not self._speaking:
             return
-        self._silence += audio.FRAME_BYTES
+        self._silence += FRAME_BYTES
         if self._silence >= silence:
             self._speaking = False
             self._emit(
                 "input_audio_buffer.speech_stopped", audio_end_ms=self._speech_end // 8, item_id=self._speech_item
             )
-            self._commit(
-                self._speech_item, self._speech_start, self._speech_end, pos + audio.FRAME_BYTES, now, auto=True
-            )
+            self._commit(self._speech_item, self._speech_start, self._speech_end, pos + FRAME_BYTES, now, auto=True)
 
     def _trim(self, prefix: int) -> None:
         keep = (
@@ -674,7 +673,7 @@ class RealtimeSession:
             else (
                 self._uncommitted
                 if self._vad_params() is None
-                else max(self._uncommitted, self._vad_pos - prefix - audio.FRAME_BYTES)
+                else max(self._uncommitted, self._vad_pos - prefix - FRAME_BYTES)
             )
         )
         drop = keep - self._origin
@@ -693,7 +692,7 @@ class RealtimeSession:
         self._add_item(item, previous)
         self._emit("conversation.item.done", previous_item_id=previous, item=item.json())
         if self.session["audio"]["input"]["transcription"] is not None:
-            seconds = round((end - start) / audio.SAMPLE_RATE, 3)
+            seconds = round((end - start) / SAMPLE_RATE, 3)
 
             def complete(t: float) -> None:
                 item.transcribed = True
@@ -723,8 +722,7 @@ class RealtimeSession:
     def _heard_anything(data: bytes) -> bool:
         """Marked words, or any frame louder than the default VAD level (silence transcribes to "")."""
         return bool(audio.words_heard(data)) or any(
-            audio.frame_energy_dbfs(data[i : i + audio.FRAME_BYTES]) > -35.0
-            for i in range(0, len(data), audio.FRAME_BYTES)
+            audio.frame_energy_dbfs(data[i : i + FRAME_BYTES]) > -35.0 for i in range(0, len(data), FRAME_BYTES)
         )
 
     def _on_input_audio_buffer_commit(self, msg: dict[str, Any], now: float) -> None:
