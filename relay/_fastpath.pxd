@@ -137,6 +137,7 @@ cdef class MediaCore:
     cdef TwilioWriter _writer
     cdef long long _lead_ms               # audio queued at Twilio ahead of the ear, at most
     cdef long long _mark_frames           # a mark every this many frames
+    cdef long long _pace_ms               # the shared clock's period: over 20, audio waits for it
     cdef public object on_wants_clock     # hook: ticks wanted (called once until a tick says no)
     cdef public object on_event           # hook: on_event(kind, item_id, now), a turn changed
     cdef readonly long long frames_in, frames_out, frames_held, frames_dropped, frames_filled, frames_late
@@ -169,3 +170,4 @@ cdef class MediaCore:
     cdef int _agent_push(self, ItemAudio item, cbuf s, Py_ssize_t n, double now) except -1
     cdef str _mark_name(self, ItemAudio item)
     cdef int _pump_c(self, double now) except -1
+    cdef bint _defer(self, double now) except -1

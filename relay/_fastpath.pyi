@@ -522,7 +522,11 @@ class MediaCore:
         mark_frames: int,
         held_frames: int,
         max_gap_fill_ms: int,
-    ) -> None: ...
+        pace_ms: int = ...,
+    ) -> None:
+        """``pace_ms``: the shared clock's period (20 by default). Over 20, audio pushed while
+        Twilio holds more than the period and a frame waits for ``tick``, which sends it with
+        the frames due then, in one write; an answer's first frames still go at once."""
     @property
     def buffered(self) -> int:
         """Bytes of answer audio in the ring, not sent yet."""

@@ -35,8 +35,10 @@ def _no_event(kind, item_id, now):
 
 
 cdef class MediaCore:
-    def __init__(self, twilio_out, stream_sid, *, lead_ms, mark_frames, held_frames, max_gap_fill_ms):
+    def __init__(self, twilio_out, stream_sid, *, lead_ms, mark_frames, held_frames, max_gap_fill_ms,
+                 pace_ms=FRAME_MS):
         self._twilio = twilio_out
+        self._pace_ms = _po_int(pace_ms, "pace_ms", FRAME_MS, PO_MAX_MS)
         self._writer = TwilioWriter(stream_sid)
         self._lead_ms = _po_int(lead_ms, "lead_ms", 0, PO_MAX_MS)
         self._mark_frames = mark_frames
@@ -96,7 +98,7 @@ cdef class MediaCore:
         return {"ring": (ring.buffered, ring.pushed, ring.sent, ring.padded, ring.heard, ring.dropped),
                 "segments": [((<ItemAudio>segment[0]).item_id, segment[1]) for segment in self._segments],
                 "since mark": self._since_mark, "epoch": self._epoch, "ts0": self._ts0, "t0": self._t0,
-                "held": list(self._held), "gate": self._gate_open, "clocked": self._clocked,
+                "held": list(self._held), "gate": self._gate_open, "clocked": self._clocked, "pace": self._pace_ms,
                 "current": self._current.item_id if self._current is not None else None,
                 "items": items,
                 "marks": [(name, (<ItemAudio>entry[0]).item_id, entry[1]) for name, entry in self._marks.items()],
@@ -316,7 +318,8 @@ cdef class MediaCore:
         else:
             segments.append([item, m])
         self._current = item
-        self._pump_c(now)
+        if not self._defer(now):
+            self._pump_c(now)
         if self._ring._len and not self._clocked:
             self._clocked = True  # asked once, until a tick says it needs no more
             self.on_wants_clock()
@@ -382,6 +385,17 @@ cdef class MediaCore:
 
     def _pump(self, now):
         self._pump_c(now)
+
+    cdef bint _defer(self, double now) except -1:
+        cdef long long elapsed
+        cdef PlayoutRing ring = self._ring
+        if self._pace_ms <= FRAME_MS or self._t0 is None:
+            return False
+        elapsed = <long long>((now - <double>self._t0) * 1000)
+        if elapsed < 0 or elapsed > PO_MAX_MS:
+            return False
+        ring._due(elapsed, self._lead_ms)  # brings what the ear has heard up to now
+        return ring.sent + ring.padded - ring.heard >= (self._pace_ms + FRAME_MS) * BYTES_PER_MS
 
     @cython.cdivision(True)
     cdef int _pump_c(self, double now) except -1:

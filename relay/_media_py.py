@@ -23,7 +23,7 @@ from typing import Any
 from relay import twilio
 from relay._framing_py import build_frame
 from relay._messages_py import TwilioWriter, parse_audio_delta, parse_media
-from relay._playout_py import GapFiller, PlayoutRing, silence_b64
+from relay._playout_py import MAX_MS, GapFiller, PlayoutRing, _int, silence_b64
 from relay.audio_format import BYTES_PER_MS, FRAME_BYTES, FRAME_MS
 from relay.errors import ProtocolError
 
@@ -99,6 +99,7 @@ class MediaCore:
         "_items",
         "_lead_ms",
         "_mark_frames",
+        "_pace_ms",
         "_marks",
         "_ring",
         "_segments",
@@ -127,8 +128,10 @@ class MediaCore:
         mark_frames: int,
         held_frames: int,
         max_gap_fill_ms: int,
+        pace_ms: int = FRAME_MS,
     ) -> None:
         self._twilio = twilio_out
+        self._pace_ms = _int(pace_ms, "pace_ms", FRAME_MS, MAX_MS)
         self._writer = TwilioWriter(stream_sid)
         self._lead_ms = lead_ms
         self._mark_frames = mark_frames
@@ -191,6 +194,7 @@ class MediaCore:
             "held": list(self._held),
             "gate": self._gate_open,
             "clocked": self._clocked,
+            "pace": self._pace_ms,
             "current": self._current.item_id if self._current is not None else None,
             "items": [
                 (
@@ -345,7 +349,8 @@ class MediaCore:
         else:
             self._segments.append([item, n])
         self._current = item
-        self._pump(now)
+        if not self._defer(now):
+            self._pump(now)
         if self._ring.buffered and not self._clocked:
             self._clocked = True  # asked once, until a tick says it needs no more
             self.on_wants_clock()
@@ -413,6 +418,20 @@ class MediaCore:
         self._marks[name] = (item, item.out)
         self.marks_out += 1
         return name
+
+    def _defer(self, now: float) -> bool:
+        """With a clock slower than the frame period, audio pushed while Twilio still holds more
+        than a period and a frame of it waits for the clock, which sends it in one write with
+        the frames due then; otherwise (an answer's first frames, a queue running low) it goes
+        at once. The caller hears the same either way: Twilio never runs dry before the tick."""
+        if self._pace_ms <= FRAME_MS or self._t0 is None:
+            return False
+        elapsed = int((now - self._t0) * 1000)
+        if elapsed < 0 or elapsed > MAX_MS:
+            return False
+        ring = self._ring
+        ring.frames_due(elapsed, self._lead_ms)  # brings what the ear has heard up to now
+        return ring.sent + ring.padded - ring.heard >= (self._pace_ms + FRAME_MS) * BYTES_PER_MS
 
     def _pump(self, now: float) -> None:
         """Send every frame due now, with its marks, in one write."""

@@ -10,6 +10,7 @@ class CallOptions:
     """How a call is paced and kept alive (``RELAY_*`` settings; see README)."""
 
     lead_ms: int = 100  # audio queued at Twilio ahead of the caller's ear, at most
+    pacer_interval_ms: int = 20  # the shared clock's period; over 20, paced frames go two or more per write
     mark_frames: int = 5  # a mark every this many frames (and at the end of every answer)
     presession_buffer_ms: int = 2000  # caller audio held while no backend session is ready
     max_gap_fill_ms: int = 1000  # longest run of lost caller frames filled with silence

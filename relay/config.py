@@ -64,6 +64,7 @@ class Settings:
     vad_prefix_ms: int = 300
     presession_buffer_ms: int = 2000
     playout_lead_ms: int = 100
+    pacer_interval_ms: int = 20
     mark_interval_ms: int = 100
     greeting: str = ""
     reconnect_message: str = ""
@@ -110,6 +111,7 @@ class Settings:
         """How each call is paced and kept alive."""
         return CallOptions(
             lead_ms=self.playout_lead_ms,
+            pacer_interval_ms=self.pacer_interval_ms,
             mark_frames=max(1, self.mark_interval_ms // FRAME_MS),
             presession_buffer_ms=self.presession_buffer_ms,
             dtmf_timeout_ms=self.dtmf_timeout_ms,
@@ -201,6 +203,7 @@ class Settings:
         number("RELAY_PRESESSION_BUFFER_MS", "presession_buffer_ms", int, 0, 10000)
         number("RELAY_PLAYOUT_LEAD_MS", "playout_lead_ms", int, 20, 2000)
         number("RELAY_MARK_INTERVAL_MS", "mark_interval_ms", int, 20, 2000)
+        number("RELAY_PACER_INTERVAL_MS", "pacer_interval_ms", int, 20, 200)
         if "RELAY_GREETING" in env:
             values["greeting"] = env["RELAY_GREETING"].strip()
         if "RELAY_RECONNECT_MESSAGE" in env:
@@ -267,6 +270,14 @@ class Settings:
             problems.append(f"RELAY_AGENT_VOICE={self.agent_voice!r} is not one of {', '.join(VOICES)}")
         if self.database_url and urlsplit(self.database_url).scheme not in ("postgres", "postgresql"):
             problems.append("DATABASE_URL must be a postgres:// or postgresql:// URL")
+        if self.pacer_interval_ms % FRAME_MS or (
+            self.pacer_interval_ms > FRAME_MS and self.pacer_interval_ms + FRAME_MS > self.playout_lead_ms
+        ):
+            problems.append(
+                f"RELAY_PACER_INTERVAL_MS={self.pacer_interval_ms} must be a multiple of {FRAME_MS}, and at least "
+                f"one frame under RELAY_PLAYOUT_LEAD_MS={self.playout_lead_ms} "
+                "(Twilio must never run dry between ticks)"
+            )
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             problems.append(f"RELAY_LOG_LEVEL={self.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
         return problems

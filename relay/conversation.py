@@ -220,6 +220,7 @@ class Conversation:
             mark_frames=options.mark_frames,
             held_frames=options.presession_buffer_ms // FRAME_MS,
             max_gap_fill_ms=options.max_gap_fill_ms,
+            pace_ms=options.pacer_interval_ms,
         )
         self.media.on_event = self._media_event
         self.start = start

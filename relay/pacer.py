@@ -1,8 +1,9 @@
-"""The shared 20 ms clock: one timer on the loop paces the outbound audio of every call.
+"""The shared clock (every 20 ms, or ``RELAY_PACER_INTERVAL_MS``): one timer on the loop paces
+the outbound audio of every call.
 
 A call joins when it has audio to pace (or keys to send) and leaves as soon as its tick says
 it has nothing left, so an idle call costs nothing per tick. Ticks are due at ``start + n ×
-20 ms`` (no drift); a loop that fell behind runs one tick late rather than a burst of them.
+period`` (no drift); a loop that fell behind runs one tick late rather than a burst of them.
 How late each call's tick ran (``stats``, 0.1 ms buckets, read on the monotonic clock the
 loop's own is based on) is the send-time jitter the caller's ear sees on top of the network's.
 """

@@ -325,7 +325,7 @@ class Relay:
     @property
     def pacer(self) -> Pacer:
         if self._pacer is None:
-            self._pacer = Pacer()
+            self._pacer = Pacer(period=self.settings.pacer_interval_ms / 1000)
         return self._pacer
 
     def note_upstream_outlived(self) -> None:

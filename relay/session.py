@@ -130,7 +130,7 @@ class CallSession:
         self._store = store
         self._options = options
         self._loop = asyncio.get_running_loop()
-        self._pacer = pacer if pacer is not None else Pacer(self._loop)
+        self._pacer = pacer if pacer is not None else Pacer(self._loop, options.pacer_interval_ms / 1000)
         self._cap_s = upstream_max_session_s
         self._ready_timeout_s = backend_ready_timeout_s
         self._give_up_s = reconnect_give_up_s

@@ -97,3 +97,12 @@ def test_conversation_settings_out_of_range_are_refused() -> None:
         )
     text = str(err.value)
     assert "RELAY_PLAYOUT_LEAD_MS" in text and "RELAY_UPSTREAM_MAX_SESSION_S" in text and "RELAY_END_CALL_TOOL" in text
+
+
+def test_the_pacer_interval_is_whole_frames_and_leaves_the_lead_a_frame_of_room() -> None:
+    s = Settings.from_env({**GOOD, "RELAY_PACER_INTERVAL_MS": "40"})
+    assert s.call_options.pacer_interval_ms == 40 and s.call_options.lead_ms == 100
+    assert Settings.from_env({**GOOD, "RELAY_PLAYOUT_LEAD_MS": "20"}).call_options.pacer_interval_ms == 20
+    for bad in ({"RELAY_PACER_INTERVAL_MS": "30"}, {"RELAY_PACER_INTERVAL_MS": "100"}):
+        with pytest.raises(ConfigError, match="RELAY_PACER_INTERVAL_MS"):
+            Settings.from_env({**GOOD, **bad})

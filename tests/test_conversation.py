@@ -31,6 +31,10 @@ def sent(call: VirtualCall, event: str) -> list[dict[str, object]]:
     return [m for m in call.twilio_out if m["event"] == event]
 
 
+def first_media_at(call: VirtualCall) -> float:
+    return next(at for at, m in zip(call.twilio_sent_at, call.twilio_out, strict=True) if m["event"] == "media")
+
+
 def heard_words(call: VirtualCall) -> list[str]:
     return audio.transcribe(call.playback.heard).split()
 
@@ -55,6 +59,34 @@ def test_answers_go_out_in_20_ms_frames_never_more_than_the_lead_ahead() -> None
     assert " ".join(heard_words(call)) == "You said: Tell me about the menu."
     assert call.playback.stalls_ms == []
     assert call.violations() == []
+
+
+def test_a_40_ms_clock_sends_paced_audio_two_frames_a_write_and_the_caller_hears_it_as_before() -> None:
+    """RELAY_PACER_INTERVAL_MS=40: the same answer, the same words heard, no stutter, and the
+    paced part of it in half the writes; the first frames still go as they arrive."""
+
+    def run(interval_ms: int) -> VirtualCall:
+        call = VirtualCall(
+            agent_config=dataclasses.replace(AGENT, chunk_ms=(40, 400), realtime_factor=8.0),
+            options=CallOptions(lead_ms=100, pacer_interval_ms=interval_ms),
+        )
+        call.say("Tell me about the menu and the opening hours, please.")
+        assert call.run_until(call.answered(1), 30)
+        return call
+
+    every_20, every_40 = run(20), run(40)
+    for call in (every_20, every_40):
+        assert " ".join(heard_words(call)).startswith("You said: Tell me about the menu")
+        assert call.playback.stalls_ms == []
+        assert call.playback.peak_queued <= 100 * 8
+        assert call.violations() == []
+    assert heard_words(every_20) == heard_words(every_40)
+    assert len(sent(every_20, "media")) == len(sent(every_40, "media"))
+    # Writes: the moments relay sent anything to Twilio.
+    writes_20, writes_40 = len(set(every_20.twilio_sent_at)), len(set(every_40.twilio_sent_at))
+    assert writes_40 < 0.65 * writes_20, (writes_20, writes_40)
+    # The first frame of the answer left as soon as the agent's first audio came, both times.
+    assert first_media_at(every_40) == first_media_at(every_20)
 
 
 def test_audio_within_the_lead_goes_out_at_once_not_on_the_next_tick() -> None:

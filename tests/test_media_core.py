@@ -272,11 +272,22 @@ steps = st.lists(
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
-@given(steps=steps, lead=st.sampled_from([60, 100, 200]), mark_frames=st.sampled_from([1, 5, 10]))
+@given(
+    steps=steps,
+    lead=st.sampled_from([60, 100, 200]),
+    mark_frames=st.sampled_from([1, 5, 10]),
+    pace=st.sampled_from([20, 20, 40]),
+)
 def test_compiled_core_equals_its_twin(
-    steps: list[tuple[Any, ...]], lead: int, mark_frames: int, monkeypatch: pytest.MonkeyPatch
+    steps: list[tuple[Any, ...]], lead: int, mark_frames: int, pace: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    options = CallOptions(lead_ms=lead, mark_frames=mark_frames, presession_buffer_ms=200, max_gap_fill_ms=200)
+    options = CallOptions(
+        lead_ms=lead,
+        mark_frames=mark_frames,
+        presession_buffer_ms=200,
+        max_gap_fill_ms=200,
+        pacer_interval_ms=pace,
+    )
     compiled = run("compiled", steps, options, monkeypatch)
     twin = run("twin", steps, options, monkeypatch)
     for key in twin:

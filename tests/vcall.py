@@ -104,7 +104,8 @@ class VirtualCall:
         self._speech = bytearray()
         self._ts = 0
         self._next_frame = FRAME_S
-        self._next_tick = FRAME_S + pacer_phase_ms / 1000
+        self._tick_s = options.pacer_interval_ms / 1000  # the shared clock's period
+        self._next_tick = self._tick_s + pacer_phase_ms / 1000
         self._ticking: dict[str, Callable[[float], bool]] = {}  # the clocks wanted, by whom
         self._draining = False
         self.hangups = 0
@@ -228,7 +229,7 @@ class VirtualCall:
                 for who, tick in list(self._ticking.items()):
                     if not tick(self.now):
                         del self._ticking[who]
-                self._next_tick += FRAME_S
+                self._next_tick += self._tick_s
         return True
 
     def _frame(self) -> None:
