@@ -112,6 +112,7 @@ cdef class WsCore:
     cdef int _leg                         # LEG_TWILIO or LEG_BACKEND: which of its entries
     cdef object _transport_write          # the transport's bound methods, looked up once
     cdef object _transport_is_closing
+    cdef int _read(self, object data, double* now_out) except -1
     cdef bytes _next_mask(self)
     cdef const char* _mask_ptr(self) except NULL
     cdef int _write_c(self, bytes data) except -1
@@ -155,6 +156,8 @@ cdef class MediaCore:
     cdef object _t0                       # loop time of the first frame sent (the ring's clock 0)
     cdef long long _since_mark            # frames since the last mark
     cdef bint _clocked                    # ticks were asked for and are still wanted
+    cdef bint _batch                      # a read of the backend leg is in progress: deltas only fill the ring
+    cdef bint _batch_due                  # and some did: the read's end sends what is due (_release)
     cdef ItemAudio _current               # the answer audio last came for
     cdef dict _items                      # item id -> ItemAudio
     cdef set _dropped                     # interrupted items: their late deltas are dropped
@@ -171,3 +174,4 @@ cdef class MediaCore:
     cdef str _mark_name(self, ItemAudio item)
     cdef int _pump_c(self, double now) except -1
     cdef bint _defer(self, double now) except -1
+    cdef int _release(self, double now) except -1

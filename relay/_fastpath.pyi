@@ -435,7 +435,9 @@ class WsCore:
         """Parse ``data``; each message to the routed core, or (what it leaves) the queue, in
         order; pings answered; a close frame to ``_on_close_frame``; a binary message (1003), a
         framing error (1002/1007/1009) or the rate passed (1008) to ``_violation``, and
-        nothing more is read from this call. Then ``_wake`` if anything is queued or not open."""
+        nothing more is read from this call. Then ``_wake`` if anything is queued or not open.
+        On the backend leg, the audio deltas of one read fill the ring first, and what they
+        made due leaves in one write to Twilio."""
     def _write(self, data: bytes) -> None:
         """Bytes to the transport as they are, unless it is closing (for the subclass)."""
     def _mask(self) -> bytes | None:

@@ -57,6 +57,7 @@ cdef class MediaCore:
         self._t0 = None
         self._since_mark = 0
         self._clocked = False
+        self._batch = self._batch_due = False
         self._current = None
         self._items = {}
         self._dropped = set()
@@ -318,7 +319,9 @@ cdef class MediaCore:
         else:
             segments.append([item, m])
         self._current = item
-        if not self._defer(now):
+        if self._batch:
+            self._batch_due = True  # the read's end sends it (_release)
+        elif not self._defer(now):
             self._pump_c(now)
         if self._ring._len and not self._clocked:
             self._clocked = True  # asked once, until a tick says it needs no more
@@ -385,6 +388,15 @@ cdef class MediaCore:
 
     def _pump(self, now):
         self._pump_c(now)
+
+    cdef int _release(self, double now) except -1:
+        """The end of a read of the backend leg: what its deltas made due goes in one write."""
+        self._batch = False
+        if self._batch_due:
+            self._batch_due = False
+            if not self._defer(now):
+                self._pump_c(now)
+        return 0
 
     cdef bint _defer(self, double now) except -1:
         cdef long long elapsed

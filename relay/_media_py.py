@@ -88,6 +88,8 @@ def _no_clock() -> None:
 class MediaCore:
     __slots__ = (
         "_backend",
+        "_batch",
+        "_batch_due",
         "_cleared",
         "_clocked",
         "_current",
@@ -152,6 +154,9 @@ class MediaCore:
         self._t0: float | None = None  # loop time of the first frame sent (the ring's clock 0)
         self._since_mark = 0
         self._clocked = False  # ticks were asked for (``on_wants_clock``) and are still wanted
+        # A read of the backend leg is in progress (deltas only fill the ring), and some did:
+        # the read's end sends what is due (``_release``).
+        self._batch = self._batch_due = False
         self._current: ItemAudio | None = None  # the answer audio last came for
         self._items: dict[str, ItemAudio] = {}
         self._dropped: set[str] = set()  # interrupted items: their late deltas are dropped
@@ -349,7 +354,9 @@ class MediaCore:
         else:
             self._segments.append([item, n])
         self._current = item
-        if not self._defer(now):
+        if self._batch:
+            self._batch_due = True  # the read's end sends it (_release)
+        elif not self._defer(now):
             self._pump(now)
         if self._ring.buffered and not self._clocked:
             self._clocked = True  # asked once, until a tick says it needs no more
@@ -418,6 +425,14 @@ class MediaCore:
         self._marks[name] = (item, item.out)
         self.marks_out += 1
         return name
+
+    def _release(self, now: float) -> None:
+        """The end of a read of the backend leg: what its deltas made due goes in one write."""
+        self._batch = False
+        if self._batch_due:
+            self._batch_due = False
+            if not self._defer(now):
+                self._pump(now)
 
     def _defer(self, now: float) -> bool:
         """With a clock slower than the frame period, audio pushed while Twilio still holds more

@@ -38,6 +38,20 @@ cdef class WsCore:
         self._leg = leg
 
     def data_received(self, data):
+        cdef MediaCore media = self._media
+        cdef double now = -1.0
+        if media is None or self._leg == 0:
+            self._read(data, &now)
+            return
+        # The backend leg: every audio delta of this read goes into the ring first, and what is
+        # due then leaves in one write to Twilio (a burst of deltas is one write, not one each).
+        media._batch = True
+        try:
+            self._read(data, &now)
+        finally:
+            media._release(now)  # (now was read if any delta came: only then is there anything to send)
+
+    cdef int _read(self, object data, double* now_out) except -1:
         cdef FrameReader reader = self._reader
         cdef int opcode
         cdef bytes payload
@@ -50,7 +64,7 @@ cdef class WsCore:
                 payload = reader._next(&opcode)
             except FrameError as exc:
                 self._violation("size" if exc.code == 1009 else "frame", exc.reason, exc.code)
-                return
+                return 0
             if payload is None:
                 break
             if self._max_rate:
@@ -59,7 +73,7 @@ cdef class WsCore:
                     t = self._clock()
                     if t - self._window_start < 1.0:
                         self._violation("rate", f"over {self._max_rate} messages per second", 1008)
-                        return
+                        return 0
                     self._window_start, self._window_count = t, 1
             if opcode == 0x1:
                 if not self.messages:
@@ -67,6 +81,7 @@ cdef class WsCore:
                     if media is not None:
                         if now < 0:
                             now = self._clock()
+                            now_out[0] = now
                         if self._leg == 0:
                             handled = media._twilio_frame(payload, now)
                         else:
@@ -84,6 +99,7 @@ cdef class WsCore:
                 break
         if self.messages or self.state != _WS_OPEN:
             self._wake()
+        return 0
 
     # ---- writing
 

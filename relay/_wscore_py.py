@@ -73,6 +73,20 @@ class WsCore:
     # ---- bytes from the transport
 
     def data_received(self, data: bytes) -> None:
+        media = self._media
+        if media is None or self._leg == LEG_TWILIO:
+            self._read(data)
+            return
+        # The backend leg: every audio delta of this read goes into the ring first, and what is
+        # due then leaves in one write to Twilio (a burst of deltas is one write, not one each).
+        media._batch = True
+        now: list[float] = []
+        try:
+            self._read(data, now)
+        finally:
+            media._release(now[0] if now else -1.0)
+
+    def _read(self, data: bytes, now_out: list[float] | None = None) -> None:
         reader = self._reader
         reader.feed(data)
         now = None
@@ -100,6 +114,8 @@ class WsCore:
                     if media is not None:
                         if now is None:
                             now = self._clock()
+                            if now_out is not None:
+                                now_out.append(now)
                         handled = (media.twilio_frame if self._leg == LEG_TWILIO else media.backend_frame)(payload, now)
                         if handled:
                             continue

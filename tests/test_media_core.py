@@ -342,3 +342,30 @@ def test_both_cores_expose_the_same_surface(name: str) -> None:
     assert compiled_names <= twin_names
     assert {n for n in compiled_names if not n.startswith("_")} == {n for n in twin_names if not n.startswith("_")}
     assert fast.LEG_TWILIO == _wscore_py.LEG_TWILIO and fast.LEG_BACKEND == _wscore_py.LEG_BACKEND
+
+
+@pytest.mark.parametrize("impl", ["compiled", "twin"])
+def test_a_burst_of_deltas_in_one_read_leaves_in_one_write(impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything a read of the backend leg makes due goes to Twilio in one write."""
+    twilio_t, backend_t = Transport(), Transport()
+    leg = LEGS[impl]
+    twilio_leg = leg(twilio_t, False, 1 << 20, 0, lambda: 1.0)
+    backend_leg = leg(backend_t, True, 1 << 20, 0, lambda: 1.0)
+    twilio_leg.events, backend_leg.events = [], []
+    call = Conversation(
+        START, realtime.AgentProfile(instructions="x"), twilio_leg, [].append, CallOptions(), core=CORES[impl]
+    )
+    call.attach_backend(backend_leg)
+    call.backend_message(orjson.dumps(UPDATED), 1.0)
+    backend_leg.route(call.media, 1)
+    delta = base64.b64encode(bytes(160)).decode()
+    burst = b"".join(
+        ref.build_frame(
+            ref.OP_TEXT, orjson.dumps({"type": "response.output_audio.delta", "item_id": "item_a", "delta": delta})
+        )
+        for _ in range(8)
+    )
+    backend_leg.data_received(burst)
+    assert len(twilio_t.writes) == 1  # the lead's worth (100 ms: 5 frames), with its marks, in one write
+    assert [f[1].count(b'"event":"media"') for f in _frames(twilio_t.writes)].count(1) == 5
+    assert call.media.buffered == 3 * 160  # the rest waits for the clock
