@@ -43,8 +43,16 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         default=500,
         help="also measure relay at this many calls, where its p99 target is set (0: skip)",
     )
-    p.add_argument("--slow-ms", type=float, default=5.0, help="relay-slowed: hold each outbound frame this long")
-    p.add_argument("--burn-us", type=float, default=0.0, help="relay-slowed: extra CPU per outbound frame")
+    p.add_argument(
+        "--slow-ms", type=float, default=5.0, help="relay-slowed: how late it receives what its backend sends"
+    )
+    p.add_argument("--burn-us", type=float, default=0.0, help="relay-slowed: extra CPU per audio delta")
+    p.add_argument(
+        "--answer-burst",
+        type=int,
+        default=1,
+        help="the echo upstream answers this many frames together, as a model's burst (default 1: each at once)",
+    )
     p.add_argument("--check", action="store_true", help="validate every message the relays send against Twilio's rules")
     p.add_argument("--no-pin", action="store_true", help="do not pin relay and load side to separate cores")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -66,6 +74,7 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         "burn_us": args.burn_us,
         "check": args.check,
         "target_calls": args.target_calls,
+        "burst": max(1, args.answer_burst),
     }
     if args.duration is not None:
         overrides["main_s"] = args.duration

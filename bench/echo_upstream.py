@@ -91,9 +91,17 @@ class EchoUpstream:
     """``async with EchoUpstream() as up``: ``up.url`` for relays, ``up.direct_url`` for the floor."""
 
     def __init__(
-        self, frames_per_response: int = DEFAULT_FRAMES_PER_RESPONSE, *, stagger: bool = True, seed: int = 3
+        self,
+        frames_per_response: int = DEFAULT_FRAMES_PER_RESPONSE,
+        *,
+        stagger: bool = True,
+        seed: int = 3,
+        burst: int = 1,
     ) -> None:
         self.frames_per_response = frames_per_response
+        # Frames answered together, in one write, once this many have come: a model answers in
+        # bursts faster than real time, which is when a relay's pacing is at work (1: at once).
+        self.burst = max(1, burst)
         self.stagger = stagger
         self.stats = UpstreamStats()
         self._server: asyncio.Server | None = None
@@ -147,6 +155,8 @@ class _Connection(ServerEndpoint):
         self.response_frames = owner.rng.randint(1, fpr) if owner.stagger else fpr  # the first one: staggered
         self.stream_sid = b""
         self.marks = 0
+        self._held: list[bytes] = []  # answers waiting for the burst to fill
+        self._held_frames = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
     def on_open(self) -> None:
@@ -205,6 +215,8 @@ class _Connection(ServerEndpoint):
                 }
             )
         elif kind == "response.cancel" and self.response_id:
+            self._held.clear()  # a cancelled answer's audio never comes
+            self._held_frames = 0
             self._finish("cancelled")
 
     def _echo(self, audio: bytes) -> None:
@@ -229,11 +241,28 @@ class _Connection(ServerEndpoint):
             )
         )
         stats.deltas += 1
-        self.send_raw(b"".join(out))
+        self._answer(b"".join(out))
         self.frames_in_response += 1
         if self.frames_in_response >= self.response_frames:
+            self._flush()
             self._finish("completed")
             self.response_frames = self.owner.frames_per_response
+
+    def _answer(self, data: bytes) -> None:
+        """One frame's answer: sent now, or with the rest of its burst."""
+        if self.owner.burst == 1:
+            self.send_raw(data)
+            return
+        self._held.append(data)
+        self._held_frames += 1
+        if self._held_frames >= self.owner.burst:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._held:
+            self.send_raw(b"".join(self._held))
+            self._held.clear()
+        self._held_frames = 0
 
     def _item(self, status: str) -> dict[str, Any]:
         return {
@@ -308,7 +337,7 @@ class _Connection(ServerEndpoint):
             self.owner.stats.appends += 1
             self.marks += 1
             payload = message["media"]["payload"].encode()
-            self.send_raw(
+            self._answer(
                 frame(
                     b'{"event":"media","streamSid":"' + self.stream_sid + b'","media":{"payload":"' + payload + b'"}}',
                     OP_TEXT,

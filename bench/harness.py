@@ -99,6 +99,14 @@ def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, Rela
             "/twilio/voice",
             relay_env,
         ),
+        "relay-pacer-40": RelaySpec(
+            "relay-pacer-40",
+            "relay, 40 ms pacer",
+            lambda port, up: [py, "-m", "relay", "serve"],
+            "/twilio/voice",
+            "/twilio/voice",
+            {**relay_env, "RELAY_PACER_INTERVAL_MS": "40"},
+        ),
         "relay-landed": RelaySpec(
             "relay-landed",
             f"relay as landed ({LANDED_COMMIT[:7]})",
@@ -355,6 +363,7 @@ class Options:
     relay_core: int | None = 0
     load_core: int | None = 1
     target_calls: int = 500  # relay is also measured here: its p99 target is set at this count (0: skip)
+    burst: int = 1  # the echo upstream answers this many frames at once (a model's faster-than-real-time burst)
 
     @classmethod
     def quick(cls, **overrides: Any) -> Options:
@@ -459,7 +468,7 @@ class Harness:
         pin(o.load_core)
         started = time.time()
         specs = relay_specs(slow_ms=o.slow_ms, burn_us=o.burn_us)
-        async with EchoUpstream() as upstream:
+        async with EchoUpstream(burst=o.burst) as upstream:
             direct = await self._direct(upstream)
             relays: dict[str, Any] = {}
             for name in o.relays:

@@ -45,7 +45,9 @@ def markdown(report: dict[str, Any]) -> str:
     ours = (relays.get("relay") or {}).get("main")
     direct = (report.get("direct") or {}).get("main") or {}
     lines = [
-        f"{o['calls']} concurrent calls, {o['main_s']:g} s measured per relay; "
+        f"{o['calls']} concurrent calls, {o['main_s']:g} s measured per relay"
+        + (f", answers in bursts of {o['burst']} frames" if o.get("burst", 1) > 1 else "")
+        + "; "
         f"{m['cores']} cores ({m['cpu'] or 'unknown CPU'}), {m['memory_gib']} GiB; {report['started_at']}. "
         f"Direct-path round trip (the floor): p50 {_num(direct.get('rtt_ms', {}).get('p50'))} ms, "
         f"p99 {_num(direct.get('rtt_ms', {}).get('p99'))} ms.",

@@ -541,6 +541,36 @@ def test_echo_upstream_echoes_each_append_inside_a_response_lifecycle(run) -> No
     run(scenario())
 
 
+def test_echo_upstream_answers_in_bursts_when_asked_and_never_holds_past_a_response(run) -> None:
+    """``burst=4``: nothing comes back until four frames came, then all four at once, in order;
+    a response's end sends what its burst held."""
+
+    async def scenario() -> None:
+        async with (
+            EchoUpstream(frames_per_response=6, stagger=False, burst=4) as up,
+            ws_connect(up.url, compression=None) as ws,
+        ):
+            await recv_event(ws)  # session.created
+            for k in range(3):
+                await ws.send(append(audio_chunk(k)))
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.2)  # held: the burst is not full
+            await ws.send(append(audio_chunk(3)))
+            events = await recv_until(ws, "response.output_audio.delta")
+            deltas = [events[-1]] + [(await recv_until(ws, "response.output_audio.delta"))[-1] for _ in range(3)]
+            assert [d["delta"] for d in deltas] == [audio_chunk(k) for k in range(4)]
+            for k in (4, 5):  # the response's sixth frame ends it: its burst goes with the done
+                await ws.send(append(audio_chunk(k)))
+            rest = await recv_until(ws, "response.done")
+            assert [e["delta"] for e in rest if e["type"] == "response.output_audio.delta"] == [
+                audio_chunk(4),
+                audio_chunk(5),
+            ]
+            assert (up.stats.appends, up.stats.deltas) == (6, 6)
+
+    run(scenario())
+
+
 def test_echo_upstream_confirms_a_truncate_and_shrugs_off_a_malformed_message(run) -> None:
     async def scenario() -> None:
         async with EchoUpstream(frames_per_response=3, stagger=False) as up, ws_connect(up.url, compression=None) as ws:
