@@ -137,35 +137,23 @@ cdef class MediaCore:
     cdef bint _twilio_frame(self, object message, double now) except -1:
         cdef Field f[6]
         cdef cbuf p
-        cdef Py_ssize_t i, tn
         cdef long long ts = 0
+        cdef int kind
         if type(message) is bytes:
             p = <cbuf>PyBytes_AS_STRING(message)
-            memset(f, 0, sizeof(f))
-            if _scan(p, PyBytes_GET_SIZE(message), MEDIA, f) and f[0].kind == STRING:
-                if _is(p + f[0].start, f[0].end - f[0].start, b"media", 5):
-                    tn = f[3].end - f[3].start
-                    if (f[1].kind == OBJECT and f[2].kind == STRING and f[2].b64 and f[3].kind == STRING
-                            and 1 <= tn <= 15):
-                        for i in range(f[3].start, f[3].end):
-                            if not _DIGIT[p[i]]:
-                                break
-                            ts = ts * 10 + (p[i] - 48)
-                        else:
-                            self._caller_audio(p + f[2].start, f[2].end - f[2].start, None, ts, now)
-                            return True
-                elif (_is(p + f[0].start, f[0].end - f[0].start, b"mark", 4) and f[4].kind == OBJECT
-                        and f[5].kind == STRING):
-                    # A mark echo, read in the same pass: what twilio.parse_event returns for it.
-                    self._mark(PyUnicode_DecodeASCII(<const char*>p + f[5].start, f[5].end - f[5].start, NULL),
-                               now)
-                    return True
-                else:
-                    return False  # another event, read by the owner
+            kind = _scan_twilio(p, PyBytes_GET_SIZE(message), f, &ts)
+            if kind == SCAN_MEDIA:
+                self._caller_audio(p + f[2].start, f[2].end - f[2].start, None, ts, now)
+                return True
+            if kind == SCAN_MARK:  # a mark echo, read in the same pass: what twilio.parse_event returns
+                self._mark(PyUnicode_DecodeASCII(<const char*>p + f[5].start, f[5].end - f[5].start, NULL), now)
+                return True
+            if kind == SCAN_OTHER:
+                return False  # another event, read by the owner
         # An unusual shape (escapes, non-ASCII, ...): the reference decides, as the twin does.
         twilio = _twilio_events
         try:
-            media = parse_media(message)
+            media = _messages_py.parse_media(message)
             if media is not None:
                 self.caller_audio(media[0], media[1], now)
                 return True
@@ -258,23 +246,27 @@ cdef class MediaCore:
         cdef cbuf p
         cdef Py_ssize_t ni
         cdef ItemAudio item
+        cdef int kind
         if type(message) is bytes:
             p = <cbuf>PyBytes_AS_STRING(message)
-            memset(f, 0, sizeof(f))
-            if _scan(p, PyBytes_GET_SIZE(message), DELTA, f) and f[0].kind == STRING:
-                if not _is(p + f[0].start, f[0].end - f[0].start, b"response.output_audio.delta", 27):
-                    return False
-                if f[1].kind == STRING and f[2].kind == STRING and f[2].b64:
-                    ni = f[1].end - f[1].start
-                    item = self._fast_item
-                    if (item is not None and PyBytes_GET_SIZE(self._fast_id) == ni
-                            and memcmp(PyBytes_AS_STRING(self._fast_id), p + f[1].start, ni) == 0):
-                        # The item's answer: an interrupted one has ended set, and stays dropped.
-                        if not item.ended:
-                            self._agent_push(item, p + f[2].start, f[2].end - f[2].start, now)
-                        return True
+            kind = _scan_delta(p, PyBytes_GET_SIZE(message), f)
+            if kind == SCAN_OTHER:
+                return False
+            if kind == SCAN_DELTA:
+                ni = f[1].end - f[1].start
+                item = self._fast_item
+                if (item is not None and PyBytes_GET_SIZE(self._fast_id) == ni
+                        and memcmp(PyBytes_AS_STRING(self._fast_id), p + f[1].start, ni) == 0):
+                    # The item's answer: an interrupted one has ended set, and stays dropped.
+                    if not item.ended:
+                        self._agent_push(item, p + f[2].start, f[2].end - f[2].start, now)
+                    return True
+                self.agent_audio(PyUnicode_DecodeASCII(<const char*>p + f[1].start, ni, NULL),
+                                 PyBytes_FromStringAndSize(<const char*>p + f[2].start, f[2].end - f[2].start), now)
+                return True
+        # An unusual shape: the reference decides, as the twin does.
         try:
-            delta = parse_audio_delta(message)
+            delta = _messages_py.parse_audio_delta(message)
         except ProtocolError:
             return False
         if delta is None:

@@ -311,27 +311,64 @@ def b64_decoded_len(data):
     return r
 
 
+cdef enum Scanned:
+    SCAN_FALLBACK = 0  # outside the one-pass subset (or malformed): the reference parser decides
+    SCAN_OTHER = 1     # a well-formed message of another kind
+    SCAN_MEDIA = 2     # Twilio media: f[2] the payload (padded base64), *ts its timestamp
+    SCAN_MARK = 3      # Twilio mark echo: f[5] the name (ASCII)
+    SCAN_DELTA = 4     # Realtime audio delta: f[1] the item id (ASCII), f[2] the audio (padded base64)
+
+
+cdef int _scan_twilio(cbuf p, Py_ssize_t n, Field* f, long long* ts) noexcept nogil:
+    """One pass over a Twilio message into f[0..5]: what it is, and where its parts are. The one
+    reading of ``media`` and mark echoes, for ``parse_media`` and the media core alike."""
+    cdef Py_ssize_t i, tn
+    cdef long long t = 0
+    memset(f, 0, 6 * sizeof(Field))
+    if not _scan(p, n, MEDIA, f) or f[0].kind != STRING:
+        return SCAN_FALLBACK
+    if _is(p + f[0].start, f[0].end - f[0].start, b"media", 5):
+        tn = f[3].end - f[3].start
+        if (f[1].kind != OBJECT or f[2].kind != STRING or not f[2].b64 or f[3].kind != STRING
+                or tn < 1 or tn > 15):
+            return SCAN_FALLBACK
+        for i in range(f[3].start, f[3].end):
+            if not _DIGIT[p[i]]:
+                return SCAN_FALLBACK
+            t = t * 10 + (p[i] - 48)
+        ts[0] = t
+        return SCAN_MEDIA
+    if _is(p + f[0].start, f[0].end - f[0].start, b"mark", 4) and f[4].kind == OBJECT and f[5].kind == STRING:
+        return SCAN_MARK
+    return SCAN_OTHER
+
+
+cdef int _scan_delta(cbuf p, Py_ssize_t n, Field* f) noexcept nogil:
+    """One pass over a Realtime event into f[0..2]: an audio delta and its parts, or not one.
+    The one reading of deltas, for ``parse_audio_delta`` and the media core alike."""
+    memset(f, 0, 3 * sizeof(Field))
+    if not _scan(p, n, DELTA, f) or f[0].kind != STRING:
+        return SCAN_FALLBACK
+    if not _is(p + f[0].start, f[0].end - f[0].start, b"response.output_audio.delta", 27):
+        return SCAN_OTHER
+    if f[1].kind != STRING or f[2].kind != STRING or not f[2].b64:
+        return SCAN_FALLBACK
+    return SCAN_DELTA
+
+
 def parse_media(message):
     cdef Field f[6]
     cdef cbuf p
-    cdef Py_ssize_t i, tn
     cdef long long ts = 0
+    cdef int kind
     if type(message) is not bytes:
         return _messages_py.parse_media(message)
     p = <cbuf>PyBytes_AS_STRING(message)
-    memset(f, 0, sizeof(f))
-    if not _scan(p, PyBytes_GET_SIZE(message), MEDIA, f) or f[0].kind != STRING:
+    kind = _scan_twilio(p, PyBytes_GET_SIZE(message), f, &ts)
+    if kind == SCAN_FALLBACK:
         return _messages_py.parse_media(message)
-    if not _is(p + f[0].start, f[0].end - f[0].start, b"media", 5):
+    if kind != SCAN_MEDIA:
         return None
-    tn = f[3].end - f[3].start
-    if (f[1].kind != OBJECT or f[2].kind != STRING or not f[2].b64 or f[3].kind != STRING
-            or tn < 1 or tn > 15):
-        return _messages_py.parse_media(message)
-    for i in range(f[3].start, f[3].end):
-        if not _DIGIT[p[i]]:
-            return _messages_py.parse_media(message)
-        ts = ts * 10 + (p[i] - 48)
     return (PyBytes_FromStringAndSize(<const char*>p + f[2].start, f[2].end - f[2].start),
             PyLong_FromLongLong(ts))
 
@@ -339,16 +376,15 @@ def parse_media(message):
 def parse_audio_delta(message):
     cdef Field f[3]
     cdef cbuf p
+    cdef int kind
     if type(message) is not bytes:
         return _messages_py.parse_audio_delta(message)
     p = <cbuf>PyBytes_AS_STRING(message)
-    memset(f, 0, sizeof(f))
-    if not _scan(p, PyBytes_GET_SIZE(message), DELTA, f) or f[0].kind != STRING:
+    kind = _scan_delta(p, PyBytes_GET_SIZE(message), f)
+    if kind == SCAN_FALLBACK:
         return _messages_py.parse_audio_delta(message)
-    if not _is(p + f[0].start, f[0].end - f[0].start, b"response.output_audio.delta", 27):
+    if kind != SCAN_DELTA:
         return None
-    if f[1].kind != STRING or f[2].kind != STRING or not f[2].b64:
-        return _messages_py.parse_audio_delta(message)
     return (PyUnicode_DecodeASCII(<const char*>p + f[1].start, f[1].end - f[1].start, NULL),
             PyBytes_FromStringAndSize(<const char*>p + f[2].start, f[2].end - f[2].start))
 
