@@ -94,7 +94,7 @@ class WsCore:
             try:
                 frame = reader.read()
             except FrameError as exc:
-                self._violation("size" if exc.code == 1009 else "frame", exc.reason, exc.code)  # type: ignore[attr-defined]
+                self._violation("size" if exc.code == 1009 else "frame", exc.reason, exc.code)  # type: ignore[attr-defined]  # the subclass's hook
                 return
             if frame is None:
                 break
@@ -104,7 +104,7 @@ class WsCore:
                 if self._window_count > self._max_rate:
                     t = self._clock()
                     if t - self._window_start < 1.0:
-                        self._violation("rate", f"over {self._max_rate} messages per second", 1008)  # type: ignore[attr-defined]
+                        self._violation("rate", f"over {self._max_rate} messages per second", 1008)  # type: ignore[attr-defined]  # the subclass's hook
                         return
                     self._window_start, self._window_count = t, 1
             if opcode == OP_TEXT:
@@ -121,16 +121,16 @@ class WsCore:
                             continue
                 self.messages.append(payload)
             elif opcode == OP_CLOSE:
-                self._on_close_frame(payload)  # type: ignore[attr-defined]
+                self._on_close_frame(payload)  # type: ignore[attr-defined]  # the subclass's hook
                 break
             elif opcode == OP_PING:
                 self._write(build_frame(OP_PONG, payload, self._mask()))
             elif opcode == OP_BINARY:
                 # Both peers speak JSON text; a binary message is not ours to guess at.
-                self._violation("binary", "binary messages are not accepted", 1003)  # type: ignore[attr-defined]
+                self._violation("binary", "binary messages are not accepted", 1003)  # type: ignore[attr-defined]  # the subclass's hook
                 break
         if self.messages or self.state != OPEN:
-            self._wake()  # type: ignore[attr-defined]
+            self._wake()  # type: ignore[attr-defined]  # the subclass's hook
 
     # ---- writing
 

@@ -220,7 +220,7 @@ class Settings:
         text("RELAY_LOG_LEVEL", "log_level")
         flag("RELAY_ALLOW_PYTHON_FASTPATH", "allow_python_fastpath")
 
-        settings = cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]  # values checked one by one above
         problems += settings.problems(serve=serve)
         if problems:
             raise ConfigError(problems)

@@ -38,7 +38,7 @@ try:
         ulaw_to_pcm16,
     )
 except ImportError:  # not built: the reference keeps tools and tests usable
-    from relay._fastpath_py import (  # type: ignore[assignment]
+    from relay._fastpath_py import (  # type: ignore[assignment]  # the twin, typed apart from the stub
         EV_AUDIO_ERROR,
         EV_NEW_ITEM,
         EV_PLAYED,

@@ -415,7 +415,7 @@ class HttpProtocol(asyncio.Protocol):
         if relay.connections > relay.settings.max_connections:
             relay.violations["connections"] += 1
             log.warning("refusing a connection: %d open (RELAY_MAX_CONNECTIONS)", relay.connections - 1)
-            transport.abort()  # type: ignore[attr-defined]
+            transport.abort()  # type: ignore[attr-defined]  # a TCP transport aborts
 
     def data_received(self, data: bytes) -> None:
         if self._ws is not None:
@@ -640,7 +640,7 @@ class HttpProtocol(asyncio.Protocol):
         )
         self._ws.on_lost = self._lost
         # From here on the transport feeds the WebSocket's compiled read loop directly.
-        self._transport.set_protocol(self._ws)  # type: ignore[arg-type]
+        self._transport.set_protocol(self._ws)  # type: ignore[arg-type]  # WsCore is a protocol, not a subclass
         self._relay.start_call(self._ws, found)
         if rest:
             self._ws.data_received(rest)

@@ -105,7 +105,7 @@ def record_from_dict(data: dict[str, object]) -> Record:
         KeyError, TypeError: not such a dict.
     """
     data = dict(data)
-    return _TYPES[str(data.pop("type"))](**data)  # type: ignore[arg-type]
+    return _TYPES[str(data.pop("type"))](**data)  # type: ignore[arg-type]  # a record's own fields
 
 
 def describe(record: Record) -> str:

@@ -42,12 +42,12 @@ class _ClientHandshake(asyncio.Protocol):
         self.opened: asyncio.Future[UpstreamConnection] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a TCP transport
         request = self._protocol.connect()
         for name, value in self._headers.items():
             request.headers[name] = value
         self._protocol.send_request(request)
-        transport.write(b"".join(self._protocol.data_to_send()))  # type: ignore[attr-defined]
+        transport.write(b"".join(self._protocol.data_to_send()))  # type: ignore[attr-defined]  # a TCP transport writes
 
     def data_received(self, data: bytes) -> None:
         if self.connection is not None:
@@ -72,7 +72,7 @@ class _ClientHandshake(asyncio.Protocol):
         assert self.transport is not None
         self.connection = UpstreamConnection(self.transport, max_size=self._max_size)
         # From here on the transport feeds the connection's compiled read loop directly.
-        self.transport.set_protocol(self.connection)  # type: ignore[arg-type]
+        self.transport.set_protocol(self.connection)  # type: ignore[arg-type]  # WsCore is a protocol, not a subclass
         if not self.opened.done():
             self.opened.set_result(self.connection)
         if rest:

@@ -67,7 +67,7 @@ class Rng(random.Random):
     is most of the run.
     """
 
-    def randrange(self, stop: int) -> int:  # type: ignore[override]
+    def randrange(self, stop: int) -> int:  # type: ignore[override]  # the one-argument form only
         return int(self.random() * stop)
 
     def randint(self, a: int, b: int) -> int:
@@ -166,7 +166,7 @@ SEEDS: tuple[bytes, ...] = TWILIO_SEEDS + REALTIME_SEEDS + B64_SEEDS
 # ------------------------------------------------------------------ JSON trees with the peer's freedoms
 
 
-class Obj(list):  # type: ignore[type-arg]
+class Obj(list):  # type: ignore[type-arg]  # pairs of any JSON
     """A JSON object as ordered ``(key, value)`` pairs, so keys may repeat."""
 
 
@@ -752,7 +752,7 @@ def known_bug(parser: str, exc: BaseException) -> KnownBug | None:
 def _parser(name: str, impl: str | None, compiled: Any) -> Callable[[bytes], Any]:
     """The callable behind a ``MESSAGE_PARSERS`` row, looked up when a run starts."""
     if impl is not None:
-        return getattr(compiled, impl)  # type: ignore[no-any-return]
+        return getattr(compiled, impl)  # type: ignore[no-any-return]  # a parser by name
     return twilio.parse_event if name.startswith("twilio.") else realtime.parse_event
 
 
