@@ -20,26 +20,13 @@ import orjson
 import pytest
 
 from relay import _fastpath_py as ref
-from relay import twilio
 from relay.agents import AgentProfile
 from relay.call_options import CallOptions
 from relay.conversation import Conversation
+from tests.test_media_core import START, UPDATED
 
 fast = pytest.importorskip("relay._fastpath", reason="compiled hot path not built")
 
-START = twilio.Start(
-    stream_sid="MZ" + "5" * 32,
-    call_sid="CA" + "7" * 32,
-    account_sid="AC" + "1" * 32,
-    tracks=("inbound",),
-    encoding="audio/x-mulaw",
-    sample_rate=8000,
-    channels=1,
-)
-UPDATED = {
-    "type": "session.updated",
-    "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcmu"}}}},
-}
 FRAMES = 1000
 
 
