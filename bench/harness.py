@@ -14,6 +14,7 @@ same load side, so what the load side itself adds cancels out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -63,6 +64,7 @@ class RelaySpec:
     env: dict[str, str] = field(default_factory=dict)
     requires: tuple[str, ...] = ()  # Python modules or executables it needs
     root: Path = ROOT  # the source tree it runs from (its working directory and PYTHONPATH)
+    scrape_s: float = 0.0  # read its /metrics this often while it is measured (0: never)
 
 
 def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, RelaySpec]:
@@ -106,6 +108,15 @@ def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, Rela
             "/twilio/voice",
             "/twilio/voice",
             {**relay_env, "RELAY_PACER_INTERVAL_MS": "40"},
+        ),
+        "relay-scraped": RelaySpec(
+            "relay-scraped",
+            "relay, /metrics read every second",
+            lambda port, up: [py, "-m", "relay", "serve"],
+            "/twilio/voice",
+            "/twilio/voice",
+            relay_env,
+            scrape_s=1.0,
         ),
         "relay-landed": RelaySpec(
             "relay-landed",
@@ -535,12 +546,24 @@ class Harness:
         capacity = max((s["calls"] for s in steps if not s["load_bound"]), default=0)
         return {"title": "direct (no relay: the floor)", "main": main, "steps": steps, "load_side_capacity": capacity}
 
+    @staticmethod
+    async def _scrape(proc: RelayProcess, every_s: float) -> None:
+        """Read the relay's /metrics every ``every_s``, as Prometheus would (its CPU is the relay's)."""
+        from relay.sim.caller import http_get
+
+        url = f"http://127.0.0.1:{proc.port}/metrics"
+        while True:
+            await asyncio.sleep(every_s)
+            with contextlib.suppress(OSError):
+                await http_get(url)
+
     async def _relay(self, spec: RelaySpec, upstream: EchoUpstream) -> dict[str, Any]:
         o = self.o
         proc = RelayProcess(spec, upstream.url, o.relay_core, self.workdir)
         await proc.start()
         run = LoadRun(proc.target, check=o.check)
         steps: dict[int, dict[str, Any]] = {}
+        scraper = asyncio.create_task(self._scrape(proc, spec.scrape_s)) if spec.scrape_s else None
         try:
             rss_idle = proc.rss_kib()  # listening, no call yet
 
@@ -599,6 +622,8 @@ class Harness:
             if spec.name == "relay" and o.target_calls and o.target_calls not in steps:
                 await measure(o.target_calls, o.step_s)  # relay's latency target is set at this count
         finally:
+            if scraper is not None:
+                scraper.cancel()
             await run.close()  # every call hung up; stop() lets the relay drain what is left
             await proc.stop()
         return {

@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--calls", type=int, default=1, help="concurrent calls (default 1)")
     demo.add_argument("--record", metavar="FILE.wav", help="write what the first caller heard")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.add_argument("--metrics", action="store_true", help="print the relay's /metrics scrape at the end")
     demo.add_argument("--db", metavar="PATH", help="SQLite file for the turns (default: a new temp file)")
     demo.add_argument("--think-ms", type=int, default=300, help="the simulated agent's think time")
     admin.add_commands(commands)
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"relay: {exc}", file=sys.stderr)
             return 2
-        logs.configure(settings.log_level)
+        logs.configure(settings.log_level, settings.log_format or None)
         uvloop.run(serve(settings))
         return 0
 
@@ -168,10 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(args.calls, record=args.record, db_path=args.db, agent_config=AgentConfig(think_ms=args.think_ms))
     )
     if args.json:
-        brief = {k: v for k, v in summary.items() if k != "call_details"}
+        brief = {k: v for k, v in summary.items() if k not in ("call_details", "metrics")}
         sys.stdout.write(orjson.dumps(brief, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(format_table(summary))
+    if args.metrics:
+        print(summary["metrics"], end="")
     ok = summary["violations"] == 0 and not summary["errors"] and summary["calls_completed"] == summary["calls"]
     return 0 if ok else 1
 

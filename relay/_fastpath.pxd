@@ -128,6 +128,7 @@ cdef class ItemAudio:
     cdef readonly long long marked        # ``out`` at the last mark sent
     cdef readonly long long played        # bytes known played (the last mark echoed)
     cdef readonly object played_at        # loop time of that echo, or None
+    cdef readonly object first_in_at      # loop time its first audio came from the backend, or None
     cdef readonly object first_out_at     # loop time its first frame was sent, or None
     cdef readonly object heard_ms         # where the caller cut it, or None
     cdef readonly bint ended              # no more audio will come for it

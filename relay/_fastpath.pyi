@@ -480,6 +480,9 @@ class ItemAudio:
     def played_at(self) -> float | None:
         """Loop time of that echo."""
     @property
+    def first_in_at(self) -> float | None:
+        """Loop time its first audio came from the backend."""
+    @property
     def first_out_at(self) -> float | None:
         """Loop time its first frame was sent."""
     @property

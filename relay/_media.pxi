@@ -22,7 +22,7 @@ cdef class ItemAudio:
     def __init__(self, item_id):
         self.item_id = item_id
         self.produced = self.out = self.marked = self.played = 0
-        self.played_at = self.first_out_at = self.heard_ms = None
+        self.played_at = self.first_in_at = self.first_out_at = self.heard_ms = None
         self.ended = self.interrupted = False
 
     def __repr__(self):
@@ -94,7 +94,7 @@ cdef class MediaCore:
         items = []
         for found in self._items.values():
             i = <ItemAudio>found
-            items.append((i.item_id, i.produced, i.out, i.marked, i.played, i.played_at, i.first_out_at, i.ended,
+            items.append((i.item_id, i.produced, i.out, i.marked, i.played, i.played_at, i.first_in_at, i.first_out_at, i.ended,
                           i.interrupted, i.heard_ms))
         return {"ring": (ring.buffered, ring.pushed, ring.sent, ring.padded, ring.heard, ring.dropped),
                 "segments": [((<ItemAudio>segment[0]).item_id, segment[1]) for segment in self._segments],
@@ -304,6 +304,8 @@ cdef class MediaCore:
         except ProtocolError:  # not base64, or an answer longer than the ring holds
             self.on_event(EV_AUDIO_ERROR, item.item_id, now)
             return 0
+        if item.produced == 0:
+            item.first_in_at = now
         item.produced += m
         segments = self._segments
         if segments and segments[-1][0] is item:

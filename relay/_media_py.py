@@ -47,6 +47,7 @@ class ItemAudio:
 
     __slots__ = (
         "ended",
+        "first_in_at",
         "first_out_at",
         "heard_ms",
         "interrupted",
@@ -65,6 +66,7 @@ class ItemAudio:
         self.marked = 0  # ``out`` at the last mark sent
         self.played = 0  # bytes known played (the last mark echoed)
         self.played_at: float | None = None  # loop time of that echo
+        self.first_in_at: float | None = None  # loop time its first audio came from the backend
         self.first_out_at: float | None = None  # loop time its first frame was sent
         self.ended = False  # no more audio will come for it
         self.interrupted = False
@@ -209,6 +211,7 @@ class MediaCore:
                     i.marked,
                     i.played,
                     i.played_at,
+                    i.first_in_at,
                     i.first_out_at,
                     i.ended,
                     i.interrupted,
@@ -348,6 +351,8 @@ class MediaCore:
         except ProtocolError:  # not base64, or an answer longer than the ring holds
             self.on_event(EV_AUDIO_ERROR, item_id, now)
             return
+        if item.produced == 0:
+            item.first_in_at = now
         item.produced += n
         if self._segments and self._segments[-1][0] is item:
             self._segments[-1][1] += n

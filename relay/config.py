@@ -13,6 +13,7 @@ from relay.agents import RANGES, VOICES, AgentProfile
 from relay.audio_format import FRAME_MS
 from relay.call_options import CallOptions
 from relay.errors import ConfigError
+from relay.logs import FORMATS
 from relay.streamtoken import derive_secret
 from relay.twilio import ACCOUNT_SID
 
@@ -48,6 +49,8 @@ class Settings:
     twilio_account_sid: str = ""  # the account TWILIO_AUTH_TOKEN belongs to; checked when set
     skip_twilio_signature: bool = False  # development only: every start says so, loudly
     stream_secret: str = field(default="", repr=False)
+    metrics_token: str = field(default="", repr=False)  # /metrics wants "Authorization: Bearer <it>" when set
+    metrics_port: int = 0  # /metrics (and /healthz) on a port of their own as well (0: only the main one)
     sqlite_path: str = "relay.sqlite3"
     spool_path: str = "relay.spool"
     dead_letter_path: str = "relay.dead-letter.jsonl"
@@ -79,6 +82,7 @@ class Settings:
     max_connections: int = 10000
     allow_python_fastpath: bool = False
     log_level: str = "INFO"
+    log_format: str = ""  # json or text; empty: json unless stderr is a terminal
 
     @property
     def stream_token_key(self) -> bytes:
@@ -180,6 +184,8 @@ class Settings:
         text("TWILIO_AUTH_TOKEN", "twilio_auth_token")
         text("TWILIO_ACCOUNT_SID", "twilio_account_sid")
         text("RELAY_STREAM_SECRET", "stream_secret")
+        text("RELAY_METRICS_TOKEN", "metrics_token")
+        number("RELAY_METRICS_PORT", "metrics_port", int, 0, 65535)
         flag("RELAY_INSECURE_SKIP_TWILIO_SIGNATURE", "skip_twilio_signature")
         text("DATABASE_URL", "database_url")
         text("RELAY_SQLITE_PATH", "sqlite_path")
@@ -218,6 +224,7 @@ class Settings:
         number("RELAY_MAX_MESSAGES_PER_SECOND", "max_messages_per_second", int, 60, 100_000)
         number("RELAY_MAX_CONNECTIONS", "max_connections", int, 1, 1_000_000)
         text("RELAY_LOG_LEVEL", "log_level")
+        text("RELAY_LOG_FORMAT", "log_format")
         flag("RELAY_ALLOW_PYTHON_FASTPATH", "allow_python_fastpath")
 
         settings = cls(**values)  # type: ignore[arg-type]  # values checked one by one above
@@ -278,6 +285,8 @@ class Settings:
                 f"one frame under RELAY_PLAYOUT_LEAD_MS={self.playout_lead_ms} "
                 "(Twilio must never run dry between ticks)"
             )
+        if self.log_format not in ("", *FORMATS):
+            problems.append(f"RELAY_LOG_FORMAT={self.log_format!r} must be json or text")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             problems.append(f"RELAY_LOG_LEVEL={self.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
         return problems

@@ -197,6 +197,7 @@ class Conversation:
         "hangup_requested",
         "media",
         "on_hangup",
+        "on_turn_stored",
         "on_wants_clock",
         "options",
         "start",
@@ -234,6 +235,8 @@ class Conversation:
         # wait to be sent (``tick`` wanted; the media core has its own clock hook).
         self.on_hangup: Callable[[], None] = lambda: None
         self.on_wants_clock: Callable[[], None] = lambda: None
+        # A turn was stored: (role, the answer or None for the caller's); for metrics.
+        self.on_turn_stored: Callable[[str, AssistantTurn | None], None] = lambda role, turn: None
         # ---- backend leg
         self.backend: ev.Backend = ev.for_agent(agent)  # the (last) session's protocol
         self._upstream: BackendSink | None = None  # the current session's socket, if any
@@ -599,6 +602,7 @@ class Conversation:
                 text_heard=turn.transcript,
             )
         )
+        self.on_turn_stored("user", None)
 
     def _heard_text(self, turn: AssistantTurn) -> str:
         heard_ms = turn.heard_ms
@@ -639,6 +643,7 @@ class Conversation:
                 voice_to_voice_ms=round(v2v, 1) if v2v is not None else None,
             )
         )
+        self.on_turn_stored("assistant", turn)
 
     def finish(self, end_reason: str) -> None:
         """Submit every turn still open and the call's end: nothing said is left unstored."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from relay import fastpath
 from relay.config import Settings
+from relay.metrics import render
 from relay.server import Relay, RelayServer
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
@@ -80,6 +81,7 @@ async def run_demo(
         callers = [TwilioCaller(webhook, script or DEMO_SCRIPT) for _ in range(calls)]
         results: list[CallResult] = await asyncio.gather(*(c.run() for c in callers))
         await server.close()
+        scrape = render(server.relay).decode()  # what Prometheus would read from this relay now
         await store.flush()
         stored = {r.call_sid: await store.turns(r.call_sid) for r in results}
         ends = {str(c["call_sid"]): str(c["end_reason"]) for c in await store.calls()}
@@ -90,7 +92,9 @@ async def run_demo(
     if record and results:
         audio.write_wav(record, results[0].heard)
     hangup_expected = (script or DEMO_SCRIPT).wait_for_hangup
-    return _summary(results, stored, ends, agent, path, time.perf_counter() - started, record, hangup_expected)
+    summary = _summary(results, stored, ends, agent, path, time.perf_counter() - started, record, hangup_expected)
+    summary["metrics"] = scrape
+    return summary
 
 
 def _summary(

@@ -12,6 +12,9 @@ Routes:
     POST /twilio/after-stream   what the caller hears once relay has closed the stream (Twilio runs the
                                 TwiML after </Connect>): an apology after a failure, else the hang-up
     GET  /healthz               200 while the process serves
+    GET  /metrics               the Prometheus text format (``relay.metrics``); with RELAY_METRICS_TOKEN set,
+                                only with ``Authorization: Bearer <token>``. RELAY_METRICS_PORT serves it
+                                (and /healthz) on a port of its own as well.
 
 Every Twilio request is signed (``relay.trust``): the signer must be the deployment or the tenant
 whose call it is, from that tenant's own account.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
 import logging
 import os
 import time
@@ -34,11 +38,12 @@ import orjson
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from relay import fastpath, streamtoken, twilio, upstream
+from relay import fastpath, logs, streamtoken, twilio, upstream
 from relay.admission import Admission, LocalAdmission
 from relay.agents import AgentProfile
 from relay.config import Settings
 from relay.errors import ProtocolError
+from relay.metrics import CONTENT_TYPE_LATEST, LAG_BUCKETS_MS, Buckets, CallLedger, LiveCall, render
 from relay.pacer import Pacer
 from relay.session import CallSession, ResolveAgent, Upstream
 from relay.store import Store
@@ -55,6 +60,7 @@ MAX_OUTCOMES = 10_000  # how many ended calls' reasons the after-stream hook fin
 # How long the after-stream hook waits for a call's end to reach the store (it may be in flight
 # from another relay) before it answers as for a failure.
 OUTCOME_WAIT_S = 1.0
+LAG_SAMPLE_S = 0.25  # how often the event loop's timer lateness is sampled for /metrics
 # Calls whose stream relay ended normally: the caller hears nothing more. Every other way a
 # stream ends while the call is up (a failure, or no record at all: a relay that died) gets
 # the apology, so no caller is left in silence.
@@ -115,6 +121,11 @@ class Relay:
         self.sessions: set[asyncio.Task[None]] = set()
         self.background: set[asyncio.Future[None]] = set()  # webhook answers in flight
         self.calls_total = 0
+        # What calls did, for /metrics: by tenant (bounded), per turn and per call.
+        self.ledger = CallLedger()
+        self.live: dict[asyncio.Task[None], CallSession] = {}
+        self.admission_refusals = 0  # webhooks answered "busy": the tenant or agent was at its limit
+        self.loop_lag = Buckets(LAG_BUCKETS_MS)  # the event loop's timer lateness, sampled
         # How recent calls ended, for the after-stream hook when it lands on this relay.
         self.outcomes: collections.OrderedDict[str, str] = collections.OrderedDict()
 
@@ -189,10 +200,12 @@ class Relay:
             self.malformed_webhooks += 1
             log.warning("webhook refused: %s", exc)
             return HTTPStatus.BAD_REQUEST, f"{exc}\n"
+        logs.call_scope(call_sid=call.call_sid)
         route = await self.directory.route(call.to)
         if route is None:
             log.warning("webhook: call %s to %s: number not configured", call.call_sid, call.to)
             return HTTPStatus.OK, twilio.refusal_twiml(self.settings.not_configured_message)
+        logs.call_scope(tenant=route.tenant_id)
         problem = self.binding_problem(found, route.tenant_id, call.account_sid)
         if problem is not None:
             log.warning("webhook refused: call %s to %s: %s", call.call_sid, call.to, problem)
@@ -203,6 +216,7 @@ class Relay:
             log.warning("webhook: admission check failed (%s); admitting call %s", type(exc).__name__, call.call_sid)
             admitted = True
         if not admitted:
+            self.admission_refusals += 1
             log.warning("webhook: call %s refused: tenant %s is at its call limit", call.call_sid, route.tenant_id)
             return HTTPStatus.OK, twilio.refusal_twiml(self.settings.busy_message)
         log.info(
@@ -328,6 +342,14 @@ class Relay:
             self._pacer = Pacer(period=self.settings.pacer_interval_ms / 1000)
         return self._pacer
 
+    def live_calls(self) -> list[LiveCall]:
+        """The calls in progress, for a scrape."""
+        return [
+            LiveCall(session.tenant_id, session.conversation.stats if session.conversation is not None else None)
+            for session in self.live.values()
+            if session.start is not None
+        ]
+
     def note_upstream_outlived(self) -> None:
         self.upstreams_outlived += 1
 
@@ -364,8 +386,10 @@ class Relay:
             on_started=self.call_started,
             on_ended=self.note_outcome,
             on_upstream_outlived=self.note_upstream_outlived,
+            on_turn_stored=self.ledger.turn_stored,
         )
         task = asyncio.create_task(self._run_call(session))
+        self.live[task] = session
         self.sessions.add(task)
         task.add_done_callback(self.sessions.discard)
         self.calls_total += 1
@@ -377,6 +401,15 @@ class Relay:
             log.exception("call %s crashed", session.call_sid)
             await session.twilio.close(1011, "internal error")
         finally:
+            # The call's final counts join the ledger as it leaves the live set, in one step.
+            task = asyncio.current_task()
+            if task is not None:
+                self.live.pop(task, None)
+            if session.start is not None:
+                conversation = session.conversation
+                self.ledger.call_ended(
+                    session.tenant_id, session.end_reason, conversation.stats if conversation else None
+                )
             if session.call_sid and session.end_reason != "stream_token_invalid":
                 await self._admission_note(self.admission.ended, session.call_sid)
 
@@ -396,8 +429,9 @@ class Relay:
 class HttpProtocol(asyncio.Protocol):
     """One TCP connection: HTTP/1.1 requests until it upgrades to a WebSocket."""
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, *, metrics_only: bool = False) -> None:
         self._relay = relay
+        self._metrics_only = metrics_only  # the metrics port: /metrics and /healthz, nothing else
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._ws: Connection | None = None
@@ -516,6 +550,10 @@ class HttpProtocol(asyncio.Protocol):
                 keep_alive=keep_alive,
                 head_only=method == b"HEAD",
             )
+        elif url.path == "/metrics" and method in (b"GET", b"HEAD"):
+            self._metrics(keep_alive, head_only=method == b"HEAD")
+        elif self._metrics_only:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
         elif (url.path == twilio.STREAM_PATH and method in (b"POST", b"GET")) or (
             url.path == twilio.AFTER_STREAM_PATH and method == b"POST"
         ):
@@ -524,6 +562,15 @@ class HttpProtocol(asyncio.Protocol):
             self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", keep_alive=keep_alive)
         else:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
+
+    def _metrics(self, keep_alive: bool, *, head_only: bool) -> None:
+        token = self._relay.settings.metrics_token
+        if token:
+            given = next((v for k, v in self._headers if k.lower() == "authorization"), "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                self._send(HTTPStatus.UNAUTHORIZED, b"unauthorized\n", keep_alive=keep_alive)
+                return
+        self._send(HTTPStatus.OK, render(self._relay), CONTENT_TYPE_LATEST, keep_alive=keep_alive, head_only=head_only)
 
     def _twilio_request(self, method: bytes, path: str, query: str, keep_alive: bool) -> None:
         """A request from Twilio (the voice webhook or the after-stream hook): a form body (POST)
@@ -658,7 +705,9 @@ class RelayServer:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self._server: asyncio.base_events.Server | None = None
+        self._metrics_server: asyncio.base_events.Server | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._lag_sampler: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -669,9 +718,23 @@ class RelayServer:
         loop = asyncio.get_running_loop()
         s = self.relay.settings
         self._server = await loop.create_server(lambda: HttpProtocol(self.relay), s.host, s.port, reuse_address=True)
+        if s.metrics_port:
+            self._metrics_server = await loop.create_server(
+                lambda: HttpProtocol(self.relay, metrics_only=True), s.host, s.metrics_port, reuse_address=True
+            )
+        self._lag_sampler = asyncio.create_task(self._sample_loop_lag(), name="loop-lag")
         if self.relay.credential_source is not None:
             await self.relay.refresh_credentials()
             self._refresher = asyncio.create_task(self._refresh_credentials(), name="tenant-token-refresh")
+
+    async def _sample_loop_lag(self) -> None:
+        # How late the loop runs a timer: what every call's tick and read waits on, measured
+        # off the frame path every LAG_SAMPLE_S.
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_SAMPLE_S
+            await asyncio.sleep(LAG_SAMPLE_S)
+            self.relay.loop_lag.observe(max(0.0, loop.time() - due) * 1000)
 
     async def _refresh_credentials(self) -> None:
         # A handshake cannot wait for the database, so it checks the tokens known here; a new
@@ -682,8 +745,11 @@ class RelayServer:
 
     async def close(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let live calls finish (bounded), then end the rest."""
-        if self._refresher is not None:
-            self._refresher.cancel()
+        for task in (self._refresher, self._lag_sampler):
+            if task is not None:
+                task.cancel()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         if self._server is not None:
             self._server.close()
         sessions = set(self.relay.sessions)

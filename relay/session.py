@@ -33,10 +33,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from relay import twilio
+from relay import logs, twilio
 from relay.agents import Agent, AgentProfile
 from relay.call_options import CallOptions
-from relay.conversation import CallStats, Conversation, cut_words
+from relay.conversation import AssistantTurn, CallStats, Conversation, cut_words
 from relay.errors import BackendError, ProtocolError
 from relay.fastpath import LEG_BACKEND, LEG_TWILIO, MediaCore
 from relay.pacer import Pacer
@@ -123,6 +123,7 @@ class CallSession:
         on_started: Callable[[str], None] | None = None,
         on_ended: Callable[[str, str], None] | None = None,
         on_upstream_outlived: Callable[[], None] | None = None,
+        on_turn_stored: Callable[[str, str, AssistantTurn | None], None] | None = None,
     ) -> None:
         self.twilio = twilio_ws
         self._connect_upstream = connect_upstream
@@ -139,6 +140,7 @@ class CallSession:
         self._on_started = on_started
         self._on_ended = on_ended
         self._on_outlived = on_upstream_outlived
+        self._on_turn_stored = on_turn_stored  # (tenant, role, the answer or None): for metrics
         self.start: twilio.Start | None = None
         self.conversation: Conversation | None = None
         self.end_reason = ""
@@ -187,6 +189,7 @@ class CallSession:
             self.end_reason = "stream_token_invalid"
             await self.twilio.close(1008, refused[:100])
             return
+        logs.call_scope(call_sid=start.call_sid, stream_sid=start.stream_sid, tenant=self.tenant_id)
         if self._on_started is not None:
             self._on_started(start.call_sid)
         await self._pick_agent()
@@ -199,6 +202,9 @@ class CallSession:
         media.on_wants_clock = lambda: self._pacer.add(media, media.tick)
         conversation.on_wants_clock = lambda: self._pacer.add(conversation, conversation.tick)
         conversation.on_hangup = self._hangup.set
+        if self._on_turn_stored is not None:
+            on_turn, tenant = self._on_turn_stored, self.tenant_id
+            conversation.on_turn_stored = lambda role, turn: on_turn(tenant, role, turn)
         log.info("call %s stream %s started", start.call_sid, start.stream_sid)
         try:
             await self._bridge(conversation)

@@ -20,10 +20,13 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from relay.metrics import BATCH_BUCKETS_S, Buckets
 
 log = logging.getLogger("relay.store")
 
@@ -138,6 +141,7 @@ class Store(ABC):
         self._overflow: set[asyncio.Task[None]] = set()
         self.dead_letter_path = Path(dead_letter_path)
         self.dead_letters = 0  # records written to the dead-letter file by this process
+        self.batch_seconds = Buckets(BATCH_BUCKETS_S)  # how long each batch took to settle
         # Records put in the queue, and records the writer is done with (written, spooled or
         # dead-lettered), in queue order: flush() waits for the second to pass the first.
         self._enqueued = 0
@@ -197,6 +201,15 @@ class Store(ABC):
         await self._queue.put(record)
         self._enqueued += 1
 
+    @property
+    def queue_depth(self) -> int:
+        """Records waiting for the writer, the batch it holds included."""
+        return self._queue.qsize() + len(self._inflight) + len(self._overflow)
+
+    def spool_stats(self) -> tuple[int, int] | None:
+        """(bytes in the outage spool, records this process spooled); None: this store has none."""
+        return None
+
     async def flush(self) -> None:
         """Return once every record submitted before the call is written (or spooled, or
         dead-lettered); records submitted meanwhile are not waited for."""
@@ -211,7 +224,9 @@ class Store(ABC):
             batch = self._inflight = [await self._queue.get()]
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            started = time.monotonic()
             await self._settle(batch)
+            self.batch_seconds.observe(time.monotonic() - started)
             self._inflight = []
             for _ in batch:
                 self._queue.task_done()

@@ -25,6 +25,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 RUN_LOG = os.path.join(
     os.environ.get("PYTEST_RUN_LOG_DIR") or __import__("tempfile").gettempdir(), f"relay-test-run-{os.getpid()}.log"
 )
+RUN_LOG_JSON = RUN_LOG.removesuffix(".log") + ".jsonl"  # the same records, as RELAY_LOG_FORMAT=json writes them
 # The secret values the tests hand the relay (keys, tokens, passwords); none may be logged.
 SECRETS = (
     "sim-auth-token",
@@ -48,8 +49,14 @@ def pytest_configure(config: pytest.Config) -> None:
     handler = logging.FileHandler(RUN_LOG, mode="w", encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    from relay.logs import JsonFormatter
+
+    as_json = logging.FileHandler(RUN_LOG_JSON, mode="w", encoding="utf-8")
+    as_json.setLevel(logging.DEBUG)
+    as_json.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
+    root.addHandler(as_json)
     root.setLevel(logging.DEBUG)
     # websockets logs every frame at DEBUG (the simulators use it): held at INFO as relay does.
     for noisy in ("websockets", "asyncio", "hypothesis", "matplotlib", "PIL"):

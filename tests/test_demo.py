@@ -25,3 +25,6 @@ async def test_the_demo_call_is_greeted_answered_and_hung_up_by_the_agent(tmp_pa
         assert call["caller_heard"][-1] == AgentConfig().farewell
     assert (tmp_path / "heard.wav").stat().st_size > 44
     assert "agent_hangup" in format_table(summary)
+    # The scrape `relay demo --metrics` prints: both calls, every turn stored.
+    assert 'relay_calls_total{end_reason="agent_hangup",tenant="default"} 2.0' in summary["metrics"]
+    assert 'relay_turns_total{role="assistant",tenant="default"} 8.0' in summary["metrics"]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import orjson
 import pytest
 
 from relay.pg import PostgresStore
 from relay.sim.caller import TwilioCaller
-from tests.conftest import RUN_LOG, SECRETS
+from tests.conftest import RUN_LOG, RUN_LOG_JSON, SECRETS
 from tests.pgutil import TcpProxy, create_database, drop_database, dsn
 from tests.test_call import SHORT, stack
 
@@ -45,7 +46,10 @@ async def test_no_secret_appears_in_the_logs_of_the_run(tmp_path: Path) -> None:
     assert result.error is None
     for handler in logging.getLogger().handlers:
         handler.flush()
-    text = Path(RUN_LOG).read_text(encoding="utf-8", errors="replace")
-    assert "relay." in text, "the run log is empty: the check would prove nothing"
-    leaked = [secret for secret in SECRETS if secret in text]
-    assert leaked == [], f"secrets in the logs: {leaked}"
+    for path in (RUN_LOG, RUN_LOG_JSON):
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        assert "relay." in text, "the run log is empty: the check would prove nothing"
+        leaked = [secret for secret in SECRETS if secret in text]
+        assert leaked == [], f"secrets in the logs ({path}): {leaked}"
+    lines = Path(RUN_LOG_JSON).read_text(encoding="utf-8").splitlines()
+    assert all(isinstance(orjson.loads(line), dict) for line in lines)  # one object a line, every line

@@ -140,6 +140,9 @@ class PostgresStore(Store):
     def location(self) -> str:
         return redact(self._dsn)
 
+    def spool_stats(self) -> tuple[int, int] | None:
+        return self._spool.size, self.spooled_records
+
     @property
     def spool_path(self) -> Path:
         return self._spool.path

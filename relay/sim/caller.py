@@ -513,9 +513,9 @@ def after_connect(twiml: str) -> list[ET.Element]:
     return verbs[at + 1 :]
 
 
-async def http_get(url: str) -> tuple[int, bytes]:
+async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """A minimal HTTP/1.1 GET over a fresh connection; returns status and body."""
-    return await _http("GET", url, b"", {})
+    return await _http("GET", url, b"", headers or {})
 
 
 async def http_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
