@@ -16,7 +16,7 @@ from typing import NoReturn
 import orjson
 import uvloop
 
-from relay import __version__, admin, fastpath, logs, models
+from relay import __version__, admin, fastpath, logs, models, tracing
 from relay.config import Settings
 from relay.errors import ConfigError
 
@@ -37,6 +37,7 @@ async def serve(settings: Settings) -> None:
     from relay.store import SQLiteStore, Store
     from relay.tenants import CachedDirectory, Directory, SingleTenant
 
+    tracing.configure()  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set (relay[otel])
     store: Store
     directory: Directory
     models_in_use = [

@@ -79,6 +79,7 @@ class AssistantTurn:
     transcript_done: bool = False
     done: bool = False  # its response ended
     stored: bool = False
+    interrupted_at: float | None = None  # wall clock of the barge-in that cut it
 
     @property
     def produced(self) -> int:
@@ -235,8 +236,8 @@ class Conversation:
         # wait to be sent (``tick`` wanted; the media core has its own clock hook).
         self.on_hangup: Callable[[], None] = lambda: None
         self.on_wants_clock: Callable[[], None] = lambda: None
-        # A turn was stored: (role, the answer or None for the caller's); for metrics.
-        self.on_turn_stored: Callable[[str, AssistantTurn | None], None] = lambda role, turn: None
+        # A turn was stored: (its record, the answer or None for the caller's); metrics, traces.
+        self.on_turn_stored: Callable[[TurnRecord, AssistantTurn | None], None] = lambda record, turn: None
         # ---- backend leg
         self.backend: ev.Backend = ev.for_agent(agent)  # the (last) session's protocol
         self._upstream: BackendSink | None = None  # the current session's socket, if any
@@ -552,6 +553,8 @@ class Conversation:
             return
         self._stats.barge_ins += 1
         turn = self._assistants.get(cut.item_id)
+        if turn is not None:
+            turn.interrupted_at = time.time()
         if cut.heard_ms is not None:
             if (
                 self._response_active
@@ -589,20 +592,19 @@ class Conversation:
         if turn.stored:
             return
         turn.stored = True
-        self._submit(
-            TurnRecord(
-                tenant_id=self.tenant_id,
-                call_sid=self.call_sid,
-                seq=turn.seq,
-                role="user",
-                started_at=turn.started_at,
-                ended_at=time.time(),
-                item_id=turn.item_id,
-                text_generated=turn.transcript,
-                text_heard=turn.transcript,
-            )
+        record = TurnRecord(
+            tenant_id=self.tenant_id,
+            call_sid=self.call_sid,
+            seq=turn.seq,
+            role="user",
+            started_at=turn.started_at,
+            ended_at=time.time(),
+            item_id=turn.item_id,
+            text_generated=turn.transcript,
+            text_heard=turn.transcript,
         )
-        self.on_turn_stored("user", None)
+        self._submit(record)
+        self.on_turn_stored(record, None)
 
     def _heard_text(self, turn: AssistantTurn) -> str:
         heard_ms = turn.heard_ms
@@ -627,23 +629,22 @@ class Conversation:
         self._unstored.pop(turn.item_id, None)
         heard = self._heard_text(turn)
         v2v = turn.v2v_ms
-        self._submit(
-            TurnRecord(
-                tenant_id=self.tenant_id,
-                call_sid=self.call_sid,
-                seq=turn.seq,
-                role="assistant",
-                started_at=turn.started_at,
-                ended_at=time.time(),
-                item_id=turn.item_id,
-                text_generated=turn.transcript,
-                text_heard=heard,
-                interrupted=turn.interrupted or heard != turn.transcript,
-                audio_ms=turn.produced // BYTES_PER_MS,
-                voice_to_voice_ms=round(v2v, 1) if v2v is not None else None,
-            )
+        record = TurnRecord(
+            tenant_id=self.tenant_id,
+            call_sid=self.call_sid,
+            seq=turn.seq,
+            role="assistant",
+            started_at=turn.started_at,
+            ended_at=time.time(),
+            item_id=turn.item_id,
+            text_generated=turn.transcript,
+            text_heard=heard,
+            interrupted=turn.interrupted or heard != turn.transcript,
+            audio_ms=turn.produced // BYTES_PER_MS,
+            voice_to_voice_ms=round(v2v, 1) if v2v is not None else None,
         )
-        self.on_turn_stored("assistant", turn)
+        self._submit(record)
+        self.on_turn_stored(record, turn)
 
     def finish(self, end_reason: str) -> None:
         """Submit every turn still open and the call's end: nothing said is left unstored."""

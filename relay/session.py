@@ -33,14 +33,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from relay import logs, twilio
+from relay import logs, tracing, twilio
 from relay.agents import Agent, AgentProfile
 from relay.call_options import CallOptions
 from relay.conversation import AssistantTurn, CallStats, Conversation, cut_words
 from relay.errors import BackendError, ProtocolError
 from relay.fastpath import LEG_BACKEND, LEG_TWILIO, MediaCore
 from relay.pacer import Pacer
-from relay.store import DEFAULT_TENANT, Store
+from relay.store import DEFAULT_TENANT, Store, TurnRecord
 from relay.ws import ConnectionClosed
 
 log = logging.getLogger("relay.session")
@@ -202,9 +202,15 @@ class CallSession:
         media.on_wants_clock = lambda: self._pacer.add(media, media.tick)
         conversation.on_wants_clock = lambda: self._pacer.add(conversation, conversation.tick)
         conversation.on_hangup = self._hangup.set
-        if self._on_turn_stored is not None:
-            on_turn, tenant = self._on_turn_stored, self.tenant_id
-            conversation.on_turn_stored = lambda role, turn: on_turn(tenant, role, turn)
+        call_trace = tracing.CallTrace(start.call_sid, start.stream_sid, self.tenant_id)
+        on_turn, tenant = self._on_turn_stored, self.tenant_id
+
+        def turn_stored(record: TurnRecord, turn: AssistantTurn | None) -> None:
+            call_trace.turn(record, turn)
+            if on_turn is not None:
+                on_turn(tenant, record.role, turn)
+
+        conversation.on_turn_stored = turn_stored
         log.info("call %s stream %s started", start.call_sid, start.stream_sid)
         try:
             await self._bridge(conversation)
@@ -217,6 +223,7 @@ class CallSession:
             self._pacer.remove(conversation)
             self.end_reason = self.end_reason or "error"
             conversation.finish(self.end_reason)
+            call_trace.end(self.end_reason, conversation.stats)
             log.info(
                 "call %s ended (%s): %d frames in, %d out, %d backend session(s)",
                 start.call_sid,

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from relay import tracing
 from relay.metrics import BATCH_BUCKETS_S, Buckets
 
 log = logging.getLogger("relay.store")
@@ -225,7 +226,8 @@ class Store(ABC):
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             started = time.monotonic()
-            await self._settle(batch)
+            with tracing.store_write(len(batch)):
+                await self._settle(batch)
             self.batch_seconds.observe(time.monotonic() - started)
             self._inflight = []
             for _ in batch:
