@@ -25,7 +25,11 @@ from relay.trust import Credential
 
 FAST = AgentConfig(think_ms=100, realtime_factor=8.0, transcription_delay_ms=50)
 SIM_AUTH_TOKEN = "sim-auth-token"  # the simulated caller's default: it signs like Twilio
+LONG_ANSWER = "Let me tell you everything about our long menu of dishes and drinks for tonight"
+# An agent with a long first answer, and a caller who talks over it.
+TALKATIVE = dataclasses.replace(FAST, reply=lambda text, history: "Booked for seven." if history else LONG_ANSWER)
 SHORT = CallerScript(utterances=("Book a table for two.", "At seven tonight."), lead_in_ms=200, answer_quiet_ms=400)
+BARGING = dataclasses.replace(SHORT, utterances=("What is on the menu?", "Stop, just book it."), barge_in_ms=900)
 
 
 def stutters(result: CallResult) -> list[float]:
@@ -180,11 +184,8 @@ async def test_no_caller_audio_goes_upstream_before_session_updated(tmp_path: Pa
 
 
 async def test_barge_in_clears_twilio_and_truncates_where_the_caller_stopped_hearing(tmp_path: Path) -> None:
-    long_answer = "Let me tell you everything about our long menu of dishes and drinks for tonight"
-    talkative = dataclasses.replace(FAST, reply=lambda text, history: "Booked for seven." if history else long_answer)
-    script = dataclasses.replace(SHORT, utterances=("What is on the menu?", "Stop, just book it."), barge_in_ms=900)
-    async with stack(tmp_path, talkative) as s:
-        result = await TwilioCaller(s.webhook, script).run()
+    async with stack(tmp_path, TALKATIVE) as s:
+        result = await TwilioCaller(s.webhook, BARGING).run()
         for task in list(s.relay.sessions):
             await task
         await s.store.flush()
@@ -195,16 +196,16 @@ async def test_barge_in_clears_twilio_and_truncates_where_the_caller_stopped_hea
     assert result.clears == 1
     [truncate] = session.truncates  # accepted by the agent: never past the produced audio
     first_answer = next(t for t in turns if t.role == "assistant")
-    assert first_answer.interrupted and first_answer.text_generated == long_answer
+    assert first_answer.interrupted and first_answer.text_generated == LONG_ANSWER
     assert 0 < truncate["audio_end_ms"] < first_answer.audio_ms
     stored_heard = first_answer.text_heard.split()
-    assert 0 < len(stored_heard) < len(long_answer.split())
+    assert 0 < len(stored_heard) < len(LONG_ANSWER.split())
     # What the caller's recording holds: the start of the interrupted answer, then the next
     # answer whole. No word of the interrupted answer after the cut ever reached the caller.
     heard = audio.transcribe(result.heard).split()
     cut = heard.index("Booked")
     assert heard[cut:] == ["Booked", "for", "seven."]
-    assert 0 < cut < len(long_answer.split()) and heard[:cut] == long_answer.split()[:cut]
+    assert 0 < cut < len(LONG_ANSWER.split()) and heard[:cut] == LONG_ANSWER.split()[:cut]
     # The stored heard text and the recording agree to within one word.
     assert abs(len(stored_heard) - cut) <= 1
 

@@ -11,9 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.metrics import CallLedger
 from relay.sim.caller import TwilioCaller, http_get
-from tests.test_call import FAST, SHORT, stack
-
-LONG_ANSWER = "Let me tell you everything about our long menu of dishes and drinks for tonight"
+from tests.test_call import BARGING, SHORT, TALKATIVE, stack
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -30,11 +28,9 @@ def total(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
 
 
 async def test_a_scrape_after_two_calls_counts_their_calls_turns_voice_to_voice_and_barge_ins(tmp_path: Path) -> None:
-    talkative = dataclasses.replace(FAST, reply=lambda text, history: "Booked." if history else LONG_ANSWER)
-    barging = dataclasses.replace(SHORT, utterances=("What is on the menu?", "Stop, just book it."), barge_in_ms=900)
-    async with stack(tmp_path, talkative) as s:
+    async with stack(tmp_path, TALKATIVE) as s:
         plain = await TwilioCaller(s.webhook, dataclasses.replace(SHORT, utterances=("Hello there.",))).run()
-        interrupted = await TwilioCaller(s.webhook, barging).run()
+        interrupted = await TwilioCaller(s.webhook, BARGING).run()
         for task in list(s.relay.sessions):
             await task
         await s.store.flush()

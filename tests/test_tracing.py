@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from relay import tracing
 from relay.sim.caller import TwilioCaller
-from tests.test_call import FAST, SHORT, stack
+from tests.test_call import BARGING, TALKATIVE, stack
 
 
 @pytest.fixture
@@ -31,11 +30,8 @@ def spans() -> Iterator[InMemorySpanExporter]:
 async def test_a_call_is_one_span_with_a_child_per_turn_carrying_voice_to_voice(
     tmp_path: Path, spans: InMemorySpanExporter
 ) -> None:
-    long_answer = "Let me tell you everything about our long menu of dishes and drinks for tonight"
-    talkative = dataclasses.replace(FAST, reply=lambda text, history: "Booked." if history else long_answer)
-    script = dataclasses.replace(SHORT, utterances=("What is on the menu?", "Stop, just book it."), barge_in_ms=900)
-    async with stack(tmp_path, talkative) as s:
-        result = await TwilioCaller(s.webhook, script).run()
+    async with stack(tmp_path, TALKATIVE) as s:
+        result = await TwilioCaller(s.webhook, BARGING).run()
         for task in list(s.relay.sessions):
             await task
         await s.store.flush()
