@@ -95,3 +95,19 @@ async def test_the_metrics_token_is_required_when_set(tmp_path: Path) -> None:
 def test_tenant_labels_are_bounded() -> None:
     ledger = CallLedger(max_tenants=2)
     assert [ledger.tenant(t) for t in ("a", "b", "c", "a", "d")] == ["a", "b", "other", "a", "other"]
+
+
+async def test_the_metrics_port_serves_metrics_and_health_and_nothing_else(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with stack(tmp_path, metrics_port=port) as s:  # type: ignore[arg-type]
+        base = f"http://127.0.0.1:{port}"
+        metrics, body = await http_get(f"{base}/metrics")
+        health, _ = await http_get(f"{base}/healthz")
+        webhook, _ = await http_get(f"{base}/twilio/voice")
+        main, _ = await http_get(s.webhook.replace("/twilio/voice", "/metrics"))
+    assert (metrics, health, webhook, main) == (200, 200, 404, 200)
+    assert b"relay_calls_active" in body
