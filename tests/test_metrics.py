@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,6 @@ def test_tenant_labels_are_bounded() -> None:
 
 
 async def test_the_metrics_port_serves_metrics_and_health_and_nothing_else(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
