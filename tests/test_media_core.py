@@ -99,7 +99,9 @@ def _drop_wall_clock(value: Any) -> Any:
         fields.update(produced=value.produced, interrupted=value.interrupted, heard_ms=value.heard_ms)
     else:
         fields = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
-    return type(value).__name__, {k: v for k, v in fields.items() if k not in ("started_at", "ended_at", "interrupted_at")}
+    return type(value).__name__, {
+        k: v for k, v in fields.items() if k not in ("started_at", "ended_at", "interrupted_at")
+    }
 
 
 def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypatch: pytest.MonkeyPatch) -> Any:
