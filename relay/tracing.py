@@ -31,6 +31,7 @@ try:
 except ImportError:  # the optional extra is not installed: tracing stays off
     _trace = None  # type: ignore[assignment]  # the module, when it is there
 
+
 class _State:
     tracer: Any = None  # the SDK's tracer while tracing is on
 
