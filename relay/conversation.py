@@ -141,6 +141,7 @@ class CallStats:
     frames_late: int = 0  # duplicate or late caller frames dropped
     marks_out: int = 0
     barge_ins: int = 0
+    truncates_rejected: int = 0  # truncates the backend refused (it keeps more than was heard)
     backend_errors: int = 0
     backend_sessions: int = 0
     reconnects: int = 0
@@ -496,6 +497,8 @@ class Conversation:
             raise BackendError(event.reason)
         elif isinstance(event, ev.Failed):
             self._stats.backend_errors += 1
+            if event.about == "truncate":
+                self._stats.truncates_rejected += 1
             if event.malformed:
                 # One malformed event is logged and skipped; the call goes on.
                 log.warning("call %s: bad event from backend: %s", self.call_sid, event.reason)

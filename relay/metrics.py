@@ -83,6 +83,7 @@ class CallLedger:
         self.calls = collections.Counter[tuple[str, str]]()  # (tenant, end reason)
         self.turns = collections.Counter[tuple[str, str]]()  # (tenant, role)
         self.barge_ins = collections.Counter[str]()
+        self.truncates_rejected = collections.Counter[str]()
         self.frames = collections.Counter[tuple[str, str]]()  # (tenant, kind) of ended calls
         self.backend = collections.Counter[str]()  # sessions, reconnects, recycles of ended calls
         self.v2v: dict[str, Buckets] = {}
@@ -123,6 +124,7 @@ class CallLedger:
         if stats is None:
             return
         self.barge_ins[tenant] += stats.barge_ins
+        self.truncates_rejected[tenant] += stats.truncates_rejected
         for kind in FRAME_COUNTERS:
             self.frames[tenant, kind.removeprefix("frames_")] += getattr(stats, kind)
         self.backend["sessions"] += stats.backend_sessions
@@ -162,6 +164,7 @@ class RelayCollector(Collector):
         # as it leaves the live set, so each series only grows).
         frames = collections.Counter(ledger.frames)
         barge_ins = collections.Counter(ledger.barge_ins)
+        rejected = collections.Counter(ledger.truncates_rejected)
         backend_live = collections.Counter[str]()
         for call in live:
             stats = call.stats
@@ -171,6 +174,7 @@ class RelayCollector(Collector):
             for kind in FRAME_COUNTERS:
                 frames[tenant, kind.removeprefix("frames_")] += getattr(stats, kind)
             barge_ins[tenant] += stats.barge_ins
+            rejected[tenant] += stats.truncates_rejected
             backend_live["sessions"] += stats.backend_sessions
             backend_live["reconnects"] += stats.reconnects
             backend_live["recycles"] += stats.recycles
@@ -185,6 +189,12 @@ class RelayCollector(Collector):
         yield _counter("relay_barge_ins", "Answers the caller talked over, by tenant.", ["tenant"], barge_ins)
         yield _counter(
             "relay_truncates", "Truncates sent to the backend (one per barge-in), by tenant.", ["tenant"], barge_ins
+        )
+        yield _counter(
+            "relay_truncates_rejected",
+            "Truncates the backend refused (its memory keeps more than the caller heard), by tenant.",
+            ["tenant"],
+            rejected,
         )
         upstream = collections.Counter(ledger.backend) + backend_live
         upstream["outlived"] = relay.upstreams_outlived

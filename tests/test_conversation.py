@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import itertools
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -309,3 +310,22 @@ def test_keys_pressed_as_the_call_ends_are_still_stored() -> None:
     call.conversation.dtmf("9", call.now)
     call.conversation.finish("stop")
     assert [t.text_generated for t in call.turns()] == ["[DTMF 9]"]
+
+
+def test_a_rejected_truncate_is_counted_and_the_call_goes_on() -> None:
+    call = VirtualCall(agent_config=AGENT)
+    error = {
+        "type": "error",
+        "event_id": "event_9",
+        "error": {
+            "type": "invalid_request_error",
+            "code": "invalid_value",
+            "message": "audio_end_ms is too large",
+            "param": "audio_end_ms",
+            "event_id": realtime.TRUNCATE_ID,
+        },
+    }
+    call.conversation.backend_message(orjson.dumps(error), call.now)
+    assert call.conversation.stats.truncates_rejected == 1 and call.conversation.stats.backend_errors == 1
+    call.say("Are you still there?")
+    assert call.run_until(call.answered(1), 20)  # the call goes on

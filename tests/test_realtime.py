@@ -76,6 +76,7 @@ def test_input_audio_buffer_append_carries_the_payload_untouched(fp) -> None:
 def test_truncate() -> None:
     assert orjson.loads(realtime.truncate("item_1", 1234)) == {
         "type": "conversation.item.truncate",
+        "event_id": realtime.TRUNCATE_ID,
         "item_id": "item_1",
         "content_index": 0,
         "audio_end_ms": 1234,

@@ -39,10 +39,12 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """An error that ends no call: logged and counted (``malformed``: a message relay could not read)."""
+    """An error that ends no call: logged and counted (``malformed``: a message relay could not read;
+    ``about``: which of relay's commands it rejects, when the backend says, e.g. ``"truncate"``)."""
 
     reason: str
     malformed: bool = False
+    about: str = ""
 
 
 @dataclass(frozen=True, slots=True)

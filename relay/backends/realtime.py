@@ -88,11 +88,16 @@ def session_problems(session: object) -> list[str]:
     return problems
 
 
+# Our truncates' event_id: an ``error`` naming it is the backend rejecting a truncate (counted).
+TRUNCATE_ID = "relay_truncate"
+
+
 def truncate(item_id: str, audio_end_ms: int) -> bytes:
     """``conversation.item.truncate`` at what the caller actually heard (PROTOCOLS §2.5)."""
     return orjson.dumps(
         {
             "type": "conversation.item.truncate",
+            "event_id": TRUNCATE_ID,
             "item_id": item_id,
             "content_index": 0,
             "audio_end_ms": int(audio_end_ms),
@@ -286,5 +291,8 @@ class RealtimeBackend:
                         f"{str(error.get('message'))[:200]}"
                     )
                 ]
-            return [ev.Failed(f"backend error {error.get('type')}/{error.get('code')}: {error.get('message')}")]
+            about = "truncate" if error.get("event_id") == TRUNCATE_ID else ""
+            return [
+                ev.Failed(f"backend error {error.get('type')}/{error.get('code')}: {error.get('message')}", about=about)
+            ]
         return []
