@@ -1,5 +1,5 @@
-"""The store commands of ``relay``: migrate, tenants, numbers, agents (Postgres); calls and turns
-(either store).
+"""The store commands of ``relay``: migrate, tenants, numbers, agents (Postgres); calls, turns
+and usage (either store).
 
 Every bad input gets one line that says what is wrong and exit status 2, the same on both
 stores: a limit out of range, an unknown tenant or agent, a number that is not E.164, a call
@@ -18,13 +18,14 @@ from typing import Any
 
 import orjson
 
+from relay import usage_report
 from relay.agents import RANGES, Agent
 from relay.config import Settings
 from relay.errors import InputError
 from relay.store import DEFAULT_TENANT
 from relay.twilio import CALL_SID
 
-COMMANDS = ("migrate", "tenants", "numbers", "agents", "calls", "turns")
+COMMANDS = ("migrate", "tenants", "numbers", "agents", "calls", "turns", "usage")
 POSTGRES_ONLY = ("migrate", "tenants", "numbers", "agents")
 # The agent settings the CLI may set (``--vad-silence-ms`` sets vad_silence_ms, and so on).
 AGENT_OPTIONS = (
@@ -124,6 +125,11 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     turns = commands.add_parser("turns", help="stored turns of a tenant's calls, read through row-level security")
     turns.add_argument("--tenant", default=DEFAULT_TENANT)
     turns.add_argument("--call", help="one call's turns (default: all of the tenant's)")
+    usage = commands.add_parser("usage", help="what a tenant's calls used and cost, read through row-level security")
+    usage.add_argument("--tenant", default=DEFAULT_TENANT)
+    usage.add_argument("--since", help="from this UTC date (YYYY-MM-DD) or ISO time on (default: all)")
+    usage.add_argument("--by", choices=usage_report.BY, default="day", help="one row per day (default), call or agent")
+    usage.add_argument("--json", action="store_true", help="print the report as JSON, costs as exact decimal strings")
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -133,6 +139,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             raise InputError(f"--limit {args.limit} is outside 1..10000")
         if getattr(args, "call", None) and not CALL_SID.fullmatch(args.call):
             raise InputError(f"{args.call[:40]!r} is not a call sid (CA followed by 32 hex digits)")
+        if args.command == "usage":
+            try:
+                args.since_epoch = usage_report.since_epoch(args.since)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
         if not settings.database_url:
             return await _embedded(args, settings)
         return await _postgres(args, settings)
@@ -151,6 +162,9 @@ async def _embedded(args: argparse.Namespace, settings: Settings) -> int:
     store = SQLiteStore(settings.sqlite_path, dead_letter_path=settings.dead_letter_path)
     await store.open()
     try:
+        if args.command == "usage":
+            _print_usage(args, *await store.usage(args.tenant, args.by, args.since_epoch))
+            return 0
         if args.command == "calls":
             rows: list[dict[str, object]] = list(await store.calls(args.limit))
         else:
@@ -248,6 +262,19 @@ async def _turns(directory: Any, args: argparse.Namespace, settings: Settings) -
     _print_rows([asdict(t) for t in await directory.tenant_turns(args.tenant, args.call)])
 
 
+async def _usage(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    await directory.require_tenant(args.tenant)
+    _print_usage(args, *await directory.tenant_usage(args.tenant, args.by, args.since_epoch))
+
+
+def _print_usage(args: argparse.Namespace, rows: list[dict[str, Any]], unpriced: list[dict[str, Any]]) -> None:
+    report = usage_report.report(args.tenant, args.by, args.since_epoch, rows, unpriced)
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(usage_report.format_table(report))
+
+
 _HANDLERS: dict[tuple[str, str | None], Callable[..., Awaitable[None]]] = {
     ("tenants", "add"): _tenants_add,
     ("tenants", "list"): _tenants_list,
@@ -259,6 +286,7 @@ _HANDLERS: dict[tuple[str, str | None], Callable[..., Awaitable[None]]] = {
     ("agents", "show"): _agents_show,
     ("calls", None): _calls,
     ("turns", None): _turns,
+    ("usage", None): _usage,
 }
 
 

@@ -14,6 +14,7 @@ from relay.audio_format import FRAME_MS
 from relay.call_options import CallOptions
 from relay.errors import ConfigError
 from relay.logs import FORMATS
+from relay.pricing import PriceTable
 from relay.streamtoken import derive_secret
 from relay.twilio import ACCOUNT_SID
 
@@ -83,6 +84,7 @@ class Settings:
     allow_python_fastpath: bool = False
     log_level: str = "INFO"
     log_format: str = ""  # json or text; empty: json unless stderr is a terminal
+    prices_path: str = ""  # a price table over the shipped one (relay/prices.toml)
 
     @property
     def stream_token_key(self) -> bytes:
@@ -226,6 +228,7 @@ class Settings:
         text("RELAY_LOG_LEVEL", "log_level")
         text("RELAY_LOG_FORMAT", "log_format")
         flag("RELAY_ALLOW_PYTHON_FASTPATH", "allow_python_fastpath")
+        text("RELAY_PRICES", "prices_path")
 
         settings = cls(**values)  # type: ignore[arg-type]  # values checked one by one above
         problems += settings.problems(serve=serve)
@@ -289,4 +292,17 @@ class Settings:
             problems.append(f"RELAY_LOG_FORMAT={self.log_format!r} must be json or text")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             problems.append(f"RELAY_LOG_LEVEL={self.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+        try:
+            self.prices  # noqa: B018 - read for its checks
+        except ConfigError as exc:
+            problems += exc.problems
         return problems
+
+    @property
+    def prices(self) -> PriceTable:
+        """The price table calls are billed at: the shipped one, under RELAY_PRICES if set.
+
+        Raises:
+            ConfigError: RELAY_PRICES cannot be read or has a bad entry.
+        """
+        return PriceTable.load(self.prices_path)

@@ -42,13 +42,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from relay import backends as ev
-from relay import twilio
+from relay import pricing, twilio
 from relay.agents import AgentProfile
 from relay.audio_format import BYTES_PER_MS, FRAME_MS
 from relay.call_options import CallOptions
 from relay.errors import BackendError, ProtocolError
 from relay.fastpath import EV_AUDIO_ERROR, EV_NEW_ITEM, EV_PLAYED, ItemAudio, MediaCore
 from relay.store import DEFAULT_TENANT, CallEnd, CallRecord, Record, TurnRecord
+from relay.usage import CallUsage, UsageMeter, UsageRecord
 
 log = logging.getLogger("relay.session")
 
@@ -183,11 +184,14 @@ class Conversation:
         "_greeted",
         "_keys",
         "_keys_due",
+        "_meter",
+        "_prices",
         "_response_active",
         "_say_on_open",
         "_seq",
         "_speaking",
         "_speech_end_at",
+        "_started_at",
         "_stats",
         "_submit",
         "_unstored",
@@ -204,6 +208,7 @@ class Conversation:
         "options",
         "start",
         "tenant_id",
+        "usage",
     )
 
     def __init__(
@@ -214,6 +219,7 @@ class Conversation:
         submit: Callable[[Record], None],
         options: CallOptions = CallOptions(),
         *,
+        prices: pricing.PriceTable | None = None,
         core: Callable[..., Any] = MediaCore,
     ) -> None:
         self.media: MediaCore = core(
@@ -259,12 +265,17 @@ class Conversation:
         self._dtmf_count = 0
         self.hangup_requested = False
         self.farewell_played = False
+        # ---- usage: the backend's accounting, priced and stored as the call ends
+        self._meter = UsageMeter()
+        self._prices = prices if prices is not None else pricing.shipped()
+        self.usage: UsageRecord | None = None  # set by ``finish``
+        self._started_at = time.time()
         self._submit(
             CallRecord(
                 tenant_id=self.tenant_id,
                 call_sid=start.call_sid,
                 stream_sid=start.stream_sid,
-                started_at=time.time(),
+                started_at=self._started_at,
                 account_sid=start.account_sid,
                 from_number=params.get("from", ""),
                 to_number=params.get("to", ""),
@@ -473,7 +484,10 @@ class Conversation:
             user = self._user_turn(event.item_id)
             user.transcript = event.text
             self._store_user(user)
+            if event.usage is not None:
+                self._meter.transcribed(event.usage)
         elif isinstance(event, ev.ResponseStarted):
+            self._meter.response_started()
             self._response_active = True
             self._awaiting_answer = False
         elif isinstance(event, ev.AnswerStarted):
@@ -507,6 +521,7 @@ class Conversation:
 
     def _response_done(self, event: ev.ResponseDone, now: float) -> None:
         self._response_active = False
+        self._meter.response_done(event.usage, event.item_ids)
         for call in event.tool_calls:
             self._tool_call(call)
         for item_id in event.item_ids:
@@ -663,11 +678,12 @@ class Conversation:
             self._maybe_store_assistant(assistant, final=True)
         stats = self.stats
         v2v = stats.v2v_ms
+        ended_at = time.time()
         self._submit(
             CallEnd(
                 tenant_id=self.tenant_id,
                 call_sid=self.call_sid,
-                ended_at=time.time(),
+                ended_at=ended_at,
                 end_reason=end_reason or "error",
                 frames_in=stats.frames_in,
                 frames_out=stats.frames_out,
@@ -675,4 +691,34 @@ class Conversation:
                 v2v_p50_ms=round(statistics.median(v2v), 1) if v2v else None,
                 v2v_max_ms=round(max(v2v), 1) if v2v else None,
             )
+        )
+        self.usage = self._bill(ended_at)
+        self._submit(self.usage)
+
+    def _bill(self, ended_at: float) -> UsageRecord:
+        """What the call used (the backend's accounting, estimated where it gave none) and cost."""
+        answers_ms = {item: turn.produced // BYTES_PER_MS for item, turn in self._assistants.items()}
+        caller_ms = self.media.frames_in * FRAME_MS
+        tokens, estimated = self._meter.total(answers_ms, caller_ms)
+        agent = self.agent
+        used = CallUsage(
+            backend=agent.backend,
+            model=agent.model,
+            transcription_model=agent.transcription_model,
+            tokens=tokens,
+            transcription=self._meter.transcription,
+            seconds=max(0.0, ended_at - self._started_at),
+            audio_in_seconds=caller_ms / 1000,
+            audio_out_seconds=sum(answers_ms.values()) / 1000,
+            estimated=estimated,
+        )
+        return pricing.bill(
+            used,
+            self._prices,
+            call_sid=self.call_sid,
+            tenant_id=self.tenant_id,
+            agent_id=self.start.custom_parameters.get("agent") or "default",
+            direction="inbound",
+            started_at=self._started_at,
+            ended_at=ended_at,
         )

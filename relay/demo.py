@@ -14,17 +14,18 @@ import dataclasses
 import statistics
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from relay import fastpath
+from relay import fastpath, usage_report
 from relay.config import Settings
 from relay.metrics import render
 from relay.server import Relay, RelayServer
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
 from relay.sim.caller import CallerScript, CallResult, TwilioCaller
-from relay.store import SQLiteStore, TurnRecord
+from relay.store import DEFAULT_TENANT, SQLiteStore, TurnRecord
 
 DEMO_SCRIPT = CallerScript(
     utterances=(
@@ -85,6 +86,7 @@ async def run_demo(
         await store.flush()
         stored = {r.call_sid: await store.turns(r.call_sid) for r in results}
         ends = {str(c["call_sid"]): str(c["end_reason"]) for c in await store.calls()}
+        cost = usage_report.report(DEFAULT_TENANT, "day", 0.0, *await store.usage(DEFAULT_TENANT, "day", 0.0))
     finally:
         await server.close()
         await store.close()
@@ -94,6 +96,7 @@ async def run_demo(
     hangup_expected = (script or DEMO_SCRIPT).wait_for_hangup
     summary = _summary(results, stored, ends, agent, path, time.perf_counter() - started, record, hangup_expected)
     summary["metrics"] = scrape
+    summary["cost"] = cost["total"]
     return summary
 
 
@@ -176,6 +179,13 @@ def format_table(summary: dict[str, Any]) -> str:
         "(includes the agent's think time and the VAD's end-of-speech silence)",
         f"fast path: {summary['fastpath']}; turns stored in {summary['store']['kind']}: {summary['store']['path']}",
     ]
+    if summary.get("cost"):
+        cost = summary["cost"]
+        lines.append(
+            f"cost: ${Decimal(cost['cost_usd']):.4f} for the simulated agent's tokens at the shipped prices"
+            + (f" (not priced: {', '.join(cost['unpriced'])})" if cost["unpriced"] else "")
+            + f"; by call: RELAY_SQLITE_PATH={summary['store']['path']} relay usage --by call"
+        )
     if summary["recording"]:
         lines.append(f"what the first caller heard: {summary['recording']}")
     for problem in summary["violation_details"] + summary["errors"]:

@@ -21,6 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from relay.usage import TOKEN_KINDS, UsageRecord
+
 if TYPE_CHECKING:
     from relay.conversation import AssistantTurn, CallStats
 
@@ -33,6 +35,8 @@ V2V_BUCKETS_MS = (100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0, 1000.0
 LAG_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0)
 # One store batch, seconds.
 BATCH_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+# The parts of a call's cost (``UsageRecord``'s ``*_cost_nanousd``).
+COST_PARTS = ("backend", "transcription", "twilio")
 # The per-frame counters of a call (``CallStats`` fields), as one labelled counter.
 FRAME_COUNTERS = ("frames_in", "frames_out", "frames_filled", "frames_late", "frames_held", "frames_dropped")
 
@@ -89,6 +93,9 @@ class CallLedger:
         self.v2v: dict[str, Buckets] = {}
         self.v2v_to_audio: dict[str, Buckets] = {}  # caller's speech end -> the backend's first audio
         self.v2v_to_send: dict[str, Buckets] = {}  # the backend's first audio -> the first frame sent
+        self.cost_nanousd = collections.Counter[tuple[str, str]]()  # (tenant, part)
+        self.tokens = collections.Counter[tuple[str, str]]()  # (tenant, kind)
+        self.usage_incomplete = collections.Counter[tuple[str, str]]()  # (tenant, estimated|unpriced)
 
     def tenant(self, tenant_id: str) -> str:
         """The label for ``tenant_id``: itself among the first ``max_tenants``, else ``other``."""
@@ -118,9 +125,20 @@ class CallLedger:
             found = by_tenant[tenant] = Buckets(V2V_BUCKETS_MS)
         found.observe(value)
 
-    def call_ended(self, tenant_id: str, end_reason: str, stats: CallStats | None) -> None:
+    def call_ended(
+        self, tenant_id: str, end_reason: str, stats: CallStats | None, usage: UsageRecord | None = None
+    ) -> None:
         tenant = self.tenant(tenant_id)
         self.calls[tenant, end_reason or "error"] += 1
+        if usage is not None:
+            for part in COST_PARTS:
+                self.cost_nanousd[tenant, part] += getattr(usage, f"{part}_cost_nanousd")
+            for kind in TOKEN_KINDS:
+                self.tokens[tenant, kind] += getattr(usage, f"{kind}_tokens")
+            if usage.estimated:
+                self.usage_incomplete[tenant, "estimated"] += 1
+            if usage.unpriced:
+                self.usage_incomplete[tenant, "unpriced"] += 1
         if stats is None:
             return
         self.barge_ins[tenant] += stats.barge_ins
@@ -195,6 +213,26 @@ class RelayCollector(Collector):
             "Truncates the backend refused (its memory keeps more than the caller heard), by tenant.",
             ["tenant"],
             rejected,
+        )
+        yield _counter(
+            "relay_cost_usd",
+            "What ended calls cost under the price table, by tenant and part (backend, transcription, twilio); "
+            "see relay_usage_incomplete_calls for calls where it is a lower bound.",
+            ["tenant", "part"],
+            {key: nanos / 1e9 for key, nanos in ledger.cost_nanousd.items()},
+        )
+        yield _counter(
+            "relay_backend_tokens",
+            "Tokens of ended calls as the backend accounted for them, by tenant and kind (cached_* are part of *_in).",
+            ["tenant", "kind"],
+            ledger.tokens,
+        )
+        yield _counter(
+            "relay_usage_incomplete_calls",
+            "Ended calls whose usage is partly estimated (the backend did not account for a response) or has "
+            "unpriced items (nothing in the price table), by tenant.",
+            ["tenant", "why"],
+            ledger.usage_incomplete,
         )
         upstream = collections.Counter(ledger.backend) + backend_live
         upstream["outlived"] = relay.upstreams_outlived

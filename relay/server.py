@@ -113,6 +113,7 @@ class Relay:
         # gets a key only this process knows.
         self.stream_token_key = settings.stream_token_key or os.urandom(32)
         self.agent = settings.agent
+        self.prices = settings.prices  # checked by Settings.from_env; read once here
         # One 20 ms clock paces every call's outbound audio (created on first use, in the loop).
         self._pacer: Pacer | None = None
         self.upstreams_outlived = 0  # backend sessions that would not close with their call
@@ -387,6 +388,7 @@ class Relay:
             on_ended=self.note_outcome,
             on_upstream_outlived=self.note_upstream_outlived,
             on_turn_stored=self.ledger.turn_stored,
+            prices=self.prices,
         )
         task = asyncio.create_task(self._run_call(session))
         self.live[task] = session
@@ -408,7 +410,10 @@ class Relay:
             if session.start is not None:
                 conversation = session.conversation
                 self.ledger.call_ended(
-                    session.tenant_id, session.end_reason, conversation.stats if conversation else None
+                    session.tenant_id,
+                    session.end_reason,
+                    conversation.stats if conversation else None,
+                    conversation.usage if conversation else None,
                 )
             if session.call_sid and session.end_reason != "stream_token_invalid":
                 await self._admission_note(self.admission.ended, session.call_sid)

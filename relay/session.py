@@ -40,6 +40,7 @@ from relay.conversation import AssistantTurn, CallStats, Conversation, cut_words
 from relay.errors import BackendError, ProtocolError
 from relay.fastpath import LEG_BACKEND, LEG_TWILIO, MediaCore
 from relay.pacer import Pacer
+from relay.pricing import PriceTable
 from relay.store import DEFAULT_TENANT, Store, TurnRecord
 from relay.ws import ConnectionClosed
 
@@ -124,6 +125,7 @@ class CallSession:
         on_ended: Callable[[str, str], None] | None = None,
         on_upstream_outlived: Callable[[], None] | None = None,
         on_turn_stored: Callable[[str, str, AssistantTurn | None], None] | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self.twilio = twilio_ws
         self._connect_upstream = connect_upstream
@@ -141,6 +143,7 @@ class CallSession:
         self._on_ended = on_ended
         self._on_outlived = on_upstream_outlived
         self._on_turn_stored = on_turn_stored  # (tenant, role, the answer or None): for metrics
+        self._prices = prices  # what the call is billed at (None: the shipped table)
         self.start: twilio.Start | None = None
         self.conversation: Conversation | None = None
         self.end_reason = ""
@@ -194,7 +197,7 @@ class CallSession:
             self._on_started(start.call_sid)
         await self._pick_agent()
         conversation = self.conversation = Conversation(
-            start, self._agent, self.twilio, self._store.submit, self._options
+            start, self._agent, self.twilio, self._store.submit, self._options, prices=self._prices
         )
         # The shared clock paces the media core's ring (a C call per tick) and, while keys wait
         # to be sent, the conversation's own tick.

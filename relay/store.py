@@ -19,15 +19,19 @@ import datetime
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from relay import tracing
 from relay.metrics import BATCH_BUCKETS_S, Buckets
+from relay.usage import UsageRecord
+from relay.usage_report import queries
 
 log = logging.getLogger("relay.store")
 
@@ -87,12 +91,13 @@ class TurnRecord:
     voice_to_voice_ms: float | None = None
 
 
-Record = CallRecord | CallEnd | TurnRecord
+Record = CallRecord | CallEnd | TurnRecord | UsageRecord
 
-_TYPES: dict[str, type[CallRecord] | type[CallEnd] | type[TurnRecord]] = {
+_TYPES: dict[str, type[CallRecord] | type[CallEnd] | type[TurnRecord] | type[UsageRecord]] = {
     "call": CallRecord,
     "end": CallEnd,
     "turn": TurnRecord,
+    "usage": UsageRecord,
 }
 _TAGS = {cls: tag for tag, cls in _TYPES.items()}
 
@@ -333,12 +338,35 @@ CREATE TABLE IF NOT EXISTS phone_numbers (
     created_at  TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS usage (
-    call_sid           TEXT PRIMARY KEY,
-    tenant_id          TEXT NOT NULL,
-    audio_in_seconds   REAL NOT NULL DEFAULT 0,
-    audio_out_seconds  REAL NOT NULL DEFAULT 0,
-    tokens_in          INTEGER NOT NULL DEFAULT 0,
-    tokens_out         INTEGER NOT NULL DEFAULT 0
+    call_sid                    TEXT PRIMARY KEY,
+    tenant_id                   TEXT NOT NULL,
+    agent_id                    TEXT NOT NULL DEFAULT 'default',
+    direction                   TEXT NOT NULL DEFAULT 'inbound',
+    started_at                  REAL NOT NULL DEFAULT 0,
+    ended_at                    REAL NOT NULL DEFAULT 0,
+    backend                     TEXT NOT NULL DEFAULT '',
+    model                       TEXT NOT NULL DEFAULT '',
+    audio_in_seconds            REAL NOT NULL DEFAULT 0,
+    audio_out_seconds           REAL NOT NULL DEFAULT 0,
+    text_in_tokens              INTEGER NOT NULL DEFAULT 0,
+    cached_text_in_tokens       INTEGER NOT NULL DEFAULT 0,
+    audio_in_tokens             INTEGER NOT NULL DEFAULT 0,
+    cached_audio_in_tokens      INTEGER NOT NULL DEFAULT 0,
+    text_out_tokens             INTEGER NOT NULL DEFAULT 0,
+    audio_out_tokens            INTEGER NOT NULL DEFAULT 0,
+    backend_seconds             REAL NOT NULL DEFAULT 0,
+    transcription_model         TEXT NOT NULL DEFAULT '',
+    transcription_seconds       REAL NOT NULL DEFAULT 0,
+    transcription_tokens_in     INTEGER NOT NULL DEFAULT 0,
+    transcription_tokens_out    INTEGER NOT NULL DEFAULT 0,
+    twilio_minutes              INTEGER NOT NULL DEFAULT 0,
+    estimated                   INTEGER NOT NULL DEFAULT 0,
+    prices_version              TEXT NOT NULL DEFAULT '',
+    backend_cost_nanousd        INTEGER NOT NULL DEFAULT 0,
+    transcription_cost_nanousd  INTEGER NOT NULL DEFAULT 0,
+    twilio_cost_nanousd         INTEGER NOT NULL DEFAULT 0,
+    cost_nanousd                INTEGER NOT NULL DEFAULT 0,
+    unpriced                    TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS calls (
     call_sid     TEXT PRIMARY KEY,
@@ -375,6 +403,19 @@ CREATE TABLE IF NOT EXISTS call_turns (
 
 _TURN_COLUMNS = [f.name for f in fields(TurnRecord)]
 
+
+def _add_new_columns(db: sqlite3.Connection) -> None:
+    """Give a file made by an earlier relay the columns ``_SCHEMA`` has gained since (as the
+    Postgres migrations do): each as declared there, with its default."""
+    for table, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", _SCHEMA, re.S):
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for line in body.splitlines():
+            column = line.strip().rstrip(",")
+            name = column.split(" ", 1)[0]
+            if name and name not in have and name.isidentifier() and name.islower() and "PRIMARY KEY" not in column:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
 _INSERT_TURN = (
     f"INSERT INTO call_turns ({', '.join(_TURN_COLUMNS)}) "
     f"VALUES ({', '.join(':' + c for c in _TURN_COLUMNS)}) ON CONFLICT (call_sid, seq) DO NOTHING"
@@ -389,17 +430,13 @@ _END_CALL = (
     "frames_out = :frames_out, turns = :turns, v2v_p50_ms = :v2v_p50_ms, v2v_max_ms = :v2v_max_ms "
     "WHERE call_sid = :call_sid"
 )
-# Usage as Postgres computes it: inbound is Twilio's 20 ms frames, outbound the audio of the
-# answers stored before the end.
-_USAGE = (
-    "INSERT INTO usage (call_sid, tenant_id, audio_in_seconds, audio_out_seconds) "
-    "SELECT call_sid, tenant_id, coalesce(frames_in, 0) * 0.020, "
-    "coalesce((SELECT sum(audio_ms) FROM call_turns t WHERE t.call_sid = calls.call_sid "
-    "AND t.role = 'assistant'), 0) / 1000.0 FROM calls WHERE call_sid = :call_sid "
-    "ON CONFLICT (call_sid) DO UPDATE SET audio_in_seconds = excluded.audio_in_seconds, "
-    "audio_out_seconds = excluded.audio_out_seconds"
+_USAGE_COLUMNS = [f.name for f in fields(UsageRecord)]
+# A replayed record writes the same row again.
+_UPSERT_USAGE = (
+    f"INSERT INTO usage ({', '.join(_USAGE_COLUMNS)}) VALUES ({', '.join(':' + c for c in _USAGE_COLUMNS)}) "
+    f"ON CONFLICT (call_sid) DO UPDATE SET "
+    f"{', '.join(f'{c} = excluded.{c}' for c in _USAGE_COLUMNS if c != 'call_sid')}"
 )
-
 
 # What SQLite refuses for good: the data itself (a constraint, a value it cannot bind).
 _REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
@@ -417,9 +454,10 @@ def _statements(batch: list[Record]) -> list[tuple[str, dict[str, object]]]:
             out.append((_INSERT_TURN, _fields(record)))
         elif isinstance(record, CallRecord):
             out.append((_INSERT_CALL, _fields(record)))
+        elif isinstance(record, UsageRecord):
+            out.append((_UPSERT_USAGE, _fields(record)))
         else:
             out.append((_END_CALL, _fields(record)))
-            out.append((_USAGE, {"call_sid": record.call_sid}))
     return out
 
 
@@ -449,12 +487,7 @@ class SQLiteStore(Store):
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
-            # A file made before a column of the Postgres schema's agents (migrations 0004, 0005)
-            # gets it.
-            have = {row[1] for row in db.execute("PRAGMA table_info(agents)")}
-            for column in ("greeting", "model", "transcription_model"):
-                if column not in have:
-                    db.execute(f"ALTER TABLE agents ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+            _add_new_columns(db)
             return db
 
         self._db = await asyncio.to_thread(connect)
@@ -532,10 +565,20 @@ class SQLiteStore(Store):
         return [TurnRecord(**{**asdict(r), "interrupted": bool(r.interrupted)}) for r in rows]
 
     async def calls(self, limit: int = 100) -> list[dict[str, object]]:
-        def query() -> list[dict[str, object]]:
-            assert self._db is not None
-            cursor = self._db.execute("SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,))
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return await asyncio.to_thread(self._rows, "SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,))
+
+    async def usage(self, tenant_id: str, by: str, since: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The tenant's usage grouped ``by`` day, call or agent, and the unpriced items of each
+        group (``relay.usage_report.queries``)."""
+        grouped, unpriced = queries(by, "sqlite")
+
+        def query() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            return self._rows(grouped, (tenant_id, since)), self._rows(unpriced, (tenant_id, since))
 
         return await asyncio.to_thread(query)
+
+    def _rows(self, sql: str, params: tuple[object, ...]) -> list[dict[str, Any]]:
+        assert self._db is not None
+        cursor = self._db.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -17,6 +17,7 @@ import pytest
 from relay.config import Settings
 from relay.pg import migrate
 from relay.store import CallEnd, CallRecord, Record, TurnRecord
+from relay.usage import UsageRecord
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 # The agent a new tenant starts with: the environment's, as ``relay tenants add`` gives it.
@@ -196,5 +197,12 @@ def call_records(
     records.append(
         CallEnd(call_sid=call_sid, ended_at=t0 + turns + 2, end_reason="stop", frames_in=50 * (turns + 2),
                 frames_out=40 * turns, turns=turns, v2v_p50_ms=402.5, v2v_max_ms=410.0, tenant_id=tenant_id)
+    )  # fmt: skip
+    answers_ms = sum(r.audio_ms for r in records if isinstance(r, TurnRecord))
+    records.append(
+        UsageRecord(call_sid=call_sid, started_at=t0, ended_at=t0 + turns + 2, tenant_id=tenant_id,
+                    backend="openai-realtime", model="gpt-realtime-2.1", audio_in_seconds=(turns + 2) * 1.0,
+                    audio_out_seconds=answers_ms / 1000, text_in_tokens=100 * turns, audio_in_tokens=50 * turns,
+                    audio_out_tokens=answers_ms // 50, prices_version="test", cost_nanousd=1000 * turns)
     )  # fmt: skip
     return records

@@ -26,6 +26,7 @@ from relay.errors import ConfigError, InputError
 from relay.pg import PostgresAdmission, PostgresStore, migrate, migrations, redact
 from relay.spool import Spool, SpoolError, encode
 from relay.store import CallEnd, CallRecord, Record, SQLiteStore, TurnRecord, record_from_dict
+from relay.usage import UsageRecord
 from tests.pgutil import (
     AGENT,
     TcpProxy,
@@ -326,10 +327,12 @@ async def test_duplicates_and_replayed_batches_leave_one_row_each(
 
 async def test_usage_is_recorded_when_the_call_ends(store: PostgresStore, db: asyncpg.Connection) -> None:
     sid = f"CA-usage-{token_hex(3)}"
-    submit_all(store, call_records(sid, turns=4))  # 300 inbound frames; assistant turns of 702 + 704 ms
+    records = call_records(sid, turns=4)  # assistant turns of 702 + 704 ms
+    submit_all(store, records)
     await store.flush()
     row = await db.fetchrow("SELECT * FROM usage WHERE call_sid = $1", sid)
-    assert (row["audio_in_seconds"], row["audio_out_seconds"], row["tokens_in"]) == (6.0, 1.406, 0)
+    assert UsageRecord(**{**dict(row), "estimated": bool(row["estimated"])}) == records[-1]
+    assert (row["audio_in_seconds"], row["audio_out_seconds"], row["audio_out_tokens"]) == (6.0, 1.406, 28)
 
 
 async def test_a_record_postgres_rejects_is_dead_lettered_alone(
@@ -518,7 +521,7 @@ async def test_a_killed_relay_loses_nothing_and_doubles_nothing(
         finally:
             child.send_signal(signal.SIGKILL)
             _, err = await child.communicate()
-        assert line.split() == [b"40", b"True"], err.decode()
+        assert line.split() == [b"45", b"True"], err.decode()
         assert child.returncode == -signal.SIGKILL
 
         # The kill landed mid-append of a record never acknowledged: a torn tail.

@@ -54,12 +54,14 @@ async def test_the_embedded_store_has_the_postgres_tables_and_usage(tmp_path) ->
     import sqlite3
 
     from relay.store import CallEnd, CallRecord, SQLiteStore, TurnRecord
+    from relay.usage import UsageRecord
 
     store = SQLiteStore(tmp_path / "relay.sqlite3")
     await store.open()
     store.submit(CallRecord("CA1", "MZ1", 1.0))
     store.submit(TurnRecord("CA1", 1, "assistant", 1.5, audio_ms=2500))
     store.submit(CallEnd("CA1", 9.0, "stop", frames_in=400))
+    store.submit(UsageRecord("CA1", 1.0, 9.0, audio_in_seconds=8.0, audio_out_seconds=2.5))
     await store.close()
     db = sqlite3.connect(tmp_path / "relay.sqlite3")
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.agents import AgentProfile
+from relay.usage import Tokens, Transcription
 
 # The compiled framing a backend's audio takes (``MediaCore``): JSON text appends and deltas
 # with base64 μ-law, as OpenAI Realtime sends them.
@@ -68,6 +69,7 @@ class CallerTurn:
 class CallerTranscript:
     item_id: str
     text: str
+    usage: Transcription | None = None  # what transcribing it used, when the backend says
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +115,14 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class ResponseDone:
-    """The response ended: its answers are done; its tool calls are to be run."""
+    """The response ended: its answers are done; its tool calls are to be run.
+
+    ``usage``: the response's tokens as the backend accounts for them (None: it did not say).
+    """
 
     item_ids: tuple[str, ...]
     tool_calls: tuple[ToolCall, ...]
+    usage: Tokens | None = None
 
 
 Event = (

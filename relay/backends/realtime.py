@@ -15,6 +15,7 @@ import orjson
 from relay import backends as ev
 from relay.agents import AgentProfile
 from relay.errors import ProtocolError
+from relay.usage import Tokens, Transcription
 
 PCMU = {"type": "audio/pcmu"}
 
@@ -189,6 +190,43 @@ def _str(event: dict[str, Any], key: str) -> str:
     return str(event.get(key, ""))
 
 
+def _count(obj: object, key: str) -> int:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def response_usage(usage: object) -> Tokens | None:
+    """A ``response.done`` usage as ``Tokens`` (BACKENDS §5.5); None when there is none.
+
+    Counts without their modality breakdown are billed as audio, the dearer rate of a voice
+    call, so that a terse backend is never under-billed.
+    """
+    if not isinstance(usage, dict):
+        return None
+    inp, out = usage.get("input_token_details"), usage.get("output_token_details")
+    cached = inp.get("cached_tokens_details") if isinstance(inp, dict) else None
+    return Tokens(
+        text_in=_count(inp, "text_tokens"),
+        cached_text_in=_count(cached, "text_tokens"),
+        audio_in=_count(inp, "audio_tokens") if isinstance(inp, dict) else _count(usage, "input_tokens"),
+        cached_audio_in=_count(cached, "audio_tokens"),
+        text_out=_count(out, "text_tokens"),
+        audio_out=_count(out, "audio_tokens") if isinstance(out, dict) else _count(usage, "output_tokens"),
+    )
+
+
+def transcription_usage(usage: object) -> Transcription | None:
+    """An input transcription's usage: ``{"type": "duration", "seconds"}`` or ``{"type": "tokens", …}``."""
+    if not isinstance(usage, dict):
+        return None
+    if usage.get("type") == "duration":
+        seconds = usage.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < 1e6:
+            seconds = 0.0
+        return Transcription(seconds=float(seconds))
+    return Transcription(tokens_in=_count(usage, "input_tokens"), tokens_out=_count(usage, "output_tokens"))
+
+
 class RealtimeBackend:
     """One Realtime GA session behind the backend seam (``relay.backends.Backend``)."""
 
@@ -248,7 +286,11 @@ class RealtimeBackend:
         if kind == "input_audio_buffer.committed":
             return [ev.CallerTurn(_str(event, "item_id"))]
         if kind == "conversation.item.input_audio_transcription.completed":
-            return [ev.CallerTranscript(_str(event, "item_id"), _str(event, "transcript"))]
+            return [
+                ev.CallerTranscript(
+                    _str(event, "item_id"), _str(event, "transcript"), transcription_usage(event.get("usage"))
+                )
+            ]
         if kind == "response.created":
             return [ev.ResponseStarted()]
         if kind == "response.output_item.added":
@@ -277,7 +319,8 @@ class RealtimeBackend:
                     calls.append(ev.ToolCall(_str(item, "call_id"), str(item.get("name")), _str(item, "arguments")))
                 else:
                     items.append(_str(item, "id"))
-            return [ev.ResponseDone(tuple(items), tuple(calls))]
+            usage = response_usage(response.get("usage")) if isinstance(response, dict) else None
+            return [ev.ResponseDone(tuple(items), tuple(calls), usage)]
         if kind == "error":
             error = event.get("error") or {}
             if not isinstance(error, dict):

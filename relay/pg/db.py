@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from relay.store import TurnRecord
+from relay.usage import UsageRecord
 
 # --- DSNs: printable without their secrets -------------------------------------------------
 
@@ -101,3 +102,4 @@ CALL_COLUMNS = (  # in SQLiteStore's order, so both stores' calls() give the sam
 TURN_COLUMNS = tuple(f.name for f in fields(TurnRecord))
 SELECT_TURNS = f"SELECT {', '.join(TURN_COLUMNS)} FROM call_turns"
 SELECT_CALLS = f"SELECT {', '.join(CALL_COLUMNS)} FROM calls"
+USAGE_COLUMNS = tuple(f.name for f in fields(UsageRecord))

@@ -18,6 +18,7 @@ from relay.pg.db import SELECT_CALLS, SELECT_TURNS, as_tenant, as_writer, placeh
 from relay.store import TurnRecord
 from relay.trust import Credential
 from relay.twilio import ACCOUNT_SID, E164
+from relay.usage_report import queries
 
 _UPSERT_AGENT = (
     f"INSERT INTO agents ({', '.join(AGENT_COLUMNS)}) VALUES ({placeholders(len(AGENT_COLUMNS))}) "
@@ -212,6 +213,17 @@ class Directory:
             else:
                 rows = await conn.fetch(f"{SELECT_TURNS} WHERE call_sid = $1 ORDER BY seq", call_sid)
         return [TurnRecord(**dict(row)) for row in rows]
+
+    async def tenant_usage(
+        self, tenant_id: str, by: str, since: float
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The tenant's usage grouped ``by`` day, call or agent, read as the tenant (row-level
+        security), and the unpriced items of each group (``relay.usage_report.queries``)."""
+        grouped, unpriced = queries(by, "postgres")
+        async with as_tenant(self._pool, tenant_id) as conn:
+            rows = await conn.fetch(grouped, tenant_id, since)
+            items = await conn.fetch(unpriced, tenant_id, since)
+        return [dict(r) for r in rows], [dict(r) for r in items]
 
 
 def _check(agent: Agent) -> None:

@@ -23,11 +23,21 @@ from pathlib import Path
 import asyncpg
 
 from relay.errors import ConfigError
-from relay.pg.db import SELECT_CALLS, SELECT_TURNS, TURN_COLUMNS, as_writer, dsn_secrets, placeholders, redact
+from relay.pg.db import (
+    SELECT_CALLS,
+    SELECT_TURNS,
+    TURN_COLUMNS,
+    USAGE_COLUMNS,
+    as_writer,
+    dsn_secrets,
+    placeholders,
+    redact,
+)
 from relay.pg.directory import Directory
 from relay.pg.schema import migrations
 from relay.spool import Spool
 from relay.store import CallEnd, CallRecord, Record, Store, TurnRecord
+from relay.usage import UsageRecord
 
 log = logging.getLogger("relay.pg.store")
 
@@ -44,26 +54,20 @@ _INSERT_TURN = (
     f"INSERT INTO call_turns ({', '.join(TURN_COLUMNS)}) VALUES ({placeholders(len(TURN_COLUMNS))}) "
     "ON CONFLICT (call_sid, seq) DO NOTHING"
 )
-# Completes the call and (re)computes its usage in one statement. Inbound audio is Twilio's
-# 20 ms frames; outbound is what the assistant turns, written before the end, carried.
-_END_CALL = f"""
-WITH ended AS (
-    UPDATE calls SET {", ".join(f"{c} = ${i}" for i, c in enumerate(_END_COLUMNS[1:], start=2))}
-    WHERE call_sid = $1
-    RETURNING call_sid, tenant_id, frames_in
+_END_CALL = (
+    f"UPDATE calls SET {', '.join(f'{c} = ${i}' for i, c in enumerate(_END_COLUMNS[1:], start=2))} WHERE call_sid = $1"
 )
-INSERT INTO usage (call_sid, tenant_id, audio_in_seconds, audio_out_seconds)
-SELECT e.call_sid, e.tenant_id, coalesce(e.frames_in, 0) * 0.020,
-       coalesce((SELECT sum(t.audio_ms) FROM call_turns t
-                 WHERE t.call_sid = e.call_sid AND t.role = 'assistant'), 0) / 1000.0
-FROM ended e
-ON CONFLICT (call_sid) DO UPDATE
-    SET audio_in_seconds = EXCLUDED.audio_in_seconds, audio_out_seconds = EXCLUDED.audio_out_seconds
-"""
+# A replayed record writes the same row again.
+_UPSERT_USAGE = (
+    f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({placeholders(len(USAGE_COLUMNS))}) "
+    f"ON CONFLICT (call_sid) DO UPDATE SET "
+    f"{', '.join(f'{c} = EXCLUDED.{c}' for c in USAGE_COLUMNS if c != 'call_sid')}"
+)
 
 _start_row = attrgetter(*_START_COLUMNS)
 _end_row = attrgetter(*_END_COLUMNS)
 _turn_row = attrgetter(*TURN_COLUMNS)
+_usage_row = attrgetter(*USAGE_COLUMNS)
 
 # Postgres rejecting the data itself: retrying cannot help, so such a record is dead-lettered.
 # Any other failure (unreachable, timeout, missing schema, privileges) is kept and retried.
@@ -328,11 +332,12 @@ class PostgresStore(Store):
                 await self._store([record])
 
     async def _write(self, batch: Sequence[Record]) -> None:
-        # One transaction. Starts, then turns, then ends: an end updates its call's row and
-        # sums its turns, and within a batch both were submitted before it.
+        # One transaction. Starts, then turns, then ends: an end updates its call's row, and
+        # within a batch the start was submitted before it.
         starts = [_start_row(r) for r in batch if isinstance(r, CallRecord)]
         turns = [_turn_row(r) for r in batch if isinstance(r, TurnRecord)]
         ends = [_end_row(r) for r in batch if isinstance(r, CallEnd)]
+        usage = [_usage_row(r) for r in batch if isinstance(r, UsageRecord)]
         async with as_writer(self._require_pool()) as conn:
             if starts:
                 await conn.executemany(_INSERT_CALL, starts)
@@ -340,6 +345,8 @@ class PostgresStore(Store):
                 await conn.executemany(_INSERT_TURN, turns)
             if ends:
                 await conn.executemany(_END_CALL, ends)
+            if usage:
+                await conn.executemany(_UPSERT_USAGE, usage)
 
     async def turns(self, call_sid: str) -> list[TurnRecord]:
         async with as_writer(self._require_pool()) as conn:

@@ -141,6 +141,9 @@ class SessionLog:
     violations: list[str] = field(default_factory=list)
     turns: list[tuple[str, str]] = field(default_factory=list)
     session_config: dict[str, Any] = field(default_factory=dict)
+    # The usage this session reported, as sent: each response.done's, each transcription's.
+    response_usage: list[dict[str, Any]] = field(default_factory=list)
+    transcription_usage: list[dict[str, Any]] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
 
@@ -160,6 +163,7 @@ class _Item:
     extra: dict[str, Any] = field(default_factory=dict)  # call_id, output, ...
     text: str = ""  # user transcript / input text
     transcribed: bool = False
+    audio_ms: int = 0  # the caller's audio of a committed input item
     # assistant audio
     has_audio: bool = False
     words: list[str] = field(default_factory=list)
@@ -200,6 +204,8 @@ class _Response:
     marks: list[int]  # byte offset at which each word counts as spoken
     started: bool = False
     tool_call: _Item | None = None  # a function call that follows the audio, in the same response
+    input_text: int = 0  # the context it reads, in tokens (``RealtimeSession._context_tokens``)
+    input_audio: int = 0
 
 
 @functools.lru_cache(maxsize=256)
@@ -372,6 +378,7 @@ class RealtimeSession:
         self.session = self._default_session(model)
         self.items: list[_Item] = []
         self.response: _Response | None = None
+        self._prefix_seen = 0  # context tokens of the last response: the cache's prefix
         self.audio_output_started = False
         # input audio: the clock counts μ-law-equivalent bytes (8 per ms) since the session started
         self._buf = bytearray()  # pcmu bytes from _origin to the clock
@@ -688,7 +695,7 @@ class RealtimeSession:
         previous = self._last_item_id()
         self._emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
         history = list(self.log.turns)
-        item = _Item(id=item_id, content=[{"type": "input_audio"}], text=transcript)
+        item = _Item(id=item_id, content=[{"type": "input_audio"}], text=transcript, audio_ms=(end - start) // 8)
         self._add_item(item, previous)
         self._emit("conversation.item.done", previous_item_id=previous, item=item.json())
         if self.session["audio"]["input"]["transcription"] is not None:
@@ -696,12 +703,14 @@ class RealtimeSession:
 
             def complete(t: float) -> None:
                 item.transcribed = True
+                usage = {"type": "duration", "seconds": seconds}
+                self.log.transcription_usage.append(usage)
                 self._emit(
                     "conversation.item.input_audio_transcription.completed",
                     item_id=item_id,
                     content_index=0,
                     transcript=transcript,
-                    usage={"type": "duration", "seconds": seconds},
+                    usage=usage,
                 )
 
             self._at(now + self.config.transcription_delay_ms / 1000, complete)
@@ -794,6 +803,7 @@ class RealtimeSession:
             total_bytes=len(data),
         )
         resp = self.response = _Response(id=self._id("resp"), item=item, audio=data, marks=marks)
+        resp.input_text, resp.input_audio = self._context_tokens()
         if call is not None:
             resp.tool_call = _Item(
                 id=self._id("item"),
@@ -824,20 +834,52 @@ class RealtimeSession:
                 obj["output"] = [resp.item.json()]
                 if resp.tool_call is not None and status == "completed":
                     obj["output"].append(resp.tool_call.json())
-            audio_tokens, text_tokens = resp.item.sent_bytes // (resp.item.bpm * 50), resp.item.words_sent
-            obj["usage"] = {
-                "total_tokens": audio_tokens + text_tokens + 100,
-                "input_tokens": 100,
-                "output_tokens": audio_tokens + text_tokens,
-                "input_token_details": {
-                    "text_tokens": 100,
-                    "audio_tokens": 0,
-                    "cached_tokens": 0,
-                    "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0},
-                },
-                "output_token_details": {"text_tokens": text_tokens, "audio_tokens": audio_tokens},
-            }
+            obj["usage"] = self._usage(resp)
+            self.log.response_usage.append(obj["usage"])
         return obj
+
+    def _context_tokens(self) -> tuple[int, int]:
+        """The (text, audio) tokens a response reads: the instructions and every item so far.
+
+        Audio bills as the service counts it, a token per 100 ms of the caller's audio and per
+        50 ms of the model's own; text at about four characters a token.
+        """
+        text = 1 + len(str(self.session.get("instructions") or "")) // 4
+        audio = 0
+        for item in self.items:
+            if item.has_audio:
+                audio += item.sent_bytes // (item.bpm * 50)
+            elif item.audio_ms:
+                audio += item.audio_ms // 100
+            else:
+                text += 1 + len(item.text or orjson.dumps(item.extra).decode()) // 4
+        return text, audio
+
+    def _usage(self, resp: _Response) -> dict[str, Any]:
+        """``response.done``'s usage: the context read (its start cached, as the service caches a
+        prefix it has seen, from 1,024 tokens in steps of 64) and what was produced."""
+        text_in, audio_in = resp.input_text, resp.input_audio
+        seen = self._prefix_seen
+        cached = seen - seen % 64 if seen >= 1024 else 0
+        cached = min(cached, text_in + audio_in)
+        cached_text = min(text_in, cached)
+        cached_audio = cached - cached_text
+        self._prefix_seen = text_in + audio_in
+        item = resp.item
+        audio_out, text_out = item.sent_bytes // (item.bpm * 50), item.words_sent
+        return {
+            "total_tokens": text_in + audio_in + audio_out + text_out,
+            "input_tokens": text_in + audio_in,
+            "output_tokens": audio_out + text_out,
+            "input_token_details": {
+                "text_tokens": text_in,
+                "audio_tokens": audio_in,
+                "image_tokens": 0,
+                "cached_tokens": cached,
+                "cached_tokens_details": {"text_tokens": cached_text, "audio_tokens": cached_audio, "image_tokens": 0},
+            },
+            "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
+        }
 
     def _begin(self, resp: _Response, t: float) -> None:
         if resp is not self.response or resp.started:
