@@ -164,6 +164,9 @@ def test_agents_are_added_changed_listed_and_shown(pg: str, capsys: pytest.Captu
         (("turns", "--tenant", "nosuch"), "no tenant 'nosuch'"),
         (("turns", "--tenant", "acme", "--call", "CA-bogus"), "is not a call sid"),
         (("calls", "--tenant", "acme", "--limit", "0"), "--limit 0 is outside"),
+        (("usage", "--tenant", "nosuch"), "no tenant 'nosuch'"),
+        (("usage", "--tenant", "acme", "--since", "yesterday"), "is not a date (YYYY-MM-DD)"),
+        (("usage", "--tenant", "acme", "--by", "week"), "invalid choice: 'week'"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(
@@ -182,6 +185,8 @@ def test_bad_input_gets_one_line_and_exit_2(
         (("turns", "--tenant", "nosuch"), "no tenant 'nosuch'"),
         (("turns", "--call", "CA-bogus"), "is not a call sid"),
         (("calls", "--limit", "0"), "--limit 0 is outside"),
+        (("usage", "--tenant", "nosuch"), "no tenant 'nosuch'"),
+        (("usage", "--since", "2026-13-01"), "is not a date (YYYY-MM-DD)"),
         (("tenants", "add", "t2", "--max-calls", "-1"), "-1 is outside 0..100000"),
         (("tenants", "add", "t2"), "needs DATABASE_URL"),
         (("agents", "list", "--tenant", "default"), "needs DATABASE_URL"),
@@ -196,6 +201,8 @@ def test_the_embedded_store_answers_bad_input_the_same_way(
     assert says in err and err.count("\n") == 1, err
     code, out, _ = run(capsys, "calls")
     assert code == 0 and orjson.loads(out) == []
+    code, out, _ = run(capsys, "usage", "--json")
+    assert code == 0 and orjson.loads(out)["rows"] == [] and orjson.loads(out)["total"]["cost_usd"] == "0.000000000"
 
 
 @pytest.mark.postgres

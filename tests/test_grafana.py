@@ -31,11 +31,12 @@ async def test_every_query_of_the_dashboard_names_a_metric_relay_exports(tmp_pat
     used = {name for expr in exprs for name in re.findall(r"\brelay_[a-z_]+\b", expr)}
     assert exprs and used
     assert sorted(used - exported(tmp_path)) == []
-    # Calls, voice to voice, barge-ins and errors are all on it.
+    # Calls, voice to voice, barge-ins, errors and cost by tenant are all on it.
     for needed in (
         "relay_calls_active",
         "relay_voice_to_voice_ms_bucket",
         "relay_barge_ins_total",
         "relay_refusals_total",
+        "relay_cost_usd_total",
     ):
         assert needed in used
