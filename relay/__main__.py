@@ -11,6 +11,8 @@ import asyncio
 import logging
 import signal
 import sys
+import urllib.error
+import urllib.request
 from typing import NoReturn
 
 import orjson
@@ -98,14 +100,51 @@ async def serve(settings: Settings) -> None:
             "X-Twilio-Signature validation is OFF (RELAY_INSECURE_SKIP_TWILIO_SIGNATURE=1): anyone who finds "
             "this server can place it in a call. Development only."
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    # The first SIGTERM (or `relay drain`) drains: not ready, calls go on, then leave or are
+    # handed over; a second signal ends every call at once.
+    relay, loop = server.relay, asyncio.get_running_loop()
+    now = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            relay.drain_requests.put_nowait(False)
+        else:
+            now.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down: waiting for %d live call(s)", len(server.relay.sessions))
-    await server.close(drain_timeout=30.0)
+        loop.add_signal_handler(sig, on_signal)
+    if await relay.drain_requests.get():
+        relay.drain_requests.put_nowait(True)  # `relay drain --handoff`: the drain hands over at once
+    drain = asyncio.create_task(server.drain(settings.drain_timeout_s))
+    at_once = asyncio.create_task(now.wait())
+    await asyncio.wait({drain, at_once}, return_when=asyncio.FIRST_COMPLETED)
+    if not drain.done():
+        log.warning("second signal: ending %d live call(s) now", len(relay.sessions))
+        drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
+        await server.close(drain_timeout=0.0)
+    at_once.cancel()
+    log.info("every call has left; closing the store")
     await store.close(timeout=30.0)
+
+
+def drain(settings: Settings, handoff: bool) -> int:
+    """``relay drain``: ask the relay serving on this machine's RELAY_PORT to drain."""
+    url = f"http://127.0.0.1:{settings.port}/drain" + ("?handoff=1" if handoff else "")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=10):
+            pass
+    except urllib.error.HTTPError as exc:
+        print(f"relay drain: the relay answered {exc.code} {exc.reason}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"relay drain: no relay answering on 127.0.0.1:{settings.port} ({exc})", file=sys.stderr)
+        return 1
+    print("draining" + (": handing every call to another relay" if handoff else ""))
+    return 0
 
 
 def _check_fastpath(settings: Settings) -> None:
@@ -130,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the relay (configured by the environment)")
+    drain_cmd = commands.add_parser("drain", help="drain the relay serving on this machine (RELAY_PORT)")
+    drain_cmd.add_argument(
+        "--handoff", action="store_true", help="hand every live call to another relay now, through Twilio"
+    )
     demo = commands.add_parser("demo", help="run simulated calls end to end on loopback")
     demo.add_argument("--calls", type=int, default=1, help="concurrent calls (default 1)")
     demo.add_argument("--record", metavar="FILE.wav", help="write what the first caller heard")
@@ -148,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         logs.configure("WARNING")
         return uvloop.run(admin.run(args, settings))
+
+    if args.command == "drain":
+        try:
+            settings = Settings.from_env(serve=False)
+        except ConfigError as exc:
+            print(f"relay: {exc}", file=sys.stderr)
+            return 2
+        return drain(settings, args.handoff)
 
     if args.command == "serve":
         try:

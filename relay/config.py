@@ -85,6 +85,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = ""  # json or text; empty: json unless stderr is a terminal
     prices_path: str = ""  # a price table over the shipped one (relay/prices.toml)
+    drain_timeout_s: int = 3600  # after SIGTERM, how long live calls may go on before they are handed over
 
     @property
     def stream_token_key(self) -> bytes:
@@ -229,6 +230,7 @@ class Settings:
         text("RELAY_LOG_FORMAT", "log_format")
         flag("RELAY_ALLOW_PYTHON_FASTPATH", "allow_python_fastpath")
         text("RELAY_PRICES", "prices_path")
+        number("RELAY_DRAIN_TIMEOUT_S", "drain_timeout_s", int, 0, 86400)
 
         settings = cls(**values)  # type: ignore[arg-type]  # values checked one by one above
         problems += settings.problems(serve=serve)

@@ -35,9 +35,10 @@ while no backend session has confirmed its format (at start, and while one is re
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -150,6 +151,27 @@ class CallStats:
     v2v_ms: list[float] = field(default_factory=list)  # per answer, in the order they were sent
 
 
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A call handed over from another relay: what the store holds of it so far."""
+
+    turns: Sequence[TurnRecord]  # in order
+    started_at: float  # the call's first stream began (Twilio bills the call, not each stream)
+    last_seq: int  # this stream's turns are numbered after it
+    frames_in: int = 0
+    frames_out: int = 0
+
+    @property
+    def history(self) -> list[tuple[str, str]]:
+        """(role, text) of every turn: what the caller said, what they heard of the agent."""
+        out = []
+        for turn in self.turns:
+            text = turn.text_generated if turn.role == "user" else turn.text_heard
+            if text:
+                out.append((turn.role, text))
+        return out
+
+
 def cut_words(text: str, fraction: float) -> str:
     """The words of ``text`` heard when ``fraction`` of its audio played (no word timings).
 
@@ -186,6 +208,7 @@ class Conversation:
         "_keys_due",
         "_meter",
         "_prices",
+        "_resumed",
         "_response_active",
         "_say_on_open",
         "_seq",
@@ -220,6 +243,7 @@ class Conversation:
         options: CallOptions = CallOptions(),
         *,
         prices: pricing.PriceTable | None = None,
+        resumed: Resumed | None = None,
         core: Callable[..., Any] = MediaCore,
     ) -> None:
         self.media: MediaCore = core(
@@ -270,6 +294,11 @@ class Conversation:
         self._prices = prices if prices is not None else pricing.shipped()
         self.usage: UsageRecord | None = None  # set by ``finish``
         self._started_at = time.time()
+        # ---- a call handed over from another relay: its turns go on from the store's
+        self._resumed = resumed
+        if resumed is not None:
+            self._seq = resumed.last_seq
+            self._greeted = True  # the caller was greeted on the first relay
         self._submit(
             CallRecord(
                 tenant_id=self.tenant_id,
@@ -317,7 +346,8 @@ class Conversation:
         elif reason == "reconnect":
             self._stats.reconnects += 1
             self._say_on_open = self.options.reconnect_message or None
-        seed = backend.seed(self.history(), self.options.seed_max_chars) if reason != "start" else []
+        seeded = reason != "start" or self._resumed is not None
+        seed = backend.seed(self.history(), self.options.seed_max_chars) if seeded else []
         for message in backend.configure(self.agent) + seed:
             upstream.send(message)
 
@@ -357,7 +387,8 @@ class Conversation:
         )
 
     def history(self) -> list[tuple[str, str]]:
-        """The conversation so far as (role, text): what the caller said and what they heard."""
+        """The conversation so far as (role, text): what the caller said and what they heard
+        (on the relays the call was on before this one too)."""
         turns: list[tuple[int, str, str]] = []
         for user in self._users.values():
             if user.transcript:
@@ -367,7 +398,8 @@ class Conversation:
                 text = self._heard_text(turn)
                 if text:
                     turns.append((turn.seq, "assistant", text))
-        return [(role, text) for _, role, text in sorted(turns)]
+        before = self._resumed.history if self._resumed is not None else []
+        return before + [(role, text) for _, role, text in sorted(turns)]
 
     def _to_backend(self, message: bytes | None) -> None:
         if message is None:
@@ -679,15 +711,16 @@ class Conversation:
         stats = self.stats
         v2v = stats.v2v_ms
         ended_at = time.time()
+        resumed = self._resumed
         self._submit(
             CallEnd(
                 tenant_id=self.tenant_id,
                 call_sid=self.call_sid,
                 ended_at=ended_at,
                 end_reason=end_reason or "error",
-                frames_in=stats.frames_in,
-                frames_out=stats.frames_out,
-                turns=len(self._users) + len(self._assistants),
+                frames_in=stats.frames_in + (resumed.frames_in if resumed else 0),
+                frames_out=stats.frames_out + (resumed.frames_out if resumed else 0),
+                turns=len(self._users) + len(self._assistants) + (len(resumed.turns) if resumed else 0),
                 v2v_p50_ms=round(statistics.median(v2v), 1) if v2v else None,
                 v2v_max_ms=round(max(v2v), 1) if v2v else None,
             )
@@ -701,6 +734,10 @@ class Conversation:
         caller_ms = self.media.frames_in * FRAME_MS
         tokens, estimated = self._meter.total(answers_ms, caller_ms)
         agent = self.agent
+        # Twilio bills the call's started minutes once: a stream after a hand-over adds those
+        # the call has run into since the previous one ended.
+        call_start = self._resumed.started_at if self._resumed is not None else self._started_at
+        minutes = math.ceil((ended_at - call_start) / 60) - math.ceil(max(0.0, self._started_at - call_start) / 60)
         used = CallUsage(
             backend=agent.backend,
             model=agent.model,
@@ -708,6 +745,7 @@ class Conversation:
             tokens=tokens,
             transcription=self._meter.transcription,
             seconds=max(0.0, ended_at - self._started_at),
+            twilio_minutes=max(0, minutes),
             audio_in_seconds=caller_ms / 1000,
             audio_out_seconds=sum(answers_ms.values()) / 1000,
             estimated=estimated,
@@ -716,6 +754,7 @@ class Conversation:
             used,
             self._prices,
             call_sid=self.call_sid,
+            stream_sid=self.start.stream_sid,
             tenant_id=self.tenant_id,
             agent_id=self.start.custom_parameters.get("agent") or "default",
             direction="inbound",

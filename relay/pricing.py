@@ -13,7 +13,6 @@ cost is then what is known, a lower bound, and says so.
 from __future__ import annotations
 
 import functools
-import math
 import tomllib
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -130,6 +129,7 @@ def bill(
     prices: PriceTable,
     *,
     call_sid: str,
+    stream_sid: str,
     tenant_id: str,
     agent_id: str,
     direction: str,
@@ -139,8 +139,7 @@ def bill(
     """The call's stored usage: what it used and what that cost under ``prices``."""
     unpriced: list[str] = []
     t = usage.tokens
-    # Twilio bills each started minute; the stream's span stands in for the call's.
-    minutes = math.ceil(usage.seconds / 60) if usage.seconds > 0 else 0
+    minutes = usage.twilio_minutes
 
     backend_cost = Decimal(0)
     rates = prices.models.get(usage.model, {})
@@ -189,6 +188,7 @@ def bill(
     )
     return UsageRecord(
         call_sid=call_sid,
+        stream_sid=stream_sid,
         tenant_id=tenant_id,
         agent_id=agent_id,
         direction=direction,

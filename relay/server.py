@@ -11,7 +11,12 @@ Routes:
     GET  /twilio/voice          with ``Upgrade: websocket``: the call's media stream
     POST /twilio/after-stream   what the caller hears once relay has closed the stream (Twilio runs the
                                 TwiML after </Connect>): an apology after a failure, else the hang-up
-    GET  /healthz               200 while the process serves
+    GET  /healthz               liveness: 200 while the event loop turns
+    GET  /readyz                readiness: 200 when this relay should get new calls (not draining, the
+                                compiled fast path, the store keeping what it is given, the backend
+                                reached recently), else 503; both say why, as JSON
+    POST /drain                 from loopback only: start draining (``?handoff=1``: hand every live call
+                                to another relay now); what ``relay drain`` sends
     GET  /metrics               the Prometheus text format (``relay.metrics``); with RELAY_METRICS_TOKEN set,
                                 only with ``Authorization: Bearer <token>``. RELAY_METRICS_PORT serves it
                                 (and /healthz) on a port of its own as well.
@@ -41,7 +46,7 @@ from websockets.http11 import Request
 from relay import fastpath, logs, streamtoken, twilio, upstream
 from relay.admission import Admission, LocalAdmission
 from relay.agents import AgentProfile
-from relay.config import Settings
+from relay.config import Settings, is_loopback
 from relay.errors import ProtocolError
 from relay.metrics import CONTENT_TYPE_LATEST, LAG_BUCKETS_MS, Buckets, CallLedger, LiveCall, render
 from relay.pacer import Pacer
@@ -65,6 +70,14 @@ LAG_SAMPLE_S = 0.25  # how often the event loop's timer lateness is sampled for 
 # stream ends while the call is up (a failure, or no record at all: a relay that died) gets
 # the apology, so no caller is left in silence.
 NORMAL_ENDS = frozenset({"agent_hangup"})
+# A call relay ended to move it to another relay: the after-stream hook connects a new stream.
+HANDOFF = "handoff"
+# The backend counts as reachable for readiness this long after it last was (a session opened,
+# or the periodic TCP probe connected).
+BACKEND_WINDOW_S = 60.0
+BACKEND_PROBE_S = 15.0
+# How long after its webhook answer a call's stream may still arrive (Twilio opens it at once).
+STREAM_EXPECTED_S = 10.0
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str, *, keep_alive: bool) -> bytes:
@@ -129,6 +142,14 @@ class Relay:
         self.loop_lag = Buckets(LAG_BUCKETS_MS)  # the event loop's timer lateness, sampled
         # How recent calls ended, for the after-stream hook when it lands on this relay.
         self.outcomes: collections.OrderedDict[str, str] = collections.OrderedDict()
+        # Draining: not ready for new calls; live ones go on (or, handing off, move to another relay).
+        self.draining = False
+        self.handing_off = False
+        self.drain_requests: asyncio.Queue[bool] = asyncio.Queue()  # /drain: True = hand off now
+        self.backend_seen_at: float | None = None  # loop time the backend was last reached
+        # Streams our webhook announced that have not started yet (call sid -> loop time it is
+        # given up): a draining relay stays until they have come.
+        self.expected_streams: dict[str, float] = {}
 
     async def _connect_realtime(self, agent: AgentProfile) -> Upstream:
         # No OpenAI-Beta header: its presence selects the retired beta shape (PROTOCOLS §2.1).
@@ -142,6 +163,7 @@ class Relay:
     async def open_upstream(self, agent: AgentProfile) -> Upstream:
         """A backend session for a call, counted in ``upstreams_open`` until its transport is gone."""
         conn = await self._connect_upstream(agent)
+        self.backend_seen_at = asyncio.get_running_loop().time()
         if hasattr(conn, "on_lost"):
             self.upstreams_open += 1
             conn.on_lost = self._upstream_lost
@@ -223,51 +245,61 @@ class Relay:
         log.info(
             "webhook: call %s from %s to %s: tenant %s", call.call_sid, call.from_ or "?", call.to, route.tenant_id
         )
+        return HTTPStatus.OK, self.stream_twiml(
+            call.call_sid, call.account_sid, route.tenant_id, route.agent_id, call.from_, call.to
+        )
+
+    def stream_twiml(
+        self, call_sid: str, account_sid: str, tenant: str, agent: str, from_: str, to: str, *, resume: bool = False
+    ) -> str:
+        """TwiML that connects the call to a relay's media stream (through the load balancer:
+        ``RELAY_PUBLIC_URL``), then redirects to the after-stream hook when the stream ends.
+
+        Both carry a token signed for this call only. ``resume``: the call was handed over from
+        another relay; the stream that picks it up continues its conversation from the store.
+        """
         now = time.time()
         token = streamtoken.issue(
-            self.stream_token_key,
-            tenant=route.tenant_id,
-            agent=route.agent_id,
-            call_sid=call.call_sid,
-            account_sid=call.account_sid,
-            now=now,
+            self.stream_token_key, tenant=tenant, agent=agent, call_sid=call_sid, account_sid=account_sid, now=now
         )
         hook = streamtoken.issue(
             self.stream_token_key,
-            tenant=route.tenant_id,
-            agent="",
-            call_sid=call.call_sid,
-            account_sid=call.account_sid,
+            tenant=tenant,
+            agent=agent,
+            call_sid=call_sid,
+            account_sid=account_sid,
             now=now,
             purpose=streamtoken.AFTER_STREAM,
             ttl=streamtoken.AFTER_STREAM_TTL,
         )
         after_url = (
             f"{self.settings.public_url.rstrip('/')}{twilio.AFTER_STREAM_PATH}?"
-            f"{urlencode({'tenant': route.tenant_id, 'token': hook})}"
+            f"{urlencode({'tenant': tenant, 'agent': agent, 'token': hook})}"
         )
-        twiml = twilio.connect_stream_twiml(
-            self.settings.stream_url,
-            {
-                "callSid": call.call_sid,
-                "from": call.from_,
-                "to": call.to,
-                "tenant": route.tenant_id,
-                "agent": route.agent_id,
-                "token": token,
-            },
-            after_url,
-        )
-        return HTTPStatus.OK, twiml
+        parameters = {"callSid": call_sid, "from": from_, "to": to, "tenant": tenant, "agent": agent, "token": token}
+        if resume:
+            parameters["resume"] = "1"
+        self.expected_streams[call_sid] = asyncio.get_running_loop().time() + STREAM_EXPECTED_S
+        return twilio.connect_stream_twiml(self.settings.stream_url, parameters, after_url)
+
+    def awaiting_streams(self) -> bool:
+        """Whether a stream this relay's webhook announced may still arrive."""
+        now = asyncio.get_running_loop().time()
+        for call_sid, until in list(self.expected_streams.items()):
+            if until < now:
+                del self.expected_streams[call_sid]
+        return bool(self.expected_streams)
 
     async def after_stream(
         self, query: dict[str, str], params: dict[str, str], found: tuple[Credential, ...]
     ) -> tuple[HTTPStatus, str]:
         """What Twilio runs once relay has closed a call's stream (the ``<Redirect>`` after
-        ``</Connect>``): nothing more after a normal end (the agent hung up), the failure message
+        ``</Connect>``): nothing more after a normal end (the agent hung up); a new stream, through
+        the load balancer, after a hand-off (a draining relay moved the call); the failure message
         after anything else. Works on any relay sharing the store: the reason is looked up there
         when this relay did not run the call."""
-        call_sid, account_sid, tenant = params.get("CallSid", ""), params.get("AccountSid", ""), query.get("tenant", "")
+        call_sid, account_sid = params.get("CallSid", ""), params.get("AccountSid", "")
+        tenant, agent = query.get("tenant", ""), query.get("agent", "")
         if not (twilio.CALL_SID.fullmatch(call_sid) and twilio.ACCOUNT_SID.fullmatch(account_sid)):
             self.malformed_webhooks += 1
             return HTTPStatus.BAD_REQUEST, "CallSid and AccountSid must be Twilio sids\n"
@@ -275,7 +307,7 @@ class Relay:
             self.stream_token_key,
             query.get("token", ""),
             tenant=tenant,
-            agent="",
+            agent=agent,
             call_sid=call_sid,
             account_sid=account_sid,
             now=time.time(),
@@ -288,6 +320,10 @@ class Relay:
         reason = await self.end_reason(call_sid)
         if reason in NORMAL_ENDS:
             return HTTPStatus.OK, twilio.hangup_twiml()
+        if reason == HANDOFF and agent:
+            log.info("call %s: handed over; connecting a new stream", call_sid)
+            from_, to = params.get("From", ""), params.get("To", "")
+            return HTTPStatus.OK, self.stream_twiml(call_sid, account_sid, tenant, agent, from_, to, resume=True)
         log.info("call %s: the stream ended (%s); the caller hears the failure message", call_sid, reason or "unknown")
         return HTTPStatus.OK, twilio.refusal_twiml(self.settings.failure_message)
 
@@ -354,9 +390,35 @@ class Relay:
     def note_upstream_outlived(self) -> None:
         self.upstreams_outlived += 1
 
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether this relay should be given new calls, and each check's answer (``/readyz``)."""
+        seen = self.backend_seen_at
+        age = None if seen is None else asyncio.get_running_loop().time() - seen
+        checks = {
+            "draining": self.draining,
+            "fastpath": fastpath.IMPLEMENTATION,
+            "store_writable": self.store.writable,
+            "backend_seen_s_ago": None if age is None else round(age, 1),
+        }
+        ready = (
+            not self.draining
+            and (fastpath.IMPLEMENTATION == "cython" or self.settings.allow_python_fastpath)
+            and self.store.writable
+            and age is not None
+            and age <= BACKEND_WINDOW_S
+        )
+        return ready, {"ready": ready, **checks}
+
+    def hand_off_calls(self) -> None:
+        """Move every live call (and any that starts from now on) to another relay, through Twilio."""
+        self.handing_off = True
+        for session in self.live.values():
+            session.hand_off()
+
     def health(self) -> dict[str, Any]:
         return {
             "status": "ok",
+            "draining": self.draining,
             "fastpath": fastpath.IMPLEMENTATION,
             "calls_active": len(self.sessions),
             "connections": self.connections,
@@ -390,6 +452,8 @@ class Relay:
             on_turn_stored=self.ledger.turn_stored,
             prices=self.prices,
         )
+        if self.handing_off:
+            session.hand_off()  # a stream still reaching a relay that is handing its calls on
         task = asyncio.create_task(self._run_call(session))
         self.live[task] = session
         self.sessions.add(task)
@@ -426,6 +490,7 @@ class Relay:
 
     def call_started(self, call_sid: str) -> None:
         """A verified stream began: its admission slot is now held by a live call."""
+        self.expected_streams.pop(call_sid, None)
         task = asyncio.ensure_future(self._admission_note(self.admission.started, call_sid))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
@@ -555,18 +620,36 @@ class HttpProtocol(asyncio.Protocol):
                 keep_alive=keep_alive,
                 head_only=method == b"HEAD",
             )
+        elif url.path == "/readyz" and method in (b"GET", b"HEAD"):
+            ready, checks = self._relay.readiness()
+            status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+            body = orjson.dumps(checks)
+            self._send(status, body, "application/json", keep_alive=keep_alive, head_only=method == b"HEAD")
         elif url.path == "/metrics" and method in (b"GET", b"HEAD"):
             self._metrics(keep_alive, head_only=method == b"HEAD")
+        elif url.path == "/drain" and method == b"POST":
+            self._drain(url.query, keep_alive)
         elif self._metrics_only:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
         elif (url.path == twilio.STREAM_PATH and method in (b"POST", b"GET")) or (
             url.path == twilio.AFTER_STREAM_PATH and method == b"POST"
         ):
             self._twilio_request(method, url.path, url.query, keep_alive)
-        elif url.path in ("/healthz", twilio.STREAM_PATH, twilio.AFTER_STREAM_PATH):
+        elif url.path in ("/healthz", "/readyz", "/drain", twilio.STREAM_PATH, twilio.AFTER_STREAM_PATH):
             self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", keep_alive=keep_alive)
         else:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
+
+    def _drain(self, query: str, keep_alive: bool) -> None:
+        """``relay drain``: only from this machine (a pod's preStop runs it beside the server)."""
+        assert self._transport is not None
+        peer = self._transport.get_extra_info("peername")
+        if not (isinstance(peer, tuple) and is_loopback(str(peer[0]))):
+            self._send(HTTPStatus.FORBIDDEN, b"forbidden\n", keep_alive=keep_alive)
+            return
+        handoff = parse_qs(query).get("handoff", ["0"])[0] in ("1", "true", "yes")
+        self._relay.drain_requests.put_nowait(handoff)
+        self._send(HTTPStatus.ACCEPTED, b"draining\n", keep_alive=keep_alive)
 
     def _metrics(self, keep_alive: bool, *, head_only: bool) -> None:
         token = self._relay.settings.metrics_token
@@ -713,6 +796,7 @@ class RelayServer:
         self._metrics_server: asyncio.base_events.Server | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._lag_sampler: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -728,6 +812,7 @@ class RelayServer:
                 lambda: HttpProtocol(self.relay, metrics_only=True), s.host, s.metrics_port, reuse_address=True
             )
         self._lag_sampler = asyncio.create_task(self._sample_loop_lag(), name="loop-lag")
+        self._prober = asyncio.create_task(self._probe_backend(), name="backend-probe")
         if self.relay.credential_source is not None:
             await self.relay.refresh_credentials()
             self._refresher = asyncio.create_task(self._refresh_credentials(), name="tenant-token-refresh")
@@ -741,6 +826,62 @@ class RelayServer:
             await asyncio.sleep(LAG_SAMPLE_S)
             self.relay.loop_lag.observe(max(0.0, loop.time() - due) * 1000)
 
+    async def _probe_backend(self) -> None:
+        # Readiness wants the backend reached recently. Calls reaching it count; between them a
+        # TCP connect to its host (no session, nothing billed) every BACKEND_PROBE_S.
+        loop = asyncio.get_running_loop()
+        parts = urlsplit(self.relay.settings.realtime_url)
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)
+        while True:
+            seen = self.relay.backend_seen_at
+            if seen is None or loop.time() - seen > BACKEND_PROBE_S:
+                try:
+                    async with asyncio.timeout(2.0):
+                        _, writer = await asyncio.open_connection(host, port)
+                    writer.close()
+                    self.relay.backend_seen_at = loop.time()
+                except (OSError, TimeoutError) as exc:
+                    log.warning("speech backend %s:%d unreachable (%s)", host, port, type(exc).__name__)
+            await asyncio.sleep(BACKEND_PROBE_S)
+
+    async def drain(self, timeout_s: float, handoff_wait_s: float = 60.0) -> None:
+        """Serve on, not ready, until every call here has ended, then close.
+
+        Webhooks and streams still arriving are served (a load balancer takes a while to see
+        ``/readyz`` fail). When ``timeout_s`` passes, or ``relay drain --handoff`` asks, the calls
+        still up are handed to other relays through Twilio, between turns; those that have not
+        left ``handoff_wait_s`` later are ended.
+        """
+        relay = self.relay
+        relay.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        log.info("draining: %d live call(s); hand-over in %.0f s", len(relay.sessions), timeout_s)
+        handoff = asyncio.ensure_future(self._handoff_asked())
+        try:
+            while (relay.sessions or relay.awaiting_streams()) and not handoff.done() and loop.time() < deadline:
+                await asyncio.wait(
+                    [*relay.sessions, handoff],
+                    timeout=min(1.0, deadline - loop.time()),  # and look again for streams on their way
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+        finally:
+            handoff.cancel()
+        if relay.sessions:
+            log.info("draining: handing %d call(s) to other relays", len(relay.sessions))
+            relay.hand_off_calls()
+            last = loop.time() + handoff_wait_s
+            while (relay.sessions or relay.awaiting_streams()) and loop.time() < last:
+                if relay.sessions:
+                    await asyncio.wait(set(relay.sessions), timeout=min(1.0, last - loop.time()))
+                else:
+                    await asyncio.sleep(0.1)
+        await self.close(drain_timeout=0.0)
+
+    async def _handoff_asked(self) -> None:
+        while not await self.relay.drain_requests.get():
+            pass
+
     async def _refresh_credentials(self) -> None:
         # A handshake cannot wait for the database, so it checks the tokens known here; a new
         # tenant token reaches every relay within TOKEN_REFRESH (its webhooks at once).
@@ -750,7 +891,7 @@ class RelayServer:
 
     async def close(self, drain_timeout: float = 10.0) -> None:
         """Stop accepting, let live calls finish (bounded), then end the rest."""
-        for task in (self._refresher, self._lag_sampler):
+        for task in (self._refresher, self._lag_sampler, self._prober):
             if task is not None:
                 task.cancel()
         if self._metrics_server is not None:

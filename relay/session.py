@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from relay import logs, tracing, twilio
 from relay.agents import Agent, AgentProfile
 from relay.call_options import CallOptions
-from relay.conversation import AssistantTurn, CallStats, Conversation, cut_words
+from relay.conversation import AssistantTurn, CallStats, Conversation, Resumed, cut_words
 from relay.errors import BackendError, ProtocolError
 from relay.fastpath import LEG_BACKEND, LEG_TWILIO, MediaCore
 from relay.pacer import Pacer
@@ -51,11 +52,17 @@ RECONNECT_BACKOFF = (0.1, 5.0)  # first delay, most delay (doubling), seconds
 SHORT_LIVED_S = 5.0  # a backend session that drops sooner than this delays the next one
 IDLE_POLL_S = 0.05
 END_WRITE_TIMEOUT = 2.0  # how long the stream's close waits for the call's end to be stored
+# A call asked to move to another relay leaves between turns; one that never falls quiet
+# leaves after this long anyway (the caller hears the hand-over mid-sentence, not a failure).
+HANDOFF_MAX_WAIT_S = 30.0
+RESUME_READ_TIMEOUT = 3.0  # how long a handed-over call waits for its past from the store
+UNKNOWN_PAST_SEQ = 100_000  # where a handed-over call whose past is unreadable numbers its turns from
 
 # How relay closes a stream it ends, by end reason (Twilio's own ends, stop and a closed
 # socket, need no close of ours beyond the handshake).
-_CLOSE_CODES = {"stop": 1000, "agent_hangup": 1000, "twilio_protocol_error": 1007}
+_CLOSE_CODES = {"stop": 1000, "agent_hangup": 1000, "handoff": 1000, "twilio_protocol_error": 1007}
 _CLOSE_REASONS = {
+    "handoff": "handing the call to another relay",
     "backend_unavailable": "speech backend unavailable",
     "backend_refused": "speech backend refused the session",
     "backend_not_ready": "speech backend did not confirm the session in time",
@@ -150,6 +157,7 @@ class CallSession:
         self._upstream: Upstream | None = None
         self._ending = False
         self._hangup = asyncio.Event()
+        self._handoff = asyncio.Event()  # leave for another relay, between turns (``hand_off``)
         self._recycler: asyncio.Task[None] | None = None
         self._opened_at = 0.0  # loop time the current backend session was taken into use
         self._short_lived = 0  # backend sessions in a row that dropped young
@@ -170,6 +178,11 @@ class CallSession:
     @property
     def stats(self) -> CallStats:
         return self.conversation.stats if self.conversation is not None else CallStats()
+
+    def hand_off(self) -> None:
+        """Move the call to another relay: at the next pause between turns, its stream ends with
+        ``handoff`` and Twilio fetches the after-stream hook, which connects a new stream."""
+        self._handoff.set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -196,8 +209,9 @@ class CallSession:
         if self._on_started is not None:
             self._on_started(start.call_sid)
         await self._pick_agent()
+        resumed = await self._resumed(start) if start.custom_parameters.get("resume") == "1" else None
         conversation = self.conversation = Conversation(
-            start, self._agent, self.twilio, self._store.submit, self._options, prices=self._prices
+            start, self._agent, self.twilio, self._store.submit, self._options, prices=self._prices, resumed=resumed
         )
         # The shared clock paces the media core's ring (a C call per tick) and, while keys wait
         # to be sent, the conversation's own tick.
@@ -261,6 +275,26 @@ class CallSession:
             if not isinstance(event, twilio.Connected):  # media, a mark, ... before start
                 raise ProtocolError(f"{type(event).__name__.lower()} before start")
 
+    async def _resumed(self, start: twilio.Start) -> Resumed:
+        """A call handed over from another relay: its turns so far, from the store. When the store
+        cannot say, the call goes on unseeded, its turns numbered far past any the call had, so
+        none overwrites one stored before."""
+        try:
+            async with asyncio.timeout(RESUME_READ_TIMEOUT):
+                call = await self._store.call(start.call_sid)
+                turns = await self._store.turns(start.call_sid)
+        except Exception as exc:  # noqa: BLE001 - the store is down: better a call without its past than none
+            log.warning("call %s: handed over; its turns are unreadable (%s)", start.call_sid, type(exc).__name__)
+            return Resumed((), started_at=time.time(), last_seq=UNKNOWN_PAST_SEQ)
+        log.info("call %s: taken over from another relay after %d turn(s)", start.call_sid, len(turns))
+        return Resumed(
+            turns,
+            last_seq=max((t.seq for t in turns), default=0),
+            started_at=float(call["started_at"]) if call else time.time(),
+            frames_in=int(call.get("frames_in") or 0) if call else 0,
+            frames_out=int(call.get("frames_out") or 0) if call else 0,
+        )
+
     async def _pick_agent(self) -> None:
         if self._resolve_agent is None:
             return
@@ -286,6 +320,7 @@ class CallSession:
             asyncio.create_task(self._twilio_pump(conversation), name=f"twilio-{self.call_sid}"),
             asyncio.create_task(self._backend_loop(conversation), name=f"backend-{self.call_sid}"),
             asyncio.create_task(self._hang_up_watch(conversation), name=f"hangup-{self.call_sid}"),
+            asyncio.create_task(self._hand_off_watch(conversation), name=f"handoff-{self.call_sid}"),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -337,6 +372,15 @@ class CallSession:
                 log.warning("call %s: the farewell's final mark did not come back in time; hanging up", self.call_sid)
                 break
         return "agent_hangup"
+
+    async def _hand_off_watch(self, conversation: Conversation) -> str:
+        """When the call is to move to another relay: leave at the first pause between turns."""
+        await self._handoff.wait()
+        deadline = self._loop.time() + HANDOFF_MAX_WAIT_S
+        while not conversation.idle and self._loop.time() < deadline:
+            await asyncio.sleep(IDLE_POLL_S)
+        log.info("call %s: handing the call to another relay", self.call_sid)
+        return "handoff"
 
     # ------------------------------------------------------------------ backend leg
 

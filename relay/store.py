@@ -160,6 +160,11 @@ class Store(ABC):
     def location(self) -> str:
         """Where the data is, safe to print (no password)."""
 
+    @property
+    def writable(self) -> bool:
+        """Whether what is submitted now is kept: written, or spooled to be written (``/readyz``)."""
+        return True
+
     async def open(self) -> None:
         await self._open()
         self._writer = asyncio.create_task(self._write_loop(), name=f"{self.kind}-writer")
@@ -305,6 +310,10 @@ class Store(ABC):
     async def calls(self, limit: int = 100) -> list[dict[str, object]]:
         """The most recent calls, newest first."""
 
+    @abstractmethod
+    async def call(self, call_sid: str) -> dict[str, Any] | None:
+        """One call's row (as ``calls`` gives them), if it is stored."""
+
 
 # The same tables as the Postgres schema (relay/pg/migrations), without row-level security: the
 # embedded store serves one tenant, but data moves between the two without reshaping.
@@ -338,7 +347,8 @@ CREATE TABLE IF NOT EXISTS phone_numbers (
     created_at  TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS usage (
-    call_sid                    TEXT PRIMARY KEY,
+    call_sid                    TEXT NOT NULL,
+    stream_sid                  TEXT NOT NULL DEFAULT '',
     tenant_id                   TEXT NOT NULL,
     agent_id                    TEXT NOT NULL DEFAULT 'default',
     direction                   TEXT NOT NULL DEFAULT 'inbound',
@@ -366,7 +376,8 @@ CREATE TABLE IF NOT EXISTS usage (
     transcription_cost_nanousd  INTEGER NOT NULL DEFAULT 0,
     twilio_cost_nanousd         INTEGER NOT NULL DEFAULT 0,
     cost_nanousd                INTEGER NOT NULL DEFAULT 0,
-    unpriced                    TEXT NOT NULL DEFAULT ''
+    unpriced                    TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (call_sid, stream_sid)
 );
 CREATE TABLE IF NOT EXISTS calls (
     call_sid     TEXT PRIMARY KEY,
@@ -404,6 +415,20 @@ CREATE TABLE IF NOT EXISTS call_turns (
 _TURN_COLUMNS = [f.name for f in fields(TurnRecord)]
 
 
+def _rebuild_usage(db: sqlite3.Connection) -> None:
+    """A file from before the cost ledger: its usage rows (audio seconds only, keyed by call)
+    move to the ledger's table, saying their cost was never recorded (as migration 0006 does)."""
+    db.executescript(
+        "BEGIN; ALTER TABLE usage RENAME TO usage_before_ledger;"
+        + _SCHEMA
+        + "INSERT INTO usage (call_sid, tenant_id, audio_in_seconds, audio_out_seconds, started_at, ended_at, unpriced)"
+        " SELECT u.call_sid, u.tenant_id, u.audio_in_seconds, u.audio_out_seconds, coalesce(c.started_at, 0),"
+        " coalesce(c.ended_at, c.started_at, 0), 'unrecorded'"
+        " FROM usage_before_ledger u LEFT JOIN calls c ON c.call_sid = u.call_sid;"
+        "DROP TABLE usage_before_ledger; COMMIT;"
+    )
+
+
 def _add_new_columns(db: sqlite3.Connection) -> None:
     """Give a file made by an earlier relay the columns ``_SCHEMA`` has gained since (as the
     Postgres migrations do): each as declared there, with its default."""
@@ -434,8 +459,8 @@ _USAGE_COLUMNS = [f.name for f in fields(UsageRecord)]
 # A replayed record writes the same row again.
 _UPSERT_USAGE = (
     f"INSERT INTO usage ({', '.join(_USAGE_COLUMNS)}) VALUES ({', '.join(':' + c for c in _USAGE_COLUMNS)}) "
-    f"ON CONFLICT (call_sid) DO UPDATE SET "
-    f"{', '.join(f'{c} = excluded.{c}' for c in _USAGE_COLUMNS if c != 'call_sid')}"
+    f"ON CONFLICT (call_sid, stream_sid) DO UPDATE SET "
+    f"{', '.join(f'{c} = excluded.{c}' for c in _USAGE_COLUMNS if c not in ('call_sid', 'stream_sid'))}"
 )
 
 # What SQLite refuses for good: the data itself (a constraint, a value it cannot bind).
@@ -476,10 +501,15 @@ class SQLiteStore(Store):
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self.write_retries = 0  # attempts at a batch that found the file unwritable
+        self._unwritable = False  # a batch is waiting for the file to take it
 
     @property
     def location(self) -> str:
         return str(self.path.resolve())
+
+    @property
+    def writable(self) -> bool:
+        return not self._unwritable
 
     async def _open(self) -> None:
         def connect() -> sqlite3.Connection:
@@ -487,6 +517,8 @@ class SQLiteStore(Store):
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            if "stream_sid" not in {row[1] for row in db.execute("PRAGMA table_info(usage)")}:
+                _rebuild_usage(db)
             _add_new_columns(db)
             return db
 
@@ -515,6 +547,7 @@ class SQLiteStore(Store):
                 return
             except sqlite3.Error as exc:  # locked, read-only, full, I/O: waiting fixes these
                 self.write_retries += 1
+                self._unwritable = True
                 loop_time = asyncio.get_running_loop().time()
                 if failing_since is None:
                     failing_since = loop_time
@@ -528,6 +561,7 @@ class SQLiteStore(Store):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_BACKOFF[1])
                 continue
+            self._unwritable = False
             if failing_since is not None:
                 log.warning(
                     "sqlite store %s writable again after %.1f s",
@@ -566,6 +600,10 @@ class SQLiteStore(Store):
 
     async def calls(self, limit: int = 100) -> list[dict[str, object]]:
         return await asyncio.to_thread(self._rows, "SELECT * FROM calls ORDER BY started_at DESC LIMIT ?", (limit,))
+
+    async def call(self, call_sid: str) -> dict[str, Any] | None:
+        rows = await asyncio.to_thread(self._rows, "SELECT * FROM calls WHERE call_sid = ?", (call_sid,))
+        return rows[0] if rows else None
 
     async def usage(self, tenant_id: str, by: str, since: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The tenant's usage grouped ``by`` day, call or agent, and the unpriced items of each

@@ -67,7 +67,8 @@ class CallUsage:
     transcription_model: str
     tokens: Tokens
     transcription: Transcription
-    seconds: float  # the call's media stream, start to end (Twilio's minutes, per-second backends)
+    seconds: float  # the media stream, start to end (per-second backends)
+    twilio_minutes: int  # Twilio's billed minutes this stream adds to the call (each started minute)
     audio_in_seconds: float  # the caller's audio relayed upstream
     audio_out_seconds: float  # the answers' audio relayed to the caller
     estimated: bool  # some of ``tokens`` is relay's estimate, not the backend's accounting
@@ -118,7 +119,7 @@ class UsageMeter:
 
 @dataclass(frozen=True, slots=True)
 class UsageRecord:
-    """What a call used and what that cost (``relay.pricing.bill``), written as it ends.
+    """What a call used and what that cost (``relay.pricing.bill``), written as its stream ends.
 
     Tokens are the backend's own accounting (cached input is part of the input counts);
     ``estimated``: some are relay's estimate from the audio, for responses the backend never
@@ -130,6 +131,7 @@ class UsageRecord:
     started_at: float
     ended_at: float
     tenant_id: str = "default"
+    stream_sid: str = ""  # a call handed between relays has a row per stream
     agent_id: str = "default"
     direction: str = "inbound"
     backend: str = ""

@@ -31,11 +31,11 @@ def queries(by: str, dialect: str) -> tuple[str, str]:
     sums = ", ".join(f"sum({kind}_tokens) AS {kind}_tokens" for kind in TOKEN_KINDS)
     costs = ", ".join(f"sum({part}) AS {part}" for part in COST_PARTS)
     grouped = (
-        f"SELECT {key} AS key, count(*) AS calls, min(started_at) AS first_started_at, "
+        f"SELECT {key} AS key, count(DISTINCT call_sid) AS calls, min(started_at) AS first_started_at, "
         f"sum(backend_seconds) AS seconds, sum(twilio_minutes) AS twilio_minutes, "
         f"sum(transcription_seconds) AS transcription_seconds, {sums}, {costs}, "
-        f"sum(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated_calls, "
-        f"sum(CASE WHEN unpriced <> '' THEN 1 ELSE 0 END) AS unpriced_calls "
+        f"count(DISTINCT CASE WHEN estimated THEN call_sid END) AS estimated_calls, "
+        f"count(DISTINCT CASE WHEN unpriced <> '' THEN call_sid END) AS unpriced_calls "
         f"FROM usage {where} GROUP BY {key} ORDER BY min(started_at), {key}"
     )
     unpriced = f"SELECT DISTINCT {key} AS key, unpriced FROM usage {where} AND unpriced <> ''"

@@ -124,6 +124,11 @@ class TcpProxy:
     def up(self) -> None:
         self._up = True
 
+    def retarget(self, port: int, host: str = PG_HOST) -> None:
+        """Send new connections to ``host:port`` (open ones stay where they are): a load balancer
+        that has taken one backend out."""
+        self._target = (host, port)
+
     async def close(self) -> None:
         self.down()
         if self._server is not None:

@@ -99,7 +99,7 @@ NO_TOKENS = Tokens()
 def used(tokens: Tokens = NO_TOKENS, model: str = "gpt-realtime-2.1", **kw: Any) -> CallUsage:
     base: dict[str, Any] = {
         "backend": "openai-realtime", "model": model, "transcription_model": "gpt-realtime-whisper",
-        "tokens": tokens, "transcription": Transcription(), "seconds": 30.0, "audio_in_seconds": 30.0,
+        "tokens": tokens, "transcription": Transcription(), "seconds": 30.0, "twilio_minutes": 1, "audio_in_seconds": 30.0,
         "audio_out_seconds": 10.0, "estimated": False,
     }  # fmt: skip
     return CallUsage(**{**base, **kw})
@@ -107,7 +107,7 @@ def used(tokens: Tokens = NO_TOKENS, model: str = "gpt-realtime-2.1", **kw: Any)
 
 def billed(usage: CallUsage, prices: PriceTable | None = None) -> UsageRecord:
     return bill(
-        usage, prices or pricing.shipped(), call_sid="CA1", tenant_id="t", agent_id="default",
+        usage, prices or pricing.shipped(), call_sid="CA1", stream_sid="MZ1", tenant_id="t", agent_id="default",
         direction="inbound", started_at=1.0, ended_at=31.0,
     )  # fmt: skip
 
@@ -217,9 +217,9 @@ def test_what_has_no_price_is_named_never_billed_as_zero() -> None:
 
 
 def test_a_per_minute_model_bills_the_seconds(tmp_path: Path) -> None:
-    record = billed(used(model="gpt-live-1", seconds=90.0))
-    assert record.backend_cost_nanousd == 75_000_000  # $0.05/min for 1.5 min
-    assert record.twilio_minutes == 2  # Twilio bills each started minute
+    record = billed(used(model="gpt-live-1", seconds=90.0, twilio_minutes=2))
+    assert record.backend_cost_nanousd == 75_000_000  # $0.05/min for 1.5 min, billed per second
+    assert record.twilio_minutes == 2
 
 
 def test_a_deployments_prices_fill_and_override_the_shipped_ones(tmp_path: Path) -> None:

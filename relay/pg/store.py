@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -60,8 +61,8 @@ _END_CALL = (
 # A replayed record writes the same row again.
 _UPSERT_USAGE = (
     f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({placeholders(len(USAGE_COLUMNS))}) "
-    f"ON CONFLICT (call_sid) DO UPDATE SET "
-    f"{', '.join(f'{c} = EXCLUDED.{c}' for c in USAGE_COLUMNS if c != 'call_sid')}"
+    f"ON CONFLICT (call_sid, stream_sid) DO UPDATE SET "
+    f"{', '.join(f'{c} = EXCLUDED.{c}' for c in USAGE_COLUMNS if c not in ('call_sid', 'stream_sid'))}"
 )
 
 _start_row = attrgetter(*_START_COLUMNS)
@@ -357,6 +358,11 @@ class PostgresStore(Store):
         async with as_writer(self._require_pool()) as conn:
             rows = await conn.fetch(f"{SELECT_CALLS} ORDER BY started_at DESC LIMIT $1", limit)
         return [dict(row) for row in rows]
+
+    async def call(self, call_sid: str) -> dict[str, Any] | None:
+        async with as_writer(self._require_pool()) as conn:
+            row = await conn.fetchrow(f"{SELECT_CALLS} WHERE call_sid = $1", call_sid)
+        return dict(row) if row is not None else None
 
     async def end_reason(self, call_sid: str) -> str | None:
         async with as_writer(self._require_pool()) as conn:

@@ -15,7 +15,9 @@ first ``media`` message it receives afterwards.
 When the server ends the stream (or refuses its handshake) while the caller is still on the
 line, ``<Connect>`` is over and Twilio runs the TwiML after it, as here: a ``<Redirect>`` is
 fetched with a signed POST, a ``<Say>`` is heard (synthesised into the recording), ``<Pause>``
-is silence, ``<Hangup>`` ends the call (PROTOCOLS §1.1).
+is silence, ``<Hangup>`` ends the call (PROTOCOLS §1.1), and a ``<Connect><Stream>`` opens a
+new stream on the same call (a new stream sid, numbering from 1 again): the script goes on
+there, a line whose answer never came said again. That is how a call moves between relays.
 """
 
 from __future__ import annotations
@@ -128,6 +130,8 @@ class CallResult:
     said_by_twilio: list[str] = field(default_factory=list)  # <Say> text run after the stream
     redirects: list[tuple[str, int]] = field(default_factory=list)  # (URL, HTTP status) fetched after it
     twilio_hung_up: bool = False  # the TwiML after the stream ended with <Hangup/>
+    streams: int = 1  # media streams the call had (more than one: handed over between relays)
+    handover_gaps_ms: list[float] = field(default_factory=list)  # from a stream's close to the next's start
 
     @property
     def heard(self) -> bytearray:
@@ -185,15 +189,49 @@ class TwilioCaller:
         self._ws: websockets.ClientConnection | None = None
         self._seq = itertools.count(1)
         self._chunk = itertools.count(1)
+        self._next_line = 0  # the script's line to say next, across the call's streams
+        self._keys_pressed = False
+        self._handed_over_at: float | None = None  # loop time the last stream closed, until the next starts
 
     # ------------------------------------------------------------------ the call
 
     async def run(self) -> CallResult:
         self._loop = asyncio.get_running_loop()
-        hung_up = False  # the caller ended the call: Twilio runs nothing more
-        after: list[ET.Element] = []
+        stream: tuple[str, dict[str, str], list[ET.Element]] | None
         try:
-            stream_url, parameters, after = await self._webhook()
+            stream = await self._webhook()
+        except (OSError, ValueError) as exc:
+            self.result.error = f"{type(exc).__name__}: {exc}"
+            return self.result
+        while stream is not None:
+            stream_url, parameters, after = stream
+            hung_up = await self._one_stream(stream_url, parameters)  # the caller ended the call: nothing more
+            if hung_up or not after:
+                break
+            closed_at = self._loop.time()
+            try:
+                stream = await self._run_twiml(after)
+            except (OSError, ValueError) as exc:  # Twilio would say "an application error has occurred"
+                self.result.error = self.result.error or f"after the stream: {type(exc).__name__}: {exc}"
+                break
+            if stream is not None:  # the TwiML connected a new stream: the call goes on there
+                self._new_stream()
+                self._handed_over_at = closed_at
+        return self.result
+
+    def _new_stream(self) -> None:
+        """A new ``<Connect><Stream>`` on the same call: a new stream sid, its own numbering, and
+        nothing left of the last stream's audio (Twilio drops what it had not played)."""
+        self.stream_sid = "MZ" + secrets.token_hex(16)
+        self._seq, self._chunk = itertools.count(1), itertools.count(1)
+        self._playback.clear()
+        self.result.streams += 1
+        self.result.closed_by_relay = False
+        self.result.error = None
+
+    async def _one_stream(self, stream_url: str, parameters: dict[str, str]) -> bool:
+        """One media stream of the call, to its end; True if the caller hung up on it."""
+        try:
             # Twilio signs the stream URL itself, with no params, as it signs webhooks.
             signature = RequestValidator(self.auth_token).compute_signature(stream_url, {})
             async with websockets.connect(
@@ -204,17 +242,22 @@ class TwilioCaller:
                 try:
                     await ws.send(orjson.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}).decode())
                     await ws.send(self._start_message(parameters))
+                    if self._handed_over_at is not None:
+                        assert self._loop is not None
+                        self.result.handover_gaps_ms.append(round((self._loop.time() - self._handed_over_at) * 1000, 1))
+                        self._handed_over_at = None
                     try:
                         await self._talk()
                     except websockets.ConnectionClosed as closed:
                         # The relay ended the stream: <Connect> is over, and Twilio goes on with the
-                        # TwiML after it. Only an agent's hang-up the script waits for is no error.
+                        # TwiML after it. Only an agent's hang-up the script waits for, or a
+                        # hand-over to another relay, is no error.
                         self.result.closed_by_relay = True
                         if not (isinstance(closed, websockets.ConnectionClosedOK) and self.script.wait_for_hangup):
                             raise
                     if not self.result.closed_by_relay:
                         await self._hang_up(ws)
-                        hung_up = True
+                        return True
                 finally:
                     receiver.cancel()
                     await asyncio.gather(receiver, return_exceptions=True)
@@ -223,16 +266,14 @@ class TwilioCaller:
             self.result.error = f"{type(exc).__name__}: {exc}"
             if self._ws is not None:
                 self.result.close_code = self._ws.close_code
-        if not hung_up and after:
-            try:
-                await self._run_twiml(after)
-            except (OSError, ValueError) as exc:  # Twilio would say "an application error has occurred"
-                self.result.error = self.result.error or f"after the stream: {type(exc).__name__}: {exc}"
-        return self.result
+        return False
 
-    async def _run_twiml(self, verbs: list[ET.Element], depth: int = 0) -> None:
-        """Run TwiML verbs as Twilio does once the stream is over."""
-        for verb in verbs:
+    async def _run_twiml(
+        self, verbs: list[ET.Element], depth: int = 0
+    ) -> tuple[str, dict[str, str], list[ET.Element]] | None:
+        """Run TwiML verbs as Twilio does once the stream is over; a ``<Connect><Stream>`` among
+        them opens a new stream on the call (returned: its URL, parameters and what follows it)."""
+        for index, verb in enumerate(verbs):
             if verb.tag == "Say":
                 text = (verb.text or "").strip()
                 self.result.said_by_twilio.append(text)
@@ -241,7 +282,12 @@ class TwilioCaller:
                 self._playback.say(audio.silence(int(verb.get("length", "1")) * 1000))
             elif verb.tag == "Hangup":
                 self.result.twilio_hung_up = True
-                return
+                return None
+            elif verb.tag == "Connect":
+                document = ET.Element("Response")
+                document.extend(verbs)
+                twiml = ET.tostring(document, encoding="unicode")
+                return (*parse_connect_stream(twiml), verbs[index + 1 :])
             elif verb.tag == "Redirect":
                 if depth >= 10:
                     raise ValueError("more than 10 redirects in a row")
@@ -254,10 +300,10 @@ class TwilioCaller:
                 self.result.redirects.append((url, status))
                 if status != 200:
                     raise ValueError(f"<Redirect> to {url} answered HTTP {status}")
-                await self._run_twiml(list(ET.fromstring(body.decode())), depth + 1)
-                return
+                return await self._run_twiml(list(ET.fromstring(body.decode())), depth + 1)
             else:
                 self.result.violations.append(f"TwiML verb <{verb.tag}> after the stream is not simulated")
+        return None
 
     async def _hang_up(self, ws: websockets.ClientConnection) -> None:
         """End the call as the script says: Twilio's ``stop`` and a clean close, or a dropped line."""
@@ -319,23 +365,36 @@ class TwilioCaller:
         ).decode()
 
     async def _talk(self) -> None:
-        """Speak each line, then keep the line open (silence) until the answer has played."""
+        """Speak each line, then keep the line open (silence) until the answer has played.
+
+        On a call handed to a new stream, the script goes on where it was: a line whose answer
+        never came on the old stream is said again.
+        """
         assert self._loop is not None
         script = self.script
         clock = _Clock(self._loop)
         await self._stream(clock, audio.silence(script.lead_in_ms))
-        if script.expect_greeting:  # the agent speaks first: listen to it all before saying anything
+        if script.expect_greeting and self.result.streams == 1:  # the agent speaks first: listen to it all
             await self._listen(clock, TurnResult(said=""), may_interrupt=False)
         wav = audio.read_wav(script.wav) if script.wav else None
         lines = [f"[{script.wav}]"] if script.wav else list(script.utterances)
         began = self._loop.time()
-        for index, text in enumerate(lines):
+        for index in range(self._next_line, len(lines)):
             if script.run_for_ms is not None and (self._loop.time() - began) * 1000 >= script.run_for_ms:
                 break
-            turn = TurnResult(said=text)
-            await self._stream(clock, wav if wav is not None else _speech(text))
-            await self._listen(clock, turn, may_interrupt=index < len(lines) - 1)
-        if script.dtmf:
+            turn = TurnResult(said=lines[index])
+            try:
+                await self._stream(clock, wav if wav is not None else _speech(lines[index]))
+                await self._listen(clock, turn, may_interrupt=index < len(lines) - 1)
+            except websockets.ConnectionClosed:
+                if turn.answered:
+                    self._next_line = index + 1
+                elif turn in self.result.turns:
+                    self.result.turns.remove(turn)  # said again on the next stream, if there is one
+                raise
+            self._next_line = index + 1
+        if script.dtmf and not self._keys_pressed:
+            self._keys_pressed = True
             turn = TurnResult(said=f"[DTMF {script.dtmf}]")
             for index, digit in enumerate(script.dtmf):
                 if index:

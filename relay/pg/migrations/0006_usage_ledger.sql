@@ -3,12 +3,16 @@
 -- price table, in whole nano-dollars (relay/pricing.py). It stays under the same row-level
 -- security as before (0001): a tenant reads only its own.
 --
+-- A call handed from one relay to another (a drain) has a row per media stream, so the key
+-- becomes (call_sid, stream_sid).
+--
 -- Rows written before this carry only audio seconds: they say so (`unpriced = 'unrecorded'`),
 -- rather than read as free calls. tokens_in/tokens_out were never filled and are dropped.
 
 ALTER TABLE usage
     DROP COLUMN tokens_in,
     DROP COLUMN tokens_out,
+    ADD COLUMN stream_sid                 TEXT NOT NULL DEFAULT '',
     ADD COLUMN agent_id                   TEXT NOT NULL DEFAULT 'default',
     ADD COLUMN direction                  TEXT NOT NULL DEFAULT 'inbound'
         CHECK (direction IN ('inbound', 'outbound')),
@@ -36,9 +40,11 @@ ALTER TABLE usage
     ADD COLUMN cost_nanousd               BIGINT NOT NULL DEFAULT 0 CHECK (cost_nanousd >= 0),
     ADD COLUMN unpriced                   TEXT NOT NULL DEFAULT '';
 
-UPDATE usage u SET started_at = c.started_at, ended_at = coalesce(c.ended_at, c.started_at), unpriced = 'unrecorded'
+UPDATE usage u SET stream_sid = c.stream_sid, started_at = c.started_at,
+    ended_at = coalesce(c.ended_at, c.started_at), unpriced = 'unrecorded'
 FROM calls c WHERE c.call_sid = u.call_sid;
 UPDATE usage SET unpriced = 'unrecorded' WHERE unpriced = '';
 
+ALTER TABLE usage DROP CONSTRAINT usage_pkey, ADD PRIMARY KEY (call_sid, stream_sid);
 DROP INDEX usage_tenant;  -- the one below serves it
 CREATE INDEX usage_tenant_started ON usage (tenant_id, started_at);
