@@ -99,8 +99,8 @@ NO_TOKENS = Tokens()
 def used(tokens: Tokens = NO_TOKENS, model: str = "gpt-realtime-2.1", **kw: Any) -> CallUsage:
     base: dict[str, Any] = {
         "backend": "openai-realtime", "model": model, "transcription_model": "gpt-realtime-whisper",
-        "tokens": tokens, "transcription": Transcription(), "seconds": 30.0, "twilio_minutes": 1, "audio_in_seconds": 30.0,
-        "audio_out_seconds": 10.0, "estimated": False,
+        "tokens": tokens, "transcription": Transcription(), "seconds": 30.0, "twilio_minutes": 1,
+        "audio_in_seconds": 30.0, "audio_out_seconds": 10.0, "estimated": False,
     }  # fmt: skip
     return CallUsage(**{**base, **kw})
 
