@@ -450,10 +450,12 @@ _INSERT_CALL = (
     "VALUES (:call_sid, :tenant_id, :stream_sid, :account_sid, :from_number, :to_number, :started_at) "
     "ON CONFLICT (call_sid) DO NOTHING"
 )
+# A call handed between relays ends once per stream, and those ends may land in any order:
+# the latest end is the call's.
 _END_CALL = (
     "UPDATE calls SET ended_at = :ended_at, end_reason = :end_reason, frames_in = :frames_in, "
     "frames_out = :frames_out, turns = :turns, v2v_p50_ms = :v2v_p50_ms, v2v_max_ms = :v2v_max_ms "
-    "WHERE call_sid = :call_sid"
+    "WHERE call_sid = :call_sid AND (ended_at IS NULL OR ended_at <= :ended_at)"
 )
 _USAGE_COLUMNS = [f.name for f in fields(UsageRecord)]
 # A replayed record writes the same row again.

@@ -296,6 +296,23 @@ async def test_a_call_round_trips_exactly_as_in_the_sqlite_store(tmp_path: Path)
             await store.close()
 
 
+async def test_a_handed_over_calls_latest_end_wins_whatever_order_the_ends_land_in(tmp_path: Path) -> None:
+    # One stream ends as "handoff" on the relay that drained, the next as "stop" on another;
+    # the drained relay's write may land last.
+    later = CallEnd("CA1", 1_700_000_090.0, "stop", frames_in=900, turns=6, tenant_id="acme")
+    earlier = CallEnd("CA1", 1_700_000_030.0, "handoff", frames_in=300, turns=2, tenant_id="acme")
+    async with throwaway_database() as fresh:
+        pg = PostgresStore(fresh, spool_path=tmp_path / "relay.spool")
+        lite = SQLiteStore(tmp_path / "relay.sqlite3")
+        for store in (pg, lite):
+            await store.open()
+            submit_all(store, [CallRecord("CA1", "MZ1", 1_700_000_001.0, tenant_id="acme"), later, earlier])
+            await store.flush()
+            [call] = await store.calls()
+            assert (call["end_reason"], call["frames_in"], call["turns"]) == ("stop", 900, 6)
+            await store.close()
+
+
 async def test_duplicates_and_replayed_batches_leave_one_row_each(
     pg_dsn: str, tmp_path: Path, db: asyncpg.Connection
 ) -> None:

@@ -55,8 +55,11 @@ _INSERT_TURN = (
     f"INSERT INTO call_turns ({', '.join(TURN_COLUMNS)}) VALUES ({placeholders(len(TURN_COLUMNS))}) "
     "ON CONFLICT (call_sid, seq) DO NOTHING"
 )
+# A call handed between relays ends once per stream, and those ends may land in any order:
+# the latest end is the call's.
 _END_CALL = (
-    f"UPDATE calls SET {', '.join(f'{c} = ${i}' for i, c in enumerate(_END_COLUMNS[1:], start=2))} WHERE call_sid = $1"
+    f"UPDATE calls SET {', '.join(f'{c} = ${i}' for i, c in enumerate(_END_COLUMNS[1:], start=2))} "
+    "WHERE call_sid = $1 AND (ended_at IS NULL OR ended_at <= $2)"
 )
 # A replayed record writes the same row again.
 _UPSERT_USAGE = (
