@@ -86,6 +86,8 @@ class Settings:
     log_format: str = ""  # json or text; empty: json unless stderr is a terminal
     prices_path: str = ""  # a price table over the shipped one (relay/prices.toml)
     drain_timeout_s: int = 3600  # after SIGTERM, how long live calls may go on before they are handed over
+    start_timeout_ms: int = 10000  # a media stream that sends no start this long after opening is closed
+    slow_peer_timeout_ms: int = 5000  # a socket that stops reading what relay writes is dropped after this
 
     @property
     def stream_token_key(self) -> bytes:
@@ -231,6 +233,8 @@ class Settings:
         flag("RELAY_ALLOW_PYTHON_FASTPATH", "allow_python_fastpath")
         text("RELAY_PRICES", "prices_path")
         number("RELAY_DRAIN_TIMEOUT_S", "drain_timeout_s", int, 0, 86400)
+        number("RELAY_START_TIMEOUT_MS", "start_timeout_ms", int, 100, 600_000)
+        number("RELAY_SLOW_PEER_TIMEOUT_MS", "slow_peer_timeout_ms", int, 0, 600_000)
 
         settings = cls(**values)  # type: ignore[arg-type]  # values checked one by one above
         problems += settings.problems(serve=serve)

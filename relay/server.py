@@ -158,6 +158,7 @@ class Relay:
             {"Authorization": f"Bearer {self.settings.openai_api_key}"},
             max_size=16 * 1024 * 1024,
             timeout=10,
+            slow_peer_s=self.settings.slow_peer_timeout_ms / 1000,
         )
 
     async def open_upstream(self, agent: AgentProfile) -> Upstream:
@@ -444,6 +445,7 @@ class Relay:
             upstream_max_session_s=settings.upstream_max_session_s,
             backend_ready_timeout_s=settings.backend_ready_timeout_ms / 1000,
             reconnect_give_up_s=settings.reconnect_give_up_s,
+            start_timeout_s=settings.start_timeout_ms / 1000,
             resolve_agent=self.resolve_agent,
             verify_start=lambda start: self.verify_stream(start, found),
             on_started=self.call_started,
@@ -772,6 +774,7 @@ class HttpProtocol(asyncio.Protocol):
             max_size=settings.max_message_bytes,
             max_rate=settings.max_messages_per_second,
             on_violation=self._relay.note_violation,
+            slow_peer_s=settings.slow_peer_timeout_ms / 1000,
         )
         self._ws.on_lost = self._lost
         # From here on the transport feeds the WebSocket's compiled read loop directly.

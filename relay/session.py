@@ -126,6 +126,7 @@ class CallSession:
         upstream_max_session_s: float = 3600.0,
         backend_ready_timeout_s: float = 5.0,
         reconnect_give_up_s: float = 30.0,
+        start_timeout_s: float = 10.0,
         resolve_agent: ResolveAgent | None = None,
         verify_start: Callable[[twilio.Start], str | None] | None = None,
         on_started: Callable[[str], None] | None = None,
@@ -144,6 +145,7 @@ class CallSession:
         self._cap_s = upstream_max_session_s
         self._ready_timeout_s = backend_ready_timeout_s
         self._give_up_s = reconnect_give_up_s
+        self._start_timeout_s = start_timeout_s
         self._resolve_agent = resolve_agent
         self._verify_start = verify_start
         self._on_started = on_started
@@ -188,9 +190,16 @@ class CallSession:
 
     async def run(self) -> None:
         try:
-            self.start = await self._await_start()
+            async with asyncio.timeout(self._start_timeout_s):
+                self.start = await self._await_start()
         except ConnectionClosed:
             self.end_reason = "twilio_closed_before_start"
+            return
+        except TimeoutError:
+            # A stream that never says which call it is holds a socket and nothing else: closed.
+            log.warning("closing a stream that sent no start in %.1f s", self._start_timeout_s)
+            self.end_reason = "start_timeout"
+            await self.twilio.close(1008, "no start event")
             return
         except ProtocolError as exc:
             log.warning("closing stream before start: %s", exc)
@@ -350,7 +359,8 @@ class CallSession:
             try:
                 message = await self.twilio.recv()
             except ConnectionClosed:
-                return "twilio_closed"
+                # Dropped by relay for not reading what it was sent, or closed by Twilio.
+                return "twilio_slow" if getattr(self.twilio, "too_slow", False) else "twilio_closed"
             try:
                 if conversation.twilio_message(message, self._loop.time()) == "stop":
                     return "stop"

@@ -31,10 +31,11 @@ class UpstreamConnection(Connection):
 class _ClientHandshake(asyncio.Protocol):
     """Runs the opening handshake, then hands every byte to the ``UpstreamConnection``."""
 
-    def __init__(self, url: str, headers: dict[str, str], max_size: int) -> None:
+    def __init__(self, url: str, headers: dict[str, str], max_size: int, slow_peer_s: float = 0.0) -> None:
         self._url = url
         self._headers = headers
         self._max_size = max_size
+        self._slow_peer_s = slow_peer_s
         self._protocol = ClientProtocol(parse_uri(url))
         self._head = b""
         self.transport: asyncio.Transport | None = None
@@ -70,7 +71,7 @@ class _ClientHandshake(asyncio.Protocol):
             self._refuse(f"the backend's handshake is invalid: {self._protocol.handshake_exc}")
             return
         assert self.transport is not None
-        self.connection = UpstreamConnection(self.transport, max_size=self._max_size)
+        self.connection = UpstreamConnection(self.transport, max_size=self._max_size, slow_peer_s=self._slow_peer_s)
         # From here on the transport feeds the connection's compiled read loop directly.
         self.transport.set_protocol(self.connection)  # type: ignore[arg-type]  # WsCore is a protocol, not a subclass
         if not self.opened.done():
@@ -103,6 +104,7 @@ async def connect(
     max_size: int = 16 * 1024 * 1024,
     timeout: float = 10.0,
     ssl_context: Any = None,
+    slow_peer_s: float = 0.0,
 ) -> UpstreamConnection:
     """Open ``url`` (ws:// or wss://) with ``headers`` and return the open connection.
 
@@ -117,7 +119,7 @@ async def connect(
 
     async def open_() -> UpstreamConnection:
         transport, handshake = await loop.create_connection(
-            lambda: _ClientHandshake(url, headers, max_size),
+            lambda: _ClientHandshake(url, headers, max_size, slow_peer_s),
             uri.host,
             uri.port,
             ssl=ssl_context if uri.secure else None,

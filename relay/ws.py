@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 
 from websockets.exceptions import ConnectionClosed
@@ -26,6 +27,12 @@ from relay.fastpath import OP_CLOSE, WsCore, build_frame
 log = logging.getLogger("relay.ws")
 
 CLOSE_TIMEOUT = 2.0
+# Per-connection buffering toward a peer, bounded: the kernel's send buffer (a media stream
+# needs a few kB in flight; autotuning would let each socket grow to megabytes) and relay's own
+# buffer above which the transport pauses writing. A peer that stays paused past its
+# ``slow_peer_s`` is dropped, so one stuck socket costs one call, bounded memory, nothing more.
+SEND_BUFFER = 32 * 1024
+WRITE_HIGH_WATER = 16 * 1024
 OPEN, CLOSING, CLOSED = "open", "closing", "closed"  # WsCore compares state with "open"
 
 
@@ -66,9 +73,12 @@ class Connection(WsCore):
         "_loop",
         "_on_violation",
         "_rcvd_then_sent",
+        "_slow_peer_s",
+        "_slow_timer",
         "_waiter",
         "aborted",
         "on_lost",
+        "too_slow",
     )
 
     def __init__(
@@ -78,9 +88,17 @@ class Connection(WsCore):
         max_size: int,
         max_rate: int = 0,
         on_violation: Callable[[str], None] | None = None,
+        slow_peer_s: float = 0.0,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         super().__init__(transport, self.mask_frames, max_size, max_rate, self._loop.time)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self._slow_peer_s = slow_peer_s  # 0: never dropped for it
+        self._slow_timer: asyncio.TimerHandle | None = None
+        self.too_slow = False  # dropped: it stopped reading what relay wrote
         self._on_violation = on_violation
         self._waiter: asyncio.Future[None] | None = None
         self._closed = self._loop.create_future()
@@ -126,10 +144,27 @@ class Connection(WsCore):
             self.on_lost()
 
     def pause_writing(self) -> None:
-        pass  # a media stream is written in real time; nothing to hold back
+        # A media stream is written in real time, so nothing is held back; a peer that does not
+        # catch up within slow_peer_s has stopped reading, and is dropped.
+        if self._slow_peer_s and self._slow_timer is None:
+            self._slow_timer = self._loop.call_later(self._slow_peer_s, self._drop_slow_peer)
 
     def resume_writing(self) -> None:
-        pass
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+            self._slow_timer = None
+
+    def _drop_slow_peer(self) -> None:
+        self._slow_timer = None
+        self.too_slow = True
+        log.warning(
+            "dropping a WebSocket whose peer stopped reading: %d byte(s) unsent after %.1f s",
+            self.transport.get_write_buffer_size(),
+            self._slow_peer_s,
+        )
+        if self._on_violation is not None:
+            self._on_violation("slow_peer")
+        self.transport.abort()  # what waits for it is freed now; the session sees the close
 
     def _on_close_frame(self, payload: bytes) -> None:
         self._close_rcvd = parse_close(payload)
@@ -145,6 +180,9 @@ class Connection(WsCore):
 
     def _finish(self) -> None:
         self.state = CLOSED
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+            self._slow_timer = None
         if not self._closed.done():
             self._closed.set_result(None)
         self._wake()

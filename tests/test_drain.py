@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -300,3 +301,54 @@ async def test_calls_still_up_at_the_drain_timeout_finish_on_another_relay(tmp_p
         said = [row["text_generated"] for row in rows if row["role"] == "user"]
         assert said == list(SCRIPT.utterances)  # each line once, in order, across both relays
     assert sorted(collections.Counter(u["call_sid"] for u in usage).values()) == [2] * 20  # a row per stream
+
+
+# --- Limits a service needs -----------------------------------------------------------------------
+
+
+async def test_a_stream_that_never_starts_is_closed(tmp_path: Path) -> None:
+    import websockets
+    from twilio.request_validator import RequestValidator
+
+    async with stack(tmp_path, start_timeout_ms=300) as s:
+        url = s.webhook.replace("http://", "ws://")
+        signature = RequestValidator(SIM_AUTH_TOKEN).compute_signature(url, {})  # as Twilio signs it
+        async with websockets.connect(url, additional_headers={"X-Twilio-Signature": signature}) as ws:
+            await ws.send(orjson.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}).decode())
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert closed.value.rcvd.reason == "no start event"
+
+
+LONG = "Let me tell you everything about our long menu of dishes and drinks for tonight and tomorrow " * 2
+
+
+async def test_a_caller_that_stops_reading_is_dropped_alone_with_its_buffer_bounded(tmp_path: Path) -> None:
+    from relay.ws import SEND_BUFFER, WRITE_HIGH_WATER
+
+    agent = dataclasses.replace(FAST, reply=lambda text, history: LONG)
+    script = CallerScript(utterances=("Tell me about the menu.",), lead_in_ms=200, answer_quiet_ms=400)
+    async with stack(tmp_path, agent, slow_peer_timeout_ms=1000) as s:
+        stalled = TwilioCaller(s.webhook, dataclasses.replace(script, stall_after_ms=1500))
+        others = [TwilioCaller(s.webhook, script) for _ in range(3)]
+        calls = [asyncio.create_task(c.run()) for c in (stalled, *others)]
+        most_buffered = 0
+        while not all(c.done() for c in calls[1:]) or s.relay.violations["slow_peer"] == 0:
+            for session in s.relay.live.values():
+                if session.call_sid == stalled.call_sid:
+                    most_buffered = max(most_buffered, session.twilio.transport.get_write_buffer_size())
+            await asyncio.sleep(0.02)
+        results = await asyncio.gather(*calls)
+        for task in list(s.relay.sessions):
+            await task
+        await s.store.flush()
+        ends = {c["call_sid"]: c["end_reason"] for c in await s.store.calls()}
+    print(f"\nthe stalled caller's unsent audio peaked at {most_buffered} bytes before it was dropped")
+    assert ends[stalled.call_sid] == "twilio_slow" and s.relay.violations["slow_peer"] == 1
+    # What waited for the stalled caller never grew past the pause mark and a second of audio.
+    assert 0 < most_buffered <= WRITE_HIGH_WATER + 32 * 1024, most_buffered
+    assert SEND_BUFFER == 32 * 1024
+    for result in results[1:]:  # every other call went on as if nothing happened
+        assert completed(result) and ends[result.call_sid] == "stop" and result.turns[0].heard.startswith("Let me")
+        assert result.playback.stalls_ms == [] or max(result.playback.stalls_ms) < 100

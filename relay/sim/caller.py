@@ -28,6 +28,7 @@ import binascii
 import functools
 import itertools
 import secrets
+import socket
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
@@ -157,6 +158,7 @@ class CallerScript:
     expect_greeting: bool = False  # the agent speaks first: listen before the first line
     run_for_ms: int | None = None  # hang up after the first answer that ends past this much call time
     wait_for_hangup: bool = False  # after the script, stay on the line until the relay ends the stream
+    stall_after_ms: int | None = None  # a stalled network: stop reading what the relay sends, this far in
 
 
 class TwilioCaller:
@@ -235,10 +237,17 @@ class TwilioCaller:
             # Twilio signs the stream URL itself, with no params, as it signs webhooks.
             signature = RequestValidator(self.auth_token).compute_signature(stream_url, {})
             async with websockets.connect(
-                stream_url, compression=None, max_size=2**20, additional_headers={"X-Twilio-Signature": signature}
+                stream_url,
+                compression=None,
+                max_size=2**20,
+                additional_headers={"X-Twilio-Signature": signature},
+                sock=await self._socket(stream_url),
             ) as ws:
                 self._ws = ws
                 receiver = asyncio.create_task(self._receive(ws))
+                if self.script.stall_after_ms is not None:
+                    assert self._loop is not None
+                    self._loop.call_later(self.script.stall_after_ms / 1000, ws.transport.pause_reading)
                 try:
                     await ws.send(orjson.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}).decode())
                     await ws.send(self._start_message(parameters))
@@ -267,6 +276,19 @@ class TwilioCaller:
             if self._ws is not None:
                 self.result.close_code = self._ws.close_code
         return False
+
+    async def _socket(self, stream_url: str) -> socket.socket | None:
+        """The stream's socket: the default, or for a stalled network one with a small receive
+        window, so that what the relay sends backs up on its side soon after reading stops."""
+        if self.script.stall_after_ms is None:
+            return None
+        parts = urlsplit(stream_url)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window it offers
+        sock.setblocking(False)
+        assert self._loop is not None
+        await self._loop.sock_connect(sock, (parts.hostname or "127.0.0.1", parts.port or 80))
+        return sock
 
     async def _run_twiml(
         self, verbs: list[ET.Element], depth: int = 0
