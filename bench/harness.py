@@ -84,6 +84,14 @@ def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, Rela
             "/twilio/voice",
             relay_env,
         ),
+        "relay-workers-2": RelaySpec(
+            "relay-workers-2",
+            "relay, 2 workers",
+            lambda port, up: [py, "-m", "relay", "serve", "--workers", "2"],
+            "/twilio/voice",
+            "/twilio/voice",
+            relay_env,
+        ),
         "relay-postgres": RelaySpec(
             "relay-postgres",
             "relay, Postgres store",
@@ -255,6 +263,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ticks(pid: int) -> tuple[int, int]:
+    """(utime, stime) of a process, all threads, in clock ticks (0, 0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0, 0
+    return int(fields[11]), int(fields[12])
+
+
 def pin(core: int | None) -> None:
     if core is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
@@ -318,31 +335,44 @@ class RelayProcess:
         except OSError:
             return ""
 
-    def cpu_seconds(self) -> float:
-        """The relay's CPU time so far, all threads: nanoseconds from schedstat where the kernel
-        keeps it (a short window of a cheap relay is below /proc/stat's 10 ms ticks), else ticks."""
+    def pids(self) -> list[int]:
+        """The relay's process and its descendants (``relay serve --workers N`` is N+1)."""
         assert self.proc is not None
-        try:
-            return (
-                sum(
-                    int((task / "schedstat").read_text().split()[0])
-                    for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
-                )
-                / 1e9
-            )
-        except (OSError, ValueError, IndexError):
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    todo.extend(int(child) for child in (task / "children").read_text().split())
+        return found
+
+    def cpu_seconds(self) -> float:
+        """The relay's CPU time so far, all threads of all its processes: nanoseconds from
+        schedstat where the kernel keeps it (a short window of a cheap relay is below
+        /proc/stat's 10 ms ticks), else ticks."""
+        seconds = 0.0
+        for pid in self.pids():
+            try:
+                ns = sum(int((t / "schedstat").read_text().split()[0]) for t in Path(f"/proc/{pid}/task").iterdir())
+                seconds += ns / 1e9
+            except (OSError, ValueError, IndexError):
+                user, kernel = _ticks(pid)
+                seconds += (user + kernel) / CLK_TCK
+        return seconds
 
     def cpu_ticks(self) -> tuple[int, int]:
-        """(user, kernel) CPU time in clock ticks, all threads: for the kernel's share of a window."""
-        assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]), int(fields[12])
+        """(user, kernel) CPU time in clock ticks, all threads and processes: for the kernel's
+        share of a window."""
+        ticks = [_ticks(pid) for pid in self.pids()]
+        return sum(u for u, _ in ticks), sum(k for _, k in ticks)
 
     def rss_kib(self) -> int:
-        assert self.proc is not None
-        return int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1]) * PAGE_KIB
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
+        return total
 
     async def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

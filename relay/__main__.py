@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import os
 import signal
 import sys
 import urllib.error
@@ -21,6 +23,7 @@ import uvloop
 from relay import __version__, admin, fastpath, logs, models, tracing
 from relay.config import Settings
 from relay.errors import ConfigError
+from relay.workers import Worker, supervise
 
 log = logging.getLogger("relay")
 
@@ -32,8 +35,15 @@ log = logging.getLogger("relay")
 SWITCH_INTERVAL_S = 0.0005
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, worker: Worker | None = None) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    if worker is not None:  # one of several: files of its own
+        worker.follow_supervisor()
+        settings = dataclasses.replace(
+            settings,
+            spool_path=worker.suffix(settings.spool_path),
+            dead_letter_path=worker.suffix(settings.dead_letter_path),
+        )
     from relay.admission import Admission
     from relay.server import Relay, RelayServer
     from relay.store import SQLiteStore, Store
@@ -82,6 +92,7 @@ async def serve(settings: Settings) -> None:
             resolve_agent=resolve_agent,
             admission=admission,
             credential_source=credential_source,
+            worker=worker,
         )
     )
     await server.start()
@@ -116,6 +127,8 @@ async def serve(settings: Settings) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    # `relay drain --handoff`, passed on by the supervisor of several workers.
+    loop.add_signal_handler(signal.SIGUSR2, relay.drain_requests.put_nowait, True)
     if await relay.drain_requests.get():
         relay.drain_requests.put_nowait(True)  # `relay drain --handoff`: the drain hands over at once
     drain = asyncio.create_task(server.drain(settings.drain_timeout_s))
@@ -157,6 +170,18 @@ def _check_fastpath(settings: Settings) -> None:
         )
 
 
+def _workers(text: str) -> int:
+    if text == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a number of workers (or auto)") from None
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError(f"{count} workers is outside 1..256")
+    return count
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (exit 2), like every other input error of the command."""
 
@@ -168,7 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="relay", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the relay (configured by the environment)")
+    serve_cmd = commands.add_parser("serve", help="run the relay (configured by the environment)")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="relay processes on the port, supervised (default 1; auto: one per core)",
+    )
     drain_cmd = commands.add_parser("drain", help="drain the relay serving on this machine (RELAY_PORT)")
     drain_cmd.add_argument(
         "--handoff", action="store_true", help="hand every live call to another relay now, through Twilio"
@@ -208,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"relay: {exc}", file=sys.stderr)
             return 2
         logs.configure(settings.log_level, settings.log_format or None)
-        uvloop.run(serve(settings))
+        worker = Worker.from_env()
+        if worker is None and args.workers > 1:
+            return uvloop.run(supervise(args.workers, []))
+        uvloop.run(serve(settings, worker))
         return 0
 
     from relay.demo import format_table, run_demo

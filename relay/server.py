@@ -54,6 +54,7 @@ from relay.session import CallSession, ResolveAgent, Upstream
 from relay.store import Store
 from relay.tenants import Directory, SingleTenant
 from relay.trust import Credential, binding_problem, signers
+from relay.workers import Worker, merge, scrape_siblings
 from relay.ws import Connection, handshake
 
 log = logging.getLogger("relay.server")
@@ -103,8 +104,10 @@ class Relay:
         resolve_agent: ResolveAgent | None = None,
         admission: Admission | None = None,
         credential_source: Callable[[], Awaitable[list[Credential]]] | None = None,
+        worker: Worker | None = None,
     ) -> None:
         self.settings = settings
+        self.worker = worker  # one of several workers on this port (``relay.workers``), or None
         self.store = store
         self.directory = directory or SingleTenant()
         self.resolve_agent = resolve_agent
@@ -501,9 +504,10 @@ class Relay:
 class HttpProtocol(asyncio.Protocol):
     """One TCP connection: HTTP/1.1 requests until it upgrades to a WebSocket."""
 
-    def __init__(self, relay: Relay, *, metrics_only: bool = False) -> None:
+    def __init__(self, relay: Relay, *, metrics_only: bool = False, own_only: bool = False) -> None:
         self._relay = relay
         self._metrics_only = metrics_only  # the metrics port: /metrics and /healthz, nothing else
+        self._own_only = own_only  # a worker's own socket: its metrics alone, for a sibling to sum
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._ws: Connection | None = None
@@ -650,7 +654,10 @@ class HttpProtocol(asyncio.Protocol):
             self._send(HTTPStatus.FORBIDDEN, b"forbidden\n", keep_alive=keep_alive)
             return
         handoff = parse_qs(query).get("handoff", ["0"])[0] in ("1", "true", "yes")
-        self._relay.drain_requests.put_nowait(handoff)
+        if self._relay.worker is not None:
+            self._relay.worker.ask_supervisor(handoff)  # every worker drains, not just this one
+        else:
+            self._relay.drain_requests.put_nowait(handoff)
         self._send(HTTPStatus.ACCEPTED, b"draining\n", keep_alive=keep_alive)
 
     def _metrics(self, keep_alive: bool, *, head_only: bool) -> None:
@@ -660,7 +667,22 @@ class HttpProtocol(asyncio.Protocol):
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 self._send(HTTPStatus.UNAUTHORIZED, b"unauthorized\n", keep_alive=keep_alive)
                 return
-        self._send(HTTPStatus.OK, render(self._relay), CONTENT_TYPE_LATEST, keep_alive=keep_alive, head_only=head_only)
+        worker = self._relay.worker
+        if worker is None or self._own_only:
+            self._send(
+                HTTPStatus.OK, render(self._relay), CONTENT_TYPE_LATEST, keep_alive=keep_alive, head_only=head_only
+            )
+            return
+        # One of several workers: the scrape is all of theirs, summed.
+        task = asyncio.ensure_future(self._merged_metrics(worker, keep_alive, head_only))
+        self._relay.background.add(task)
+        task.add_done_callback(self._relay.background.discard)
+
+    async def _merged_metrics(self, worker: Worker, keep_alive: bool, head_only: bool) -> None:
+        own = render(self._relay)
+        body = merge([own, *await scrape_siblings(worker)])
+        if self._transport is not None and not self._transport.is_closing():
+            self._send(HTTPStatus.OK, body, CONTENT_TYPE_LATEST, keep_alive=keep_alive, head_only=head_only)
 
     def _twilio_request(self, method: bytes, path: str, query: str, keep_alive: bool) -> None:
         """A request from Twilio (the voice webhook or the after-stream hook): a form body (POST)
@@ -800,6 +822,7 @@ class RelayServer:
         self._refresher: asyncio.Task[None] | None = None
         self._lag_sampler: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._own_server: asyncio.base_events.Server | None = None  # a worker's own metrics socket
 
     @property
     def port(self) -> int:
@@ -809,10 +832,22 @@ class RelayServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         s = self.relay.settings
-        self._server = await loop.create_server(lambda: HttpProtocol(self.relay), s.host, s.port, reuse_address=True)
+        worker = self.relay.worker
+        shared = worker is not None  # several workers take this port's connections (SO_REUSEPORT)
+        self._server = await loop.create_server(
+            lambda: HttpProtocol(self.relay), s.host, s.port, reuse_address=True, reuse_port=shared
+        )
         if s.metrics_port:
             self._metrics_server = await loop.create_server(
-                lambda: HttpProtocol(self.relay, metrics_only=True), s.host, s.metrics_port, reuse_address=True
+                lambda: HttpProtocol(self.relay, metrics_only=True),
+                s.host,
+                s.metrics_port,
+                reuse_address=True,
+                reuse_port=shared,
+            )
+        if worker is not None:
+            self._own_server = await loop.create_unix_server(
+                lambda: HttpProtocol(self.relay, metrics_only=True, own_only=True), str(worker.socket_path())
             )
         self._lag_sampler = asyncio.create_task(self._sample_loop_lag(), name="loop-lag")
         self._prober = asyncio.create_task(self._probe_backend(), name="backend-probe")
@@ -899,6 +934,8 @@ class RelayServer:
                 task.cancel()
         if self._metrics_server is not None:
             self._metrics_server.close()
+        if self._own_server is not None:
+            self._own_server.close()
         if self._server is not None:
             self._server.close()
         sessions = set(self.relay.sessions)

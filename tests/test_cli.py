@@ -191,6 +191,8 @@ def test_bad_input_gets_one_line_and_exit_2(
         (("tenants", "add", "t2"), "needs DATABASE_URL"),
         (("agents", "list", "--tenant", "default"), "needs DATABASE_URL"),
         (("numbers", "add", "555-0100", "--tenant", "default"), "needs DATABASE_URL"),
+        (("serve", "--workers", "0"), "0 workers is outside 1..256"),
+        (("serve", "--workers", "many"), "'many' is not a number of workers (or auto)"),
     ],
 )
 def test_the_embedded_store_answers_bad_input_the_same_way(

@@ -44,8 +44,9 @@ SCRIPT = CallerScript(
 class RelayProcess:
     """``python -m relay serve`` in a child process, as an operator runs it."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *args: str) -> None:
         self.env = env
+        self.args = args  # after `relay serve`
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
         self.log: list[dict[str, Any]] = []
@@ -53,7 +54,7 @@ class RelayProcess:
 
     async def start(self) -> RelayProcess:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "relay", "serve",
+            sys.executable, "-m", "relay", "serve", *self.args,
             cwd=ROOT, env={**os.environ, **self.env}, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         listening = asyncio.get_running_loop().create_future()
