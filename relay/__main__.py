@@ -23,6 +23,7 @@ import uvloop
 from relay import __version__, admin, fastpath, logs, models, tracing
 from relay.config import Settings
 from relay.errors import ConfigError
+from relay.routing import Peers
 from relay.workers import Worker, supervise
 
 log = logging.getLogger("relay")
@@ -71,6 +72,14 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         store, directory = pg, CachedDirectory(pg.directory.lookup_number)
         resolve_agent = pg.directory.get_agent
         admission: Admission | None = PostgresAdmission(pg.pool)
+        from relay.pg.cluster import PostgresPeers
+
+        peers: Peers | None = PostgresPeers(
+            settings.database_url,
+            pg.pool,
+            dead_after_s=settings.peer_timeout_s,
+            heartbeat_s=settings.peer_timeout_s / 5,
+        )
         credential_source = pg.directory.credentials
         try:
             models_in_use += await pg.directory.models_in_use()
@@ -80,6 +89,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         store = SQLiteStore(settings.sqlite_path, dead_letter_path=settings.dead_letter_path)
         directory, resolve_agent = SingleTenant(), None
         admission = None  # the relay counts its own calls (RELAY_MAX_CONCURRENT_CALLS)
+        peers = None  # alone: every call it is asked about is its own or nobody's
         credential_source = None
         await store.open()
     for warning in models.shutdown_warnings(models_in_use):
@@ -93,8 +103,12 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
             admission=admission,
             credential_source=credential_source,
             worker=worker,
+            peers=peers,
         )
     )
+    if peers is not None:
+        # The other relays on this database: requests about a call reach the relay holding it.
+        await peers.start(server.relay.answer_peer)
     await server.start()
     log.info(
         "relay %s listening on %s:%d; Twilio streams to %s; fastpath=%s; store=%s %s",
@@ -140,6 +154,8 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         await asyncio.gather(drain, return_exceptions=True)
         await server.close(drain_timeout=0.0)
     at_once.cancel()
+    if peers is not None:
+        await peers.close()
     log.info("every call has left; closing the store")
     await store.close(timeout=30.0)
 

@@ -51,6 +51,7 @@ class Settings:
     skip_twilio_signature: bool = False  # development only: every start says so, loudly
     stream_secret: str = field(default="", repr=False)
     metrics_token: str = field(default="", repr=False)  # /metrics wants "Authorization: Bearer <it>" when set
+    api_token: str = field(default="", repr=False)  # the call control API (/v1/calls/…) wants it as a bearer token
     metrics_port: int = 0  # /metrics (and /healthz) on a port of their own as well (0: only the main one)
     sqlite_path: str = "relay.sqlite3"
     spool_path: str = "relay.spool"
@@ -87,6 +88,7 @@ class Settings:
     prices_path: str = ""  # a price table over the shipped one (relay/prices.toml)
     drain_timeout_s: int = 3600  # after SIGTERM, how long live calls may go on before they are handed over
     start_timeout_ms: int = 10000  # a media stream that sends no start this long after opening is closed
+    peer_timeout_s: int = 10  # a relay on the same database not heard from this long is gone
     slow_peer_timeout_ms: int = 5000  # a socket that stops reading what relay writes is dropped after this
 
     @property
@@ -190,6 +192,7 @@ class Settings:
         text("TWILIO_ACCOUNT_SID", "twilio_account_sid")
         text("RELAY_STREAM_SECRET", "stream_secret")
         text("RELAY_METRICS_TOKEN", "metrics_token")
+        text("RELAY_API_TOKEN", "api_token")
         number("RELAY_METRICS_PORT", "metrics_port", int, 0, 65535)
         flag("RELAY_INSECURE_SKIP_TWILIO_SIGNATURE", "skip_twilio_signature")
         text("DATABASE_URL", "database_url")
@@ -235,6 +238,7 @@ class Settings:
         number("RELAY_DRAIN_TIMEOUT_S", "drain_timeout_s", int, 0, 86400)
         number("RELAY_START_TIMEOUT_MS", "start_timeout_ms", int, 100, 600_000)
         number("RELAY_SLOW_PEER_TIMEOUT_MS", "slow_peer_timeout_ms", int, 0, 600_000)
+        number("RELAY_PEER_TIMEOUT_S", "peer_timeout_s", int, 2, 300)
 
         settings = cls(**values)  # type: ignore[arg-type]  # values checked one by one above
         problems += settings.problems(serve=serve)

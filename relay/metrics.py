@@ -273,6 +273,15 @@ class RelayCollector(Collector):
             refusals,
         )
 
+        yield _counter(
+            "relay_call_requests",
+            "Requests about a call (status callback, after-stream hook, API), by kind and where they were "
+            "answered: here (this relay holds the call), routed (passed to the relay that does), for_peer (asked "
+            "by another relay), unknown (no relay holds it), silent (its relay did not answer in time).",
+            ["kind", "where"],
+            relay.call_requests,
+        )
+
         pacer = relay.pacer
         yield _histogram(
             "relay_pacer_lateness_ms",

@@ -50,6 +50,7 @@ from relay.config import Settings, is_loopback
 from relay.errors import ProtocolError
 from relay.metrics import CONTENT_TYPE_LATEST, LAG_BUCKETS_MS, Buckets, CallLedger, LiveCall, render
 from relay.pacer import Pacer
+from relay.routing import HANGUP, OUTCOME, STATUS, CallRequest, Owner, OwnerSilent, Peers
 from relay.session import CallSession, ResolveAgent, Upstream
 from relay.store import Store
 from relay.tenants import Directory, SingleTenant
@@ -70,7 +71,14 @@ LAG_SAMPLE_S = 0.25  # how often the event loop's timer lateness is sampled for 
 # Calls whose stream relay ended normally: the caller hears nothing more. Every other way a
 # stream ends while the call is up (a failure, or no record at all: a relay that died) gets
 # the apology, so no caller is left in silence.
-NORMAL_ENDS = frozenset({"agent_hangup"})
+NORMAL_ENDS = frozenset({"agent_hangup", "api_hangup", "call_completed"})
+# Streams Twilio ended (the call hung up, the socket closed): no after-stream hook follows.
+TWILIO_ENDS = frozenset({"stop", "twilio_closed", "twilio_closed_before_start"})
+# How long after relay ends a stream its after-stream hook may still come (Twilio fetches it at once).
+HOOK_EXPECTED_S = 5.0
+# The call control API: POST /v1/calls/{CallSid}/<action>.
+CONTROL_PREFIX = "/v1/calls/"
+CONTROL_ACTIONS = {"hangup": HANGUP}
 # A call relay ended to move it to another relay: the after-stream hook connects a new stream.
 HANDOFF = "handoff"
 # The backend counts as reachable for readiness this long after it last was (a session opened,
@@ -105,8 +113,17 @@ class Relay:
         admission: Admission | None = None,
         credential_source: Callable[[], Awaitable[list[Credential]]] | None = None,
         worker: Worker | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self.settings = settings
+        # The other relays on the same database, for requests about calls held there (None:
+        # this relay is alone, every call it is asked about is its own or nobody's).
+        self.peers = peers
+        self.call_requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._claims: dict[str, asyncio.Future[None]] = {}  # call sid -> its claim, still being written
+        # Calls whose stream relay ended here, whose after-stream hook may still ask this relay how
+        # (call sid -> loop time it is given up): a draining relay stays to answer.
+        self.expected_hooks: dict[str, float] = {}
         self.worker = worker  # one of several workers on this port (``relay.workers``), or None
         self.store = store
         self.directory = directory or SingleTenant()
@@ -287,12 +304,14 @@ class Relay:
         return twilio.connect_stream_twiml(self.settings.stream_url, parameters, after_url)
 
     def awaiting_streams(self) -> bool:
-        """Whether a stream this relay's webhook announced may still arrive."""
+        """Whether a stream this relay's webhook announced may still arrive, or an after-stream
+        hook may still ask this relay how a stream it ended ended."""
         now = asyncio.get_running_loop().time()
-        for call_sid, until in list(self.expected_streams.items()):
-            if until < now:
-                del self.expected_streams[call_sid]
-        return bool(self.expected_streams)
+        for waiting in (self.expected_streams, self.expected_hooks):
+            for call_sid, until in list(waiting.items()):
+                if until < now:
+                    del waiting[call_sid]
+        return bool(self.expected_streams or self.expected_hooks)
 
     async def after_stream(
         self, query: dict[str, str], params: dict[str, str], found: tuple[Credential, ...]
@@ -332,11 +351,16 @@ class Relay:
         return HTTPStatus.OK, twilio.refusal_twiml(self.settings.failure_message)
 
     async def end_reason(self, call_sid: str) -> str | None:
-        """How a call ended: from memory if it ran here, else from the store (waiting briefly
-        for an end still on its way there)."""
-        reason = self.outcomes.get(call_sid)
-        if reason is not None:
-            return reason
+        """How a call's stream ended: from memory if it ran here, else from the relay that ran
+        it (through the peers), else from the store (waiting briefly for an end still on its
+        way there)."""
+        try:
+            answer = await self.about_call(CallRequest(OUTCOME, call_sid))
+        except Exception as exc:  # noqa: BLE001 - its relay silent or Postgres away: the store may know
+            log.warning("call %s: its relay could not say how its stream ended (%s)", call_sid, type(exc).__name__)
+            answer = None
+        if answer is not None and answer.get("reason"):
+            return str(answer["reason"])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + OUTCOME_WAIT_S
         while True:
@@ -349,9 +373,137 @@ class Relay:
                 return reason
             await asyncio.sleep(0.1)
 
+    # ------------------------------------------------------------------ requests about a call
+
+    @property
+    def instance_id(self) -> str:
+        """This relay among the relays on its database ("" when it is alone)."""
+        return self.peers.instance_id if self.peers is not None else ""
+
+    def _session_of(self, call_sid: str) -> CallSession | None:
+        for session in self.live.values():
+            if session.start is not None and session.call_sid == call_sid:
+                return session
+        return None
+
+    def answer_request(self, request: CallRequest) -> dict[str, Any] | None:
+        """Answer a request about a call whose stream is (or, for its outcome, was) here; None
+        when this relay does not hold it."""
+        call_sid, me = request.call_sid, self.instance_id
+        if request.kind == OUTCOME:
+            reason = self.outcomes.get(call_sid)
+            if reason is None:
+                return None
+            self.expected_hooks.pop(call_sid, None)
+            self._forget(call_sid)  # the after-stream hook is the last thing asked about a stream
+            return {"instance": me, "reason": reason}
+        session = self._session_of(call_sid)
+        if session is None:
+            return None
+        if request.kind == HANGUP:
+            log.info("call %s: hang-up requested; ending after the line in progress", call_sid)
+            session.leave("api_hangup")
+            return {"instance": me, "hung_up": True}
+        assert request.kind == STATUS and session.start is not None
+        if request.args.get("AccountSid") != session.start.account_sid:
+            return {"instance": me, "refused": "the call is on another account"}
+        status = request.args.get("CallStatus", "")
+        log.info("call %s: Twilio reports %s", call_sid, status[:20])
+        if status in twilio.FINAL_STATUSES:
+            session.leave("call_completed", at_pause=False)  # the call is over: its stream is too
+        return {"instance": me, "status": status}
+
+    async def answer_peer(self, request: CallRequest) -> dict[str, Any]:
+        """A request another relay passed on (``relay.pg.cluster``)."""
+        answer = self.answer_request(request)
+        self.call_requests[request.kind, "for_peer"] += 1
+        return answer if answer is not None else {"instance": self.instance_id, "unknown": True}
+
+    async def locate(self, call_sid: str) -> Owner | None:
+        """Which relay holds the call (this one, or one of its peers), and the call's tenant."""
+        session = self._session_of(call_sid)
+        if session is not None:
+            return Owner(self.instance_id, session.tenant_id)
+        return await self.peers.owner(call_sid) if self.peers is not None else None
+
+    async def about_call(self, request: CallRequest, owner: Owner | None = None) -> dict[str, Any] | None:
+        """Answer ``request`` here if this relay holds the call, else at the relay that does
+        (raising ``OwnerSilent`` when it does not answer in time); None: no relay holds it."""
+        answer = self.answer_request(request)
+        if answer is not None:
+            self.call_requests[request.kind, "here"] += 1
+            return answer
+        owner = owner or (await self.peers.owner(request.call_sid) if self.peers is not None else None)
+        if self.peers is None or owner is None or owner.instance_id == self.peers.instance_id:
+            self.call_requests[request.kind, "unknown"] += 1
+            return None
+        try:
+            answer = await self.peers.ask(owner.instance_id, request)
+        except OwnerSilent:
+            self.call_requests[request.kind, "silent"] += 1
+            raise
+        self.call_requests[request.kind, "routed"] += 1
+        return None if answer.get("unknown") else answer
+
+    async def status_callback(self, params: dict[str, str], found: tuple[Credential, ...]) -> tuple[HTTPStatus, str]:
+        """Twilio's status callback, answered by the relay holding the call: a final status ends
+        the call's stream there (Twilio's ``stop`` may never come over a broken socket)."""
+        call_sid, account_sid = params.get("CallSid", ""), params.get("AccountSid", "")
+        if not (twilio.CALL_SID.fullmatch(call_sid) and twilio.ACCOUNT_SID.fullmatch(account_sid)):
+            self.malformed_webhooks += 1
+            return HTTPStatus.BAD_REQUEST, "CallSid and AccountSid must be Twilio sids\n"
+        owner = await self.locate(call_sid)
+        if owner is None:  # not (or no longer) live anywhere: nothing to do
+            self.call_requests[STATUS, "unknown"] += 1
+            return HTTPStatus.OK, ""
+        problem = self.binding_problem(found, owner.tenant_id, account_sid)
+        if problem is not None:
+            log.warning("status callback refused for call %s: %s", call_sid, problem)
+            return HTTPStatus.FORBIDDEN, "forbidden\n"
+        fields = ("AccountSid", "CallStatus", "SequenceNumber", "CallDuration")
+        request = CallRequest(STATUS, call_sid, {k: params[k][:64] for k in fields if k in params})
+        try:
+            answer = await self.about_call(request, owner)
+        except OwnerSilent as exc:
+            log.warning("status callback for call %s: %s", call_sid, exc)
+            return HTTPStatus.SERVICE_UNAVAILABLE, "try again\n"
+        if answer is not None and answer.get("refused"):
+            log.warning("status callback refused for call %s: %s", call_sid, answer["refused"])
+            return HTTPStatus.FORBIDDEN, "forbidden\n"
+        return HTTPStatus.OK, ""
+
+    async def control(self, kind: str, call_sid: str) -> tuple[HTTPStatus, dict[str, Any]]:
+        """The call control API (``POST /v1/calls/{sid}/hangup``), answered by the relay holding the call."""
+        try:
+            answer = await self.about_call(CallRequest(kind, call_sid))
+        except OwnerSilent as exc:
+            return HTTPStatus.GATEWAY_TIMEOUT, {"error": str(exc)}
+        if answer is None:
+            return HTTPStatus.NOT_FOUND, {"error": f"no live call {call_sid}"}
+        return HTTPStatus.ACCEPTED, {"call_sid": call_sid, **answer}
+
+    def _forget(self, call_sid: str) -> None:
+        if self.peers is not None:
+            self._in_background(self.peers.forget(call_sid), f"forget {call_sid}")
+
+    def _in_background(self, work: Awaitable[None], what: str) -> asyncio.Future[None]:
+        async def run() -> None:
+            try:
+                await work
+            except Exception as exc:  # noqa: BLE001 - routing is best effort; the call is unaffected
+                log.warning("%s failed (%s)", what, type(exc).__name__)
+
+        task = asyncio.ensure_future(run())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
     def note_outcome(self, call_sid: str, end_reason: str) -> None:
         """A call ended here: remember how, for the after-stream hook."""
         self.outcomes[call_sid] = end_reason
+        if self.peers is not None and end_reason not in TWILIO_ENDS:
+            # relay closed the stream, so Twilio fetches the hook, which may ask this relay.
+            self.expected_hooks[call_sid] = asyncio.get_running_loop().time() + HOOK_EXPECTED_S
         self.outcomes.move_to_end(call_sid)
         while len(self.outcomes) > MAX_OUTCOMES:
             self.outcomes.popitem(last=False)
@@ -424,6 +576,7 @@ class Relay:
             "status": "ok",
             "draining": self.draining,
             "fastpath": fastpath.IMPLEMENTATION,
+            "instance": self.instance_id,
             "calls_active": len(self.sessions),
             "connections": self.connections,
             "refused_signatures": self.rejected_signatures,
@@ -485,6 +638,10 @@ class Relay:
                     conversation.usage if conversation else None,
                 )
             if session.call_sid and session.end_reason != "stream_token_invalid":
+                if self.peers is not None:
+                    claim = self._claims.pop(session.call_sid, None)  # (a short call's end waits for it)
+                    ended = _after(claim, self.peers.ended(session.call_sid))
+                    self._in_background(ended, f"ending call {session.call_sid}")
                 await self._admission_note(self.admission.ended, session.call_sid)
 
     async def _admission_note(self, note: Callable[[str], Awaitable[None]], call_sid: str) -> None:
@@ -494,11 +651,22 @@ class Relay:
             log.warning("call %s: admission update failed (%s)", call_sid, type(exc).__name__)
 
     def call_started(self, call_sid: str) -> None:
-        """A verified stream began: its admission slot is now held by a live call."""
+        """A verified stream began: its admission slot is now held by a live call, and the
+        other relays learn that requests about it come here."""
         self.expected_streams.pop(call_sid, None)
         task = asyncio.ensure_future(self._admission_note(self.admission.started, call_sid))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+        session = self._session_of(call_sid)
+        if self.peers is not None and session is not None:
+            claim = self.peers.claim(call_sid, session.tenant_id)
+            self._claims[call_sid] = self._in_background(claim, f"claiming call {call_sid}")
+
+
+async def _after(first: asyncio.Future[None] | None, then: Awaitable[None]) -> None:
+    if first is not None:
+        await asyncio.gather(first, return_exceptions=True)
+    await then
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -638,13 +806,48 @@ class HttpProtocol(asyncio.Protocol):
         elif self._metrics_only:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
         elif (url.path == twilio.STREAM_PATH and method in (b"POST", b"GET")) or (
-            url.path == twilio.AFTER_STREAM_PATH and method == b"POST"
+            url.path in (twilio.AFTER_STREAM_PATH, twilio.STATUS_PATH) and method == b"POST"
         ):
             self._twilio_request(method, url.path, url.query, keep_alive)
-        elif url.path in ("/healthz", "/readyz", "/drain", twilio.STREAM_PATH, twilio.AFTER_STREAM_PATH):
+        elif url.path.startswith(CONTROL_PREFIX) and method == b"POST":
+            self._control(url.path, keep_alive)
+        elif url.path in ("/healthz", "/readyz", "/drain", twilio.STREAM_PATH, twilio.AFTER_STREAM_PATH) or (
+            url.path == twilio.STATUS_PATH or url.path.startswith(CONTROL_PREFIX)
+        ):
             self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", keep_alive=keep_alive)
         else:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
+
+    def _control(self, path: str, keep_alive: bool) -> None:
+        """The call control API: ``POST /v1/calls/{CallSid}/hangup``, with RELAY_API_TOKEN."""
+        token = self._relay.settings.api_token
+        if not token:
+            self._send(HTTPStatus.FORBIDDEN, b"the call control API is off (RELAY_API_TOKEN)\n", keep_alive=keep_alive)
+            return
+        given = self._header("authorization") or ""
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            self._send(HTTPStatus.UNAUTHORIZED, b"unauthorized\n", keep_alive=keep_alive)
+            return
+        parts = path[len(CONTROL_PREFIX) :].split("/")
+        if len(parts) != 2 or parts[1] not in CONTROL_ACTIONS:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
+            return
+        call_sid, action = parts
+        if not twilio.CALL_SID.fullmatch(call_sid):
+            self._send(HTTPStatus.BAD_REQUEST, b"not a call sid\n", keep_alive=keep_alive)
+            return
+
+        async def answer() -> None:
+            try:
+                status, body = await self._relay.control(CONTROL_ACTIONS[action], call_sid)
+            except Exception as exc:  # noqa: BLE001 - Postgres away: the caller may try again
+                log.warning("control request for call %s failed (%s)", call_sid, type(exc).__name__)
+                status, body = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "try again"}
+            self._send(status, orjson.dumps(body), "application/json", keep_alive=keep_alive)
+
+        task = asyncio.ensure_future(answer())
+        self._relay.background.add(task)
+        task.add_done_callback(self._relay.background.discard)
 
     def _drain(self, query: str, keep_alive: bool) -> None:
         """``relay drain``: only from this machine (a pod's preStop runs it beside the server)."""
@@ -744,6 +947,8 @@ class HttpProtocol(asyncio.Protocol):
         try:
             if path == twilio.STREAM_PATH:
                 status, text = await relay.webhook(params, found)
+            elif path == twilio.STATUS_PATH:
+                status, text = await relay.status_callback(params, found)
             else:
                 status, text = await relay.after_stream(query, params, found)
         except Exception:  # e.g. the tenant directory is unreachable: Twilio retries or fails over

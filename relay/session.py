@@ -52,17 +52,26 @@ RECONNECT_BACKOFF = (0.1, 5.0)  # first delay, most delay (doubling), seconds
 SHORT_LIVED_S = 5.0  # a backend session that drops sooner than this delays the next one
 IDLE_POLL_S = 0.05
 END_WRITE_TIMEOUT = 2.0  # how long the stream's close waits for the call's end to be stored
-# A call asked to move to another relay leaves between turns; one that never falls quiet
-# leaves after this long anyway (the caller hears the hand-over mid-sentence, not a failure).
-HANDOFF_MAX_WAIT_S = 30.0
+# A call asked to leave (moved to another relay, or hung up by request) leaves between turns;
+# one that never falls quiet leaves after this long anyway.
+LEAVE_MAX_WAIT_S = 30.0
 RESUME_READ_TIMEOUT = 3.0  # how long a handed-over call waits for its past from the store
 UNKNOWN_PAST_SEQ = 100_000  # where a handed-over call whose past is unreadable numbers its turns from
 
 # How relay closes a stream it ends, by end reason (Twilio's own ends, stop and a closed
 # socket, need no close of ours beyond the handshake).
-_CLOSE_CODES = {"stop": 1000, "agent_hangup": 1000, "handoff": 1000, "twilio_protocol_error": 1007}
+_CLOSE_CODES = {
+    "stop": 1000,
+    "agent_hangup": 1000,
+    "handoff": 1000,
+    "api_hangup": 1000,
+    "call_completed": 1000,
+    "twilio_protocol_error": 1007,
+}
 _CLOSE_REASONS = {
     "handoff": "handing the call to another relay",
+    "api_hangup": "hung up by request",
+    "call_completed": "Twilio reports the call over",
     "backend_unavailable": "speech backend unavailable",
     "backend_refused": "speech backend refused the session",
     "backend_not_ready": "speech backend did not confirm the session in time",
@@ -159,7 +168,9 @@ class CallSession:
         self._upstream: Upstream | None = None
         self._ending = False
         self._hangup = asyncio.Event()
-        self._handoff = asyncio.Event()  # leave for another relay, between turns (``hand_off``)
+        self._leave = asyncio.Event()  # end the stream on relay's side (``leave``)
+        self._leave_reason = "handoff"
+        self._leave_at_pause = True
         self._recycler: asyncio.Task[None] | None = None
         self._opened_at = 0.0  # loop time the current backend session was taken into use
         self._short_lived = 0  # backend sessions in a row that dropped young
@@ -184,7 +195,15 @@ class CallSession:
     def hand_off(self) -> None:
         """Move the call to another relay: at the next pause between turns, its stream ends with
         ``handoff`` and Twilio fetches the after-stream hook, which connects a new stream."""
-        self._handoff.set()
+        self.leave("handoff")
+
+    def leave(self, reason: str, *, at_pause: bool = True) -> None:
+        """End the stream with ``reason``: at the next pause between turns (after the line in
+        progress), or at once. The first request to leave is the one that counts."""
+        if self._leave.is_set():
+            return
+        self._leave_reason, self._leave_at_pause = reason, at_pause
+        self._leave.set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -329,7 +348,7 @@ class CallSession:
             asyncio.create_task(self._twilio_pump(conversation), name=f"twilio-{self.call_sid}"),
             asyncio.create_task(self._backend_loop(conversation), name=f"backend-{self.call_sid}"),
             asyncio.create_task(self._hang_up_watch(conversation), name=f"hangup-{self.call_sid}"),
-            asyncio.create_task(self._hand_off_watch(conversation), name=f"handoff-{self.call_sid}"),
+            asyncio.create_task(self._leave_watch(conversation), name=f"leave-{self.call_sid}"),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -383,14 +402,15 @@ class CallSession:
                 break
         return "agent_hangup"
 
-    async def _hand_off_watch(self, conversation: Conversation) -> str:
-        """When the call is to move to another relay: leave at the first pause between turns."""
-        await self._handoff.wait()
-        deadline = self._loop.time() + HANDOFF_MAX_WAIT_S
-        while not conversation.idle and self._loop.time() < deadline:
+    async def _leave_watch(self, conversation: Conversation) -> str:
+        """When the stream is to end on relay's side (``leave``): at the first pause between
+        turns, or at once."""
+        await self._leave.wait()
+        deadline = self._loop.time() + LEAVE_MAX_WAIT_S
+        while self._leave_at_pause and not conversation.idle and self._loop.time() < deadline:
             await asyncio.sleep(IDLE_POLL_S)
-        log.info("call %s: handing the call to another relay", self.call_sid)
-        return "handoff"
+        log.info("call %s: ending the stream (%s)", self.call_sid, self._leave_reason)
+        return self._leave_reason
 
     # ------------------------------------------------------------------ backend leg
 

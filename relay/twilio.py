@@ -25,6 +25,10 @@ STREAM_PATH = "/twilio/voice"
 # Where Twilio goes once relay closes a call's stream: the TwiML after ``</Connect>`` redirects
 # here, and the answer depends on how the call ended (PROTOCOLS §1.1).
 AFTER_STREAM_PATH = "/twilio/after-stream"
+# Twilio's call status callback (the number's or the call's StatusCallback): the call's
+# progress, posted as it changes; a final status means the call is over.
+STATUS_PATH = "/twilio/status"
+FINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 
 # Twilio's identifiers: a two-letter prefix and 32 hex digits (PROTOCOLS §1.6).
 CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")

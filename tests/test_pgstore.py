@@ -24,6 +24,7 @@ import pytest
 from relay.agents import Agent
 from relay.errors import ConfigError, InputError
 from relay.pg import PostgresAdmission, PostgresStore, migrate, migrations, redact
+from relay.pg.db import as_writer
 from relay.spool import Spool, SpoolError, encode
 from relay.store import CallEnd, CallRecord, Record, SQLiteStore, TurnRecord, record_from_dict
 from relay.usage import UsageRecord
@@ -41,7 +42,7 @@ from tests.pgutil import (
 pytestmark = pytest.mark.postgres
 
 ROOT = Path(__file__).resolve().parent.parent
-TENANT_TABLES = {"tenants", "agents", "phone_numbers", "calls", "call_turns", "usage", "admissions"}
+TENANT_TABLES = {"tenants", "agents", "phone_numbers", "calls", "call_turns", "usage", "admissions", "call_owners"}
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +121,7 @@ async def test_concurrent_migrations_apply_the_schema_once() -> None:
             assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(versions)
             rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
             tables = {r["tablename"] for r in rows}
-            assert TENANT_TABLES | {"schema_migrations"} == tables
+            assert TENANT_TABLES | {"schema_migrations", "relay_instances"} == tables
         finally:
             await conn.close()
 
@@ -160,6 +161,14 @@ async def _two_tenants(store: PostgresStore) -> tuple[str, str]:
         await store.directory.add_number(f"+1555{random.randrange(10**6, 10**7)}", tenant)
         submit_all(store, call_records(f"CA-{tenant}", tenant_id=tenant, turns=4))
         assert await PostgresAdmission(store.pool).admit(tenant, "default", f"CA-{tenant}")
+    async with as_writer(store.pool) as conn:  # a relay holding both calls (relay.pg.cluster)
+        instance = token_hex(8)
+        await conn.execute("INSERT INTO relay_instances (instance_id) VALUES ($1)", instance)
+        for tenant in (a, b):
+            await conn.execute(
+                "INSERT INTO call_owners (call_sid, tenant_id, instance_id) VALUES ($1, $2, $3)",
+                f"CA-{tenant}", tenant, instance,
+            )  # fmt: skip
     await store.flush()
     return a, b
 

@@ -9,6 +9,7 @@ relay never loads it.
     store.py       ``PostgresStore``: calls and turns, and the outage spool
     directory.py   ``Directory``: tenants, numbers, agents, and reads on a tenant's behalf
     admission.py   ``PostgresAdmission``: call limits counted across relays
+    cluster.py     ``PostgresPeers``: which relay holds each call; requests passed to it (NOTIFY)
 """
 
 from relay.pg.admission import PostgresAdmission
