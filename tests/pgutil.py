@@ -72,6 +72,21 @@ async def throwaway_database(*, migrated: bool = True) -> AsyncIterator[str]:
         await drop_database(name)
 
 
+ACME_NUMBER = "+15550100001"
+
+
+@asynccontextmanager
+async def database_with_acme() -> AsyncIterator[str]:
+    """The DSN of a fresh database where tenant ``acme`` answers ``ACME_NUMBER``, dropped on exit."""
+    from relay.pg import Directory
+
+    async with throwaway_database() as url:
+        async with Directory.connect(url) as directory:
+            await directory.add_tenant("acme", "Acme", AGENT)
+            await directory.add_number(ACME_NUMBER, "acme")
+        yield url
+
+
 async def eventually(condition: Callable[[], bool | Awaitable[bool]], *, timeout: float = 10.0, what: str = "") -> None:
     """Poll ``condition`` (bounded) until it holds; fail the test if it never does."""
     loop = asyncio.get_running_loop()

@@ -29,6 +29,7 @@ from twilio.request_validator import RequestValidator
 from relay.routing import CallRequest, Pending, RoutingError, decode, encode_answer, encode_request
 from relay.sim.agent import RealtimeAgent
 from relay.sim.caller import CallerScript, TwilioCaller, http_get
+from tests.pgutil import ACME_NUMBER
 from tests.test_call import FAST, SIM_AUTH_TOKEN
 from tests.test_drain import RelayProcess, relay_env, until
 
@@ -112,29 +113,21 @@ async def requests_seen(relay: RelayProcess) -> dict[tuple[str, str], float]:
 
 @contextlib.asynccontextmanager
 async def three_relays(tmp_path: Path) -> AsyncIterator[tuple[Cluster, Any, str, RealtimeAgent]]:
-    from relay.pg import Directory
-    from tests.pgutil import AGENT, TcpProxy, create_database, drop_database, dsn
+    from tests.pgutil import TcpProxy, database_with_acme
 
-    name = await create_database()
-    try:
-        async with Directory.connect(dsn(name)) as directory:
-            await directory.add_tenant("acme", "Acme", AGENT)
-            await directory.add_number("+15550100001", "acme")
-        async with RealtimeAgent(FAST) as agent, TcpProxy() as balancer:
-            public = f"http://127.0.0.1:{balancer.port}"
-            shared = {"DATABASE_URL": dsn(name), "RELAY_PUBLIC_URL": public, "RELAY_API_TOKEN": API_TOKEN,
-                      "RELAY_PEER_TIMEOUT_S": "3"}  # fmt: skip
-            async with contextlib.AsyncExitStack() as stack:
-                relays = []
-                for label in "abc":
-                    relay = RelayProcess(relay_env(agent, tmp_path, label, **shared))
-                    await relay.start()
-                    stack.push_async_callback(relay.stop)
-                    relays.append(relay)
-                balancer.retarget(relays[0].port)
-                yield Cluster(relays, public), balancer, dsn(name), agent
-    finally:
-        await drop_database(name)
+    async with database_with_acme() as database, RealtimeAgent(FAST) as agent, TcpProxy() as balancer:
+        public = f"http://127.0.0.1:{balancer.port}"
+        shared = {"DATABASE_URL": database, "RELAY_PUBLIC_URL": public, "RELAY_API_TOKEN": API_TOKEN,
+                  "RELAY_PEER_TIMEOUT_S": "3"}  # fmt: skip
+        async with contextlib.AsyncExitStack() as stack:
+            relays = []
+            for label in "abc":
+                relay = RelayProcess(relay_env(agent, tmp_path, label, **shared))
+                await relay.start()
+                stack.push_async_callback(relay.stop)
+                relays.append(relay)
+            balancer.retarget(relays[0].port)
+            yield Cluster(relays, public), balancer, database, agent
 
 
 async def owners(database: str) -> dict[str, str]:
@@ -156,11 +149,12 @@ async def held_by(relay: RelayProcess, database: str) -> None:
     await until(held, 30, "a live call recorded as the relay's")
 
 
+@pytest.mark.postgres
 async def test_each_request_sent_to_the_wrong_relay_is_answered_by_the_one_holding_the_call(tmp_path: Path) -> None:
     async with three_relays(tmp_path) as (cluster, balancer, database, _):
         a, b, c = cluster.relays
         owner = (await a.get("/healthz"))[1]["instance"]
-        caller = TwilioCaller(f"{cluster.public}/twilio/voice", STAYS, to_number="+15550100001")
+        caller = TwilioCaller(f"{cluster.public}/twilio/voice", STAYS, to_number=ACME_NUMBER)
         call = asyncio.create_task(caller.run())
         await held_by(a, database)
         balancer.retarget(b.port)  # from here Twilio's requests reach b (the after-stream hook)
@@ -189,7 +183,7 @@ async def test_each_request_sent_to_the_wrong_relay_is_answered_by_the_one_holdi
 
         # A final status callback at b ends a call whose stream is still up on a.
         balancer.retarget(a.port)
-        second = TwilioCaller(f"{cluster.public}/twilio/voice", STAYS, to_number="+15550100001")
+        second = TwilioCaller(f"{cluster.public}/twilio/voice", STAYS, to_number=ACME_NUMBER)
         call = asyncio.create_task(second.run())
         await held_by(a, database)
         assert await cluster.status_callback(b, second, "completed") == 200
@@ -208,10 +202,11 @@ async def test_each_request_sent_to_the_wrong_relay_is_answered_by_the_one_holdi
         assert await owners(database) == {}  # no call is live: none is recorded as held
 
 
+@pytest.mark.postgres
 async def test_a_relay_that_dies_stops_being_asked_and_its_calls_are_cleared(tmp_path: Path) -> None:
     async with three_relays(tmp_path) as (cluster, balancer, database, _agent):
         a, b, _c = cluster.relays
-        caller = TwilioCaller(f"{cluster.public}/twilio/voice", STAYS, to_number="+15550100001")
+        caller = TwilioCaller(f"{cluster.public}/twilio/voice", STAYS, to_number=ACME_NUMBER)
         call = asyncio.create_task(caller.run())
         await held_by(a, database)
         a.signal(signal.SIGKILL)

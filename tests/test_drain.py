@@ -248,23 +248,18 @@ async def test_sigterm_fails_readiness_at_once_and_every_call_finishes(tmp_path:
 
 @pytest.mark.postgres
 async def test_calls_still_up_at_the_drain_timeout_finish_on_another_relay(tmp_path: Path) -> None:
-    from relay.pg import Directory
-    from tests.pgutil import AGENT, TcpProxy, create_database, drop_database, dsn
+    from tests.pgutil import ACME_NUMBER, TcpProxy, database_with_acme
 
-    name = await create_database()
-    try:
-        async with Directory.connect(dsn(name)) as directory:
-            await directory.add_tenant("acme", "Acme", AGENT)
-            await directory.add_number("+15550100001", "acme")
+    async with database_with_acme() as database:
         async with RealtimeAgent(FAST) as agent, TcpProxy() as balancer:
-            shared = {"DATABASE_URL": dsn(name), "RELAY_PUBLIC_URL": f"http://127.0.0.1:{balancer.port}"}
+            shared = {"DATABASE_URL": database, "RELAY_PUBLIC_URL": f"http://127.0.0.1:{balancer.port}"}
             async with (
                 running(relay_env(agent, tmp_path, "a", RELAY_DRAIN_TIMEOUT_S="1", **shared)) as a,
                 running(relay_env(agent, tmp_path, "b", **shared)) as b,
             ):
                 balancer.retarget(a.port)
                 webhook = f"http://127.0.0.1:{balancer.port}/twilio/voice"
-                callers = [TwilioCaller(webhook, SCRIPT, to_number="+15550100001") for _ in range(20)]
+                callers = [TwilioCaller(webhook, SCRIPT, to_number=ACME_NUMBER) for _ in range(20)]
                 calls = [asyncio.create_task(c.run()) for c in callers]
 
                 async def all_live_on_a() -> bool:
@@ -278,15 +273,13 @@ async def test_calls_still_up_at_the_drain_timeout_finish_on_another_relay(tmp_p
                 b_took = (await b.get("/healthz"))[1]
                 b.signal(signal.SIGTERM)  # b stops as a pod does: what it holds is written first
                 assert await b.wait(60) == 0
-        db = await asyncpg.connect(dsn(name))
+        db = await asyncpg.connect(database)
         try:
             turns = await db.fetch("SELECT call_sid, seq, role, text_generated FROM call_turns ORDER BY call_sid, seq")
             ends = dict(await db.fetch("SELECT call_sid, end_reason FROM calls"))
             usage = await db.fetch("SELECT call_sid, stream_sid FROM usage")
         finally:
             await db.close()
-    finally:
-        await drop_database(name)
 
     gaps = [g for r in results for g in r.handover_gaps_ms]
     print(f"\nhand-over gap (stream closed -> the next one started): p50 {statistics.median(gaps):.1f} ms, "
@@ -301,8 +294,11 @@ async def test_calls_still_up_at_the_drain_timeout_finish_on_another_relay(tmp_p
     for r in results:
         rows = by_call[r.call_sid]
         assert [row["seq"] for row in rows] == list(range(1, len(rows) + 1))  # one unbroken sequence
-        said = [row["text_generated"] for row in rows if row["role"] == "user"]
-        assert said == list(SCRIPT.utterances)  # each line once, in order, across both relays
+        # Each line once, in order, across both relays. (A caller who starts a line just as the
+        # stream closes leaves a user turn with no transcript, and says the line again on the
+        # next stream, as a caller on a phone does.)
+        said = [row["text_generated"] for row in rows if row["role"] == "user" and row["text_generated"]]
+        assert said == list(SCRIPT.utterances)
     assert sorted(collections.Counter(u["call_sid"] for u in usage).values()) == [2] * 20  # a row per stream
 
 

@@ -5,4 +5,4 @@
 set -eu
 out="${1:?usage: build-wheels.sh OUT}"
 src="$(cd "$(dirname "$0")/../.." && pwd)"
-python -m pip wheel --no-cache-dir --wheel-dir "$out" "$src[otel]"
+python -m pip wheel --wheel-dir "$out" "$src[otel]"
