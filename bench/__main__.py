@@ -55,6 +55,11 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     )
     p.add_argument("--check", action="store_true", help="validate every message the relays send against Twilio's rules")
     p.add_argument("--no-pin", action="store_true", help="do not pin relay and load side to separate cores")
+    p.add_argument(
+        "--relay-anywhere",
+        action="store_true",
+        help="pin the load side only: relay (and each of its workers) may run on any core",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--out", type=Path, help="output folder (default bench/results/<time>)")
     p.add_argument("--update-readme", action="store_true", help="write the table into README.md's bench section")
@@ -84,6 +89,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         overrides["max_calls"] = args.max_calls
     if args.no_pin:
         overrides.update(relay_core=None, load_core=None)
+    elif args.relay_anywhere:
+        overrides.update(relay_core=None)
     options = Options.quick(**overrides) if args.quick else Options(**overrides)
     return options, args
 
