@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from relay import usage_report
+from relay import models, usage_report
 from relay.agents import RANGES, Agent
 from relay.config import Settings
 from relay.errors import InputError
@@ -39,6 +39,7 @@ AGENT_OPTIONS = (
     "vad_prefix_ms",
     "max_concurrent_calls",
     "calls_per_minute",
+    "reasoning_effort",
 )
 # Settings a flag may set to None ("none": no limit); present on the command line only when given.
 _CLEARABLE = ("max_concurrent_calls", "calls_per_minute")
@@ -99,6 +100,11 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         parser.add_argument("--vad-threshold", type=float)
         parser.add_argument("--vad-silence-ms", type=int)
         parser.add_argument("--vad-prefix-ms", type=int)
+        parser.add_argument(
+            "--reasoning-effort",
+            help=f"how hard a reasoning model (gpt-realtime-2 and later) thinks before it speaks: "
+            f"{', '.join(models.REASONING_EFFORTS)}",
+        )
         parser.add_argument(
             "--max-calls",
             dest="max_concurrent_calls",

@@ -29,6 +29,7 @@ class AgentProfile:
     end_call_tool: bool = True  # offer the model the built-in end_call tool
     interrupt_response: bool = True  # server VAD cancels a response when the caller speaks
     backend: str = "openai-realtime"  # which speech backend serves the call (``BACKENDS``)
+    reasoning_effort: str = models.DEFAULT_REASONING_EFFORT  # sent to the models that reason (``models.reasons``)
 
 
 DEFAULT_AGENT = "default"
@@ -68,6 +69,7 @@ class Agent:
     backend: str = BACKENDS[0]
     max_concurrent_calls: int | None = None  # None: no limit of its own (the tenant's still apply)
     calls_per_minute: int | None = None
+    reasoning_effort: str = models.DEFAULT_REASONING_EFFORT  # for a model that reasons; ignored by others
 
     @classmethod
     def from_profile(cls, tenant_id: str, agent_id: str, profile: AgentProfile) -> Agent:
@@ -84,6 +86,7 @@ class Agent:
             vad_prefix_ms=profile.vad_prefix_ms,
             greeting=profile.greeting,
             backend=profile.backend,
+            reasoning_effort=profile.reasoning_effort,
         )
 
     def profile(self, base: AgentProfile) -> AgentProfile:
@@ -100,6 +103,7 @@ class Agent:
             vad_prefix_ms=self.vad_prefix_ms,
             greeting=self.greeting or base.greeting,
             backend=self.backend,
+            reasoning_effort=self.reasoning_effort,
         )
 
     def problems(self) -> list[str]:
@@ -109,6 +113,10 @@ class Agent:
             out.append(f"agent id {self.agent_id[:MAX_NAME]!r} must be 1..{MAX_NAME} printable characters")
         if self.voice not in VOICES:
             out.append(f"voice {self.voice[:40]!r} is not one of {', '.join(VOICES)}")
+        if self.reasoning_effort not in models.REASONING_EFFORTS:
+            out.append(
+                f"reasoning effort {self.reasoning_effort[:40]!r} is not one of {', '.join(models.REASONING_EFFORTS)}"
+            )
         if self.backend not in BACKENDS:
             out.append(f"backend {self.backend[:40]!r} is not one of {', '.join(BACKENDS)}")
         for name in ("model", "transcription_model"):

@@ -63,6 +63,7 @@ class Settings:
     calls_per_minute: int = 0
     agent_instructions: str = "You are a friendly, concise assistant on a phone call."
     agent_voice: str = "marin"
+    agent_reasoning_effort: str = models.DEFAULT_REASONING_EFFORT
     transcription_model: str = models.DEFAULT_TRANSCRIPTION_MODEL
     vad_threshold: float = 0.5
     vad_silence_ms: int = 500
@@ -115,6 +116,7 @@ class Settings:
             vad_prefix_ms=self.vad_prefix_ms,
             greeting=self.greeting,
             end_call_tool=self.end_call_tool,
+            reasoning_effort=self.agent_reasoning_effort,
         )
 
     @property
@@ -210,6 +212,7 @@ class Settings:
         if "RELAY_AGENT_INSTRUCTIONS" in env:
             values["agent_instructions"] = env["RELAY_AGENT_INSTRUCTIONS"]
         text("RELAY_AGENT_VOICE", "agent_voice")
+        text("RELAY_AGENT_REASONING_EFFORT", "agent_reasoning_effort")
         text("RELAY_TRANSCRIPTION_MODEL", "transcription_model")
         number("RELAY_VAD_THRESHOLD", "vad_threshold", float, *RANGES["vad_threshold"])
         number("RELAY_VAD_SILENCE_MS", "vad_silence_ms", int, *RANGES["vad_silence_ms"])
@@ -288,6 +291,11 @@ class Settings:
             )
         if self.agent_voice not in VOICES:
             problems.append(f"RELAY_AGENT_VOICE={self.agent_voice!r} is not one of {', '.join(VOICES)}")
+        if self.agent_reasoning_effort not in models.REASONING_EFFORTS:
+            problems.append(
+                f"RELAY_AGENT_REASONING_EFFORT={self.agent_reasoning_effort[:40]!r} is not one of "
+                f"{', '.join(models.REASONING_EFFORTS)}"
+            )
         if self.database_url and urlsplit(self.database_url).scheme not in ("postgres", "postgresql"):
             problems.append("DATABASE_URL must be a postgres:// or postgresql:// URL")
         if self.pacer_interval_ms % FRAME_MS or (

@@ -17,6 +17,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 DEFAULT_REALTIME_MODEL = "gpt-realtime-2.1"
+# How hard a reasoning Realtime model thinks before it speaks (openai 3.63.0
+# ``realtime_reasoning_effort.py``): more effort costs latency the caller hears (BACKENDS §5.2).
+REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
+DEFAULT_REASONING_EFFORT = "low"  # OpenAI's suggested start; medium and up add audible latency
+
+
+def reasons(model: str) -> bool:
+    """Whether a Realtime model takes ``reasoning.effort``: the gpt-realtime-2 line (2, 2.1,
+    2.1-mini and their dated snapshots); the earlier models have no such setting."""
+    return model.startswith("gpt-realtime-2") and not model.startswith("gpt-realtime-2025")
+
+
 # One of the GA session's transcription models (openai 3.63.0 ``audio_transcription.py``), chosen
 # because gpt-4o-mini-transcribe is on the shutdown list (BACKENDS §5.2).
 DEFAULT_TRANSCRIPTION_MODEL = "gpt-realtime-whisper"

@@ -337,6 +337,7 @@ CREATE TABLE IF NOT EXISTS agents (
     max_concurrent_calls  INTEGER,
     calls_per_minute      INTEGER,
     greeting              TEXT NOT NULL DEFAULT '',
+    reasoning_effort      TEXT NOT NULL DEFAULT 'low',
     created_at            TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
     PRIMARY KEY (tenant_id, agent_id)
 );

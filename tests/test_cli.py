@@ -120,6 +120,8 @@ def test_agents_are_added_changed_listed_and_shown(pg: str, capsys: pytest.Captu
         "30",
         "--model",
         "gpt-realtime-2.1",
+        "--reasoning-effort",
+        "minimal",
     )
     [sales] = orjson.loads(out)
     assert code == 0
@@ -130,7 +132,8 @@ def test_agents_are_added_changed_listed_and_shown(pg: str, capsys: pytest.Captu
         sales["voice"],
         sales["model"],
         sales["vad_threshold"],
-    ) == ("Sales!", None, 30, "ash", "gpt-realtime-2.1", 0.7)
+        sales["reasoning_effort"],
+    ) == ("Sales!", None, 30, "ash", "gpt-realtime-2.1", 0.7, "minimal")
     code, out, _ = run(capsys, "agents", "list", "--tenant", "acme")
     assert code == 0 and [a["agent_id"] for a in orjson.loads(out)] == ["default", "sales"]
     assert run(capsys, "numbers", "add", "+15550100009", "--tenant", "acme", "--agent", "sales")[0] == 0
@@ -143,6 +146,7 @@ def test_agents_are_added_changed_listed_and_shown(pg: str, capsys: pytest.Captu
         (("agents", "add", "x", "--tenant", "nosuch"), "no tenant 'nosuch'"),
         (("agents", "add", "default", "--tenant", "acme"), "has an agent 'default' already"),
         (("agents", "add", "x", "--tenant", "acme", "--voice", "nova"), "voice 'nova' is not one of"),
+        (("agents", "add", "x", "--tenant", "acme", "--reasoning-effort", "none"), "reasoning effort 'none' is not"),
         (("agents", "add", "x", "--tenant", "acme", "--vad-threshold", "2"), "vad threshold 2.0 is outside 0..1"),
         (("agents", "add", "x", "--tenant", "acme", "--vad-silence-ms", "5"), "vad silence ms 5 is outside 100..10000"),
         (("agents", "add", "x", "--tenant", "acme", "--max-calls", "-1"), "-1 is outside 0..100000"),

@@ -33,13 +33,14 @@ def test_every_problem_is_listed_in_one_error() -> None:
         "RELAY_PUBLIC_URL": "http://relay.example.com",
         "RELAY_REALTIME_URL": "https://api.openai.com/v1/realtime",
         "RELAY_AGENT_VOICE": "nova",
+        "RELAY_AGENT_REASONING_EFFORT": "none",
         "RELAY_VAD_THRESHOLD": "2",
         "DATABASE_URL": "mysql://x",
     }
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     text = str(info.value)
-    assert len(info.value.problems) == 8, info.value.problems
+    assert len(info.value.problems) == 9, info.value.problems
     for needle in (
         "RELAY_PORT",
         "RELAY_PUBLIC_URL",
@@ -47,6 +48,7 @@ def test_every_problem_is_listed_in_one_error() -> None:
         "OPENAI_API_KEY",
         "TWILIO_AUTH_TOKEN",
         "nova",
+        "RELAY_AGENT_REASONING_EFFORT='none'",
         "RELAY_VAD_THRESHOLD",
         "DATABASE_URL",
     ):

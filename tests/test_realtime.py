@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 import orjson
 import pytest
@@ -162,6 +163,16 @@ def test_parse_event_rejects_non_events() -> None:
 
 
 # ---------------------------------------------------------------- conversation events (§2.3)
+
+
+def test_a_model_that_reasons_is_told_its_effort_and_an_older_one_is_not() -> None:
+    session = orjson.loads(realtime.session_update(AGENT))["session"]  # gpt-realtime-2.1, the default
+    assert session["reasoning"] == {"effort": "low"}
+    high = dataclasses.replace(AGENT, model="gpt-realtime-2.1-mini", reasoning_effort="high")
+    assert orjson.loads(realtime.session_update(high))["session"]["reasoning"] == {"effort": "high"}
+    for older in ("gpt-realtime", "gpt-realtime-2025-08-28", "gpt-realtime-mini"):
+        session = orjson.loads(realtime.session_update(dataclasses.replace(AGENT, model=older)))["session"]
+        assert "reasoning" not in session
 
 
 def test_session_update_offers_the_end_call_tool_unless_turned_off() -> None:

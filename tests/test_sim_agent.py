@@ -173,8 +173,12 @@ async def test_session_update_merges(agent: RealtimeAgent) -> None:
     assert err["error"]["event_id"] == "ev1"
     await send(ws, {"type": "session.update", "session": {"audio": {}}})
     assert (await recv(ws))["error"]["param"] == "session.type"
+    await send(ws, {"type": "session.update", "session": {"type": "realtime", "reasoning": {"effort": "none"}}})
+    assert (await recv(ws))["error"]["param"] == "session.reasoning.effort"  # GPT-Live has none; Realtime not
+    await send(ws, {"type": "session.update", "session": {"type": "realtime", "reasoning": {"effort": "medium"}}})
+    assert (await recv(ws))["type"] == "session.updated" and s["reasoning"] == {"effort": "medium"}
     assert s["audio"]["output"]["voice"] == "marin"
-    assert len(agent.sessions[0].violations) == 2
+    assert len(agent.sessions[0].violations) == 3
     await ws.close()
 
 

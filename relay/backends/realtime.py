@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from relay import backends as ev
+from relay import models
 from relay.agents import AgentProfile
 from relay.errors import ProtocolError
 from relay.usage import Tokens, Transcription
@@ -66,6 +67,8 @@ def session_update(agent: AgentProfile) -> bytes:
                     },
                     "output": {"format": PCMU, "voice": agent.voice},
                 },
+                # Only the models that reason take it; an older model's session refuses the field.
+                **({"reasoning": {"effort": agent.reasoning_effort}} if models.reasons(agent.model) else {}),
             },
         }
     )

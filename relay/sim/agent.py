@@ -39,6 +39,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from relay.audio_format import FRAME_BYTES, SAMPLE_RATE
+from relay.models import REASONING_EFFORTS
 from relay.sim import audio
 
 __all__ = ["AgentConfig", "RealtimeAgent", "RealtimeSession", "SessionLog", "default_reply"]
@@ -69,6 +70,7 @@ SESSION_FIELDS = {
     "truncation",
     "prompt",
     "include",
+    "reasoning",
 }
 READ_ONLY_FIELDS = {"id", "object", "expires_at"}  # echoed from session.created; ignored
 AUDIO_FIELDS = {
@@ -276,6 +278,16 @@ def _check_format(fmt: Any, where: str) -> None:
 
 def _validate_session(s: dict[str, Any]) -> None:
     """Raise _ProtocolError if the merged session ``s`` is not a valid GA session."""
+    reasoning = s.get("reasoning")
+    if reasoning is not None:
+        if not isinstance(reasoning, dict) or set(reasoning) - {"effort"}:
+            raise _ProtocolError("invalid_type", "Invalid type for 'session.reasoning'.", "session.reasoning")
+        if reasoning.get("effort") not in REASONING_EFFORTS:
+            raise _ProtocolError(
+                "invalid_value",
+                f"Invalid value for 'session.reasoning.effort': expected one of {', '.join(REASONING_EFFORTS)}.",
+                "session.reasoning.effort",
+            )
     mods = s.get("output_modalities")
     if mods not in (["audio"], ["text"]):
         raise _ProtocolError(
