@@ -66,11 +66,11 @@ def lib_parse_media(message: bytes) -> tuple[bytes, int] | None:
     return media["payload"].encode(), int(media["timestamp"])
 
 
-def lib_parse_audio_delta(message: bytes) -> tuple[str, bytes] | None:
+def lib_parse_audio_delta(message: bytes) -> tuple[str, bytes, str] | None:
     obj = orjson.loads(message)
     if obj["type"] != "response.output_audio.delta":
         return None
-    return obj["item_id"], obj["delta"].encode()
+    return obj["item_id"], obj["delta"].encode(), obj.get("response_id", "")
 
 
 def lib_build_append(payload: bytes) -> bytes:

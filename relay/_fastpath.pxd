@@ -133,6 +133,7 @@ cdef class ItemAudio:
     cdef readonly object heard_ms         # where the caller cut it, or None
     cdef readonly bint ended              # no more audio will come for it
     cdef readonly bint interrupted
+    cdef readonly object response_id      # the response it belongs to ("" until a delta names it)
 
 cdef class MediaCore:
     cdef object _twilio                   # the Twilio leg (a WsCore: written to in C)
@@ -162,6 +163,7 @@ cdef class MediaCore:
     cdef ItemAudio _current               # the answer audio last came for
     cdef dict _items                      # item id -> ItemAudio
     cdef set _dropped                     # interrupted items: their late deltas are dropped
+    cdef object _cut_response             # the response of the last item cut: its later items are dropped
     cdef dict _marks                      # name -> (ItemAudio, out at the mark), in the order sent
     cdef set _cleared                     # sent before a clear: their echoes mean "cleared"
     cdef ItemAudio _fast_item             # the answer the last delta went to, and its id as bytes:
@@ -173,6 +175,8 @@ cdef class MediaCore:
     cdef bint _backend_frame(self, object message, double now) except -1
     cdef int _agent_push(self, ItemAudio item, cbuf s, Py_ssize_t n, double now) except -1
     cdef str _mark_name(self, ItemAudio item)
+    cdef long long _heard(self, ItemAudio item, double now)
+    cdef ItemAudio _being_heard(self, double now)
     cdef int _pump_c(self, double now) except -1
     cdef bint _defer(self, double now) except -1
     cdef int _release(self, double now) except -1

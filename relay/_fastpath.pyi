@@ -67,19 +67,19 @@ def parse_media(message: bytes) -> tuple[bytes, int] | None:
         PayloadError: ``media.payload`` is not padded standard base64.
     """
 
-def parse_audio_delta(message: bytes) -> tuple[str, bytes] | None:
+def parse_audio_delta(message: bytes) -> tuple[str, bytes, str] | None:
     """Read a Realtime server event in one pass if it is ``response.output_audio.delta`` (§2.4).
 
     Args:
         message: one WebSocket text message from the backend, as UTF-8 bytes.
 
     Returns:
-        ``(item_id, delta)`` with the base64 audio exactly as sent, or ``None`` for any other
-        event type.
+        ``(item_id, delta, response_id)`` with the base64 audio exactly as sent (``response_id``
+        "" when the event names none), or ``None`` for any other event type.
 
     Raises:
         ProtocolError: not a JSON object, no string ``type``, or a delta event without string
-            ``item_id`` and ``delta``.
+            ``item_id`` and ``delta``, or with a ``response_id`` that is not a string.
         PayloadError: ``delta`` is not padded standard base64.
     """
 
@@ -493,6 +493,9 @@ class ItemAudio:
     @property
     def heard_ms(self) -> int | None:
         """Where the caller cut it (``MediaCore.interrupt``); None otherwise."""
+    @property
+    def response_id(self) -> str:
+        """The response it belongs to, from its first delta ("" until one names it)."""
     def __init__(self, item_id: str) -> None: ...
 
 @disjoint_base
@@ -564,7 +567,10 @@ class MediaCore:
         """A mark echo: the audio before it played, unless it was sent before a ``clear``."""
     def backend_frame(self, message: bytes, now: float) -> bool:
         """An audio delta handled (True: played, or dropped as an interrupted answer's)."""
-    def agent_audio(self, item_id: str, payload: bytes, now: float) -> None: ...
+    def agent_audio(self, item_id: str, payload: bytes, now: float, response_id: str = "") -> None:
+        """An answer's audio. The first delta of an item of the response whose item the caller
+        last cut (``interrupt``) ends that item unplayed: a reasoning model's answer after the
+        preamble the caller talked over is never heard (BACKENDS §5.4)."""
     def end_item(self, item_id: str) -> None:
         """No more audio will come for the item."""
     def end_all(self) -> None:

@@ -24,6 +24,7 @@ cdef class ItemAudio:
         self.produced = self.out = self.marked = self.played = 0
         self.played_at = self.first_in_at = self.first_out_at = self.heard_ms = None
         self.ended = self.interrupted = False
+        self.response_id = ""
 
     def __repr__(self):
         return (f"ItemAudio({self.item_id!r}, produced={self.produced}, out={self.out}, played={self.played}, "
@@ -61,6 +62,7 @@ cdef class MediaCore:
         self._current = None
         self._items = {}
         self._dropped = set()
+        self._cut_response = ""
         self._marks = {}
         self._cleared = set()
         self._fast_item = None
@@ -103,7 +105,7 @@ cdef class MediaCore:
                 "current": self._current.item_id if self._current is not None else None,
                 "items": items,
                 "marks": [(name, (<ItemAudio>entry[0]).item_id, entry[1]) for name, entry in self._marks.items()],
-                "cleared": sorted(self._cleared), "dropped": sorted(self._dropped)}
+                "cleared": sorted(self._cleared), "dropped": sorted(self._dropped), "cut": self._cut_response}
 
     def audio_ms_to_time(self, audio_ms):
         if self._epoch is None or self._ts0 is None:
@@ -242,7 +244,7 @@ cdef class MediaCore:
         return self._backend_frame(message, now)
 
     cdef bint _backend_frame(self, object message, double now) except -1:
-        cdef Field f[3]
+        cdef Field f[4]
         cdef cbuf p
         cdef Py_ssize_t ni
         cdef ItemAudio item
@@ -256,13 +258,15 @@ cdef class MediaCore:
                 ni = f[1].end - f[1].start
                 item = self._fast_item
                 if (item is not None and PyBytes_GET_SIZE(self._fast_id) == ni
-                        and memcmp(PyBytes_AS_STRING(self._fast_id), p + f[1].start, ni) == 0):
+                        and memcmp(PyBytes_AS_STRING(self._fast_id), p + f[1].start, ni) == 0
+                        and (f[3].kind != STRING or item.response_id)):  # (a response named first: slow path)
                     # The item's answer: an interrupted one has ended set, and stays dropped.
                     if not item.ended:
                         self._agent_push(item, p + f[2].start, f[2].end - f[2].start, now)
                     return True
                 self.agent_audio(PyUnicode_DecodeASCII(<const char*>p + f[1].start, ni, NULL),
-                                 PyBytes_FromStringAndSize(<const char*>p + f[2].start, f[2].end - f[2].start), now)
+                                 PyBytes_FromStringAndSize(<const char*>p + f[2].start, f[2].end - f[2].start), now,
+                                 _response_id(p, f))
                 return True
         # An unusual shape: the reference decides, as the twin does.
         try:
@@ -271,7 +275,7 @@ cdef class MediaCore:
             return False
         if delta is None:
             return False
-        self.agent_audio(delta[0], delta[1], now)
+        self.agent_audio(delta[0], delta[1], now, delta[2])
         return True
 
     def add_item(self, item_id):
@@ -280,7 +284,7 @@ cdef class MediaCore:
             item = self._items[item_id] = ItemAudio(item_id)
         return item
 
-    def agent_audio(self, item_id, payload, now):
+    def agent_audio(self, item_id, payload, now, response_id=""):
         cdef ItemAudio item
         if item_id in self._dropped:
             return  # a late delta of an item the caller interrupted
@@ -291,6 +295,14 @@ cdef class MediaCore:
         item = <ItemAudio>found
         if item.ended:
             return
+        if response_id and not item.response_id:
+            item.response_id = response_id
+            if response_id == self._cut_response:
+                # A later item of the response the caller cut (a preamble's answer): never heard.
+                item.ended = item.interrupted = True
+                item.heard_ms = 0
+                self._dropped.add(item.item_id)
+                return
         if type(payload) is not bytes:
             raise TypeError(f"push() takes bytes, not {type(payload).__name__}")
         if type(item_id) is str and PyUnicode_IS_ASCII(item_id):
@@ -346,9 +358,29 @@ cdef class MediaCore:
         self._clocked = self._ring._len > 0
         return self._clocked
 
-    def interrupt(self, double now):
+    cdef long long _heard(self, ItemAudio item, double now):
+        since = item.played_at if item.played_at is not None else item.first_out_at
+        if since is None:
+            return item.played
+        return max(item.played, min(item.out, item.played + <long long>((now - <double>since) * 1000 * BYTES_PER_MS)))
+
+    cdef ItemAudio _being_heard(self, double now):
         cdef ItemAudio item = self._current
-        cdef long long heard
+        cdef ItemAudio other
+        if item is None or not item.response_id:
+            return item
+        for found in self._items.values():
+            other = <ItemAudio>found
+            if other is item:
+                break
+            if (other.response_id == item.response_id and not other.interrupted and other.produced > 0
+                    and self._heard(other, now) < other.produced):
+                return other
+        return item
+
+    def interrupt(self, double now):
+        cdef ItemAudio item = self._being_heard(now)
+        cdef ItemAudio later
         if item is None or item.interrupted or item.produced == 0:
             return None
         if item.ended and item.played >= item.produced:
@@ -356,20 +388,20 @@ cdef class MediaCore:
         self._twilio.send(self._writer.clear())
         self._ring.clear()
         for segment in self._segments:
-            (<ItemAudio>segment[0]).ended = True
+            later = <ItemAudio>segment[0]
+            later.ended = True
+            if later is not item and later.response_id and later.response_id == item.response_id:
+                later.interrupted = True  # queued behind the item cut, in its response: never heard
+                later.heard_ms = 0
+                self._dropped.add(later.item_id)
         self._segments.clear()
         self._cleared.update(self._marks)
         self._marks.clear()
-        since = item.played_at if item.played_at is not None else item.first_out_at
-        if since is None:
-            heard = item.played
-        else:
-            heard = item.played + <long long>((now - <double>since) * 1000 * BYTES_PER_MS)
-        heard = max(item.played, min(item.out, heard))
-        item.heard_ms = heard // BYTES_PER_MS
+        item.heard_ms = self._heard(item, now) // BYTES_PER_MS
         item.interrupted = True
         item.ended = True
         self._dropped.add(item.item_id)
+        self._cut_response = item.response_id
         return item
 
     cdef str _mark_name(self, ItemAudio item):

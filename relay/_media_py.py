@@ -57,6 +57,7 @@ class ItemAudio:
         "played",
         "played_at",
         "produced",
+        "response_id",
     )
 
     def __init__(self, item_id: str) -> None:
@@ -71,6 +72,7 @@ class ItemAudio:
         self.ended = False  # no more audio will come for it
         self.interrupted = False
         self.heard_ms: int | None = None  # set when the caller interrupted it
+        self.response_id = ""  # the response it belongs to ("" until a delta names it)
 
     def __repr__(self) -> str:
         return (
@@ -95,6 +97,7 @@ class MediaCore:
         "_cleared",
         "_clocked",
         "_current",
+        "_cut_response",
         "_dropped",
         "_epoch",
         "_gaps",
@@ -162,6 +165,7 @@ class MediaCore:
         self._current: ItemAudio | None = None  # the answer audio last came for
         self._items: dict[str, ItemAudio] = {}
         self._dropped: set[str] = set()  # interrupted items: their late deltas are dropped
+        self._cut_response = ""  # the response of the last item cut: its later items are dropped
         self._marks: dict[str, tuple[ItemAudio, int]] = {}  # sent, not echoed, in order
         self._cleared: set[str] = set()  # sent before a clear: their echoes mean "cleared"
 
@@ -222,6 +226,7 @@ class MediaCore:
             "marks": [(name, item.item_id, cum) for name, (item, cum) in self._marks.items()],
             "cleared": sorted(self._cleared),
             "dropped": sorted(self._dropped),
+            "cut": self._cut_response,
         }
 
     def audio_ms_to_time(self, audio_ms: int) -> float | None:
@@ -327,7 +332,7 @@ class MediaCore:
             return False
         if delta is None:
             return False
-        self.agent_audio(delta[0], delta[1], now)
+        self.agent_audio(delta[0], delta[1], now, delta[2])
         return True
 
     def add_item(self, item_id: str) -> ItemAudio:
@@ -337,7 +342,7 @@ class MediaCore:
             item = self._items[item_id] = ItemAudio(item_id)
         return item
 
-    def agent_audio(self, item_id: str, payload: bytes, now: float) -> None:
+    def agent_audio(self, item_id: str, payload: bytes, now: float, response_id: str = "") -> None:
         if item_id in self._dropped:
             return  # a late delta of an item the caller interrupted
         item = self._items.get(item_id)
@@ -346,6 +351,14 @@ class MediaCore:
             self.on_event(EV_NEW_ITEM, item_id, now)
         if item.ended:
             return
+        if response_id and not item.response_id:
+            item.response_id = response_id
+            if response_id == self._cut_response:
+                # A later item of the response the caller cut (a preamble's answer): never heard.
+                item.ended = item.interrupted = True
+                item.heard_ms = 0
+                self._dropped.add(item.item_id)
+                return
         try:
             n = self._ring.push(payload)
         except ProtocolError:  # not base64, or an answer longer than the ring holds
@@ -402,7 +415,7 @@ class MediaCore:
         """Barge-in: if the caller has audio of the current answer left to hear, Twilio ``clear``,
         the ring and every later delta of the answer dropped, and the answer cut at what was
         heard (``heard_ms``). Returns the cut answer, or None when there was nothing to cut."""
-        item = self._current
+        item = self._being_heard(now)
         if item is None or item.interrupted or item.produced == 0:
             return None
         if item.ended and item.played >= item.produced:
@@ -410,17 +423,46 @@ class MediaCore:
         self._twilio.send(self._writer.clear())
         self._ring.clear()
         for segment in self._segments:
-            segment[0].ended = True
+            later = segment[0]
+            later.ended = True
+            if later is not item and later.response_id and later.response_id == item.response_id:
+                later.interrupted = True  # queued behind the item cut, in its response: never heard
+                later.heard_ms = 0
+                self._dropped.add(later.item_id)
         self._segments.clear()
         self._cleared.update(self._marks)
         self._marks.clear()
-        since = item.played_at if item.played_at is not None else item.first_out_at
-        heard = item.played if since is None else item.played + int((now - since) * 1000 * BYTES_PER_MS)
-        heard = max(item.played, min(item.out, heard))
-        item.heard_ms = heard // BYTES_PER_MS
+        item.heard_ms = self._heard(item, now) // BYTES_PER_MS
         item.interrupted = True
         item.ended = True
         self._dropped.add(item.item_id)
+        self._cut_response = item.response_id
+        return item
+
+    def _heard(self, item: ItemAudio, now: float) -> int:
+        """Bytes of ``item`` the caller has heard by ``now``: to its last echoed mark, then as
+        time has passed since, never past what was sent."""
+        since = item.played_at if item.played_at is not None else item.first_out_at
+        if since is None:
+            return item.played
+        return max(item.played, min(item.out, item.played + int((now - since) * 1000 * BYTES_PER_MS)))
+
+    def _being_heard(self, now: float) -> ItemAudio | None:
+        """The answer the caller is hearing: the one audio last came for, or, when its response
+        has several items (a preamble, then the answer), the first of them not yet heard through."""
+        item = self._current
+        if item is None or not item.response_id:
+            return item
+        for other in self._items.values():
+            if other is item:
+                break
+            if (
+                other.response_id == item.response_id
+                and not other.interrupted
+                and other.produced > 0
+                and self._heard(other, now) < other.produced
+            ):
+                return other
         return item
 
     def _mark_name(self, item: ItemAudio) -> str:

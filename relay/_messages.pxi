@@ -24,7 +24,7 @@ cdef enum Kind:
 cdef enum Mode:
     SKIP = 0   # no wanted keys: just validate
     MEDIA = 1  # Twilio: event, media{payload, timestamp}, mark{name}
-    DELTA = 2  # Realtime: type, item_id, delta
+    DELTA = 2  # Realtime: type, item_id, delta, response_id
 
 cdef struct Field:
     Py_ssize_t start  # string content [start, end), quotes excluded
@@ -159,6 +159,8 @@ cdef inline int _slot(int mode, int level, cbuf k, Py_ssize_t n) noexcept nogil:
             return 1
         if _is(k, n, b"delta", 5):
             return 2
+        if _is(k, n, b"response_id", 11):
+            return 3
     return -1
 
 
@@ -316,7 +318,8 @@ cdef enum Scanned:
     SCAN_OTHER = 1     # a well-formed message of another kind
     SCAN_MEDIA = 2     # Twilio media: f[2] the payload (padded base64), *ts its timestamp
     SCAN_MARK = 3      # Twilio mark echo: f[5] the name (ASCII)
-    SCAN_DELTA = 4     # Realtime audio delta: f[1] the item id (ASCII), f[2] the audio (padded base64)
+    SCAN_DELTA = 4     # Realtime audio delta: f[1] the item id (ASCII), f[2] the audio (padded base64),
+                       # f[3] its response's id (ASCII; ABSENT: none given)
 
 
 cdef int _scan_twilio(cbuf p, Py_ssize_t n, Field* f, long long* ts) noexcept nogil:
@@ -344,16 +347,23 @@ cdef int _scan_twilio(cbuf p, Py_ssize_t n, Field* f, long long* ts) noexcept no
 
 
 cdef int _scan_delta(cbuf p, Py_ssize_t n, Field* f) noexcept nogil:
-    """One pass over a Realtime event into f[0..2]: an audio delta and its parts, or not one.
+    """One pass over a Realtime event into f[0..3]: an audio delta and its parts, or not one.
     The one reading of deltas, for ``parse_audio_delta`` and the media core alike."""
-    memset(f, 0, 3 * sizeof(Field))
+    memset(f, 0, 4 * sizeof(Field))
     if not _scan(p, n, DELTA, f) or f[0].kind != STRING:
         return SCAN_FALLBACK
     if not _is(p + f[0].start, f[0].end - f[0].start, b"response.output_audio.delta", 27):
         return SCAN_OTHER
-    if f[1].kind != STRING or f[2].kind != STRING or not f[2].b64:
+    if f[1].kind != STRING or f[2].kind != STRING or not f[2].b64 or (f[3].kind != ABSENT and f[3].kind != STRING):
         return SCAN_FALLBACK
     return SCAN_DELTA
+
+
+cdef inline str _response_id(cbuf p, Field* f):
+    """A scanned delta's response id ("" when it names none)."""
+    if f[3].kind != STRING:
+        return ""
+    return PyUnicode_DecodeASCII(<const char*>p + f[3].start, f[3].end - f[3].start, NULL)
 
 
 def parse_media(message):
@@ -374,7 +384,7 @@ def parse_media(message):
 
 
 def parse_audio_delta(message):
-    cdef Field f[3]
+    cdef Field f[4]
     cdef cbuf p
     cdef int kind
     if type(message) is not bytes:
@@ -386,7 +396,8 @@ def parse_audio_delta(message):
     if kind != SCAN_DELTA:
         return None
     return (PyUnicode_DecodeASCII(<const char*>p + f[1].start, f[1].end - f[1].start, NULL),
-            PyBytes_FromStringAndSize(<const char*>p + f[2].start, f[2].end - f[2].start))
+            PyBytes_FromStringAndSize(<const char*>p + f[2].start, f[2].end - f[2].start),
+            _response_id(p, f))
 
 
 # input_audio_buffer.append (PROTOCOLS §2.3) up to its audio: WsCore.send_append writes the

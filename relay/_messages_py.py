@@ -70,7 +70,7 @@ def parse_media(message: bytes) -> tuple[bytes, int] | None:
     return payload, int(timestamp)
 
 
-def parse_audio_delta(message: bytes) -> tuple[str, bytes] | None:
+def parse_audio_delta(message: bytes) -> tuple[str, bytes, str] | None:
     """See ``_fastpath.pyi``."""
     obj = _load_object(message, "Realtime event")
     kind = obj.get("type")
@@ -81,7 +81,8 @@ def parse_audio_delta(message: bytes) -> tuple[str, bytes] | None:
     item_id = _str_field(obj, "item_id", "response.output_audio.delta")
     delta = _str_field(obj, "delta", "response.output_audio.delta").encode()
     b64_decoded_len(delta)
-    return item_id, delta
+    response_id = _str_field(obj, "response_id", "response.output_audio.delta") if "response_id" in obj else ""
+    return item_id, delta, response_id
 
 
 # input_audio_buffer.append (PROTOCOLS §2.3) up to its audio.

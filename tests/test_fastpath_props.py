@@ -705,7 +705,7 @@ def test_fast_path_is_taken_for_the_protocol_examples() -> None:
         mock.patch.object(_messages_py, "parse_audio_delta", side_effect=AssertionError),
     ):
         assert fast.parse_media(media) == (b"f39/fw==", 5)
-        assert fast.parse_audio_delta(delta) == ("item_1", b"AAAA")
+        assert fast.parse_audio_delta(delta) == ("item_1", b"AAAA", "resp_1")
         assert fast.parse_media(b'{"event":"stop","stop":{"x":[1,-2.5,true,false,null]}}') is None
         assert fast.parse_audio_delta(b'{"type":"session.created","session":{}}') is None
 

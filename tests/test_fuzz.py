@@ -302,8 +302,8 @@ def test_fast_path_parsers_raise_only_their_documented_errors(fp, data: bytes) -
         assert fp.b64_decoded_len(payload) == len(base64.b64decode(payload))
     delta = assert_documented(fp.parse_audio_delta, data, (ProtocolError, PayloadError))
     if isinstance(delta, tuple):
-        item_id, audio = delta
-        assert type(item_id) is str and type(audio) is bytes
+        item_id, audio, response_id = delta
+        assert type(item_id) is str and type(audio) is bytes and type(response_id) is str
         assert fp.b64_decoded_len(audio) == len(base64.b64decode(audio))
     assert_documented(fp.b64_decoded_len, data, (PayloadError,))
 

@@ -45,6 +45,7 @@ UPDATED = {
     "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcmu"}}}},
 }
 ITEMS = ("item_a", "item_b", "it\u00e9m_c")
+RESPONSES = ("resp_1", "resp_2", None)  # None: a delta naming no response
 
 
 class Transport:
@@ -150,20 +151,21 @@ def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypat
             else:
                 twilio_leg.data_received(data)
         elif kind == "delta":
-            _, item, size, bad, _ = step
+            _, item, size, bad, *response, _ = step  # (the response: resp_1 unless given)
             delta = base64.b64encode(bytes((i * 7) & 0xFF for i in range(size)))
             if bad and delta:
                 delta = delta[:-1] + b"*"
-            message = orjson.dumps(
-                {
-                    "type": "response.output_audio.delta",
-                    "response_id": "resp_1",
-                    "item_id": ITEMS[item],
-                    "output_index": 0,
-                    "content_index": 0,
-                    "delta": delta.decode(),
-                }
-            )
+            event = {
+                "type": "response.output_audio.delta",
+                "response_id": RESPONSES[response[0] if response else 0],
+                "item_id": ITEMS[item],
+                "output_index": 0,
+                "content_index": 0,
+                "delta": delta.decode(),
+            }
+            if event["response_id"] is None:
+                del event["response_id"]
+            message = orjson.dumps(event)
             backend_leg.data_received(ref.build_frame(ref.OP_TEXT, message))
         elif kind == "event":
             _, event, item, _ = step
@@ -259,6 +261,7 @@ steps = st.lists(
             st.integers(0, 2),
             st.sampled_from([160, 160, 320, 800, 80, 1, 0, 4000]),
             st.sampled_from([False, False, False, True]),
+            st.sampled_from([0, 0, 1, 2]),
             ms,
         ),
         st.tuples(st.just("event"), st.sampled_from(EVENTS), st.integers(0, 2), ms),
@@ -332,6 +335,24 @@ def test_deltas_after_a_barge_in_are_dropped_alike(monkeypatch: pytest.MonkeyPat
     answer = compiled["answers"][0][1]
     assert answer["interrupted"] and answer["produced"] == 6 * 800  # nothing pushed after the cut
     assert compiled["ring"][0] == 0
+
+
+def test_a_preambles_answer_after_the_caller_cut_the_preamble_is_never_played(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reasoning model's response: a preamble item, then the answer item (BACKENDS §5.4). The
+    caller talks over the preamble: the answer's deltas that follow, however late the events
+    announcing it reach the conversation, are dropped; the next response plays."""
+    script: list[tuple[Any, ...]] = [("event", UPDATED, 0, 0), ("event", EVENTS[1], 0, 0)]
+    script += [("delta", 0, 800, False, 0, 5) for _ in range(4)]  # the preamble, item_a of resp_1
+    script += [("tick", 20), ("event", EVENTS[2], 0, 3)]  # the caller speaks: barge-in
+    script += [("delta", 1, 800, False, 0, 5) for _ in range(4)]  # the answer, item_b of resp_1
+    script += [("delta", 2, 800, False, 1, 5) for _ in range(2)]  # the next response's answer
+    script += [("tick", 20)]
+    compiled = run("compiled", script, CallOptions(), monkeypatch)
+    twin = run("twin", script, CallOptions(), monkeypatch)
+    assert compiled == twin
+    produced = {answer[1]["item_id"]: answer[1]["produced"] for answer in compiled["answers"]}
+    assert produced == {"item_a": 4 * 800, "item_b": 0, ITEMS[2]: 2 * 800}
+    assert compiled["cut"] == "resp_1" and compiled["dropped"] == ["item_a", "item_b"]
 
 
 @pytest.mark.parametrize("name", ["WsCore", "MediaCore"])

@@ -107,7 +107,7 @@ DELTA = (
 
 
 def test_audio_delta_is_read_by_the_fast_path(fp) -> None:
-    assert fp.parse_audio_delta(DELTA) == ("item_1", b"//7+/g==")
+    assert fp.parse_audio_delta(DELTA) == ("item_1", b"//7+/g==", "resp_1")
     assert fp.b64_decoded_len(b"//7+/g==") == 4 == len(base64.b64decode("//7+/g=="))
 
 

@@ -120,6 +120,9 @@ class AgentConfig:
     # Answer every session.update with this error (code, message) instead of session.updated, as
     # the service does for a session it will not run (a model the key may not use, no quota).
     session_error: tuple[str, str] | None = None
+    # A reasoning model's preamble (BACKENDS §5.4): each spoken answer is two message items in
+    # one response, this line ("Let me check that.") first, then the answer. Empty: one item.
+    preamble: str = ""
 
 
 @dataclass(eq=False)
@@ -208,6 +211,16 @@ class _Response:
     tool_call: _Item | None = None  # a function call that follows the audio, in the same response
     input_text: int = 0  # the context it reads, in tokens (``RealtimeSession._context_tokens``)
     input_audio: int = 0
+    # A response of several message items (a preamble, then the answer): ``item`` is the one
+    # being spoken at ``index``; those spoken before it, and those still to come with their audio.
+    index: int = 0
+    spoken: list[_Item] = field(default_factory=list)
+    later: list[tuple[_Item, bytes, list[int]]] = field(default_factory=list)
+
+    @property
+    def items(self) -> list[_Item]:
+        """Its message items begun so far, in order."""
+        return [*self.spoken, self.item]
 
 
 @functools.lru_cache(maxsize=256)
@@ -791,6 +804,22 @@ class RealtimeSession:
         self._start_response(text, now)
 
     def _start_response(self, text: str, at: float, *, call: str | None = None) -> None:
+        parts = [self._message(line) for line in (self.config.preamble, text) if line]
+        (item, data, marks), later = parts[0], parts[1:]
+        resp = self.response = _Response(id=self._id("resp"), item=item, audio=data, marks=marks, later=later)
+        resp.input_text, resp.input_audio = self._context_tokens()
+        if call is not None:
+            resp.tool_call = _Item(
+                id=self._id("item"),
+                type="function_call",
+                role=None,
+                status="completed",
+                extra={"name": call, "call_id": self._id("call"), "arguments": "{}"},
+            )
+        self._at(at, lambda t: self._begin(resp, t))
+
+    def _message(self, text: str) -> tuple[_Item, bytes, list[int]]:
+        """An assistant message item speaking ``text``: the item, its audio, its words' marks."""
         out = self.session["audio"]["output"]["format"]["type"]
         ulaw, marks = _spoken(text, self.config.pitch_hz)
         words = text.split()
@@ -814,17 +843,7 @@ class RealtimeSession:
             bpm=bpm,
             total_bytes=len(data),
         )
-        resp = self.response = _Response(id=self._id("resp"), item=item, audio=data, marks=marks)
-        resp.input_text, resp.input_audio = self._context_tokens()
-        if call is not None:
-            resp.tool_call = _Item(
-                id=self._id("item"),
-                type="function_call",
-                role=None,
-                status="completed",
-                extra={"name": call, "call_id": self._id("call"), "arguments": "{}"},
-            )
-        self._at(at, lambda t: self._begin(resp, t))
+        return item, data, marks
 
     def _response_json(self, resp: _Response, status: str, details: Any = None) -> dict[str, Any]:
         out_fmt = self.session["audio"]["output"]
@@ -843,7 +862,7 @@ class RealtimeSession:
         }
         if status != "in_progress":
             if resp.started:
-                obj["output"] = [resp.item.json()]
+                obj["output"] = [item.json() for item in resp.items]
                 if resp.tool_call is not None and status == "completed":
                     obj["output"].append(resp.tool_call.json())
             obj["usage"] = self._usage(resp)
@@ -877,8 +896,8 @@ class RealtimeSession:
         cached_text = min(text_in, cached)
         cached_audio = cached - cached_text
         self._prefix_seen = text_in + audio_in
-        item = resp.item
-        audio_out, text_out = item.sent_bytes // (item.bpm * 50), item.words_sent
+        audio_out = sum(item.sent_bytes // (item.bpm * 50) for item in resp.items)
+        text_out = sum(item.words_sent for item in resp.items)
         return {
             "total_tokens": text_in + audio_in + audio_out + text_out,
             "input_tokens": text_in + audio_in,
@@ -905,7 +924,11 @@ class RealtimeSession:
                 {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5},
             ],
         )
-        ids = {"response_id": resp.id, "output_index": 0}
+        self._open_item(resp)
+        self._deliver(resp, t)
+
+    def _open_item(self, resp: _Response) -> None:
+        ids = {"response_id": resp.id, "output_index": resp.index}
         self._emit("response.output_item.added", **ids, item=resp.item.json())
         self._add_item(resp.item)
         self._emit(
@@ -915,10 +938,19 @@ class RealtimeSession:
             content_index=0,
             part={"type": "audio", "transcript": ""},
         )
-        self._deliver(resp, t)
+
+    def _close_item(self, resp: _Response, status: str) -> None:
+        item = resp.item
+        item.status = "completed" if status == "completed" else "incomplete"
+        ids = self._part_ids(resp)
+        self._emit("response.output_audio.done", **ids)
+        self._emit("response.output_audio_transcript.done", **ids, transcript=item.generated())
+        self._emit("response.content_part.done", **ids, part={"type": "audio", "transcript": item.generated()})
+        self._emit("response.output_item.done", response_id=resp.id, output_index=resp.index, item=item.json())
+        self._emit("conversation.item.done", item=item.json())
 
     def _part_ids(self, resp: _Response) -> dict[str, Any]:
-        return {"response_id": resp.id, "item_id": resp.item.id, "output_index": 0, "content_index": 0}
+        return {"response_id": resp.id, "item_id": resp.item.id, "output_index": resp.index, "content_index": 0}
 
     def _deliver(self, resp: _Response, t: float) -> None:
         if resp is not self.response:
@@ -943,7 +975,14 @@ class RealtimeSession:
             )
             item.words_sent += 1
         self._sync_turns()
-        if finished:
+        if finished and resp.later:  # the preamble is said: the answer follows, in the same response
+            self._close_item(resp, "completed")
+            resp.spoken.append(item)
+            (resp.item, resp.audio, resp.marks), resp.later = resp.later[0], resp.later[1:]
+            resp.index += 1
+            self._open_item(resp)
+            self._at(t + len(chunk) / item.bpm / self.config.realtime_factor / 1000, lambda t2: self._deliver(resp, t2))
+        elif finished:
             self._finish(resp, "completed", None)
         else:
             self._at(t + len(chunk) / item.bpm / self.config.realtime_factor / 1000, lambda t2: self._deliver(resp, t2))
@@ -952,16 +991,9 @@ class RealtimeSession:
         self._finish(resp, "cancelled", {"type": "cancelled", "reason": reason})
 
     def _finish(self, resp: _Response, status: str, details: Any) -> None:
-        item = resp.item
         self.response = None
         if resp.started:
-            item.status = "completed" if status == "completed" else "incomplete"
-            ids = self._part_ids(resp)
-            self._emit("response.output_audio.done", **ids)
-            self._emit("response.output_audio_transcript.done", **ids, transcript=item.generated())
-            self._emit("response.content_part.done", **ids, part={"type": "audio", "transcript": item.generated()})
-            self._emit("response.output_item.done", response_id=resp.id, output_index=0, item=item.json())
-            self._emit("conversation.item.done", item=item.json())
+            self._close_item(resp, status)
             if resp.tool_call is not None and status == "completed":
                 self._emit_tool_call(resp)
         else:  # cancelled while still thinking: the client still sees the response's lifecycle
@@ -972,7 +1004,7 @@ class RealtimeSession:
     def _emit_tool_call(self, resp: _Response) -> None:
         call = resp.tool_call
         assert call is not None
-        ids = {"response_id": resp.id, "output_index": 1}
+        ids = {"response_id": resp.id, "output_index": resp.index + 1}
         self._emit("response.output_item.added", **ids, item={**call.json(), "status": "in_progress", "arguments": ""})
         self._add_item(call)
         args = {**ids, "item_id": call.id, "call_id": call.extra["call_id"]}
