@@ -18,14 +18,14 @@ from relay.sim import audio
 from relay.sim.caller import TwilioCaller
 from tests.test_call import BARGING, LONG_ANSWER, TALKATIVE, stack
 
-PREAMBLE = "Let me check our menu for you."
+PREAMBLE = "Let me check that for you."
 THINKING = dataclasses.replace(TALKATIVE, preamble=PREAMBLE)
 PREAMBLE_MS = len(audio.speak(PREAMBLE)) // 8
 ANSWER_MS = len(audio.speak(LONG_ANSWER)) // 8
 
 
 async def test_both_items_play_in_order_and_are_stored_as_turns(tmp_path: Path) -> None:
-    calm = dataclasses.replace(BARGING, barge_in_ms=None)
+    calm = dataclasses.replace(BARGING, utterances=BARGING.utterances[:1], barge_in_ms=None)
     async with stack(tmp_path, THINKING) as s:
         result = await TwilioCaller(s.webhook, calm).run()
         for task in list(s.relay.sessions):
@@ -34,7 +34,7 @@ async def test_both_items_play_in_order_and_are_stored_as_turns(tmp_path: Path) 
         turns = await s.store.turns(result.call_sid)
     assert result.violations == [] and s.agent.violations == []
     answers = [t for t in turns if t.role == "assistant"]
-    assert [a.text_heard for a in answers[:2]] == [PREAMBLE, LONG_ANSWER]
+    assert [a.text_heard for a in answers] == [PREAMBLE, LONG_ANSWER]
     assert not any(a.interrupted for a in answers)
     heard = audio.transcribe(result.heard).split()
     assert heard[: len(PREAMBLE.split()) + 3] == [*PREAMBLE.split(), *LONG_ANSWER.split()[:3]]
@@ -42,12 +42,7 @@ async def test_both_items_play_in_order_and_are_stored_as_turns(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     "into_ms, where",
-    [
-        (PREAMBLE_MS * 2 // 5, "preamble"),
-        (PREAMBLE_MS * 4 // 5, "preamble"),
-        (PREAMBLE_MS + ANSWER_MS // 4, "answer"),
-        (PREAMBLE_MS + ANSWER_MS * 3 // 5, "answer"),
-    ],
+    [(PREAMBLE_MS // 2, "preamble"), (PREAMBLE_MS + ANSWER_MS * 2 // 5, "answer")],
 )
 async def test_a_barge_in_cuts_the_item_being_heard_and_nothing_after_it_plays(
     tmp_path: Path, into_ms: int, where: str
