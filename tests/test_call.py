@@ -19,7 +19,7 @@ from relay.session import ResolveAgent
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
 from relay.sim.caller import CallerScript, CallResult, TwilioCaller, http_post
-from relay.store import SQLiteStore, Store
+from relay.store import SQLiteStore, Store, TurnRecord
 from relay.tenants import Directory
 from relay.trust import Credential
 
@@ -70,6 +70,15 @@ class Stack:
     relay: Relay
     store: Store
     webhook: str
+
+    async def call(self, script: CallerScript) -> tuple[CallResult, list[TurnRecord]]:
+        """One simulated call through the relay, to its end: what the caller saw, and its turns
+        as stored."""
+        result = await TwilioCaller(self.webhook, script).run()
+        for task in list(self.relay.sessions):
+            await task
+        await self.store.flush()
+        return result, await self.store.turns(result.call_sid)
 
 
 @contextlib.asynccontextmanager
@@ -185,11 +194,7 @@ async def test_no_caller_audio_goes_upstream_before_session_updated(tmp_path: Pa
 
 async def test_barge_in_clears_twilio_and_truncates_where_the_caller_stopped_hearing(tmp_path: Path) -> None:
     async with stack(tmp_path, TALKATIVE) as s:
-        result = await TwilioCaller(s.webhook, BARGING).run()
-        for task in list(s.relay.sessions):
-            await task
-        await s.store.flush()
-        turns = await s.store.turns(result.call_sid)
+        result, turns = await s.call(BARGING)
         [session] = s.agent.sessions
 
     assert result.violations == [] and s.agent.violations == []

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from relay.sim import audio
-from relay.sim.caller import TwilioCaller
 from tests.test_call import BARGING, LONG_ANSWER, TALKATIVE, stack
 
 PREAMBLE = "Let me check that for you."
@@ -27,11 +26,7 @@ ANSWER_MS = len(audio.speak(LONG_ANSWER)) // 8
 async def test_both_items_play_in_order_and_are_stored_as_turns(tmp_path: Path) -> None:
     calm = dataclasses.replace(BARGING, utterances=BARGING.utterances[:1], barge_in_ms=None)
     async with stack(tmp_path, THINKING) as s:
-        result = await TwilioCaller(s.webhook, calm).run()
-        for task in list(s.relay.sessions):
-            await task
-        await s.store.flush()
-        turns = await s.store.turns(result.call_sid)
+        result, turns = await s.call(calm)
     assert result.violations == [] and s.agent.violations == []
     answers = [t for t in turns if t.role == "assistant"]
     assert [a.text_heard for a in answers] == [PREAMBLE, LONG_ANSWER]
@@ -49,11 +44,7 @@ async def test_a_barge_in_cuts_the_item_being_heard_and_nothing_after_it_plays(
 ) -> None:
     caller = dataclasses.replace(BARGING, barge_in_ms=into_ms)
     async with stack(tmp_path, THINKING) as s:
-        result = await TwilioCaller(s.webhook, caller).run()
-        for task in list(s.relay.sessions):
-            await task
-        await s.store.flush()
-        turns = await s.store.turns(result.call_sid)
+        result, turns = await s.call(caller)
         [session] = s.agent.sessions
 
     assert result.violations == [] and s.agent.violations == [] and session.errors_sent == []
