@@ -112,6 +112,7 @@ cdef class WsCore:
     cdef int _leg                         # LEG_TWILIO or LEG_BACKEND: which of its entries
     cdef object _transport_write          # the transport's bound methods, looked up once
     cdef object _transport_is_closing
+    cdef bytes _append                    # the backend wire's append up to its audio (``wire``)
     cdef int _read(self, object data, double* now_out) except -1
     cdef bytes _next_mask(self)
     cdef const char* _mask_ptr(self) except NULL
@@ -149,6 +150,7 @@ cdef class MediaCore:
     cdef object _backend                  # the backend leg (send_append), or None
     cdef bint _gate_open                  # it confirmed its format: audio flows, not held
     cdef object _held                     # deque of (payload, timestamp) held while the gate is shut
+    cdef object _preroll                  # deque of the last (payload, timestamp) sent, or None: replayed on a take-over
     cdef GapFiller _gaps
     cdef object _epoch                    # loop time of Twilio timestamp 0, or None
     cdef object _ts0                      # Twilio timestamp of the backend session's audio 0, or None
@@ -161,6 +163,7 @@ cdef class MediaCore:
     cdef bint _batch                      # a read of the backend leg is in progress: deltas only fill the ring
     cdef bint _batch_due                  # and some did: the read's end sends what is due (_release)
     cdef ItemAudio _current               # the answer audio last came for
+    cdef ItemAudio _live                  # where deltas with no item go (GPT-Live), or None
     cdef dict _items                      # item id -> ItemAudio
     cdef set _dropped                     # interrupted items: their late deltas are dropped
     cdef object _cut_response             # the response of the last item cut: its later items are dropped
@@ -174,6 +177,7 @@ cdef class MediaCore:
     cdef int _mark(self, object name, double now) except -1
     cdef bint _backend_frame(self, object message, double now) except -1
     cdef int _agent_push(self, ItemAudio item, cbuf s, Py_ssize_t n, double now) except -1
+    cdef bint _live_push(self, cbuf s, Py_ssize_t n, double now) except -1
     cdef str _mark_name(self, ItemAudio item)
     cdef long long _heard(self, ItemAudio item, double now)
     cdef ItemAudio _being_heard(self, double now)

@@ -68,18 +68,21 @@ def parse_media(message: bytes) -> tuple[bytes, int] | None:
     """
 
 def parse_audio_delta(message: bytes) -> tuple[str, bytes, str] | None:
-    """Read a Realtime server event in one pass if it is ``response.output_audio.delta`` (§2.4).
+    """Read a backend event in one pass if it is an audio delta: Realtime's
+    ``response.output_audio.delta`` (PROTOCOLS §2.4) or GPT-Live's ``session.output_audio.delta``
+    (BACKENDS §2.4), which has no item: its audio is one stream per session.
 
     Args:
         message: one WebSocket text message from the backend, as UTF-8 bytes.
 
     Returns:
         ``(item_id, delta, response_id)`` with the base64 audio exactly as sent (``response_id``
-        "" when the event names none), or ``None`` for any other event type.
+        "" when the event names none; ``item_id`` and ``response_id`` "" for GPT-Live, whose
+        other fields are not read), or ``None`` for any other event type.
 
     Raises:
         ProtocolError: not a JSON object, no string ``type``, or a delta event without string
-            ``item_id`` and ``delta``, or with a ``response_id`` that is not a string.
+            ``delta`` (Realtime: and ``item_id``), or with a ``response_id`` that is not a string.
         PayloadError: ``delta`` is not padded standard base64.
     """
 
@@ -448,8 +451,15 @@ class WsCore:
         """Frames already built, as they are."""
     def send_many(self, messages: list[bytes] | tuple[bytes, ...]) -> None:
         """Text frames, in one write."""
+    @property
+    def wire(self) -> int:
+        """The backend protocol ``send_append`` speaks (``relay.backends.WIRE_*``): 0, Realtime's
+        ``input_audio_buffer.append`` (the default); 1, GPT-Live's ``session.input_audio.append``.
+        Set once, when the connection is opened for a backend; ValueError for any other value."""
+    @wire.setter
+    def wire(self, value: int) -> None: ...
     def send_append(self, payload: bytes) -> None:
-        """``{"type":"input_audio_buffer.append","audio":"<payload>"}`` as one text frame."""
+        """``{"type":<the wire's append>,"audio":"<payload>"}`` as one text frame."""
 
 EV_NEW_ITEM: int
 """``on_event``: audio came for an item nobody announced (``add_item``); it is known now."""
@@ -531,8 +541,11 @@ class MediaCore:
         held_frames: int,
         max_gap_fill_ms: int,
         pace_ms: int = ...,
+        preroll_frames: int = ...,
     ) -> None:
-        """``pace_ms``: the shared clock's period (20 by default). Over 20, audio pushed while
+        """``preroll_frames``: how many of the last frames sent to the backend are kept, to be
+        replayed to a session that takes over (``attach(replay=True)``); 0 (the default): none.
+        ``pace_ms``: the shared clock's period (20 by default). Over 20, audio pushed while
         Twilio holds more than the period and a frame waits for ``tick``, which sends it with
         the frames due then, in one write; an answer's first frames still go at once."""
     @property
@@ -554,8 +567,10 @@ class MediaCore:
         """Every field as plain values (tests compare the core with its twin)."""
     def audio_ms_to_time(self, audio_ms: int) -> float | None:
         """Loop time of ``audio_ms`` into the current backend session's input audio, if known."""
-    def attach(self, backend: Any) -> None:
-        """A new backend session (``send_append``): caller audio is held until ``open_gate``."""
+    def attach(self, backend: Any, replay: bool = False) -> None:
+        """A new backend session (``send_append``): caller audio is held until ``open_gate``. With
+        ``replay``, the pre-roll the previous session was sent goes first (a caller who began a line
+        as the sessions changed is heard whole by the new one)."""
     def detach(self) -> None: ...
     def open_gate(self) -> None:
         """The session confirmed its format: held audio goes to it, then every frame."""
@@ -566,7 +581,12 @@ class MediaCore:
     def mark(self, name: str, now: float) -> None:
         """A mark echo: the audio before it played, unless it was sent before a ``clear``."""
     def backend_frame(self, message: bytes, now: float) -> bool:
-        """An audio delta handled (True: played, or dropped as an interrupted answer's)."""
+        """An audio delta handled (True: played, or dropped as an interrupted answer's). A delta
+        with no item (GPT-Live's) goes to the ``live_item``; while there is none, or it has
+        ended (cut by ``interrupt``), the delta is handed up (False) for the owner to open one."""
+    def live_item(self, item_id: str) -> ItemAudio:
+        """The item every delta with no item id goes to from now on: a segment of a GPT-Live
+        session's one stream of audio (announced as ``add_item`` does, no ``EV_NEW_ITEM``)."""
     def agent_audio(self, item_id: str, payload: bytes, now: float, response_id: str = "") -> None:
         """An answer's audio. The first delta of an item of the response whose item the caller
         last cut (``interrupt``) ends that item unplayed: a reasoning model's answer after the

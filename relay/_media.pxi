@@ -37,7 +37,7 @@ def _no_event(kind, item_id, now):
 
 cdef class MediaCore:
     def __init__(self, twilio_out, stream_sid, *, lead_ms, mark_frames, held_frames, max_gap_fill_ms,
-                 pace_ms=FRAME_MS):
+                 pace_ms=FRAME_MS, preroll_frames=0):
         self._twilio = twilio_out
         self._pace_ms = _po_int(pace_ms, "pace_ms", FRAME_MS, PO_MAX_MS)
         self._writer = TwilioWriter(stream_sid)
@@ -50,6 +50,7 @@ cdef class MediaCore:
         self._backend = None
         self._gate_open = False
         self._held = collections.deque(maxlen=max(1, held_frames))
+        self._preroll = collections.deque(maxlen=preroll_frames) if preroll_frames > 0 else None
         self._gaps = GapFiller(FRAME_MS, max_gap_fill_ms)
         self._epoch = None
         self._ts0 = None
@@ -60,6 +61,7 @@ cdef class MediaCore:
         self._clocked = False
         self._batch = self._batch_due = False
         self._current = None
+        self._live = None
         self._items = {}
         self._dropped = set()
         self._cut_response = ""
@@ -101,11 +103,13 @@ cdef class MediaCore:
         return {"ring": (ring.buffered, ring.pushed, ring.sent, ring.padded, ring.heard, ring.dropped),
                 "segments": [((<ItemAudio>segment[0]).item_id, segment[1]) for segment in self._segments],
                 "since mark": self._since_mark, "epoch": self._epoch, "ts0": self._ts0, "t0": self._t0,
-                "held": list(self._held), "gate": self._gate_open, "clocked": self._clocked, "pace": self._pace_ms,
+                "held": list(self._held),
+                "preroll": list(self._preroll) if self._preroll is not None else None, "gate": self._gate_open, "clocked": self._clocked, "pace": self._pace_ms,
                 "current": self._current.item_id if self._current is not None else None,
                 "items": items,
                 "marks": [(name, (<ItemAudio>entry[0]).item_id, entry[1]) for name, entry in self._marks.items()],
-                "cleared": sorted(self._cleared), "dropped": sorted(self._dropped), "cut": self._cut_response}
+                "cleared": sorted(self._cleared), "dropped": sorted(self._dropped), "cut": self._cut_response,
+                "live": self._live.item_id if self._live is not None else None}
 
     def audio_ms_to_time(self, audio_ms):
         if self._epoch is None or self._ts0 is None:
@@ -114,10 +118,14 @@ cdef class MediaCore:
 
     # ---------------------------------------------------------------- the backend session
 
-    def attach(self, backend):
+    def attach(self, backend, replay=False):
         self._backend = backend
         self._gate_open = False
         self._ts0 = None
+        if replay and self._preroll:
+            self._held.extendleft(reversed(self._preroll))
+        if self._preroll is not None:
+            self._preroll.clear()
 
     def detach(self):
         self._backend = None
@@ -128,8 +136,10 @@ cdef class MediaCore:
         held, self._held = list(self._held), collections.deque(maxlen=self._held.maxlen)
         if held:
             self._ts0 = held[0][1]
-        for payload, _ in held:
+        for payload, ts in held:
             self._backend.send_append(payload)
+            if self._preroll is not None:
+                self._preroll.append((payload, ts))
 
     # ---------------------------------------------------------------- Twilio → backend
 
@@ -195,6 +205,10 @@ cdef class MediaCore:
         if self._gate_open:
             if self._ts0 is None:
                 self._ts0 = ts
+            if self._preroll is not None:  # (only a backend that is handed over mid-call keeps one)
+                if payload is None:
+                    payload = PyBytes_FromStringAndSize(<const char*>p, n)
+                self._preroll.append((payload, ts))
             if isinstance(backend, WsCore):
                 return (<WsCore>backend)._send_append_c(p, n)
             if payload is None:
@@ -254,6 +268,8 @@ cdef class MediaCore:
             kind = _scan_delta(p, PyBytes_GET_SIZE(message), f)
             if kind == SCAN_OTHER:
                 return False
+            if kind == SCAN_LIVE or (kind == SCAN_DELTA and f[1].end == f[1].start):
+                return self._live_push(p + f[2].start, f[2].end - f[2].start, now)
             if kind == SCAN_DELTA:
                 ni = f[1].end - f[1].start
                 item = self._fast_item
@@ -275,8 +291,22 @@ cdef class MediaCore:
             return False
         if delta is None:
             return False
+        if not delta[0]:
+            return self._live_push(<cbuf>PyBytes_AS_STRING(delta[1]), PyBytes_GET_SIZE(delta[1]), now)
         self.agent_audio(delta[0], delta[1], now, delta[2])
         return True
+
+    cdef bint _live_push(self, cbuf s, Py_ssize_t n, double now) except -1:
+        """A delta with no item: into the live item, or handed up (False) when there is none."""
+        cdef ItemAudio item = self._live
+        if item is None or item.ended:
+            return False
+        self._agent_push(item, s, n, now)
+        return True
+
+    def live_item(self, item_id):
+        self._live = <ItemAudio>self.add_item(item_id)
+        return self._live
 
     def add_item(self, item_id):
         item = self._items.get(item_id)

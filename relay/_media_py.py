@@ -105,8 +105,10 @@ class MediaCore:
         "_held",
         "_items",
         "_lead_ms",
+        "_live",
         "_mark_frames",
         "_pace_ms",
+        "_preroll",
         "_marks",
         "_ring",
         "_segments",
@@ -136,6 +138,7 @@ class MediaCore:
         held_frames: int,
         max_gap_fill_ms: int,
         pace_ms: int = FRAME_MS,
+        preroll_frames: int = 0,
     ) -> None:
         self._twilio = twilio_out
         self._pace_ms = _int(pace_ms, "pace_ms", FRAME_MS, MAX_MS)
@@ -150,6 +153,11 @@ class MediaCore:
         self._backend: Any = None
         self._gate_open = False  # the current backend confirmed its audio format
         self._held: collections.deque[tuple[bytes, int]] = collections.deque(maxlen=max(1, held_frames))
+        # The last frames the current session was sent, replayed to a session that takes over
+        # (``attach(replay=True)``): none kept unless asked for.
+        self._preroll: collections.deque[tuple[bytes, int]] | None = (
+            collections.deque(maxlen=preroll_frames) if preroll_frames > 0 else None
+        )
         self._gaps = GapFiller(FRAME_MS, max_gap_fill_ms)
         self._epoch: float | None = None  # loop time of Twilio timestamp 0
         self._ts0: int | None = None  # Twilio timestamp of the current backend session's audio 0
@@ -163,6 +171,7 @@ class MediaCore:
         # the read's end sends what is due (``_release``).
         self._batch = self._batch_due = False
         self._current: ItemAudio | None = None  # the answer audio last came for
+        self._live: ItemAudio | None = None  # where deltas with no item go (GPT-Live)
         self._items: dict[str, ItemAudio] = {}
         self._dropped: set[str] = set()  # interrupted items: their late deltas are dropped
         self._cut_response = ""  # the response of the last item cut: its later items are dropped
@@ -203,6 +212,7 @@ class MediaCore:
             "ts0": self._ts0,
             "t0": self._t0,
             "held": list(self._held),
+            "preroll": list(self._preroll) if self._preroll is not None else None,
             "gate": self._gate_open,
             "clocked": self._clocked,
             "pace": self._pace_ms,
@@ -227,6 +237,7 @@ class MediaCore:
             "cleared": sorted(self._cleared),
             "dropped": sorted(self._dropped),
             "cut": self._cut_response,
+            "live": self._live.item_id if self._live is not None else None,
         }
 
     def audio_ms_to_time(self, audio_ms: int) -> float | None:
@@ -237,11 +248,16 @@ class MediaCore:
 
     # ---------------------------------------------------------------- the backend session
 
-    def attach(self, backend: Any) -> None:
-        """A new backend session: caller audio is held until ``open_gate``."""
+    def attach(self, backend: Any, replay: bool = False) -> None:
+        """A new backend session: caller audio is held until ``open_gate``; with ``replay``, the
+        pre-roll the previous session was sent goes first."""
         self._backend = backend
         self._gate_open = False
         self._ts0 = None
+        if replay and self._preroll:
+            self._held.extendleft(reversed(self._preroll))
+        if self._preroll is not None:
+            self._preroll.clear()
 
     def detach(self) -> None:
         self._backend = None
@@ -253,8 +269,10 @@ class MediaCore:
         held, self._held = list(self._held), collections.deque(maxlen=self._held.maxlen)
         if held:
             self._ts0 = held[0][1]
-        for payload, _ in held:
+        for payload, timestamp in held:
             self._backend.send_append(payload)
+            if self._preroll is not None:
+                self._preroll.append((payload, timestamp))
 
     # ---------------------------------------------------------------- Twilio → backend
 
@@ -293,6 +311,8 @@ class MediaCore:
             if self._ts0 is None:
                 self._ts0 = timestamp
             self._backend.send_append(payload)
+            if self._preroll is not None:
+                self._preroll.append((payload, timestamp))
             return
         if len(self._held) == self._held.maxlen:
             self.frames_dropped += 1
@@ -332,8 +352,23 @@ class MediaCore:
             return False
         if delta is None:
             return False
+        if not delta[0]:
+            return self._live_push(delta[1], now)
         self.agent_audio(delta[0], delta[1], now, delta[2])
         return True
+
+    def _live_push(self, payload: bytes, now: float) -> bool:
+        """A delta with no item: into the live item, or handed up (False) when there is none."""
+        item = self._live
+        if item is None or item.ended:
+            return False
+        self._push(item, payload, now)
+        return True
+
+    def live_item(self, item_id: str) -> ItemAudio:
+        """The item deltas with no item id go to from now on (a GPT-Live session's audio segment)."""
+        self._live = self.add_item(item_id)
+        return self._live
 
     def add_item(self, item_id: str) -> ItemAudio:
         """An answer the backend announced (its audio may follow)."""
@@ -359,10 +394,14 @@ class MediaCore:
                 item.heard_ms = 0
                 self._dropped.add(item.item_id)
                 return
+        self._push(item, payload, now)
+
+    def _push(self, item: ItemAudio, payload: bytes, now: float) -> None:
+        """An answer's audio into the ring, sent at once as far as the lead allows."""
         try:
             n = self._ring.push(payload)
         except ProtocolError:  # not base64, or an answer longer than the ring holds
-            self.on_event(EV_AUDIO_ERROR, item_id, now)
+            self.on_event(EV_AUDIO_ERROR, item.item_id, now)
             return
         if item.produced == 0:
             item.first_in_at = now

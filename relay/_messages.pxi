@@ -320,6 +320,7 @@ cdef enum Scanned:
     SCAN_MARK = 3      # Twilio mark echo: f[5] the name (ASCII)
     SCAN_DELTA = 4     # Realtime audio delta: f[1] the item id (ASCII), f[2] the audio (padded base64),
                        # f[3] its response's id (ASCII; ABSENT: none given)
+    SCAN_LIVE = 5      # GPT-Live audio delta: f[2] the audio (padded base64); no item, no response
 
 
 cdef int _scan_twilio(cbuf p, Py_ssize_t n, Field* f, long long* ts) noexcept nogil:
@@ -352,6 +353,10 @@ cdef int _scan_delta(cbuf p, Py_ssize_t n, Field* f) noexcept nogil:
     memset(f, 0, 4 * sizeof(Field))
     if not _scan(p, n, DELTA, f) or f[0].kind != STRING:
         return SCAN_FALLBACK
+    if _is(p + f[0].start, f[0].end - f[0].start, b"session.output_audio.delta", 26):
+        if f[2].kind != STRING or not f[2].b64:
+            return SCAN_FALLBACK
+        return SCAN_LIVE
     if not _is(p + f[0].start, f[0].end - f[0].start, b"response.output_audio.delta", 27):
         return SCAN_OTHER
     if f[1].kind != STRING or f[2].kind != STRING or not f[2].b64 or (f[3].kind != ABSENT and f[3].kind != STRING):
@@ -393,6 +398,8 @@ def parse_audio_delta(message):
     kind = _scan_delta(p, PyBytes_GET_SIZE(message), f)
     if kind == SCAN_FALLBACK:
         return _messages_py.parse_audio_delta(message)
+    if kind == SCAN_LIVE:
+        return "", PyBytes_FromStringAndSize(<const char*>p + f[2].start, f[2].end - f[2].start), ""
     if kind != SCAN_DELTA:
         return None
     return (PyUnicode_DecodeASCII(<const char*>p + f[1].start, f[1].end - f[1].start, NULL),
@@ -400,9 +407,12 @@ def parse_audio_delta(message):
             _response_id(p, f))
 
 
-# input_audio_buffer.append (PROTOCOLS §2.3) up to its audio: WsCore.send_append writes the
-# caller's base64 after it, then '"}', into the frame it sends the backend.
+# The caller-audio append up to its audio, per backend wire (``relay.backends.WIRE_*``):
+# Realtime's input_audio_buffer.append (PROTOCOLS §2.3), GPT-Live's session.input_audio.append
+# (BACKENDS §2.3). WsCore.send_append writes the caller's base64 after it, then '"}', into the
+# frame it sends the backend.
 cdef bytes _APPEND = b'{"type":"input_audio_buffer.append","audio":"'
+cdef tuple _APPENDS = (_APPEND, b'{"type":"session.input_audio.append","audio":"')
 
 
 cdef bytes _json_str(value):

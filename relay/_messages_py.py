@@ -76,6 +76,10 @@ def parse_audio_delta(message: bytes) -> tuple[str, bytes, str] | None:
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("Realtime event has no string 'type'")
+    if kind == "session.output_audio.delta":  # GPT-Live: one stream of audio, no items
+        live = _str_field(obj, "delta", kind).encode()
+        b64_decoded_len(live)
+        return "", live, ""
     if kind != "response.output_audio.delta":
         return None
     item_id = _str_field(obj, "item_id", "response.output_audio.delta")
@@ -85,14 +89,15 @@ def parse_audio_delta(message: bytes) -> tuple[str, bytes, str] | None:
     return item_id, delta, response_id
 
 
-# input_audio_buffer.append (PROTOCOLS §2.3) up to its audio.
-_APPEND = b'{"type":"input_audio_buffer.append","audio":"'
+# The caller-audio append up to its audio, per backend wire (``relay.backends.WIRE_*``):
+# Realtime's input_audio_buffer.append (PROTOCOLS §2.3), GPT-Live's session.input_audio.append.
+_APPENDS = (b'{"type":"input_audio_buffer.append","audio":"', b'{"type":"session.input_audio.append","audio":"')
 
 
-def _append(payload: bytes) -> bytes:
-    """The append message carrying ``payload`` (base64 audio) as is: what ``WsCore.send_append``
-    frames for the backend."""
-    return _APPEND + payload + b'"}'
+def _append(payload: bytes, wire: int = 0) -> bytes:
+    """The append message carrying ``payload`` (base64 audio) as is, in ``wire``'s shape: what
+    ``WsCore.send_append`` frames for the backend."""
+    return _APPENDS[wire] + payload + b'"}'
 
 
 def _json_str(value: str) -> bytes:

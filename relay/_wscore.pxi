@@ -30,6 +30,17 @@ cdef class WsCore:
         self.state = _WS_OPEN
         self._media = None
         self._leg = 0
+        self._append = _APPEND
+
+    @property
+    def wire(self):
+        return 0 if self._append is _APPEND else 1
+
+    @wire.setter
+    def wire(self, value):
+        if type(value) is not int or not 0 <= value < len(_APPENDS):
+            raise ValueError(f"wire must be one of 0..{len(_APPENDS) - 1}")
+        self._append = <bytes>_APPENDS[value]
 
     def route(self, media, leg=0):
         if media is not None and not isinstance(media, MediaCore):
@@ -145,21 +156,22 @@ cdef class WsCore:
     def send_append(self, payload):
         if type(payload) is not bytes:
             if self.state == _WS_OPEN:
-                self._write(build_frame(0x1, _APPEND + payload + b'"}', self._next_mask()))
+                self._write(build_frame(0x1, self._append + payload + b'"}', self._next_mask()))
             return
         self._send_append_c(<cbuf>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))
 
     cdef int _send_append_c(self, cbuf payload, Py_ssize_t size) except -1:
-        """``input_audio_buffer.append`` of base64 at payload, framed (masked if a client) in one go."""
+        """The wire's append of base64 at payload, framed (masked if a client) in one go."""
         cdef Py_ssize_t n
         cdef bytes out
         cdef const unsigned char* mask = NULL
+        cdef bytes prefix = self._append
         if self.state != _WS_OPEN:
             return 0
         if self.client:
             mask = <const unsigned char*>self._mask_ptr()
-        n = PyBytes_GET_SIZE(_APPEND) + size + 2
+        n = PyBytes_GET_SIZE(prefix) + size + 2
         out = PyBytes_FromStringAndSize(NULL, _header_len(n, mask != NULL) + n)
-        _write_text3(<unsigned char*>PyBytes_AS_STRING(out), PyBytes_AS_STRING(_APPEND), PyBytes_GET_SIZE(_APPEND),
+        _write_text3(<unsigned char*>PyBytes_AS_STRING(out), PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix),
                      <const char*>payload, size, b'"}', 2, mask)
         return self._write_c(out)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from relay._framing_py import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameReader, build_frame
-from relay._messages_py import _append
+from relay._messages_py import _APPENDS, _append
 from relay.errors import FrameError
 
 __all__ = ["LEG_BACKEND", "LEG_TWILIO", "OPEN", "WsCore"]
@@ -31,6 +31,7 @@ LEG_TWILIO, LEG_BACKEND = 0, 1
 class WsCore:
     __slots__ = (
         "_clock",
+        "_wire",
         "_leg",
         "_mask_at",
         "_masks",
@@ -63,6 +64,18 @@ class WsCore:
         # what it leaves goes to ``recv``.
         self._media: Any = None
         self._leg = LEG_TWILIO
+        self._wire = 0
+
+    @property
+    def wire(self) -> int:
+        """The backend protocol's caller-audio append (``relay.backends.WIRE_*``) ``send_append`` writes."""
+        return self._wire
+
+    @wire.setter
+    def wire(self, value: int) -> None:
+        if type(value) is not int or not 0 <= value < len(_APPENDS):
+            raise ValueError(f"wire must be one of 0..{len(_APPENDS) - 1}")
+        self._wire = value
 
     def route(self, media: Any, leg: int = LEG_TWILIO) -> None:
         """Offer every text message to ``media`` (a ``MediaCore``) first; ``None`` unroutes the
@@ -163,6 +176,6 @@ class WsCore:
             self._write(b"".join([build_frame(OP_TEXT, m, self._mask()) for m in messages]))
 
     def send_append(self, payload: bytes) -> None:
-        """Send caller audio (base64 μ-law) as ``input_audio_buffer.append``, framed in one go."""
+        """Send caller audio (base64 μ-law) as the wire's append, framed in one go."""
         if self.state == OPEN:
-            self._write(build_frame(OP_TEXT, _append(payload), self._mask()))
+            self._write(build_frame(OP_TEXT, _append(payload, self._wire), self._mask()))

@@ -411,6 +411,7 @@ TIMESTAMP_INVALID = st.one_of(
 
 SID = st.text(alphabet="0123456789abcdef", min_size=1, max_size=32).map(lambda s: "MZ" + s)
 DELTA = "response.output_audio.delta"
+LIVE_DELTA = "session.output_audio.delta"
 
 
 @st.composite
@@ -487,9 +488,12 @@ def realtime_delta(draw: Any, noise: int) -> bytes:
             g.pick(
                 st.sampled_from(
                     [DELTA] * 5
+                    + [LIVE_DELTA] * 3
                     + ["response.output_audio.done", "response.output_audio_transcript.delta", "session.created"]
                 ),
-                st.sampled_from(["error", DELTA + " ", DELTA.upper(), DELTA[:-1], DELTA[:-1] + "A", ""]),
+                st.sampled_from(
+                    ["error", DELTA + " ", DELTA.upper(), DELTA[:-1], DELTA[:-1] + "A", "", LIVE_DELTA[:-1] + "s"]
+                ),
             ),
         ),
         ("event_id", "evt_" + draw(st.text(alphabet="abc123", max_size=6))),
@@ -795,13 +799,14 @@ class _Writes:
         return False
 
 
-def _send_append(module: Any, payload: Any, client: bool) -> tuple[tuple[str, Any], list[bytes]]:
-    """The outcome of ``WsCore.send_append(payload)`` and what it wrote, masking keys seeded."""
+def _send_append(module: Any, payload: Any, client: bool, wire: Any = 0) -> tuple[tuple[str, Any], list[bytes]]:
+    """The outcome of ``WsCore.send_append(payload)`` on ``wire`` and what it wrote, masking keys seeded."""
     transport = _Writes()
     core = module.WsCore(transport, client, 1 << 20, 0, lambda: 0.0)
+    wired = _outcome(setattr, core, "wire", wire)
     with mock.patch("os.urandom", random.Random(7).randbytes):
         outcome = _outcome(core.send_append, payload)
-    return outcome, transport.writes
+    return (wired, outcome, core.wire), transport.writes
 
 
 @FEW
@@ -815,10 +820,22 @@ def _send_append(module: Any, payload: Any, client: bool) -> tuple[tuple[str, An
         st.binary(max_size=16).map(memoryview),
     ),
     st.booleans(),
+    st.one_of(st.sampled_from([0, 1, 1]), st.sampled_from([2, -1, True, 1.0, "1", None])),
 )
-def test_send_append(payload: Any, client: bool) -> None:
-    """The append message, framed (masked on the client side): the same frame, or the same error."""
-    assert _send_append(fast, payload, client) == _send_append(ref, payload, client)
+def test_send_append(payload: Any, client: bool, wire: Any) -> None:
+    """The append message in the wire's shape (Realtime's or GPT-Live's), framed (masked on the
+    client side): the same frame, or the same error; a wire that is not one is refused alike."""
+    assert _send_append(fast, payload, client, wire) == _send_append(ref, payload, client, wire)
+
+
+def test_the_live_wire_appends_gpt_lives_event() -> None:
+    transport = _Writes()
+    core = fast.WsCore(transport, False, 1 << 20, 0, lambda: 0.0)
+    core.wire = 1
+    core.send_append(b"f39/fw==")
+    assert transport.writes == [
+        fast.build_frame(fast.OP_TEXT, b'{"type":"session.input_audio.append","audio":"f39/fw=="}')
+    ]
 
 
 WEIRD_TEXT = st.one_of(
