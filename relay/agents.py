@@ -37,8 +37,9 @@ DEFAULT_AGENT = "default"
 # GA voices (PROTOCOLS §2.2). fable, onyx and nova are absent on purpose: they are reported
 # to come out as noise over G.711.
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
-# The speech backends an agent may use (more arrive behind the same seam).
-BACKENDS = ("openai-realtime",)
+# The speech backends an agent may use (more arrive behind the same seam): OpenAI Realtime and
+# OpenAI GPT-Live (whose models are its own, ``models.LIVE_MODELS``).
+BACKENDS = ("openai-realtime", "openai-live")
 # Inclusive bounds of every numeric setting, here and in the environment. A limit of 0 admits
 # no call (a suspended agent); no limit at all is None.
 RANGES: dict[str, tuple[float, float]] = {
@@ -119,6 +120,11 @@ class Agent:
             )
         if self.backend not in BACKENDS:
             out.append(f"backend {self.backend[:40]!r} is not one of {', '.join(BACKENDS)}")
+        elif (self.backend == "openai-live") != (self.model in models.LIVE_MODELS):
+            out.append(
+                f"model {self.model[:MAX_NAME]!r} is not a {self.backend} model"
+                + (f" (one of {', '.join(models.LIVE_MODELS)})" if self.backend == "openai-live" else "")
+            )
         for name in ("model", "transcription_model"):
             value = getattr(self, name)
             if not value or len(value) > MAX_NAME or not value.isprintable() or " " in value:

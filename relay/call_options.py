@@ -18,3 +18,12 @@ class CallOptions:
     reconnect_message: str = ""  # said after a reconnect to the backend, if set
     seed_max_chars: int = 20000  # conversation carried to a new backend session, newest first
     hangup_grace_ms: int = 3000  # after the farewell's audio: how long its final mark may take
+    # GPT-Live (a backend whose audio streams at real time, silence included): the lead, kept
+    # small, since the stream needs no more than the network's jitter and whatever the lead holds
+    # is what the caller still hears after the model yields; and the gap between transcript
+    # fragments that ends a turn.
+    live_lead_ms: int = 80
+    live_turn_gap_ms: int = 800
+    # The caller's last audio replayed to a GPT-Live session that takes over (recycle, reconnect):
+    # with no speech events to wait for, a line begun as the sessions change is heard whole.
+    live_preroll_ms: int = 600

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from relay import models
-from relay.agents import RANGES, VOICES, AgentProfile
+from relay.agents import BACKENDS, RANGES, VOICES, AgentProfile
 from relay.audio_format import FRAME_MS
 from relay.call_options import CallOptions
 from relay.errors import ConfigError
@@ -20,9 +20,11 @@ from relay.twilio import ACCOUNT_SID
 
 # The Realtime (GA) endpoint; the model is added per call, from RELAY_REALTIME_MODEL or the agent's.
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+# GPT-Live's endpoint: no query at all, the model goes in session.start (BACKENDS §2.1).
+DEFAULT_LIVE_URL = "wss://api.openai.com/v1/live/sessions"
 DEFAULT_FAILURE_MESSAGE = "Sorry, we are having technical difficulties and cannot take your call right now. Goodbye."
 
-__all__ = ["DEFAULT_REALTIME_URL", "VOICES", "Settings", "is_loopback"]
+__all__ = ["DEFAULT_LIVE_URL", "DEFAULT_REALTIME_URL", "VOICES", "Settings", "is_loopback"]
 
 
 def is_loopback(host: str) -> bool:
@@ -44,6 +46,11 @@ class Settings:
     public_url: str = ""
     realtime_url: str = DEFAULT_REALTIME_URL
     realtime_model: str = models.DEFAULT_REALTIME_MODEL
+    backend: str = "openai-realtime"  # the default agent's speech backend (agents.BACKENDS)
+    live_url: str = DEFAULT_LIVE_URL
+    live_model: str = models.DEFAULT_LIVE_MODEL
+    live_lead_ms: int = 80
+    live_turn_gap_ms: int = 800
     openai_api_key: str = field(default="", repr=False)
     database_url: str = field(default="", repr=False)
     twilio_auth_token: str = field(default="", repr=False)
@@ -109,7 +116,8 @@ class Settings:
         return AgentProfile(
             instructions=self.agent_instructions,
             voice=self.agent_voice,
-            model=self.realtime_model,
+            model=self.live_model if self.backend == "openai-live" else self.realtime_model,
+            backend=self.backend,
             transcription_model=self.transcription_model,
             vad_threshold=self.vad_threshold,
             vad_silence_ms=self.vad_silence_ms,
@@ -130,6 +138,8 @@ class Settings:
             dtmf_timeout_ms=self.dtmf_timeout_ms,
             reconnect_message=self.reconnect_message,
             hangup_grace_ms=self.hangup_grace_ms,
+            live_lead_ms=self.live_lead_ms,
+            live_turn_gap_ms=self.live_turn_gap_ms,
         )
 
     @property
@@ -189,6 +199,11 @@ class Settings:
         text("RELAY_PUBLIC_URL", "public_url")
         text("RELAY_REALTIME_URL", "realtime_url")
         text("RELAY_REALTIME_MODEL", "realtime_model")
+        text("RELAY_BACKEND", "backend")
+        text("RELAY_OPENAI_LIVE_URL", "live_url")
+        text("RELAY_LIVE_MODEL", "live_model")
+        number("RELAY_LIVE_LEAD_MS", "live_lead_ms", int, 20, 1000)
+        number("RELAY_LIVE_TURN_GAP_MS", "live_turn_gap_ms", int, 200, 5000)
         text("OPENAI_API_KEY", "openai_api_key")
         text("TWILIO_AUTH_TOKEN", "twilio_auth_token")
         text("TWILIO_ACCOUNT_SID", "twilio_account_sid")
@@ -268,6 +283,20 @@ class Settings:
             )
         elif public.path not in ("", "/") or public.query:
             problems.append(f"RELAY_PUBLIC_URL={self.public_url!r} must be an origin with no path or query")
+        if self.backend not in BACKENDS:
+            problems.append(f"RELAY_BACKEND={self.backend[:40]!r} is not one of {', '.join(BACKENDS)}")
+        if self.live_model not in models.LIVE_MODELS:
+            problems.append(f"RELAY_LIVE_MODEL={self.live_model[:40]!r} is not one of {', '.join(models.LIVE_MODELS)}")
+        live = urlsplit(self.live_url)
+        if live.scheme not in ("wss", "ws") or not live.hostname:
+            problems.append(f"RELAY_OPENAI_LIVE_URL={self.live_url!r} must be a wss:// URL")
+        elif live.scheme == "ws" and not is_loopback(live.hostname):
+            problems.append(f"RELAY_OPENAI_LIVE_URL={self.live_url!r} must use wss (ws is for loopback only)")
+        elif live.query:
+            problems.append(
+                f"RELAY_OPENAI_LIVE_URL={self.live_url!r} has a query: GPT-Live takes none (the model goes "
+                "in session.start, from RELAY_LIVE_MODEL or the agent's)"
+            )
         backend = urlsplit(self.realtime_url)
         if backend.scheme not in ("wss", "ws") or not backend.hostname:
             problems.append(f"RELAY_REALTIME_URL={self.realtime_url!r} must be a wss:// URL")

@@ -10,7 +10,9 @@ on the event loop. It is composed of two parts it holds, never inherits:
   legs' read loops hand it every ``media``, mark echo and audio delta in C; what it leaves is
   handed here once (``twilio_message``, ``backend_message``) and parsed once.
 * ``backend``, the current backend session's protocol behind the seam of ``relay.backends``
-  (OpenAI Realtime GA today): this module speaks only its events and commands.
+  (OpenAI Realtime GA, OpenAI GPT-Live): this module speaks only its events and commands.
+* for a backend with timed transcripts and no turns (GPT-Live), ``LiveTurns``
+  (``relay.live_turns``), which rebuilds the turns and what the caller heard of them.
 
 Paced playout (PROTOCOLS §0.2, §6 #4). The agent's audio leaves in 20 ms frames (160 bytes of
 μ-law), never more than ``lead_ms`` ahead of what the caller has heard: frames within the lead
@@ -27,6 +29,10 @@ Twilio ``clear`` first (the audible part), drop the ring and every later delta o
 cancel when the backend will not cancel by itself, and a truncate at the played position,
 which never passes the produced audio.
 
+GPT-Live is full duplex: the model stops talking by itself when the caller speaks, its audio
+streams on (silence), and there is nothing to truncate. Relay clears only what it holds itself
+beyond the lead (after a stall), so the caller hears at most the lead of the model's old audio.
+
 The inbound side keeps the backend's audio clock true: the gap filler puts silence where
 Twilio's timestamps skip frames and drops duplicates and late frames; audio is held (bounded)
 while no backend session has confirmed its format (at start, and while one is replaced).
@@ -42,19 +48,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from relay import backends as ev
 from relay import pricing, twilio
 from relay.agents import AgentProfile
 from relay.audio_format import BYTES_PER_MS, FRAME_MS
 from relay.call_options import CallOptions
-from relay.errors import BackendError, ProtocolError
+from relay.errors import BackendError, BackendFatal, ProtocolError
 from relay.fastpath import EV_AUDIO_ERROR, EV_NEW_ITEM, EV_PLAYED, ItemAudio, MediaCore
+from relay.live_turns import LiveTurns, TimedTurn
 from relay.store import DEFAULT_TENANT, CallEnd, CallRecord, Record, TurnRecord
 from relay.usage import CallUsage, UsageMeter, UsageRecord
 
 log = logging.getLogger("relay.session")
 
 END_CALL = "end_call"
+# GPT-Live's goodbye is the model's own: after the agent calls end_call, the farewell has played
+# once the agent has been quiet for a turn's gap and all it said was heard, but not before this
+# long (the goodbye may begin just after the call), nor later than the most a goodbye takes.
+LIVE_FAREWELL_START_S = 1.0
+LIVE_FAREWELL_MAX_MS = 15_000
+LIVE_CHECK_S = 0.1
 
 
 class TwilioSink(Protocol):
@@ -203,15 +218,22 @@ class Conversation:
         "_awaiting_answer",
         "_backlog",
         "_dtmf_count",
+        "_farewell_from",
         "_greeted",
         "_keys",
         "_keys_due",
+        "_live",
+        "_live_due",
+        "_live_history",
+        "_live_v2v",
+        "_live_ticking",
         "_meter",
         "_prices",
         "_resumed",
         "_response_active",
         "_say_on_open",
         "_seq",
+        "_session_seconds",
         "_speaking",
         "_speech_end_at",
         "_started_at",
@@ -222,6 +244,7 @@ class Conversation:
         "_users",
         "agent",
         "backend",
+        "backend_expires_at",
         "farewell_played",
         "hangup_requested",
         "media",
@@ -246,14 +269,16 @@ class Conversation:
         resumed: Resumed | None = None,
         core: Callable[..., Any] = MediaCore,
     ) -> None:
+        backend = ev.for_agent(agent)
         self.media: MediaCore = core(
             twilio_out,
             start.stream_sid,
-            lead_ms=options.lead_ms,
+            lead_ms=options.live_lead_ms if backend.timed else options.lead_ms,
             mark_frames=options.mark_frames,
             held_frames=options.presession_buffer_ms // FRAME_MS,
             max_gap_fill_ms=options.max_gap_fill_ms,
             pace_ms=options.pacer_interval_ms,
+            preroll_frames=options.live_preroll_ms // FRAME_MS if backend.timed else 0,
         )
         self.media.on_event = self._media_event
         self.start = start
@@ -270,7 +295,15 @@ class Conversation:
         # A turn was stored: (its record, the answer or None for the caller's); metrics, traces.
         self.on_turn_stored: Callable[[TurnRecord, AssistantTurn | None], None] = lambda record, turn: None
         # ---- backend leg
-        self.backend: ev.Backend = ev.for_agent(agent)  # the (last) session's protocol
+        self.backend: ev.Backend = backend  # the (last) session's protocol
+        self.backend_expires_at: float | None = None  # when the session says it ends (Unix s)
+        # A backend with timed transcripts and no turns (GPT-Live): its turns, rebuilt here.
+        self._live = LiveTurns(options.live_turn_gap_ms) if backend.timed else None
+        self._live_ticking = False
+        self._live_due = 0.0  # loop time of the next look at GPT-Live's turns
+        self._live_history: list[tuple[int, str, str]] = []  # stored: (seq, role, what was said / heard)
+        self._live_v2v: list[float] = []
+        self._session_seconds: list[float] = []  # each session's billed length (latest report)
         self._upstream: BackendSink | None = None  # the current session's socket, if any
         self._greeted = False
         self._say_on_open: str | None = None
@@ -289,6 +322,7 @@ class Conversation:
         self._dtmf_count = 0
         self.hangup_requested = False
         self.farewell_played = False
+        self._farewell_from = 0.0  # (GPT-Live) loop time from which the farewell may count as played
         # ---- usage: the backend's accounting, priced and stored as the call ends
         self._meter = UsageMeter()
         self._prices = prices if prices is not None else pricing.shipped()
@@ -323,7 +357,7 @@ class Conversation:
         stats.frames_held, stats.frames_dropped = media.frames_held, media.frames_dropped
         stats.frames_filled, stats.frames_late = media.frames_filled, media.frames_late
         stats.marks_out = media.marks_out
-        stats.v2v_ms = [v for turn in self._assistants.values() if (v := turn.v2v_ms) is not None]
+        stats.v2v_ms = [v for turn in self._assistants.values() if (v := turn.v2v_ms) is not None] + self._live_v2v
         return stats
 
     # ================================================================== backend sessions
@@ -339,7 +373,11 @@ class Conversation:
             self._forget_backend()
         backend = self.backend = ev.for_agent(self.agent)
         self._upstream = upstream
-        self.media.attach(upstream)
+        self.media.attach(upstream, replay=reason != "start")
+        self.backend_expires_at = None
+        if self._live is not None:
+            self._live.new_session()
+        self._session_seconds.append(0.0)
         self._stats.backend_sessions += 1
         if reason == "recycle":
             self._stats.recycles += 1
@@ -347,9 +385,20 @@ class Conversation:
             self._stats.reconnects += 1
             self._say_on_open = self.options.reconnect_message or None
         seeded = reason != "start" or self._resumed is not None
-        seed = backend.seed(self.history(), self.options.seed_max_chars) if seeded else []
-        for message in backend.configure(self.agent) + seed:
+        for message in backend.open(self.agent, self.history() if seeded else [], self.options.seed_max_chars):
             upstream.send(message)
+
+    @property
+    def session_index(self) -> int:
+        """The number of the current backend session in this call (0 for the first)."""
+        return len(self._session_seconds) - 1
+
+    def retired_message(self, index: int, message: bytes) -> None:
+        """A message from backend session ``index`` after it was retired (its last words while it
+        closes): only what it says it used counts."""
+        for event in ev.for_agent(self.agent).parse(message):
+            if isinstance(event, ev.SessionSeconds) and 0 <= index < len(self._session_seconds):
+                self._session_seconds[index] = event.seconds
 
     def backend_lost(self, now: float) -> None:
         """The backend session ended unexpectedly: what it produced still plays; the rest waits."""
@@ -365,6 +414,9 @@ class Conversation:
         for turn in self._assistants.values():
             turn.done = True
         self.media.end_all()
+        if self._live is not None:
+            self._live.end_session()
+            self._store_live()
 
     @property
     def backend_ready(self) -> bool:
@@ -374,6 +426,14 @@ class Conversation:
     @property
     def idle(self) -> bool:
         """Nobody is talking and nothing is left to hear: a backend session can be swapped."""
+        if self._live is not None:
+            return (
+                self.media.gate_open
+                and self._live.idle
+                and self.media.buffered <= self.options.live_lead_ms * BYTES_PER_MS
+                and not self.hangup_requested
+                and not self._keys
+            )
         return (
             self.media.gate_open
             and not self._response_active
@@ -398,6 +458,9 @@ class Conversation:
                 text = self._heard_text(turn)
                 if text:
                     turns.append((turn.seq, "assistant", text))
+        if self._live is not None:
+            turns += [entry for entry in self._live_history if entry[2]]
+            turns += [(t.seq, t.role, t.text) for t in self._live.turns if t.role == "user" and t.text]
         before = self._resumed.history if self._resumed is not None else []
         return before + [(role, text) for _, role, text in sorted(turns)]
 
@@ -457,10 +520,31 @@ class Conversation:
             log.warning("call %s: audio delta dropped: not base64, or more than the playout ring holds", self.call_sid)
 
     def tick(self, now: float) -> bool:
-        """The keys' clock: send them once due. False: no more ticks wanted."""
+        """The keys' clock: send them once due; and GPT-Live's turns: close the quiet ones,
+        store those whose heard text is known. False: no more ticks wanted."""
         if self._keys_due is not None and now >= self._keys_due:
             self._send_keys(now)
-        return self._keys_due is not None
+        if self._live_ticking and now >= self._live_due:
+            # Turns close after hundreds of ms of quiet: a look every LIVE_CHECK_S is plenty, and
+            # spares the shared clock's every tick a pass over them.
+            self._live_due = now + LIVE_CHECK_S
+            self._live_ticking = self._live_tick(now)
+        return self._keys_due is not None or self._live_ticking
+
+    def _want_tick(self) -> None:
+        if not self._live_ticking:
+            self._live_ticking = True
+            self.on_wants_clock()  # (asking again while keys wait adds nothing)
+
+    def _live_tick(self, now: float) -> bool:
+        live = self._live
+        assert live is not None
+        live.close_quiet(now)
+        self._store_live()
+        if self.hangup_requested and not self.farewell_played and now >= self._farewell_from and not live.agent_talking:
+            self.farewell_played = True
+            self.on_hangup()
+        return not live.idle or (self.hangup_requested and not self.farewell_played)
 
     def dtmf(self, digit: str, now: float) -> None:
         """A key: collected until '#' or ``dtmf_timeout_ms`` of no more keys, then sent as user input."""
@@ -497,8 +581,20 @@ class Conversation:
     def _backend_event(self, event: ev.Event, now: float) -> None:
         media = self.media
         if isinstance(event, ev.AnswerAudio):
+            if not event.item_id and self._live is not None:
+                # GPT-Live's stream, handed up: read here in its turn after other events, or with
+                # no segment open (the first audio, or the first after a clear: a new segment,
+                # where the stream goes on).
+                segment = self._live.open_segment()
+                if segment is None:
+                    segment = self._live.next_segment()
+                    self._live.add_segment(media.live_item(segment))
+                event = ev.AnswerAudio(segment, event.payload)
             media.agent_audio(event.item_id, event.payload, now)
+        elif isinstance(event, ev.TimedText):
+            self._timed_text(event, now)
         elif isinstance(event, ev.Ready):
+            self.backend_expires_at = event.expires_at
             if not media.gate_open and self._upstream is not None:
                 self._open_gate(now)
         elif isinstance(event, ev.CallerSpeechStarted):
@@ -538,11 +634,19 @@ class Conversation:
                 media.flush(now)
         elif isinstance(event, ev.ResponseDone):
             self._response_done(event, now)
+        elif isinstance(event, ev.SessionSeconds):
+            self._session_seconds[-1] = event.seconds  # cumulative: the latest is the session's
+        elif isinstance(event, ev.SessionClosed):
+            log.info("call %s: the backend closed its session (%s)", self.call_sid, event.reason)
+            if event.reason == "content":
+                raise BackendFatal("the backend ended the session over its content", "backend_content")
         elif isinstance(event, ev.Refused):
             self._stats.backend_errors += 1
             raise BackendError(event.reason)
         elif isinstance(event, ev.Failed):
             self._stats.backend_errors += 1
+            if event.fatal:
+                raise BackendFatal(event.reason, "backend_refused")
             if event.about == "truncate":
                 self._stats.truncates_rejected += 1
             if event.malformed:
@@ -551,11 +655,26 @@ class Conversation:
             else:
                 log.warning("call %s: %s", self.call_sid, event.reason)
 
+    def _timed_text(self, event: ev.TimedText, now: float) -> None:
+        """A GPT-Live transcript fragment: onto its speaker's turn; the caller's may cut what
+        relay holds beyond the lead."""
+        live = self._live
+        if live is None:
+            return
+        live.fragment(event.role, event.text, event.start_ms, event.end_ms, now, time.time(), self._next_seq)
+        if event.role == "user":
+            self._barge_in(now)
+        self._want_tick()
+
     def _response_done(self, event: ev.ResponseDone, now: float) -> None:
+        if self._live is not None:  # a delegated response: its tool calls, nothing else
+            for call in event.tool_calls:
+                self._tool_call(call, now)
+            return
         self._response_active = False
         self._meter.response_done(event.usage, event.item_ids)
         for call in event.tool_calls:
-            self._tool_call(call)
+            self._tool_call(call, now)
         for item_id in event.item_ids:
             turn = self._assistants.get(item_id)
             if turn is not None:
@@ -566,10 +685,15 @@ class Conversation:
         if self.hangup_requested:
             self._check_farewell()
 
-    def _tool_call(self, call: ev.ToolCall) -> None:
+    def _tool_call(self, call: ev.ToolCall, now: float) -> None:
         if call.name == END_CALL and self.agent.end_call_tool:
             log.info("call %s: the agent ends the call", self.call_sid)
             self.hangup_requested = True
+            if self._live is not None:
+                # The live model says its goodbye as the delegated call comes: the farewell has
+                # played once the agent has been quiet for a turn's gap, and all it said was heard.
+                self._farewell_from = now + LIVE_FAREWELL_START_S
+                self._want_tick()
             self.on_hangup()
             return
         # Not a tool relay offered: say so, so the model does not wait for an answer.
@@ -578,6 +702,8 @@ class Conversation:
 
     def _check_farewell(self) -> None:
         """The agent asked to hang up: has everything it said been heard?"""
+        if self._live is not None:
+            return  # GPT-Live's farewell is known from its turns (``_live_tick``)
         if not self.hangup_requested or self.farewell_played or self.media.buffered or self.media.marks_pending:
             return
         if any(not turn.done for turn in self._assistants.values()):
@@ -587,6 +713,8 @@ class Conversation:
 
     def farewell_ms_left(self) -> int:
         """The audio not yet heard: what a hang-up waits for (bounded by the shell)."""
+        if self._live is not None:
+            return LIVE_FAREWELL_MAX_MS  # the model's own goodbye, of a length only it knows
         queued = sum(turn.out - turn.played for turn in self._assistants.values() if not turn.interrupted)
         return (self.media.buffered + max(0, queued)) // BYTES_PER_MS
 
@@ -594,6 +722,12 @@ class Conversation:
         if self.hangup_requested:
             return  # the farewell plays in full, whoever speaks over it
         media, backend = self.media, self.backend
+        if self._live is not None:
+            # GPT-Live yields by itself: relay clears only what it holds beyond the lead (after a
+            # stall), old audio the caller would otherwise hear for longer than the lead.
+            if media.buffered > self.options.live_lead_ms * BYTES_PER_MS and media.interrupt(now) is not None:
+                self._stats.barge_ins += 1
+            return
         current = media.current
         turn = self._assistants.get(current.item_id) if current is not None else None
         if keypress and self._response_active and not (turn and not turn.done and not turn.interrupted):
@@ -656,6 +790,34 @@ class Conversation:
         self._submit(record)
         self.on_turn_stored(record, None)
 
+    def _store_live(self, turns: list[TimedTurn] | None = None) -> None:
+        """Store GPT-Live's turns that are complete (``turns``: these, at the call's end)."""
+        assert self._live is not None
+        for turn in self._live.ready() if turns is None else turns:
+            heard = turn.heard if turn.role == "assistant" else turn.text
+            v2v = turn.v2v_ms if turn.role == "assistant" else None
+            record = TurnRecord(
+                tenant_id=self.tenant_id,
+                call_sid=self.call_sid,
+                seq=turn.seq,
+                role=turn.role,
+                started_at=turn.started_at,
+                ended_at=time.time(),
+                item_id=f"live{turn.session}",
+                text_generated=turn.text,
+                text_heard=heard or "",
+                interrupted=turn.role == "assistant" and (heard or "") != turn.text,
+                audio_ms=turn.end_ms - turn.start_ms if turn.role == "assistant" else 0,
+                voice_to_voice_ms=v2v,
+                fragments=orjson.dumps(turn.fragments).decode(),
+            )
+            turn.stored = True
+            self._live_history.append((turn.seq, turn.role, record.text_heard or ""))
+            if v2v is not None:
+                self._live_v2v.append(v2v)
+            self._submit(record)
+            self.on_turn_stored(record, None)
+
     def _heard_text(self, turn: AssistantTurn) -> str:
         heard_ms = turn.heard_ms
         audio_ms = turn.produced // BYTES_PER_MS
@@ -708,6 +870,8 @@ class Conversation:
             self._store_user(user)
         for assistant in self._assistants.values():
             self._maybe_store_assistant(assistant, final=True)
+        if self._live is not None:
+            self._store_live(self._live.finish())
         stats = self.stats
         v2v = stats.v2v_ms
         ended_at = time.time()
@@ -720,7 +884,10 @@ class Conversation:
                 end_reason=end_reason or "error",
                 frames_in=stats.frames_in + (resumed.frames_in if resumed else 0),
                 frames_out=stats.frames_out + (resumed.frames_out if resumed else 0),
-                turns=len(self._users) + len(self._assistants) + (len(resumed.turns) if resumed else 0),
+                turns=len(self._users)
+                + len(self._assistants)
+                + len(self._live_history)
+                + (len(resumed.turns) if resumed else 0),
                 v2v_p50_ms=round(statistics.median(v2v), 1) if v2v else None,
                 v2v_max_ms=round(max(v2v), 1) if v2v else None,
             )
@@ -733,6 +900,14 @@ class Conversation:
         answers_ms = {item: turn.produced // BYTES_PER_MS for item, turn in self._assistants.items()}
         caller_ms = self.media.frames_in * FRAME_MS
         tokens, estimated = self._meter.total(answers_ms, caller_ms)
+        seconds = max(0.0, ended_at - self._started_at)
+        if self._live is not None:
+            # Billed per second of session, as the backend counts it; a session that never said
+            # is counted as the stream's length, and marked estimated.
+            reported = sum(self._session_seconds)
+            estimated = not reported and bool(self._session_seconds)
+            seconds = reported or seconds
+            answers_ms = {"live": self.media.frames_out * FRAME_MS}
         agent = self.agent
         # Twilio bills the call's started minutes once: a stream after a hand-over adds those
         # the call has run into since the previous one ended.
@@ -744,7 +919,7 @@ class Conversation:
             transcription_model=agent.transcription_model,
             tokens=tokens,
             transcription=self._meter.transcription,
-            seconds=max(0.0, ended_at - self._started_at),
+            seconds=seconds,
             twilio_minutes=max(0, minutes),
             audio_in_seconds=caller_ms / 1000,
             audio_out_seconds=sum(answers_ms.values()) / 1000,

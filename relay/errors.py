@@ -53,6 +53,15 @@ class BackendError(RelayError):
     """The speech backend refused the session or failed during it."""
 
 
+class BackendFatal(BackendError):
+    """The backend cannot serve this call at all (no quota, a bad key, content it will not go on
+    with): the call ends with ``end_reason``, no new session is tried."""
+
+    def __init__(self, message: str, end_reason: str) -> None:
+        super().__init__(message)
+        self.end_reason = end_reason
+
+
 class InputError(RelayError, ValueError):
     """An operator's input is invalid (an unknown tenant, a bad number, a limit out of range);
     the message is one line that says what and why."""

@@ -17,6 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 DEFAULT_REALTIME_MODEL = "gpt-realtime-2.1"
+# GPT-Live's models (openai 3.63.0 ``types/live/session_config.py``), and the Responses model its
+# sessions delegate tool calls to (any Responses model that calls functions will do).
+LIVE_MODELS = ("gpt-live-1", "gpt-live-1.1")
+DEFAULT_LIVE_MODEL = LIVE_MODELS[0]
+DEFAULT_DELEGATION_MODEL = "gpt-5-mini"
 # How hard a reasoning Realtime model thinks before it speaks (openai 3.63.0
 # ``realtime_reasoning_effort.py``): more effort costs latency the caller hears (BACKENDS §5.2).
 REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")

@@ -46,6 +46,7 @@ from websockets.http11 import Request
 from relay import fastpath, logs, streamtoken, twilio, upstream
 from relay.admission import Admission, LocalAdmission
 from relay.agents import AgentProfile
+from relay.backends import WIRES
 from relay.config import Settings, is_loopback
 from relay.errors import ProtocolError
 from relay.metrics import CONTENT_TYPE_LATEST, LAG_BUCKETS_MS, Buckets, CallLedger, LiveCall, render
@@ -151,7 +152,7 @@ class Relay:
         self._pacer: Pacer | None = None
         self.upstreams_outlived = 0  # backend sessions that would not close with their call
         self.upstreams_open = 0  # backend connections open now, every call's and recycle's
-        self._connect_upstream = connect_upstream or self._connect_realtime
+        self._connect_upstream = connect_upstream or self._connect_backend
         self.sessions: set[asyncio.Task[None]] = set()
         self.background: set[asyncio.Future[None]] = set()  # webhook answers in flight
         self.calls_total = 0
@@ -171,15 +172,20 @@ class Relay:
         # given up): a draining relay stays until they have come.
         self.expected_streams: dict[str, float] = {}
 
-    async def _connect_realtime(self, agent: AgentProfile) -> Upstream:
-        # No OpenAI-Beta header: its presence selects the retired beta shape (PROTOCOLS §2.1).
-        return await upstream.connect(
-            self.settings.realtime_url_for(agent.model),
+    async def _connect_backend(self, agent: AgentProfile) -> Upstream:
+        # Realtime takes the model in the URL; GPT-Live takes no query (the model is in its
+        # session.start). No OpenAI-Beta header: it selects Realtime's retired beta shape
+        # (PROTOCOLS §2.1), and GPT-Live's alpha headers belong to a protocol that is gone.
+        live = agent.backend == "openai-live"
+        conn = await upstream.connect(
+            self.settings.live_url if live else self.settings.realtime_url_for(agent.model),
             {"Authorization": f"Bearer {self.settings.openai_api_key}"},
             max_size=16 * 1024 * 1024,
             timeout=10,
             slow_peer_s=self.settings.slow_peer_timeout_ms / 1000,
         )
+        conn.wire = WIRES[agent.backend]  # the caller's audio goes out in the backend's own append
+        return conn
 
     async def open_upstream(self, agent: AgentProfile) -> Upstream:
         """A backend session for a call, counted in ``upstreams_open`` until its transport is gone."""
@@ -1073,7 +1079,8 @@ class RelayServer:
         # Readiness wants the backend reached recently. Calls reaching it count; between them a
         # TCP connect to its host (no session, nothing billed) every BACKEND_PROBE_S.
         loop = asyncio.get_running_loop()
-        parts = urlsplit(self.relay.settings.realtime_url)
+        settings = self.relay.settings
+        parts = urlsplit(settings.live_url if settings.backend == "openai-live" else settings.realtime_url)
         host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)
         while True:
             seen = self.relay.backend_seen_at

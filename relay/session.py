@@ -38,7 +38,7 @@ from relay import logs, tracing, twilio
 from relay.agents import Agent, AgentProfile
 from relay.call_options import CallOptions
 from relay.conversation import AssistantTurn, CallStats, Conversation, Resumed, cut_words
-from relay.errors import BackendError, ProtocolError
+from relay.errors import BackendError, BackendFatal, ProtocolError
 from relay.fastpath import LEG_BACKEND, LEG_TWILIO, MediaCore
 from relay.pacer import Pacer
 from relay.pricing import PriceTable
@@ -76,6 +76,7 @@ _CLOSE_REASONS = {
     "backend_refused": "speech backend refused the session",
     "backend_not_ready": "speech backend did not confirm the session in time",
     "backend_lost": "speech backend lost",
+    "backend_content": "speech backend ended the session over its content",
     "relay_shutdown": "relay is shutting down",
     "error": "internal error",
 }
@@ -178,6 +179,9 @@ class CallSession:
         self._lost_at: float | None = None  # loop time the call lost its last ready session
         self._close_reason = ""  # said in the stream's close frame, when relay ends the stream
         self._closing: set[asyncio.Task[None]] = set()
+        self._session_of: dict[int, int] = {}  # id(upstream) -> the call's backend session number
+        self._pumping: Upstream | None = None  # the session the backend loop is reading
+        self._pump_left = asyncio.Event()  # set whenever it stops reading one
 
     @property
     def call_sid(self) -> str:
@@ -424,6 +428,7 @@ class CallSession:
         # current session is routed: a retired one is unrouted before it is replaced).
         upstream.route(conversation.media, LEG_BACKEND)
         conversation.attach_backend(upstream, reason)
+        self._session_of[id(upstream)] = conversation.session_index
         if self._recycler is not None:
             self._recycler.cancel()
         self._recycler = asyncio.create_task(self._recycle(upstream, loop.time()), name=f"recycle-{self.call_sid}")
@@ -435,6 +440,10 @@ class CallSession:
             try:
                 await self._pump(conversation, upstream)
                 failure = None
+            except BackendFatal as exc:
+                # Another session would fail the same way (no quota, a bad key) or must not be tried.
+                log.error("call %s: %s; ending the call", self.call_sid, exc)
+                return exc.end_reason
             except BackendError as exc:
                 failure = exc
             if failure is None and upstream is not self._upstream:
@@ -485,6 +494,14 @@ class CallSession:
             BackendError: the session refused the call (an error, not μ-law) before confirming.
             BackendNotReady: it did not confirm within the ready timeout.
         """
+        self._pumping = upstream
+        try:
+            await self._read(conversation, upstream)
+        finally:
+            self._pumping = None
+            self._pump_left.set()
+
+    async def _read(self, conversation: Conversation, upstream: Upstream) -> None:
         deadline = None if conversation.backend_ready else self._loop.time() + self._ready_timeout_s
         while True:
             try:
@@ -502,6 +519,10 @@ class CallSession:
                     f"the backend did not confirm the session within {self._ready_timeout_s * 1000:.0f} ms"
                 ) from None
             if upstream is not self._upstream:
+                # Replaced while this read waited: its message is a retired session's.
+                index = self._session_of.get(id(upstream))
+                if index is not None:
+                    conversation.retired_message(index, message)
                 return
             conversation.backend_message(message, self._loop.time())
             if deadline is not None and conversation.backend_ready:
@@ -534,7 +555,14 @@ class CallSession:
         """Before ``upstream`` reaches the session cap, a fresh session takes over between turns."""
         assert self.conversation is not None
         conversation = self.conversation
-        await asyncio.sleep(max(0.0, opened_at + self._cap_s - _recycle_margin(self._cap_s) - self._loop.time()))
+        cap_s = self._cap_s
+        # A backend that says when its session expires (GPT-Live's expires_at) sets the cap.
+        while upstream is self._upstream and not conversation.backend_ready:
+            await asyncio.sleep(IDLE_POLL_S)
+        expires_at = conversation.backend_expires_at
+        if expires_at is not None:
+            cap_s = min(cap_s, max(1.0, expires_at - time.time() + self._loop.time() - opened_at))
+        await asyncio.sleep(max(0.0, opened_at + cap_s - _recycle_margin(cap_s) - self._loop.time()))
         if upstream is not self._upstream:
             return
         try:
@@ -545,12 +573,12 @@ class CallSession:
         adopted = False
         try:
             # Wait for a moment with nobody talking; at the very end, take over regardless.
-            last_moment = opened_at + self._cap_s - 0.5
+            last_moment = opened_at + cap_s - 0.5
             while not conversation.idle and self._loop.time() < last_moment and upstream is self._upstream:
                 await asyncio.sleep(IDLE_POLL_S)
             if upstream is not self._upstream or self._ending:
                 return
-            log.info("call %s: a fresh backend session takes over (session cap %.0f s)", self.call_sid, self._cap_s)
+            log.info("call %s: a fresh backend session takes over (session cap %.0f s)", self.call_sid, cap_s)
             upstream.route(None)
             self._recycler = None  # _use starts the next one; this task must not cancel itself
             self._use(fresh, "recycle")
@@ -565,11 +593,27 @@ class CallSession:
         if upstream is self._upstream:
             self._upstream = None
         upstream.route(None)
-        task = asyncio.ensure_future(self._close_upstream(upstream))
+        task = asyncio.ensure_future(self._close_upstream(upstream, self._session_of.get(id(upstream))))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _close_upstream(self, upstream: Upstream) -> None:
+    async def _close_upstream(self, upstream: Upstream, index: int | None = None) -> None:
+        conversation = self.conversation
+        closing = conversation.backend.close() if conversation is not None and index is not None else None
+        if closing is not None and conversation is not None and index is not None:
+            # A backend that finalizes a session on request (GPT-Live's session.close) says what
+            # the session used in its last word (session.closed): read until it closes, bounded.
+            try:
+                upstream.send(closing)
+                async with asyncio.timeout(UPSTREAM_CLOSE_TIMEOUT):
+                    while self._pumping is upstream:  # one reader at a time: the loop leaves it first
+                        self._pump_left.clear()
+                        await self._pump_left.wait()
+                    while True:
+                        conversation.retired_message(index, await upstream.recv())
+            except (TimeoutError, ConnectionClosed, OSError):
+                pass
+        self._session_of.pop(id(upstream), None)
         try:
             await asyncio.wait_for(upstream.close(), UPSTREAM_CLOSE_TIMEOUT)
             outlived = bool(getattr(upstream, "aborted", False))

@@ -75,6 +75,8 @@ class TurnRecord:
     ``text_generated`` is what the model produced (or the caller's transcript);
     ``text_heard`` what reached the caller's ear, cut short when it was interrupted.
     ``voice_to_voice_ms`` (assistant turns): end of caller speech to first audio sent out.
+    ``fragments``: for a backend that sends timed transcripts (GPT-Live), the turn's raw
+    fragments as JSON, ``[[text, start_ms, end_ms], …]`` on its session's timeline.
     """
 
     call_sid: str
@@ -89,6 +91,7 @@ class TurnRecord:
     ended_at: float | None = None
     audio_ms: int = 0
     voice_to_voice_ms: float | None = None
+    fragments: str | None = None
 
 
 Record = CallRecord | CallEnd | TurnRecord | UsageRecord
@@ -409,6 +412,7 @@ CREATE TABLE IF NOT EXISTS call_turns (
     ended_at          REAL,
     audio_ms          INTEGER NOT NULL DEFAULT 0,
     voice_to_voice_ms REAL,
+    fragments         TEXT,
     PRIMARY KEY (call_sid, seq)
 );
 """

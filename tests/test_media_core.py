@@ -105,7 +105,13 @@ def _drop_wall_clock(value: Any) -> Any:
     }
 
 
-def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypatch: pytest.MonkeyPatch) -> Any:
+def run(
+    impl: str,
+    steps: list[tuple[Any, ...]],
+    options: CallOptions,
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str = "openai-realtime",
+) -> Any:
     monkeypatch.setattr(os, "urandom", Keys())
     now = [0.0]
     records: list[Any] = []
@@ -114,9 +120,11 @@ def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypat
     twilio_leg = Leg(twilio_t, False, 1 << 20, 0, lambda: now[0])
     backend_leg = Leg(backend_t, True, 1 << 20, 0, lambda: now[0])
     twilio_leg.events, backend_leg.events = [], []
-    call = Conversation(
-        START, realtime.AgentProfile(instructions="x"), twilio_leg, records.append, options, core=CORES[impl]
-    )
+    live = backend == "openai-live"
+    agent = realtime.AgentProfile(instructions="x", backend=backend, model="gpt-live-1" if live else "gpt-realtime-2.1")
+    call = Conversation(START, agent, twilio_leg, records.append, options, core=CORES[impl])
+    if live:
+        backend_leg.wire = 1  # as the server opens a GPT-Live session's connection
     call.attach_backend(backend_leg)
     twilio_leg.route(call.media, 0)
     backend_leg.route(call.media, 1)
@@ -165,6 +173,8 @@ def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypat
             }
             if event["response_id"] is None:
                 del event["response_id"]
+            if live:  # GPT-Live: one stream of audio, no items
+                event = {"type": "session.output_audio.delta", "event_id": "evt_1", "delta": delta.decode()}
             message = orjson.dumps(event)
             backend_leg.data_received(ref.build_frame(ref.OP_TEXT, message))
         elif kind == "event":
@@ -217,6 +227,16 @@ def run(impl: str, steps: list[tuple[Any, ...]], options: CallOptions, monkeypat
     }
 
 
+def _frames_masked(result: dict[str, Any]) -> list[tuple[int, bytes]]:
+    """What relay sent the backend (client frames, masked)."""
+    reader = ref.FrameReader(True, 1 << 20)
+    reader.feed(b"".join(result["backend writes"]))
+    out = []
+    while (frame := reader.read()) is not None:
+        out.append(frame)
+    return out
+
+
 def _frames(writes: list[bytes]) -> list[tuple[int, bytes]]:
     reader = ref.FrameReader(False, 1 << 20)
     reader.feed(b"".join(writes))
@@ -225,6 +245,42 @@ def _frames(writes: list[bytes]) -> list[tuple[int, bytes]]:
         out.append(frame)
     return out
 
+
+STARTED = {
+    "type": "session.started",
+    "event_id": "evt_s",
+    "session": {
+        "id": "sess_1",
+        "expires_at": 4_000_000_000,
+        "model": "gpt-live-1",
+        "status": "active",
+        "audio": {"format": {"type": "audio/pcmu", "rate": 8000}, "output": {"voice": "marin"}},
+    },
+}
+# GPT-Live's events (a Realtime call ignores them, as a GPT-Live call ignores Realtime's).
+LIVE_EVENTS = [
+    STARTED,
+    {"type": "session.output_transcript.delta", "event_id": "e1", "delta": "One", "start_ms": 0, "end_ms": 300},
+    {"type": "session.output_transcript.delta", "event_id": "e2", "delta": " two", "start_ms": 350, "end_ms": 700},
+    {"type": "session.output_transcript.delta", "event_id": "e3", "delta": " three", "start_ms": 2900, "end_ms": 3300},
+    {"type": "session.input_transcript.delta", "event_id": "e4", "delta": "Wait", "start_ms": 500, "end_ms": 800},
+    {"type": "session.usage.updated", "event_id": "e5", "usage": {"seconds": 3.5}},
+    {
+        "type": "response.event",
+        "event_id": "e6",
+        "delegation_id": "dlg_1",
+        "event": {
+            "type": "response.output_item.done",
+            "item": {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": "{}"},
+        },
+    },
+    {
+        "type": "response.event",
+        "event_id": "e7",
+        "delegation_id": "dlg_1",
+        "event": {"type": "response.completed", "response": {"id": "resp_9", "status": "completed"}},
+    },
+]
 
 EVENTS = [
     UPDATED,
@@ -264,7 +320,7 @@ steps = st.lists(
             st.sampled_from([0, 0, 1, 2]),
             ms,
         ),
-        st.tuples(st.just("event"), st.sampled_from(EVENTS), st.integers(0, 2), ms),
+        st.tuples(st.just("event"), st.sampled_from(EVENTS + LIVE_EVENTS), st.integers(0, 2), ms),
         st.tuples(st.just("mark"), st.integers(0, 1000), ms),
         st.tuples(st.just("tick"), st.sampled_from([0, 20, 20, 40, 1600])),
         st.tuples(st.just("dtmf"), st.sampled_from(["1", "5", "#"]), ms),
@@ -282,9 +338,15 @@ steps = st.lists(
     lead=st.sampled_from([60, 100, 200]),
     mark_frames=st.sampled_from([1, 5, 10]),
     pace=st.sampled_from([20, 20, 40]),
+    backend=st.sampled_from(["openai-realtime", "openai-realtime", "openai-live"]),
 )
 def test_compiled_core_equals_its_twin(
-    steps: list[tuple[Any, ...]], lead: int, mark_frames: int, pace: int, monkeypatch: pytest.MonkeyPatch
+    steps: list[tuple[Any, ...]],
+    lead: int,
+    mark_frames: int,
+    pace: int,
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     options = CallOptions(
         lead_ms=lead,
@@ -292,9 +354,10 @@ def test_compiled_core_equals_its_twin(
         presession_buffer_ms=200,
         max_gap_fill_ms=200,
         pacer_interval_ms=pace,
+        live_lead_ms=lead,
     )
-    compiled = run("compiled", steps, options, monkeypatch)
-    twin = run("twin", steps, options, monkeypatch)
+    compiled = run("compiled", steps, options, monkeypatch, backend)
+    twin = run("twin", steps, options, monkeypatch, backend)
     for key in twin:
         assert compiled[key] == twin[key], key
 
@@ -355,6 +418,28 @@ def test_a_preambles_answer_after_the_caller_cut_the_preamble_is_never_played(mo
     assert compiled["cut"] == "resp_1" and compiled["dropped"] == ["item_a", "item_b"]
 
 
+def test_a_gpt_live_stream_goes_to_its_segment_and_a_clear_opens_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPT-Live's deltas have no item: the first opens the session's first segment; after relay
+    cleared a backlog (the caller spoke while relay held more than the lead), the stream goes on
+    in a second segment, where the first one's produced audio ends. Both cores alike."""
+    script: list[tuple[Any, ...]] = [("event", STARTED, 0, 0)]
+    script += [("delta", 0, 800, False, 0) for _ in range(3)]  # a burst after a stall: 300 ms
+    script += [("event", LIVE_EVENTS[4], 0, 1)]  # the caller speaks: relay holds > the lead, clears
+    script += [("delta", 0, 160, False, 20) for _ in range(3)] + [("tick", 20)]
+    options = CallOptions(live_lead_ms=60)
+    compiled = run("compiled", script, options, monkeypatch, "openai-live")
+    twin = run("twin", script, options, monkeypatch, "openai-live")
+    assert compiled == twin
+    items = {item[0]: item for item in compiled["items"]}
+    assert list(items) == ["live1.1", "live1.2"] and compiled["live"] == "live1.2"
+    assert items["live1.1"][1] == 3 * 800 and items["live1.1"][9]  # produced, interrupted
+    assert items["live1.2"][1] == 3 * 160 and not items["live1.2"][9]
+    assert compiled["stats"]["barge_ins"] == 1
+    script = [("event", STARTED, 0, 0), ("media", 20, 160, 0, 20)]
+    sent = b"".join(f[1] for f in _frames_masked(run("compiled", script, options, monkeypatch, "openai-live")))
+    assert b'{"type":"session.input_audio.append","audio":"' in sent  # the caller's audio, in GPT-Live's append
+
+
 @pytest.mark.parametrize("name", ["WsCore", "MediaCore"])
 def test_both_cores_expose_the_same_surface(name: str) -> None:
     """What a subclass or a caller can reach on the compiled core, the twin has too (the twin
@@ -392,3 +477,32 @@ def test_a_burst_of_deltas_in_one_read_leaves_in_one_write(impl: str, monkeypatc
     assert len(twilio_t.writes) == 1  # the lead's worth (100 ms: 5 frames), with its marks, in one write
     assert [f[1].count(b'"event":"media"') for f in _frames(twilio_t.writes)].count(1) == 5
     assert call.media.buffered == 3 * 160  # the rest waits for the clock
+
+
+@pytest.mark.parametrize("impl", ["compiled", "twin"])
+def test_a_session_that_takes_over_hears_the_pre_roll_first(impl: str) -> None:
+    """GPT-Live has no speech events to wait for: a session taking over is sent the caller's last
+    frames again (the pre-roll), then what was held, so a line begun at the switch is heard whole."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.appends: list[bytes] = []
+
+        def send_append(self, payload: bytes) -> None:
+            self.appends.append(payload)
+
+    core = CORES[impl](
+        Transport(), START.stream_sid, lead_ms=80, mark_frames=5, held_frames=10, max_gap_fill_ms=200, preroll_frames=3
+    )
+    old, new = Sink(), Sink()
+    core.attach(old)
+    core.open_gate()
+    frames = [base64.b64encode(bytes([i]) * 160) for i in range(6)]
+    for i, frame in enumerate(frames[:5]):
+        core.caller_audio(frame, i * 20, i * 0.02)
+    core.attach(new, replay=True)
+    core.caller_audio(frames[5], 100, 0.1)  # held while the new session is not ready
+    core.open_gate()
+    assert old.appends == frames[:5]
+    assert new.appends == frames[2:6]  # the last 3 the old one was sent, then the held one
+    assert core.audio_ms_to_time(0) == pytest.approx(0.04)  # its audio 0: the first frame replayed

@@ -3,7 +3,8 @@
 A ``Backend`` is one backend session's protocol, with no socket: ``parse`` turns each message
 the backend sent into a few ``Event`` values, and the command methods return the messages to
 send. ``relay.conversation`` speaks only this seam, so a backend plugs in by implementing it
-(``relay.backends.realtime`` is OpenAI Realtime GA). The per-frame parts stay compiled and
+(``relay.backends.realtime`` is OpenAI Realtime GA, ``relay.backends.live`` OpenAI GPT-Live). The
+per-frame parts stay compiled and
 are chosen per backend by ``wire``: the audio appends relay sends and the audio deltas it
 reads never reach ``parse`` on the common path (``relay.fastpath.MediaCore`` handles them).
 
@@ -21,14 +22,35 @@ from typing import Any, Protocol
 from relay.agents import AgentProfile
 from relay.usage import Tokens, Transcription
 
-# The compiled framing a backend's audio takes (``MediaCore``): JSON text appends and deltas
-# with base64 μ-law, as OpenAI Realtime sends them.
+# The compiled framing a backend's audio takes (``WsCore.wire``, ``MediaCore``): JSON text appends
+# and deltas with base64 μ-law, as OpenAI Realtime sends them (per item), or as GPT-Live does
+# (``session.input_audio.append``, and one stream of ``session.output_audio.delta`` per session).
 WIRE_REALTIME_JSON = 0
+WIRE_LIVE_JSON = 1
+
+
+# Error codes that say the account cannot serve any call (no quota, a bad key): retrying only
+# repeats them (the set LiveKit treats as fatal, BACKENDS §2.4).
+FATAL_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "invalid_api_key",
+        "account_deactivated",
+        "billing_hard_limit_reached",
+        "forbidden",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """The session is confirmed in a format a phone call can use: caller audio may flow."""
+    """The session is confirmed in a format a phone call can use: caller audio may flow.
+
+    ``expires_at``: when the backend will end the session (Unix seconds), if it says.
+    """
+
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +62,14 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """An error that ends no call: logged and counted (``malformed``: a message relay could not read;
-    ``about``: which of relay's commands it rejects, when the backend says, e.g. ``"truncate"``)."""
+    """An error: logged and counted, and the call goes on (``malformed``: a message relay could not
+    read; ``about``: which of relay's commands it rejects, when the backend says, e.g. ``"truncate"``),
+    unless it is ``fatal``."""
 
     reason: str
     malformed: bool = False
     about: str = ""
+    fatal: bool = False  # the account cannot serve calls (no quota, a bad key): never retried
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +149,32 @@ class ResponseDone:
     usage: Tokens | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TimedText:
+    """A transcript fragment placed on the session's timeline (GPT-Live): what the caller
+    (``role="user"``) or the agent (``"assistant"``) said from ``start_ms`` to ``end_ms``. The
+    agent's are on the timeline of the session's output audio, whose byte ``k`` is at ``k / 8`` ms."""
+
+    role: str
+    text: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSeconds:
+    """The session's billed length so far (cumulative: the latest replaces the ones before)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    """The backend closed the session, and said why (GPT-Live's ``session.closed`` reason)."""
+
+    reason: str
+
+
 Event = (
     Ready
     | Refused
@@ -139,6 +189,9 @@ Event = (
     | AnswerTranscript
     | AnswerAudioDone
     | ResponseDone
+    | TimedText
+    | SessionSeconds
+    | SessionClosed
 )
 
 
@@ -148,17 +201,17 @@ class Backend(Protocol):
     name: str
     wire: int  # the compiled framing of its audio (``WIRE_*``)
     server_cancels: bool  # the backend cancels a response itself when the caller speaks
+    # Turns come as ``TimedText`` on one stream of audio per session, not as answer items; the
+    # model yields to the caller by itself (GPT-Live).
+    timed: bool
 
     def parse(self, message: bytes) -> list[Event]:
         """The events in one message (never raises: a bad message is a ``Failed``)."""
         ...
 
-    def configure(self, agent: AgentProfile) -> list[bytes]:
-        """The session set-up, sent first."""
-        ...
-
-    def seed(self, history: list[tuple[str, str]], max_chars: int) -> list[bytes]:
-        """The conversation so far, (role, text) oldest first, for a fresh session."""
+    def open(self, agent: AgentProfile, history: list[tuple[str, str]], max_chars: int) -> list[bytes]:
+        """The session set-up, sent first: ``agent``'s settings, and for a fresh session the
+        conversation so far, (role, text) oldest first, at most ``max_chars`` of its newest text."""
         ...
 
     def say(self, text: str) -> bytes:
@@ -181,10 +234,20 @@ class Backend(Protocol):
         """The result of a tool call, and whatever makes the model go on."""
         ...
 
+    def close(self) -> bytes | None:
+        """What asks the backend to end the session and say what it used (None: nothing; the
+        socket's close is the end)."""
+        ...
+
 
 # Each backend an agent may name (``relay.agents.BACKENDS``), and the class that speaks it;
 # imported when first used, so a deployment loads only the protocols its agents use.
-IMPLEMENTATIONS = {"openai-realtime": ("relay.backends.realtime", "RealtimeBackend")}
+IMPLEMENTATIONS = {
+    "openai-realtime": ("relay.backends.realtime", "RealtimeBackend"),
+    "openai-live": ("relay.backends.live", "LiveBackend"),
+}
+# The compiled framing each one's audio takes (the connection is opened for it: ``WsCore.wire``).
+WIRES = {"openai-realtime": WIRE_REALTIME_JSON, "openai-live": WIRE_LIVE_JSON}
 
 
 def for_agent(agent: AgentProfile) -> Backend:
@@ -202,7 +265,10 @@ def for_agent(agent: AgentProfile) -> Backend:
 
 
 __all__ = [
+    "FATAL_CODES",
     "IMPLEMENTATIONS",
+    "WIRES",
+    "WIRE_LIVE_JSON",
     "WIRE_REALTIME_JSON",
     "AnswerAudio",
     "AnswerAudioDone",
@@ -219,6 +285,9 @@ __all__ = [
     "Refused",
     "ResponseDone",
     "ResponseStarted",
+    "SessionClosed",
+    "SessionSeconds",
+    "TimedText",
     "ToolCall",
     "for_agent",
 ]

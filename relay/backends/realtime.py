@@ -235,6 +235,7 @@ class RealtimeBackend:
 
     name = "openai-realtime"
     wire = ev.WIRE_REALTIME_JSON
+    timed = False
 
     __slots__ = ("_ready", "server_cancels")
 
@@ -243,11 +244,8 @@ class RealtimeBackend:
         self.server_cancels = agent.interrupt_response
         self._ready = False  # session.updated confirmed μ-law
 
-    def configure(self, agent: AgentProfile) -> list[bytes]:
-        return [session_update(agent)]
-
-    def seed(self, history: list[tuple[str, str]], max_chars: int) -> list[bytes]:
-        return seed_items(history, max_chars)
+    def open(self, agent: AgentProfile, history: list[tuple[str, str]], max_chars: int) -> list[bytes]:
+        return [session_update(agent), *seed_items(history, max_chars)]
 
     def say(self, text: str) -> bytes:
         return say(text)
@@ -263,6 +261,9 @@ class RealtimeBackend:
 
     def tool_result(self, call_id: str, output: dict[str, Any]) -> list[bytes]:
         return [function_output(call_id, output)]
+
+    def close(self) -> None:
+        return None  # a Realtime session ends with its socket
 
     def parse(self, message: bytes) -> list[ev.Event]:
         try:
@@ -339,6 +340,10 @@ class RealtimeBackend:
                 ]
             about = "truncate" if error.get("event_id") == TRUNCATE_ID else ""
             return [
-                ev.Failed(f"backend error {error.get('type')}/{error.get('code')}: {error.get('message')}", about=about)
+                ev.Failed(
+                    f"backend error {error.get('type')}/{error.get('code')}: {error.get('message')}",
+                    about=about,
+                    fatal=error.get("code") in ev.FATAL_CODES,
+                )
             ]
         return []
