@@ -227,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--metrics", action="store_true", help="print the relay's /metrics scrape at the end")
     demo.add_argument("--db", metavar="PATH", help="SQLite file for the turns (default: a new temp file)")
     demo.add_argument("--think-ms", type=int, default=300, help="the simulated agent's think time")
+    demo.add_argument(
+        "--backend",
+        choices=("openai-realtime", "openai-live"),
+        default="openai-realtime",
+        help="the speech backend the calls run on (simulated): OpenAI Realtime (default) or GPT-Live",
+    )
     admin.add_commands(commands)
     args = parser.parse_args(argv)
 
@@ -263,12 +269,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from relay.demo import format_table, run_demo
     from relay.sim.agent import AgentConfig
+    from relay.sim.live import LiveConfig
 
     logs.configure("WARNING")
     if args.calls < 1:
         parser.error("--calls must be at least 1")
+    live = args.backend == "openai-live"
     summary = uvloop.run(
-        run_demo(args.calls, record=args.record, db_path=args.db, agent_config=AgentConfig(think_ms=args.think_ms))
+        run_demo(
+            args.calls,
+            record=args.record,
+            db_path=args.db,
+            agent_config=LiveConfig(think_ms=args.think_ms) if live else AgentConfig(think_ms=args.think_ms),
+            backend=args.backend,
+        )
     )
     if args.json:
         brief = {k: v for k, v in summary.items() if k not in ("call_details", "metrics")}

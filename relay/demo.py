@@ -1,10 +1,12 @@
 """``relay demo``: real calls end to end on loopback, with no keys and no network.
 
-It starts the simulated Realtime agent and a relay wired to it, runs simulated Twilio calls
+It starts a simulated speech backend (OpenAI Realtime, or with ``--backend openai-live`` OpenAI
+GPT-Live) and a relay wired to it, runs simulated Twilio calls
 against the relay's webhook, then reads the turns back from the store and prints them with
 the voice-to-voice latency each caller measured at the Twilio edge. Each call is a whole
 conversation: the agent greets the caller, answers two requests, and when the caller says
-goodbye it says its farewell and hangs up (``end_call``) once the farewell has played.
+goodbye it says its farewell and hangs up (``end_call``, a tool call: on GPT-Live, delegated to a
+Responses model) once the farewell has played.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from relay.server import Relay, RelayServer
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
 from relay.sim.caller import CallerScript, CallResult, TwilioCaller
+from relay.sim.live import LiveAgent, LiveConfig
 from relay.store import DEFAULT_TENANT, SQLiteStore, TurnRecord
 
 DEMO_SCRIPT = CallerScript(
@@ -52,11 +55,17 @@ async def run_demo(
     record: str | None = None,
     db_path: str | None = None,
     script: CallerScript | None = None,
-    agent_config: AgentConfig | None = None,
+    agent_config: AgentConfig | LiveConfig | None = None,
     settings: Settings | None = None,
+    backend: str = "openai-realtime",
 ) -> dict[str, Any]:
-    """Run ``calls`` concurrent simulated calls through a real relay; return the summary."""
-    agent = RealtimeAgent(agent_config or AgentConfig())
+    """Run ``calls`` concurrent simulated calls through a real relay on ``backend`` (its simulator
+    configured by ``agent_config``); return the summary."""
+    agent: RealtimeAgent | LiveAgent
+    if backend == "openai-live":
+        agent = LiveAgent(agent_config if isinstance(agent_config, LiveConfig) else LiveConfig())
+    else:
+        agent = RealtimeAgent(agent_config if isinstance(agent_config, AgentConfig) else AgentConfig())
     await agent.start()
     path = db_path or str(Path(tempfile.gettempdir()) / f"relay-demo-{int(time.time())}.sqlite3")
     store = SQLiteStore(path)
@@ -66,7 +75,9 @@ async def run_demo(
         base,
         host="127.0.0.1",
         port=0,
-        realtime_url=agent.url,
+        backend=backend,
+        realtime_url=agent.url if backend != "openai-live" else base.realtime_url,
+        live_url=agent.url if backend == "openai-live" else base.live_url,
         openai_api_key="sim-key-not-secret",
         twilio_auth_token="sim-auth-token",  # the simulated caller signs its requests with it
         sqlite_path=path,
@@ -104,7 +115,7 @@ def _summary(
     results: list[CallResult],
     stored: dict[str, list[TurnRecord]],
     ends: dict[str, str],
-    agent: RealtimeAgent,
+    agent: RealtimeAgent | LiveAgent,
     path: str,
     elapsed: float,
     record: str | None,
@@ -151,6 +162,7 @@ def _summary(
             "p95": _percentile(v2v, 0.95),
             "max": round(max(v2v), 1) if v2v else None,
         },
+        "backend": _backend_of(agent),
         "fastpath": fastpath.IMPLEMENTATION,
         "elapsed_s": round(elapsed, 2),
         "store": {"kind": "sqlite", "path": path},
@@ -177,7 +189,8 @@ def format_table(summary: dict[str, Any]) -> str:
         f"violations {summary['violations']}",
         f"voice-to-voice at the Twilio edge: p50 {v['p50']} ms, p95 {v['p95']} ms, max {v['max']} ms "
         "(includes the agent's think time and the VAD's end-of-speech silence)",
-        f"fast path: {summary['fastpath']}; turns stored in {summary['store']['kind']}: {summary['store']['path']}",
+        f"backend: {summary['backend']} (simulated); fast path: {summary['fastpath']}; "
+        f"turns stored in {summary['store']['kind']}: {summary['store']['path']}",
     ]
     if summary.get("cost"):
         cost = summary["cost"]
@@ -191,6 +204,10 @@ def format_table(summary: dict[str, Any]) -> str:
     for problem in summary["violation_details"] + summary["errors"]:
         lines.append(f"  ! {problem}")
     return "\n".join(lines)
+
+
+def _backend_of(agent: RealtimeAgent | LiveAgent) -> str:
+    return "openai-live" if isinstance(agent, LiveAgent) else "openai-realtime"
 
 
 def _completed(result: CallResult, hangup_expected: bool) -> bool:

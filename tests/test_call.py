@@ -18,6 +18,7 @@ from relay.server import Relay, RelayServer
 from relay.session import ResolveAgent
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
+from relay.sim.live import LiveAgent, LiveConfig
 from relay.sim.caller import CallerScript, CallResult, TwilioCaller, http_post
 from relay.store import SQLiteStore, Store, TurnRecord
 from relay.tenants import Directory
@@ -66,7 +67,7 @@ async def post_webhook(url: str, form: dict[str, str], token: str = SIM_AUTH_TOK
 
 @dataclasses.dataclass
 class Stack:
-    agent: RealtimeAgent
+    agent: RealtimeAgent | LiveAgent
     relay: Relay
     store: Store
     webhook: str
@@ -84,7 +85,7 @@ class Stack:
 @contextlib.asynccontextmanager
 async def stack(
     tmp_path: Path,
-    agent_config: AgentConfig = FAST,
+    agent_config: AgentConfig | LiveConfig = FAST,
     directory: Directory | None = None,
     store: Store | None = None,
     *,
@@ -93,8 +94,16 @@ async def stack(
     resolve_agent: ResolveAgent | None = None,
     **settings: object,
 ) -> AsyncIterator[Stack]:
-    agent = RealtimeAgent(agent_config)
+    # A LiveConfig runs the call on GPT-Live (its simulator), a Realtime AgentConfig on Realtime.
+    agent: RealtimeAgent | LiveAgent
+    if isinstance(agent_config, LiveConfig):
+        agent = LiveAgent(agent_config)
+        settings = {"backend": "openai-live", "live_url": None, **settings}
+    else:
+        agent = RealtimeAgent(agent_config)
     await agent.start()
+    if settings.get("live_url", "") is None:
+        settings["live_url"] = agent.url
     if store is None:
         store = SQLiteStore(tmp_path / "relay.sqlite3")
         await store.open()

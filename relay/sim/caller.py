@@ -133,6 +133,9 @@ class CallResult:
     twilio_hung_up: bool = False  # the TwiML after the stream ended with <Hangup/>
     streams: int = 1  # media streams the call had (more than one: handed over between relays)
     handover_gaps_ms: list[float] = field(default_factory=list)  # from a stream's close to the next's start
+    # (loop time, bytes of received audio played by then) at every playback tick: where the
+    # caller's ear was at any moment (so a test can tell how much old audio it heard after one)
+    played_at: list[tuple[float, int]] = field(default_factory=list)
 
     @property
     def heard(self) -> bytearray:
@@ -451,7 +454,7 @@ class TwilioCaller:
                 if barge_in_ms is not None and (self._loop.time() - self._first_media_after) * 1000 >= barge_in_ms:
                     break
                 quiet = self._loop.time() - max(self._last_media_at, self._first_media_after)
-                if not self._playback.queue and quiet * 1000 >= self.script.answer_quiet_ms:
+                if not _audible_bytes(self._playback.queue) and quiet * 1000 >= self.script.answer_quiet_ms:
                     break
         finally:  # also when the relay ends the stream (the agent hung up) while we listen
             if self._first_media_after is not None:
@@ -500,7 +503,10 @@ class TwilioCaller:
 
     async def _play_tick(self) -> None:
         """Play 20 ms of received audio (or silence) and echo the marks it reaches."""
-        for name in self._playback.play(FRAME_BYTES):
+        marks = self._playback.play(FRAME_BYTES)
+        assert self._loop is not None
+        self.result.played_at.append((self._loop.time(), self._playback.played))
+        for name in marks:
             await self._echo_mark(name)
 
     async def _echo_mark(self, name: str) -> None:
@@ -528,11 +534,15 @@ class TwilioCaller:
                 obj = orjson.loads(message)
                 event = obj["event"]
                 if event == "media":
-                    self._playback.media(obj["media"]["payload"])
+                    payload = obj["media"]["payload"]
+                    self._playback.media(payload)
                     self.result.frames_received += 1
-                    self._last_media_at = self._loop.time()
-                    if self._listening_since is not None and self._first_media_after is None:
-                        self._first_media_after = self._last_media_at
+                    # Only audible frames are an answer: a backend that streams at real time
+                    # (GPT-Live) sends silence between its answers too.
+                    if _audible(payload):
+                        self._last_media_at = self._loop.time()
+                        if self._listening_since is not None and self._first_media_after is None:
+                            self._first_media_after = self._last_media_at
                 elif event == "mark":
                     self.result.marks_received += 1
                     for name in self._playback.mark(obj["mark"]["name"]):
@@ -543,6 +553,18 @@ class TwilioCaller:
                         await self._echo_mark(name)
         except websockets.ConnectionClosed:
             pass
+
+
+_SILENT = bytes([audio.ULAW_SILENCE, 0x7F])  # μ-law +0 and -0
+
+
+def _audible_bytes(ulaw: bytes | bytearray) -> bool:
+    return bool(ulaw.translate(None, _SILENT))
+
+
+def _audible(payload_b64: str) -> bool:
+    """Whether a ``media`` payload holds anything but silence."""
+    return _audible_bytes(base64.b64decode(payload_b64))
 
 
 @functools.lru_cache(maxsize=256)
