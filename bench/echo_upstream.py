@@ -1,4 +1,4 @@
-"""The fake speech backend of the harness: a Realtime (GA) endpoint that echoes audio back.
+"""The fake speech backend of the harness: a Realtime (GA) and a GPT-Live endpoint that echo audio back.
 
 Each ``input_audio_buffer.append`` is answered at once with a ``response.output_audio.delta``
 carrying the same bytes, inside the event lifecycle a real session sends (``session.created``,
@@ -7,6 +7,16 @@ carrying the same bytes, inside the event lifecycle a real session sends (``sess
 response is cut short at a random point, so turn boundaries do not line up across calls,
 as they do not on real phone lines). The audio bytes carry
 the load generator's tag, so every frame's round trip through a relay can be timed.
+
+On ``/v1/live/sessions`` it speaks GPT-Live (BACKENDS §2): ``session.start`` is answered with
+``session.started`` (μ-law 8 kHz unless the client asked otherwise), and each
+``session.input_audio.append`` at once with one ``session.output_audio.delta`` of the same bytes.
+A GPT-Live session streams its audio continuously at real time, silence included, with no
+response or item around it, so every frame is echoed; what relay rebuilds its turns from comes
+as the real service sends it: an agent transcript fragment every ``LIVE_OUTPUT_TEXT_FRAMES``
+frames and a caller one every ``LIVE_INPUT_TEXT_FRAMES``, each timed on the session's timeline
+(byte ``k`` of the audio is at ``k / 8`` ms), and the cumulative usage every
+``LIVE_USAGE_FRAMES``.
 
 The same server offers the *direct path* on ``/direct``: it speaks Twilio's side of a media
 stream and echoes each ``media`` straight back as an outbound ``media`` plus a ``mark``, the
@@ -29,6 +39,11 @@ import orjson
 from bench.wire import OP_TEXT, ServerEndpoint, frame
 
 DEFAULT_FRAMES_PER_RESPONSE = 250  # 5 s of 20 ms chunks
+LIVE_PATH = "/v1/live/sessions"
+LIVE_OUTPUT_TEXT_FRAMES = 10  # an agent fragment per 200 ms of its audio (fragments land on 200 ms, BACKENDS §2.8)
+LIVE_INPUT_TEXT_FRAMES = 50  # a caller fragment a second
+LIVE_USAGE_FRAMES = 250  # session.usage.updated every 5 s
+PCMU_8000 = {"type": "audio/pcmu", "rate": 8000}
 
 
 def _default_session() -> dict[str, Any]:
@@ -68,6 +83,33 @@ def _default_session() -> dict[str, Any]:
     }
 
 
+def _live_session(requested: dict[str, Any], session_id: str) -> dict[str, Any]:
+    """The resolved session ``session.started`` carries for a ``session.start``'s ``session``."""
+    audio = requested.get("audio") or {}
+    output = audio.get("output") or {}
+    session: dict[str, Any] = {
+        "id": session_id,
+        "expires_at": int(time.time()) + 3600,
+        "model": requested.get("model") or "gpt-live-1",
+        "status": "active",
+        "audio": {
+            "format": audio.get("format") or dict(PCMU_8000),
+            "output": {"voice": output.get("voice") or "marin"},
+        },
+        "instructions": requested.get("instructions") or "",
+        "delegation": requested.get("delegation"),
+        "store": bool(requested.get("store", False)),
+    }
+    if requested.get("input"):
+        session["input"] = requested["input"]
+    return session
+
+
+def _decoded_len(b64: bytes) -> int:
+    """The audio bytes a padded base64 string carries."""
+    return len(b64) // 4 * 3 - (2 if b64.endswith(b"==") else 1 if b64.endswith(b"=") else 0)
+
+
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
     for key, value in update.items():
         if key != "format" and isinstance(value, dict) and isinstance(base.get(key), dict):  # a format is whole
@@ -82,13 +124,15 @@ class UpstreamStats:
     sessions_open: int = 0
     direct_opened: int = 0
     direct_open: int = 0
+    live_started: int = 0  # GPT-Live sessions past session.start (also counted in sessions_opened/open)
     appends: int = 0
     deltas: int = 0
     bad_messages: int = 0
 
 
 class EchoUpstream:
-    """``async with EchoUpstream() as up``: ``up.url`` for relays, ``up.direct_url`` for the floor."""
+    """``async with EchoUpstream() as up``: ``up.url`` for relays on Realtime, ``up.live_url`` for
+    relays on GPT-Live, ``up.direct_url`` for the floor."""
 
     def __init__(
         self,
@@ -135,6 +179,10 @@ class EchoUpstream:
         return f"ws://127.0.0.1:{self.port}/v1/realtime"  # relay adds ?model= (the baselines need none)
 
     @property
+    def live_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{LIVE_PATH}"  # no query: GPT-Live takes the model in session.start
+
+    @property
     def direct_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/direct"
 
@@ -147,6 +195,11 @@ class _Connection(ServerEndpoint):
         super().__init__()
         self.owner = owner
         self.direct = False
+        self.live = False
+        self.live_session: dict[str, Any] | None = None  # set by session.start
+        self.live_appends = 0
+        self.live_bytes = 0  # audio in so far, and out: the echo's output is its input, byte for byte
+        self.live_text_from = [0, 0]  # where the next output, input fragment starts (bytes)
         self.session = _default_session()
         self.response_id = b""
         self.item_id = b""
@@ -169,6 +222,9 @@ class _Connection(ServerEndpoint):
             return
         stats.sessions_opened += 1
         stats.sessions_open += 1
+        if self.path.split("?", 1)[0] == LIVE_PATH:
+            self.live = True  # the client speaks first (session.start)
+            return
         self.session["id"] = f"sess_{self.owner.next_id():012d}"
         self._emit({"type": "session.created", "session": self.session})
 
@@ -185,6 +241,8 @@ class _Connection(ServerEndpoint):
             message = orjson.loads(data)
             if self.direct:
                 self._twilio(message)
+            elif self.live:
+                self._live(message)
             else:
                 self._realtime(message)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
@@ -290,7 +348,7 @@ class _Connection(ServerEndpoint):
         n = self.owner.next_id()
         self.response_id, self.item_id, self.frames_in_response = b"resp_%012d" % n, b"item_%012d" % n, 0
         ids = {"response_id": self.response_id.decode(), "output_index": 0}
-        events = [
+        events: list[dict[str, Any]] = [
             {"type": "response.created", "response": self._response("in_progress")},
             {"type": "response.output_item.added", **ids, "item": self._item("in_progress")},
             {
@@ -329,6 +387,66 @@ class _Connection(ServerEndpoint):
         ):
             self._emit(event)
         self.response_id = self.item_id = b""
+
+    # -- GPT-Live side ------------------------------------------------------------------------
+    def _live(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        stats = self.owner.stats
+        if kind == "session.input_audio.append":
+            if self.live_session is None:
+                stats.bad_messages += 1  # audio before session.start
+                return
+            self._live_echo(message["audio"].encode())
+        elif kind == "session.start":
+            if self.live_session is not None:
+                stats.bad_messages += 1  # exactly once per session
+                return
+            self.live_session = _live_session(message["session"], f"sess_{self.owner.next_id():012d}")
+            stats.live_started += 1
+            started: dict[str, Any] = {"type": "session.started", "session": self.live_session}
+            if isinstance(message.get("event_id"), str):
+                started["client_event_id"] = message["event_id"]
+            self._emit(started)
+        elif kind == "session.close" and self.live_session is not None:
+            self._flush()
+            self._emit(
+                {
+                    "type": "session.closed",
+                    "reason": "close_requested",
+                    "session": self.live_session,
+                    "usage": {"seconds": self.live_bytes / 8000},
+                }
+            )
+            self.close(1000)
+
+    def _live_echo(self, audio: bytes) -> None:
+        stats = self.owner.stats
+        stats.appends += 1
+        self.live_appends += 1
+        self.live_bytes += _decoded_len(audio)
+        out = frame(
+            b'{"type":"session.output_audio.delta","event_id":"' + self._event_id() + b'","delta":"' + audio + b'"}',
+            OP_TEXT,
+            masked=False,
+        )
+        stats.deltas += 1
+        n = self.live_appends
+        if n % LIVE_OUTPUT_TEXT_FRAMES == 0:
+            out += self._live_text("session.output_transcript.delta", 0, " echo")
+        if n % LIVE_INPUT_TEXT_FRAMES == 0:
+            out += self._live_text("session.input_transcript.delta", 1, " hello")
+        if n % LIVE_USAGE_FRAMES == 0:
+            out += self._live_frame({"type": "session.usage.updated", "usage": {"seconds": self.live_bytes / 8000}})
+        self._answer(out)  # what the frame brought goes with its audio, in order, in its burst
+
+    def _live_text(self, kind: str, timeline: int, text: str) -> bytes:
+        """A transcript fragment spanning the audio since the last one of its speaker (ms = bytes / 8)."""
+        start, self.live_text_from[timeline] = self.live_text_from[timeline], self.live_bytes
+        return self._live_frame({"type": kind, "delta": text, "start_ms": start // 8, "end_ms": self.live_bytes // 8})
+
+    def _live_frame(self, event: dict[str, Any]) -> bytes:
+        event = {"type": event.pop("type"), "event_id": self._event_id().decode(), **event}
+        return frame(orjson.dumps(event), OP_TEXT, masked=False)
 
     # -- Twilio side (the direct path) ---------------------------------------------------------
     def _twilio(self, message: dict[str, Any]) -> None:

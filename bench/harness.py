@@ -84,6 +84,14 @@ def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, Rela
             "/twilio/voice",
             relay_env,
         ),
+        "relay-live": RelaySpec(
+            "relay-live",
+            "relay, GPT-Live backend",
+            lambda port, up: [py, "-m", "relay", "serve"],
+            "/twilio/voice",
+            "/twilio/voice",
+            {**relay_env, "RELAY_BACKEND": "openai-live"},
+        ),
         "relay-workers-2": RelaySpec(
             "relay-workers-2",
             "relay, 2 workers",
@@ -260,7 +268,8 @@ async def _bench_database() -> str | None:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _ticks(pid: int) -> tuple[int, int]:
@@ -280,10 +289,13 @@ def pin(core: int | None) -> None:
 class RelayProcess:
     """A relay under test as a child process: started, pinned, measured, stopped."""
 
-    def __init__(self, spec: RelaySpec, upstream_url: str, core: int | None, workdir: Path) -> None:
+    def __init__(
+        self, spec: RelaySpec, upstream_url: str, core: int | None, workdir: Path, *, live_url: str | None = None
+    ) -> None:
         self.spec = spec
         self.port = free_port()
         self.upstream_url = upstream_url
+        self.live_url = live_url  # the GPT-Live endpoint, for a relay on that backend
         self.core = core
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
@@ -307,6 +319,9 @@ class RelayProcess:
                 "RELAY_SPOOL_PATH": str(self.workdir / f"{self.spec.name}.spool"),
             }
         )
+        if self.live_url is not None:
+            # Whichever backend a relay's agent is on, its sessions go to the echo upstream.
+            env["RELAY_OPENAI_LIVE_URL"] = self.live_url
         core = self.core
         self.proc = subprocess.Popen(
             self.spec.argv(self.port, self.upstream_url),
@@ -408,7 +423,7 @@ class Options:
 
     @classmethod
     def quick(cls, **overrides: Any) -> Options:
-        base = dict(main_s=2.0, step_s=1.0, settle_s=0.5, max_calls=800, refine=1)
+        base: dict[str, Any] = dict(main_s=2.0, step_s=1.0, settle_s=0.5, max_calls=800, refine=1)
         base.update(overrides)
         return cls(**base)
 
@@ -448,10 +463,12 @@ class Floor:
         return a * (1 - w) + b * w
 
     def at(self, calls: int) -> dict[str, float]:
-        return self._interp(calls, lambda n: self.points[n])
+        point: dict[str, float] = self._interp(calls, lambda n: self.points[n])
+        return point
 
     def cdf_at(self, calls: int) -> np.ndarray:
-        return self._interp(calls, lambda n: self.cdf[n])
+        cdf: np.ndarray = self._interp(calls, lambda n: self.cdf[n])
+        return cdf
 
 
 CDF_QS = np.concatenate([np.linspace(0, 99, 199), np.linspace(99, 99.99, 100)[1:]])
@@ -494,7 +511,7 @@ def figures(
 
 
 def passes(fig: dict[str, Any], bound_ms: float) -> bool:
-    return fig["added_ms"]["p99"] < bound_ms and fig["lost"] == 0 and fig["misrouted"] == 0
+    return bool(fig["added_ms"]["p99"] < bound_ms and fig["lost"] == 0 and fig["misrouted"] == 0)
 
 
 class Harness:
@@ -589,7 +606,8 @@ class Harness:
 
     async def _relay(self, spec: RelaySpec, upstream: EchoUpstream) -> dict[str, Any]:
         o = self.o
-        proc = RelayProcess(spec, upstream.url, o.relay_core, self.workdir)
+        proc = RelayProcess(spec, upstream.url, o.relay_core, self.workdir, live_url=upstream.live_url)
+        opened, live = upstream.stats.sessions_opened, upstream.stats.live_started
         await proc.start()
         run = LoadRun(proc.target, check=o.check)
         steps: dict[int, dict[str, Any]] = {}
@@ -663,6 +681,10 @@ class Harness:
             "search": search,
             "setup_errors": run.setup_errors[:5],
             "stderr_tail": proc.stderr_tail(),
+            # Which protocol the relay's calls spoke to the echo upstream (GPT-Live sessions are
+            # among all of them): a relay on the wrong backend would echo just the same.
+            "upstream_sessions": upstream.stats.sessions_opened - opened,
+            "upstream_live_sessions": upstream.stats.live_started - live,
         }
 
     async def _search(self, measure: Callable[[int, float], Any], main: dict[str, Any]) -> dict[str, Any]:

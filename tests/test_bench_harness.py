@@ -24,7 +24,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     options = Options(
         calls=3,
-        relays=("relay", "relay-slowed", "sample", "websockets", "node"),
+        relays=("relay", "relay-live", "relay-slowed", "sample", "websockets", "node"),
         main_s=0.6,
         settle_s=0.2,
         search=False,
@@ -43,7 +43,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         runner.close()
 
 
-@pytest.mark.parametrize("name", ["relay", "relay-slowed", "sample", "websockets", "node"])
+@pytest.mark.parametrize("name", ["relay", "relay-live", "relay-slowed", "sample", "websockets", "node"])
 def test_every_relay_brings_every_frame_back_to_its_own_call(small_run: dict, name: str) -> None:
     entry = small_run["relays"][name]
     assert "error" not in entry and "skipped" not in entry, entry
@@ -54,6 +54,14 @@ def test_every_relay_brings_every_frame_back_to_its_own_call(small_run: dict, na
     assert (main["lost"], main["misrouted"], main["duplicates"], main["foreign"]) == (0, 0, 0, 0)
     assert main["violation_count"] == 0, f"Twilio would reject what it sent: {main['violations']}"
     assert main["cpu_ms_per_call_s"] > 0 and main["rss_mib"] > 0
+
+
+def test_relay_live_speaks_gpt_live_and_relay_speaks_realtime(small_run: dict) -> None:
+    """The echo answers both protocols alike: only the sessions it saw tell which backend ran."""
+    live, realtime = small_run["relays"]["relay-live"], small_run["relays"]["relay"]
+    assert live["upstream_sessions"] >= 3 and live["upstream_live_sessions"] == live["upstream_sessions"]
+    assert realtime["upstream_sessions"] >= 3 and realtime["upstream_live_sessions"] == 0
+    assert live["title"] == "relay, GPT-Live backend"
 
 
 def test_the_direct_path_is_measured_as_the_floor(small_run: dict) -> None:

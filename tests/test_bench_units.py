@@ -35,7 +35,7 @@ from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 
 from bench import report, wire
-from bench.echo_upstream import EchoUpstream
+from bench.echo_upstream import LIVE_INPUT_TEXT_FRAMES, LIVE_OUTPUT_TEXT_FRAMES, LIVE_USAGE_FRAMES, EchoUpstream
 from bench.harness import LATE_MS, Floor, Harness, Options, figures, passes
 from bench.loadgen import FILLER, FRAME_BYTES, TAG_BYTES, LoadCall, LoadRun, Target, Window, read_tag, tag
 from relay.sim.caller import outbound_violations
@@ -606,6 +606,137 @@ def test_echo_upstream_ends_a_cancelled_response_as_cancelled(run) -> None:
             await ws.send(append(audio_chunk(1)))
             created = (await recv_until(ws, "response.output_audio.delta"))[0]
             assert created["type"] == "response.created" and created["response"]["id"] != first
+
+    run(scenario())
+
+
+# -- bench/echo_upstream.py: the GPT-Live side ------------------------------------------------------
+
+
+def live_append(audio: str) -> str:
+    return orjson.dumps({"type": "session.input_audio.append", "audio": audio}).decode()
+
+
+LIVE_START = orjson.dumps(
+    {
+        "type": "session.start",
+        "event_id": "evt_start_1",
+        "session": {
+            "model": "gpt-live-1",
+            "instructions": "Echo.",
+            "audio": {"format": {"type": "audio/pcmu", "rate": 8000}, "output": {"voice": "cedar"}},
+            "store": False,
+        },
+    }
+).decode()
+
+
+def test_echo_upstream_live_starts_a_pcmu_session_and_echoes_every_append_with_timed_text(run) -> None:
+    """Every append comes back at once as one audio delta of the same bytes; an agent fragment
+    every 10 frames, a caller one every 50, usage every 250, each timed on the session's
+    timeline (byte k at k / 8 ms: a 160-byte frame is 20 ms)."""
+    frames = LIVE_USAGE_FRAMES
+
+    async def scenario() -> None:
+        async with EchoUpstream() as up:
+            assert up.live_url == f"ws://127.0.0.1:{up.port}/v1/live/sessions"
+            async with ws_connect(up.live_url, compression=None) as ws:
+                await ws.send(LIVE_START)
+                started = await recv_event(ws)
+                assert started["type"] == "session.started"
+                assert started["client_event_id"] == "evt_start_1"
+                session = started["session"]
+                pcmu = {"type": "audio/pcmu", "rate": 8000}
+                assert session["audio"] == {"format": pcmu, "output": {"voice": "cedar"}}
+                assert (session["model"], session["status"]) == ("gpt-live-1", "active")
+                assert session["id"].startswith("sess_")
+                assert abs(session["expires_at"] - (time.time() + 3600)) < 60
+
+                seen: list[dict[str, Any]] = []
+                for k in range(frames):
+                    await ws.send(live_append(audio_chunk(k)))
+                    seen.append(await recv_event(ws))
+                    assert seen[-1]["type"] == "session.output_audio.delta"
+                    assert seen[-1]["delta"] == audio_chunk(k)  # verbatim, in order
+                    n = k + 1
+                    if n % LIVE_OUTPUT_TEXT_FRAMES == 0:
+                        text = await recv_event(ws)
+                        assert text["type"] == "session.output_transcript.delta" and text["delta"] == " echo"
+                        assert (text["start_ms"], text["end_ms"]) == ((n - LIVE_OUTPUT_TEXT_FRAMES) * 20, n * 20)
+                        seen.append(text)
+                    if n % LIVE_INPUT_TEXT_FRAMES == 0:
+                        text = await recv_event(ws)
+                        assert text["type"] == "session.input_transcript.delta" and text["delta"] == " hello"
+                        assert (text["start_ms"], text["end_ms"]) == ((n - LIVE_INPUT_TEXT_FRAMES) * 20, n * 20)
+                        seen.append(text)
+                    if n % LIVE_USAGE_FRAMES == 0:
+                        usage = await recv_event(ws)
+                        assert usage["type"] == "session.usage.updated"
+                        assert usage["usage"] == {"seconds": n * 0.02}
+                        seen.append(usage)
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(ws.recv(), 0.2)  # nothing else: no response or item events
+
+                kinds = [e["type"] for e in seen]
+                assert kinds.count("session.output_transcript.delta") == frames // LIVE_OUTPUT_TEXT_FRAMES
+                assert kinds.count("session.input_transcript.delta") == frames // LIVE_INPUT_TEXT_FRAMES
+                assert kinds.count("session.usage.updated") == 1
+                assert "item_id" not in seen[0] and "response_id" not in seen[0]
+                assert len({e["event_id"] for e in [started, *seen]}) == len(seen) + 1
+                stats = up.stats
+                assert (stats.appends, stats.deltas, stats.live_started, stats.bad_messages) == (frames, frames, 1, 0)
+                assert stats.sessions_open == 1
+            assert await eventually(lambda: up.stats.sessions_open == 0)
+
+    run(scenario())
+
+
+def test_echo_upstream_live_refuses_audio_before_the_start_and_a_second_start(run) -> None:
+    async def scenario() -> None:
+        async with EchoUpstream() as up, ws_connect(up.live_url, compression=None) as ws:
+            await ws.send(live_append(audio_chunk(0)))  # before session.start: not echoed
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.2)
+            assert up.stats.bad_messages == 1
+            await ws.send(LIVE_START)
+            assert (await recv_event(ws))["type"] == "session.started"
+            await ws.send(LIVE_START)  # exactly once per session
+            await ws.send(live_append(audio_chunk(1)))
+            delta = await recv_event(ws)
+            assert (delta["type"], delta["delta"]) == ("session.output_audio.delta", audio_chunk(1))
+            assert (up.stats.bad_messages, up.stats.live_started, up.stats.appends) == (2, 1, 1)
+
+            await ws.send('{"type":"session.close"}')
+            closed = await recv_event(ws)
+            assert (closed["type"], closed["reason"]) == ("session.closed", "close_requested")
+            assert closed["usage"] == {"seconds": 0.02}
+            await asyncio.wait_for(ws.wait_closed(), RECV_TIMEOUT_S)
+
+    run(scenario())
+
+
+def test_echo_upstream_live_answers_in_bursts_when_asked(run) -> None:
+    """``burst=4``: nothing comes back until four frames came, then all four, in order; a
+    transcript fragment goes out with the frame it came with."""
+
+    async def scenario() -> None:
+        async with EchoUpstream(burst=4) as up, ws_connect(up.live_url, compression=None) as ws:
+            await ws.send(LIVE_START)
+            assert (await recv_event(ws))["type"] == "session.started"
+            for k in range(LIVE_OUTPUT_TEXT_FRAMES + 1):
+                await ws.send(live_append(audio_chunk(k)))
+            events = [await recv_event(ws) for _ in range(8)]
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.2)  # chunks 8 to 10 held: the burst is not full
+            await ws.send(live_append(audio_chunk(LIVE_OUTPUT_TEXT_FRAMES + 1)))
+            events += [await recv_event(ws) for _ in range(5)]
+            assert [e["type"] for e in events] == ["session.output_audio.delta"] * 10 + [
+                "session.output_transcript.delta",
+                "session.output_audio.delta",
+                "session.output_audio.delta",
+            ]
+            deltas = [e["delta"] for e in events if e["type"] == "session.output_audio.delta"]
+            assert deltas == [audio_chunk(k) for k in range(LIVE_OUTPUT_TEXT_FRAMES + 2)]
 
     run(scenario())
 
