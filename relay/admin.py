@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from relay import models, usage_report
-from relay.agents import RANGES, Agent
+from relay.agents import BACKENDS, RANGES, Agent
 from relay.config import Settings
 from relay.errors import InputError
 from relay.store import DEFAULT_TENANT
@@ -40,6 +40,7 @@ AGENT_OPTIONS = (
     "max_concurrent_calls",
     "calls_per_minute",
     "reasoning_effort",
+    "backend",
 )
 # Settings a flag may set to None ("none": no limit); present on the command line only when given.
 _CLEARABLE = ("max_concurrent_calls", "calls_per_minute")
@@ -95,7 +96,12 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         parser.add_argument("--instructions")
         parser.add_argument("--voice")
         parser.add_argument("--greeting")
-        parser.add_argument("--model", help="the speech model (RELAY_REALTIME_MODEL by default)")
+        parser.add_argument(
+            "--backend",
+            choices=BACKENDS,
+            help="the speech backend (RELAY_BACKEND by default); openai-live takes a GPT-Live --model (gpt-live-1)",
+        )
+        parser.add_argument("--model", help="the speech model (RELAY_REALTIME_MODEL, or RELAY_LIVE_MODEL, by default)")
         parser.add_argument("--transcription-model")
         parser.add_argument("--vad-threshold", type=float)
         parser.add_argument("--vad-silence-ms", type=int)

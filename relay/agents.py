@@ -120,11 +120,10 @@ class Agent:
             )
         if self.backend not in BACKENDS:
             out.append(f"backend {self.backend[:40]!r} is not one of {', '.join(BACKENDS)}")
-        elif (self.backend == "openai-live") != (self.model in models.LIVE_MODELS):
-            out.append(
-                f"model {self.model[:MAX_NAME]!r} is not a {self.backend} model"
-                + (f" (one of {', '.join(models.LIVE_MODELS)})" if self.backend == "openai-live" else "")
-            )
+        elif self.backend == "openai-live" and self.model not in models.LIVE_MODELS:
+            out.append(f"model {self.model[:MAX_NAME]!r} is not a GPT-Live model ({', '.join(models.LIVE_MODELS)})")
+        elif self.backend != "openai-live" and self.model in models.LIVE_MODELS:
+            out.append(f"model {self.model!r} is a GPT-Live model: its backend is openai-live")
         for name in ("model", "transcription_model"):
             value = getattr(self, name)
             if not value or len(value) > MAX_NAME or not value.isprintable() or " " in value:

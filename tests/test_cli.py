@@ -134,6 +134,27 @@ def test_agents_are_added_changed_listed_and_shown(pg: str, capsys: pytest.Captu
         sales["vad_threshold"],
         sales["reasoning_effort"],
     ) == ("Sales!", None, 30, "ash", "gpt-realtime-2.1", 0.7, "minimal")
+    # An agent on GPT-Live: its backend and one of its models (the database's CHECK allows it).
+    code, out, _ = run(
+        capsys, "agents", "set", "sales", "--tenant", "acme", "--backend", "openai-live", "--model", "gpt-live-1"
+    )
+    assert code == 0 and (orjson.loads(out)[0]["backend"], orjson.loads(out)[0]["model"]) == (
+        "openai-live",
+        "gpt-live-1",
+    )
+    code, out, _ = run(
+        capsys,
+        "agents",
+        "set",
+        "sales",
+        "--tenant",
+        "acme",
+        "--backend",
+        "openai-realtime",
+        "--model",
+        "gpt-realtime-2.1",
+    )
+    assert code == 0
     code, out, _ = run(capsys, "agents", "list", "--tenant", "acme")
     assert code == 0 and [a["agent_id"] for a in orjson.loads(out)] == ["default", "sales"]
     assert run(capsys, "numbers", "add", "+15550100009", "--tenant", "acme", "--agent", "sales")[0] == 0
@@ -152,6 +173,7 @@ def test_agents_are_added_changed_listed_and_shown(pg: str, capsys: pytest.Captu
         (("agents", "add", "x", "--tenant", "acme", "--max-calls", "-1"), "-1 is outside 0..100000"),
         (("agents", "add", "x", "--tenant", "acme", "--calls-per-minute", "many"), "'many' is not a whole number"),
         (("agents", "add", "x", "--tenant", "acme", "--model", "gpt realtime"), "not a model name"),
+        (("agents", "add", "x", "--tenant", "acme", "--backend", "openai-live"), "is not a GPT-Live model"),
         (("agents", "set", "nobody", "--tenant", "acme", "--voice", "ash"), "has no agent 'nobody'"),
         (("agents", "set", "default", "--tenant", "acme"), "nothing to change"),
         (("agents", "show", "nobody", "--tenant", "acme"), "has no agent 'nobody'"),
