@@ -48,7 +48,7 @@ LOAD_BOUND_CPU = 0.90  # the load side's core this busy: figures say more about 
 # relay as it was before its call core was composed (media core as a leaf, the backend seam,
 # one parse per message): the baseline "relay-landed" runs this commit, built from git beside
 # today's relay, so the two are measured in the same run.
-LANDED_COMMIT = "3571b65150f5bbafe89bca0a793d384650276bfe"
+LANDED_COMMIT = "250aa40cc6d3c9a8ee633cc127365a024749313d"
 LANDED_DIR = ROOT / "build" / f"landed-{LANDED_COMMIT[:12]}"  # beside the build products, not collected
 
 

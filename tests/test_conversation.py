@@ -329,3 +329,40 @@ def test_a_rejected_truncate_is_counted_and_the_call_goes_on() -> None:
     assert call.conversation.stats.truncates_rejected == 1 and call.conversation.stats.backend_errors == 1
     call.say("Are you still there?")
     assert call.run_until(call.answered(1), 20)  # the call goes on
+
+
+# ---------------------------------------------------------------- preambles (BACKENDS §5.4)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(barge_ms=st.integers(0, 4000), lead_ms=st.sampled_from([60, 100]), mark_frames=st.sampled_from([1, 5]))
+def test_a_barge_in_anywhere_in_a_preamble_or_its_answer_is_truncated_right_and_stored_per_item(
+    barge_ms: int, lead_ms: int, mark_frames: int
+) -> None:
+    """gpt-realtime-2.1 says a preamble item, then its answer item, in one response: wherever the
+    caller cuts in, the item being heard is truncated (never rejected), nothing later of that
+    response plays, and each item's stored heard text is what the caller heard of it."""
+    preamble = "Let me check that for you."
+    agent = dataclasses.replace(AGENT, reply=talkative, preamble=preamble, chunk_ms=(40, 200), realtime_factor=4.0)
+    call = VirtualCall(agent_config=agent, options=CallOptions(lead_ms=lead_ms, mark_frames=mark_frames))
+    call.say("What is on the menu?")
+    assert call.run_until(lambda: bool(call.playback.received), 10)
+    call.run(barge_ms / 1000)
+    call.say("Stop, just book it.")
+    assert call.run_until(lambda: any(t.text_generated == "Booked for seven." for t in call.turns()), 20)
+    call.run(1.0)
+    assert call.violations() == [] and call.conversation.stats.truncates_rejected == 0
+    assert all(not s.errors_sent for s in call.sessions)
+    turns = call.turns()
+    second_line = next(t for t in turns if t.role == "user" and t.text_generated == "Stop, just book it.")
+    first_response = [t for t in turns if t.role == "assistant" and t.seq < second_line.seq]
+    heard_first = " ".join(t.text_heard or "" for t in first_response).split()
+    words = heard_words(call)
+    after = [*preamble.split(), "Booked", "for", "seven."]  # the next response, heard whole
+    assert words[-len(after) :] == after
+    cut = len(words) - len(after)
+    # What the caller heard of the first response, item by item, is what is stored (to the word
+    # either way at the cut: Realtime's heard text is cut by audio proportion).
+    assert abs(len(heard_first) - cut) <= 1 and heard_first[: max(0, cut - 1)] == words[: max(0, cut - 1)]
+    if first_response[0].interrupted:  # cut in the preamble: its answer never played
+        assert all(t.text_heard == "" for t in first_response[1:])

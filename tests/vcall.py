@@ -1,6 +1,7 @@
 """A whole call on a fake clock: relay's ``Conversation`` between the sans-I/O simulators.
 
-No sockets and no sleeping: the simulated Realtime agent (``RealtimeSession``), relay's
+No sockets and no sleeping: the simulated Realtime agent (``RealtimeSession``, or with a
+``LiveConfig`` the simulated GPT-Live server, ``LiveSession``), relay's
 conversation core and Twilio's playback model (``TwilioPlayback``) trade the very bytes they
 would put on the wire (relay's outbound WebSocket frames are parsed back with the compiled
 ``FrameReader``), each way after ``latency_ms``. Time jumps from one event to the next, so a
@@ -18,6 +19,7 @@ import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -29,6 +31,7 @@ from relay.conversation import Conversation
 from relay.fastpath import OP_TEXT, FrameReader
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeSession, SessionLog
+from relay.sim.live import LiveConfig, LiveSession, LiveSessionLog
 from relay.sim.playback import TwilioPlayback
 from relay.store import Record, TurnRecord
 
@@ -50,7 +53,7 @@ class _Backend:
     """Relay's backend sink for one simulated session: what relay sends arrives at once."""
 
     call: VirtualCall
-    session: RealtimeSession
+    session: RealtimeSession | LiveSession
     closed: bool = False
 
     def send(self, message: bytes) -> None:
@@ -59,7 +62,9 @@ class _Backend:
             self.call.drain_agent()
 
     def send_append(self, payload: bytes) -> None:
-        self.send(orjson.dumps({"type": "input_audio_buffer.append", "audio": payload.decode()}))
+        live = isinstance(self.session, LiveSession)
+        kind = "session.input_audio.append" if live else "input_audio_buffer.append"
+        self.send(orjson.dumps({"type": kind, "audio": payload.decode()}))
 
 
 class _TwilioSide:
@@ -83,7 +88,7 @@ class VirtualCall:
     def __init__(
         self,
         *,
-        agent_config: AgentConfig = AgentConfig(),
+        agent_config: AgentConfig | LiveConfig = AgentConfig(),
         options: CallOptions = CallOptions(),
         profile: realtime.AgentProfile | None = None,
         latency_ms: float = 0.0,
@@ -97,7 +102,10 @@ class VirtualCall:
         self.twilio_out: list[dict[str, object]] = []  # every message relay sent Twilio, in order
         self.twilio_sent_at: list[float] = []  # when relay sent each of them
         self.backend_events: list[tuple[float, str]] = []  # (when, type) of what relay got from the agent
-        self.sessions: list[SessionLog] = []
+        self.sessions: list[Any] = []  # SessionLog, or LiveSessionLog on GPT-Live
+        self.backend_messages: list[dict[str, Any]] = []  # every event the agent sent, as sent
+        self.played_at: list[tuple[float, int]] = []  # (time, bytes the caller had heard) each frame
+        self.held_from_backend: list[bytes] | None = None  # while set, the agent's events wait here (a stall)
         self._backends: list[_Backend] = []
         self._queue: list[tuple[float, int, Callable[[], None]]] = []  # deliveries, by time
         self._order = itertools.count()
@@ -109,7 +117,10 @@ class VirtualCall:
         self._ticking: dict[str, Callable[[float], bool]] = {}  # the clocks wanted, by whom
         self._draining = False
         self.hangups = 0
-        profile = profile or realtime.AgentProfile(instructions="Be brief.")
+        live = isinstance(agent_config, LiveConfig)
+        if profile is None:
+            backend = {"backend": "openai-live", "model": "gpt-live-1"} if live else {}
+            profile = realtime.AgentProfile(instructions="Be brief.", **backend)
         self.conversation = Conversation(START, profile, _TwilioSide(self), self.records.append, options)
         media = self.conversation.media
         media.on_wants_clock = lambda: self._ticking.setdefault("media", media.tick)
@@ -119,10 +130,15 @@ class VirtualCall:
 
     # ---- the two legs
 
-    def open_backend(self, reason: str) -> SessionLog:
+    def open_backend(self, reason: str) -> Any:
         """A new simulated session becomes the call's backend (start, recycle or reconnect)."""
-        slog = SessionLog(index=len(self.sessions))
-        session = RealtimeSession(self.agent_config, slog)
+        session: RealtimeSession | LiveSession
+        if isinstance(self.agent_config, LiveConfig):
+            slog: Any = LiveSessionLog(index=len(self.sessions))
+            session = LiveSession(self.agent_config, slog, wall_clock=lambda: 1_800_000_000 + self.now)
+        else:
+            slog = SessionLog(index=len(self.sessions))
+            session = RealtimeSession(self.agent_config, slog)
         backend = _Backend(self, session)
         self.sessions.append(slog)
         self._backends.append(backend)
@@ -136,7 +152,7 @@ class VirtualCall:
         return slog
 
     @property
-    def agent(self) -> RealtimeSession:
+    def agent(self) -> RealtimeSession | LiveSession:
         return self._backends[-1].session
 
     def drain_agent(self) -> None:
@@ -149,7 +165,11 @@ class VirtualCall:
             while events := backend.session.take_events():
                 for event in events:
                     self.backend_events.append((self.now, event["type"]))
-                    self._from_backend(orjson.dumps(event))
+                    self.backend_messages.append(event)
+                    if self.held_from_backend is not None:
+                        self.held_from_backend.append(orjson.dumps(event))
+                    else:
+                        self._from_backend(orjson.dumps(event))
         finally:
             self._draining = False
 
@@ -176,6 +196,12 @@ class VirtualCall:
 
     def _at(self, when: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._queue, (when, next(self._order), fn))
+
+    def release_backend(self) -> None:
+        """The stall is over: what the agent sent meanwhile arrives at once, in order."""
+        held, self.held_from_backend = self.held_from_backend or [], None
+        for message in held:
+            self._from_backend(message)
 
     # As a leg's WsCore routes a message: to the media core first, then what it leaves to the
     # conversation (the session's pumps).
@@ -234,6 +260,7 @@ class VirtualCall:
 
     def _frame(self) -> None:
         self._echo(self.playback.play(audio.FRAME_BYTES))  # Twilio plays 20 ms
+        self.played_at.append((self.now, self.playback.played))
         frame = bytes(self._speech[: audio.FRAME_BYTES]).ljust(audio.FRAME_BYTES, bytes([audio.ULAW_SILENCE]))
         del self._speech[: audio.FRAME_BYTES]
         self.conversation.media.caller_audio(base64.b64encode(frame), self._ts, self.now)  # the caller sends 20 ms
