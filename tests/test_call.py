@@ -18,8 +18,8 @@ from relay.server import Relay, RelayServer
 from relay.session import ResolveAgent
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
-from relay.sim.live import LiveAgent, LiveConfig
 from relay.sim.caller import CallerScript, CallResult, TwilioCaller, http_post
+from relay.sim.live import LiveAgent, LiveConfig
 from relay.store import SQLiteStore, Store, TurnRecord
 from relay.tenants import Directory
 from relay.trust import Credential
