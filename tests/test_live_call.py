@@ -123,10 +123,11 @@ async def test_a_session_expiring_mid_call_hands_over_between_turns_with_the_con
 
     assert result.error is None and result.violations == [] and s.agent.violations == []
     assert all(t.answered for t in result.turns)
-    assert len(sessions) >= 2  # a fresh session took over before the first expired
-    assert sessions[0].closed_reason in (None, "close_requested")  # relay moved on first, between turns
-    # The fresh session was seeded with the conversation, and its answers know it.
-    assert any(item["role"] == "user" for item in sessions[1].session_config.get("input", []))
+    started = [session for session in sessions if session.session_config]  # (the last one may never be)
+    assert len(started) >= 2  # fresh sessions took over before each expired
+    assert all(session.closed_reason in (None, "close_requested") for session in started)  # relay moved first
+    # The fresh sessions were seeded with the conversation, and their answers know it.
+    assert any(item["role"] == "user" for item in started[-1].session_config.get("input", []))
     answers = assistant_texts(turns)
     assert answers and all(a == "You first said Apples and pears." for a in answers)
     assert [t.seq for t in sorted(turns, key=lambda t: t.seq)] == list(range(1, len(turns) + 1))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import copy
 import functools
 import heapq
@@ -34,13 +33,13 @@ from typing import Any
 
 import numpy as np
 import orjson
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from relay.audio_format import FRAME_BYTES, SAMPLE_RATE
 from relay.models import REASONING_EFFORTS
 from relay.sim import audio
+from relay.sim.serving import SessionServer, json_error_response
 
 __all__ = ["AgentConfig", "RealtimeAgent", "RealtimeSession", "SessionLog", "default_reply"]
 
@@ -1126,47 +1125,26 @@ class RealtimeSession:
         self._emit("conversation.item.retrieved", item=item.json())
 
 
-_EOF = object()
-
-
 class RealtimeAgent:
     """The asyncio/WebSocket shell: serves ``RealtimeSession`` on loopback."""
 
     def __init__(self, config: AgentConfig = AgentConfig()) -> None:
         self.config = config
-        self.sessions: list[SessionLog] = []
         self.rejected: list[tuple[int, str]] = []  # (HTTP status, request path) of refused handshakes
-        self._connections: dict[int, ServerConnection] = {}
-        self._changed = asyncio.Event()  # set whenever a session opens or sends an event
-        self._server: Server | None = None
-        self._host = "127.0.0.1"
+        self._server = SessionServer("realtime agent", "/v1/realtime", self._open, self._process_request)
+        self.sessions: list[SessionLog] = self._server.sessions
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         if not self.config.realtime_factor > 0 or self.config.chunk_ms[0] <= 0:
             raise ValueError("realtime_factor and chunk_ms must be positive")
-        self._server = await serve(
-            self._handle,
-            host,
-            port,
-            process_request=self._process_request,
-            max_size=32 * 1024 * 1024,
-            close_timeout=2,
-            compression=None,
-        )
-        self._host = host
+        await self._server.start(host, port)
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("RealtimeAgent is not started")
-        port = self._server.sockets[0].getsockname()[1]
-        return f"ws://{self._host}:{port}/v1/realtime"  # the client adds ?model=
+        return self._server.url  # the client adds ?model=
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        await self._server.stop()
 
     async def __aenter__(self) -> RealtimeAgent:
         await self.start()
@@ -1185,29 +1163,27 @@ class RealtimeAgent:
         Raises:
             TimeoutError: it did not hold within ``timeout`` seconds.
         """
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
+        await self._server.wait_until(condition, timeout)
 
     def kill(self, session: SessionLog) -> None:
         """Drop one session's connection at once, as a network fault or a crashed server would."""
-        connection = self._connections.get(session.index)
-        if connection is not None:
-            connection.transport.abort()
+        self._server.kill(session)
 
     async def wait_closed(self, session: SessionLog, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            await session.closed.wait()
+        await self._server.wait_closed(session, timeout)
+
+    def _open(self, ws: ServerConnection, now: float) -> tuple[SessionLog, RealtimeSession]:
+        request = ws.request
+        assert request is not None
+        slog = SessionLog(index=len(self.sessions), path=request.path, opened_at=now)
+        model = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)["model"][0]
+        return slog, RealtimeSession(self.config, slog, model=model, beta_header="OpenAI-Beta" in request.headers)
 
     def _reject(
         self, connection: ServerConnection, request: Request, status: int, etype: str, message: str
     ) -> Response:
         self.rejected.append((status, request.path))
-        body = orjson.dumps({"error": {"type": etype, "code": None, "message": message, "param": None}}).decode()
-        response = connection.respond(status, body)
-        response.headers["Content-Type"] = "application/json"
-        return response
+        return json_error_response(connection, status, etype, message)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urllib.parse.urlsplit(request.path)
@@ -1223,67 +1199,3 @@ class RealtimeAgent:
                 connection, request, 400, "invalid_request_error", "Missing required parameter: 'model'."
             )
         return None
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        loop = asyncio.get_running_loop()
-        request = ws.request
-        assert request is not None
-        slog = SessionLog(index=len(self.sessions), path=request.path, opened_at=loop.time())
-        self.sessions.append(slog)
-        self._connections[slog.index] = ws
-        self._changed.set()
-        model = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)["model"][0]
-        core = RealtimeSession(self.config, slog, model=model, beta_header="OpenAI-Beta" in request.headers)
-        inbox: asyncio.Queue[Any] = asyncio.Queue()
-        reader = asyncio.create_task(self._read(ws, inbox))
-        try:
-            core.connect(loop.time())
-            while True:
-                for event in core.take_events():
-                    await ws.send(orjson.dumps(event).decode())
-                    slog.sent.append((loop.time(), event["type"]))
-                    self._changed.set()
-                if core.close_request:
-                    await ws.close(*core.close_request)
-                    break
-                if inbox.empty():
-                    deadline = core.next_deadline()
-                    timeout = None if deadline is None else max(0.0, deadline - loop.time())
-                    try:
-                        message = await asyncio.wait_for(inbox.get(), timeout)
-                    except TimeoutError:
-                        message = None
-                else:
-                    message = inbox.get_nowait()
-                if message is _EOF:
-                    break
-                now = loop.time()
-                if message is not None:
-                    core.receive(message, now)
-                core.advance(now)
-        except ConnectionClosed:
-            pass
-        except Exception:  # a bug in the simulator: fail this session only
-            log.exception("realtime agent session %d failed", slog.index)
-            await ws.close(1011, "internal error")
-        finally:
-            core.connection_lost()
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            await ws.close()
-            self._connections.pop(slog.index, None)
-            slog.closed_at = loop.time()
-            slog.close_code = ws.close_code
-            slog.close_reason = ws.close_reason or ""
-            slog.closed.set()
-
-    @staticmethod
-    async def _read(ws: ServerConnection, inbox: asyncio.Queue[Any]) -> None:
-        try:
-            async for message in ws:
-                inbox.put_nowait(message)
-        except ConnectionClosed:
-            pass
-        finally:
-            inbox.put_nowait(_EOF)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import copy
 import functools
 import heapq
@@ -44,13 +43,13 @@ from typing import Any
 
 import numpy as np
 import orjson
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from relay.audio_format import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from relay.sim import audio
 from relay.sim.agent import default_reply
+from relay.sim.serving import SessionServer, json_error_response
 
 __all__ = ["LIVE_PATH", "LiveAgent", "LiveConfig", "LiveSession", "LiveSessionLog"]
 
@@ -1437,55 +1436,28 @@ class LiveSession:
             self.close("close_requested", now, msg.get("event_id"))
 
 
-_EOF = object()
-
-
-@dataclass(frozen=True)
-class _CloseWith:
-    reason: str
-
-
 class LiveAgent:
     """The asyncio/WebSocket shell: serves ``LiveSession`` on loopback at ``LIVE_PATH``."""
 
     def __init__(self, config: LiveConfig | None = None) -> None:
         self.config = config or LiveConfig()
-        self.sessions: list[LiveSessionLog] = []
         self.rejected: list[tuple[int, str]] = []  # (HTTP status, request path) of refused handshakes
         self.handshake_violations: list[str] = []
-        self._connections: dict[int, ServerConnection] = {}
-        self._inboxes: dict[int, asyncio.Queue[Any]] = {}
-        self._changed = asyncio.Event()  # set whenever a session opens or sends an event
-        self._server: Server | None = None
-        self._host = "127.0.0.1"
+        self._server = SessionServer("live agent", LIVE_PATH, self._open, self._process_request)
+        self.sessions: list[LiveSessionLog] = self._server.sessions
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         c = self.config
         if c.chunk_ms <= 0 or c.usage_interval_s <= 0 or c.max_session_s <= 0 or c.yield_ms <= 0:
             raise ValueError("chunk_ms, yield_ms, usage_interval_s and max_session_s must be positive")
-        self._server = await serve(
-            self._handle,
-            host,
-            port,
-            process_request=self._process_request,
-            max_size=32 * 1024 * 1024,
-            close_timeout=2,
-            compression=None,
-        )
-        self._host = host
+        await self._server.start(host, port)
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("LiveAgent is not started")
-        port = self._server.sockets[0].getsockname()[1]
-        return f"ws://{self._host}:{port}{LIVE_PATH}"
+        return self._server.url
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        await self._server.stop()
 
     async def __aenter__(self) -> LiveAgent:
         await self.start()
@@ -1504,16 +1476,11 @@ class LiveAgent:
         Raises:
             TimeoutError: it did not hold within ``timeout`` seconds.
         """
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
+        await self._server.wait_until(condition, timeout)
 
     def kill(self, session: LiveSessionLog) -> None:
         """Drop one session's connection at once, with no session.closed, as a network fault would."""
-        connection = self._connections.get(session.index)
-        if connection is not None:
-            connection.transport.abort()
+        self._server.kill(session)
 
     async def close_with(self, session: LiveSessionLog, reason: str, timeout: float = 5.0) -> None:
         """End one session from the service's side: ``session.closed`` with ``reason``, then close
@@ -1524,23 +1491,20 @@ class LiveAgent:
         """
         if reason not in CLOSE_REASONS:
             raise ValueError(f"reason must be one of {CLOSE_REASONS}")
-        inbox = self._inboxes.get(session.index)
-        if inbox is not None:
-            inbox.put_nowait(_CloseWith(reason))
+        self._server.act(session, lambda core, now: core.close(reason, now))
         await self.wait_closed(session, timeout)
 
     async def wait_closed(self, session: LiveSessionLog, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            await session.closed.wait()
+        await self._server.wait_closed(session, timeout)
+
+    def _open(self, ws: ServerConnection, now: float) -> tuple[LiveSessionLog, LiveSession]:
+        assert ws.request is not None
+        slog = LiveSessionLog(index=len(self.sessions), path=ws.request.path, opened_at=now)
+        return slog, LiveSession(self.config, slog)
 
     def _reject(self, connection: ServerConnection, request: Request, status: int, message: str) -> Response:
         self.rejected.append((status, request.path))
-        body = orjson.dumps(
-            {"error": {"type": "invalid_request_error", "code": None, "message": message, "param": None}}
-        ).decode()
-        response = connection.respond(status, body)
-        response.headers["Content-Type"] = "application/json"
-        return response
+        return json_error_response(connection, status, "invalid_request_error", message)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urllib.parse.urlsplit(request.path)
@@ -1561,72 +1525,3 @@ class LiveAgent:
         if refusal is not None:
             return self._reject(connection, request, 400, refusal)
         return None
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        loop = asyncio.get_running_loop()
-        request = ws.request
-        assert request is not None
-        slog = LiveSessionLog(index=len(self.sessions), path=request.path, opened_at=loop.time())
-        self.sessions.append(slog)
-        self._connections[slog.index] = ws
-        inbox: asyncio.Queue[Any] = asyncio.Queue()
-        self._inboxes[slog.index] = inbox
-        self._changed.set()
-        core = LiveSession(self.config, slog)
-        reader = asyncio.create_task(self._read(ws, inbox))
-        try:
-            core.connect(loop.time())
-            while True:
-                for event in core.take_events():
-                    await ws.send(orjson.dumps(event).decode())
-                    slog.sent.append((loop.time(), event["type"]))
-                    self._changed.set()
-                if core.close_request:
-                    await ws.close(*core.close_request)
-                    break
-                if inbox.empty():
-                    deadline = core.next_deadline()
-                    timeout = None if deadline is None else max(0.0, deadline - loop.time())
-                    try:
-                        message = await asyncio.wait_for(inbox.get(), timeout)
-                    except TimeoutError:
-                        message = None
-                else:
-                    message = inbox.get_nowait()
-                if message is _EOF:
-                    break
-                now = loop.time()
-                if isinstance(message, _CloseWith):
-                    core.advance(now)
-                    core.close(message.reason, now)
-                elif message is not None:
-                    core.receive(message, now)
-                core.advance(now)
-        except ConnectionClosed:
-            pass
-        except Exception:  # a bug in the simulator: fail this session only
-            log.exception("live agent session %d failed", slog.index)
-            await ws.close(1011, "internal error")
-        finally:
-            core.connection_lost()
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            await ws.close()
-            self._connections.pop(slog.index, None)
-            self._inboxes.pop(slog.index, None)
-            slog.closed_at = loop.time()
-            slog.close_code = ws.close_code
-            slog.close_reason = ws.close_reason or ""
-            slog.closed.set()
-            self._changed.set()
-
-    @staticmethod
-    async def _read(ws: ServerConnection, inbox: asyncio.Queue[Any]) -> None:
-        try:
-            async for message in ws:
-                inbox.put_nowait(message)
-        except ConnectionClosed:
-            pass
-        finally:
-            inbox.put_nowait(_EOF)
