@@ -692,8 +692,12 @@ class Conversation:
             if self._live is not None:
                 # The live model says its goodbye as the delegated call comes: the farewell has
                 # played once the agent has been quiet for a turn's gap, and all it said was heard.
+                # The delegation is answered all the same: the live model holds the conversation
+                # until its delegation says something (BACKENDS §2.5).
                 self._farewell_from = now + LIVE_FAREWELL_START_S
                 self._want_tick()
+                for message in self.backend.tool_result(call.call_id, {"ok": True, "note": "the call ends now"}):
+                    self._to_backend(message)
             self.on_hangup()
             return
         # Not a tool relay offered: say so, so the model does not wait for an answer.

@@ -11,8 +11,7 @@ The playout is known per segment of the session's audio (``Segment``): the media
 ``ItemAudio`` of the stretch relay forwarded without a break. A segment ends only when relay
 itself clears what it held (a barge-in after a stall); the next one begins where the audio
 stream went on, so byte ``k`` of the session's audio is always at ``k / 8`` ms of its timeline.
-What the caller heard of a segment is what its echoed marks say (``played``), or where it was
-cut (``heard_ms``).
+What the caller heard of a segment is what its echoed marks say (``played``).
 """
 
 from __future__ import annotations
@@ -33,10 +32,14 @@ class Segment:
 
     @property
     def reach(self) -> int:
-        """Where the caller's ear got to, in bytes of the session's audio."""
+        """Where the caller's ear got to, in bytes of the session's audio, as the marks echoed say.
+
+        Not the media core's estimate between echoes (``heard_ms``, on the 8 kHz clock): after a
+        stall the ear lags the clock, and a word counted heard by the estimate may have been
+        cleared unheard. A mark echo is proof; what played after the last one is at most a mark
+        interval (100 ms, under a word) and is not counted."""
         audio = self.audio
-        heard = audio.heard_ms * BYTES_PER_MS if audio.heard_ms is not None else audio.played
-        return self.base + min(heard, audio.produced)
+        return self.base + min(audio.played, audio.produced)
 
 
 @dataclass(slots=True)

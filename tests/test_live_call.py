@@ -76,6 +76,7 @@ async def test_a_whole_conversation_on_gpt_live_is_heard_stored_and_hung_up(tmp_
     assert audio.transcribe(result.heard) == " ".join(assistant_texts(turns))
     # The goodbye went through a delegated tool call, and the relay hung up after it.
     assert session.delegations and session.delegations[0]["name"] == "end_call"
+    assert session.delegations[0]["output"] is not None  # answered: a delegation is never left waiting
     [(backend, seconds, estimated)] = usage_rows(tmp_path)
     assert backend == "openai-live" and seconds > 0 and not estimated
 

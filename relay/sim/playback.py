@@ -26,6 +26,9 @@ class TwilioPlayback:
     received: int = 0  # bytes of audio received, ever
     played: int = 0  # bytes of received audio played, ever (cleared audio is never played)
     heard: bytearray = field(default_factory=bytearray)  # every played tick, silence included
+    # the received audio that played, in order, without the silence of dry spells: what a word
+    # split by an underrun is, put back together (a transcript of ``heard`` misses such a word)
+    played_audio: bytearray = field(default_factory=bytearray)
     # mark name -> bytes received before it (its place in the stream of received audio)
     mark_offsets: dict[str, int] = field(default_factory=dict)
     echoed_played: list[str] = field(default_factory=list)  # marks echoed because their audio played
@@ -71,6 +74,7 @@ class TwilioPlayback:
         del self.queue[:nbytes]
         self.played += len(take)
         self.heard += take
+        self.played_audio += take
         if len(take) < nbytes:
             self.heard += bytes([SILENCE]) * (nbytes - len(take))
             if self.received:
