@@ -79,14 +79,16 @@ class TimedTurn:
 class LiveTurns:
     """The turns of one call's GPT-Live sessions, and what the caller heard of the agent's."""
 
-    __slots__ = ("_last_user", "_open", "_segments", "gap_ms", "session", "turns")
+    __slots__ = ("_last_user", "_open", "_sessions", "gap_ms", "session", "turns")
 
     def __init__(self, gap_ms: int) -> None:
         self.gap_ms = gap_ms
         self.session = 0  # the current backend session (its timeline); 0 before the first
         self.turns: list[TimedTurn] = []  # not stored yet, in order
         self._open: dict[str, TimedTurn] = {}  # by role
-        self._segments: list[Segment] = []  # the current session's, in order
+        # Each session's segments, in order: the current one's, and an earlier one's while a turn
+        # of it waits for its audio to play out (what was sent before a session ended still plays).
+        self._sessions: dict[int, list[Segment]] = {}
         self._last_user: TimedTurn | None = None  # the caller's latest turn of this session
 
     # ------------------------------------------------------------------ the audio stream
@@ -95,17 +97,22 @@ class LiveTurns:
         """A backend session starts: its audio and its times begin at 0."""
         self.end_session()
         self.session += 1
-        self._segments = []
+        waiting = {turn.session for turn in self.turns}
+        self._sessions = {n: segments for n, segments in self._sessions.items() if n in waiting}
+        self._sessions[self.session] = []
         self._last_user = None
 
     def end_session(self) -> None:
-        """The session is gone: its turns are over, and what was not heard by now never is."""
+        """The session is gone: its turns are over. What it sent still plays (its segments end,
+        and their last marks come back), so what the caller heard of them is known then."""
         for turn in self.turns:
             if turn.session == self.session:
                 turn.closed = True
-                if turn.role == "assistant" and turn.heard is None:
-                    turn.heard = self._heard(turn, final=True)
         self._open.clear()
+
+    @property
+    def _segments(self) -> list[Segment]:
+        return self._sessions.setdefault(self.session, [])
 
     def next_segment(self) -> str:
         """The id of the session's next segment of audio (its media item)."""
@@ -113,14 +120,16 @@ class LiveTurns:
 
     def open_segment(self) -> str | None:
         """The id of the segment the session's audio goes on in, while it is not over (cut)."""
-        if self._segments and not self._segments[-1].audio.ended:
-            return self._segments[-1].audio.item_id
+        segments = self._segments
+        if segments and not segments[-1].audio.ended:
+            return segments[-1].audio.item_id
         return None
 
     def add_segment(self, audio: ItemAudio) -> None:
         """Audio came with no segment open: it goes on where the session's stream was."""
-        base = self._segments[-1].base + self._segments[-1].audio.produced if self._segments else 0
-        self._segments.append(Segment(base, audio))
+        segments = self._segments
+        base = segments[-1].base + segments[-1].audio.produced if segments else 0
+        segments.append(Segment(base, audio))
 
     # ------------------------------------------------------------------ fragments and turns
 
@@ -167,6 +176,9 @@ class LiveTurns:
     def finish(self) -> list[TimedTurn]:
         """The call ended: every turn left, its heard text what had been heard by now."""
         self.end_session()
+        for turn in self.turns:
+            if turn.role == "assistant" and turn.heard is None:
+                turn.heard = self._heard(turn, final=True)
         out, self.turns = self.turns, []
         return out
 
@@ -185,8 +197,9 @@ class LiveTurns:
     def _heard(self, turn: TimedTurn, *, final: bool) -> str | None:
         """The fragments of ``turn`` the caller's playout reached; None while that is not known."""
         kept = []
+        segments = self._sessions.get(turn.session, [])
         for text, start_ms, end_ms in turn.fragments:
-            fate = self._fate(start_ms, end_ms) if turn.session == self.session else False
+            fate = self._fate(segments, start_ms, end_ms)
             if fate is None:
                 if not final:
                     return None
@@ -195,16 +208,19 @@ class LiveTurns:
                 kept.append(text)
         return "".join(kept).strip()
 
-    def _fate(self, start_ms: int, end_ms: int) -> bool | None:
+    @staticmethod
+    def _fate(segments: list[Segment], start_ms: int, end_ms: int) -> bool | None:
         """Heard (True), never to be heard (False), or not yet known (None): heard when the
         playout reached its end and no part of it was cut."""
         start, end = start_ms * BYTES_PER_MS, end_ms * BYTES_PER_MS
-        for segment in self._segments:
-            if segment.base + segment.audio.produced < end and segment is not self._segments[-1]:
-                if segment.base + segment.audio.produced > start and segment.audio.interrupted:
+        for segment in segments:
+            audio = segment.audio
+            if segment.base + audio.produced < end and segment is not segments[-1]:
+                if segment.base + audio.produced > start and audio.interrupted:
                     return False  # its start was in audio relay cut
                 continue
             if end <= segment.reach:
                 return True
-            return False if segment.audio.interrupted else None
+            # Cut by relay, or the session ended and all it sent has played: never to be heard.
+            return False if audio.interrupted or (audio.ended and audio.played >= audio.produced) else None
         return None  # no audio yet

@@ -207,14 +207,17 @@ def test_after_a_cut_the_stream_goes_on_in_a_new_segment_at_the_right_place() ->
     assert (turn.text, turn.heard) == ("cut heard", "heard")
 
 
-def test_a_new_session_ends_the_old_ones_turns_with_what_was_heard() -> None:
+def test_what_a_session_sent_before_it_ended_still_plays_and_counts_once_heard() -> None:
     turns = LiveTurns(gap_ms=800)
     turns.new_session()
     seq = iter(range(1, 100)).__next__
-    _segment(turns, 8000, played=4000)
+    audio = _segment(turns, 8000, played=4000)
     turns.fragment("assistant", "one", 0, 400, 0.0, 0.0, seq)
     turns.fragment("assistant", " two", 600, 900, 0.0, 0.0, seq)
+    audio.ended = True  # the session is gone (end_all): no more of its audio will come
     turns.new_session()
-    [turn] = turns.ready()
-    assert turn.heard == "one" and turn.closed
+    assert turns.ready() == [] and turns.agent_talking  # the rest of what it sent is still playing
     assert turns.next_segment() == "live2.1"
+    audio.played = 8000  # its last mark came back
+    [turn] = turns.ready()
+    assert turn.closed and turn.heard == "one two"

@@ -4,6 +4,7 @@ timing, the session expiring mid-call, and the per-second usage."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
 from pathlib import Path
@@ -111,11 +112,12 @@ async def test_a_barge_in_the_model_yields_to_leaves_at_most_the_lead_and_the_he
     check_fragments(turns)
 
 
-async def test_a_session_expiring_mid_call_hands_over_between_turns_with_the_context(tmp_path: Path) -> None:
-    def remembers(text: str, history: list[tuple[str, str]]) -> str:
-        first = next((said for role, said in history if role == "user"), text)
-        return "You first said " + " ".join(first.split()[:3])
+def remembers(text: str, history: list[tuple[str, str]]) -> str:
+    first = next((said for role, said in history if role == "user"), text)
+    return "You first said " + " ".join(first.split()[:3])
 
+
+async def test_a_session_expiring_mid_call_hands_over_between_turns_with_the_context(tmp_path: Path) -> None:
     agent = dataclasses.replace(FAST, reply=remembers, max_session_s=7.0)
     script = CallerScript(utterances=("Apples and pears.", "What did I say?", "And now?", "Once more?"))
     async with stack(tmp_path, agent) as s:
@@ -136,13 +138,30 @@ async def test_a_session_expiring_mid_call_hands_over_between_turns_with_the_con
     assert seconds > 0 and not estimated  # each session's own count, summed
 
 
+async def test_a_session_the_backend_closed_as_expired_is_replaced_with_the_context(tmp_path: Path) -> None:
+    """relay did not move first (the service's expiry came early): the close is not the call's end;
+    a new session, seeded with the conversation, answers the next line knowing the first."""
+    agent = dataclasses.replace(FAST, reply=remembers)
+    script = CallerScript(utterances=("Apples and pears.", "What did I say?"))
+    async with stack(tmp_path, agent) as s:
+        task = asyncio.ensure_future(s.call(script))
+        await s.agent.wait_until(
+            lambda: any(role == "assistant" for session in s.agent.sessions[:1] for role, _ in session.turns), 15
+        )
+        await s.agent.close_with(s.agent.sessions[0], "expired")
+        result, turns = await task
+        started = [session for session in s.agent.sessions if session.session_config]
+    assert result.error is None and result.violations == [] and s.agent.violations == []
+    assert all(t.answered for t in result.turns) and not result.closed_by_relay
+    assert len(started) == 2 and started[0].closed_reason == "expired"
+    assert [item["content"][0]["text"] for item in started[1].session_config["input"]][:1] == ["Apples and pears."]
+    assert assistant_texts(turns) == ["You first said Apples and pears.", "You first said Apples and pears."]
+
+
 async def test_the_backend_ending_the_session_over_content_ends_the_call_with_that_reason(tmp_path: Path) -> None:
     script = CallerScript(utterances=("Hello there.", "Anyone?"), answer_timeout_ms=3000)
     async with stack(tmp_path, FAST) as s:
-        caller = s.call(script)
-        import asyncio
-
-        task = asyncio.ensure_future(caller)
+        task = asyncio.ensure_future(s.call(script))
         await s.agent.wait_until(lambda: bool(s.agent.sessions) and s.agent.sessions[0].started_at is not None, 5)
         await asyncio.sleep(0.5)
         await s.agent.close_with(s.agent.sessions[0], "content")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.call_options import CallOptions
+from relay.errors import BackendFatal
 from relay.sim import audio
 from relay.sim.live import LiveConfig
 from tests.vcall import VirtualCall
@@ -103,3 +106,49 @@ def test_after_a_stall_relay_clears_its_backlog_and_the_heard_text_ends_where_th
         assert said[: len(heard)] == heard and answer.interrupted == (heard != said)  # heard: how it began
     if stall_ms - lead_ms > 600:  # a backlog of whole words when the caller spoke: cut, and stored as cut
         assert call.playback.clears_at and any(answer.interrupted for answer in answers)
+
+
+def test_keys_reach_gpt_live_as_context_and_the_model_answers_them() -> None:
+    call = VirtualCall(agent_config=AGENT)
+    call.run(1.0)
+    for digit in "42#":
+        call.conversation.dtmf(digit, call.now)
+    assert call.run_until(lambda: any("pressed" in (t.text_generated or "") for t in call.turns()), 10)
+    call.run(1.0)
+    [session] = call.sessions
+    assert call.violations() == []
+    assert any(role == "developer" and "42#" in text for role, text in session.turns)  # silent context
+    turns = call.turns()
+    assert [t.text_generated for t in turns] == ["[DTMF 42#]", "You pressed 4 2 #"]
+    assert turns[1].text_heard == turns[1].text_generated
+
+
+def test_a_tool_relay_does_not_offer_gets_an_error_and_the_delegation_goes_on() -> None:
+    call = VirtualCall(agent_config=AGENT)
+    call.run(0.5)
+    sent: list[dict[str, object]] = []
+    call.conversation._upstream = type("Sink", (), {"send": lambda self, m: sent.append(orjson.loads(m))})()
+    for event in (
+        {
+            "type": "response.event",
+            "delegation_id": "dlg_9",
+            "event": {
+                "type": "response.output_item.done",
+                "item": {"type": "function_call", "call_id": "call_9", "name": "lookup", "arguments": "{}"},
+            },
+        },
+        {"type": "response.event", "delegation_id": "dlg_9", "event": {"type": "response.completed", "response": {}}},
+    ):
+        call.conversation.backend_message(orjson.dumps(event), call.now)
+    assert [m["type"] for m in sent] == ["response.item.create", "response.create"]
+    item = sent[0]["item"]
+    assert isinstance(item, dict) and item["call_id"] == "call_9" and "no tool named 'lookup'" in item["output"]
+
+
+def test_a_quota_error_mid_call_ends_it_unretried() -> None:
+    call = VirtualCall(agent_config=AGENT)
+    call.run(0.5)
+    quota = {"type": "error", "error": {"type": "insufficient_quota", "code": "insufficient_quota", "message": "x"}}
+    with pytest.raises(BackendFatal) as raised:
+        call.conversation.backend_message(orjson.dumps(quota), call.now)
+    assert raised.value.end_reason == "backend_refused"
