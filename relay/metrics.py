@@ -106,10 +106,14 @@ class CallLedger:
             return tenant_id
         return OTHER
 
-    def turn_stored(self, tenant_id: str, role: str, turn: AssistantTurn | None) -> None:
+    def turn_stored(self, tenant_id: str, role: str, turn: AssistantTurn | None, v2v_ms: float | None = None) -> None:
+        """A stored turn; an answer's voice-to-voice time from its media timing (``turn``), or as
+        the record gives it (``v2v_ms``: a GPT-Live turn, timed on its session's timeline)."""
         tenant = self.tenant(tenant_id)
         self.turns[tenant, role] += 1
         if turn is None:
+            if v2v_ms is not None:
+                self._observe(self.v2v, tenant, v2v_ms)
             return
         audio = turn.audio
         if turn.speech_end_at is not None and audio.first_out_at is not None:

@@ -142,7 +142,7 @@ class CallSession:
         on_started: Callable[[str], None] | None = None,
         on_ended: Callable[[str, str], None] | None = None,
         on_upstream_outlived: Callable[[], None] | None = None,
-        on_turn_stored: Callable[[str, str, AssistantTurn | None], None] | None = None,
+        on_turn_stored: Callable[[str, str, AssistantTurn | None, float | None], None] | None = None,
         prices: PriceTable | None = None,
     ) -> None:
         self.twilio = twilio_ws
@@ -161,7 +161,7 @@ class CallSession:
         self._on_started = on_started
         self._on_ended = on_ended
         self._on_outlived = on_upstream_outlived
-        self._on_turn_stored = on_turn_stored  # (tenant, role, the answer or None): for metrics
+        self._on_turn_stored = on_turn_stored  # (tenant, role, the answer or None, v2v ms): for metrics
         self._prices = prices  # what the call is billed at (None: the shipped table)
         self.start: twilio.Start | None = None
         self.conversation: Conversation | None = None
@@ -257,7 +257,7 @@ class CallSession:
         def turn_stored(record: TurnRecord, turn: AssistantTurn | None) -> None:
             call_trace.turn(record, turn)
             if on_turn is not None:
-                on_turn(tenant, record.role, turn)
+                on_turn(tenant, record.role, turn, record.voice_to_voice_ms if turn is None else None)
 
         conversation.on_turn_stored = turn_stored
         log.info("call %s stream %s started", start.call_sid, start.stream_sid)

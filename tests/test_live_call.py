@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 
+from relay.metrics import render
 from relay.sim import audio
 from relay.sim.caller import CallerScript, CallResult
 from relay.sim.live import LiveConfig
@@ -57,6 +58,7 @@ async def test_a_whole_conversation_on_gpt_live_is_heard_stored_and_hung_up(tmp_
     async with stack(tmp_path, FAST, greeting=GREETING) as s:
         result, turns = await s.call(CONVERSATION)
         [session] = s.agent.sessions
+        scrape = render(s.relay).decode()
 
     assert result.error is None and result.violations == [] and s.agent.violations == []
     assert all(t.answered for t in result.turns) and result.closed_by_relay
@@ -80,6 +82,8 @@ async def test_a_whole_conversation_on_gpt_live_is_heard_stored_and_hung_up(tmp_
     assert session.delegations[0]["output"] is not None  # answered: a delegation is never left waiting
     [(backend, seconds, estimated)] = usage_rows(tmp_path)
     assert backend == "openai-live" and seconds > 0 and not estimated
+    # The answers' voice-to-voice times reach the metrics too, as the turns store them.
+    assert 'relay_voice_to_voice_ms_count{tenant="default"} 3' in scrape
 
 
 def old_audio_heard_after_the_yield_ms(result: CallResult, yielded_at: float, yielded_ms: int) -> float:
