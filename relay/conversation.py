@@ -815,7 +815,6 @@ class Conversation:
                 voice_to_voice_ms=v2v,
                 fragments=orjson.dumps(turn.fragments).decode(),
             )
-            turn.stored = True
             self._live_history.append((turn.seq, turn.role, record.text_heard or ""))
             if v2v is not None:
                 self._live_v2v.append(v2v)

@@ -53,7 +53,6 @@ class TimedTurn:
     last_at: float  # loop time its last fragment came
     fragments: list[tuple[str, int, int]] = field(default_factory=list)
     closed: bool = False
-    stored: bool = False
     heard: str | None = None  # assistant turns: what the caller heard, once known
     after_ms: int | None = None  # assistant turns: the caller's turn it answers ended here (timeline ms)
 
@@ -73,7 +72,7 @@ class TimedTurn:
     def v2v_ms(self) -> float | None:
         """The answer's first word from the end of the caller's speech it answers, on the
         session's timeline (the audio streams at real time, so this is what the caller waits)."""
-        return float(self.start_ms - self.after_ms) if self.after_ms is not None else None
+        return float(max(0, self.start_ms - self.after_ms)) if self.after_ms is not None else None
 
 
 class LiveTurns:
