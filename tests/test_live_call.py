@@ -166,8 +166,8 @@ async def test_the_backend_ending_the_session_over_content_ends_the_call_with_th
     script = CallerScript(utterances=("Hello there.", "Anyone?"), answer_timeout_ms=3000)
     async with stack(tmp_path, FAST) as s:
         task = asyncio.ensure_future(s.call(script))
-        await s.agent.wait_until(lambda: bool(s.agent.sessions) and s.agent.sessions[0].started_at is not None, 5)
-        await asyncio.sleep(0.5)
+        # Mid-call: the session started and the caller's audio is flowing to it.
+        await s.agent.wait_until(lambda: any(session.appends > 20 for session in s.agent.sessions), 5)
         await s.agent.close_with(s.agent.sessions[0], "content")
         result, _ = await task
         sessions = list(s.agent.sessions)
