@@ -195,7 +195,8 @@ def format_table(summary: dict[str, Any]) -> str:
     if summary.get("cost"):
         cost = summary["cost"]
         lines.append(
-            f"cost: ${Decimal(cost['cost_usd']):.4f} for the simulated agent's tokens at the shipped prices"
+            f"cost: ${Decimal(cost['cost_usd']):.4f} for what the simulated backend used "
+            "(tokens, or session seconds) at the shipped prices"
             + (f" (not priced: {', '.join(cost['unpriced'])})" if cost["unpriced"] else "")
             + f"; by call: RELAY_SQLITE_PATH={summary['store']['path']} relay usage --by call"
         )
