@@ -18,6 +18,12 @@ fetched with a signed POST, a ``<Say>`` is heard (synthesised into the recording
 is silence, ``<Hangup>`` ends the call (PROTOCOLS §1.1), and a ``<Connect><Stream>`` opens a
 new stream on the same call (a new stream sid, numbering from 1 again): the script goes on
 there, a line whose answer never came said again. That is how a call moves between relays.
+
+The same caller is the person who picks up an outbound call in the REST simulator
+(``relay.sim.twilio_rest``), which runs the call's TwiML itself and hands each
+``<Connect><Stream>`` to ``stream()``; when that call is hung up or given new TwiML through the
+REST API, Twilio ends the stream with ``stop`` and a close (BACKENDS §6.6), which is what
+cancelling ``stream()`` does.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import itertools
 import secrets
@@ -176,13 +183,29 @@ class TwilioCaller:
         from_number: str = "+15005550006",
         to_number: str = "+15005550001",
         account_sid: str | None = None,
+        call_sid: str | None = None,
+        direction: str = "inbound",
+        call_status: str | None = None,
     ) -> None:
+        """A call from ``from_number`` to ``to_number``, speaking ``script``.
+
+        Args:
+            webhook_url: the voice URL ``run()`` POSTs first (``stream()`` does not use it).
+            call_sid: the call's sid (a new one if not given).
+            direction: ``Direction`` on Twilio's requests: ``inbound``, or ``outbound-api`` for a
+                call placed through the REST API.
+            call_status: ``CallStatus`` on the first request: ``ringing`` for an inbound call by
+                default, ``in-progress`` for an outbound one (Twilio asks for its TwiML once
+                answered).
+        """
         self.webhook_url = webhook_url
         self.script = script
         self.auth_token = auth_token
         self.from_number = from_number
         self.to_number = to_number
-        self.call_sid = "CA" + secrets.token_hex(16)
+        self.direction = direction
+        self.call_status = call_status or ("ringing" if direction == "inbound" else "in-progress")
+        self.call_sid = call_sid or "CA" + secrets.token_hex(16)
         self.account_sid = account_sid or "AC" + secrets.token_hex(16)
         self.stream_sid = "MZ" + secrets.token_hex(16)
         self.result = CallResult(self.call_sid)
@@ -197,6 +220,7 @@ class TwilioCaller:
         self._next_line = 0  # the script's line to say next, across the call's streams
         self._keys_pressed = False
         self._handed_over_at: float | None = None  # loop time the last stream closed, until the next starts
+        self._streamed = False  # stream() has opened a stream of this call before
 
     # ------------------------------------------------------------------ the call
 
@@ -223,6 +247,22 @@ class TwilioCaller:
                 self._new_stream()
                 self._handed_over_at = closed_at
         return self.result
+
+    async def stream(self, stream_url: str, parameters: dict[str, str]) -> bool:
+        """One ``<Connect><Stream>`` of a call whose TwiML someone else runs, to its end.
+
+        The script goes on from where this call's last stream left it. Cancelling it is Twilio
+        ending the stream (the call was hung up or given new TwiML): ``stop``, then a clean close.
+
+        Returns:
+            True if the caller hung up on it (the script is over); False if the relay ended the
+            stream or it failed (``result.error``).
+        """
+        self._loop = asyncio.get_running_loop()
+        if self._streamed:
+            self._new_stream()
+        self._streamed = True
+        return await self._one_stream(stream_url, parameters)
 
     def _new_stream(self) -> None:
         """A new ``<Connect><Stream>`` on the same call: a new stream sid, its own numbering, and
@@ -270,6 +310,13 @@ class TwilioCaller:
                     if not self.result.closed_by_relay:
                         await self._hang_up(ws)
                         return True
+                except asyncio.CancelledError:
+                    # Twilio ends the stream itself (the call was hung up or redirected through
+                    # the REST API): stop, then a clean close (BACKENDS §6.6).
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        await ws.send(self._stop_message())
+                        await ws.close()
+                    raise
                 finally:
                     receiver.cancel()
                     await asyncio.gather(receiver, return_exceptions=True)
@@ -335,17 +382,18 @@ class TwilioCaller:
         if self.script.hangup != "stop":
             ws.transport.abort()  # the line drops: no stop, no closing handshake
             return
-        await ws.send(
-            orjson.dumps(
-                {
-                    "event": "stop",
-                    "sequenceNumber": str(next(self._seq)),
-                    "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-                    "streamSid": self.stream_sid,
-                }
-            ).decode()
-        )
+        await ws.send(self._stop_message())
         await ws.close()
+
+    def _stop_message(self) -> str:
+        return orjson.dumps(
+            {
+                "event": "stop",
+                "sequenceNumber": str(next(self._seq)),
+                "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+                "streamSid": self.stream_sid,
+            }
+        ).decode()
 
     def _call_form(self, status: str) -> dict[str, str]:
         """The parameters of every voice request Twilio makes for this call."""
@@ -356,7 +404,7 @@ class TwilioCaller:
             "CallStatus": status,
             "Called": self.to_number,
             "Caller": self.from_number,
-            "Direction": "inbound",
+            "Direction": self.direction,
             "From": self.from_number,
             "To": self.to_number,
         }
@@ -364,7 +412,7 @@ class TwilioCaller:
     async def _webhook(self) -> tuple[str, dict[str, str], list[ET.Element]]:
         """POST the voice webhook exactly as Twilio does; read the stream, and what follows it,
         from the TwiML."""
-        form = self._call_form("ringing")
+        form = self._call_form(self.call_status)
         signature = RequestValidator(self.auth_token).compute_signature(self.webhook_url, form)
         status, body = await http_post(self.webhook_url, urlencode(form).encode(), {"X-Twilio-Signature": signature})
         if status != 200:
