@@ -46,6 +46,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
             dead_letter_path=worker.suffix(settings.dead_letter_path),
         )
     from relay.admission import Admission
+    from relay.outbound import wiring
     from relay.server import Relay, RelayServer
     from relay.store import SQLiteStore, Store
     from relay.tenants import CachedDirectory, Directory, SingleTenant
@@ -59,6 +60,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
     ]
     if settings.database_url:
         from relay.pg import CONNECT_ERRORS, PostgresAdmission, PostgresStore, migrate
+        from relay.pg.jobs import postgres_jobs
 
         try:
             await migrate(settings.database_url)  # idempotent; a fresh database needs no extra step
@@ -81,6 +83,9 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
             heartbeat_s=settings.peer_timeout_s / 5,
         )
         credential_source = pg.directory.credentials
+        jobs = postgres_jobs(
+            pg.pool, pg.directory, account_sid=settings.twilio_account_sid, from_number=settings.outbound_from
+        )
         try:
             models_in_use += await pg.directory.models_in_use()
         except Exception as exc:  # noqa: BLE001 - the database is down: its agents are checked at the next start
@@ -92,6 +97,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         peers = None  # alone: every call it is asked about is its own or nobody's
         credential_source = None
         await store.open()
+        jobs = await wiring.embedded_jobs(settings)
     for warning in models.shutdown_warnings(models_in_use):
         log.warning(warning)
     server = RelayServer(
@@ -106,10 +112,12 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
             peers=peers,
         )
     )
+    server.relay.outbound = wiring.placing(settings, server.relay, jobs, server.relay.instance_id)
     if peers is not None:
         # The other relays on this database: requests about a call reach the relay holding it.
         await peers.start(server.relay.answer_peer)
     await server.start()
+    server.relay.outbound.pool.start()
     log.info(
         "relay %s listening on %s:%d; Twilio streams to %s; fastpath=%s; store=%s %s",
         __version__,
@@ -154,6 +162,8 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         await asyncio.gather(drain, return_exceptions=True)
         await server.close(drain_timeout=0.0)
     at_once.cancel()
+    await server.relay.outbound.pool.close()
+    await server.relay.outbound.queue.close()
     if peers is not None:
         await peers.close()
     log.info("every call has left; closing the store")

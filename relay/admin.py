@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,7 +27,9 @@ from relay.errors import InputError
 from relay.store import DEFAULT_TENANT
 from relay.twilio import CALL_SID
 
-COMMANDS = ("migrate", "tenants", "numbers", "agents", "calls", "turns", "usage")
+COMMANDS = ("migrate", "tenants", "numbers", "agents", "calls", "turns", "usage", "keys", "call", "campaign", "jobs")
+# Commands on the outbound queue and API keys, served by both stores (``_outbound``).
+OUTBOUND = ("keys", "call", "campaign", "jobs")
 POSTGRES_ONLY = ("migrate", "tenants", "numbers", "agents")
 # The agent settings the CLI may set (``--vad-silence-ms`` sets vad_silence_ms, and so on).
 AGENT_OPTIONS = (
@@ -41,6 +45,7 @@ AGENT_OPTIONS = (
     "calls_per_minute",
     "reasoning_effort",
     "backend",
+    "voicemail_message",
 )
 # Settings a flag may set to None ("none": no limit); present on the command line only when given.
 _CLEARABLE = ("max_concurrent_calls", "calls_per_minute")
@@ -77,6 +82,14 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     set_token.add_argument("tenant_id")
     set_token.add_argument("--account-sid", help="the AccountSid the token belongs to (AC…); required with a token")
 
+    set_outbound = tenant_actions.add_parser(
+        "set-outbound", help="the tenant's caller ID for calls relay places, and its campaigns' quiet hours"
+    )
+    set_outbound.add_argument("tenant_id")
+    set_outbound.add_argument("--from", dest="from_number", help="caller ID (E.164; default: its first number)")
+    set_outbound.add_argument("--timezone", help="IANA time zone of the quiet hours (default UTC)")
+    set_outbound.add_argument("--quiet-hours", help="HH:MM-HH:MM local time when no campaign call is placed")
+
     numbers = commands.add_parser("numbers", help="route a phone number to a tenant (Postgres)")
     number_actions = numbers.add_subparsers(dest="action", required=True)
     add_number = number_actions.add_parser("add", help="route an E.164 number to a tenant and agent")
@@ -96,6 +109,10 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         parser.add_argument("--instructions")
         parser.add_argument("--voice")
         parser.add_argument("--greeting")
+        parser.add_argument(
+            "--voicemail-message",
+            help="on a call the agent placed that a machine answers: the message left after the beep (empty: hang up)",
+        )
         parser.add_argument(
             "--backend",
             choices=BACKENDS,
@@ -137,6 +154,31 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     turns = commands.add_parser("turns", help="stored turns of a tenant's calls, read through row-level security")
     turns.add_argument("--tenant", default=DEFAULT_TENANT)
     turns.add_argument("--call", help="one call's turns (default: all of the tenant's)")
+    keys = commands.add_parser("keys", help="a tenant's API keys for /v1/calls and /v1/campaigns")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    create_key = key_actions.add_parser("create", help="make a key: printed once, stored only as a hash")
+    create_key.add_argument("--tenant", default=DEFAULT_TENANT)
+    create_key.add_argument("--name", default="", help="what the key is for")
+    revoke_key = key_actions.add_parser("revoke", help="revoke a key (every relay refuses it within seconds)")
+    revoke_key.add_argument("key_id")
+    revoke_key.add_argument("--tenant", default=DEFAULT_TENANT)
+    list_keys = key_actions.add_parser("list", help="the tenant's keys (never the keys themselves)")
+    list_keys.add_argument("--tenant", default=DEFAULT_TENANT)
+    call = commands.add_parser("call", help="queue a call for the agent to place (a running relay places it)")
+    call.add_argument("to", help="the number to call, E.164")
+    call.add_argument("--tenant", default=DEFAULT_TENANT)
+    call.add_argument("--agent", default="default")
+    call.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a variable the agent is given")
+    call.add_argument("--idempotency-key", default="", help="the same key queues the call once")
+    campaign = commands.add_parser("campaign", help="queue a CSV of calls (header row; 'to' column, E.164)")
+    campaign.add_argument("file", help="the CSV: every column but 'to' is a variable of its call")
+    campaign.add_argument("--tenant", default=DEFAULT_TENANT)
+    campaign.add_argument("--agent", default="default")
+    jobs = commands.add_parser("jobs", help="a tenant's outbound jobs and what became of them")
+    jobs.add_argument("--tenant", default=DEFAULT_TENANT)
+    jobs.add_argument("--campaign", default="", help="one campaign's jobs")
+    jobs.add_argument("--limit", type=int, default=100)
+
     usage = commands.add_parser("usage", help="what a tenant's calls used and cost, read through row-level security")
     usage.add_argument("--tenant", default=DEFAULT_TENANT)
     usage.add_argument("--since", help="from this UTC date (YYYY-MM-DD) or ISO time on (default: all)")
@@ -156,12 +198,78 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 args.since_epoch = usage_report.since_epoch(args.since)
             except ValueError as exc:
                 raise InputError(str(exc)) from None
+        if args.command in OUTBOUND:
+            return await _outbound(args, settings)
         if not settings.database_url:
             return await _embedded(args, settings)
         return await _postgres(args, settings)
     except InputError as exc:
         print(f"relay {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+async def _outbound(args: argparse.Namespace, settings: Settings) -> int:
+    """API keys and the outbound queue, on either store."""
+    from relay.outbound import wiring
+
+    if not settings.database_url:
+        if args.tenant != DEFAULT_TENANT:
+            raise InputError(f"no tenant {args.tenant[:100]!r} (the embedded store has one: {DEFAULT_TENANT!r})")
+        jobs = await wiring.embedded_jobs(settings)
+        try:
+            await _outbound_command(jobs, args)
+        finally:
+            await jobs.queue.close()
+        return 0
+    from relay import pg
+    from relay.pg.jobs import postgres_jobs
+
+    async with pg.Directory.connect(settings.database_url) as directory:
+        await directory.require_tenant(args.tenant)
+        jobs = postgres_jobs(
+            directory.pool, directory, account_sid=settings.twilio_account_sid, from_number=settings.outbound_from
+        )
+        await _outbound_command(jobs, args)
+    return 0
+
+
+async def _outbound_command(jobs: Any, args: argparse.Namespace) -> None:
+    from relay.outbound import jobs as job_rules
+
+    if args.command == "keys":
+        if args.action == "create":
+            key_id, key = await jobs.keys.create(args.tenant, args.name)
+            print(f"key {key_id} for tenant {args.tenant} (shown once; relay keeps only its hash):\n{key}")
+        elif args.action == "revoke":
+            if not await jobs.keys.revoke(args.tenant, args.key_id):
+                raise InputError(f"tenant {args.tenant!r} has no live key {args.key_id[:40]!r}")
+            print(f"key {args.key_id} revoked")
+        else:
+            _print_rows(await jobs.keys.list(args.tenant))
+    elif args.command == "call":
+        if any("=" not in v for v in args.var):
+            raise InputError("--var takes NAME=VALUE")
+        variables = dict(v.split("=", 1) for v in args.var)
+        spec = job_rules.CallSpec(args.to, variables, args.idempotency_key or job_rules.new_id("key_"))
+        if spec.problems():
+            raise InputError("; ".join(spec.problems()))
+        (job,) = await jobs.enqueue(args.tenant, args.agent, [spec])
+        _print_rows([job.public()])
+    elif args.command == "campaign":
+        try:
+            text = Path(args.file).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read {args.file}: {exc}") from None
+        specs = job_rules.parse_campaign_csv(text)
+        # The file's content is the campaign's identity: queued twice, its calls are placed once.
+        key = "csv:" + hashlib.sha256(text.encode()).hexdigest()
+        summary = await jobs.campaign(args.tenant, args.agent, specs, key)
+        print(f"campaign {summary['campaign']}: {summary['calls']} call(s) {summary['states']}")
+    else:
+        if not 1 <= args.limit <= 10_000:
+            raise InputError(f"--limit {args.limit} is outside 1..10000")
+        found = await jobs.queue.jobs(args.tenant, campaign_id=args.campaign, limit=args.limit)
+        _print_rows([job.public() for job in found])
 
 
 async def _embedded(args: argparse.Namespace, settings: Settings) -> int:
@@ -220,6 +328,11 @@ async def _tenants_set_token(directory: Any, args: argparse.Namespace, settings:
     token = sys.stdin.readline().strip()  # stdin, never argv: shell history and ps show argv
     await directory.set_auth_token(args.tenant_id, token or None, args.account_sid)
     print(f"tenant {args.tenant_id}: Twilio auth token {'set for ' + args.account_sid if token else 'removed'}")
+
+
+async def _tenants_set_outbound(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    await directory.set_outbound(args.tenant_id, args.from_number, args.timezone, args.quiet_hours)
+    print(f"tenant {args.tenant_id}: outbound settings saved")
 
 
 async def _numbers_add(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
@@ -291,6 +404,7 @@ _HANDLERS: dict[tuple[str, str | None], Callable[..., Awaitable[None]]] = {
     ("tenants", "add"): _tenants_add,
     ("tenants", "list"): _tenants_list,
     ("tenants", "set-token"): _tenants_set_token,
+    ("tenants", "set-outbound"): _tenants_set_outbound,
     ("numbers", "add"): _numbers_add,
     ("agents", "add"): _agents_add,
     ("agents", "set"): _agents_set,

@@ -30,6 +30,9 @@ class AgentProfile:
     interrupt_response: bool = True  # server VAD cancels a response when the caller speaks
     backend: str = "openai-realtime"  # which speech backend serves the call (``BACKENDS``)
     reasoning_effort: str = models.DEFAULT_REASONING_EFFORT  # sent to the models that reason (``models.reasons``)
+    # On a call it placed that an answering machine takes: the message it leaves after the
+    # beep; empty: it hangs up instead.
+    voicemail_message: str = ""
 
 
 DEFAULT_AGENT = "default"
@@ -71,6 +74,7 @@ class Agent:
     max_concurrent_calls: int | None = None  # None: no limit of its own (the tenant's still apply)
     calls_per_minute: int | None = None
     reasoning_effort: str = models.DEFAULT_REASONING_EFFORT  # for a model that reasons; ignored by others
+    voicemail_message: str = ""  # left on an answering machine after the beep; empty: hang up
 
     @classmethod
     def from_profile(cls, tenant_id: str, agent_id: str, profile: AgentProfile) -> Agent:
@@ -88,6 +92,7 @@ class Agent:
             greeting=profile.greeting,
             backend=profile.backend,
             reasoning_effort=profile.reasoning_effort,
+            voicemail_message=profile.voicemail_message,
         )
 
     def profile(self, base: AgentProfile) -> AgentProfile:
@@ -105,6 +110,7 @@ class Agent:
             greeting=self.greeting or base.greeting,
             backend=self.backend,
             reasoning_effort=self.reasoning_effort,
+            voicemail_message=self.voicemail_message,
         )
 
     def problems(self) -> list[str]:
@@ -128,7 +134,7 @@ class Agent:
             value = getattr(self, name)
             if not value or len(value) > MAX_NAME or not value.isprintable() or " " in value:
                 out.append(f"{name.replace('_', ' ')} {value[:MAX_NAME]!r} is not a model name")
-        for name in ("instructions", "greeting"):
+        for name in ("instructions", "greeting", "voicemail_message"):
             if len(getattr(self, name)) > MAX_TEXT:
                 out.append(f"{name} is longer than {MAX_TEXT} characters")
         if not self.instructions.strip():

@@ -12,11 +12,13 @@ from relay import models
 from relay.agents import BACKENDS, RANGES, VOICES, AgentProfile
 from relay.audio_format import FRAME_MS
 from relay.call_options import CallOptions
-from relay.errors import ConfigError
+from relay.errors import ConfigError, InputError
 from relay.logs import FORMATS
+from relay.outbound.jobs import QuietHours
+from relay.outbound.rest import DEFAULT_API_URL as DEFAULT_TWILIO_API_URL
 from relay.pricing import PriceTable
 from relay.streamtoken import derive_secret
-from relay.twilio import ACCOUNT_SID
+from relay.twilio import ACCOUNT_SID, E164
 
 # The Realtime (GA) endpoint; the model is added per call, from RELAY_REALTIME_MODEL or the agent's.
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
@@ -80,6 +82,7 @@ class Settings:
     pacer_interval_ms: int = 20
     mark_interval_ms: int = 100
     greeting: str = ""
+    voicemail_message: str = ""  # the default agent's message for an answering machine (empty: hang up)
     reconnect_message: str = ""
     upstream_max_session_s: int = 3600
     backend_ready_timeout_ms: int = 5000
@@ -98,6 +101,18 @@ class Settings:
     start_timeout_ms: int = 10000  # a media stream that sends no start this long after opening is closed
     peer_timeout_s: int = 10  # a relay on the same database not heard from this long is gone
     slow_peer_timeout_ms: int = 5000  # a socket that stops reading what relay writes is dropped after this
+    # Calls relay places (relay.outbound): Twilio's REST API (or a stand-in), the caller ID and
+    # quiet hours of the embedded store's tenant, and each account's limits.
+    twilio_api_url: str = DEFAULT_TWILIO_API_URL
+    outbound_from: str = ""
+    max_outbound: int = 5  # calls live at once per Twilio account
+    outbound_cps: float = 1.0  # calls placed per second per account (Twilio's default CPS)
+    outbound_ring_s: int = 30  # how long a placed call rings before it is no-answer
+    # A placed call with no news this long is looked up at Twilio: its final status callback may
+    # have been lost (every relay down when it came), and its slot would never free.
+    outbound_recheck_s: int = 60
+    timezone: str = "UTC"
+    quiet_hours: str = ""  # HH:MM-HH:MM local time: no campaign call is placed then
 
     @property
     def stream_token_key(self) -> bytes:
@@ -125,6 +140,7 @@ class Settings:
             greeting=self.greeting,
             end_call_tool=self.end_call_tool,
             reasoning_effort=self.agent_reasoning_effort,
+            voicemail_message=self.voicemail_message,
         )
 
     @property
@@ -238,6 +254,8 @@ class Settings:
         number("RELAY_PACER_INTERVAL_MS", "pacer_interval_ms", int, 20, 200)
         if "RELAY_GREETING" in env:
             values["greeting"] = env["RELAY_GREETING"].strip()
+        if "RELAY_AGENT_VOICEMAIL_MESSAGE" in env:
+            values["voicemail_message"] = env["RELAY_AGENT_VOICEMAIL_MESSAGE"].strip()
         if "RELAY_RECONNECT_MESSAGE" in env:
             values["reconnect_message"] = env["RELAY_RECONNECT_MESSAGE"].strip()
         number("RELAY_UPSTREAM_MAX_SESSION_S", "upstream_max_session_s", int, 20, 86400)
@@ -257,6 +275,18 @@ class Settings:
         number("RELAY_START_TIMEOUT_MS", "start_timeout_ms", int, 100, 600_000)
         number("RELAY_SLOW_PEER_TIMEOUT_MS", "slow_peer_timeout_ms", int, 0, 600_000)
         number("RELAY_PEER_TIMEOUT_S", "peer_timeout_s", int, 2, 300)
+        text("RELAY_TWILIO_API_URL", "twilio_api_url")
+        text("RELAY_OUTBOUND_FROM", "outbound_from")
+        number("RELAY_MAX_OUTBOUND", "max_outbound", int, 1, 10_000)
+        number("RELAY_OUTBOUND_CPS", "outbound_cps", float, 0.01, 1000)
+        number("RELAY_OUTBOUND_RING_S", "outbound_ring_s", int, 5, 600)
+        number("RELAY_OUTBOUND_RECHECK_S", "outbound_recheck_s", int, 2, 3600)
+        text("RELAY_TIMEZONE", "timezone")
+        text("RELAY_QUIET_HOURS", "quiet_hours")
+        if "RELAY_TWILIO_API_URL" in env and any(env.get(name) for name in ("TWILIO_EDGE", "TWILIO_REGION")):
+            # The twilio library rewrites the API's host for an edge or region: a stand-in's
+            # address would be mangled (BACKENDS §6.1).
+            problems.append("RELAY_TWILIO_API_URL cannot be used with TWILIO_EDGE or TWILIO_REGION set: unset them")
 
         settings = cls(**values)  # type: ignore[arg-type]  # values checked one by one above
         problems += settings.problems(serve=serve)
@@ -335,6 +365,19 @@ class Settings:
                 f"one frame under RELAY_PLAYOUT_LEAD_MS={self.playout_lead_ms} "
                 "(Twilio must never run dry between ticks)"
             )
+        api = urlsplit(self.twilio_api_url)
+        if api.scheme not in ("https", "http") or not api.hostname:
+            problems.append(f"RELAY_TWILIO_API_URL={self.twilio_api_url!r} must be an https:// origin")
+        elif api.scheme == "http" and not is_loopback(api.hostname):
+            problems.append(f"RELAY_TWILIO_API_URL={self.twilio_api_url!r} must use https (http is for loopback only)")
+        elif api.path not in ("", "/") or api.query:
+            problems.append(f"RELAY_TWILIO_API_URL={self.twilio_api_url!r} must be an origin with no path or query")
+        if self.outbound_from and not E164.fullmatch(self.outbound_from):
+            problems.append(f"RELAY_OUTBOUND_FROM={self.outbound_from[:40]!r} must be an E.164 number")
+        try:
+            self.quiet  # noqa: B018 - read for its checks
+        except InputError as exc:
+            problems.append(f"RELAY_TIMEZONE / RELAY_QUIET_HOURS: {exc}")
         if self.log_format not in ("", *FORMATS):
             problems.append(f"RELAY_LOG_FORMAT={self.log_format!r} must be json or text")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -344,6 +387,15 @@ class Settings:
         except ConfigError as exc:
             problems += exc.problems
         return problems
+
+    @property
+    def quiet(self) -> QuietHours | None:
+        """The embedded store's tenant's quiet hours (None: none).
+
+        Raises:
+            InputError: an unknown time zone or a malformed span.
+        """
+        return QuietHours.parse(self.timezone, self.quiet_hours) if self.quiet_hours else None
 
     @property
     def prices(self) -> PriceTable:

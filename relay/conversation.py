@@ -232,6 +232,7 @@ class Conversation:
         "_resumed",
         "_response_active",
         "_say_on_open",
+        "_voicemail_after",
         "_seq",
         "_session_seconds",
         "_speaking",
@@ -246,6 +247,7 @@ class Conversation:
         "backend",
         "backend_expires_at",
         "farewell_played",
+        "hangup_reason",
         "hangup_requested",
         "media",
         "on_hangup",
@@ -321,6 +323,8 @@ class Conversation:
         self._keys_due: float | None = None
         self._dtmf_count = 0
         self.hangup_requested = False
+        self.hangup_reason = "agent_hangup"  # how the call ends once the farewell has played
+        self._voicemail_after: int | None = None  # the voicemail's answer is the first turn past this seq
         self.farewell_played = False
         self._farewell_from = 0.0  # (GPT-Live) loop time from which the farewell may count as played
         # ---- usage: the backend's accounting, priced and stored as the call ends
@@ -666,11 +670,36 @@ class Conversation:
             self._barge_in(now)
         self._want_tick()
 
+    def leave_voicemail(self, message: str, now: float) -> None:
+        """An answering machine took the call and its greeting is over (the beep): what the agent
+        is saying stops, it says ``message``, and the call ends once that has been heard."""
+        if self.hangup_requested:
+            return  # the agent is hanging up already
+        self._barge_in(now, keypress=True)  # cut what plays, cancel what is being made
+        self.hangup_requested = True
+        self.hangup_reason = "voicemail_left"
+        self._to_backend(self.backend.say(message))
+        if self._live is not None:
+            # GPT-Live's message is known played as its farewell is: quiet for a turn's gap.
+            self._farewell_from = now + LIVE_FAREWELL_START_S
+            self._want_tick()
+            self.on_hangup()
+        else:
+            # The hang-up waits for the message's response to be done, so that the wait for
+            # its last mark knows how long the message is.
+            self._voicemail_after = self._seq
+
     def _response_done(self, event: ev.ResponseDone, now: float) -> None:
         if self._live is not None:  # a delegated response: its tool calls, nothing else
             for call in event.tool_calls:
                 self._tool_call(call, now)
             return
+        after = self._voicemail_after
+        if after is not None and any(
+            turn.seq > after for turn in map(self._assistants.get, event.item_ids) if turn is not None
+        ):
+            self._voicemail_after = None
+            self.on_hangup()
         self._response_active = False
         self._meter.response_done(event.usage, event.item_ids)
         for call in event.tool_calls:
@@ -710,6 +739,8 @@ class Conversation:
             return  # GPT-Live's farewell is known from its turns (``_live_tick``)
         if not self.hangup_requested or self.farewell_played or self.media.buffered or self.media.marks_pending:
             return
+        if self._voicemail_after is not None:
+            return  # the message has not been made yet
         if any(not turn.done for turn in self._assistants.values()):
             return
         self.farewell_played = True

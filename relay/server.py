@@ -50,8 +50,9 @@ from relay.backends import WIRES
 from relay.config import Settings, is_loopback
 from relay.errors import ProtocolError
 from relay.metrics import CONTENT_TYPE_LATEST, LAG_BUCKETS_MS, Buckets, CallLedger, LiveCall, render
+from relay.outbound.service import AMD_PATH, OUTBOUND_PATH, Outbound
 from relay.pacer import Pacer
-from relay.routing import HANGUP, OUTCOME, STATUS, CallRequest, Owner, OwnerSilent, Peers
+from relay.routing import HANGUP, OUTCOME, STATUS, VOICEMAIL, CallRequest, Owner, OwnerSilent, Peers
 from relay.session import CallSession, ResolveAgent, Upstream
 from relay.store import Store
 from relay.tenants import Directory, SingleTenant
@@ -62,6 +63,8 @@ from relay.ws import Connection, handshake
 log = logging.getLogger("relay.server")
 
 MAX_BODY = 64 * 1024  # Twilio's webhook forms are a few hundred bytes
+MAX_API_BODY = 4 * 1024 * 1024  # a campaign of 10,000 calls with their variables
+API_PREFIX = "/v1/"
 MAX_HEADERS = 64
 MAX_HEAD = 16 * 1024  # request line + headers; a head that never ends is cut here (431)
 MAX_OUTCOMES = 10_000  # how many ended calls' reasons the after-stream hook finds in memory
@@ -72,7 +75,7 @@ LAG_SAMPLE_S = 0.25  # how often the event loop's timer lateness is sampled for 
 # Calls whose stream relay ended normally: the caller hears nothing more. Every other way a
 # stream ends while the call is up (a failure, or no record at all: a relay that died) gets
 # the apology, so no caller is left in silence.
-NORMAL_ENDS = frozenset({"agent_hangup", "api_hangup", "call_completed"})
+NORMAL_ENDS = frozenset({"agent_hangup", "api_hangup", "call_completed", "voicemail_left", "machine_hangup"})
 # Streams Twilio ended (the call hung up, the socket closed): no after-stream hook follows.
 TWILIO_ENDS = frozenset({"stop", "twilio_closed", "twilio_closed_before_start"})
 # How long after relay ends a stream its after-stream hook may still come (Twilio fetches it at once).
@@ -171,6 +174,8 @@ class Relay:
         # Streams our webhook announced that have not started yet (call sid -> loop time it is
         # given up): a draining relay stays until they have come.
         self.expected_streams: dict[str, float] = {}
+        # Calls relay places (``relay.outbound``): the API, the queue and its pool (None: off).
+        self.outbound: Outbound | None = None
 
     async def _connect_backend(self, agent: AgentProfile) -> Upstream:
         # Realtime takes the model in the URL; GPT-Live takes no query (the model is in its
@@ -277,13 +282,23 @@ class Relay:
         )
 
     def stream_twiml(
-        self, call_sid: str, account_sid: str, tenant: str, agent: str, from_: str, to: str, *, resume: bool = False
+        self,
+        call_sid: str,
+        account_sid: str,
+        tenant: str,
+        agent: str,
+        from_: str,
+        to: str,
+        *,
+        resume: bool = False,
+        job: str = "",
     ) -> str:
         """TwiML that connects the call to a relay's media stream (through the load balancer:
         ``RELAY_PUBLIC_URL``), then redirects to the after-stream hook when the stream ends.
 
         Both carry a token signed for this call only. ``resume``: the call was handed over from
         another relay; the stream that picks it up continues its conversation from the store.
+        ``job``: a call relay placed (``relay.outbound``), whose agent is briefed from its job.
         """
         now = time.time()
         token = streamtoken.issue(
@@ -301,11 +316,13 @@ class Relay:
         )
         after_url = (
             f"{self.settings.public_url.rstrip('/')}{twilio.AFTER_STREAM_PATH}?"
-            f"{urlencode({'tenant': tenant, 'agent': agent, 'token': hook})}"
+            f"{urlencode({'tenant': tenant, 'agent': agent, 'token': hook, **({'job': job} if job else {})})}"
         )
         parameters = {"callSid": call_sid, "from": from_, "to": to, "tenant": tenant, "agent": agent, "token": token}
         if resume:
             parameters["resume"] = "1"
+        if job:
+            parameters["job"] = job
         self.expected_streams[call_sid] = asyncio.get_running_loop().time() + STREAM_EXPECTED_S
         return twilio.connect_stream_twiml(self.settings.stream_url, parameters, after_url)
 
@@ -352,9 +369,23 @@ class Relay:
         if reason == HANDOFF and agent:
             log.info("call %s: handed over; connecting a new stream", call_sid)
             from_, to = params.get("From", ""), params.get("To", "")
-            return HTTPStatus.OK, self.stream_twiml(call_sid, account_sid, tenant, agent, from_, to, resume=True)
+            return HTTPStatus.OK, self.stream_twiml(
+                call_sid, account_sid, tenant, agent, from_, to, resume=True, job=query.get("job", "")[:40]
+            )
         log.info("call %s: the stream ended (%s); the caller hears the failure message", call_sid, reason or "unknown")
         return HTTPStatus.OK, twilio.refusal_twiml(self.settings.failure_message)
+
+    async def outbound_request(
+        self, path: str, query: dict[str, str], params: dict[str, str], found: tuple[Credential, ...]
+    ) -> tuple[HTTPStatus, str]:
+        """Twilio's requests about a call relay placed: its answer, its answering-machine verdict."""
+        if self.outbound is None:
+            return HTTPStatus.NOT_FOUND, "outbound calls are off\n"
+        if path == OUTBOUND_PATH:
+            return await self.outbound.answer(query, params, found)
+        if not await self.outbound.amd(query, params, found):
+            return HTTPStatus.FORBIDDEN, "forbidden\n"
+        return HTTPStatus.OK, ""
 
     async def end_reason(self, call_sid: str) -> str | None:
         """How a call's stream ended: from memory if it ran here, else from the relay that ran
@@ -410,6 +441,8 @@ class Relay:
             log.info("call %s: hang-up requested; ending after the line in progress", call_sid)
             session.leave("api_hangup")
             return {"instance": me, "hung_up": True}
+        if request.kind == VOICEMAIL:
+            return {"instance": me, "voicemail": session.answering_machine()}
         assert request.kind == STATUS and session.start is not None
         if request.args.get("AccountSid") != session.start.account_sid:
             return {"instance": me, "refused": "the call is on another account"}
@@ -451,13 +484,18 @@ class Relay:
         self.call_requests[request.kind, "routed"] += 1
         return None if answer.get("unknown") else answer
 
-    async def status_callback(self, params: dict[str, str], found: tuple[Credential, ...]) -> tuple[HTTPStatus, str]:
+    async def status_callback(
+        self, query: dict[str, str], params: dict[str, str], found: tuple[Credential, ...]
+    ) -> tuple[HTTPStatus, str]:
         """Twilio's status callback, answered by the relay holding the call: a final status ends
-        the call's stream there (Twilio's ``stop`` may never come over a broken socket)."""
+        the call's stream there (Twilio's ``stop`` may never come over a broken socket). A call
+        relay placed (``?job=``) has its progress recorded on its job, by whichever relay gets it."""
         call_sid, account_sid = params.get("CallSid", ""), params.get("AccountSid", "")
         if not (twilio.CALL_SID.fullmatch(call_sid) and twilio.ACCOUNT_SID.fullmatch(account_sid)):
             self.malformed_webhooks += 1
             return HTTPStatus.BAD_REQUEST, "CallSid and AccountSid must be Twilio sids\n"
+        if "job" in query and (self.outbound is None or not await self.outbound.status(query, params, found)):
+            return HTTPStatus.FORBIDDEN, "forbidden\n"
         owner = await self.locate(call_sid)
         if owner is None:  # not (or no longer) live anywhere: nothing to do
             self.call_requests[STATUS, "unknown"] += 1
@@ -609,6 +647,7 @@ class Relay:
             reconnect_give_up_s=settings.reconnect_give_up_s,
             start_timeout_s=settings.start_timeout_ms / 1000,
             resolve_agent=self.resolve_agent,
+            brief=self.outbound.brief if self.outbound is not None else None,
             verify_start=lambda start: self.verify_stream(start, found),
             on_started=self.call_started,
             on_ended=self.note_outcome,
@@ -739,7 +778,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._head_bytes = -1
         length = self._header("content-length")
-        if length is not None and (not length.strip().isdigit() or int(length.strip()[:12]) > MAX_BODY):
+        if length is not None and (not length.strip().isdigit() or int(length.strip()[:12]) > self._body_limit()):
             # Refuse an oversized body now rather than after reading it all.
             self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"request too large\n", keep_alive=False)
 
@@ -752,8 +791,11 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self._too_large = True
 
+    def _body_limit(self) -> int:
+        return MAX_API_BODY if self._url.startswith(API_PREFIX.encode()) else MAX_BODY
+
     def on_body(self, body: bytes) -> None:
-        if len(self._body) + len(body) > MAX_BODY:
+        if len(self._body) + len(body) > self._body_limit():
             self._too_large = True
         else:
             self._body += body
@@ -812,9 +854,11 @@ class HttpProtocol(asyncio.Protocol):
         elif self._metrics_only:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
         elif (url.path == twilio.STREAM_PATH and method in (b"POST", b"GET")) or (
-            url.path in (twilio.AFTER_STREAM_PATH, twilio.STATUS_PATH) and method == b"POST"
+            url.path in (twilio.AFTER_STREAM_PATH, twilio.STATUS_PATH, OUTBOUND_PATH, AMD_PATH) and method == b"POST"
         ):
             self._twilio_request(method, url.path, url.query, keep_alive)
+        elif url.path in ("/v1/calls", "/v1/campaigns") or url.path.startswith(("/v1/jobs/", "/v1/campaigns/")):
+            self._api(method, url.path, keep_alive)
         elif url.path.startswith(CONTROL_PREFIX) and method == b"POST":
             self._control(url.path, keep_alive)
         elif url.path in ("/healthz", "/readyz", "/drain", twilio.STREAM_PATH, twilio.AFTER_STREAM_PATH) or (
@@ -848,6 +892,38 @@ class HttpProtocol(asyncio.Protocol):
                 status, body = await self._relay.control(CONTROL_ACTIONS[action], call_sid)
             except Exception as exc:  # noqa: BLE001 - Postgres away: the caller may try again
                 log.warning("control request for call %s failed (%s)", call_sid, type(exc).__name__)
+                status, body = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "try again"}
+            self._send(status, orjson.dumps(body), "application/json", keep_alive=keep_alive)
+
+        task = asyncio.ensure_future(answer())
+        self._relay.background.add(task)
+        task.add_done_callback(self._relay.background.discard)
+
+    def _api(self, method: bytes, path: str, keep_alive: bool) -> None:
+        """The outbound API (``relay.outbound.service``), with a tenant's API key."""
+        outbound = self._relay.outbound
+        if method not in (b"GET", b"POST") or (method == b"POST") != (path in ("/v1/calls", "/v1/campaigns")):
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", keep_alive=keep_alive)
+            return
+        if outbound is None:
+            self._send(HTTPStatus.NOT_FOUND, b"outbound calls are off\n", keep_alive=keep_alive)
+            return
+        authorization, raw = self._header("authorization"), bytes(self._body)
+
+        async def answer() -> None:
+            try:
+                tenant = await outbound.jobs.tenant_of(authorization)
+                if tenant is None:
+                    status, body = HTTPStatus.UNAUTHORIZED, {"error": "a tenant's API key is required (Bearer)"}
+                else:
+                    try:
+                        request = orjson.loads(raw) if method == b"POST" else None
+                    except orjson.JSONDecodeError:
+                        status, body = HTTPStatus.BAD_REQUEST, {"error": "the body must be JSON"}
+                    else:
+                        status, body = await outbound.jobs.api(tenant, method.decode(), path, request)
+            except Exception as exc:  # noqa: BLE001 - the store is away: the client may try again
+                log.warning("API request %s failed (%s)", path[:60], type(exc).__name__)
                 status, body = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "try again"}
             self._send(status, orjson.dumps(body), "application/json", keep_alive=keep_alive)
 
@@ -954,7 +1030,9 @@ class HttpProtocol(asyncio.Protocol):
             if path == twilio.STREAM_PATH:
                 status, text = await relay.webhook(params, found)
             elif path == twilio.STATUS_PATH:
-                status, text = await relay.status_callback(params, found)
+                status, text = await relay.status_callback(query, params, found)
+            elif path in (OUTBOUND_PATH, AMD_PATH):
+                status, text = await relay.outbound_request(path, query, params, found)
             else:
                 status, text = await relay.after_stream(query, params, found)
         except Exception:  # e.g. the tenant directory is unreachable: Twilio retries or fails over

@@ -29,6 +29,7 @@ store, waited for briefly) before the stream closes: Twilio goes on to the TwiML
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -66,11 +67,15 @@ _CLOSE_CODES = {
     "handoff": 1000,
     "api_hangup": 1000,
     "call_completed": 1000,
+    "voicemail_left": 1000,
+    "machine_hangup": 1000,
     "twilio_protocol_error": 1007,
 }
 _CLOSE_REASONS = {
     "handoff": "handing the call to another relay",
     "api_hangup": "hung up by request",
+    "voicemail_left": "voicemail left",
+    "machine_hangup": "an answering machine took the call",
     "call_completed": "Twilio reports the call over",
     "backend_unavailable": "speech backend unavailable",
     "backend_refused": "speech backend refused the session",
@@ -138,6 +143,7 @@ class CallSession:
         reconnect_give_up_s: float = 30.0,
         start_timeout_s: float = 10.0,
         resolve_agent: ResolveAgent | None = None,
+        brief: Callable[[twilio.Start], Awaitable[str]] | None = None,
         verify_start: Callable[[twilio.Start], str | None] | None = None,
         on_started: Callable[[str], None] | None = None,
         on_ended: Callable[[str, str], None] | None = None,
@@ -157,6 +163,7 @@ class CallSession:
         self._give_up_s = reconnect_give_up_s
         self._start_timeout_s = start_timeout_s
         self._resolve_agent = resolve_agent
+        self._brief = brief  # what the agent is told about a call it placed (its job's variables)
         self._verify_start = verify_start
         self._on_started = on_started
         self._on_ended = on_ended
@@ -209,6 +216,18 @@ class CallSession:
         self._leave_reason, self._leave_at_pause = reason, at_pause
         self._leave.set()
 
+    def answering_machine(self) -> str:
+        """A call the agent placed reached an answering machine, its greeting over: the agent
+        leaves its voicemail message, or, with none, the call ends now. Returns which."""
+        conversation = self.conversation
+        message = self._agent.voicemail_message
+        if conversation is None or not message:
+            self.leave("machine_hangup", at_pause=False)
+            return "hung_up"
+        log.info("call %s: an answering machine; leaving the agent's message", self.call_sid)
+        conversation.leave_voicemail(message, self._loop.time())
+        return "left"
+
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
@@ -241,6 +260,8 @@ class CallSession:
         if self._on_started is not None:
             self._on_started(start.call_sid)
         await self._pick_agent()
+        if self._brief is not None:
+            await self._add_brief(start)
         resumed = await self._resumed(start) if start.custom_parameters.get("resume") == "1" else None
         conversation = self.conversation = Conversation(
             start, self._agent, self.twilio, self._store.submit, self._options, prices=self._prices, resumed=resumed
@@ -339,6 +360,17 @@ class CallSession:
         if found is not None:
             self._agent = found.profile(self._agent)
 
+    async def _add_brief(self, start: twilio.Start) -> None:
+        try:
+            async with asyncio.timeout(RESUME_READ_TIMEOUT):
+                assert self._brief is not None
+                brief = await self._brief(start)
+        except Exception as exc:  # noqa: BLE001 - the store is away: the agent talks without its notes
+            log.warning("call %s: the call's details are unavailable (%s)", self.call_sid, type(exc).__name__)
+            return
+        if brief:
+            self._agent = dataclasses.replace(self._agent, instructions=f"{self._agent.instructions}\n\n{brief}")
+
     async def _bridge(self, conversation: Conversation) -> None:
         try:
             upstream = await self._connect_upstream(self._agent)
@@ -404,7 +436,7 @@ class CallSession:
             except TimeoutError:
                 log.warning("call %s: the farewell's final mark did not come back in time; hanging up", self.call_sid)
                 break
-        return "agent_hangup"
+        return conversation.hangup_reason
 
     async def _leave_watch(self, conversation: Conversation) -> str:
         """When the stream is to end on relay's side (``leave``): at the first pause between

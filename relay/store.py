@@ -341,6 +341,7 @@ CREATE TABLE IF NOT EXISTS agents (
     calls_per_minute      INTEGER,
     greeting              TEXT NOT NULL DEFAULT '',
     reasoning_effort      TEXT NOT NULL DEFAULT 'low',
+    voicemail_message     TEXT NOT NULL DEFAULT '',
     created_at            TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
     PRIMARY KEY (tenant_id, agent_id)
 );

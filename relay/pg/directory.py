@@ -14,6 +14,7 @@ import asyncpg
 from relay.agents import COLUMNS as AGENT_COLUMNS
 from relay.agents import DEFAULT_AGENT, RANGES, Agent, AgentProfile
 from relay.errors import InputError
+from relay.outbound.jobs import QuietHours
 from relay.pg.db import SELECT_CALLS, SELECT_TURNS, as_tenant, as_writer, placeholders
 from relay.store import TurnRecord
 from relay.trust import Credential
@@ -44,6 +45,10 @@ class Directory:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
 
     @classmethod
     @asynccontextmanager
@@ -106,6 +111,38 @@ class Directory:
             )  # fmt: skip
         if found == "UPDATE 0":
             await self.require_tenant(tenant_id)
+
+    async def set_outbound(
+        self, tenant_id: str, from_number: str | None, timezone: str | None, quiet_hours: str | None
+    ) -> None:
+        """The tenant's outbound settings: its caller ID, time zone and quiet hours (None: unset).
+
+        Raises:
+            InputError: a caller ID that is not E.164, a bad zone or span, or no such tenant.
+        """
+        if from_number and not E164.fullmatch(from_number):
+            raise InputError(f"{from_number[:40]!r} is not an E.164 number (+ and up to 15 digits)")
+        if quiet_hours or timezone:
+            QuietHours.parse(timezone or "UTC", quiet_hours or "00:00-00:01")  # raises InputError
+        async with as_writer(self._pool) as conn:
+            found = await conn.execute(
+                "UPDATE tenants SET outbound_from = $2, timezone = $3, quiet_hours = $4 WHERE tenant_id = $1",
+                tenant_id, from_number or None, timezone or None, quiet_hours or None,
+            )  # fmt: skip
+        if found == "UPDATE 0":
+            await self.require_tenant(tenant_id)
+
+    async def outbound_settings(self, tenant_id: str) -> dict[str, Any] | None:
+        """What placing the tenant's calls needs: its own Twilio account (if any), its caller ID
+        (set, else its first number), its time zone and quiet hours. None: no such tenant."""
+        async with as_writer(self._pool) as conn:
+            row = await conn.fetchrow(
+                "SELECT twilio_account_sid, outbound_from, timezone, quiet_hours, "
+                "(SELECT e164 FROM phone_numbers p WHERE p.tenant_id = t.tenant_id ORDER BY created_at, e164 LIMIT 1) "
+                "AS first_number FROM tenants t WHERE tenant_id = $1",
+                tenant_id,
+            )
+        return dict(row) if row is not None else None
 
     async def credentials(self) -> list[Credential]:
         """Every tenant's Twilio account and token (secrets: for signature checks only, never shown)."""

@@ -1,0 +1,195 @@
+"""Calls relay places, end to end against the Twilio simulator: the paced pool per account,
+answers of every kind (a person, an answering machine, no answer, busy), retries of 20429, and
+the API's tenant boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from relay.config import Settings
+from relay.outbound import jobs, wiring
+from relay.outbound.jobs import CallSpec
+from relay.outbound.service import Outbound
+from relay.server import Relay, RelayServer
+from relay.sim.agent import AgentConfig, RealtimeAgent
+from relay.sim.caller import http_get, http_post
+from relay.sim.phones import Busy, NoAnswer, Person, Phone, Voicemail
+from relay.sim.twilio_rest import TwilioSim
+from relay.store import SQLiteStore
+
+ACCOUNT = "AC" + "1" * 32
+TOKEN = "acct-token-1"
+CALLER_ID = "+15005550006"
+VOICEMAIL = "Hi Sam, this is Acme about your order. Please call us back."
+FAST = AgentConfig(think_ms=100, realtime_factor=8.0, transcription_delay_ms=50)
+
+
+@dataclass
+class Stack:
+    sim: TwilioSim
+    relay: Relay
+    outbound: Outbound
+    store: SQLiteStore
+    url: str
+
+
+@contextlib.asynccontextmanager
+async def outbound_stack(
+    tmp_path: Path, phones: dict[str, Phone], *, default: Phone | None = None, **settings: Any
+) -> AsyncIterator[Stack]:
+    agent = RealtimeAgent(FAST)
+    await agent.start()
+    sim = TwilioSim({ACCOUNT: TOKEN}, phones, numbers={ACCOUNT: [CALLER_ID]}, default_phone=default)
+    await sim.start()
+    store = SQLiteStore(tmp_path / "relay.sqlite3")
+    await store.open()
+    base = Settings(
+        **{
+            "host": "127.0.0.1",
+            "port": 0,
+            "realtime_url": agent.url,
+            "openai_api_key": "sk-sim",
+            "twilio_auth_token": TOKEN,
+            "twilio_account_sid": ACCOUNT,
+            "twilio_api_url": sim.url,
+            "outbound_from": CALLER_ID,
+            "sqlite_path": str(tmp_path / "relay.sqlite3"),
+            "voicemail_message": VOICEMAIL,
+            **settings,
+        }
+    )
+    server = RelayServer(Relay(base, store))
+    await server.start()
+    url = f"http://127.0.0.1:{server.port}"
+    relay = server.relay
+    relay.settings = dataclasses.replace(base, public_url=url)
+    outbound = relay.outbound = wiring.placing(relay.settings, relay, await wiring.embedded_jobs(relay.settings))
+    outbound.pool.start()
+    try:
+        yield Stack(sim, relay, outbound, store, url)
+    finally:
+        await outbound.pool.close()
+        await outbound.queue.close()
+        await server.close(drain_timeout=5)
+        await store.close()
+        await sim.stop()
+        await agent.stop()
+
+
+async def settled(s: Stack, count: int, timeout: float = 60.0) -> list[jobs.Job]:
+    """Wait until ``count`` jobs are over (done or failed) and Twilio's calls too."""
+
+    async def over() -> list[jobs.Job]:
+        return [j for j in await s.outbound.queue.jobs("default", limit=1000) if j.state in ("done", "failed")]
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(await over()) < count or any(not c.terminal for c in s.sim.calls.values()):
+        assert asyncio.get_running_loop().time() < deadline, "the jobs did not settle"
+        await asyncio.sleep(0.1)
+    return await s.outbound.queue.jobs("default", limit=1000)
+
+
+async def test_a_person_a_machine_no_answer_and_busy(tmp_path: Path) -> None:
+    phones: dict[str, Phone] = {
+        "+15550100001": Person(),
+        "+15550100002": Voicemail(),
+        "+15550100003": NoAnswer(ring_s=1.0),
+        "+15550100004": Busy(),
+    }
+    async with outbound_stack(tmp_path, phones, outbound_cps=20.0) as s:
+        specs = [CallSpec(n, {"name": f"N{i}"}, key=f"k{i}") for i, n in enumerate(phones)]
+        await s.outbound.jobs.enqueue("default", "default", specs)
+        found = {j.to_number: j for j in await settled(s, 4)}
+        await s.store.flush()
+        calls = {c.to: c for c in s.sim.calls.values()}
+        person_turns = await s.store.turns(calls["+15550100001"].sid)
+
+    person, machine, nobody, busy = (found[n] for n in phones)
+    # The person converses with the agent: what they said, the agent's answer heard.
+    assert (person.state, person.outcome, person.answered_by) == ("done", "completed", "human")
+    result = calls["+15550100001"].result
+    assert result is not None and result.violations == []
+    assert [t.heard for t in result.turns] == ["You said: Hello?"]
+    assert [(t.role, t.text_generated) for t in person_turns] == [
+        ("user", "Hello?"),
+        ("assistant", "You said: Hello?"),
+    ]
+    assert person.statuses and [s for _, s, _ in person.statuses] == [
+        "initiated",
+        "ringing",
+        "in-progress",
+        "completed",
+    ]
+    # The machine gets the voicemail message after the beep, whole.
+    assert (machine.outcome, machine.answered_by, machine.voicemail) == ("completed", "machine", "left")
+    assert VOICEMAIL.rstrip(".") in calls["+15550100002"].recording_text
+    assert (nobody.outcome, nobody.answered_by) == ("no-answer", "")
+    assert (busy.outcome, busy.answered_by) == ("busy", "")
+    assert all(j.attempts == 1 and j.duration_s is not None for j in found.values())
+
+
+async def test_a_machine_without_a_message_is_hung_up_on(tmp_path: Path) -> None:
+    async with outbound_stack(tmp_path, {"+15550100002": Voicemail()}, voicemail_message="") as s:
+        await s.outbound.jobs.enqueue("default", "default", [CallSpec("+15550100002", key="k")])
+        [job] = await settled(s, 1)
+        [call] = s.sim.calls.values()
+    assert (job.answered_by, job.voicemail, job.outcome) == ("machine", "hung_up", "completed")
+    assert call.recording_text == ""
+
+
+async def test_20429_is_retried_never_duplicated(tmp_path: Path) -> None:
+    phones: dict[str, Phone] = {f"+1555020000{i}": Busy() for i in range(3)}
+    async with outbound_stack(tmp_path, phones, outbound_cps=20.0) as s:
+        s.sim.fail_next_creates(4)
+        specs = [CallSpec(n, key=n) for n in phones]
+        await s.outbound.jobs.enqueue("default", "default", specs)
+        found = await settled(s, 3)
+        refused = s.sim.refused_creates
+    assert refused == 4
+    assert sorted(c.to for c in s.sim.calls.values()) == sorted(phones)  # each exactly once
+    assert all(j.outcome == "busy" for j in found) and sum(j.attempts for j in found) == 3 + 4
+    assert any(j.error_code == 20429 for j in found)
+
+
+async def api(url: str, method: str, path: str, key: str, body: Any = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if method == "GET":
+        status, raw = await http_get(url + path, headers)
+    else:
+        status, raw = await http_post(url + path, orjson.dumps(body), headers)
+    return status, orjson.loads(raw) if raw.startswith((b"{", b"[")) else raw
+
+
+async def test_the_api_queues_calls_with_a_key_and_reads_them_back(tmp_path: Path) -> None:
+    async with outbound_stack(tmp_path, {}, default=Busy(), outbound_cps=20.0) as s:
+        _, key = await s.outbound.jobs.keys.create("default", "crm")
+        s.outbound.jobs.keys.cache_s = 0.2  # (a key's lookup is reused this long: 5 s by default)
+        status, job = await api(s.url, "POST", "/v1/calls", key, {"to": "+15550300001", "variables": {"n": "1"}})
+        assert status == 202 and job["state"] == "queued" and job["variables"] == {"n": "1"}
+        status, body = await api(s.url, "POST", "/v1/calls", key, {"to": "5550300001"})
+        assert status == 400 and "E.164" in body["error"]
+        status, body = await api(s.url, "POST", "/v1/calls", "rk_" + "0" * 16 + "_" + "x" * 43, {"to": "+15550300001"})
+        assert status == 401
+        campaign = {"idempotency_key": "spring", "calls": [{"to": f"+1555030010{i}"} for i in range(3)]}
+        status, first = await api(s.url, "POST", "/v1/campaigns", key, campaign)
+        status2, again = await api(s.url, "POST", "/v1/campaigns", key, campaign)
+        assert status == status2 == 202 and first["campaign"] == again["campaign"] and first["calls"] == 3
+        assert [j["job"] for j in first["jobs"]] == [j["job"] for j in again["jobs"]]
+        await settled(s, 4)
+        status, done = await api(s.url, "GET", f"/v1/jobs/{job['job']}", key)
+        assert status == 200 and done["outcome"] == "busy" and done["statuses"][-1] == "busy"
+        status, summary = await api(s.url, "GET", f"/v1/campaigns/{first['campaign']}", key)
+        assert status == 200 and summary["states"] == {"done": 3}
+        await s.outbound.jobs.keys.revoke("default", key.split("_")[1])
+        await asyncio.sleep(0.3)
+        status, _ = await api(s.url, "GET", f"/v1/jobs/{job['job']}", key)
+        assert status == 401
+    assert len(s.sim.calls) == 4
