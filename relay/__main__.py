@@ -117,7 +117,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         # The other relays on this database: requests about a call reach the relay holding it.
         await peers.start(server.relay.answer_peer)
     await server.start()
-    server.relay.outbound.pool.start()
+    server.relay.outbound.start()
     log.info(
         "relay %s listening on %s:%d; Twilio streams to %s; fastpath=%s; store=%s %s",
         __version__,
@@ -162,8 +162,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         await asyncio.gather(drain, return_exceptions=True)
         await server.close(drain_timeout=0.0)
     at_once.cancel()
-    await server.relay.outbound.pool.close()
-    await server.relay.outbound.queue.close()
+    await server.relay.outbound.close()
     if peers is not None:
         await peers.close()
     log.info("every call has left; closing the store")

@@ -89,6 +89,13 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     set_outbound.add_argument("--from", dest="from_number", help="caller ID (E.164; default: its first number)")
     set_outbound.add_argument("--timezone", help="IANA time zone of the quiet hours (default UTC)")
     set_outbound.add_argument("--quiet-hours", help="HH:MM-HH:MM local time when no campaign call is placed")
+    set_outbound.add_argument(
+        "--business-hours", help="when it is open, e.g. 'mon-fri 09:00-17:00, sat 10:00-14:00' (unset: never)"
+    )
+    set_outbound.add_argument(
+        "--on-call", help="who an after-hours escalation reaches, in order: 'Dana=+1555…,Lee=+1555…'"
+    )
+    set_outbound.add_argument("--race-timeout-s", type=int, help="how long each on-call contact has to take it")
 
     numbers = commands.add_parser("numbers", help="route a phone number to a tenant (Postgres)")
     number_actions = numbers.add_subparsers(dest="action", required=True)
@@ -331,7 +338,15 @@ async def _tenants_set_token(directory: Any, args: argparse.Namespace, settings:
 
 
 async def _tenants_set_outbound(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
-    await directory.set_outbound(args.tenant_id, args.from_number, args.timezone, args.quiet_hours)
+    await directory.set_outbound(
+        args.tenant_id,
+        outbound_from=args.from_number,
+        timezone=args.timezone,
+        quiet_hours=args.quiet_hours,
+        business_hours=args.business_hours,
+        on_call=args.on_call,
+        race_timeout_s=args.race_timeout_s,
+    )
     print(f"tenant {args.tenant_id}: outbound settings saved")
 
 

@@ -27,6 +27,7 @@ class AgentProfile:
     vad_prefix_ms: int = 300
     greeting: str = ""  # said as soon as the stream starts; empty: the caller speaks first
     end_call_tool: bool = True  # offer the model the built-in end_call tool
+    escalate_tool: bool = False  # offer ``escalate``: after hours, with someone on call to reach
     interrupt_response: bool = True  # server VAD cancels a response when the caller speaks
     backend: str = "openai-realtime"  # which speech backend serves the call (``BACKENDS``)
     reasoning_effort: str = models.DEFAULT_REASONING_EFFORT  # sent to the models that reason (``models.reasons``)

@@ -15,6 +15,7 @@ from relay.call_options import CallOptions
 from relay.errors import ConfigError, InputError
 from relay.logs import FORMATS
 from relay.outbound.jobs import QuietHours
+from relay.outbound.race import BusinessHours, parse_contacts
 from relay.outbound.rest import DEFAULT_API_URL as DEFAULT_TWILIO_API_URL
 from relay.pricing import PriceTable
 from relay.streamtoken import derive_secret
@@ -113,6 +114,12 @@ class Settings:
     outbound_recheck_s: int = 60
     timezone: str = "UTC"
     quiet_hours: str = ""  # HH:MM-HH:MM local time: no campaign call is placed then
+    # After hours (outside business_hours; never open when unset) an agent may escalate an
+    # urgent matter to the on-call list (Name=+1555…,…): a call and a text at once, each
+    # contact given race_timeout_s to take it.
+    business_hours: str = ""
+    on_call: str = ""
+    race_timeout_s: int = 120
 
     @property
     def stream_token_key(self) -> bytes:
@@ -283,6 +290,9 @@ class Settings:
         number("RELAY_OUTBOUND_RECHECK_S", "outbound_recheck_s", int, 2, 3600)
         text("RELAY_TIMEZONE", "timezone")
         text("RELAY_QUIET_HOURS", "quiet_hours")
+        text("RELAY_BUSINESS_HOURS", "business_hours")
+        text("RELAY_ON_CALL", "on_call")
+        number("RELAY_RACE_TIMEOUT_S", "race_timeout_s", int, 10, 3600)
         if "RELAY_TWILIO_API_URL" in env and any(env.get(name) for name in ("TWILIO_EDGE", "TWILIO_REGION")):
             # The twilio library rewrites the API's host for an edge or region: a stand-in's
             # address would be mangled (BACKENDS §6.1).
@@ -378,6 +388,14 @@ class Settings:
             self.quiet  # noqa: B018 - read for its checks
         except InputError as exc:
             problems.append(f"RELAY_TIMEZONE / RELAY_QUIET_HOURS: {exc}")
+        try:
+            self.business  # noqa: B018 - read for its checks
+        except InputError as exc:
+            problems.append(f"RELAY_TIMEZONE / RELAY_BUSINESS_HOURS: {exc}")
+        try:
+            parse_contacts(self.on_call)
+        except InputError as exc:
+            problems.append(f"RELAY_ON_CALL: {exc}")
         if self.log_format not in ("", *FORMATS):
             problems.append(f"RELAY_LOG_FORMAT={self.log_format!r} must be json or text")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -396,6 +414,15 @@ class Settings:
             InputError: an unknown time zone or a malformed span.
         """
         return QuietHours.parse(self.timezone, self.quiet_hours) if self.quiet_hours else None
+
+    @property
+    def business(self) -> BusinessHours | None:
+        """The embedded store's tenant's business hours (None: never open).
+
+        Raises:
+            InputError: an unknown time zone, day or time.
+        """
+        return BusinessHours.parse(self.timezone, self.business_hours) if self.business_hours else None
 
     @property
     def prices(self) -> PriceTable:

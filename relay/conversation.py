@@ -64,6 +64,8 @@ from relay.usage import CallUsage, UsageMeter, UsageRecord
 log = logging.getLogger("relay.session")
 
 END_CALL = "end_call"
+ESCALATE = "escalate"
+MAX_SUMMARY = 1000  # characters of an escalation's summary kept
 # GPT-Live's goodbye is the model's own: after the agent calls end_call, the farewell has played
 # once the agent has been quiet for a turn's gap and all it said was heard, but not before this
 # long (the goodbye may begin just after the call), nor later than the most a goodbye takes.
@@ -232,7 +234,7 @@ class Conversation:
         "_resumed",
         "_response_active",
         "_say_on_open",
-        "_voicemail_after",
+        "_say_after",
         "_seq",
         "_session_seconds",
         "_speaking",
@@ -250,7 +252,9 @@ class Conversation:
         "hangup_reason",
         "hangup_requested",
         "media",
+        "on_escalate",
         "on_hangup",
+        "on_key",
         "on_turn_stored",
         "on_wants_clock",
         "options",
@@ -294,6 +298,10 @@ class Conversation:
         # wait to be sent (``tick`` wanted; the media core has its own clock hook).
         self.on_hangup: Callable[[], None] = lambda: None
         self.on_wants_clock: Callable[[], None] = lambda: None
+        # The agent escalated a matter (``escalate``): the shell reaches the person on call and
+        # says what the agent tells the caller; a key the caller pressed (a call that asks for one).
+        self.on_escalate: Callable[[str], dict[str, Any]] = lambda summary: {"error": "no one to escalate to"}
+        self.on_key: Callable[[str], None] = lambda digit: None
         # A turn was stored: (its record, the answer or None for the caller's); metrics, traces.
         self.on_turn_stored: Callable[[TurnRecord, AssistantTurn | None], None] = lambda record, turn: None
         # ---- backend leg
@@ -324,7 +332,7 @@ class Conversation:
         self._dtmf_count = 0
         self.hangup_requested = False
         self.hangup_reason = "agent_hangup"  # how the call ends once the farewell has played
-        self._voicemail_after: int | None = None  # the voicemail's answer is the first turn past this seq
+        self._say_after: int | None = None  # the line said before hanging up is the first answer past this seq
         self.farewell_played = False
         self._farewell_from = 0.0  # (GPT-Live) loop time from which the farewell may count as played
         # ---- usage: the backend's accounting, priced and stored as the call ends
@@ -552,6 +560,7 @@ class Conversation:
 
     def dtmf(self, digit: str, now: float) -> None:
         """A key: collected until '#' or ``dtmf_timeout_ms`` of no more keys, then sent as user input."""
+        self.on_key(digit[:1])
         self._keys += digit[:1]
         self._keys_due = now + self.options.dtmf_timeout_ms / 1000
         if digit == "#" or len(self._keys) >= 32:
@@ -568,6 +577,8 @@ class Conversation:
         turn = UserTurn(self._next_seq(), f"dtmf_{self._dtmf_count}", time.time(), f"[DTMF {keys}]")
         self._users[turn.item_id] = turn
         self._store_user(turn)
+        if self.hangup_requested:
+            return  # kept, not answered: the agent's last line is on its way
         for message in self.backend.user_text(f"The caller pressed these keys on the phone keypad: {keys}"):
             self._to_backend(message)
 
@@ -670,35 +681,40 @@ class Conversation:
             self._barge_in(now)
         self._want_tick()
 
-    def leave_voicemail(self, message: str, now: float) -> None:
-        """An answering machine took the call and its greeting is over (the beep): what the agent
-        is saying stops, it says ``message``, and the call ends once that has been heard."""
+    def tell(self, note: str) -> None:
+        """A word for the agent from outside the call, which it passes on to the caller."""
+        for message in self.backend.user_text(f"[A note for you, not said by the caller] {note}"):
+            self._to_backend(message)
+
+    def say_and_hang_up(self, message: str, now: float, reason: str) -> None:
+        """What the agent is saying stops, it says ``message``, and the call ends (``reason``) once
+        that has been heard: the message after an answering machine's beep, say."""
         if self.hangup_requested:
             return  # the agent is hanging up already
         self._barge_in(now, keypress=True)  # cut what plays, cancel what is being made
         self.hangup_requested = True
-        self.hangup_reason = "voicemail_left"
+        self.hangup_reason = reason
         self._to_backend(self.backend.say(message))
         if self._live is not None:
-            # GPT-Live's message is known played as its farewell is: quiet for a turn's gap.
+            # GPT-Live's line is known played as its farewell is: quiet for a turn's gap.
             self._farewell_from = now + LIVE_FAREWELL_START_S
             self._want_tick()
             self.on_hangup()
         else:
-            # The hang-up waits for the message's response to be done, so that the wait for
-            # its last mark knows how long the message is.
-            self._voicemail_after = self._seq
+            # The hang-up waits for the line's response to be done, so that the wait for its
+            # last mark knows how long the line is.
+            self._say_after = self._seq
 
     def _response_done(self, event: ev.ResponseDone, now: float) -> None:
         if self._live is not None:  # a delegated response: its tool calls, nothing else
             for call in event.tool_calls:
                 self._tool_call(call, now)
             return
-        after = self._voicemail_after
+        after = self._say_after
         if after is not None and any(
             turn.seq > after for turn in map(self._assistants.get, event.item_ids) if turn is not None
         ):
-            self._voicemail_after = None
+            self._say_after = None
             self.on_hangup()
         self._response_active = False
         self._meter.response_done(event.usage, event.item_ids)
@@ -729,6 +745,20 @@ class Conversation:
                     self._to_backend(message)
             self.on_hangup()
             return
+        if call.name == ESCALATE and self.agent.escalate_tool:
+            try:
+                arguments = orjson.loads(call.arguments or "{}")
+            except orjson.JSONDecodeError:
+                arguments = {}
+            summary = arguments.get("summary") if isinstance(arguments, dict) else None
+            if not isinstance(summary, str) or not summary.strip():
+                output: dict[str, Any] = {"error": "give a summary of the matter"}
+            else:
+                log.info("call %s: the agent escalates the matter", self.call_sid)
+                output = self.on_escalate(summary.strip()[:MAX_SUMMARY])
+            for message in self.backend.tool_result(call.call_id, output, respond=True):
+                self._to_backend(message)
+            return
         # Not a tool relay offered: say so, so the model does not wait for an answer.
         for message in self.backend.tool_result(call.call_id, {"error": f"no tool named {call.name[:40]!r}"}):
             self._to_backend(message)
@@ -739,8 +769,8 @@ class Conversation:
             return  # GPT-Live's farewell is known from its turns (``_live_tick``)
         if not self.hangup_requested or self.farewell_played or self.media.buffered or self.media.marks_pending:
             return
-        if self._voicemail_after is not None:
-            return  # the message has not been made yet
+        if self._say_after is not None:
+            return  # the line has not been made yet
         if any(not turn.done for turn in self._assistants.values()):
             return
         self.farewell_played = True

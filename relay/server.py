@@ -50,9 +50,9 @@ from relay.backends import WIRES
 from relay.config import Settings, is_loopback
 from relay.errors import ProtocolError
 from relay.metrics import CONTENT_TYPE_LATEST, LAG_BUCKETS_MS, Buckets, CallLedger, LiveCall, render
-from relay.outbound.service import AMD_PATH, OUTBOUND_PATH, Outbound
+from relay.outbound.service import AMD_PATH, OUTBOUND_PATH, SMS_PATH, Outbound
 from relay.pacer import Pacer
-from relay.routing import HANGUP, OUTCOME, STATUS, VOICEMAIL, CallRequest, Owner, OwnerSilent, Peers
+from relay.routing import HANGUP, NOTE, OUTCOME, STATUS, VOICEMAIL, CallRequest, Owner, OwnerSilent, Peers
 from relay.session import CallSession, ResolveAgent, Upstream
 from relay.store import Store
 from relay.tenants import Directory, SingleTenant
@@ -387,6 +387,17 @@ class Relay:
             return HTTPStatus.FORBIDDEN, "forbidden\n"
         return HTTPStatus.OK, ""
 
+    async def sms_webhook(self, params: dict[str, str], found: tuple[Credential, ...]) -> tuple[HTTPStatus, str]:
+        """A text to one of the tenants' numbers (``To`` picks the tenant, as for a call)."""
+        to, from_ = params.get("To", ""), params.get("From", "")
+        if not (twilio.E164.fullmatch(to) and twilio.E164.fullmatch(from_)):
+            self.malformed_webhooks += 1
+            return HTTPStatus.BAD_REQUEST, "From and To must be E.164 numbers\n"
+        route = await self.directory.route(to)
+        if route is None or self.outbound is None:
+            return HTTPStatus.OK, twilio.empty_twiml()
+        return await self.outbound.sms(params, found, route.tenant_id)
+
     async def end_reason(self, call_sid: str) -> str | None:
         """How a call's stream ended: from memory if it ran here, else from the relay that ran
         it (through the peers), else from the store (waiting briefly for an end still on its
@@ -443,6 +454,9 @@ class Relay:
             return {"instance": me, "hung_up": True}
         if request.kind == VOICEMAIL:
             return {"instance": me, "voicemail": session.answering_machine()}
+        if request.kind == NOTE:
+            session.tell(request.args.get("text", "")[:500])
+            return {"instance": me, "told": True}
         assert request.kind == STATUS and session.start is not None
         if request.args.get("AccountSid") != session.start.account_sid:
             return {"instance": me, "refused": "the call is on another account"}
@@ -647,7 +661,8 @@ class Relay:
             reconnect_give_up_s=settings.reconnect_give_up_s,
             start_timeout_s=settings.start_timeout_ms / 1000,
             resolve_agent=self.resolve_agent,
-            brief=self.outbound.brief if self.outbound is not None else None,
+            prepare=self.outbound.prepare if self.outbound is not None else None,
+            hooks=self.outbound,
             verify_start=lambda start: self.verify_stream(start, found),
             on_started=self.call_started,
             on_ended=self.note_outcome,
@@ -854,7 +869,8 @@ class HttpProtocol(asyncio.Protocol):
         elif self._metrics_only:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
         elif (url.path == twilio.STREAM_PATH and method in (b"POST", b"GET")) or (
-            url.path in (twilio.AFTER_STREAM_PATH, twilio.STATUS_PATH, OUTBOUND_PATH, AMD_PATH) and method == b"POST"
+            url.path in (twilio.AFTER_STREAM_PATH, twilio.STATUS_PATH, OUTBOUND_PATH, AMD_PATH, SMS_PATH)
+            and method == b"POST"
         ):
             self._twilio_request(method, url.path, url.query, keep_alive)
         elif url.path in ("/v1/calls", "/v1/campaigns") or url.path.startswith(("/v1/jobs/", "/v1/campaigns/")):
@@ -1031,6 +1047,8 @@ class HttpProtocol(asyncio.Protocol):
                 status, text = await relay.webhook(params, found)
             elif path == twilio.STATUS_PATH:
                 status, text = await relay.status_callback(query, params, found)
+            elif path == SMS_PATH:
+                status, text = await relay.sms_webhook(params, found)
             elif path in (OUTBOUND_PATH, AMD_PATH):
                 status, text = await relay.outbound_request(path, query, params, found)
             else:

@@ -29,11 +29,10 @@ store, waited for briefly) before the stream closes: Twilio goes on to the TwiML
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from relay import logs, tracing, twilio
 from relay.agents import Agent, AgentProfile
@@ -126,6 +125,14 @@ def _recycle_margin(cap_s: float) -> float:
     return min(max(5.0, cap_s * 0.1), 300.0)
 
 
+class CallHooks(Protocol):
+    """What a call's tools and keys reach beyond the call (``relay.outbound.service.Outbound``)."""
+
+    def escalate(self, session: CallSession, summary: str) -> dict[str, Any]: ...
+
+    def key(self, session: CallSession, digit: str) -> None: ...
+
+
 class CallSession:
     """Runs one call; ``run()`` returns when the call has ended and its records are submitted."""
 
@@ -143,7 +150,8 @@ class CallSession:
         reconnect_give_up_s: float = 30.0,
         start_timeout_s: float = 10.0,
         resolve_agent: ResolveAgent | None = None,
-        brief: Callable[[twilio.Start], Awaitable[str]] | None = None,
+        prepare: Callable[[twilio.Start, AgentProfile], Awaitable[AgentProfile]] | None = None,
+        hooks: CallHooks | None = None,
         verify_start: Callable[[twilio.Start], str | None] | None = None,
         on_started: Callable[[str], None] | None = None,
         on_ended: Callable[[str, str], None] | None = None,
@@ -163,7 +171,10 @@ class CallSession:
         self._give_up_s = reconnect_give_up_s
         self._start_timeout_s = start_timeout_s
         self._resolve_agent = resolve_agent
-        self._brief = brief  # what the agent is told about a call it placed (its job's variables)
+        # The agent as this call needs it (briefed on a call it placed, given tools), and what
+        # its tools and keys reach beyond the call (``relay.outbound``).
+        self._prepare = prepare
+        self._hooks = hooks
         self._verify_start = verify_start
         self._on_started = on_started
         self._on_ended = on_ended
@@ -216,6 +227,21 @@ class CallSession:
         self._leave_reason, self._leave_at_pause = reason, at_pause
         self._leave.set()
 
+    @property
+    def agent_id(self) -> str:
+        """The tenant's agent the webhook picked for this call (its ``<Parameter name="agent">``)."""
+        return (self.start.custom_parameters.get("agent") if self.start else None) or "default"
+
+    def say_and_hang_up(self, line: str, reason: str) -> None:
+        """The agent stops, says ``line``, and the call ends (``reason``) once it has been heard."""
+        if self.conversation is not None:
+            self.conversation.say_and_hang_up(line, self._loop.time(), reason)
+
+    def tell(self, note: str) -> None:
+        """Tell the agent something it should pass on (it answers the caller about it)."""
+        if self.conversation is not None:
+            self.conversation.tell(note)
+
     def answering_machine(self) -> str:
         """A call the agent placed reached an answering machine, its greeting over: the agent
         leaves its voicemail message, or, with none, the call ends now. Returns which."""
@@ -225,7 +251,7 @@ class CallSession:
             self.leave("machine_hangup", at_pause=False)
             return "hung_up"
         log.info("call %s: an answering machine; leaving the agent's message", self.call_sid)
-        conversation.leave_voicemail(message, self._loop.time())
+        conversation.say_and_hang_up(message, self._loop.time(), "voicemail_left")
         return "left"
 
     # ------------------------------------------------------------------ lifecycle
@@ -260,8 +286,8 @@ class CallSession:
         if self._on_started is not None:
             self._on_started(start.call_sid)
         await self._pick_agent()
-        if self._brief is not None:
-            await self._add_brief(start)
+        if self._prepare is not None:
+            await self._prepare_agent(start)
         resumed = await self._resumed(start) if start.custom_parameters.get("resume") == "1" else None
         conversation = self.conversation = Conversation(
             start, self._agent, self.twilio, self._store.submit, self._options, prices=self._prices, resumed=resumed
@@ -272,6 +298,10 @@ class CallSession:
         media.on_wants_clock = lambda: self._pacer.add(media, media.tick)
         conversation.on_wants_clock = lambda: self._pacer.add(conversation, conversation.tick)
         conversation.on_hangup = self._hangup.set
+        hooks = self._hooks
+        if hooks is not None:
+            conversation.on_escalate = lambda summary: hooks.escalate(self, summary)
+            conversation.on_key = lambda digit: hooks.key(self, digit)
         call_trace = tracing.CallTrace(start.call_sid, start.stream_sid, self.tenant_id)
         on_turn, tenant = self._on_turn_stored, self.tenant_id
 
@@ -360,16 +390,13 @@ class CallSession:
         if found is not None:
             self._agent = found.profile(self._agent)
 
-    async def _add_brief(self, start: twilio.Start) -> None:
+    async def _prepare_agent(self, start: twilio.Start) -> None:
+        assert self._prepare is not None
         try:
             async with asyncio.timeout(RESUME_READ_TIMEOUT):
-                assert self._brief is not None
-                brief = await self._brief(start)
+                self._agent = await self._prepare(start, self._agent)
         except Exception as exc:  # noqa: BLE001 - the store is away: the agent talks without its notes
             log.warning("call %s: the call's details are unavailable (%s)", self.call_sid, type(exc).__name__)
-            return
-        if brief:
-            self._agent = dataclasses.replace(self._agent, instructions=f"{self._agent.instructions}\n\n{brief}")
 
     async def _bridge(self, conversation: Conversation) -> None:
         try:

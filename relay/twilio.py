@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
+from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from relay.audio_format import SAMPLE_RATE
@@ -248,6 +249,11 @@ def hangup_twiml() -> str:
     response = VoiceResponse()
     response.hangup()
     return str(response)
+
+
+def empty_twiml() -> str:
+    """TwiML that does nothing: the answer to a text that needs no reply (BACKENDS §6.7)."""
+    return str(MessagingResponse())
 
 
 def connect_stream_twiml(stream_url: str, parameters: Mapping[str, str], after_url: str | None = None) -> str:

@@ -72,12 +72,11 @@ async def outbound_stack(
     relay = server.relay
     relay.settings = dataclasses.replace(base, public_url=url)
     outbound = relay.outbound = wiring.placing(relay.settings, relay, await wiring.embedded_jobs(relay.settings))
-    outbound.pool.start()
+    outbound.start()
     try:
         yield Stack(sim, relay, outbound, store, url)
     finally:
-        await outbound.pool.close()
-        await outbound.queue.close()
+        await outbound.close()
         await server.close(drain_timeout=5)
         await store.close()
         await sim.stop()

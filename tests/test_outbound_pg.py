@@ -17,6 +17,7 @@ import asyncpg
 import orjson
 import pytest
 
+from relay.errors import InputError
 from relay.pg import Directory
 from relay.pg.apikeys import PostgresKeyStore
 from relay.sim.agent import RealtimeAgent
@@ -187,3 +188,42 @@ async def test_a_tenants_key_neither_queues_for_nor_reads_another_tenant(tmp_pat
             await sim.stop()
         rows = await job_rows(database)
     assert [(r["tenant_id"], r["to_number"]) for r in rows] == [("beta", "+15550500001")]
+
+
+async def test_two_acknowledgements_at_once_one_winner_and_the_tenants_after_hours_settings() -> None:
+    from relay.outbound import race
+    from relay.pg.jobs import postgres_jobs
+    from relay.pg.races import PostgresRaceStore
+
+    async with database_with_acme() as database, Directory.connect(database) as directory:
+        await directory.set_outbound(
+            "acme",
+            timezone="America/New_York",
+            business_hours="mon-fri 09:00-17:00",
+            on_call="Dana=+15550601111,Lee=+15550602222",
+            race_timeout_s=90,
+        )
+        with pytest.raises(InputError, match=r"E\.164"):
+            await directory.set_outbound("acme", on_call="Dana=555")
+        with pytest.raises(InputError, match=r"10\.\.3600"):
+            await directory.set_outbound("acme", race_timeout_s=5)
+        jobs = postgres_jobs(directory.pool, directory, account_sid=ACCOUNT, from_number="")
+        settings = await jobs.tenant_settings("acme")
+        assert settings is not None and settings.from_number == ACME_NUMBER and settings.race_timeout_s == 90.0
+        assert [c.name for c in settings.on_call] == ["Dana", "Lee"] and settings.business is not None
+        await directory.set_outbound("acme", business_hours="")  # cleared: never open
+        cleared = await jobs.tenant_settings("acme")
+        assert cleared is not None and cleared.business is None and cleared.on_call == settings.on_call
+
+        races = PostgresRaceStore(directory.pool)
+        started, _ = race.new_race("race_x", "acme", "CA" + "1" * 32, "Flood.", settings.on_call, 90.0, 0.0)
+        await races.create(started)
+        results = await asyncio.gather(
+            races.step("race_x", lambda r: race.acknowledge(r, 0, race.CALL, 1.0)),
+            races.step("race_x", lambda r: race.acknowledge(r, 0, race.SMS, 1.0)),
+        )
+        winners = [actions for _, actions in (r for r in results if r is not None) if actions]
+        assert len(winners) == 1
+        stored = await races.get("acme", "race_x")
+        assert stored is not None and stored.outcome == race.ACKNOWLEDGED
+        assert await races.get("beta", "race_x") is None  # another tenant's read finds nothing

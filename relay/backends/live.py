@@ -21,7 +21,7 @@ import orjson
 from relay import backends as ev
 from relay import models
 from relay.agents import AgentProfile
-from relay.backends.realtime import END_CALL_TOOL, parse_event
+from relay.backends.realtime import offered_tools, parse_event
 from relay.errors import ProtocolError
 
 PCMU_8000 = {"type": "audio/pcmu", "rate": 8000}
@@ -49,11 +49,11 @@ def session_start(agent: AgentProfile, history: list[tuple[str, str]], max_chars
         "audio": {"format": PCMU_8000, "output": {"voice": agent.voice}},
         "store": False,
     }
-    if agent.end_call_tool:
-        tool = {key: END_CALL_TOOL[key] for key in ("type", "name", "description", "parameters")}
+    tools = [{key: tool[key] for key in ("type", "name", "description", "parameters")} for tool in offered_tools(agent)]
+    if tools:
         session["delegation"] = {
             "type": "responses",
-            "responses": {"model": models.DEFAULT_DELEGATION_MODEL, "tools": [tool], "tool_choice": "auto"},
+            "responses": {"model": models.DEFAULT_DELEGATION_MODEL, "tools": tools, "tool_choice": "auto"},
         }
     items = history_input(history, min(max_chars, MAX_INPUT_CHARS))
     if items:
@@ -171,7 +171,7 @@ class LiveBackend:
     def close(self) -> bytes:
         return SESSION_CLOSE  # answered by session.closed, with the session's final usage
 
-    def tool_result(self, call_id: str, output: dict[str, Any]) -> list[bytes]:
+    def tool_result(self, call_id: str, output: dict[str, Any], *, respond: bool = False) -> list[bytes]:
         out = [function_output(call_id, output)]
         for delegation in self._delegations.values():
             if call_id in delegation.waiting:

@@ -30,6 +30,25 @@ END_CALL_TOOL = {
 }
 
 
+ESCALATE_TOOL = {
+    "type": "function",
+    "name": "escalate",
+    "description": "Only for a matter that truly cannot wait until business hours: reach the person on "
+    "call now, by phone and text at once. Give a short summary they can act on (who, what, how to "
+    "reach the caller). Tell the caller what the result says happens next.",
+    "parameters": {
+        "type": "object",
+        "properties": {"summary": {"type": "string", "description": "What the matter is, in two sentences."}},
+        "required": ["summary"],
+    },
+}
+
+
+def offered_tools(agent: AgentProfile) -> list[dict[str, Any]]:
+    """The built-in tools this agent's calls offer the model."""
+    return [tool for tool, on in ((END_CALL_TOOL, agent.end_call_tool), (ESCALATE_TOOL, agent.escalate_tool)) if on]
+
+
 # Our session.update's event_id: an ``error`` naming it (``error.event_id``) is the backend
 # refusing the session itself, not one of the events sent after it.
 SESSION_UPDATE_ID = "relay_session_update"
@@ -50,7 +69,7 @@ def session_update(agent: AgentProfile) -> bytes:
                 "type": "realtime",
                 "output_modalities": ["audio"],
                 "instructions": agent.instructions,
-                "tools": [END_CALL_TOOL] if agent.end_call_tool else [],
+                "tools": offered_tools(agent),
                 "tool_choice": "auto",
                 "audio": {
                     "input": {
@@ -259,8 +278,8 @@ class RealtimeBackend:
     def truncate(self, item_id: str, heard_ms: int) -> bytes:
         return truncate(item_id, heard_ms)
 
-    def tool_result(self, call_id: str, output: dict[str, Any]) -> list[bytes]:
-        return [function_output(call_id, output)]
+    def tool_result(self, call_id: str, output: dict[str, Any], *, respond: bool = False) -> list[bytes]:
+        return [function_output(call_id, output), *([response_create()] if respond else [])]
 
     def close(self) -> None:
         return None  # a Realtime session ends with its socket

@@ -106,6 +106,8 @@ class Job:
     error_code: int | None = None
     error: str = ""
     voicemail: str = ""  # what happened on a machine: left (the message after the beep) or hung_up
+    priority: int = 0
+    race_id: str = ""  # the after-hours race whose call this is
 
     def public(self) -> dict[str, Any]:
         """The job as the API and the CLI show it."""
@@ -125,6 +127,7 @@ class Job:
             "outcome": self.outcome or None,
             "duration_s": self.duration_s,
             "voicemail": self.voicemail or None,
+            "race": self.race_id or None,
             "error": ({"code": self.error_code, "message": self.error} if self.error_code or self.error else None),
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),

@@ -36,6 +36,7 @@ JOB_COLUMNS = (
     "job_id", "tenant_id", "agent_id", "account_sid", "to_number", "from_number", "variables",
     "idempotency_key", "state", "attempts", "due_at", "created_at", "updated_at", "campaign_id",
     "call_sid", "answered_by", "statuses", "outcome", "duration_s", "error_code", "error", "voicemail",
+    "priority", "race_id",
 )  # fmt: skip
 
 
@@ -44,7 +45,7 @@ def job_from_row(row: dict[str, Any]) -> Job:
     values = {c: row[c] for c in JOB_COLUMNS}
     values["variables"] = json.loads(values["variables"] or "{}")
     values["statuses"] = tuple(tuple(s) for s in json.loads(values["statuses"] or "[]"))
-    for name in ("campaign_id", "call_sid", "answered_by", "outcome", "error", "voicemail"):
+    for name in ("campaign_id", "call_sid", "answered_by", "outcome", "error", "voicemail", "race_id"):
         values[name] = values[name] or ""
     return Job(**values)
 
@@ -63,9 +64,12 @@ class JobQueue(ABC):
         *,
         now: float,
         campaign_id: str = "",
+        priority: int = 0,
+        race_id: str = "",
     ) -> list[Job]:
         """Queue one job per spec; a spec whose idempotency key the tenant has used already gets
-        the job queued then, unchanged. Returns the jobs in ``specs`` order."""
+        the job queued then, unchanged. Returns the jobs in ``specs`` order. Jobs of a higher
+        ``priority`` are placed first (a race's call before a campaign's)."""
 
     @abstractmethod
     async def claim(self, *, now: float, instance: str, max_live: int, cps: float, hold: Hold) -> Job | None:
@@ -153,6 +157,8 @@ CREATE TABLE IF NOT EXISTS outbound_jobs (
     error_code       INTEGER,
     error            TEXT NOT NULL DEFAULT '',
     voicemail        TEXT NOT NULL DEFAULT '',
+    priority         INTEGER NOT NULL DEFAULT 0,
+    race_id          TEXT NOT NULL DEFAULT '',
     UNIQUE (tenant_id, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS outbound_jobs_due ON outbound_jobs (state, due_at);
@@ -213,6 +219,11 @@ class SQLiteJobQueue(JobQueue):
             self._running = asyncio.ensure_future(asyncio.to_thread(work, db))
             return await asyncio.shield(self._running)
 
+    async def run(self, work: Callable[[sqlite3.Connection], Any], *, transaction: bool = True) -> Any:
+        """Run ``work`` on the queue's connection, in a write transaction unless told otherwise
+        (the races of ``relay.outbound.races`` share the file and the connection)."""
+        return await (self._run(work) if transaction else self._in_thread(work))
+
     async def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         def in_transaction(db: sqlite3.Connection) -> Any:
             db.execute("BEGIN IMMEDIATE")
@@ -236,6 +247,8 @@ class SQLiteJobQueue(JobQueue):
         *,
         now: float,
         campaign_id: str = "",
+        priority: int = 0,
+        race_id: str = "",
     ) -> list[Job]:
         def work(db: sqlite3.Connection) -> list[Job]:
             out = []
@@ -243,11 +256,11 @@ class SQLiteJobQueue(JobQueue):
                 key = spec.key or jobs.new_id("key_")
                 db.execute(
                     "INSERT INTO outbound_jobs (job_id, tenant_id, agent_id, account_sid, to_number, from_number, "
-                    "variables, idempotency_key, state, due_at, created_at, updated_at, campaign_id) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?) "
+                    "variables, idempotency_key, state, due_at, created_at, updated_at, campaign_id, priority, "
+                    "race_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
                     (jobs.new_id("job_"), tenant_id, agent_id, account_sid, spec.to, from_number,
-                     json.dumps(dict(spec.variables)), key, now, now, now, campaign_id),
+                     json.dumps(dict(spec.variables)), key, now, now, now, campaign_id, priority, race_id),
                 )  # fmt: skip
                 row = db.execute(
                     "SELECT * FROM outbound_jobs WHERE tenant_id = ? AND idempotency_key = ?", (tenant_id, key)
@@ -294,7 +307,7 @@ class SQLiteJobQueue(JobQueue):
                 continue
             row = db.execute(
                 "SELECT * FROM outbound_jobs WHERE account_sid = ? AND state = 'queued' AND due_at <= ? "
-                "ORDER BY due_at, created_at, rowid LIMIT 1",
+                "ORDER BY priority DESC, due_at, created_at, rowid LIMIT 1",
                 (account_sid, now),
             ).fetchone()
             if row is not None:

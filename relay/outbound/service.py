@@ -15,31 +15,43 @@ before the create's answer was recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
 from relay import twilio
-from relay.agents import DEFAULT_AGENT
+from relay.agents import DEFAULT_AGENT, AgentProfile
 from relay.apikeys import KeyStore, bearer
 from relay.errors import InputError
-from relay.outbound import jobs
+from relay.outbound import jobs, race
 from relay.outbound.jobs import CallSpec, Job, QuietHours
 from relay.outbound.pool import Limits, OutboundPool
 from relay.outbound.queue import JobQueue
+from relay.outbound.race import BusinessHours, Contact
+from relay.outbound.races import RaceStore
 from relay.outbound.rest import Account, TwilioRest
 from relay.routing import VOICEMAIL, CallRequest, OwnerSilent
 from relay.trust import Credential
+
+if TYPE_CHECKING:
+    from relay.outbound.escalation import Escalations
+    from relay.session import CallSession
 
 log = logging.getLogger("relay.outbound")
 
 OUTBOUND_PATH = "/twilio/outbound"  # the placed call's Url: fetched when the callee answers
 AMD_PATH = "/twilio/amd"  # the async answering-machine verdict
+SMS_PATH = "/twilio/sms"  # a text to one of the tenants' numbers
+ESCALATED = {
+    "ok": True,
+    "say": "I am reaching the person on call now, by phone and text. They will call you back.",
+}
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 MAX_JOBS_SHOWN = 10_000
 DEFAULT_LIMITS = Limits()
@@ -47,11 +59,15 @@ DEFAULT_LIMITS = Limits()
 
 @dataclass(frozen=True, slots=True)
 class TenantOutbound:
-    """What placing a tenant's calls needs: its account, its caller ID, its quiet hours."""
+    """What placing a tenant's calls needs: its account, its caller ID, its quiet hours; and for
+    after-hours escalations, when it is open and who is on call."""
 
     account_sid: str
     from_number: str
     quiet: QuietHours | None = None
+    business: BusinessHours | None = None  # None: never open (escalations whenever someone is on call)
+    on_call: tuple[Contact, ...] = ()
+    race_timeout_s: float = race.DEFAULT_TIMEOUT_S
 
 
 class RelayLike(Protocol):
@@ -89,17 +105,26 @@ class OutboundJobs:
         *,
         tenant_settings: Callable[[str], Awaitable[TenantOutbound | None]],
         agent_exists: Callable[[str, str], Awaitable[bool]],
+        races: RaceStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue
         self.keys = keys
+        self.races = races
         self.tenant_settings = tenant_settings
         self._agent_exists = agent_exists
         self._clock = clock
         self.on_queued: Callable[[], None] = lambda: None  # the pool looks at once
 
     async def enqueue(
-        self, tenant_id: str, agent_id: str, specs: list[CallSpec], *, campaign_id: str = ""
+        self,
+        tenant_id: str,
+        agent_id: str,
+        specs: list[CallSpec],
+        *,
+        campaign_id: str = "",
+        priority: int = 0,
+        race_id: str = "",
     ) -> list[Job]:
         """Queue calls for the tenant's agent.
 
@@ -122,6 +147,8 @@ class OutboundJobs:
             specs,
             now=self._clock(),
             campaign_id=campaign_id,
+            priority=priority,
+            race_id=race_id,
         )
         self.on_queued()
         return queued
@@ -214,6 +241,100 @@ class Outbound:
             quiet_live_s=recheck_s,
         )
         jobs.on_queued = self.pool.kick
+        # After-hours races (``relay.outbound.escalation``), when the store keeps them.
+        self.escalations: Escalations | None = None
+        if jobs.races is not None:
+            from relay.outbound.escalation import Escalations
+
+            self.escalations = Escalations(self, jobs.races, clock=clock)
+
+    def start(self) -> None:
+        self.pool.start()
+        if self.escalations is not None:
+            self.escalations.start()
+
+    async def close(self) -> None:
+        if self.escalations is not None:
+            await self.escalations.close()
+        await self.pool.close()
+        await self.queue.close()
+
+    async def _tenant_account(self, tenant_id: str) -> tuple[Account, str]:
+        settings = await self.jobs.tenant_settings(tenant_id)
+        if settings is None:
+            raise InputError(f"no tenant {tenant_id!r}")
+        for credential in self.relay.credentials:
+            if credential.account_sid == settings.account_sid and credential.tenant_id in (None, tenant_id):
+                return Account(settings.account_sid, credential.token), settings.from_number
+        raise InputError(f"relay holds no auth token for tenant {tenant_id!r}'s account")
+
+    async def text(self, tenant_id: str, to: str, body: str) -> str:
+        """Send an SMS from the tenant's caller ID; its MessageSid."""
+        account, from_number = await self._tenant_account(tenant_id)
+        return await self.rest.send_sms(account, to=to, from_=from_number, body=body)
+
+    async def cancel_job(self, job_id: str) -> None:
+        """Call it off: a job not placed yet never is; a placed call is hung up, ringing or talking."""
+        job = await self.queue.get(job_id)
+        if job is None:
+            return
+        if job.state == jobs.QUEUED or (job.state == jobs.PLACING and not job.call_sid):
+            await self.queue.fail(job.job_id, None, "called off", self._clock())
+        if job.call_sid and job.state in (jobs.PLACING, jobs.LIVE):
+            account = self.account_for(job)
+            if account is not None:
+                await self.rest.update_call(account, job.call_sid, status="completed")
+
+    # ------------------------------------------------------------------ what a call's session asks
+
+    async def prepare(self, start: twilio.Start, agent: AgentProfile) -> AgentProfile:
+        """The agent a call runs with: briefed on a call it placed (its job's variables, or a race's
+        summary), and given ``escalate`` when its tenant is closed and someone is on call."""
+        params = start.custom_parameters
+        tenant = params.get("tenant") or ""
+        job = await self.queue.get(params["job"]) if params.get("job") else None
+        if job is not None and job.tenant_id == tenant:
+            if job.race_id and self.escalations is not None:
+                return await self.escalations.brief(job, agent)
+            agent = dataclasses.replace(agent, instructions=f"{agent.instructions}\n\n{brief(job)}")
+        if self.escalations is not None and await self.escalations.available(tenant):
+            agent = dataclasses.replace(agent, escalate_tool=True)
+        return agent
+
+    def escalate(self, session: CallSession, summary: str) -> dict[str, Any]:
+        """The agent escalated: the race starts now, the agent tells the caller what happens next."""
+        if self.escalations is None:
+            return {"error": "escalation is not available"}
+        self.escalations.in_background(
+            self.escalations.escalate(session.tenant_id, session.agent_id, session.call_sid, summary)
+        )
+        return ESCALATED
+
+    def key(self, session: CallSession, digit: str) -> None:
+        """A key pressed on a call relay placed (a race's call takes a 1)."""
+        job_id = session.start.custom_parameters.get("job", "") if session.start else ""
+        if job_id and self.escalations is not None:
+            self.escalations.in_background(self._key(job_id, digit, session))
+
+    async def _key(self, job_id: str, digit: str, session: CallSession) -> None:
+        job = await self.queue.get(job_id)
+        if job is not None and job.race_id and self.escalations is not None:
+            await self.escalations.key(job, digit, session)
+
+    async def sms(
+        self, params: dict[str, str], found: tuple[Credential, ...], tenant_id: str
+    ) -> tuple[HTTPStatus, str]:
+        """A text to one of the tenant's numbers: a YES from someone on call takes their race."""
+        account_sid, from_ = params.get("AccountSid", ""), params.get("From", "")
+        problem = self.relay.binding_problem(found, tenant_id, account_sid)
+        if problem is not None:
+            log.warning("inbound SMS refused: %s", problem)
+            return HTTPStatus.FORBIDDEN, "forbidden\n"
+        taken = False
+        if self.escalations is not None:
+            taken = await self.escalations.sms(tenant_id, from_, params.get("Body", "")[:1600])
+        log.info("SMS to tenant %s%s", tenant_id, ": an on-call contact took a race" if taken else "")
+        return HTTPStatus.OK, twilio.empty_twiml()
 
     # ------------------------------------------------------------------ placing
 
@@ -348,19 +469,14 @@ class Outbound:
             what = "hung_up"
         await self.queue.note_voicemail(job.job_id, what, self._clock())
 
-    async def brief(self, start: twilio.Start) -> str:
-        """What the agent is told about a call it placed: to whom, and the job's variables."""
-        job_id = start.custom_parameters.get("job", "")
-        if not job_id:
-            return ""
-        job = await self.queue.get(job_id)
-        if job is None or job.tenant_id != (start.custom_parameters.get("tenant") or ""):
-            return ""
-        lines = [f"You placed this phone call to {job.to_number}; the person who answers speaks first."]
-        if job.variables:
-            lines.append("What you know for this call:")
-            lines += [f"- {name}: {value}" for name, value in job.variables.items()]
-        return "\n".join(lines)
+
+def brief(job: Job) -> str:
+    """What the agent is told about a call it placed: to whom, and the job's variables."""
+    lines = [f"You placed this phone call to {job.to_number}; the person who answers speaks first."]
+    if job.variables:
+        lines.append("What you know for this call:")
+        lines += [f"- {name}: {value}" for name, value in job.variables.items()]
+    return "\n".join(lines)
 
 
 def campaign_id_for(tenant_id: str, key: str) -> str:

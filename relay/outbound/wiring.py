@@ -12,6 +12,8 @@ from relay.apikeys import SQLiteKeyStore
 from relay.config import Settings
 from relay.outbound.pool import Limits
 from relay.outbound.queue import SQLiteJobQueue
+from relay.outbound.race import parse_contacts
+from relay.outbound.races import SQLiteRaceStore
 from relay.outbound.rest import TwilioRest
 from relay.outbound.service import Outbound, OutboundJobs, RelayLike, TenantOutbound
 from relay.store import DEFAULT_TENANT
@@ -35,12 +37,19 @@ async def embedded_jobs(settings: Settings) -> OutboundJobs:
     """Jobs in the embedded store's file: its one tenant and agent, the deployment's account."""
     queue = SQLiteJobQueue(settings.sqlite_path)
     await queue.open()
-    quiet = settings.quiet
+    races = SQLiteRaceStore(queue)
+    await races.open()
+    own = TenantOutbound(
+        settings.twilio_account_sid,
+        settings.outbound_from,
+        settings.quiet,
+        settings.business,
+        parse_contacts(settings.on_call),
+        float(settings.race_timeout_s),
+    )
 
     async def tenant_settings(tenant_id: str) -> TenantOutbound | None:
-        if tenant_id != DEFAULT_TENANT:
-            return None
-        return TenantOutbound(settings.twilio_account_sid, settings.outbound_from, quiet)
+        return own if tenant_id == DEFAULT_TENANT else None
 
     async def agent_exists(tenant_id: str, agent_id: str) -> bool:
         return tenant_id == DEFAULT_TENANT and agent_id == DEFAULT_AGENT
@@ -50,4 +59,5 @@ async def embedded_jobs(settings: Settings) -> OutboundJobs:
         SQLiteKeyStore(settings.sqlite_path, DEFAULT_TENANT),
         tenant_settings=tenant_settings,
         agent_exists=agent_exists,
+        races=races,
     )

@@ -15,12 +15,15 @@ from relay.agents import COLUMNS as AGENT_COLUMNS
 from relay.agents import DEFAULT_AGENT, RANGES, Agent, AgentProfile
 from relay.errors import InputError
 from relay.outbound.jobs import QuietHours
+from relay.outbound.race import BusinessHours, parse_contacts
 from relay.pg.db import SELECT_CALLS, SELECT_TURNS, as_tenant, as_writer, placeholders
 from relay.store import TurnRecord
 from relay.trust import Credential
 from relay.twilio import ACCOUNT_SID, E164
 from relay.usage_report import queries
 
+# What ``set_outbound`` may change: the tenants table's outbound columns.
+OUTBOUND_SETTINGS = ("outbound_from", "timezone", "quiet_hours", "business_hours", "on_call", "race_timeout_s")
 _UPSERT_AGENT = (
     f"INSERT INTO agents ({', '.join(AGENT_COLUMNS)}) VALUES ({placeholders(len(AGENT_COLUMNS))}) "
     f"ON CONFLICT (tenant_id, agent_id) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in AGENT_COLUMNS[2:])
@@ -112,34 +115,48 @@ class Directory:
         if found == "UPDATE 0":
             await self.require_tenant(tenant_id)
 
-    async def set_outbound(
-        self, tenant_id: str, from_number: str | None, timezone: str | None, quiet_hours: str | None
-    ) -> None:
-        """The tenant's outbound settings: its caller ID, time zone and quiet hours (None: unset).
+    async def set_outbound(self, tenant_id: str, **changes: str | int | None) -> None:
+        """Some of the tenant's outbound settings (the rest stay; "" clears one): ``outbound_from``
+        (its caller ID), ``timezone``, ``quiet_hours``, ``business_hours``, ``on_call``,
+        ``race_timeout_s``.
 
         Raises:
-            InputError: a caller ID that is not E.164, a bad zone or span, or no such tenant.
+            InputError: a value that is not one (checked as calls will read it), or no such tenant.
         """
-        if from_number and not E164.fullmatch(from_number):
-            raise InputError(f"{from_number[:40]!r} is not an E.164 number (+ and up to 15 digits)")
-        if quiet_hours or timezone:
-            QuietHours.parse(timezone or "UTC", quiet_hours or "00:00-00:01")  # raises InputError
-        async with as_writer(self._pool) as conn:
-            found = await conn.execute(
-                "UPDATE tenants SET outbound_from = $2, timezone = $3, quiet_hours = $4 WHERE tenant_id = $1",
-                tenant_id, from_number or None, timezone or None, quiet_hours or None,
-            )  # fmt: skip
-        if found == "UPDATE 0":
+        unknown = set(changes) - set(OUTBOUND_SETTINGS)
+        if unknown:
+            raise InputError(f"no outbound setting {sorted(unknown)}")
+        values = {k: (v if v != "" else None) for k, v in changes.items() if v is not None}
+        current = await self.outbound_settings(tenant_id)
+        if current is None:
             await self.require_tenant(tenant_id)
+            return
+        merged = {**current, **values}
+        zone = str(merged["timezone"] or "UTC")
+        if merged["outbound_from"] and not E164.fullmatch(str(merged["outbound_from"])):
+            raise InputError(f"{str(merged['outbound_from'])[:40]!r} is not an E.164 number (+ and up to 15 digits)")
+        QuietHours.parse(zone, str(merged["quiet_hours"] or "00:00-00:01"))  # each raises InputError
+        if merged["business_hours"]:
+            BusinessHours.parse(zone, str(merged["business_hours"]))
+        parse_contacts(str(merged["on_call"] or ""))
+        timeout = merged["race_timeout_s"]
+        if timeout is not None and not 10 <= int(timeout) <= 3600:
+            raise InputError(f"race timeout {timeout} s is outside 10..3600")
+        if not values:
+            return
+        sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(values, start=2))
+        async with as_writer(self._pool) as conn:
+            await conn.execute(f"UPDATE tenants SET {sets} WHERE tenant_id = $1", tenant_id, *values.values())
 
     async def outbound_settings(self, tenant_id: str) -> dict[str, Any] | None:
         """What placing the tenant's calls needs: its own Twilio account (if any), its caller ID
-        (set, else its first number), its time zone and quiet hours. None: no such tenant."""
+        (set, else its first number), its time zone and quiet hours; and its business hours, who
+        is on call and for how long each (after-hours escalations). None: no such tenant."""
         async with as_writer(self._pool) as conn:
             row = await conn.fetchrow(
-                "SELECT twilio_account_sid, outbound_from, timezone, quiet_hours, "
-                "(SELECT e164 FROM phone_numbers p WHERE p.tenant_id = t.tenant_id ORDER BY created_at, e164 LIMIT 1) "
-                "AS first_number FROM tenants t WHERE tenant_id = $1",
+                "SELECT twilio_account_sid, outbound_from, timezone, quiet_hours, business_hours, on_call, "
+                "race_timeout_s, (SELECT e164 FROM phone_numbers p WHERE p.tenant_id = t.tenant_id "
+                "ORDER BY created_at, e164 LIMIT 1) AS first_number FROM tenants t WHERE tenant_id = $1",
                 tenant_id,
             )
         return dict(row) if row is not None else None

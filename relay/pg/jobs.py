@@ -22,10 +22,12 @@ import asyncpg
 from relay.outbound import jobs
 from relay.outbound.jobs import CallSpec, Job, QuietHours
 from relay.outbound.queue import JOB_COLUMNS, Hold, JobQueue, job_from_row
+from relay.outbound.race import DEFAULT_TIMEOUT_S, BusinessHours, parse_contacts
 from relay.outbound.service import OutboundJobs, TenantOutbound
 from relay.pg.apikeys import PostgresKeyStore
 from relay.pg.db import as_tenant, as_writer
 from relay.pg.directory import Directory
+from relay.pg.races import PostgresRaceStore
 from relay.twilio import FINAL_STATUSES
 
 _SELECT = f"SELECT {', '.join(JOB_COLUMNS)} FROM outbound_jobs"
@@ -51,17 +53,19 @@ class PostgresJobQueue(JobQueue):
         *,
         now: float,
         campaign_id: str = "",
+        priority: int = 0,
+        race_id: str = "",
     ) -> list[Job]:
         rows = [
             (jobs.new_id("job_"), tenant_id, agent_id, account_sid, spec.to, from_number,
-             json.dumps(dict(spec.variables)), spec.key or jobs.new_id("key_"), now, campaign_id)
+             json.dumps(dict(spec.variables)), spec.key or jobs.new_id("key_"), now, campaign_id, priority, race_id)
             for spec in specs
         ]  # fmt: skip
         async with as_writer(self._pool) as conn:
             await conn.executemany(
                 "INSERT INTO outbound_jobs (job_id, tenant_id, agent_id, account_sid, to_number, from_number, "
-                "variables, idempotency_key, state, due_at, created_at, updated_at, campaign_id) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, 'queued', $9, $9, $9, $10) "
+                "variables, idempotency_key, state, due_at, created_at, updated_at, campaign_id, priority, race_id) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, 'queued', $9, $9, $9, $10, $11, $12) "
                 "ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
                 rows,
             )
@@ -110,7 +114,7 @@ class PostgresJobQueue(JobQueue):
             for _ in range(100):
                 row = await conn.fetchrow(
                     f"{_SELECT} WHERE account_sid = $1 AND state = 'queued' AND due_at <= $2 "
-                    "ORDER BY due_at, position LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    "ORDER BY priority DESC, due_at, position LIMIT 1 FOR UPDATE SKIP LOCKED",
                     account_sid,
                     now,
                 )
@@ -258,8 +262,15 @@ def postgres_jobs(pool: asyncpg.Pool, directory: Directory, *, account_sid: str,
         own = row["twilio_account_sid"]
         # A tenant on the deployment's account may use the deployment's caller ID.
         fallback = "" if own else from_number
-        quiet = QuietHours.parse(row["timezone"] or "UTC", row["quiet_hours"]) if row["quiet_hours"] else None
-        return TenantOutbound(own or account_sid, row["outbound_from"] or row["first_number"] or fallback, quiet)
+        zone = row["timezone"] or "UTC"
+        return TenantOutbound(
+            own or account_sid,
+            row["outbound_from"] or row["first_number"] or fallback,
+            QuietHours.parse(zone, row["quiet_hours"]) if row["quiet_hours"] else None,
+            BusinessHours.parse(zone, row["business_hours"]) if row["business_hours"] else None,
+            parse_contacts(row["on_call"] or ""),
+            float(row["race_timeout_s"] or DEFAULT_TIMEOUT_S),
+        )
 
     async def agent_exists(tenant_id: str, agent_id: str) -> bool:
         return await directory.get_agent(tenant_id, agent_id) is not None
@@ -269,4 +280,5 @@ def postgres_jobs(pool: asyncpg.Pool, directory: Directory, *, account_sid: str,
         PostgresKeyStore(pool),
         tenant_settings=tenant_settings,
         agent_exists=agent_exists,
+        races=PostgresRaceStore(pool),
     )

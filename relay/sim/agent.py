@@ -101,6 +101,16 @@ def default_reply(transcript: str, history: list[tuple[str, str]]) -> str:
     return "You said: " + " ".join(words[:8]) if words else "Sorry, I did not catch that."
 
 
+def _output_line(item: _Item) -> str | None:
+    """What a tool's output asks the model to say (its ``say``), if anything."""
+    try:
+        output = orjson.loads(item.extra.get("output", ""))
+    except orjson.JSONDecodeError:
+        return None
+    said = output.get("say") if isinstance(output, dict) else None
+    return said if isinstance(said, str) and said else None
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     think_ms: int = 300  # end of user speech (speech_stopped) -> first audio delta
@@ -116,6 +126,10 @@ class AgentConfig:
     # ``end_call`` tool (when it offers one), as a model told to hang up after goodbye does.
     hangup_words: tuple[str, ...] = ("goodbye", "bye")
     farewell: str = "Thank you for calling. Goodbye!"
+    # A caller line with one of these words, on a session offering ``escalate``, gets this line
+    # and a call of it with the line's words as the summary, as a model judging a matter urgent.
+    escalate_words: tuple[str, ...] = ("urgent", "emergency")
+    escalating: str = "Let me reach who is on call."
     # Answer every session.update with this error (code, message) instead of session.updated, as
     # the service does for a session it will not run (a model the key may not use, no quota).
     session_error: tuple[str, str] | None = None
@@ -743,13 +757,19 @@ class RealtimeSession:
             at = now + self.config.think_ms / 1000
             if self._wants_hangup(transcript):
                 self._start_response(self.config.farewell, at, call="end_call")
+            elif self._wants_tool("escalate", transcript, self.config.escalate_words):
+                arguments = orjson.dumps({"summary": f"Caller says: {transcript}"}).decode()
+                self._start_response(self.config.escalating, at, call="escalate", arguments=arguments)
             else:
                 self._start_response(self.reply(transcript, history), at)
 
     def _wants_hangup(self, transcript: str) -> bool:
+        return self._wants_tool("end_call", transcript, self.config.hangup_words)
+
+    def _wants_tool(self, name: str, transcript: str, cues: tuple[str, ...]) -> bool:
         words = {w.strip(".,!?;:").lower() for w in transcript.split()}
         tools = {t.get("name") for t in self.session.get("tools") or [] if isinstance(t, dict)}
-        return "end_call" in tools and any(w in words for w in self.config.hangup_words)
+        return name in tools and any(w in words for w in cues)
 
     @staticmethod
     def _heard_anything(data: bytes) -> bool:
@@ -796,13 +816,16 @@ class RealtimeSession:
             text = say.group(1).strip()
         elif not isinstance(text, str) or not text.strip():
             last = self.items[-1] if self.items else None
-            if last is not None and last.type == "message" and last.role == "user":
+            said = _output_line(last) if last is not None and last.type == "function_call_output" else None
+            if said is not None:  # a tool's result the model is to pass on
+                text = said
+            elif last is not None and last.type == "message" and last.role == "user":
                 text = self.reply(last.text, list(self.log.turns[:-1]))
             else:
                 text = "Hello, how can I help you?"
         self._start_response(text, now)
 
-    def _start_response(self, text: str, at: float, *, call: str | None = None) -> None:
+    def _start_response(self, text: str, at: float, *, call: str | None = None, arguments: str = "{}") -> None:
         parts = [self._message(line) for line in (self.config.preamble, text) if line]
         (item, data, marks), later = parts[0], parts[1:]
         resp = self.response = _Response(id=self._id("resp"), item=item, audio=data, marks=marks, later=later)
@@ -813,7 +836,7 @@ class RealtimeSession:
                 type="function_call",
                 role=None,
                 status="completed",
-                extra={"name": call, "call_id": self._id("call"), "arguments": "{}"},
+                extra={"name": call, "call_id": self._id("call"), "arguments": arguments},
             )
         self._at(at, lambda t: self._begin(resp, t))
 

@@ -1,7 +1,8 @@
 -- 0010: calls relay places itself (relay/outbound). The queue of jobs every relay on this database
 -- shares, the per-account row whose lock serialises placements (live-call cap and calls per
--- second), the tenants' API keys (stored hashed), and what outbound calls need of tenants and
--- agents: a caller ID, quiet hours, and what the agent does on an answering machine.
+-- second), the tenants' API keys (stored hashed), the after-hours races (a call and a text to the
+-- person on call), and what these need of tenants and agents: a caller ID, quiet hours, business
+-- hours and an on-call list, and what the agent does on an answering machine.
 
 CREATE TABLE outbound_jobs (
     job_id           TEXT PRIMARY KEY CHECK (job_id ~ '^job_[0-9a-f]{24}$'),
@@ -28,10 +29,12 @@ CREATE TABLE outbound_jobs (
     error_code       INTEGER,
     error            TEXT NOT NULL DEFAULT '',
     voicemail        TEXT NOT NULL DEFAULT '',
+    priority         INTEGER NOT NULL DEFAULT 0,  -- higher first: a race's call jumps a campaign
+    race_id          TEXT NOT NULL DEFAULT '',  -- the after-hours race this call is a leg of
     position         BIGINT GENERATED ALWAYS AS IDENTITY,  -- queue order among jobs due together
     UNIQUE (tenant_id, idempotency_key)
 );
-CREATE INDEX outbound_jobs_due ON outbound_jobs (account_sid, due_at) WHERE state = 'queued';
+CREATE INDEX outbound_jobs_due ON outbound_jobs (account_sid, priority DESC, due_at) WHERE state = 'queued';
 CREATE INDEX outbound_jobs_active ON outbound_jobs (account_sid) WHERE state IN ('placing', 'live');
 CREATE INDEX outbound_jobs_campaign ON outbound_jobs (tenant_id, campaign_id, position);
 CREATE INDEX outbound_jobs_call ON outbound_jobs (call_sid) WHERE call_sid <> '';
@@ -54,10 +57,33 @@ CREATE INDEX api_keys_tenant ON api_keys (tenant_id);
 ALTER TABLE tenants ADD COLUMN outbound_from TEXT CHECK (outbound_from ~ '^\+[1-9][0-9]{1,14}$');
 ALTER TABLE tenants ADD COLUMN timezone TEXT;
 ALTER TABLE tenants ADD COLUMN quiet_hours TEXT CHECK (quiet_hours ~ '^[0-2][0-9]:[0-5][0-9]-[0-2][0-9]:[0-5][0-9]$');
+ALTER TABLE tenants ADD COLUMN business_hours TEXT;
+ALTER TABLE tenants ADD COLUMN on_call TEXT;  -- Name=+1555…,Name=+1555…, reached in that order
+ALTER TABLE tenants ADD COLUMN race_timeout_s INTEGER CHECK (race_timeout_s BETWEEN 10 AND 3600);
 ALTER TABLE agents ADD COLUMN voicemail_message TEXT NOT NULL DEFAULT '';
 
-GRANT SELECT, INSERT, UPDATE ON outbound_jobs, outbound_accounts, api_keys TO relay_writer;
-GRANT SELECT ON outbound_jobs TO relay_reader;
+CREATE TABLE races (
+    race_id      TEXT PRIMARY KEY,
+    tenant_id    TEXT NOT NULL CHECK (tenant_id <> ''),
+    call_sid     TEXT NOT NULL,
+    outcome      TEXT NOT NULL DEFAULT '',
+    deadline_at  DOUBLE PRECISION NOT NULL,
+    started_at   DOUBLE PRECISION NOT NULL,
+    data         JSONB NOT NULL  -- the race as relay.outbound.race keeps it: contacts, legs, winner
+);
+CREATE INDEX races_open ON races (deadline_at) WHERE outcome = '';
+CREATE INDEX races_tenant ON races (tenant_id, started_at DESC);
+
+GRANT SELECT, INSERT, UPDATE ON outbound_jobs, outbound_accounts, api_keys, races TO relay_writer;
+GRANT SELECT ON outbound_jobs, races TO relay_reader;
+
+ALTER TABLE races ENABLE ROW LEVEL SECURITY;
+ALTER TABLE races FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON races
+    USING (tenant_id = current_setting('app.tenant_id', true))
+    WITH CHECK (tenant_id = current_setting('app.tenant_id', true));
+CREATE POLICY relay_writer_all ON races TO relay_writer
+    USING (current_user = 'relay_writer') WITH CHECK (current_user = 'relay_writer');
 
 ALTER TABLE outbound_jobs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE outbound_jobs FORCE ROW LEVEL SECURITY;
