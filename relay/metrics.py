@@ -286,6 +286,24 @@ class RelayCollector(Collector):
             relay.call_requests,
         )
 
+        outbound = getattr(relay, "outbound", None)
+        if outbound is not None:
+            pool = outbound.pool
+            yield _counter(
+                "relay_outbound_placements",
+                "Outbound calls this relay tried to place, by result: placed, retried (20429 or no connection: "
+                "queued again after a backoff), failed (refused for good), uncertain (the answer was lost; never "
+                "placed again), reconciled (a placed call's end read back from Twilio, its callback lost).",
+                ["result"],
+                {
+                    ("placed",): pool.placed,
+                    ("retried",): pool.retried,
+                    ("failed",): pool.failed,
+                    ("uncertain",): pool.uncertain,
+                    ("reconciled",): pool.reconciled,
+                },
+            )
+
         pacer = relay.pacer
         yield _histogram(
             "relay_pacer_lateness_ms",

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from relay.config import Settings
+from relay.metrics import render
 from relay.outbound import jobs, wiring
 from relay.outbound.jobs import CallSpec
 from relay.outbound.service import Outbound
@@ -152,10 +153,13 @@ async def test_20429_is_retried_never_duplicated(tmp_path: Path) -> None:
         await s.outbound.jobs.enqueue("default", "default", specs)
         found = await settled(s, 3)
         refused = s.sim.refused_creates
+        scrape = render(s.relay).decode()
     assert refused == 4
     assert sorted(c.to for c in s.sim.calls.values()) == sorted(phones)  # each exactly once
     assert all(j.outcome == "busy" for j in found) and sum(j.attempts for j in found) == 3 + 4
     assert any(j.error_code == 20429 for j in found)
+    assert 'relay_outbound_placements_total{result="retried"} 4.0' in scrape
+    assert 'relay_outbound_placements_total{result="placed"} 3.0' in scrape
 
 
 async def api(url: str, method: str, path: str, key: str, body: Any = None) -> tuple[int, Any]:

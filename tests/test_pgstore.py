@@ -42,7 +42,11 @@ from tests.pgutil import (
 pytestmark = pytest.mark.postgres
 
 ROOT = Path(__file__).resolve().parent.parent
-TENANT_TABLES = {"tenants", "agents", "phone_numbers", "calls", "call_turns", "usage", "admissions", "call_owners"}
+# The tables a tenant's calls fill (``_two_tenants`` below); outbound jobs, races and API keys are
+# held to the same policies (tests/test_outbound_*).
+CALL_TABLES = {"tenants", "agents", "phone_numbers", "calls", "call_turns", "usage", "admissions", "call_owners"}
+TENANT_TABLES = CALL_TABLES | {"outbound_jobs", "api_keys", "races"}
+READER_TABLES = TENANT_TABLES - {"api_keys"}  # the reader has no grant on keys at all
 
 
 @pytest.fixture(scope="session")
@@ -121,7 +125,7 @@ async def test_concurrent_migrations_apply_the_schema_once() -> None:
             assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(versions)
             rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
             tables = {r["tablename"] for r in rows}
-            assert TENANT_TABLES | {"schema_migrations", "relay_instances"} == tables
+            assert TENANT_TABLES | {"schema_migrations", "relay_instances", "outbound_accounts"} == tables
         finally:
             await conn.close()
 
@@ -188,7 +192,7 @@ async def test_a_tenant_reader_sees_none_of_another_tenants_rows(store: Postgres
         assert {r["tenant_id"] for r in await conn.fetch("SELECT * FROM call_turns")} == {a}
         assert len(await conn.fetch("SELECT * FROM call_turns")) == 4
         assert [r["call_sid"] for r in await conn.fetch("SELECT * FROM calls")] == [f"CA-{a}"]
-        for table in sorted(TENANT_TABLES):
+        for table in sorted(CALL_TABLES):
             tenants = [r["tenant_id"] for r in await conn.fetch(f"SELECT tenant_id FROM {table}")]
             assert tenants and set(tenants) == {a}, table
 
@@ -200,13 +204,13 @@ async def test_a_reader_without_a_tenant_sees_nothing(
     fresh = await asyncpg.connect(pg_dsn)  # app.tenant_id never set in this session: NULL
     try:
         async with as_reader(fresh, None) as conn:
-            for table in sorted(TENANT_TABLES):
+            for table in sorted(READER_TABLES):
                 assert await conn.fetch(f"SELECT * FROM {table}") == [], table
     finally:
         await fresh.close()
     async with as_reader(db, None) as conn:  # set earlier in this session, now '' rather than NULL
         await conn.execute("SELECT set_config('app.tenant_id', '', true)")
-        for table in sorted(TENANT_TABLES):
+        for table in sorted(READER_TABLES):
             assert await conn.fetch(f"SELECT * FROM {table}") == [], table
 
 

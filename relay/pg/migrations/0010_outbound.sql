@@ -93,12 +93,17 @@ CREATE POLICY tenant_isolation ON outbound_jobs
 CREATE POLICY relay_writer_all ON outbound_jobs TO relay_writer
     USING (current_user = 'relay_writer') WITH CHECK (current_user = 'relay_writer');
 
--- Accounts and keys are relay's own bookkeeping: the writer alone, no tenant reads them.
+-- Accounts and keys are relay's own bookkeeping: the writer alone reads them (the reader has no
+-- grant on either: a key's hash is never shown); keys are scoped by tenant all the same, as every
+-- table with a tenant_id is.
 ALTER TABLE outbound_accounts ENABLE ROW LEVEL SECURITY;
 ALTER TABLE outbound_accounts FORCE ROW LEVEL SECURITY;
 CREATE POLICY relay_writer_all ON outbound_accounts TO relay_writer
     USING (current_user = 'relay_writer') WITH CHECK (current_user = 'relay_writer');
 ALTER TABLE api_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE api_keys FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON api_keys
+    USING (tenant_id = current_setting('app.tenant_id', true))
+    WITH CHECK (tenant_id = current_setting('app.tenant_id', true));
 CREATE POLICY relay_writer_all ON api_keys TO relay_writer
     USING (current_user = 'relay_writer') WITH CHECK (current_user = 'relay_writer');
