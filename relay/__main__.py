@@ -242,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         default="openai-realtime",
         help="the speech backend the calls run on (simulated): OpenAI Realtime (default) or GPT-Live",
     )
+    demo.add_argument(
+        "--outbound",
+        action="store_true",
+        help="calls relay places instead: a campaign to a simulated person, voicemail, no answer and busy line",
+    )
     admin.add_commands(commands)
     args = parser.parse_args(argv)
 
@@ -275,6 +280,17 @@ def main(argv: list[str] | None = None) -> int:
             return uvloop.run(supervise(args.workers, []))
         uvloop.run(serve(settings, worker))
         return 0
+
+    if args.outbound:
+        from relay.demo_outbound import format_outbound, run_outbound_demo
+
+        logs.configure("WARNING")
+        outcome = uvloop.run(run_outbound_demo(args.db))
+        if args.json:
+            sys.stdout.write(orjson.dumps(outcome, option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            print(format_outbound(outcome))
+        return 0 if outcome["ok"] else 1
 
     from relay.demo import format_table, run_demo
     from relay.sim.agent import AgentConfig

@@ -52,7 +52,18 @@ from relay.errors import ProtocolError
 from relay.metrics import CONTENT_TYPE_LATEST, LAG_BUCKETS_MS, Buckets, CallLedger, LiveCall, render
 from relay.outbound.service import AMD_PATH, OUTBOUND_PATH, SMS_PATH, Outbound
 from relay.pacer import Pacer
-from relay.routing import HANGUP, NOTE, OUTCOME, STATUS, VOICEMAIL, CallRequest, Owner, OwnerSilent, Peers
+from relay.routing import (
+    HANGUP,
+    NOTE,
+    OUTCOME,
+    STATUS,
+    TRANSFER,
+    VOICEMAIL,
+    CallRequest,
+    Owner,
+    OwnerSilent,
+    Peers,
+)
 from relay.session import CallSession, ResolveAgent, Upstream
 from relay.store import Store
 from relay.tenants import Directory, SingleTenant
@@ -75,7 +86,12 @@ LAG_SAMPLE_S = 0.25  # how often the event loop's timer lateness is sampled for 
 # Calls whose stream relay ended normally: the caller hears nothing more. Every other way a
 # stream ends while the call is up (a failure, or no record at all: a relay that died) gets
 # the apology, so no caller is left in silence.
-NORMAL_ENDS = frozenset({"agent_hangup", "api_hangup", "call_completed", "voicemail_left", "machine_hangup"})
+NORMAL_ENDS = frozenset(
+    {"agent_hangup", "api_hangup", "call_completed", "voicemail_left", "machine_hangup", "race_accepted"}
+)
+# A call relay ended to connect the caller to a number (``Relay.transfers``): the after-stream
+# hook dials it.
+TRANSFERRED = "transferred"
 # Streams Twilio ended (the call hung up, the socket closed): no after-stream hook follows.
 TWILIO_ENDS = frozenset({"stop", "twilio_closed", "twilio_closed_before_start"})
 # How long after relay ends a stream its after-stream hook may still come (Twilio fetches it at once).
@@ -176,6 +192,9 @@ class Relay:
         self.expected_streams: dict[str, float] = {}
         # Calls relay places (``relay.outbound``): the API, the queue and its pool (None: off).
         self.outbound: Outbound | None = None
+        # Calls whose stream ends to connect the caller to a number: call sid -> (number, name),
+        # until the after-stream hook dials it (here, or from the answer of the relay that ran it).
+        self.transfers: dict[str, tuple[str, str]] = {}
 
     async def _connect_backend(self, agent: AgentProfile) -> Upstream:
         # Realtime takes the model in the URL; GPT-Live takes no query (the model is in its
@@ -364,8 +383,12 @@ class Relay:
             log.warning("after-stream hook refused for call %s: %s", call_sid, problem)
             return HTTPStatus.FORBIDDEN, "forbidden\n"
         reason = await self.end_reason(call_sid)
+        target = self.transfers.pop(call_sid, None)
         if reason in NORMAL_ENDS:
             return HTTPStatus.OK, twilio.hangup_twiml()
+        if reason == TRANSFERRED and target is not None:
+            log.info("call %s: dialling %s", call_sid, target[1] or "the transfer target")
+            return HTTPStatus.OK, twilio.dial_twiml(target[0])
         if reason == HANDOFF and agent:
             log.info("call %s: handed over; connecting a new stream", call_sid)
             from_, to = params.get("From", ""), params.get("To", "")
@@ -408,6 +431,9 @@ class Relay:
             log.warning("call %s: its relay could not say how its stream ended (%s)", call_sid, type(exc).__name__)
             answer = None
         if answer is not None and answer.get("reason"):
+            target = answer.get("transfer_to")
+            if isinstance(target, list) and len(target) == 2:
+                self.transfers[call_sid] = (str(target[0]), str(target[1]))
             return str(answer["reason"])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + OUTCOME_WAIT_S
@@ -444,7 +470,8 @@ class Relay:
                 return None
             self.expected_hooks.pop(call_sid, None)
             self._forget(call_sid)  # the after-stream hook is the last thing asked about a stream
-            return {"instance": me, "reason": reason}
+            target = self.transfers.get(call_sid)
+            return {"instance": me, "reason": reason, **({"transfer_to": list(target)} if target else {})}
         session = self._session_of(call_sid)
         if session is None:
             return None
@@ -457,6 +484,14 @@ class Relay:
         if request.kind == NOTE:
             session.tell(request.args.get("text", "")[:500])
             return {"instance": me, "told": True}
+        if request.kind == TRANSFER:
+            number, name = request.args.get("to", ""), request.args.get("name", "")[:100]
+            if not twilio.E164.fullmatch(number):
+                return {"instance": me, "refused": "not an E.164 number"}
+            log.info("call %s: connecting the caller to %s after the line in progress", call_sid, name)
+            self.transfers[call_sid] = (number, name)
+            session.say_and_hang_up(request.args.get("line", "")[:500], TRANSFERRED)
+            return {"instance": me, "transferring": True}
         assert request.kind == STATUS and session.start is not None
         if request.args.get("AccountSid") != session.start.account_sid:
             return {"instance": me, "refused": "the call is on another account"}

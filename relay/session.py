@@ -68,6 +68,8 @@ _CLOSE_CODES = {
     "call_completed": 1000,
     "voicemail_left": 1000,
     "machine_hangup": 1000,
+    "race_accepted": 1000,
+    "transferred": 1000,
     "twilio_protocol_error": 1007,
 }
 _CLOSE_REASONS = {
@@ -75,6 +77,8 @@ _CLOSE_REASONS = {
     "api_hangup": "hung up by request",
     "voicemail_left": "voicemail left",
     "machine_hangup": "an answering machine took the call",
+    "race_accepted": "the person on call took the matter",
+    "transferred": "connecting the caller to another number",
     "call_completed": "Twilio reports the call over",
     "backend_unavailable": "speech backend unavailable",
     "backend_refused": "speech backend refused the session",

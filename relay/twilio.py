@@ -251,6 +251,13 @@ def hangup_twiml() -> str:
     return str(response)
 
 
+def dial_twiml(number: str) -> str:
+    """TwiML that connects the caller to ``number``; the call ends when that leg does."""
+    response = VoiceResponse()
+    response.dial(number)
+    return str(response)
+
+
 def empty_twiml() -> str:
     """TwiML that does nothing: the answer to a text that needs no reply (BACKENDS §6.7)."""
     return str(MessagingResponse())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -52,6 +52,20 @@ async def create_database(*, migrated: bool = True) -> str:
     if migrated:
         await migrate(dsn(name))
     return name
+
+
+def lasting_database() -> Iterator[str]:
+    """A migrated throwaway database for a fixture that outlives each test's event loop (module
+    or session scope): made and dropped on a loop of its own."""
+    loop = asyncio.new_event_loop()
+    try:
+        name = loop.run_until_complete(create_database())
+        try:
+            yield name
+        finally:
+            loop.run_until_complete(drop_database(name))
+    finally:
+        loop.close()
 
 
 async def drop_database(name: str) -> None:

@@ -6,11 +6,12 @@ neither (the next contact at the timeout, then no one)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 from relay.outbound import race
 from relay.outbound.race import CALL, SMS
-from relay.sim.caller import CallerScript, TwilioCaller
+from relay.sim.caller import CallerScript, CallResult, TwilioCaller
 from relay.sim.phones import NoAnswer, Person, Phone
 from tests.test_outbound_calls import ACCOUNT, CALLER_ID, TOKEN, Stack, outbound_stack
 
@@ -23,12 +24,12 @@ TAKES_IT = CallerScript(
 )
 
 
-async def escalate(s: Stack) -> tuple[race.Race, list[str]]:
-    """An inbound caller with an urgent matter; returns the race once settled, and what the caller heard."""
+async def escalate(s: Stack, script: CallerScript = URGENT) -> tuple[race.Race, CallResult]:
+    """An inbound caller with an urgent matter; returns the race once settled, and the caller's call."""
     s.sim.sms_webhooks[CALLER_ID] = f"{s.url}/twilio/sms"
     caller = TwilioCaller(
         f"{s.url}/twilio/voice",
-        URGENT,
+        script,
         auth_token=TOKEN,
         account_sid=ACCOUNT,
         from_number="+15550609999",
@@ -40,7 +41,7 @@ async def escalate(s: Stack) -> tuple[race.Race, list[str]]:
     for _ in range(600):
         races = await escalations.races.recent("default")
         if races and races[0].settled and all(c.terminal for c in s.sim.calls.values()):
-            return races[0], [t.heard for t in result.turns]
+            return races[0], result
         await asyncio.sleep(0.05)
     raise AssertionError("the race did not settle")
 
@@ -52,13 +53,15 @@ def texts_to(s: Stack, number: str) -> list[str]:
 async def test_the_contact_answers_the_call_first(tmp_path: Path) -> None:
     phones: dict[str, Phone] = {DANA: Person(TAKES_IT, answer_after_s=0.5), LEE: NoAnswer()}
     async with outbound_stack(tmp_path, phones, on_call=ON_CALL, race_timeout_s=30) as s:
-        settled, heard = await escalate(s)
+        settled, result = await escalate(s)
         [call] = [c for c in s.sim.calls.values() if c.to == DANA]
         turns = await s.store.turns(call.sid)
         await s.store.flush()
         ended = await s.store.call(call.sid)
 
-    assert "on call now, by phone and text" in " ".join(heard)  # the caller was told what happens next
+    # The caller was told what happens next (and, still on the line when Dana took it, put through).
+    assert "on call now, by phone and text" in " ".join(t.heard for t in result.turns)
+    assert result.dialed in ([], [DANA])
     assert settled.outcome == race.ACKNOWLEDGED and settled.winner is not None
     assert (settled.winner.stage, settled.winner.kind) == (0, CALL)
     assert settled.summary == "Caller says: Urgent, the basement floods."
@@ -75,13 +78,16 @@ async def test_the_contact_answers_the_call_first(tmp_path: Path) -> None:
     assert settled.summary in call.result.turns[0].heard
     assert [t.text_generated for t in turns if t.role == "user"] == ["[DTMF 1]"]
     assert ended is not None and ended["end_reason"] == "race_accepted"
+    assert call.said == [] and call.errors == []  # no apology after the stream: a plain hang-up
 
 
-async def test_the_contact_replies_yes_first(tmp_path: Path) -> None:
+async def test_the_contact_replies_yes_first_and_the_caller_still_on_the_line_is_put_through(tmp_path: Path) -> None:
     phones: dict[str, Phone] = {DANA: Person(TAKES_IT, answer_after_s=8.0, sms_reply="YES", sms_reply_after_s=0.3)}
     async with outbound_stack(tmp_path, phones, on_call=ON_CALL, race_timeout_s=30) as s:
-        settled, _ = await escalate(s)
+        settled, result = await escalate(s, dataclasses.replace(URGENT, wait_for_hangup=True))
         [call] = s.sim.calls.values()
+        await s.store.flush()
+        ended = await s.store.call(result.call_sid)
 
     assert settled.winner is not None and (settled.winner.stage, settled.winner.kind) == (0, SMS)
     call_leg = settled.leg(0, CALL)
@@ -90,6 +96,10 @@ async def test_the_contact_replies_yes_first(tmp_path: Path) -> None:
     assert call.status == "canceled" and call.answered_at is None
     assert texts_to(s, DANA) == [race.sms_body(settled.summary)]
     assert [r.body for r in s.sim.sms_replies] == ["YES"] and s.sim.sms_replies[0].http_status == 200
+    # The caller, still on the line, heard who took it and was connected to them.
+    assert "Dana, who is on call, has taken it. I am connecting you now." in [t.heard for t in result.turns][-1]
+    assert result.dialed == [DANA] and result.said_by_twilio == []
+    assert ended is not None and ended["end_reason"] == "transferred"
 
 
 async def test_no_one_answers_the_next_contact_at_the_timeout_then_no_one(tmp_path: Path) -> None:

@@ -14,7 +14,9 @@ from typing import Any
 
 import orjson
 
+from relay import demo_outbound
 from relay.config import Settings
+from relay.demo_outbound import format_outbound, run_outbound_demo
 from relay.metrics import render
 from relay.outbound import jobs, wiring
 from relay.outbound.jobs import CallSpec
@@ -22,7 +24,7 @@ from relay.outbound.service import Outbound
 from relay.server import Relay, RelayServer
 from relay.sim.agent import AgentConfig, RealtimeAgent
 from relay.sim.caller import http_get, http_post
-from relay.sim.phones import Busy, NoAnswer, Person, Phone, Voicemail
+from relay.sim.phones import Busy, Phone, Voicemail
 from relay.sim.twilio_rest import TwilioSim
 from relay.store import SQLiteStore
 
@@ -98,42 +100,23 @@ async def settled(s: Stack, count: int, timeout: float = 60.0) -> list[jobs.Job]
 
 
 async def test_a_person_a_machine_no_answer_and_busy(tmp_path: Path) -> None:
-    phones: dict[str, Phone] = {
-        "+15550100001": Person(),
-        "+15550100002": Voicemail(),
-        "+15550100003": NoAnswer(ring_s=1.0),
-        "+15550100004": Busy(),
-    }
-    async with outbound_stack(tmp_path, phones, outbound_cps=20.0) as s:
-        specs = [CallSpec(n, {"name": f"N{i}"}, key=f"k{i}") for i, n in enumerate(phones)]
-        await s.outbound.jobs.enqueue("default", "default", specs)
-        found = {j.to_number: j for j in await settled(s, 4)}
-        await s.store.flush()
-        calls = {c.to: c for c in s.sim.calls.values()}
-        person_turns = await s.store.turns(calls["+15550100001"].sid)
+    # ``relay demo --outbound``: a campaign through the API, one call to each kind of phone.
+    summary = await run_outbound_demo(str(tmp_path / "demo.sqlite3"))
+    rows = {row["phone"]: row for row in summary["jobs"]}
+    person, machine = rows["a person"], rows["a voicemail machine"]
 
-    person, machine, nobody, busy = (found[n] for n in phones)
-    # The person converses with the agent: what they said, the agent's answer heard.
-    assert (person.state, person.outcome, person.answered_by) == ("done", "completed", "human")
-    result = calls["+15550100001"].result
-    assert result is not None and result.violations == []
-    assert [t.heard for t in result.turns] == ["You said: Hello?"]
-    assert [(t.role, t.text_generated) for t in person_turns] == [
-        ("user", "Hello?"),
-        ("assistant", "You said: Hello?"),
-    ]
-    assert person.statuses and [s for _, s, _ in person.statuses] == [
-        "initiated",
-        "ringing",
-        "in-progress",
-        "completed",
-    ]
-    # The machine gets the voicemail message after the beep, whole.
-    assert (machine.outcome, machine.answered_by, machine.voicemail) == ("completed", "machine", "left")
-    assert VOICEMAIL.rstrip(".") in calls["+15550100002"].recording_text
-    assert (nobody.outcome, nobody.answered_by) == ("no-answer", "")
-    assert (busy.outcome, busy.answered_by) == ("busy", "")
-    assert all(j.attempts == 1 and j.duration_s is not None for j in found.values())
+    assert summary["ok"], format_outbound(summary)
+    # The person converses with the agent: what they said, the agent's answer as heard.
+    assert (person["outcome"], person["answered_by"]) == ("completed", "human")
+    assert person["statuses"] == ["initiated", "ringing", "in-progress", "completed"]
+    assert person["said"] == [("callee", "Hello?"), ("agent", "You said: Hello?")]
+    # The machine gets the voicemail message after the beep, whole, then a plain hang-up.
+    assert (machine["outcome"], machine["answered_by"], machine["voicemail"]) == ("completed", "machine", "left")
+    assert machine["recorded"] == demo_outbound.VOICEMAIL and machine["said_by_twilio"] == []
+    assert (rows["no one answers"]["outcome"], rows["a busy line"]["outcome"]) == ("no-answer", "busy")
+    assert rows["no one answers"]["statuses"] == ["initiated", "ringing", "no-answer"]
+    assert all(row["attempts"] == 1 and row["duration_s"] is not None for row in summary["jobs"])
+    assert "voicemail left" in format_outbound(summary)
 
 
 async def test_a_machine_without_a_message_is_hung_up_on(tmp_path: Path) -> None:

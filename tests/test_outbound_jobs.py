@@ -3,6 +3,7 @@ backoff, status order, and API keys' format."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import random
 from zoneinfo import ZoneInfo
@@ -116,3 +117,25 @@ def test_api_keys_are_shown_once_and_stored_hashed() -> None:
     assert apikeys.key_id_of(key) == key_id and stored == apikeys.digest(key) and key not in stored
     assert apikeys.key_id_of(key + "x") is None and apikeys.key_id_of("Bearer " + key) is None
     assert apikeys.bearer(f"Bearer {key}") == key and apikeys.bearer(key) == ""
+
+
+async def test_a_campaigns_call_waits_out_quiet_hours_a_single_call_does_not() -> None:
+    from relay.outbound.rest import TwilioRest
+    from relay.outbound.service import Outbound
+    from relay.outbound.tenant import OutboundJobs, TenantOutbound
+
+    night = datetime.datetime(2026, 12, 7, 23, 30, tzinfo=ZoneInfo("America/New_York")).timestamp()
+    quiet = QuietHours.parse("America/New_York", "21:00-08:00")
+
+    async def settings(tenant_id: str) -> TenantOutbound:
+        return TenantOutbound("AC" + "1" * 32, "+15550001111", quiet)
+
+    async def exists(tenant_id: str, agent_id: str) -> bool:
+        return True
+
+    tenant = OutboundJobs(None, None, tenant_settings=settings, agent_exists=exists)  # type: ignore[arg-type]
+    outbound = Outbound(None, tenant, TwilioRest(), public_url="http://127.0.0.1", instance="i", clock=lambda: night)  # type: ignore[arg-type]
+    job = jobs.Job("job_1", "acme", "default", "AC" + "1" * 32, "+15550002222", "+15550001111", {}, "k", "queued")
+    morning = datetime.datetime(2026, 12, 8, 8, 0, tzinfo=ZoneInfo("America/New_York")).timestamp()
+    assert await outbound.hold(dataclasses.replace(job, campaign_id="cmp_1")) == morning
+    assert await outbound.hold(job) is None  # asked for now, by the API or the CLI: placed now

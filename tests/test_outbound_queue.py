@@ -14,7 +14,7 @@ import pytest
 from relay.outbound import jobs
 from relay.outbound.jobs import CallSpec, Job
 from relay.outbound.queue import JobQueue, SQLiteJobQueue
-from tests.pgutil import create_database, drop_database, dsn
+from tests.pgutil import dsn, lasting_database
 
 ACCOUNT_A = "AC" + "a" * 32
 ACCOUNT_B = "AC" + "b" * 32
@@ -22,15 +22,7 @@ ACCOUNT_B = "AC" + "b" * 32
 
 @pytest.fixture(scope="module")
 def pg_db() -> Iterator[str]:
-    loop = asyncio.new_event_loop()
-    try:
-        name = loop.run_until_complete(create_database())
-        try:
-            yield name
-        finally:
-            loop.run_until_complete(drop_database(name))
-    finally:
-        loop.close()
+    yield from lasting_database()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -145,6 +137,13 @@ async def test_retry_fail_and_abandoned(queue: JobQueue) -> None:
         a.job_id: ("placing", 20429),
         b.job_id: ("failed", 21211),
         c.job_id: ("uncertain", None),
+    }
+    await queue.placed(a.job_id, "CA" + "a" * 32, 102.0)
+    log = {j.job_id: [(e["result"], e.get("code")) for e in j.attempt_log] for j in await queue.jobs("acme")}
+    assert log == {
+        a.job_id: [("retried", 20429), ("placed", None)],
+        b.job_id: [("failed", 21211)],
+        c.job_id: [("uncertain", None)],
     }
 
 

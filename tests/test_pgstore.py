@@ -32,10 +32,10 @@ from tests.pgutil import (
     AGENT,
     TcpProxy,
     call_records,
-    create_database,
     drop_database,
     dsn,
     eventually,
+    lasting_database,
     throwaway_database,
 )
 
@@ -52,16 +52,7 @@ READER_TABLES = TENANT_TABLES - {"api_keys"}  # the reader has no grant on keys 
 @pytest.fixture(scope="session")
 def pg_db() -> Iterator[str]:
     """One migrated throwaway database for the whole file (tests keep apart by unique ids)."""
-    # Its own loop: the tests' loops are per function, and this outlives them all.
-    loop = asyncio.new_event_loop()
-    try:
-        name = loop.run_until_complete(create_database())
-        try:
-            yield name
-        finally:
-            loop.run_until_complete(drop_database(name))
-    finally:
-        loop.close()
+    yield from lasting_database()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from relay.outbound import jobs, race
 from relay.outbound.jobs import CallSpec, Job
 from relay.outbound.race import Action, Contact, Race
 from relay.outbound.races import RaceStore
-from relay.routing import NOTE, CallRequest, OwnerSilent
+from relay.routing import NOTE, TRANSFER, CallRequest, OwnerSilent
 
 if TYPE_CHECKING:
     from relay.outbound.service import Outbound
@@ -169,14 +169,17 @@ class Escalations:
             await self._tell_caller(action.race, action.contact)
 
     async def _tell_caller(self, settled: Race, contact: Contact | None) -> None:
-        """The caller who escalated, if still on the line, hears what happened."""
+        """The caller who escalated, if still on the line, hears what happened: connected to the
+        contact who took it, or told no one could be reached."""
+        log.info("race %s: %s", settled.race_id, settled.outcome)
         if contact is not None:
-            text = f"{contact.name}, who is on call, has taken the matter and will call the caller back shortly."
+            line = f"{contact.name}, who is on call, has taken it. I am connecting you now."
+            request = CallRequest(TRANSFER, settled.call_sid, {"to": contact.phone, "name": contact.name, "line": line})
         else:
             text = "No one on call could be reached yet; the matter will be handled first thing when the office opens."
-        log.info("race %s: %s", settled.race_id, settled.outcome)
+            request = CallRequest(NOTE, settled.call_sid, {"text": text})
         with contextlib.suppress(OwnerSilent):  # its relay is away: the caller is not told, the race stands
-            await self.outbound.relay.about_call(CallRequest(NOTE, settled.call_sid, {"text": text}))
+            await self.outbound.relay.about_call(request)
 
     # ------------------------------------------------------------------ the race's own call
 

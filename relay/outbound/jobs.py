@@ -108,6 +108,7 @@ class Job:
     voicemail: str = ""  # what happened on a machine: left (the message after the beep) or hung_up
     priority: int = 0
     race_id: str = ""  # the after-hours race whose call this is
+    attempt_log: tuple[dict[str, Any], ...] = ()  # each placement tried: when, its result, Twilio's error
 
     def public(self) -> dict[str, Any]:
         """The job as the API and the CLI show it."""
@@ -121,6 +122,7 @@ class Job:
             "idempotency_key": self.idempotency_key,
             "state": self.state,
             "attempts": self.attempts,
+            "attempt_log": list(self.attempt_log),
             "call_sid": self.call_sid or None,
             "answered_by": self.answered_by or None,
             "statuses": [status for _, status, _ in self.statuses],

@@ -36,8 +36,20 @@ JOB_COLUMNS = (
     "job_id", "tenant_id", "agent_id", "account_sid", "to_number", "from_number", "variables",
     "idempotency_key", "state", "attempts", "due_at", "created_at", "updated_at", "campaign_id",
     "call_sid", "answered_by", "statuses", "outcome", "duration_s", "error_code", "error", "voicemail",
-    "priority", "race_id",
+    "priority", "race_id", "attempt_log",
 )  # fmt: skip
+
+
+def attempt(now: float, result: str, code: int | None = None, error: str = "", call_sid: str = "") -> str:
+    """One placement attempt, as a job's ``attempt_log`` keeps it (JSON)."""
+    entry: dict[str, Any] = {"at": round(now, 3), "result": result}
+    if code is not None:
+        entry["code"] = code
+    if error:
+        entry["error"] = error[:300]
+    if call_sid:
+        entry["call_sid"] = call_sid
+    return json.dumps(entry)
 
 
 def job_from_row(row: dict[str, Any]) -> Job:
@@ -45,6 +57,7 @@ def job_from_row(row: dict[str, Any]) -> Job:
     values = {c: row[c] for c in JOB_COLUMNS}
     values["variables"] = json.loads(values["variables"] or "{}")
     values["statuses"] = tuple(tuple(s) for s in json.loads(values["statuses"] or "[]"))
+    values["attempt_log"] = tuple(json.loads(values["attempt_log"] or "[]"))
     for name in ("campaign_id", "call_sid", "answered_by", "outcome", "error", "voicemail", "race_id"):
         values[name] = values[name] or ""
     return Job(**values)
@@ -157,6 +170,7 @@ CREATE TABLE IF NOT EXISTS outbound_jobs (
     error_code       INTEGER,
     error            TEXT NOT NULL DEFAULT '',
     voicemail        TEXT NOT NULL DEFAULT '',
+    attempt_log      TEXT NOT NULL DEFAULT '[]',
     priority         INTEGER NOT NULL DEFAULT 0,
     race_id          TEXT NOT NULL DEFAULT '',
     UNIQUE (tenant_id, idempotency_key)
@@ -176,6 +190,11 @@ def _defer(db: sqlite3.Connection, *, job_id: str, until: float, now: float) -> 
         "UPDATE outbound_jobs SET due_at = ?, updated_at = ? WHERE job_id = ? AND state = 'queued'",
         (until, now, job_id),
     )
+
+
+# An attempt onto a job's attempt log (its JSON as the next parameter).
+_APPEND = "json_insert(attempt_log, '$[#]', json(?))"
+ABANDONED = "the relay placing this call stopped before Twilio answered: it may have been placed"
 
 
 class SQLiteJobQueue(JobQueue):
@@ -341,9 +360,9 @@ class SQLiteJobQueue(JobQueue):
         await self._run(
             lambda db: db.execute(
                 "UPDATE outbound_jobs SET call_sid = ?, updated_at = ?, "
-                "state = CASE WHEN outcome <> '' THEN 'done' ELSE 'live' END "
-                "WHERE job_id = ? AND state = 'placing'",
-                (call_sid, now, job_id),
+                "state = CASE WHEN outcome <> '' THEN 'done' ELSE 'live' END, "
+                f"attempt_log = {_APPEND} WHERE job_id = ? AND state = 'placing'",
+                (call_sid, now, attempt(now, "placed", call_sid=call_sid), job_id),
             )
         )
 
@@ -351,17 +370,18 @@ class SQLiteJobQueue(JobQueue):
         await self._run(
             lambda db: db.execute(
                 "UPDATE outbound_jobs SET state = 'queued', due_at = ?, error_code = ?, error = ?, updated_at = ?, "
-                "claimed_by = '' WHERE job_id = ? AND state = 'placing'",
-                (due_at, code, error[:500], now, job_id),
+                f"claimed_by = '', attempt_log = {_APPEND} WHERE job_id = ? AND state = 'placing'",
+                (due_at, code, error[:500], now, attempt(now, "retried", code, error), job_id),
             )
         )
 
     async def fail(self, job_id: str, code: int | None, error: str, now: float, *, state: str = jobs.FAILED) -> None:
         await self._run(
             lambda db: db.execute(
-                "UPDATE outbound_jobs SET state = ?, outcome = ?, error_code = ?, error = ?, updated_at = ? "
+                "UPDATE outbound_jobs SET state = ?, outcome = ?, error_code = ?, error = ?, updated_at = ?, "
+                f"attempt_log = CASE WHEN state = 'placing' THEN {_APPEND} ELSE attempt_log END "
                 "WHERE job_id = ? AND state IN ('queued', 'placing')",
-                (state, "not_placed", code, error[:500], now, job_id),
+                (state, "not_placed", code, error[:500], now, attempt(now, state, code, error), job_id),
             )
         )
 
@@ -436,9 +456,8 @@ class SQLiteJobQueue(JobQueue):
         def work(db: sqlite3.Connection) -> int:
             return db.execute(
                 "UPDATE outbound_jobs SET state = 'uncertain', outcome = 'not_known', updated_at = ?, "
-                "error = 'the relay placing this call stopped before Twilio answered: it may have been placed' "
-                "WHERE state = 'placing' AND claimed_at < ?",
-                (now, now - older_than_s),
+                f"error = ?, attempt_log = {_APPEND} WHERE state = 'placing' AND claimed_at < ?",
+                (now, ABANDONED, attempt(now, "uncertain", error=ABANDONED), now - older_than_s),
             ).rowcount
 
         result: int = await self._run(work)

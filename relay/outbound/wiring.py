@@ -15,7 +15,8 @@ from relay.outbound.queue import SQLiteJobQueue
 from relay.outbound.race import parse_contacts
 from relay.outbound.races import SQLiteRaceStore
 from relay.outbound.rest import TwilioRest
-from relay.outbound.service import Outbound, OutboundJobs, RelayLike, TenantOutbound
+from relay.outbound.service import Outbound, RelayLike
+from relay.outbound.tenant import OutboundJobs, TenantOutbound
 from relay.store import DEFAULT_TENANT
 
 

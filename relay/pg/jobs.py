@@ -21,9 +21,9 @@ import asyncpg
 
 from relay.outbound import jobs
 from relay.outbound.jobs import CallSpec, Job, QuietHours
-from relay.outbound.queue import JOB_COLUMNS, Hold, JobQueue, job_from_row
+from relay.outbound.queue import ABANDONED, JOB_COLUMNS, Hold, JobQueue, attempt, job_from_row
 from relay.outbound.race import DEFAULT_TIMEOUT_S, BusinessHours, parse_contacts
-from relay.outbound.service import OutboundJobs, TenantOutbound
+from relay.outbound.tenant import OutboundJobs, TenantOutbound
 from relay.pg.apikeys import PostgresKeyStore
 from relay.pg.db import as_tenant, as_writer
 from relay.pg.directory import Directory
@@ -147,27 +147,31 @@ class PostgresJobQueue(JobQueue):
         async with as_writer(self._pool) as conn:
             await conn.execute(
                 "UPDATE outbound_jobs SET call_sid = $2, updated_at = $3, "
-                "state = CASE WHEN outcome <> '' THEN 'done' ELSE 'live' END "
-                "WHERE job_id = $1 AND state = 'placing'",
+                "state = CASE WHEN outcome <> '' THEN 'done' ELSE 'live' END, "
+                "attempt_log = attempt_log || jsonb_build_array($4::jsonb) WHERE job_id = $1 AND state = 'placing'",
                 job_id,
                 call_sid,
                 now,
+                attempt(now, "placed", call_sid=call_sid),
             )
 
     async def retry(self, job_id: str, due_at: float, code: int | None, error: str, now: float) -> None:
         async with as_writer(self._pool) as conn:
             await conn.execute(
                 "UPDATE outbound_jobs SET state = 'queued', due_at = $2, error_code = $3, error = $4, "
-                "updated_at = $5, claimed_by = '' WHERE job_id = $1 AND state = 'placing'",
-                job_id, due_at, code, error[:500], now,
+                "updated_at = $5, claimed_by = '', attempt_log = attempt_log || jsonb_build_array($6::jsonb) "
+                "WHERE job_id = $1 AND state = 'placing'",
+                job_id, due_at, code, error[:500], now, attempt(now, "retried", code, error),
             )  # fmt: skip
 
     async def fail(self, job_id: str, code: int | None, error: str, now: float, *, state: str = jobs.FAILED) -> None:
         async with as_writer(self._pool) as conn:
             await conn.execute(
                 "UPDATE outbound_jobs SET state = $2, outcome = 'not_placed', error_code = $3, error = $4, "
-                "updated_at = $5 WHERE job_id = $1 AND state IN ('queued', 'placing')",
-                job_id, state, code, error[:500], now,
+                "updated_at = $5, attempt_log = CASE WHEN state = 'placing' "
+                "THEN attempt_log || jsonb_build_array($6::jsonb) ELSE attempt_log END "
+                "WHERE job_id = $1 AND state IN ('queued', 'placing')",
+                job_id, state, code, error[:500], now, attempt(now, state, code, error),
             )  # fmt: skip
 
     async def call_status(
@@ -241,11 +245,12 @@ class PostgresJobQueue(JobQueue):
     async def abandoned(self, *, now: float, older_than_s: float) -> int:
         async with as_writer(self._pool) as conn:
             done = await conn.execute(
-                "UPDATE outbound_jobs SET state = 'uncertain', outcome = 'not_known', updated_at = $1, "
-                "error = 'the relay placing this call stopped before Twilio answered: it may have been placed' "
-                "WHERE state = 'placing' AND claimed_at < $2",
+                "UPDATE outbound_jobs SET state = 'uncertain', outcome = 'not_known', updated_at = $1, error = $3, "
+                "attempt_log = attempt_log || jsonb_build_array($4::jsonb) WHERE state = 'placing' AND claimed_at < $2",
                 now,
                 now - older_than_s,
+                ABANDONED,
+                attempt(now, "uncertain", error=ABANDONED),
             )
         return int(done.split()[-1])
 

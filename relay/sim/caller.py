@@ -44,8 +44,8 @@ import orjson
 import websockets
 from twilio.request_validator import RequestValidator
 
-from relay.audio_format import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
-from relay.sim import audio
+from relay.audio_format import FRAME_BYTES, FRAME_MS
+from relay.sim import audio, stream_messages
 from relay.sim.playback import TwilioPlayback
 
 ALLOWED_KEYS = {
@@ -137,6 +137,7 @@ class CallResult:
     closed_by_relay: bool = False  # the relay ended the stream (the agent hung up, or a failure)
     said_by_twilio: list[str] = field(default_factory=list)  # <Say> text run after the stream
     redirects: list[tuple[str, int]] = field(default_factory=list)  # (URL, HTTP status) fetched after it
+    dialed: list[str] = field(default_factory=list)  # numbers a <Dial> after the stream connected the caller to
     twilio_hung_up: bool = False  # the TwiML after the stream ended with <Hangup/>
     streams: int = 1  # media streams the call had (more than one: handed over between relays)
     handover_gaps_ms: list[float] = field(default_factory=list)  # from a stream's close to the next's start
@@ -292,7 +293,7 @@ class TwilioCaller:
                     assert self._loop is not None
                     self._loop.call_later(self.script.stall_after_ms / 1000, ws.transport.pause_reading)
                 try:
-                    await ws.send(orjson.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}).decode())
+                    await ws.send(stream_messages.CONNECTED)
                     await ws.send(self._start_message(parameters))
                     if self._handed_over_at is not None:
                         assert self._loop is not None
@@ -355,6 +356,9 @@ class TwilioCaller:
             elif verb.tag == "Hangup":
                 self.result.twilio_hung_up = True
                 return None
+            elif verb.tag == "Dial":
+                # The caller is connected to the number; that leg is another phone's story.
+                self.result.dialed.append((verb.text or "").strip())
             elif verb.tag == "Connect":
                 document = ET.Element("Response")
                 document.extend(verbs)
@@ -386,14 +390,7 @@ class TwilioCaller:
         await ws.close()
 
     def _stop_message(self) -> str:
-        return orjson.dumps(
-            {
-                "event": "stop",
-                "sequenceNumber": str(next(self._seq)),
-                "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-                "streamSid": self.stream_sid,
-            }
-        ).decode()
+        return stream_messages.stop(next(self._seq), self.stream_sid, self.call_sid, self.account_sid)
 
     def _call_form(self, status: str) -> dict[str, str]:
         """The parameters of every voice request Twilio makes for this call."""
@@ -421,21 +418,7 @@ class TwilioCaller:
         return (*parse_connect_stream(twiml), after_connect(twiml))
 
     def _start_message(self, parameters: dict[str, str]) -> str:
-        return orjson.dumps(
-            {
-                "event": "start",
-                "sequenceNumber": str(next(self._seq)),
-                "start": {
-                    "accountSid": self.account_sid,
-                    "streamSid": self.stream_sid,
-                    "callSid": self.call_sid,
-                    "tracks": ["inbound"],
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": SAMPLE_RATE, "channels": 1},
-                    "customParameters": parameters,
-                },
-                "streamSid": self.stream_sid,
-            }
-        ).decode()
+        return stream_messages.start(next(self._seq), self.stream_sid, self.call_sid, self.account_sid, parameters)
 
     async def _talk(self) -> None:
         """Speak each line, then keep the line open (silence) until the answer has played.
@@ -513,16 +496,7 @@ class TwilioCaller:
 
     async def _send_dtmf(self, digit: str) -> None:
         assert self._ws is not None
-        await self._ws.send(
-            orjson.dumps(
-                {
-                    "event": "dtmf",
-                    "streamSid": self.stream_sid,
-                    "sequenceNumber": str(next(self._seq)),
-                    "dtmf": {"track": "inbound_track", "digit": digit},
-                }
-            ).decode()
-        )
+        await self._ws.send(stream_messages.dtmf(next(self._seq), self.stream_sid, digit))
 
     async def _stream(self, clock: _Clock, ulaw: bytes) -> None:
         """Send ``ulaw`` as 20 ms ``media`` messages, one per tick, playing back on the same tick."""
@@ -530,22 +504,7 @@ class TwilioCaller:
         for offset in range(0, len(ulaw), FRAME_BYTES):
             frame = ulaw[offset : offset + FRAME_BYTES].ljust(FRAME_BYTES, bytes([audio.ULAW_SILENCE]))
             await clock.tick()
-            chunk = next(self._chunk)
-            await self._ws.send(
-                orjson.dumps(
-                    {
-                        "event": "media",
-                        "sequenceNumber": str(next(self._seq)),
-                        "media": {
-                            "track": "inbound",
-                            "chunk": str(chunk),
-                            "timestamp": str((chunk - 1) * FRAME_MS),
-                            "payload": base64.b64encode(frame).decode(),
-                        },
-                        "streamSid": self.stream_sid,
-                    }
-                ).decode()
-            )
+            await self._ws.send(stream_messages.media(next(self._seq), self.stream_sid, next(self._chunk), frame))
             self.result.frames_sent += 1
             await self._play_tick()
 
@@ -560,16 +519,7 @@ class TwilioCaller:
     async def _echo_mark(self, name: str) -> None:
         assert self._ws is not None
         self.result.marks_echoed += 1
-        await self._ws.send(
-            orjson.dumps(
-                {
-                    "event": "mark",
-                    "sequenceNumber": str(next(self._seq)),
-                    "streamSid": self.stream_sid,
-                    "mark": {"name": name},
-                }
-            ).decode()
-        )
+        await self._ws.send(stream_messages.mark(next(self._seq), self.stream_sid, name))
 
     async def _receive(self, ws: websockets.ClientConnection) -> None:
         assert self._loop is not None

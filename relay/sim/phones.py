@@ -18,7 +18,6 @@ Times are real but short (a second of ringing), so that a test hears a whole cal
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import secrets
@@ -31,7 +30,7 @@ import websockets
 from twilio.request_validator import RequestValidator
 
 from relay.audio_format import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
-from relay.sim import audio
+from relay.sim import audio, stream_messages
 from relay.sim.caller import CallerScript, outbound_violations
 from relay.sim.playback import TwilioPlayback
 
@@ -174,20 +173,21 @@ class MachineLine:
         self.playback = TwilioPlayback()  # a new stream plays nothing the last one had queued
         signature = RequestValidator(self.auth_token).compute_signature(stream_url, {})
         try:
+            ids = (self.stream_sid, self.call_sid, self.account_sid)
             async with websockets.connect(
                 stream_url, compression=None, max_size=2**20, additional_headers={"X-Twilio-Signature": signature}
             ) as ws:
                 receiver = asyncio.create_task(self._receive(ws))
                 try:
-                    await ws.send(orjson.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}).decode())
-                    await ws.send(self._start(parameters))
+                    await ws.send(stream_messages.CONNECTED)
+                    await ws.send(stream_messages.start(next(self._seq), *ids, parameters))
                     await self._talk(ws, loop)
                 except websockets.ConnectionClosed:
                     self.closed_by_relay = True
                     return False
                 except asyncio.CancelledError:
                     with contextlib.suppress(websockets.ConnectionClosed):
-                        await ws.send(self._stop())
+                        await ws.send(stream_messages.stop(next(self._seq), *ids))
                         await ws.close()
                     raise
                 finally:
@@ -205,7 +205,7 @@ class MachineLine:
         offset = max(0, int((began - self.answered_at) * SAMPLE_RATE)) // FRAME_BYTES * FRAME_BYTES
         for tick in itertools.count():
             frame = self.intro[offset : offset + FRAME_BYTES].ljust(FRAME_BYTES, bytes([audio.ULAW_SILENCE]))
-            await ws.send(self._media(frame, tick))
+            await ws.send(stream_messages.media(next(self._seq), self.stream_sid, tick + 1, frame))
             heard_from = len(self.playback.heard)
             marks = self.playback.play(FRAME_BYTES)
             if offset >= len(self.intro):  # recording: the beep is over
@@ -235,47 +235,4 @@ class MachineLine:
 
     async def _echo(self, ws: websockets.ClientConnection, name: str) -> None:
         self.marks_echoed += 1
-        message = {"event": "mark", "sequenceNumber": str(next(self._seq)), "streamSid": self.stream_sid}
-        await ws.send(orjson.dumps({**message, "mark": {"name": name}}).decode())
-
-    def _start(self, parameters: dict[str, str]) -> str:
-        return orjson.dumps(
-            {
-                "event": "start",
-                "sequenceNumber": str(next(self._seq)),
-                "start": {
-                    "accountSid": self.account_sid,
-                    "streamSid": self.stream_sid,
-                    "callSid": self.call_sid,
-                    "tracks": ["inbound"],
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": SAMPLE_RATE, "channels": 1},
-                    "customParameters": parameters,
-                },
-                "streamSid": self.stream_sid,
-            }
-        ).decode()
-
-    def _media(self, frame: bytes, tick: int) -> str:
-        return orjson.dumps(
-            {
-                "event": "media",
-                "sequenceNumber": str(next(self._seq)),
-                "media": {
-                    "track": "inbound",
-                    "chunk": str(tick + 1),
-                    "timestamp": str(tick * FRAME_MS),
-                    "payload": base64.b64encode(frame).decode(),
-                },
-                "streamSid": self.stream_sid,
-            }
-        ).decode()
-
-    def _stop(self) -> str:
-        return orjson.dumps(
-            {
-                "event": "stop",
-                "sequenceNumber": str(next(self._seq)),
-                "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
-                "streamSid": self.stream_sid,
-            }
-        ).decode()
+        await ws.send(stream_messages.mark(next(self._seq), self.stream_sid, name))

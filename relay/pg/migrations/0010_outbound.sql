@@ -29,6 +29,7 @@ CREATE TABLE outbound_jobs (
     error_code       INTEGER,
     error            TEXT NOT NULL DEFAULT '',
     voicemail        TEXT NOT NULL DEFAULT '',
+    attempt_log      JSONB NOT NULL DEFAULT '[]',  -- each placement tried: when, its result, Twilio's error
     priority         INTEGER NOT NULL DEFAULT 0,  -- higher first: a race's call jumps a campaign
     race_id          TEXT NOT NULL DEFAULT '',  -- the after-hours race this call is a leg of
     position         BIGINT GENERATED ALWAYS AS IDENTITY,  -- queue order among jobs due together
