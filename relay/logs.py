@@ -64,3 +64,6 @@ def configure(level: str = "INFO", fmt: str | None = None) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     for noisy in ("websockets.client", "websockets.server", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    # The twilio library logs every REST request's URL and headers at INFO (never its
+    # Authorization): relay logs each placement itself, once.
+    logging.getLogger("twilio.http_client").setLevel(max(logging.WARNING, logging.getLogger().level))

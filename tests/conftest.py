@@ -40,6 +40,7 @@ SECRETS = (
     "bench-auth-token",
     "sk-bench-not-a-secret",
     "acme-subaccount-token",
+    "acct-token-",  # the simulated Twilio accounts' tokens (tests/test_outbound_*), which sign and authenticate
 )
 
 
