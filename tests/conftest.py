@@ -20,12 +20,16 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _passed["postgres"] += 1
 
 
-# Every log record of the whole run, at DEBUG, goes to one file, so a test can prove that no
-# secret reached a log (tests/test_zz_secrets.py runs last and greps it).
-RUN_LOG = os.path.join(
-    os.environ.get("PYTEST_RUN_LOG_DIR") or __import__("tempfile").gettempdir(), f"relay-test-run-{os.getpid()}.log"
-)
+# Every log record of the whole run, at DEBUG, goes to one file per test process, so a test can
+# prove that no secret reached a log (tests/test_zz_secrets.py greps them; with several workers,
+# pytest-xdist's, the run's end greps every worker's file again, once all have finished). The
+# run's id is the first process's, which its workers inherit.
+RUN_ID = os.environ.setdefault("RELAY_TEST_RUN_ID", str(os.getpid()))
+RUN_LOG_DIR = os.environ.get("PYTEST_RUN_LOG_DIR") or __import__("tempfile").gettempdir()
+RUN_LOG = os.path.join(RUN_LOG_DIR, f"relay-test-run-{RUN_ID}-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.log")
 RUN_LOG_JSON = RUN_LOG.removesuffix(".log") + ".jsonl"  # the same records, as RELAY_LOG_FORMAT=json writes them
+
+
 # The secret values the tests hand the relay (keys, tokens, passwords); none may be logged.
 SECRETS = (
     "sim-auth-token",
@@ -42,6 +46,25 @@ SECRETS = (
     "acme-subaccount-token",
     "acct-token-",  # the simulated Twilio accounts' tokens (tests/test_outbound_*), which sign and authenticate
 )
+
+
+def run_logs() -> list[str]:
+    """Every log file of this run (each worker's), text and JSON."""
+    import glob
+
+    return sorted(glob.glob(os.path.join(RUN_LOG_DIR, f"relay-test-run-{RUN_ID}-*.log*")))
+
+
+def leaked_secrets(paths: list[str]) -> dict[str, list[str]]:
+    """The secrets each log file holds (none, it is hoped)."""
+    found = {}
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        leaked = [secret for secret in SECRETS if secret in text]
+        if leaked:
+            found[path] = leaked
+    return found
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,10 +88,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput"):
+        return  # a worker: its reports reach the first process, which counts and checks them all
     path = os.environ.get("RELAY_POSTGRES_REPORT")
     if path:
         with open(path, "w") as f:
             f.write(f"{_passed['postgres']}\n")
+    if session.config.getoption("numprocesses", None):
+        # Workers ran in parallel: some logged after tests/test_zz_secrets.py ran. Every file again.
+        leaked = leaked_secrets(run_logs())
+        if leaked:
+            session.config.get_terminal_writer().line(f"secrets in the logs of the run: {leaked}", red=True)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(params=IMPLEMENTATIONS, ids=["python", "cython"])
