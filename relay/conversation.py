@@ -996,7 +996,8 @@ class Conversation:
             stream_sid=self.start.stream_sid,
             tenant_id=self.tenant_id,
             agent_id=self.start.custom_parameters.get("agent") or "default",
-            direction="inbound",
+            # A call relay placed (its stream names the job) is billed at Twilio's outbound rate.
+            direction="outbound" if self.start.custom_parameters.get("job") else "inbound",
             started_at=self._started_at,
             ended_at=ended_at,
         )

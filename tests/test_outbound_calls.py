@@ -117,6 +117,14 @@ async def test_a_person_a_machine_no_answer_and_busy(tmp_path: Path) -> None:
     assert rows["no one answers"]["statuses"] == ["initiated", "ringing", "no-answer"]
     assert all(row["attempts"] == 1 and row["duration_s"] is not None for row in summary["jobs"])
     assert "voicemail left" in format_outbound(summary)
+    # Each answered call's usage is billed as outbound.
+    store = SQLiteStore(summary["store"])
+    await store.open()
+    try:
+        by_call, unpriced = await store.usage("default", "call", 0.0)
+    finally:
+        await store.close()
+    assert len(by_call) == 2 and all("twilio:voice_outbound" in row["unpriced"].split(",") for row in unpriced)
 
 
 async def test_a_machine_without_a_message_is_hung_up_on(tmp_path: Path) -> None:
