@@ -708,7 +708,7 @@ class Conversation:
     def _response_done(self, event: ev.ResponseDone, now: float) -> None:
         if self._live is not None:  # a delegated response: its tool calls, nothing else
             for call in event.tool_calls:
-                self._tool_call(call, now)
+                self._tool_call(call, now)  # (the delegation goes on by itself once all are answered)
             return
         after = self._say_after
         if after is not None and any(
@@ -718,8 +718,8 @@ class Conversation:
             self.on_hangup()
         self._response_active = False
         self._meter.response_done(event.usage, event.item_ids)
-        for call in event.tool_calls:
-            self._tool_call(call, now)
+        if [call for call in event.tool_calls if self._tool_call(call, now)] and not self.hangup_requested:
+            self._to_backend(self.backend.respond())
         for item_id in event.item_ids:
             turn = self._assistants.get(item_id)
             if turn is not None:
@@ -730,7 +730,9 @@ class Conversation:
         if self.hangup_requested:
             self._check_farewell()
 
-    def _tool_call(self, call: ev.ToolCall, now: float) -> None:
+    def _tool_call(self, call: ev.ToolCall, now: float) -> bool:
+        """Answer one of the model's tool calls; True when the model should speak about the answer
+        (one response asked for per response the calls came in, however many they are)."""
         if call.name == END_CALL and self.agent.end_call_tool:
             log.info("call %s: the agent ends the call", self.call_sid)
             self.hangup_requested = True
@@ -744,7 +746,7 @@ class Conversation:
                 for message in self.backend.tool_result(call.call_id, {"ok": True, "note": "the call ends now"}):
                     self._to_backend(message)
             self.on_hangup()
-            return
+            return False
         if call.name == ESCALATE and self.agent.escalate_tool:
             try:
                 arguments = orjson.loads(call.arguments or "{}")
@@ -756,12 +758,14 @@ class Conversation:
             else:
                 log.info("call %s: the agent escalates the matter", self.call_sid)
                 output = self.on_escalate(summary.strip()[:MAX_SUMMARY])
-            for message in self.backend.tool_result(call.call_id, output, respond=True):
+            for message in self.backend.tool_result(call.call_id, output):
                 self._to_backend(message)
-            return
-        # Not a tool relay offered: say so, so the model does not wait for an answer.
+            return True
+        # Not a tool relay offered: say so, and have the model speak on rather than wait for an
+        # answer that never comes.
         for message in self.backend.tool_result(call.call_id, {"error": f"no tool named {call.name[:40]!r}"}):
             self._to_backend(message)
+        return True
 
     def _check_farewell(self) -> None:
         """The agent asked to hang up: has everything it said been heard?"""

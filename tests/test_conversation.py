@@ -366,3 +366,26 @@ def test_a_barge_in_anywhere_in_a_preamble_or_its_answer_is_truncated_right_and_
     assert abs(len(heard_first) - cut) <= 1 and heard_first[: max(0, cut - 1)] == words[: max(0, cut - 1)]
     if first_response[0].interrupted:  # cut in the preamble: its answer never played
         assert all(t.text_heard == "" for t in first_response[1:])
+
+
+def test_tools_relay_does_not_offer_get_an_error_and_one_response_so_the_model_speaks_on() -> None:
+    call = VirtualCall()
+    call.run(0.5)
+    sent: list[dict[str, object]] = []
+    call.conversation._upstream = type("Sink", (), {"send": lambda self, m: sent.append(orjson.loads(m))})()
+    done = {
+        "type": "response.done",
+        "response": {
+            "id": "resp_9",
+            "status": "completed",
+            "output": [
+                {"type": "function_call", "id": "item_9", "call_id": "call_9", "name": "lookup", "arguments": "{}"},
+                {"type": "function_call", "id": "item_10", "call_id": "call_10", "name": "book", "arguments": "{}"},
+            ],
+        },
+    }
+    call.conversation.backend_message(orjson.dumps(done), call.now)
+    # Both answered, and one response asked for: a second would be refused while the first runs.
+    assert [m["type"] for m in sent] == ["conversation.item.create", "conversation.item.create", "response.create"]
+    item = sent[0]["item"]
+    assert isinstance(item, dict) and item["call_id"] == "call_9" and "no tool named 'lookup'" in item["output"]

@@ -230,9 +230,12 @@ class Backend(Protocol):
         """Cut the answer in the model's memory at what the caller heard."""
         ...
 
-    def tool_result(self, call_id: str, output: dict[str, Any], *, respond: bool = False) -> list[bytes]:
-        """The result of a tool call, and whatever makes the model go on (``respond``: speak about
-        it now, where the backend needs asking)."""
+    def tool_result(self, call_id: str, output: dict[str, Any]) -> list[bytes]:
+        """The result of a tool call, and whatever makes the model go on."""
+        ...
+
+    def respond(self) -> bytes | None:
+        """Have the model speak about the results of its tool calls (None: it goes on by itself)."""
         ...
 
     def close(self) -> bytes | None:

@@ -165,13 +165,16 @@ class LiveBackend:
     def cancel(self) -> None:
         return None  # the model stops talking by itself when the caller speaks
 
+    def respond(self) -> None:
+        return None  # a delegation goes on by itself once every call of it is answered
+
     def truncate(self, item_id: str, heard_ms: int) -> None:
         return None  # no client truncate: the model's memory is its own
 
     def close(self) -> bytes:
         return SESSION_CLOSE  # answered by session.closed, with the session's final usage
 
-    def tool_result(self, call_id: str, output: dict[str, Any], *, respond: bool = False) -> list[bytes]:
+    def tool_result(self, call_id: str, output: dict[str, Any]) -> list[bytes]:
         out = [function_output(call_id, output)]
         for delegation in self._delegations.values():
             if call_id in delegation.waiting:

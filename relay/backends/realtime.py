@@ -278,8 +278,11 @@ class RealtimeBackend:
     def truncate(self, item_id: str, heard_ms: int) -> bytes:
         return truncate(item_id, heard_ms)
 
-    def tool_result(self, call_id: str, output: dict[str, Any], *, respond: bool = False) -> list[bytes]:
-        return [function_output(call_id, output), *([response_create()] if respond else [])]
+    def tool_result(self, call_id: str, output: dict[str, Any]) -> list[bytes]:
+        return [function_output(call_id, output)]
+
+    def respond(self) -> bytes:
+        return response_create()
 
     def close(self) -> None:
         return None  # a Realtime session ends with its socket
