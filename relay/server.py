@@ -565,10 +565,19 @@ class Relay:
             return HTTPStatus.FORBIDDEN, "forbidden\n"
         return HTTPStatus.OK, ""
 
-    async def control(self, kind: str, call_sid: str) -> tuple[HTTPStatus, dict[str, Any]]:
-        """The call control API (``POST /v1/calls/{sid}/hangup``), answered by the relay holding the call."""
+    async def control(
+        self, kind: str, call_sid: str, tenant_id: str | None = None
+    ) -> tuple[HTTPStatus, dict[str, Any]]:
+        """The call control API (``POST /v1/calls/{sid}/hangup``), answered by the relay holding the
+        call. ``tenant_id``: asked with that tenant's key, which reaches its own calls alone (another
+        tenant's call is not found, as if it did not exist)."""
+        owner = None
+        if tenant_id is not None:
+            owner = await self.locate(call_sid)
+            if owner is None or owner.tenant_id != tenant_id:
+                return HTTPStatus.NOT_FOUND, {"error": f"no live call {call_sid}"}
         try:
-            answer = await self.about_call(CallRequest(kind, call_sid))
+            answer = await self.about_call(CallRequest(kind, call_sid), owner)
         except OwnerSilent as exc:
             return HTTPStatus.GATEWAY_TIMEOUT, {"error": str(exc)}
         if answer is None:
@@ -920,15 +929,15 @@ class HttpProtocol(asyncio.Protocol):
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
 
     def _control(self, path: str, keep_alive: bool) -> None:
-        """The call control API: ``POST /v1/calls/{CallSid}/hangup``, with RELAY_API_TOKEN."""
-        token = self._relay.settings.api_token
-        if not token:
+        """The call control API: ``POST /v1/calls/{CallSid}/hangup``, with RELAY_API_TOKEN (the
+        operator: any call) or a tenant's API key (that tenant's calls only)."""
+        relay = self._relay
+        token, outbound = relay.settings.api_token, relay.outbound
+        if not token and outbound is None:
             self._send(HTTPStatus.FORBIDDEN, b"the call control API is off (RELAY_API_TOKEN)\n", keep_alive=keep_alive)
             return
         given = self._header("authorization") or ""
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            self._send(HTTPStatus.UNAUTHORIZED, b"unauthorized\n", keep_alive=keep_alive)
-            return
+        operator = bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
         parts = path[len(CONTROL_PREFIX) :].split("/")
         if len(parts) != 2 or parts[1] not in CONTROL_ACTIONS:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", keep_alive=keep_alive)
@@ -940,7 +949,11 @@ class HttpProtocol(asyncio.Protocol):
 
         async def answer() -> None:
             try:
-                status, body = await self._relay.control(CONTROL_ACTIONS[action], call_sid)
+                tenant = None if operator or outbound is None else await outbound.jobs.tenant_of(given)
+                if not operator and tenant is None:
+                    status, body = HTTPStatus.UNAUTHORIZED, {"error": "unauthorized"}
+                else:
+                    status, body = await relay.control(CONTROL_ACTIONS[action], call_sid, tenant)
             except Exception as exc:  # noqa: BLE001 - Postgres away: the caller may try again
                 log.warning("control request for call %s failed (%s)", call_sid, type(exc).__name__)
                 status, body = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "try again"}

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from relay import demo_outbound
+from relay import apikeys, demo_outbound
 from relay.config import Settings
 from relay.demo_outbound import format_outbound, run_outbound_demo
 from relay.metrics import render
@@ -23,7 +23,7 @@ from relay.outbound.jobs import CallSpec
 from relay.outbound.service import Outbound
 from relay.server import Relay, RelayServer
 from relay.sim.agent import AgentConfig, RealtimeAgent
-from relay.sim.caller import http_get, http_post
+from relay.sim.caller import CallerScript, TwilioCaller, http_get, http_post
 from relay.sim.phones import Busy, Phone, Voicemail
 from relay.sim.twilio_rest import TwilioSim
 from relay.store import SQLiteStore
@@ -187,3 +187,31 @@ async def test_the_api_queues_calls_with_a_key_and_reads_them_back(tmp_path: Pat
         status, _ = await api(s.url, "GET", f"/v1/jobs/{job['job']}", key)
         assert status == 401
     assert len(s.sim.calls) == 4
+
+
+async def test_a_tenants_key_hangs_up_its_own_call_and_not_another_tenants(tmp_path: Path) -> None:
+    stays = CallerScript(utterances=("Hello there.",), lead_in_ms=100, answer_quiet_ms=300, wait_for_hangup=True)
+    async with outbound_stack(tmp_path, {}) as s:
+        keys = s.outbound.jobs.keys
+        _, mine = await keys.create("default", "ops")
+        # Another tenant's key, as a multi-tenant store would hold it (the embedded one has one tenant).
+        other_id, other, hashed = apikeys.issue()
+        await keys._sql(  # type: ignore[attr-defined]
+            "INSERT INTO api_keys (key_id, tenant_id, secret_hash, name, created_at) VALUES (?, 'beta', ?, '', 0)",
+            (other_id, hashed),
+        )
+        caller = TwilioCaller(f"{s.url}/twilio/voice", stays, auth_token=TOKEN, account_sid=ACCOUNT)
+        running = asyncio.ensure_future(caller.run())
+        while not s.relay.sessions or all(session.start is None for session in s.relay.live.values()):
+            await asyncio.sleep(0.02)
+        path = f"/v1/calls/{caller.call_sid}/hangup"
+        status, body = await api(s.url, "POST", path, other, {})
+        assert status == 404 and "no live call" in body["error"]  # as if it did not exist
+        status, _ = await api(s.url, "POST", path, "rk_" + "0" * 16 + "_" + "x" * 43, {})
+        assert status == 401
+        status, body = await api(s.url, "POST", path, mine, {})
+        assert status == 202 and body["hung_up"] is True
+        result = await asyncio.wait_for(running, 20)
+        await s.store.flush()
+        ended = await s.store.call(caller.call_sid)
+    assert result.closed_by_relay and ended is not None and ended["end_reason"] == "api_hangup"
