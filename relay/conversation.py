@@ -681,6 +681,10 @@ class Conversation:
             self._barge_in(now)
         self._want_tick()
 
+    def say(self, line: str) -> None:
+        """The agent says ``line`` now (the shell waits for a pause between turns first)."""
+        self._to_backend(self.backend.say(line))
+
     def tell(self, note: str) -> None:
         """A word for the agent from outside the call, which it passes on to the caller."""
         for message in self.backend.user_text(f"[A note for you, not said by the caller] {note}"):

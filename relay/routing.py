@@ -28,7 +28,8 @@ HANGUP = "hangup"  # the API: end the call after the line in progress
 VOICEMAIL = "voicemail"  # a call relay placed reached an answering machine: leave the message
 NOTE = "note"  # tell the call's agent something to pass on (an escalation's outcome)
 TRANSFER = "transfer"  # end the call's stream with a line, then connect the caller to a number
-KINDS = frozenset({STATUS, OUTCOME, HANGUP, VOICEMAIL, NOTE, TRANSFER})
+SAY = "say"  # the API: the agent says a line at the next pause between turns
+KINDS = frozenset({STATUS, OUTCOME, HANGUP, VOICEMAIL, NOTE, TRANSFER, SAY})
 
 ASK_TIMEOUT_S = 2.0  # how long a relay waits for the owner's answer before it answers without it
 # Postgres refuses a NOTIFY payload of 8000 bytes or more; requests are a few hundred.

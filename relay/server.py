@@ -56,6 +56,7 @@ from relay.routing import (
     HANGUP,
     NOTE,
     OUTCOME,
+    SAY,
     STATUS,
     TRANSFER,
     VOICEMAIL,
@@ -98,7 +99,8 @@ TWILIO_ENDS = frozenset({"stop", "twilio_closed", "twilio_closed_before_start"})
 HOOK_EXPECTED_S = 5.0
 # The call control API: POST /v1/calls/{CallSid}/<action>.
 CONTROL_PREFIX = "/v1/calls/"
-CONTROL_ACTIONS = {"hangup": HANGUP}
+CONTROL_ACTIONS = {"hangup": HANGUP, "say": SAY}
+MAX_SAY = 1000  # characters of a line the API asks the agent to say
 # A call relay ended to move it to another relay: the after-stream hook connects a new stream.
 HANDOFF = "handoff"
 # The backend counts as reachable for readiness this long after it last was (a session opened,
@@ -484,6 +486,9 @@ class Relay:
         if request.kind == NOTE:
             session.tell(request.args.get("text", "")[:500])
             return {"instance": me, "told": True}
+        if request.kind == SAY:
+            session.say_between_turns(request.args.get("text", "")[:MAX_SAY])
+            return {"instance": me, "saying": True}
         if request.kind == TRANSFER:
             number, name = request.args.get("to", ""), request.args.get("name", "")[:100]
             if not twilio.E164.fullmatch(number):
@@ -566,7 +571,7 @@ class Relay:
         return HTTPStatus.OK, ""
 
     async def control(
-        self, kind: str, call_sid: str, tenant_id: str | None = None
+        self, kind: str, call_sid: str, tenant_id: str | None = None, args: dict[str, str] | None = None
     ) -> tuple[HTTPStatus, dict[str, Any]]:
         """The call control API (``POST /v1/calls/{sid}/hangup``), answered by the relay holding the
         call. ``tenant_id``: asked with that tenant's key, which reaches its own calls alone (another
@@ -577,7 +582,7 @@ class Relay:
             if owner is None or owner.tenant_id != tenant_id:
                 return HTTPStatus.NOT_FOUND, {"error": f"no live call {call_sid}"}
         try:
-            answer = await self.about_call(CallRequest(kind, call_sid), owner)
+            answer = await self.about_call(CallRequest(kind, call_sid, args or {}), owner)
         except OwnerSilent as exc:
             return HTTPStatus.GATEWAY_TIMEOUT, {"error": str(exc)}
         if answer is None:
@@ -946,6 +951,18 @@ class HttpProtocol(asyncio.Protocol):
         if not twilio.CALL_SID.fullmatch(call_sid):
             self._send(HTTPStatus.BAD_REQUEST, b"not a call sid\n", keep_alive=keep_alive)
             return
+        args: dict[str, str] = {}
+        if action == "say":
+            try:
+                body = orjson.loads(bytes(self._body) or b"{}")
+            except orjson.JSONDecodeError:
+                body = None
+            text = body.get("text") if isinstance(body, dict) else None
+            if not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY or not text.isprintable():
+                problem = {"error": f'say takes {{"text": a line of at most {MAX_SAY} printable characters}}'}
+                self._send(HTTPStatus.BAD_REQUEST, orjson.dumps(problem), "application/json", keep_alive=keep_alive)
+                return
+            args["text"] = text.strip()
 
         async def answer() -> None:
             try:
@@ -953,7 +970,7 @@ class HttpProtocol(asyncio.Protocol):
                 if not operator and tenant is None:
                     status, body = HTTPStatus.UNAUTHORIZED, {"error": "unauthorized"}
                 else:
-                    status, body = await relay.control(CONTROL_ACTIONS[action], call_sid, tenant)
+                    status, body = await relay.control(CONTROL_ACTIONS[action], call_sid, tenant, args)
             except Exception as exc:  # noqa: BLE001 - Postgres away: the caller may try again
                 log.warning("control request for call %s failed (%s)", call_sid, type(exc).__name__)
                 status, body = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "try again"}

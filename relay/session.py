@@ -241,6 +241,24 @@ class CallSession:
         if self.conversation is not None:
             self.conversation.say_and_hang_up(line, self._loop.time(), reason)
 
+    def say_between_turns(self, line: str) -> None:
+        """The agent says ``line`` at the next pause between turns, never over itself or the
+        caller (after ``LEAVE_MAX_WAIT_S`` without one, it is not said)."""
+        task = asyncio.ensure_future(self._say_when_idle(line))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _say_when_idle(self, line: str) -> None:
+        deadline = self._loop.time() + LEAVE_MAX_WAIT_S
+        while self._loop.time() < deadline and not self._ending:
+            conversation = self.conversation
+            if conversation is not None and conversation.idle:
+                log.info("call %s: saying a line asked for through the API", self.call_sid)
+                conversation.say(line)
+                return
+            await asyncio.sleep(IDLE_POLL_S)
+        log.warning("call %s: no pause between turns came; the line asked for is not said", self.call_sid)
+
     def tell(self, note: str) -> None:
         """Tell the agent something it should pass on (it answers the caller about it)."""
         if self.conversation is not None:

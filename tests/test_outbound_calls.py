@@ -22,6 +22,7 @@ from relay.outbound import jobs, wiring
 from relay.outbound.jobs import CallSpec
 from relay.outbound.service import Outbound
 from relay.server import Relay, RelayServer
+from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
 from relay.sim.caller import CallerScript, TwilioCaller, http_get, http_post
 from relay.sim.phones import Busy, Phone, Voicemail
@@ -215,3 +216,34 @@ async def test_a_tenants_key_hangs_up_its_own_call_and_not_another_tenants(tmp_p
         await s.store.flush()
         ended = await s.store.call(caller.call_sid)
     assert result.closed_by_relay and ended is not None and ended["end_reason"] == "api_hangup"
+
+
+async def test_a_line_asked_for_through_the_api_is_said_at_the_next_pause_not_over_the_answer(tmp_path: Path) -> None:
+    line = "Your table is confirmed."
+    listens = CallerScript(
+        utterances=("Book a table for two.",), lead_in_ms=100, answer_quiet_ms=300, answer_timeout_ms=4000,
+        wait_for_hangup=True,
+    )  # fmt: skip
+    async with outbound_stack(tmp_path, {}) as s:
+        _, key = await s.outbound.jobs.keys.create("default", "ops")
+        caller = TwilioCaller(f"{s.url}/twilio/voice", listens, auth_token=TOKEN, account_sid=ACCOUNT)
+        running = asyncio.ensure_future(caller.run())
+        # Asked while the agent is answering: the line waits for the answer to end.
+        while not any(
+            session.conversation is not None and session.conversation.media.buffered
+            for session in s.relay.live.values()
+        ):
+            await asyncio.sleep(0.01)
+        path = f"/v1/calls/{caller.call_sid}/say"
+        status, body = await api(s.url, "POST", path, key, {"text": line})
+        assert status == 202 and body["saying"] is True
+        status, body = await api(s.url, "POST", path, key, {"text": ""})
+        assert status == 400 and "say takes" in body["error"]
+        result = await asyncio.wait_for(running, 30)
+        await s.store.flush()
+        turns = await s.store.turns(caller.call_sid)
+    answers = [t for t in turns if t.role == "assistant"]
+    assert [t.text_generated for t in answers] == ["You said: Book a table for two.", line]
+    assert all(t.text_heard == t.text_generated and not t.interrupted for t in answers)
+    heard = audio.transcribe(result.heard)
+    assert heard.index("You said: Book a table for two.") < heard.index(line)
