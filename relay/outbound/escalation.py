@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("relay.outbound.escalation")
 
-POLL_S = 0.25  # how often races whose contact's time is up are looked for
+# Races whose contact's time is up are looked for at the earliest deadline of those running, and at
+# least this often (a race another relay started); a race started here wakes the loop at once.
+POLL_S = 2.0
 RACE_PRIORITY = 100  # a race's call is placed before any campaign's
 ACCEPTED_LINE = "Thank you, it is yours. Goodbye."
 
@@ -46,6 +48,7 @@ class Escalations:
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._work: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="race-deadlines")
@@ -64,12 +67,20 @@ class Escalations:
 
     async def _run(self) -> None:
         while True:
+            wait = POLL_S
             try:
-                for race_id in await self.races.due(self._clock()):
-                    await self._step(race_id, lambda r: race.expire(r, self._clock()))
+                deadline = await self.races.next_deadline()
+                if deadline is not None and deadline <= self._clock():
+                    for race_id in await self.races.due(self._clock()):
+                        await self._step(race_id, lambda r: race.expire(r, self._clock()))
+                    deadline = await self.races.next_deadline()
+                if deadline is not None:
+                    wait = min(POLL_S, max(0.01, deadline - self._clock()))
             except Exception as exc:  # noqa: BLE001 - the store is away: deadlines are looked at again
                 log.warning("race deadlines unavailable (%s)", type(exc).__name__)
-            await asyncio.sleep(POLL_S)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
 
     # ------------------------------------------------------------------ the call that escalates
 
@@ -92,6 +103,7 @@ class Escalations:
         )
         started = dataclasses.replace(started, agent_id=agent_id)
         await self.races.create(started)
+        self._wake.set()  # its deadline is the loop's to watch
         log.info("call %s: race %s reaches %s by call and text", call_sid, started.race_id, started.contacts[0].name)
         await self._act(started, actions)
 

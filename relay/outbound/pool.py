@@ -26,7 +26,13 @@ from relay.twilio import FINAL_STATUSES
 
 log = logging.getLogger("relay.outbound")
 
-POLL_S = 0.25  # how often an idle pool looks for due jobs (jobs queued on this relay wake it at once)
+# How often the pool looks for due jobs: while jobs flow, often (the account's pace is what holds
+# them back); once a few looks have found none, rarely, since every look is a query and a thread
+# hop beside the calls' frames. A job queued here, or a call's end, wakes it at once; one queued
+# elsewhere (the CLI, another relay) waits at most IDLE_POLL_S.
+POLL_S = 0.25
+IDLE_POLL_S = 2.0
+IDLE_AFTER = 8  # looks in a row that found nothing
 SWEEP_S = 30.0  # how often placements abandoned by a stopped relay, and lost ends, are looked for
 ABANDONED_AFTER_S = 4 * TIMEOUT_S  # a placement pending this long has no relay waiting for it
 QUIET_LIVE_S = 60.0  # a live call with no news this long is looked up at Twilio (its end may be lost)
@@ -95,6 +101,7 @@ class OutboundPool:
 
     async def _run(self) -> None:
         next_sweep = 0.0
+        empty_looks = 0
         while True:
             try:
                 now = self._clock()
@@ -110,7 +117,9 @@ class OutboundPool:
                         hold=self._hold,
                     )
                     if job is None:
+                        empty_looks += 1
                         break
+                    empty_looks = 0
                     task = asyncio.create_task(self._place(job), name=f"place-{job.job_id}")
                     self._placing.add(task)
                     task.add_done_callback(self._placing.discard)
@@ -118,7 +127,9 @@ class OutboundPool:
                 log.warning("outbound queue unavailable (%s); trying again", type(exc).__name__)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_S)
+                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S if empty_looks >= IDLE_AFTER else POLL_S)
+            if self._wake.is_set():
+                empty_looks = 0
 
     async def _sweep(self, now: float) -> None:
         gone = await self.queue.abandoned(now=now, older_than_s=ABANDONED_AFTER_S)

@@ -49,6 +49,10 @@ class RaceStore(ABC):
         """Races whose current contact's time is up."""
 
     @abstractmethod
+    async def next_deadline(self) -> float | None:
+        """The earliest deadline of the races running (None: none runs)."""
+
+    @abstractmethod
     async def open_races(self, tenant_id: str | None = None) -> list[Race]:
         """Races still running (of one tenant), newest first."""
 
@@ -124,6 +128,13 @@ class SQLiteRaceStore(RaceStore):
             transaction=False,
         )
         return [r[0] for r in rows]
+
+    async def next_deadline(self) -> float | None:
+        rows = await self._queue.run(
+            lambda db: db.execute("SELECT min(deadline_at) FROM races WHERE outcome = ''").fetchall(),
+            transaction=False,
+        )
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def open_races(self, tenant_id: str | None = None) -> list[Race]:
         rows = await self._queue.run(

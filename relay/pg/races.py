@@ -41,6 +41,11 @@ class PostgresRaceStore(RaceStore):
             rows = await conn.fetch("SELECT race_id FROM races WHERE outcome = '' AND deadline_at <= $1", now)
         return [r["race_id"] for r in rows]
 
+    async def next_deadline(self) -> float | None:
+        async with as_writer(self._pool) as conn:
+            found = await conn.fetchval("SELECT min(deadline_at) FROM races WHERE outcome = ''")
+        return float(found) if found is not None else None
+
     async def open_races(self, tenant_id: str | None = None) -> list[Race]:
         async with as_writer(self._pool) as conn:
             rows = await conn.fetch(
