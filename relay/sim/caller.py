@@ -18,6 +18,9 @@ fetched with a signed POST, a ``<Say>`` is heard (synthesised into the recording
 is silence, ``<Hangup>`` ends the call (PROTOCOLS §1.1), and a ``<Connect><Stream>`` opens a
 new stream on the same call (a new stream sid, numbering from 1 again): the script goes on
 there, a line whose answer never came said again. That is how a call moves between relays.
+A ``<Dial>`` rings the people and joins the conference rooms of the caller's ``Switchboard``
+(``relay.sim.switchboard``), in real time: the caller hears who picks up (``talked_to``), and
+Twilio posts how it went to the verb's ``action`` URL, signed, and runs the TwiML it answers.
 
 The same caller is the person who picks up an outbound call in the REST simulator
 (``relay.sim.twilio_rest``), which runs the call's TwiML itself and hands each
@@ -38,7 +41,7 @@ import secrets
 import socket
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import orjson
 import websockets
@@ -47,6 +50,7 @@ from twilio.request_validator import RequestValidator
 from relay.audio_format import FRAME_BYTES, FRAME_MS
 from relay.sim import audio, stream_messages
 from relay.sim.playback import TwilioPlayback
+from relay.sim.switchboard import Dial, DialOutcome, Leg, Switchboard, parse_dial
 
 ALLOWED_KEYS = {
     "media": ({"event", "streamSid", "media"}, "media", {"payload"}),
@@ -136,8 +140,11 @@ class CallResult:
     error: str | None = None
     closed_by_relay: bool = False  # the relay ended the stream (the agent hung up, or a failure)
     said_by_twilio: list[str] = field(default_factory=list)  # <Say> text run after the stream
-    redirects: list[tuple[str, int]] = field(default_factory=list)  # (URL, HTTP status) fetched after it
-    dialed: list[str] = field(default_factory=list)  # numbers a <Dial> after the stream connected the caller to
+    # (URL, HTTP status) of the TwiML fetched after it: <Redirect>s and <Dial action>s
+    redirects: list[tuple[str, int]] = field(default_factory=list)
+    dialed: list[str] = field(default_factory=list)  # numbers and SIP URIs a <Dial> rang, answered or not
+    # (number or SIP URI, or "conference:<name>"; the words heard there): each <Dial> that connected
+    talked_to: list[tuple[str, str]] = field(default_factory=list)
     twilio_hung_up: bool = False  # the TwiML after the stream ended with <Hangup/>
     streams: int = 1  # media streams the call had (more than one: handed over between relays)
     handover_gaps_ms: list[float] = field(default_factory=list)  # from a stream's close to the next's start
@@ -149,6 +156,12 @@ class CallResult:
     def heard(self) -> bytearray:
         """Everything the caller's ear got, silence included, 8 kHz μ-law."""
         return self.playback.heard
+
+    def note_dial(self, outcome: DialOutcome) -> None:
+        """Keep what one ``<Dial>`` of the call did: what it rang, and who it talked with."""
+        self.dialed.extend(outcome.dialed)
+        if outcome.reached is not None:
+            self.talked_to.append((outcome.reached, outcome.heard))
 
 
 @dataclass(frozen=True)
@@ -170,6 +183,7 @@ class CallerScript:
     run_for_ms: int | None = None  # hang up after the first answer that ends past this much call time
     wait_for_hangup: bool = False  # after the script, stay on the line until the relay ends the stream
     stall_after_ms: int | None = None  # a stalled network: stop reading what the relay sends, this far in
+    conference_stay_s: float = 3.0  # a <Dial><Conference> leaves the room after this long, if it has not ended
 
 
 class TwilioCaller:
@@ -187,6 +201,8 @@ class TwilioCaller:
         call_sid: str | None = None,
         direction: str = "inbound",
         call_status: str | None = None,
+        switchboard: Switchboard | None = None,
+        join_line: str = "",
     ) -> None:
         """A call from ``from_number`` to ``to_number``, speaking ``script``.
 
@@ -198,6 +214,8 @@ class TwilioCaller:
             call_status: ``CallStatus`` on the first request: ``ringing`` for an inbound call by
                 default, ``in-progress`` for an outbound one (Twilio asks for its TwiML once
                 answered).
+            switchboard: who a ``<Dial>`` after the stream can reach (an empty one if not given).
+            join_line: what the caller says as it joins a ``<Dial><Conference>`` ("" says nothing).
         """
         self.webhook_url = webhook_url
         self.script = script
@@ -209,6 +227,8 @@ class TwilioCaller:
         self.call_sid = call_sid or "CA" + secrets.token_hex(16)
         self.account_sid = account_sid or "AC" + secrets.token_hex(16)
         self.stream_sid = "MZ" + secrets.token_hex(16)
+        self.switchboard = switchboard if switchboard is not None else Switchboard()
+        self.join_line = join_line
         self.result = CallResult(self.call_sid)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._playback = self.result.playback
@@ -357,8 +377,15 @@ class TwilioCaller:
                 self.result.twilio_hung_up = True
                 return None
             elif verb.tag == "Dial":
-                # The caller is connected to the number; that leg is another phone's story.
-                self.result.dialed.append((verb.text or "").strip())
+                dial = parse_dial(verb)
+                self.result.violations += [f"<Dial> noun {noun} is not simulated" for noun in dial.skipped]
+                if not dial.targets:
+                    continue
+                leg = Leg(self.call_sid, self._playback.say, self.join_line, self.script.conference_stay_s)
+                outcome = await self.switchboard.dial(dial, leg)
+                self.result.note_dial(outcome)
+                if dial.action is not None:  # the call goes on with the action's TwiML, not the verbs after
+                    return await self._dial_action(dial, outcome, depth)
             elif verb.tag == "Connect":
                 document = ET.Element("Response")
                 document.extend(verbs)
@@ -380,6 +407,30 @@ class TwilioCaller:
             else:
                 self.result.violations.append(f"TwiML verb <{verb.tag}> after the stream is not simulated")
         return None
+
+    async def _dial_action(
+        self, dial: Dial, outcome: DialOutcome, depth: int
+    ) -> tuple[str, dict[str, str], list[ET.Element]] | None:
+        """Tell the ``<Dial>``'s ``action`` URL how the dial went, signed as every Twilio request
+        is, and run the TwiML it answers."""
+        assert dial.action is not None
+        url = urljoin(self.webhook_url, dial.action)
+        form = {**self._call_form("in-progress"), **outcome.action_params()}
+        validator = RequestValidator(self.auth_token)
+        if dial.method == "GET":  # the parameters ride in the URL, and the signature covers them there
+            full = url + ("&" if "?" in url else "?") + urlencode(form)
+            status, body = await http_get(full, {"X-Twilio-Signature": validator.compute_signature(full, {})})
+        else:
+            signature = validator.compute_signature(url, form)
+            status, body = await http_post(url, urlencode(form).encode(), {"X-Twilio-Signature": signature})
+        self.result.redirects.append((url, status))
+        if status != 200:
+            raise ValueError(f"<Dial action> {url} answered HTTP {status}")
+        try:
+            root = ET.fromstring(body.decode())
+        except ET.ParseError as exc:
+            raise ValueError(f"<Dial action> {url} answered no TwiML: {exc}") from exc
+        return await self._run_twiml(list(root), depth + 1)
 
     async def _hang_up(self, ws: websockets.ClientConnection) -> None:
         """End the call as the script says: Twilio's ``stop`` and a clean close, or a dropped line."""

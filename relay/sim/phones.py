@@ -5,7 +5,8 @@
 * ``Person`` answers after ``answer_after_s`` and talks on the call's Media Stream as a
   ``TwilioCaller`` speaking its own ``CallerScript`` (by default: "Hello?", then it listens to
   the answer and waits for the relay to end the stream). Answering-machine detection calls it
-  ``human``. A text to it is answered with ``sms_reply``, if it has one.
+  ``human``. A text to it is answered with ``sms_reply``, if it has one. In a
+  ``<Dial><Conference>`` it says ``join_line`` as it joins and stays ``script.conference_stay_s``.
 * ``Voicemail`` answers after ``answer_after_s``, plays its greeting, a beep (a 1 kHz tone), and
   records what it hears for up to ``record_ms``; then it hangs up. ``MachineLine`` is its side of
   the call.
@@ -65,6 +66,7 @@ class Person:
     amd_ms: int = 1500  # answering-machine detection says ``human`` this long after the answer
     sms_reply: str | None = None  # a text to this number is answered with this, if set
     sms_reply_after_s: float = 1.0  # after the text was delivered
+    join_line: str = ""  # said as they join a <Dial><Conference> ("" says nothing)
 
 
 @dataclass(frozen=True)

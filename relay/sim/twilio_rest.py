@@ -21,8 +21,13 @@ Behind the API the calls happen as at Twilio, on the event loop's clock:
 * an answered call asks for its TwiML (``Url``, signed) or runs the inline ``Twiml``: ``<Say>``,
   ``<Pause>``, ``<Hangup>``, ``<Redirect>`` and ``<Connect><Stream>``, on which the phone talks
   (a ``Person`` is a ``TwilioCaller``; a ``Voicemail`` plays its greeting and beep and records);
-  when the relay ends the stream the TwiML after ``</Connect>`` runs; ``<Dial>``, ``<Play>`` and
-  the rest are noted in ``SimCall.unsupported`` and skipped;
+  when the relay ends the stream the TwiML after ``</Connect>`` runs. ``<Dial>`` rings the people
+  and joins the conference rooms of ``switchboard`` (``relay.sim.switchboard``) in real time: the
+  phone hears who picks up (a ``Person`` into its ``CallResult``, which keeps ``talked_to``; a
+  ``Voicemail`` records it), a ``Person`` says its ``join_line`` in a conference; then the
+  ``action`` URL is told how it went (``DialCallStatus``, signed) and its TwiML runs, or the verbs
+  after ``<Dial>`` do. The call completes when its TwiML is done, the dial included. ``<Play>``,
+  ``<Gather>`` and the rest are noted in ``SimCall.unsupported`` and skipped;
 * answering-machine detection (§6.4): asynchronous (``AsyncAmd=true``) posts ``AnsweredBy`` to
   ``AsyncAmdStatusCallback``; synchronous holds the answered call in silence until the verdict and
   adds ``AnsweredBy`` to the ``Url`` request. A ``Person`` is ``human`` ``Person.amd_ms`` after the
@@ -75,6 +80,7 @@ from relay.audio_format import SAMPLE_RATE
 from relay.sim import audio
 from relay.sim.caller import CallResult, TwilioCaller, http_get, http_post, parse_connect_stream
 from relay.sim.phones import Busy, MachineLine, MediaSide, NoAnswer, Person, Phone, Voicemail
+from relay.sim.switchboard import Ear, Leg, Switchboard, parse_dial
 
 __all__ = ["SimCall", "SimMessage", "SmsReply", "TwilioSim", "Webhook"]
 
@@ -102,7 +108,8 @@ GSM7 = frozenset(
 class Webhook:
     """One request Twilio made to the customer: a status or AMD callback, a TwiML fetch, an SMS."""
 
-    kind: str  # "status", "amd", "voice" (the call's Url), "redirect", "sms-status", "sms-inbound"
+    # "status", "amd", "voice" (the call's Url), "redirect", "dial-action", "sms-status", "sms-inbound"
+    kind: str
     url: str
     method: str
     params: dict[str, str]
@@ -130,7 +137,7 @@ class SimCall:
     history: list[tuple[str, float]] = field(default_factory=list)  # every status, "initiated" included
     callbacks: list[Webhook] = field(default_factory=list)  # status callbacks, as sent
     amd_callbacks: list[Webhook] = field(default_factory=list)
-    requests: list[Webhook] = field(default_factory=list)  # TwiML fetched: the Url, then <Redirect>s
+    requests: list[Webhook] = field(default_factory=list)  # TwiML fetched: the Url, <Redirect>s, <Dial action>s
     answered_by: str | None = None
     amd_at: float | None = None
     placed_at: float | None = None
@@ -325,6 +332,7 @@ class TwilioSim:
         reorder_callbacks: send each status callback after a random 0–200 ms, so that they may
             arrive out of ``SequenceNumber`` order.
         seed: for those delays.
+        switchboard: who a ``<Dial>`` on a call can reach (an empty one if not given).
     """
 
     def __init__(
@@ -338,6 +346,7 @@ class TwilioSim:
         sms_webhooks: Mapping[str, str] | None = None,
         reorder_callbacks: bool = False,
         seed: int | None = None,
+        switchboard: Switchboard | None = None,
     ) -> None:
         if cps <= 0:
             raise ValueError("cps must be positive")
@@ -348,6 +357,7 @@ class TwilioSim:
         self.cps = cps
         self.sms_webhooks = dict(sms_webhooks or {})
         self.reorder_callbacks = reorder_callbacks
+        self.switchboard = switchboard if switchboard is not None else Switchboard()
         self.calls: dict[str, SimCall] = {}
         self.messages: dict[str, SimMessage] = {}
         self.sms_replies: list[SmsReply] = []
@@ -924,9 +934,11 @@ class TwilioSim:
         else:
             call.errors.append("21205 no TwiML to run")
 
-    async def _fetch_twiml(self, run: _Run, kind: str, url: str, method: str) -> str | None:
+    async def _fetch_twiml(
+        self, run: _Run, kind: str, url: str, method: str, extra: Mapping[str, str] | None = None
+    ) -> str | None:
         call = run.call
-        hook = Webhook(kind, url, method, self._call_params(run, "in-progress"), self._now())
+        hook = Webhook(kind, url, method, {**self._call_params(run, "in-progress"), **(extra or {})}, self._now())
         call.requests.append(hook)
         body = await self._request(hook, run.token)
         if hook.http_status is None or not 200 <= hook.http_status < 300:
@@ -976,8 +988,55 @@ class TwilioSim:
                 if await run.media.stream(url, parameters):
                     run.phone_hung_up = True
                     return
+            elif verb.tag == "Dial":
+                if await self._dial(run, verb, base_url, depth):
+                    return
             else:
                 call.unsupported.append(f"<{verb.tag}>")
+
+    async def _dial(self, run: _Run, verb: ET.Element, base_url: str | None, depth: int) -> bool:
+        """Run a ``<Dial>`` for the call's phone, then its ``action``; True if the action's TwiML
+        ran (the verbs after ``<Dial>`` are then unreachable, as at Twilio)."""
+        call = run.call
+        try:
+            dial = parse_dial(verb)
+        except ValueError as exc:
+            call.errors.append(f"<Dial>: {exc}")
+            return False
+        call.unsupported += [f"<Dial>{noun}" for noun in dial.skipped]
+        if not dial.targets:
+            return False
+        phone = run.phone
+        if isinstance(phone, Person):
+            leg = Leg(call.sid, self._ear(run), phone.join_line, phone.script.conference_stay_s)
+        else:  # a machine says nothing, and is in a room until it hangs up
+            stay_s = max(0.0, run.hangup_at - self._now()) if run.hangup_at is not None else 0.0
+            leg = Leg(call.sid, self._ear(run), stay_s=stay_s)
+        outcome = await self.switchboard.dial(dial, leg)
+        if call.result is not None:
+            call.result.note_dial(outcome)
+        if dial.action is None:
+            return False
+        url = urljoin(base_url or "", dial.action)
+        if not _http_url(url):
+            call.errors.append(f"<Dial action={dial.action!r}> not requested: no absolute URL")
+            return True
+        twiml = await self._fetch_twiml(run, "dial-action", url, dial.method, outcome.action_params())
+        if twiml is not None:
+            await self._run_verbs(run, twiml, url, depth + 1)
+        return True
+
+    def _ear(self, run: _Run) -> Ear:
+        """Where the call's phone hears what Twilio plays on the line: a person's playback, a
+        machine's recording (as ``_say`` plays it)."""
+
+        def hear(ulaw: bytes) -> None:
+            if run.call.result is not None:
+                run.call.result.playback.say(ulaw)
+            if run.machine is not None:
+                run.machine.hear(ulaw, self._now())
+
+        return hear
 
     async def _say(self, run: _Run, text: str) -> None:
         """Twilio speaks ``text`` on the line: the phone hears it, for as long as it lasts."""
