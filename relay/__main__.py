@@ -46,10 +46,12 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
             dead_letter_path=worker.suffix(settings.dead_letter_path),
         )
     from relay.admission import Admission
+    from relay.agents import DEFAULT_AGENT
     from relay.outbound import wiring
     from relay.server import Relay, RelayServer
-    from relay.store import SQLiteStore, Store
+    from relay.store import DEFAULT_TENANT, SQLiteStore, Store
     from relay.tenants import CachedDirectory, Directory, SingleTenant
+    from relay.tools.store import SQLiteToolStore, ToolStore
 
     tracing.configure()  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set (relay[otel])
     store: Store
@@ -83,6 +85,9 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
             heartbeat_s=settings.peer_timeout_s / 5,
         )
         credential_source = pg.directory.credentials
+        from relay.pg.tools import PostgresToolStore
+
+        tool_store: ToolStore = PostgresToolStore(pg.pool)
         jobs = postgres_jobs(
             pg.pool, pg.directory, account_sid=settings.twilio_account_sid, from_number=settings.outbound_from
         )
@@ -96,6 +101,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         admission = None  # the relay counts its own calls (RELAY_MAX_CONCURRENT_CALLS)
         peers = None  # alone: every call it is asked about is its own or nobody's
         credential_source = None
+        tool_store = SQLiteToolStore(settings.sqlite_path, DEFAULT_TENANT, DEFAULT_AGENT)
         await store.open()
         jobs = await wiring.embedded_jobs(settings)
     for warning in models.shutdown_warnings(models_in_use):
@@ -110,6 +116,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
             credential_source=credential_source,
             worker=worker,
             peers=peers,
+            tool_store=tool_store,
         )
     )
     server.relay.outbound = wiring.placing(settings, server.relay, jobs, server.relay.instance_id)

@@ -25,9 +25,13 @@ from relay.agents import BACKENDS, RANGES, Agent
 from relay.config import Settings
 from relay.errors import InputError
 from relay.store import DEFAULT_TENANT
+from relay.tools import cli as tool_cli
 from relay.twilio import CALL_SID
 
-COMMANDS = ("migrate", "tenants", "numbers", "agents", "calls", "turns", "usage", "keys", "call", "campaign", "jobs")
+COMMANDS = (
+    "migrate", "tenants", "numbers", "agents", "calls", "turns", "usage", "keys", "call", "campaign", "jobs",
+    *tool_cli.COMMANDS,
+)  # fmt: skip
 # Commands on the outbound queue and API keys, served by both stores (``_outbound``).
 OUTBOUND = ("keys", "call", "campaign", "jobs")
 POSTGRES_ONLY = ("migrate", "tenants", "numbers", "agents")
@@ -158,6 +162,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     calls = commands.add_parser("calls", help="recent calls of a tenant, read through row-level security")
     calls.add_argument("--tenant", default=DEFAULT_TENANT)
     calls.add_argument("--limit", type=int, default=20)
+    tool_cli.add_control(calls)
     turns = commands.add_parser("turns", help="stored turns of a tenant's calls, read through row-level security")
     turns.add_argument("--tenant", default=DEFAULT_TENANT)
     turns.add_argument("--call", help="one call's turns (default: all of the tenant's)")
@@ -191,6 +196,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     usage.add_argument("--since", help="from this UTC date (YYYY-MM-DD) or ISO time on (default: all)")
     usage.add_argument("--by", choices=usage_report.BY, default="day", help="one row per day (default), call or agent")
     usage.add_argument("--json", action="store_true", help="print the report as JSON, costs as exact decimal strings")
+    tool_cli.add_commands(commands)
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -205,6 +211,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 args.since_epoch = usage_report.since_epoch(args.since)
             except ValueError as exc:
                 raise InputError(str(exc)) from None
+        if args.command == "calls" and args.action == "control":
+            return tool_cli.control(args, settings)
+        if args.command in tool_cli.COMMANDS:
+            await tool_cli.run(args, settings)
+            return 0
         if args.command in OUTBOUND:
             return await _outbound(args, settings)
         if not settings.database_url:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from relay import models
+
+if TYPE_CHECKING:
+    from relay.tools.spec import TenantTool, TransferTarget
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,10 @@ class AgentProfile:
     # On a call it placed that an answering machine takes: the message it leaves after the
     # beep; empty: it hangs up instead.
     voicemail_message: str = ""
+    # The tenant's own tools (``relay tools``) and the people ``transfer_call`` reaches
+    # (``relay transfers``): read from the store as each call starts.
+    tools: tuple[TenantTool, ...] = ()
+    transfer_targets: tuple[TransferTarget, ...] = ()
 
 
 DEFAULT_AGENT = "default"

@@ -120,6 +120,11 @@ class Settings:
     business_hours: str = ""
     on_call: str = ""
     race_timeout_s: int = 120
+    # Tenant tools (relay.tools): a CA bundle trusted beside the public ones (a tenant's
+    # private CA), and whether endpoints on private addresses may be called (a sidecar, a test;
+    # off: a tenant's URL never reaches relay's own network).
+    tools_ca_file: str = ""
+    tools_allow_private: bool = False
 
     @property
     def stream_token_key(self) -> bytes:
@@ -293,6 +298,8 @@ class Settings:
         text("RELAY_BUSINESS_HOURS", "business_hours")
         text("RELAY_ON_CALL", "on_call")
         number("RELAY_RACE_TIMEOUT_S", "race_timeout_s", int, 10, 3600)
+        text("RELAY_TOOLS_CA_FILE", "tools_ca_file")
+        flag("RELAY_TOOLS_ALLOW_PRIVATE", "tools_allow_private")
         if "RELAY_TWILIO_API_URL" in env and any(env.get(name) for name in ("TWILIO_EDGE", "TWILIO_REGION")):
             # The twilio library rewrites the API's host for an edge or region: a stand-in's
             # address would be mangled (BACKENDS §6.1).

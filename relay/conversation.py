@@ -59,13 +59,16 @@ from relay.errors import BackendError, BackendFatal, ProtocolError
 from relay.fastpath import EV_AUDIO_ERROR, EV_NEW_ITEM, EV_PLAYED, ItemAudio, MediaCore
 from relay.live_turns import LiveTurns, TimedTurn
 from relay.store import DEFAULT_TENANT, CallEnd, CallRecord, Record, TurnRecord
+from relay.tools.spec import TRANSFER_CALL, TenantTool, TransferTarget
 from relay.usage import CallUsage, UsageMeter, UsageRecord
 
 log = logging.getLogger("relay.session")
 
 END_CALL = "end_call"
 ESCALATE = "escalate"
+TRANSFERRED = "transferred"  # how a call ends whose caller was put through to a person
 MAX_SUMMARY = 1000  # characters of an escalation's summary kept
+MAX_TOOL_TEXT = 2000  # characters of a tool call's arguments, and of its output, kept in its turn
 # GPT-Live's goodbye is the model's own: after the agent calls end_call, the farewell has played
 # once the agent has been quiet for a turn's gap and all it said was heard, but not before this
 # long (the goodbye may begin just after the call), nor later than the most a goodbye takes.
@@ -238,6 +241,8 @@ class Conversation:
         "_seq",
         "_session_seconds",
         "_speaking",
+        "_tools_pending",
+        "_respond_when_free",
         "_speech_end_at",
         "_started_at",
         "_stats",
@@ -251,10 +256,13 @@ class Conversation:
         "farewell_played",
         "hangup_reason",
         "hangup_requested",
+        "transferred_to",
         "media",
         "on_escalate",
         "on_hangup",
         "on_key",
+        "on_tool",
+        "on_transfer",
         "on_turn_stored",
         "on_wants_clock",
         "options",
@@ -302,6 +310,15 @@ class Conversation:
         # says what the agent tells the caller; a key the caller pressed (a call that asks for one).
         self.on_escalate: Callable[[str], dict[str, Any]] = lambda summary: {"error": "no one to escalate to"}
         self.on_key: Callable[[str], None] = lambda digit: None
+        # The model called one of the tenant's tools (its arguments checked): the shell calls the
+        # endpoint off the frame path and hands the output back (``tool_answered``).
+        self.on_tool: Callable[[str, TenantTool, dict[str, Any]], None] = lambda call_id, tool, arguments: None
+        # The model asked to put the caller through (``transfer_call``): the shell readies a cold
+        # transfer (None: the call ends for it once the agent's line is heard) or begins a warm one
+        # (the output the model gets while it runs).
+        self.on_transfer: Callable[[TransferTarget, str], dict[str, Any] | None] = lambda target, summary: {
+            "error": "transfers are unavailable"
+        }
         # A turn was stored: (its record, the answer or None for the caller's); metrics, traces.
         self.on_turn_stored: Callable[[TurnRecord, AssistantTurn | None], None] = lambda record, turn: None
         # ---- backend leg
@@ -319,6 +336,10 @@ class Conversation:
         self._say_on_open: str | None = None
         self._backlog: list[bytes] = []  # client events waiting for a ready backend
         self._response_active = False
+        # Tool calls whose answers are on their way: call id -> (the tool, its arguments, its
+        # turn's seq, when it was called); the model is asked to go on once all are in.
+        self._tools_pending: dict[str, tuple[TenantTool, dict[str, Any], int, float]] = {}
+        self._respond_when_free = False  # answers are in; a response (a filler line) is still running
         self._speaking = False  # the caller is mid-utterance (speech_started, not stopped)
         self._awaiting_answer = False  # the caller's turn is committed; its response has not begun
         # ---- turns
@@ -332,6 +353,7 @@ class Conversation:
         self._dtmf_count = 0
         self.hangup_requested = False
         self.hangup_reason = "agent_hangup"  # how the call ends once the farewell has played
+        self.transferred_to = ""  # where the caller is put through to, when the call ends ``transferred``
         self._say_after: int | None = None  # the line said before hanging up is the first answer past this seq
         self.farewell_played = False
         self._farewell_from = 0.0  # (GPT-Live) loop time from which the farewell may count as played
@@ -687,7 +709,7 @@ class Conversation:
 
     def tell(self, note: str) -> None:
         """A word for the agent from outside the call, which it passes on to the caller."""
-        for message in self.backend.user_text(f"[A note for you, not said by the caller] {note}"):
+        for message in self.backend.user_text(f"{ev.NOTE_PREFIX}{note}"):
             self._to_backend(message)
 
     def say_and_hang_up(self, message: str, now: float, reason: str) -> None:
@@ -722,8 +744,13 @@ class Conversation:
             self.on_hangup()
         self._response_active = False
         self._meter.response_done(event.usage, event.item_ids)
-        if [call for call in event.tool_calls if self._tool_call(call, now)] and not self.hangup_requested:
+        answered = [call for call in event.tool_calls if self._tool_call(call, now)]
+        if (answered or self._respond_when_free) and not self._tools_pending and not self.hangup_requested:
+            # (a tool still running: the model goes on once its answer is in, ``tool_answered``)
+            self._respond_when_free = False
             self._to_backend(self.backend.respond())
+        elif answered:
+            self._respond_when_free = True
         for item_id in event.item_ids:
             turn = self._assistants.get(item_id)
             if turn is not None:
@@ -765,11 +792,102 @@ class Conversation:
             for message in self.backend.tool_result(call.call_id, output):
                 self._to_backend(message)
             return True
+        if call.name == TRANSFER_CALL and self.agent.transfer_targets:
+            return self._transfer_call(call, now)
+        tool = next((t for t in self.agent.tools if t.name == call.name), None)
+        if tool is not None:
+            arguments, problem = tool.check_arguments(call.arguments)
+            seq = self._next_seq()
+            if arguments is None:
+                self._store_tool(seq, call.call_id, tool.name, call.arguments, {"error": problem}, time.time())
+                for message in self.backend.tool_result(call.call_id, {"error": problem}):
+                    self._to_backend(message)
+                return True
+            self._tools_pending[call.call_id] = (tool, arguments, seq, time.time())
+            log.info("call %s: the agent calls %s", self.call_sid, tool.name)
+            self.on_tool(call.call_id, tool, arguments)
+            return False
         # Not a tool relay offered: say so, and have the model speak on rather than wait for an
         # answer that never comes.
         for message in self.backend.tool_result(call.call_id, {"error": f"no tool named {call.name[:40]!r}"}):
             self._to_backend(message)
         return True
+
+    def _transfer_call(self, call: ev.ToolCall, now: float) -> bool:
+        """``transfer_call``: a cold transfer ends the stream once the agent's line is heard (the
+        after-stream hook dials); a warm one runs beside the call, the model told meanwhile."""
+        try:
+            arguments = orjson.loads(call.arguments or "{}")
+        except orjson.JSONDecodeError:
+            arguments = {}
+        label = arguments.get("target") if isinstance(arguments, dict) else None
+        summary = arguments.get("summary") if isinstance(arguments, dict) else None
+        target = next((t for t in self.agent.transfer_targets if t.label == label), None)
+        if target is None:
+            labels = ", ".join(t.label for t in self.agent.transfer_targets)
+            output: dict[str, Any] | None = {"error": f"no one called {str(label)[:60]!r}; the targets are {labels}"}
+        else:
+            output = self.on_transfer(target, str(summary or "")[:MAX_SUMMARY])
+        self._store_tool(self._next_seq(), call.call_id, TRANSFER_CALL, call.arguments, output or {}, time.time())
+        if output is not None:
+            for message in self.backend.tool_result(call.call_id, output):
+                self._to_backend(message)
+            return True
+        log.info("call %s: the agent puts the caller through to %s", self.call_sid, target and target.label)
+        self.hangup_requested = True
+        self.hangup_reason = TRANSFERRED
+        if self._live is not None:  # as for end_call: the live model's line, then the delegation's answer
+            self._farewell_from = now + LIVE_FAREWELL_START_S
+            self._want_tick()
+            for message in self.backend.tool_result(call.call_id, {"ok": True, "note": "putting the caller through"}):
+                self._to_backend(message)
+        self.on_hangup()
+        return False
+
+    def tool_answered(self, call_id: str, output: dict[str, Any], now: float) -> None:
+        """A tenant tool's output is in: to the model (which goes on once every answer is in) and
+        into the call's turns."""
+        pending = self._tools_pending.pop(call_id, None)
+        if pending is None:
+            return
+        tool, arguments, seq, started_at = pending
+        self._store_tool(seq, call_id, tool.name, orjson.dumps(arguments).decode(), output, started_at)
+        for message in self.backend.tool_result(call_id, output):
+            self._to_backend(message)
+        if self._tools_pending or self.hangup_requested or self._live is not None:
+            return  # (a delegated call goes on by itself once answered)
+        if self._response_active:
+            self._respond_when_free = True  # a filler line is playing: the answer follows it
+        else:
+            self._respond_when_free = False
+            self._to_backend(self.backend.respond())
+
+    def tool_slow(self, call_id: str) -> None:
+        """A tool's answer is slow in coming: the agent says its filler line, if it has one and is
+        not talking already."""
+        pending = self._tools_pending.get(call_id)
+        if pending is None or not pending[0].filler or self._response_active or self.hangup_requested:
+            return
+        if self._live is None:  # (the live model fills the wait itself)
+            self.say(pending[0].filler)
+
+    def _store_tool(
+        self, seq: int, call_id: str, name: str, arguments: str, output: dict[str, Any], started_at: float
+    ) -> None:
+        """A tool call and its output, as a turn of role ``tool`` (each cut to ``MAX_TOOL_TEXT``)."""
+        record = TurnRecord(
+            tenant_id=self.tenant_id,
+            call_sid=self.call_sid,
+            seq=seq,
+            role="tool",
+            started_at=started_at,
+            ended_at=time.time(),
+            item_id=call_id[:100],
+            text_generated=f"{name} {arguments}"[:MAX_TOOL_TEXT],
+            text_heard=orjson.dumps(output).decode()[:MAX_TOOL_TEXT],
+        )
+        self._submit(record)
+        self.on_turn_stored(record, None)
 
     def _check_farewell(self) -> None:
         """The agent asked to hang up: has everything it said been heard?"""
@@ -940,6 +1058,10 @@ class Conversation:
             )
         for user in self._users.values():
             self._store_user(user)
+        for call_id, (tool, arguments, seq, started_at) in list(self._tools_pending.items()):
+            output = {"error": "the call ended before the answer came"}
+            self._store_tool(seq, call_id, tool.name, orjson.dumps(arguments).decode(), output, started_at)
+        self._tools_pending.clear()
         for assistant in self._assistants.values():
             self._maybe_store_assistant(assistant, final=True)
         if self._live is not None:
@@ -962,6 +1084,7 @@ class Conversation:
                 + (len(resumed.turns) if resumed else 0),
                 v2v_p50_ms=round(statistics.median(v2v), 1) if v2v else None,
                 v2v_max_ms=round(max(v2v), 1) if v2v else None,
+                transferred_to=self.transferred_to if end_reason == TRANSFERRED else "",
             )
         )
         self.usage = self._bill(ended_at)

@@ -48,8 +48,10 @@ from relay.admission import Admission, LocalAdmission
 from relay.agents import AgentProfile
 from relay.backends import WIRES
 from relay.config import Settings, is_loopback
+from relay.conversation import TRANSFERRED
 from relay.errors import ProtocolError
 from relay.metrics import CONTENT_TYPE_LATEST, LAG_BUCKETS_MS, Buckets, CallLedger, LiveCall, render
+from relay.outbound import warm
 from relay.outbound.service import AMD_PATH, OUTBOUND_PATH, SMS_PATH, Outbound
 from relay.pacer import Pacer
 from relay.routing import (
@@ -68,6 +70,9 @@ from relay.routing import (
 from relay.session import CallSession, ResolveAgent, Upstream
 from relay.store import Store
 from relay.tenants import Directory, SingleTenant
+from relay.tools.invoke import ToolInvoker
+from relay.tools.spec import TransferTarget
+from relay.tools.store import ToolStore
 from relay.trust import Credential, binding_problem, signers
 from relay.workers import Worker, merge, scrape_siblings
 from relay.ws import Connection, handshake
@@ -89,17 +94,18 @@ LAG_SAMPLE_S = 0.25  # how often the event loop's timer lateness is sampled for 
 # the apology, so no caller is left in silence.
 NORMAL_ENDS = frozenset(
     {"agent_hangup", "api_hangup", "call_completed", "voicemail_left", "machine_hangup", "race_accepted"}
+    | {warm.DECLINED, warm.CALLER_GONE}
 )
-# A call relay ended to connect the caller to a number (``Relay.transfers``): the after-stream
-# hook dials it.
-TRANSFERRED = "transferred"
+# A call relay ended to connect the caller to a number (``Relay.transfers``, ``TRANSFERRED``):
+# the after-stream hook dials it.
 # Streams Twilio ended (the call hung up, the socket closed): no after-stream hook follows.
 TWILIO_ENDS = frozenset({"stop", "twilio_closed", "twilio_closed_before_start"})
 # How long after relay ends a stream its after-stream hook may still come (Twilio fetches it at once).
 HOOK_EXPECTED_S = 5.0
 # The call control API: POST /v1/calls/{CallSid}/<action>.
 CONTROL_PREFIX = "/v1/calls/"
-CONTROL_ACTIONS = {"hangup": HANGUP, "say": SAY}
+CONTROL_ACTIONS = {"hangup": HANGUP, "say": SAY, "transfer": TRANSFER}
+TRANSFER_LINE = "Please hold while I put you through."  # said before a transfer the API asked for with no line
 MAX_SAY = 1000  # characters of a line the API asks the agent to say
 # A call relay ended to move it to another relay: the after-stream hook connects a new stream.
 HANDOFF = "handoff"
@@ -136,8 +142,12 @@ class Relay:
         credential_source: Callable[[], Awaitable[list[Credential]]] | None = None,
         worker: Worker | None = None,
         peers: Peers | None = None,
+        tool_store: ToolStore | None = None,
     ) -> None:
         self.settings = settings
+        # Agents' own tools and transfer targets (None: agents only talk), and what calls the tools.
+        self.tool_store = tool_store
+        self.tools = ToolInvoker(ca_file=settings.tools_ca_file, allow_private=settings.tools_allow_private)
         # The other relays on the same database, for requests about calls held there (None:
         # this relay is alone, every call it is asked about is its own or nobody's).
         self.peers = peers
@@ -462,6 +472,17 @@ class Relay:
                 return session
         return None
 
+    def transfer(self, session: CallSession, target: TransferTarget, summary: str) -> dict[str, Any] | None:
+        """The agent asked to put the caller through (``transfer_call``): a cold transfer is readied
+        here (the after-stream hook dials it once the agent's line is heard: None); a warm one runs
+        beside the call (what the model is told meanwhile)."""
+        if target.mode == "warm":
+            if self.outbound is None:
+                return {"error": "warm transfers need outbound calls"}
+            return self.outbound.warm_transfer(session, target, summary)
+        self.transfers[session.call_sid] = (target.target, target.label)
+        return None
+
     def answer_request(self, request: CallRequest) -> dict[str, Any] | None:
         """Answer a request about a call whose stream is (or, for its outcome, was) here; None
         when this relay does not hold it."""
@@ -491,11 +512,11 @@ class Relay:
             return {"instance": me, "saying": True}
         if request.kind == TRANSFER:
             number, name = request.args.get("to", ""), request.args.get("name", "")[:100]
-            if not twilio.E164.fullmatch(number):
-                return {"instance": me, "refused": "not an E.164 number"}
+            if not twilio.dialable(number):
+                return {"instance": me, "refused": "not an E.164 number, a sip: address or a conference"}
             log.info("call %s: connecting the caller to %s after the line in progress", call_sid, name)
             self.transfers[call_sid] = (number, name)
-            session.say_and_hang_up(request.args.get("line", "")[:500], TRANSFERRED)
+            session.put_through(number, request.args.get("line", "")[:500], request.args.get("record", "")[:100])
             return {"instance": me, "transferring": True}
         assert request.kind == STATUS and session.start is not None
         if request.args.get("AccountSid") != session.start.account_sid:
@@ -718,6 +739,9 @@ class Relay:
             on_upstream_outlived=self.note_upstream_outlived,
             on_turn_stored=self.ledger.turn_stored,
             prices=self.prices,
+            tool_store=self.tool_store,
+            tool_invoker=self.tools,
+            on_transfer=self.transfer,
         )
         if self.handing_off:
             session.hand_off()  # a stream still reaching a relay that is handing its calls on
@@ -951,18 +975,10 @@ class HttpProtocol(asyncio.Protocol):
         if not twilio.CALL_SID.fullmatch(call_sid):
             self._send(HTTPStatus.BAD_REQUEST, b"not a call sid\n", keep_alive=keep_alive)
             return
-        args: dict[str, str] = {}
-        if action == "say":
-            try:
-                body = orjson.loads(bytes(self._body) or b"{}")
-            except orjson.JSONDecodeError:
-                body = None
-            text = body.get("text") if isinstance(body, dict) else None
-            if not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY or not text.isprintable():
-                problem = {"error": f'say takes {{"text": a line of at most {MAX_SAY} printable characters}}'}
-                self._send(HTTPStatus.BAD_REQUEST, orjson.dumps(problem), "application/json", keep_alive=keep_alive)
-                return
-            args["text"] = text.strip()
+        args = self._control_args(action)
+        if isinstance(args, str):
+            self._send(HTTPStatus.BAD_REQUEST, orjson.dumps({"error": args}), "application/json", keep_alive=keep_alive)
+            return
 
         async def answer() -> None:
             try:
@@ -979,6 +995,31 @@ class HttpProtocol(asyncio.Protocol):
         task = asyncio.ensure_future(answer())
         self._relay.background.add(task)
         task.add_done_callback(self._relay.background.discard)
+
+    def _control_args(self, action: str) -> dict[str, str] | str:
+        """A control request's body as the request's args; a string says what is wrong with it.
+        ``say``: ``{"text"}``; ``transfer``: ``{"to", "text"?}`` (what the agent says first)."""
+        if action == "hangup":
+            return {}
+        try:
+            body = orjson.loads(bytes(self._body) or b"{}")
+        except orjson.JSONDecodeError:
+            body = None
+        body = body if isinstance(body, dict) else {}
+        text = body.get("text", "" if action == "transfer" else None)
+        if (
+            not isinstance(text, str)
+            or len(text) > MAX_SAY
+            or not text.isprintable()
+            or not (text.strip() or action != "say")
+        ):
+            return f'{action} takes "text": a line of at most {MAX_SAY} printable characters'
+        if action == "say":
+            return {"text": text.strip()}
+        to = body.get("to")
+        if not isinstance(to, str) or not twilio.dialable(to) or to.startswith(twilio.CONFERENCE):
+            return 'transfer takes "to": an E.164 number or a sip: address'
+        return {"to": to, "name": to, "line": text.strip() or TRANSFER_LINE}
 
     def _api(self, method: bytes, path: str, keep_alive: bool) -> None:
         """The outbound API (``relay.outbound.service``), with a tenant's API key."""
@@ -1319,3 +1360,4 @@ class RelayServer:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        await self.relay.tools.close()

@@ -29,6 +29,7 @@ store, waited for briefly) before the stream closes: Twilio goes on to the TwiML
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -37,12 +38,15 @@ from typing import Any, Protocol
 from relay import logs, tracing, twilio
 from relay.agents import Agent, AgentProfile
 from relay.call_options import CallOptions
-from relay.conversation import AssistantTurn, CallStats, Conversation, Resumed, cut_words
+from relay.conversation import TRANSFERRED, AssistantTurn, CallStats, Conversation, Resumed, cut_words
 from relay.errors import BackendError, BackendFatal, ProtocolError
 from relay.fastpath import LEG_BACKEND, LEG_TWILIO, MediaCore
 from relay.pacer import Pacer
 from relay.pricing import PriceTable
 from relay.store import DEFAULT_TENANT, Store, TurnRecord
+from relay.tools.invoke import ToolContext, ToolInvoker
+from relay.tools.spec import TenantTool, TransferTarget
+from relay.tools.store import ToolStore
 from relay.ws import ConnectionClosed
 
 log = logging.getLogger("relay.session")
@@ -56,6 +60,7 @@ END_WRITE_TIMEOUT = 2.0  # how long the stream's close waits for the call's end 
 # one that never falls quiet leaves after this long anyway.
 LEAVE_MAX_WAIT_S = 30.0
 RESUME_READ_TIMEOUT = 3.0  # how long a handed-over call waits for its past from the store
+TOOL_FILLER_AFTER_S = 1.0  # a tool's answer later than this has the agent say the tool's filler line
 UNKNOWN_PAST_SEQ = 100_000  # where a handed-over call whose past is unreadable numbers its turns from
 
 # How relay closes a stream it ends, by end reason (Twilio's own ends, stop and a closed
@@ -136,6 +141,13 @@ class CallHooks(Protocol):
 
     def key(self, session: CallSession, digit: str) -> None: ...
 
+    def ended(self, session: CallSession, reason: str) -> None: ...
+
+
+# Readies a transfer the agent asked for: None for a cold one (the call ends for it), else what
+# the model is told while a warm one runs (``relay.server.Relay.transfer``).
+OnTransfer = Callable[["CallSession", TransferTarget, str], "dict[str, Any] | None"]
+
 
 class CallSession:
     """Runs one call; ``run()`` returns when the call has ended and its records are submitted."""
@@ -162,6 +174,9 @@ class CallSession:
         on_upstream_outlived: Callable[[], None] | None = None,
         on_turn_stored: Callable[[str, str, AssistantTurn | None, float | None], None] | None = None,
         prices: PriceTable | None = None,
+        tool_store: ToolStore | None = None,
+        tool_invoker: ToolInvoker | None = None,
+        on_transfer: OnTransfer | None = None,
     ) -> None:
         self.twilio = twilio_ws
         self._connect_upstream = connect_upstream
@@ -185,6 +200,13 @@ class CallSession:
         self._on_outlived = on_upstream_outlived
         self._on_turn_stored = on_turn_stored  # (tenant, role, the answer or None, v2v ms): for metrics
         self._prices = prices  # what the call is billed at (None: the shipped table)
+        # The agent's own tools and transfer targets (read as the call starts), what calls them,
+        # and what readies a transfer (``relay.server.Relay.transfer``).
+        self._tool_store = tool_store
+        self._tool_invoker = tool_invoker
+        self._tool_secret = ""
+        self._on_transfer = on_transfer
+        self._tool_calls: set[asyncio.Task[None]] = set()
         self.start: twilio.Start | None = None
         self.conversation: Conversation | None = None
         self.end_reason = ""
@@ -241,28 +263,39 @@ class CallSession:
         if self.conversation is not None:
             self.conversation.say_and_hang_up(line, self._loop.time(), reason)
 
+    def put_through(self, target: str, line: str, record: str = "") -> None:
+        """The agent stops, says ``line``, and the stream ends ``transferred`` to ``target`` once it
+        has been heard (the relay's after-stream hook then dials it). ``record``: where the call's
+        record says it went, when not ``target`` itself (the person in a conference room)."""
+        if self.conversation is not None:
+            self.conversation.transferred_to = record or target
+            self.conversation.say_and_hang_up(line, self._loop.time(), TRANSFERRED)
+
     def say_between_turns(self, line: str) -> None:
         """The agent says ``line`` at the next pause between turns, never over itself or the
         caller (after ``LEAVE_MAX_WAIT_S`` without one, it is not said)."""
-        task = asyncio.ensure_future(self._say_when_idle(line))
+        self._at_pause(lambda conversation: conversation.say(line), "a line asked for through the API")
+
+    def tell(self, note: str) -> None:
+        """Tell the agent something it should pass on (it answers the caller about it, at the next
+        pause between turns)."""
+        self._at_pause(lambda conversation: conversation.tell(note), "a note for the agent")
+
+    def _at_pause(self, act: Callable[[Conversation], None], what: str) -> None:
+        task = asyncio.ensure_future(self._when_idle(act, what))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _say_when_idle(self, line: str) -> None:
+    async def _when_idle(self, act: Callable[[Conversation], None], what: str) -> None:
         deadline = self._loop.time() + LEAVE_MAX_WAIT_S
         while self._loop.time() < deadline and not self._ending:
             conversation = self.conversation
             if conversation is not None and conversation.idle:
-                log.info("call %s: saying a line asked for through the API", self.call_sid)
-                conversation.say(line)
+                log.info("call %s: passing on %s", self.call_sid, what)
+                act(conversation)
                 return
             await asyncio.sleep(IDLE_POLL_S)
-        log.warning("call %s: no pause between turns came; the line asked for is not said", self.call_sid)
-
-    def tell(self, note: str) -> None:
-        """Tell the agent something it should pass on (it answers the caller about it)."""
-        if self.conversation is not None:
-            self.conversation.tell(note)
+        log.warning("call %s: no pause between turns came; %s is not passed on", self.call_sid, what)
 
     def answering_machine(self) -> str:
         """A call the agent placed reached an answering machine, its greeting over: the agent
@@ -308,6 +341,7 @@ class CallSession:
         if self._on_started is not None:
             self._on_started(start.call_sid)
         await self._pick_agent()
+        await self._load_actions()
         if self._prepare is not None:
             await self._prepare_agent(start)
         resumed = await self._resumed(start) if start.custom_parameters.get("resume") == "1" else None
@@ -324,6 +358,17 @@ class CallSession:
         if hooks is not None:
             conversation.on_escalate = lambda summary: hooks.escalate(self, summary)
             conversation.on_key = lambda digit: hooks.key(self, digit)
+        conversation.on_tool = self._call_tool
+        on_transfer = self._on_transfer
+        if on_transfer is not None:
+
+            def transfer(target: TransferTarget, summary: str) -> dict[str, Any] | None:
+                output = on_transfer(self, target, summary)
+                if output is None:  # cold: the call ends for it
+                    conversation.transferred_to = target.target
+                return output
+
+            conversation.on_transfer = transfer
         call_trace = tracing.CallTrace(start.call_sid, start.stream_sid, self.tenant_id)
         on_turn, tenant = self._on_turn_stored, self.tenant_id
 
@@ -356,6 +401,8 @@ class CallSession:
             )
             if self._on_ended is not None:
                 self._on_ended(start.call_sid, self.end_reason)
+            if self._hooks is not None:
+                self._hooks.ended(self, self.end_reason)
             await self._end_stream()
 
     async def _end_stream(self) -> None:
@@ -412,6 +459,46 @@ class CallSession:
         if found is not None:
             self._agent = found.profile(self._agent)
 
+    async def _load_actions(self) -> None:
+        """The agent's tools and transfer targets, from the store (bounded: without them the call
+        goes on, the agent only talking)."""
+        if self._tool_store is None:
+            return
+        try:
+            async with asyncio.timeout(RESUME_READ_TIMEOUT):
+                actions = await self._tool_store.actions(self.tenant_id, self.agent_id)
+        except Exception as exc:  # noqa: BLE001 - the store is away: the agent talks without its tools
+            log.warning("call %s: the agent's tools are unavailable (%s)", self.call_sid, type(exc).__name__)
+            return
+        self._tool_secret = actions.secret
+        if actions.tools or actions.targets:
+            self._agent = dataclasses.replace(self._agent, tools=actions.tools, transfer_targets=actions.targets)
+
+    def _call_tool(self, call_id: str, tool: TenantTool, arguments: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._tool_call(call_id, tool, arguments), name=f"tool-{self.call_sid}")
+        self._tool_calls.add(task)
+        task.add_done_callback(self._tool_calls.discard)
+
+    async def _tool_call(self, call_id: str, tool: TenantTool, arguments: dict[str, Any]) -> None:
+        """One tenant tool call, beside the call's frames: its filler line if it is slow, then its
+        output to the conversation (the invoker answers within the tool's timeout, whatever happens)."""
+        conversation = self.conversation
+        assert conversation is not None
+        if self._tool_invoker is None:
+            conversation.tool_answered(call_id, {"error": "tools are unavailable"}, self._loop.time())
+            return
+        context = ToolContext(self.call_sid, self.tenant_id, self.agent_id, self._tool_secret)
+        answer = asyncio.ensure_future(self._tool_invoker.call(tool, context, arguments))
+        try:
+            done, _ = await asyncio.wait({answer}, timeout=TOOL_FILLER_AFTER_S)
+            if not done:
+                conversation.tool_slow(call_id)
+            output = await answer
+        finally:
+            answer.cancel()
+        if not self._ending:
+            conversation.tool_answered(call_id, output, self._loop.time())
+
     async def _prepare_agent(self, start: twilio.Start) -> None:
         assert self._prepare is not None
         try:
@@ -445,7 +532,7 @@ class CallSession:
         finally:
             self._ending = True
             self.twilio.route(None)
-            running: list[asyncio.Task[str] | asyncio.Task[None]] = [*tasks]
+            running: list[asyncio.Task[str] | asyncio.Task[None]] = [*tasks, *self._tool_calls]
             if self._recycler is not None:
                 running.append(self._recycler)
             for task in running:

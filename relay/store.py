@@ -66,6 +66,7 @@ class CallEnd:
     v2v_p50_ms: float | None = None
     v2v_max_ms: float | None = None
     tenant_id: str = DEFAULT_TENANT
+    transferred_to: str = ""  # the number or address the caller was put through to (a ``transferred`` end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,13 +399,14 @@ CREATE TABLE IF NOT EXISTS calls (
     frames_out   INTEGER,
     turns        INTEGER,
     v2v_p50_ms   REAL,
-    v2v_max_ms   REAL
+    v2v_max_ms   REAL,
+    transferred_to TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS call_turns (
     call_sid          TEXT NOT NULL,
     seq               INTEGER NOT NULL,
     tenant_id         TEXT NOT NULL,
-    role              TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    role              TEXT NOT NULL CHECK (role IN ('user', 'assistant', 'tool')),
     item_id           TEXT NOT NULL DEFAULT '',
     text_generated    TEXT,
     text_heard        TEXT,
@@ -447,6 +449,21 @@ def _add_new_columns(db: sqlite3.Connection) -> None:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
+def _admit_tool_turns(db: sqlite3.Connection) -> None:
+    """A file from before tool turns: its call_turns table is rebuilt with the wider role CHECK
+    (SQLite cannot alter a CHECK in place; migration 0011 does it on Postgres)."""
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'call_turns'").fetchone()
+    if "'tool'" in sql:
+        return
+    columns = ", ".join(_TURN_COLUMNS)
+    db.executescript(
+        "BEGIN; ALTER TABLE call_turns RENAME TO call_turns_before_tools;"
+        + _SCHEMA
+        + f"INSERT INTO call_turns ({columns}) SELECT {columns} FROM call_turns_before_tools;"
+        "DROP TABLE call_turns_before_tools; COMMIT;"
+    )
+
+
 _INSERT_TURN = (
     f"INSERT INTO call_turns ({', '.join(_TURN_COLUMNS)}) "
     f"VALUES ({', '.join(':' + c for c in _TURN_COLUMNS)}) ON CONFLICT (call_sid, seq) DO NOTHING"
@@ -460,7 +477,8 @@ _INSERT_CALL = (
 # the latest end is the call's.
 _END_CALL = (
     "UPDATE calls SET ended_at = :ended_at, end_reason = :end_reason, frames_in = :frames_in, "
-    "frames_out = :frames_out, turns = :turns, v2v_p50_ms = :v2v_p50_ms, v2v_max_ms = :v2v_max_ms "
+    "frames_out = :frames_out, turns = :turns, v2v_p50_ms = :v2v_p50_ms, v2v_max_ms = :v2v_max_ms, "
+    "transferred_to = :transferred_to "
     "WHERE call_sid = :call_sid AND (ended_at IS NULL OR ended_at <= :ended_at)"
 )
 _USAGE_COLUMNS = [f.name for f in fields(UsageRecord)]
@@ -528,6 +546,7 @@ class SQLiteStore(Store):
             if "stream_sid" not in {row[1] for row in db.execute("PRAGMA table_info(usage)")}:
                 _rebuild_usage(db)
             _add_new_columns(db)
+            _admit_tool_turns(db)
             return db
 
         self._db = await asyncio.to_thread(connect)

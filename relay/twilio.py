@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import orjson
 from twilio.twiml.messaging_response import MessagingResponse
-from twilio.twiml.voice_response import Connect, VoiceResponse
+from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
 from relay.audio_format import SAMPLE_RATE
 from relay.errors import ProtocolError
@@ -36,7 +36,8 @@ CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 # Browser and SIP legs: ``client:alice``, ``sip:alice@example.sip.twilio.com`` (bounded, no spaces).
-_CLIENT_OR_SIP = re.compile(r"(?:client:[^\s]{1,256}|sips?:[^\s@]{1,256}@[^\s]{1,256})")
+SIP_URI = re.compile(r"sips?:[^\s@]{1,256}@[^\s]{1,256}")
+_CLIENT_OR_SIP = re.compile(rf"(?:client:[^\s]{{1,256}}|{SIP_URI.pattern})")
 # A withheld caller ID comes as a word (``anonymous``, ``Restricted``, ...) or nothing at all.
 _CALLER_ID_WORD = re.compile(r"[A-Za-z]{1,32}")
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
@@ -251,10 +252,28 @@ def hangup_twiml() -> str:
     return str(response)
 
 
-def dial_twiml(number: str) -> str:
-    """TwiML that connects the caller to ``number``; the call ends when that leg does."""
+CONFERENCE = "conference:"  # a transfer target that is a conference room, by name
+
+
+def dialable(target: str) -> bool:
+    """A number, a SIP address or a conference room (``conference:<name>``) ``dial_twiml`` connects to."""
+    if target.startswith(CONFERENCE):
+        return bool(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", target[len(CONFERENCE) :]))
+    return bool(E164.fullmatch(target) or SIP_URI.fullmatch(target))
+
+
+def dial_twiml(target: str) -> str:
+    """TwiML that connects the caller to ``target`` (``dialable``); the call ends when that leg
+    does. A conference ends when its last participant leaves."""
     response = VoiceResponse()
-    response.dial(number)
+    dial = Dial()
+    if target.startswith(CONFERENCE):
+        dial.conference(target[len(CONFERENCE) :], start_conference_on_enter=True, end_conference_on_exit=True)
+    elif SIP_URI.fullmatch(target):
+        dial.sip(target)
+    else:
+        dial.number(target)
+    response.append(dial)
     return str(response)
 
 

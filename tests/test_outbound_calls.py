@@ -26,8 +26,10 @@ from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
 from relay.sim.caller import CallerScript, TwilioCaller, http_get, http_post
 from relay.sim.phones import Busy, Phone, Voicemail
+from relay.sim.switchboard import Switchboard
 from relay.sim.twilio_rest import TwilioSim
 from relay.store import SQLiteStore
+from relay.tools.store import SQLiteToolStore
 
 ACCOUNT = "AC" + "1" * 32
 TOKEN = "acct-token-1"
@@ -43,15 +45,23 @@ class Stack:
     outbound: Outbound
     store: SQLiteStore
     url: str
+    tools: SQLiteToolStore
 
 
 @contextlib.asynccontextmanager
 async def outbound_stack(
-    tmp_path: Path, phones: dict[str, Phone], *, default: Phone | None = None, **settings: Any
+    tmp_path: Path,
+    phones: dict[str, Phone],
+    *,
+    default: Phone | None = None,
+    switchboard: Switchboard | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Stack]:
     agent = RealtimeAgent(FAST)
     await agent.start()
-    sim = TwilioSim({ACCOUNT: TOKEN}, phones, numbers={ACCOUNT: [CALLER_ID]}, default_phone=default)
+    sim = TwilioSim(
+        {ACCOUNT: TOKEN}, phones, numbers={ACCOUNT: [CALLER_ID]}, default_phone=default, switchboard=switchboard
+    )
     await sim.start()
     store = SQLiteStore(tmp_path / "relay.sqlite3")
     await store.open()
@@ -70,7 +80,8 @@ async def outbound_stack(
             **settings,
         }
     )
-    server = RelayServer(Relay(base, store))
+    tools = SQLiteToolStore(tmp_path / "relay.sqlite3", "default", "default")
+    server = RelayServer(Relay(base, store, tool_store=tools))
     await server.start()
     url = f"http://127.0.0.1:{server.port}"
     relay = server.relay
@@ -78,7 +89,7 @@ async def outbound_stack(
     outbound = relay.outbound = wiring.placing(relay.settings, relay, await wiring.embedded_jobs(relay.settings))
     outbound.start()
     try:
-        yield Stack(sim, relay, outbound, store, url)
+        yield Stack(sim, relay, outbound, store, url, tools)
     finally:
         await outbound.close()
         await server.close(drain_timeout=5)

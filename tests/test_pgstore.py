@@ -25,8 +25,11 @@ from relay.agents import Agent
 from relay.errors import ConfigError, InputError
 from relay.pg import PostgresAdmission, PostgresStore, migrate, migrations, redact
 from relay.pg.db import as_writer
+from relay.pg.tools import PostgresToolStore
 from relay.spool import Spool, SpoolError, encode
 from relay.store import CallEnd, CallRecord, Record, SQLiteStore, TurnRecord, record_from_dict
+from relay.tools.spec import TenantTool, TransferTarget
+from relay.tools.store import AgentActions
 from relay.usage import UsageRecord
 from tests.pgutil import (
     AGENT,
@@ -42,11 +45,12 @@ from tests.pgutil import (
 pytestmark = pytest.mark.postgres
 
 ROOT = Path(__file__).resolve().parent.parent
-# The tables a tenant's calls fill (``_two_tenants`` below); outbound jobs, races and API keys are
-# held to the same policies (tests/test_outbound_*).
+# The tables a tenant's calls fill (``_two_tenants`` below); outbound jobs, races, API keys and the
+# agents' tools are held to the same policies (tests/test_outbound_*, test_tool_store_pg below).
 CALL_TABLES = {"tenants", "agents", "phone_numbers", "calls", "call_turns", "usage", "admissions", "call_owners"}
-TENANT_TABLES = CALL_TABLES | {"outbound_jobs", "api_keys", "races"}
-READER_TABLES = TENANT_TABLES - {"api_keys"}  # the reader has no grant on keys at all
+TOOL_TABLES = {"agent_tools", "transfer_targets", "tool_secrets"}
+TENANT_TABLES = CALL_TABLES | {"outbound_jobs", "api_keys", "races"} | TOOL_TABLES
+READER_TABLES = TENANT_TABLES - {"api_keys", "tool_secrets"}  # the reader has no grant on keys or secrets at all
 
 
 @pytest.fixture(scope="session")
@@ -186,6 +190,37 @@ async def test_a_tenant_reader_sees_none_of_another_tenants_rows(store: Postgres
         for table in sorted(CALL_TABLES):
             tenants = [r["tenant_id"] for r in await conn.fetch(f"SELECT tenant_id FROM {table}")]
             assert tenants and set(tenants) == {a}, table
+
+
+async def test_agents_tools_and_targets_are_kept_per_tenant(store: PostgresStore, db: asyncpg.Connection) -> None:
+    a, b = await _two_tenants(store)
+    tools = PostgresToolStore(store.pool)
+    tool = TenantTool("book_table", "Book a table.", {"type": "object"}, "https://a.example/book", 2000, "One moment.")
+    desk = TransferTarget("front desk", "+15550001111", "warm")
+    secret = await tools.add_tool(a, "default", tool)
+    await tools.add_target(a, "default", desk)
+    assert await tools.actions(a, "default") == AgentActions((tool,), (desk,), secret)
+    assert await tools.actions(b, "default") == AgentActions()
+    assert await tools.secret(a) == secret and await tools.secret(a, rotate=True) != secret
+    with pytest.raises(InputError, match="no agent"):
+        await tools.add_tool(a, "nobody", tool)
+    with pytest.raises(InputError):
+        await tools.add_target(a, "default", TransferTarget("x", "not a number"))
+    async with as_reader(db, b) as conn:  # row-level security: B's reader sees none of A's
+        for table in ("agent_tools", "transfer_targets"):
+            assert await conn.fetch(f"SELECT * FROM {table}") == [], table
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch("SELECT * FROM tool_secrets")
+    assert not await tools.remove_tool(b, "default", "book_table")
+    assert await tools.remove_tool(a, "default", "book_table") and await tools.remove_target(a, "default", "front desk")
+    # a tool call is a turn of its own; a call put through says where it went
+    call = f"CA-{a}"
+    store.submit(TurnRecord(call, 5, "tool", 1.0, tenant_id=a, item_id="call_1", text_generated="book_table {}"))
+    store.submit(CallEnd(call, 4e9, "transferred", tenant_id=a, transferred_to="+15550001111"))
+    await store.flush()
+    assert [t.role for t in await store.turns(call)][-1] == "tool"
+    ended = await store.call(call)
+    assert ended is not None and ended["transferred_to"] == "+15550001111"
 
 
 async def test_a_reader_without_a_tenant_sees_nothing(

@@ -22,6 +22,10 @@ from typing import Any, Protocol
 from relay.agents import AgentProfile
 from relay.usage import Tokens, Transcription
 
+# How a word from outside the call (an escalation's outcome, a transfer declined) reaches the
+# model: a user message it is told is not the caller's.
+NOTE_PREFIX = "[A note for you, not said by the caller] "
+
 # The compiled framing a backend's audio takes (``WsCore.wire``, ``MediaCore``): JSON text appends
 # and deltas with base64 μ-law, as OpenAI Realtime sends them (per item), or as GPT-Live does
 # (``session.input_audio.append``, and one stream of ``session.output_audio.delta`` per session).

@@ -16,6 +16,7 @@ from relay import backends as ev
 from relay import models
 from relay.agents import AgentProfile
 from relay.errors import ProtocolError
+from relay.tools.spec import transfer_tool
 from relay.usage import Tokens, Transcription
 
 PCMU = {"type": "audio/pcmu"}
@@ -45,8 +46,11 @@ ESCALATE_TOOL = {
 
 
 def offered_tools(agent: AgentProfile) -> list[dict[str, Any]]:
-    """The built-in tools this agent's calls offer the model."""
-    return [tool for tool, on in ((END_CALL_TOOL, agent.end_call_tool), (ESCALATE_TOOL, agent.escalate_tool)) if on]
+    """The tools this agent's calls offer the model: the built-in ones it has, then the tenant's."""
+    built_in = [tool for tool, on in ((END_CALL_TOOL, agent.end_call_tool), (ESCALATE_TOOL, agent.escalate_tool)) if on]
+    if agent.transfer_targets:
+        built_in.append(transfer_tool(agent.transfer_targets))
+    return built_in + [tool.function() for tool in agent.tools]
 
 
 # Our session.update's event_id: an ``error`` naming it (``error.event_id``) is the backend

@@ -16,6 +16,7 @@ before the create's answer was recorded.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -32,7 +33,9 @@ from relay.outbound.jobs import Job
 from relay.outbound.pool import Limits, OutboundPool
 from relay.outbound.rest import Account, TwilioRest
 from relay.outbound.tenant import OutboundJobs
-from relay.routing import VOICEMAIL, CallRequest, OwnerSilent
+from relay.outbound.warm import WarmTransfers, is_briefing
+from relay.routing import VOICEMAIL, CallRequest, Owner, OwnerSilent
+from relay.tools.spec import TransferTarget
 from relay.trust import Credential
 
 if TYPE_CHECKING:
@@ -74,6 +77,8 @@ class RelayLike(Protocol):
     ) -> str: ...
 
     async def about_call(self, request: CallRequest) -> dict[str, Any] | None: ...
+
+    async def locate(self, call_sid: str) -> Owner | None: ...
 
 
 class Outbound:
@@ -118,6 +123,8 @@ class Outbound:
             from relay.outbound.escalation import Escalations
 
             self.escalations = Escalations(self, jobs.races, clock=clock)
+        self.warm = WarmTransfers(self)
+        self._work: set[asyncio.Future[None]] = set()  # keys and stream ends looked up in the queue
 
     def start(self) -> None:
         self.pool.start()
@@ -127,6 +134,9 @@ class Outbound:
     async def close(self) -> None:
         if self.escalations is not None:
             await self.escalations.close()
+        await self.warm.close()
+        if self._work:
+            await asyncio.gather(*self._work, return_exceptions=True)
         await self.pool.close()
         await self.queue.close()
 
@@ -165,6 +175,8 @@ class Outbound:
         if job is not None and job.tenant_id == tenant:
             if job.race_id and self.escalations is not None:
                 return await self.escalations.brief(job, agent)
+            if is_briefing(job):
+                return self.warm.brief(job, agent)
             agent = dataclasses.replace(agent, instructions=f"{agent.instructions}\n\n{brief(job)}")
         if self.escalations is not None and await self.escalations.available(tenant):
             agent = dataclasses.replace(agent, escalate_tool=True)
@@ -179,16 +191,38 @@ class Outbound:
         )
         return ESCALATED
 
+    def warm_transfer(self, session: CallSession, target: TransferTarget, summary: str) -> dict[str, Any]:
+        """The agent asked for a warm transfer (``relay.outbound.warm``): what it says meanwhile."""
+        return self.warm.begin(session, target, summary)
+
     def key(self, session: CallSession, digit: str) -> None:
-        """A key pressed on a call relay placed (a race's call takes a 1)."""
+        """A key pressed on a call relay placed (a race's call takes a 1; a briefing call, 1 or 2)."""
         job_id = session.start.custom_parameters.get("job", "") if session.start else ""
-        if job_id and self.escalations is not None:
-            self.escalations.in_background(self._key(job_id, digit, session))
+        if job_id:
+            self._in_background(self._key(job_id, digit, session))
 
     async def _key(self, job_id: str, digit: str, session: CallSession) -> None:
         job = await self.queue.get(job_id)
         if job is not None and job.race_id and self.escalations is not None:
             await self.escalations.key(job, digit, session)
+        elif job is not None and is_briefing(job):
+            await self.warm.key(job, digit, session)
+
+    def ended(self, session: CallSession, reason: str) -> None:
+        """A call's stream ended here: a briefing call's end may leave its caller with the agent."""
+        job_id = session.start.custom_parameters.get("job", "") if session.start else ""
+        if job_id:
+            self._in_background(self._ended(job_id, reason))
+
+    async def _ended(self, job_id: str, reason: str) -> None:
+        job = await self.queue.get(job_id)
+        if job is not None and is_briefing(job):
+            self.warm.ended(job, reason)
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
 
     async def sms(
         self, params: dict[str, str], found: tuple[Credential, ...], tenant_id: str
@@ -307,6 +341,8 @@ class Outbound:
         if updated is not None and updated.state == jobs.DONE and job.state != jobs.DONE:
             log.info("job %s: call %s ended %s", job.job_id, updated.call_sid, updated.outcome)
             self.pool.kick()  # a slot is free
+            if is_briefing(updated):
+                self.warm.finished(updated)
         return True
 
     async def amd(self, query: dict[str, str], params: dict[str, str], found: tuple[Credential, ...]) -> bool:

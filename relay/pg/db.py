@@ -97,7 +97,7 @@ def placeholders(n: int) -> str:
 # Reads of calls and turns: the store's (as relay_writer) and a tenant's (``Directory``, as relay_reader).
 CALL_COLUMNS = (  # in SQLiteStore's order, so both stores' calls() give the same dicts
     "call_sid", "tenant_id", "stream_sid", "account_sid", "from_number", "to_number", "started_at",
-    "ended_at", "end_reason", "frames_in", "frames_out", "turns", "v2v_p50_ms", "v2v_max_ms",
+    "ended_at", "end_reason", "frames_in", "frames_out", "turns", "v2v_p50_ms", "v2v_max_ms", "transferred_to",
 )  # fmt: skip
 TURN_COLUMNS = tuple(f.name for f in fields(TurnRecord))
 SELECT_TURNS = f"SELECT {', '.join(TURN_COLUMNS)} FROM call_turns"

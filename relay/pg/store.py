@@ -45,7 +45,10 @@ log = logging.getLogger("relay.pg.store")
 # --- Calls and turns --------------------------------------------------------------------------
 
 _START_COLUMNS = tuple(f.name for f in fields(CallRecord))
-_END_COLUMNS = ("call_sid", "ended_at", "end_reason", "frames_in", "frames_out", "turns", "v2v_p50_ms", "v2v_max_ms")
+_END_COLUMNS = (
+    "call_sid", "ended_at", "end_reason", "frames_in", "frames_out", "turns", "v2v_p50_ms", "v2v_max_ms",
+    "transferred_to",
+)  # fmt: skip
 
 _INSERT_CALL = (
     f"INSERT INTO calls ({', '.join(_START_COLUMNS)}) VALUES ({placeholders(len(_START_COLUMNS))}) "

@@ -37,6 +37,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from relay.audio_format import FRAME_BYTES, SAMPLE_RATE
+from relay.backends import NOTE_PREFIX
 from relay.models import REASONING_EFFORTS
 from relay.sim import audio
 from relay.sim.serving import SessionServer, json_error_response
@@ -101,14 +102,46 @@ def default_reply(transcript: str, history: list[tuple[str, str]]) -> str:
     return "You said: " + " ".join(words[:8]) if words else "Sorry, I did not catch that."
 
 
+TOOL_FAILED = "Sorry, I could not do that just now."
+BUILT_IN_TOOLS = frozenset({"end_call", "escalate", "transfer_call"})
+
+
 def _output_line(item: _Item) -> str | None:
-    """What a tool's output asks the model to say (its ``say``), if anything."""
+    """What the model says about a tool's output: its ``say`` (or its result's), an apology for
+    an ``error``; None when the output says nothing to pass on."""
     try:
         output = orjson.loads(item.extra.get("output", ""))
     except orjson.JSONDecodeError:
         return None
-    said = output.get("say") if isinstance(output, dict) else None
-    return said if isinstance(said, str) and said else None
+    if not isinstance(output, dict):
+        return None
+    result = output.get("result")
+    said = output.get("say") or (result.get("say") if isinstance(result, dict) else result)
+    if isinstance(said, str) and said:
+        return said
+    if "error" in output:
+        return TOOL_FAILED
+    return "Done." if "result" in output else None
+
+
+def tool_arguments(schema: object, transcript: str) -> dict[str, Any]:
+    """Arguments a model would give a tool from what the caller said: each property of the schema
+    filled from the words (a number for a number, the words for a string, the first of an enum)."""
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    numbers = [int(w) for w in re.findall(r"\d+", transcript)]
+    out: dict[str, Any] = {}
+    for name, declared in (properties or {}).items():
+        spec = declared if isinstance(declared, dict) else {}
+        kind, choices = spec.get("type"), spec.get("enum")
+        if isinstance(choices, list) and choices:
+            out[name] = next((c for c in choices if str(c).lower() in transcript.lower()), choices[0])
+        elif kind in ("integer", "number"):
+            out[name] = numbers[0] if numbers else 2
+        elif kind == "boolean":
+            out[name] = True
+        else:
+            out[name] = transcript
+    return out
 
 
 @dataclass(frozen=True)
@@ -130,6 +163,13 @@ class AgentConfig:
     # and a call of it with the line's words as the summary, as a model judging a matter urgent.
     escalate_words: tuple[str, ...] = ("urgent", "emergency")
     escalating: str = "Let me reach who is on call."
+    # A caller line with one of these words, on a session offering ``transfer_call``, gets this
+    # line and a call of it (to the target named in the line, else the first).
+    transfer_words: tuple[str, ...] = ("transfer", "human", "person")
+    transferring: str = "Let me put you through."
+    # A caller line with a word of one of the session's other tools' names gets this line and a
+    # call of that tool, its arguments filled from the line (``tool_arguments``).
+    using_tool: str = "One moment."
     # Answer every session.update with this error (code, message) instead of session.updated, as
     # the service does for a session it will not run (a model the key may not use, no quota).
     session_error: tuple[str, str] | None = None
@@ -760,6 +800,17 @@ class RealtimeSession:
             elif self._wants_tool("escalate", transcript, self.config.escalate_words):
                 arguments = orjson.dumps({"summary": f"Caller says: {transcript}"}).decode()
                 self._start_response(self.config.escalating, at, call="escalate", arguments=arguments)
+            elif (transfer := self._offered("transfer_call")) and self._cued(transcript, self.config.transfer_words):
+                chosen = {
+                    **tool_arguments(transfer.get("parameters"), transcript),
+                    "summary": f"Caller says: {transcript}",
+                }
+                self._start_response(
+                    self.config.transferring, at, call="transfer_call", arguments=orjson.dumps(chosen).decode()
+                )
+            elif (tool := self._tenant_tool_for(transcript)) is not None:
+                arguments = orjson.dumps(tool_arguments(tool.get("parameters"), transcript)).decode()
+                self._start_response(self.config.using_tool, at, call=str(tool["name"]), arguments=arguments)
             else:
                 self._start_response(self.reply(transcript, history), at)
 
@@ -767,9 +818,28 @@ class RealtimeSession:
         return self._wants_tool("end_call", transcript, self.config.hangup_words)
 
     def _wants_tool(self, name: str, transcript: str, cues: tuple[str, ...]) -> bool:
+        return self._offered(name) is not None and self._cued(transcript, cues)
+
+    def _offered(self, name: str) -> dict[str, Any] | None:
+        tools: list[Any] = self.session.get("tools") or []
+        return next((t for t in tools if isinstance(t, dict) and t.get("name") == name), None)
+
+    @staticmethod
+    def _cued(transcript: str, cues: tuple[str, ...]) -> bool:
         words = {w.strip(".,!?;:").lower() for w in transcript.split()}
-        tools = {t.get("name") for t in self.session.get("tools") or [] if isinstance(t, dict)}
-        return name in tools and any(w in words for w in cues)
+        return any(w in words for w in cues)
+
+    def _tenant_tool_for(self, transcript: str) -> dict[str, Any] | None:
+        """The first of the session's other tools a word of whose name the caller said ("book"
+        for ``book_table``), as a model picks the tool the caller asks for."""
+        tools: list[Any] = self.session.get("tools") or []
+        for tool in tools:
+            name = tool.get("name") if isinstance(tool, dict) else None
+            if isinstance(tool, dict) and isinstance(name, str) and name not in BUILT_IN_TOOLS:
+                cues = tuple(part.lower() for part in name.split("_") if len(part) >= 3)
+                if self._cued(transcript, cues):
+                    return tool
+        return None
 
     @staticmethod
     def _heard_anything(data: bytes) -> bool:
@@ -819,6 +889,13 @@ class RealtimeSession:
             said = _output_line(last) if last is not None and last.type == "function_call_output" else None
             if said is not None:  # a tool's result the model is to pass on
                 text = said
+            elif (
+                last is not None
+                and last.type == "message"
+                and last.role == "user"
+                and last.text.startswith(NOTE_PREFIX)
+            ):
+                text = last.text[len(NOTE_PREFIX) :].split(". ")[0].rstrip(".") + "."  # a note's news, passed on
             elif last is not None and last.type == "message" and last.role == "user":
                 text = self.reply(last.text, list(self.log.turns[:-1]))
             else:
