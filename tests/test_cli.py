@@ -262,3 +262,65 @@ def test_the_database_itself_refuses_what_relay_refuses(pg: str, capsys: pytest.
         return refused
 
     assert len(asyncio.run(attempts())) == 7
+
+
+SCHEMA = '{"type": "object", "properties": {"party": {"type": "integer"}}, "required": ["party"]}'
+
+
+def test_tools_and_transfer_targets_on_the_embedded_store(embedded: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "tools", "add", "book_table", "--description", "Book a table.", "--url", "https://t.example/book",
+        "--schema", SCHEMA, "--filler", "One moment.",
+    )  # fmt: skip
+    secret = out.splitlines()[-1]
+    assert code == 0 and secret.startswith("rts_")
+    code, out, _ = run(capsys, "tools", "list")
+    assert code == 0 and orjson.loads(out)["name"] == "book_table" and orjson.loads(out)["timeout_ms"] == 5000
+    assert run(capsys, "tools", "secret")[1].strip() == secret  # the same until rotated
+    assert run(capsys, "tools", "secret", "--rotate")[1].strip() != secret
+    assert run(capsys, "transfers", "add", "front desk", "--to", "+15551230000")[0] == 0
+    assert run(capsys, "transfers", "add", "manager", "--to", "+15551230001", "--warm")[0] == 0
+    code, out, _ = run(capsys, "transfers", "list")
+    assert out.splitlines() == ["front desk\t+15551230000\tcold", "manager\t+15551230001\twarm"]
+    assert run(capsys, "tools", "rm", "book_table")[0] == 0 and run(capsys, "tools", "list")[1] == ""
+    assert run(capsys, "transfers", "rm", "manager")[0] == 0
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (("tools", "add", "end_call", "--description", "x", "--url", "https://t.example/x"), "built-in tool's name"),
+        (("tools", "add", "x", "--description", "x", "--url", "http://t.example/x"), "must be an https:// URL"),
+        (("tools", "add", "x", "--description", "x", "--url", "https://t.example/x", "--schema", "{"), "not JSON"),
+        (("tools", "add", "x", "--description", "x", "--url", "https://t.example/x", "--schema", '{"type": 1}'),
+         "not a valid JSON Schema"),
+        (("tools", "add", "x", "--description", "x", "--url", "https://t.example/x", "--agent", "b"), "no agent"),
+        (("tools", "rm", "nosuch"), "has no tool 'nosuch'"),
+        (("transfers", "add", "desk", "--to", "555"), "neither an E.164 number nor a sip: address"),
+        (("transfers", "add", "desk", "--to", "sip:desk@pbx.example.com", "--warm"), "must be an E.164 number"),
+        (("transfers", "rm", "nosuch"), "has no transfer target 'nosuch'"),
+        (("calls", "control", "CA" + "0" * 32, "say"), "RELAY_API_TOKEN"),
+    ],
+)  # fmt: skip
+def test_bad_tools_and_targets_get_one_line_and_exit_2(
+    embedded: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: tuple[str, ...],
+    says: str,
+) -> None:
+    monkeypatch.delenv("RELAY_API_TOKEN", raising=False)
+    monkeypatch.delenv("RELAY_API_KEY", raising=False)
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert says in err and err.count("\n") == 1, err
+
+
+@pytest.mark.postgres
+def test_tools_are_a_tenants_own_on_postgres(pg: str, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "tenants", "add", "acme")
+    argv = ("tools", "add", "book", "--description", "Book.", "--url", "https://t.example/b", "--tenant")
+    assert run(capsys, *argv, "acme")[0] == 0
+    code, _, err = run(capsys, *argv, "nosuch")
+    assert code == 2 and "no tenant 'nosuch'" in err
+    assert orjson.loads(run(capsys, "tools", "list", "--tenant", "acme")[1])["name"] == "book"

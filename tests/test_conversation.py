@@ -18,6 +18,8 @@ from relay.backends import realtime
 from relay.call_options import CallOptions
 from relay.sim import audio
 from relay.sim.agent import AgentConfig
+from relay.store import TurnRecord
+from relay.tools.spec import TenantTool
 from tests.vcall import VirtualCall
 
 LONG = "Let me tell you everything about our long menu of dishes and drinks for tonight and tomorrow"
@@ -389,3 +391,61 @@ def test_tools_relay_does_not_offer_get_an_error_and_one_response_so_the_model_s
     assert [m["type"] for m in sent] == ["conversation.item.create", "conversation.item.create", "response.create"]
     item = sent[0]["item"]
     assert isinstance(item, dict) and item["call_id"] == "call_9" and "no tool named 'lookup'" in item["output"]
+
+
+BOOK = TenantTool(
+    "book",
+    "Book a table.",
+    {"type": "object", "properties": {"party": {"type": "integer"}}, "required": ["party"]},
+    "https://tenant.example/book",
+)
+
+
+def test_a_tenant_tool_runs_beside_the_call_and_the_model_goes_on_once_every_answer_is_in() -> None:
+    call = VirtualCall(profile=realtime.AgentProfile(instructions="x", tools=(BOOK,)))
+    call.run(0.5)
+    sent: list[dict[str, object]] = []
+    asked: list[tuple[str, str, dict[str, object]]] = []
+    conversation = call.conversation
+    conversation._upstream = type("Sink", (), {"send": lambda self, m: sent.append(orjson.loads(m))})()
+    conversation.on_tool = lambda call_id, tool, arguments: asked.append((call_id, tool.name, arguments))
+    calls = [("call_1", "book", '{"party": 2}'), ("call_2", "book", '{"party": "two"}'), ("call_3", "nope", "{}")]
+    done = {
+        "type": "response.done",
+        "response": {
+            "id": "resp_1",
+            "status": "completed",
+            "output": [
+                {"type": "function_call", "id": f"item_{i}", "call_id": c, "name": n, "arguments": a}
+                for i, (c, n, a) in enumerate(calls)
+            ],
+        },
+    }
+    conversation.backend_message(orjson.dumps(done), call.now)
+    # the good call goes to the tenant's endpoint; the bad arguments and the unknown tool are
+    # answered at once; the model waits for the endpoint's answer
+    assert asked == [("call_1", "book", {"party": 2})]
+    assert [m["type"] for m in sent] == ["conversation.item.create", "conversation.item.create"]
+    outputs = [orjson.loads(m["item"]["output"]) for m in sent]  # type: ignore[index]
+    assert outputs == [{"error": "party: 'two' is not of type 'integer'"}, {"error": "no tool named 'nope'"}]
+    conversation.tool_answered("call_1", {"result": {"ok": True}}, call.now)
+    assert [m["type"] for m in sent[2:]] == ["conversation.item.create", "response.create"]
+    conversation.tool_answered("call_1", {"result": {"ok": True}}, call.now)  # twice: once counts
+    assert len(sent) == 4
+    tools = [t for t in call.records if isinstance(t, TurnRecord) and t.role == "tool"]
+    assert [(t.item_id, t.text_generated) for t in tools] == [
+        ("call_2", 'book {"party": "two"}'),
+        ("call_1", 'book {"party":2}'),
+    ]
+    assert tools[1].text_heard == '{"result":{"ok":true}}'
+
+
+def test_a_tool_call_unanswered_when_the_call_ends_is_stored_all_the_same() -> None:
+    call = VirtualCall(profile=realtime.AgentProfile(instructions="x", tools=(BOOK,)))
+    call.run(0.5)
+    item = {"type": "function_call", "id": "item_1", "call_id": "call_1", "name": "book", "arguments": '{"party": 3}'}
+    done = {"type": "response.done", "response": {"id": "resp_1", "status": "completed", "output": [item]}}
+    call.conversation.backend_message(orjson.dumps(done), call.now)
+    call.conversation.finish("stop")
+    [tool] = [t for t in call.records if isinstance(t, TurnRecord) and t.role == "tool"]
+    assert tool.text_heard == '{"error":"the call ended before the answer came"}'

@@ -15,10 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from relay.agents import AgentProfile
 from relay.call_options import CallOptions
 from relay.errors import BackendFatal
 from relay.sim import audio
 from relay.sim.live import LiveConfig
+from relay.tools.spec import TenantTool
 from tests.vcall import VirtualCall
 
 LONG = "Let me tell you everything about our long menu of dishes and drinks for tonight and tomorrow"
@@ -152,3 +154,31 @@ def test_a_quota_error_mid_call_ends_it_unretried() -> None:
     with pytest.raises(BackendFatal) as raised:
         call.conversation.backend_message(orjson.dumps(quota), call.now)
     assert raised.value.end_reason == "backend_refused"
+
+
+def test_a_delegated_tenant_tool_is_answered_when_its_endpoint_answers() -> None:
+    tool = TenantTool("book", "Book a table.", {"type": "object"}, "https://tenant.example/book")
+    profile = AgentProfile(instructions="Be brief.", backend="openai-live", model="gpt-live-1", tools=(tool,))
+    call = VirtualCall(agent_config=AGENT, profile=profile)
+    call.run(0.5)
+    sent: list[dict[str, object]] = []
+    asked: list[str] = []
+    call.conversation._upstream = type("Sink", (), {"send": lambda self, m: sent.append(orjson.loads(m))})()
+    call.conversation.on_tool = lambda call_id, tool, arguments: asked.append(call_id)
+    for event in (
+        {
+            "type": "response.event",
+            "delegation_id": "dlg_9",
+            "event": {
+                "type": "response.output_item.done",
+                "item": {"type": "function_call", "call_id": "call_9", "name": "book", "arguments": "{}"},
+            },
+        },
+        {"type": "response.event", "delegation_id": "dlg_9", "event": {"type": "response.completed", "response": {}}},
+    ):
+        call.conversation.backend_message(orjson.dumps(event), call.now)
+    assert asked == ["call_9"] and sent == []  # the delegation waits for the endpoint
+    call.conversation.tool_answered("call_9", {"result": {"booked": True}}, call.now)
+    assert [m["type"] for m in sent] == ["response.item.create", "response.create"]
+    item = sent[0]["item"]
+    assert isinstance(item, dict) and item["call_id"] == "call_9" and '"booked":true' in str(item["output"])

@@ -201,7 +201,7 @@ async def test_the_api_queues_calls_with_a_key_and_reads_them_back(tmp_path: Pat
     assert len(s.sim.calls) == 4
 
 
-async def test_a_tenants_key_hangs_up_its_own_call_and_not_another_tenants(tmp_path: Path) -> None:
+async def test_a_tenants_key_controls_its_own_call_and_not_another_tenants(tmp_path: Path) -> None:
     stays = CallerScript(utterances=("Hello there.",), lead_in_ms=100, answer_quiet_ms=300, wait_for_hangup=True)
     async with outbound_stack(tmp_path, {}) as s:
         keys = s.outbound.jobs.keys
@@ -217,8 +217,9 @@ async def test_a_tenants_key_hangs_up_its_own_call_and_not_another_tenants(tmp_p
         while not s.relay.sessions or all(session.start is None for session in s.relay.live.values()):
             await asyncio.sleep(0.02)
         path = f"/v1/calls/{caller.call_sid}/hangup"
-        status, body = await api(s.url, "POST", path, other, {})
-        assert status == 404 and "no live call" in body["error"]  # as if it did not exist
+        for action, args in (("say", {"text": "Hi."}), ("transfer", {"to": "+15550001111"}), ("hangup", {})):
+            status, body = await api(s.url, "POST", f"/v1/calls/{caller.call_sid}/{action}", other, args)
+            assert status == 404 and "no live call" in body["error"], action  # as if it did not exist
         status, _ = await api(s.url, "POST", path, "rk_" + "0" * 16 + "_" + "x" * 43, {})
         assert status == 401
         status, body = await api(s.url, "POST", path, mine, {})
