@@ -242,6 +242,7 @@ class Conversation:
         "_session_seconds",
         "_speaking",
         "_tools_pending",
+        "_tool_turns",
         "_respond_when_free",
         "_speech_end_at",
         "_started_at",
@@ -340,6 +341,7 @@ class Conversation:
         # turn's seq, when it was called); the model is asked to go on once all are in.
         self._tools_pending: dict[str, tuple[TenantTool, dict[str, Any], int, float]] = {}
         self._respond_when_free = False  # answers are in; a response (a filler line) is still running
+        self._tool_turns = 0  # stored, for the call's count of turns
         self._speaking = False  # the caller is mid-utterance (speech_started, not stopped)
         self._awaiting_answer = False  # the caller's turn is committed; its response has not begun
         # ---- turns
@@ -870,6 +872,9 @@ class Conversation:
             return
         if self._live is None:  # (the live model fills the wait itself)
             self.say(pending[0].filler)
+            # Busy from now, not from the backend's response.created: an answer arriving in between
+            # must wait for the filler's response, which a second response.create would collide with.
+            self._response_active = True
 
     def _store_tool(
         self, seq: int, call_id: str, name: str, arguments: str, output: dict[str, Any], started_at: float
@@ -886,6 +891,7 @@ class Conversation:
             text_generated=f"{name} {arguments}"[:MAX_TOOL_TEXT],
             text_heard=orjson.dumps(output).decode()[:MAX_TOOL_TEXT],
         )
+        self._tool_turns += 1
         self._submit(record)
         self.on_turn_stored(record, None)
 
@@ -1081,6 +1087,7 @@ class Conversation:
                 turns=len(self._users)
                 + len(self._assistants)
                 + len(self._live_history)
+                + self._tool_turns
                 + (len(resumed.turns) if resumed else 0),
                 v2v_p50_ms=round(statistics.median(v2v), 1) if v2v else None,
                 v2v_max_ms=round(max(v2v), 1) if v2v else None,

@@ -96,8 +96,6 @@ NORMAL_ENDS = frozenset(
     {"agent_hangup", "api_hangup", "call_completed", "voicemail_left", "machine_hangup", "race_accepted"}
     | {warm.DECLINED, warm.CALLER_GONE}
 )
-# A call relay ended to connect the caller to a number (``Relay.transfers``, ``TRANSFERRED``):
-# the after-stream hook dials it.
 # Streams Twilio ended (the call hung up, the socket closed): no after-stream hook follows.
 TWILIO_ENDS = frozenset({"stop", "twilio_closed", "twilio_closed_before_start"})
 # How long after relay ends a stream its after-stream hook may still come (Twilio fetches it at once).
