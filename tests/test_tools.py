@@ -26,6 +26,7 @@ from relay.store import TurnRecord
 from relay.tools import signing
 from relay.tools.invoke import MAX_ANSWER_BYTES, ToolContext, ToolInvoker
 from relay.tools.spec import TenantTool, TransferTarget, transfer_tool
+from relay.tools.store import AgentActions, SQLiteToolStore
 from tests.test_outbound_calls import ACCOUNT, CALLER_ID, TOKEN, Stack, outbound_stack
 
 BOOKED = "Booked a table for 2 at seven."
@@ -210,3 +211,23 @@ def test_signatures_verify_only_the_body_signed_recently() -> None:
     assert not signing.verify("rts_other", header, b'{"a":1}', 1_000_100)
     assert not signing.verify("rts_secret", header, b'{"a":1}', 1_000_000 + signing.TOLERANCE_S + 1)
     assert not signing.verify("rts_secret", "garbage", b'{"a":1}', 1_000_100)
+
+
+async def test_a_burst_of_calls_reads_an_agents_actions_once(tmp_path: Path) -> None:
+    store = SQLiteToolStore(tmp_path / "relay.sqlite3", "default", "default")
+    reads = 0
+    read = store._read_actions
+
+    async def counted(tenant_id: str, agent_id: str) -> AgentActions:
+        nonlocal reads
+        reads += 1
+        return await read(tenant_id, agent_id)
+
+    store._read_actions = counted  # type: ignore[method-assign]
+    first = await asyncio.gather(*(store.actions("default", "default") for _ in range(50)))
+    assert reads == 1 and first[0] == AgentActions()
+    tool = TenantTool("book_table", "Book.", PARTY, "https://t.example/book")
+    await store.add_tool("default", "default", tool)  # a change made here is seen at once
+    assert (await store.actions("default", "default")).tools == (tool,) and reads == 2
+    assert await store.remove_tool("default", "default", "book_table")
+    assert (await store.actions("default", "default")).tools == () and reads == 3

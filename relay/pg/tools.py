@@ -15,6 +15,7 @@ from relay.tools.store import ToolStore, tool_from_row
 
 class PostgresToolStore(ToolStore):
     def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__()
         self._pool = pool
 
     async def _write(self, sql: str, *args: object) -> str:
@@ -41,13 +42,13 @@ class PostgresToolStore(ToolStore):
             tenant_id, agent_id, target.label, target.target, target.mode,
         )  # fmt: skip
 
-    async def remove_tool(self, tenant_id: str, agent_id: str, name: str) -> bool:
+    async def _remove_tool(self, tenant_id: str, agent_id: str, name: str) -> bool:
         done = await self._write(
             "DELETE FROM agent_tools WHERE tenant_id = $1 AND agent_id = $2 AND name = $3", tenant_id, agent_id, name
         )
         return done != "DELETE 0"
 
-    async def remove_target(self, tenant_id: str, agent_id: str, label: str) -> bool:
+    async def _remove_target(self, tenant_id: str, agent_id: str, label: str) -> bool:
         done = await self._write(
             "DELETE FROM transfer_targets WHERE tenant_id = $1 AND agent_id = $2 AND label = $3",
             tenant_id,

@@ -6,36 +6,32 @@ larger than ``MAX_ANSWER_BYTES`` — it returns the output the model gets, ``{"r
 ``{"error": "<short words the agent can say something about>"}``.
 
 The request body is ``{"tool", "call_sid", "tenant_id", "agent_id", "arguments"}``, signed with
-the tenant's secret (``relay.tools.signing``). Tenants name their own URLs, so by default only
-public addresses are dialled (checked on every connection, after DNS, so a name that later
-points inward is refused too): a tenant cannot reach relay's own network. Operators running
-tools beside relay (a sidecar, a test) allow private addresses with ``RELAY_TOOLS_ALLOW_PRIVATE``.
+the tenant's secret (``relay.tools.signing``), sent by the client of ``relay.tools.http``: public
+addresses only, unless the operator runs tools beside relay (a sidecar, a test) and allows
+private ones with ``RELAY_TOOLS_ALLOW_PRIVATE``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import socket
-import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from relay import __version__
 from relay.tools import signing
 from relay.tools.spec import TenantTool
 
+if TYPE_CHECKING:
+    import aiohttp
+
 log = logging.getLogger("relay.tools")
 
 MAX_ANSWER_BYTES = 64 * 1024  # more than any answer a model should be read
-MAX_CONNECTIONS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,32 +42,6 @@ class ToolContext:
     tenant_id: str
     agent_id: str
     secret: str
-
-
-def _public_or_name(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_global
-    except ValueError:
-        return True  # a name: the resolver checks what it points to
-
-
-class PublicOnlyResolver(AbstractResolver):
-    """A resolver that gives out public addresses only: a tenant's URL never reaches inside."""
-
-    def __init__(self) -> None:
-        self._inner = aiohttp.ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        found = await self._inner.resolve(host, port, family)
-        public = [r for r in found if ipaddress.ip_address(r["host"]).is_global]
-        if not public:
-            raise OSError(f"{host} is not a public address")
-        return public
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 class ToolInvoker:
@@ -85,15 +55,9 @@ class ToolInvoker:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            context = ssl.create_default_context()
-            if self._ca_file:
-                context.load_verify_locations(self._ca_file)  # a tenant's private CA, beside the public ones
-            connector = aiohttp.TCPConnector(
-                ssl=context,
-                limit=MAX_CONNECTIONS,
-                resolver=None if self._allow_private else PublicOnlyResolver(),
-            )
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+            from relay.tools import http
+
+            self._session = http.client(self._ca_file, self._allow_private)
         return self._session
 
     async def close(self) -> None:
@@ -116,12 +80,14 @@ class ToolInvoker:
             "User-Agent": f"relay/{__version__}",
             signing.HEADER: signing.sign(context.secret, int(time.time()), body),
         }
+        from relay.tools import http
+
         try:
             async with asyncio.timeout(tool.timeout_ms / 1000):
                 output, kind = await self._post(tool, body, headers)
         except TimeoutError:
             output, kind = {"error": f"{tool.name} did not answer in time"}, "timeout"
-        except (aiohttp.ClientError, OSError) as exc:
+        except http.ERRORS as exc:
             log.warning("call %s: tool %s unreachable (%s)", context.call_sid, tool.name, type(exc).__name__)
             output, kind = {"error": f"{tool.name} could not be reached"}, "unreachable"
         self.calls[kind] = self.calls.get(kind, 0) + 1
@@ -130,7 +96,9 @@ class ToolInvoker:
         return output
 
     async def _post(self, tool: TenantTool, body: bytes, headers: dict[str, str]) -> tuple[dict[str, Any], str]:
-        if not self._allow_private and not _public_or_name(urlsplit(tool.url).hostname or ""):
+        from relay.tools import http
+
+        if not self._allow_private and not http.public_or_name(urlsplit(tool.url).hostname or ""):
             # (the resolver sees names only: an address in the URL is checked here)
             return {"error": f"{tool.name} could not be reached"}, "refused"
         async with self._client().post(tool.url, data=body, headers=headers, allow_redirects=False) as response:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import jsonschema
 import orjson
 
 from relay.config import is_loopback
@@ -77,7 +76,9 @@ class TenantTool:
             return None, "the arguments are not JSON"
         if not isinstance(value, dict):
             return None, "the arguments must be a JSON object"
-        error = jsonschema.exceptions.best_match(_validator(self.parameters).iter_errors(value))
+        import jsonschema  # loaded by the first tool call, not by every relay
+
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(self.parameters).iter_errors(value))
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "arguments"
             return None, f"{where}: {error.message}"[:300]
@@ -88,6 +89,8 @@ def schema_problems(schema: object) -> list[str]:
     """Why ``schema`` cannot be a tool's parameters: not a JSON Schema object of an object."""
     if not isinstance(schema, dict):
         return ["the parameters must be a JSON Schema object"]
+    import jsonschema
+
     if len(orjson.dumps(schema)) > MAX_SCHEMA:
         return [f"the parameters' schema is over {MAX_SCHEMA} bytes"]
     try:
@@ -97,10 +100,6 @@ def schema_problems(schema: object) -> list[str]:
     if schema.get("type") != "object":
         return ['the parameters\' schema must be of "type": "object"']
     return []
-
-
-def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(schema)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,8 +33,19 @@ def _checked(problems: list[str]) -> None:
         raise InputError("; ".join(problems))
 
 
+CACHE_S = 5.0  # how long a call start reuses an agent's actions: a change reaches new calls within it
+
+
 class ToolStore(ABC):
-    """An agent's tools and transfer targets, and each tenant's tool secret."""
+    """An agent's tools and transfer targets, and each tenant's tool secret.
+
+    Every call start asks for its agent's ``actions``; one read serves the agent's calls for
+    ``CACHE_S`` (the calls starting together share it), so a burst of calls costs the store one
+    query, not one each.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], tuple[float, asyncio.Future[AgentActions]]] = {}
 
     async def add_tool(self, tenant_id: str, agent_id: str, tool: TenantTool) -> str:
         """Store (or replace) the agent's tool; the tenant's secret, made now if it had none.
@@ -44,6 +55,7 @@ class ToolStore(ABC):
         """
         _checked(tool.problems())
         await self._put_tool(tenant_id, agent_id, tool)
+        self._cache.clear()
         return await self.secret(tenant_id)
 
     async def add_target(self, tenant_id: str, agent_id: str, target: TransferTarget) -> None:
@@ -54,8 +66,34 @@ class ToolStore(ABC):
         """
         _checked(target.problems())
         await self._put_target(tenant_id, agent_id, target)
+        self._cache.clear()
+
+    async def remove_tool(self, tenant_id: str, agent_id: str, name: str) -> bool:
+        """Remove the agent's tool; False when it has none of that name."""
+        self._cache.clear()
+        return await self._remove_tool(tenant_id, agent_id, name)
+
+    async def remove_target(self, tenant_id: str, agent_id: str, label: str) -> bool:
+        """Remove a transfer target; False when the agent has none of that label."""
+        self._cache.clear()
+        return await self._remove_target(tenant_id, agent_id, label)
 
     async def actions(self, tenant_id: str, agent_id: str) -> AgentActions:
+        """What the agent's calls may do (at most ``CACHE_S`` old)."""
+        key, now = (tenant_id, agent_id), time.monotonic()
+        hit = self._cache.get(key)
+        if hit is None or hit[0] <= now:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            hit = self._cache[key] = (now + CACHE_S, asyncio.ensure_future(self._read_actions(tenant_id, agent_id)))
+        try:
+            return await asyncio.shield(hit[1])
+        except Exception:
+            if self._cache.get(key) is hit:
+                del self._cache[key]  # a failed read is not reused
+            raise
+
+    async def _read_actions(self, tenant_id: str, agent_id: str) -> AgentActions:
         tools, targets = await self.tools(tenant_id, agent_id), await self.targets(tenant_id, agent_id)
         return AgentActions(tuple(tools), tuple(targets), await self.secret(tenant_id) if tools else "")
 
@@ -66,10 +104,10 @@ class ToolStore(ABC):
     async def _put_target(self, tenant_id: str, agent_id: str, target: TransferTarget) -> None: ...
 
     @abstractmethod
-    async def remove_tool(self, tenant_id: str, agent_id: str, name: str) -> bool: ...
+    async def _remove_tool(self, tenant_id: str, agent_id: str, name: str) -> bool: ...
 
     @abstractmethod
-    async def remove_target(self, tenant_id: str, agent_id: str, label: str) -> bool: ...
+    async def _remove_target(self, tenant_id: str, agent_id: str, label: str) -> bool: ...
 
     @abstractmethod
     async def tools(self, tenant_id: str, agent_id: str) -> list[TenantTool]: ...
@@ -110,6 +148,7 @@ class SQLiteToolStore(ToolStore):
     """Tools in the embedded store's file: its one tenant and agent."""
 
     def __init__(self, path: str | Path, tenant_id: str, agent_id: str) -> None:
+        super().__init__()
         self.path = Path(path)
         self.tenant_id, self.agent_id = tenant_id, agent_id
 
@@ -148,7 +187,7 @@ class SQLiteToolStore(ToolStore):
             (tenant_id, agent_id, target.label, target.target, target.mode, time.time()),
         )
 
-    async def remove_tool(self, tenant_id: str, agent_id: str, name: str) -> bool:
+    async def _remove_tool(self, tenant_id: str, agent_id: str, name: str) -> bool:
         self._own(tenant_id, agent_id)
         return bool(
             await self._sql(
@@ -157,7 +196,7 @@ class SQLiteToolStore(ToolStore):
             )
         )
 
-    async def remove_target(self, tenant_id: str, agent_id: str, label: str) -> bool:
+    async def _remove_target(self, tenant_id: str, agent_id: str, label: str) -> bool:
         self._own(tenant_id, agent_id)
         return bool(
             await self._sql(
