@@ -96,9 +96,20 @@ class Cluster:
         return status_code
 
     async def hang_up(self, relay: RelayProcess, call_sid: str, token: str = API_TOKEN) -> tuple[int, dict[str, Any]]:
-        url = f"http://127.0.0.1:{relay.port}/v1/calls/{call_sid}/hangup"
-        code, body = await asyncio.to_thread(post, url, b"", {"Authorization": f"Bearer {token}"})
-        return code, orjson.loads(body) if body.startswith(b"{") else {"text": body.decode()}
+        return await self.control(relay, call_sid, "hangup", token=token)
+
+    async def control(
+        self,
+        relay: RelayProcess,
+        call_sid: str,
+        action: str,
+        args: dict[str, str] | None = None,
+        token: str = API_TOKEN,
+    ) -> tuple[int, dict[str, Any]]:
+        url = f"http://127.0.0.1:{relay.port}/v1/calls/{call_sid}/{action}"
+        body = orjson.dumps(args) if args else b""
+        code, answer = await asyncio.to_thread(post, url, body, {"Authorization": f"Bearer {token}"})
+        return code, orjson.loads(answer) if answer.startswith(b"{") else {"text": answer.decode()}
 
 
 async def requests_seen(relay: RelayProcess) -> dict[tuple[str, str], float]:
@@ -189,6 +200,20 @@ async def test_each_request_sent_to_the_wrong_relay_is_answered_by_the_one_holdi
         assert await cluster.status_callback(b, second, "completed") == 200
         await asyncio.wait_for(call, 30)
 
+        # A transfer from the API at c, for a call on a: a says the line and ends the stream; the
+        # after-stream hook reaches b, which learns the target from a and answers <Dial>.
+        balancer.retarget(a.port)
+        third = TwilioCaller(f"{cluster.public}/twilio/voice", STAYS, to_number=ACME_NUMBER)
+        call = asyncio.create_task(third.run())
+        await held_by(a, database)
+        balancer.retarget(b.port)
+        while not third.result.turns or not third.result.turns[0].heard:  # after the first answer
+            await asyncio.sleep(0.05)
+        code, body = await cluster.control(c, third.call_sid, "transfer", {"to": "+15550701111"})
+        assert code == 202 and body["instance"] == owner and body["transferring"], body
+        result = await asyncio.wait_for(call, 30)
+        assert result.closed_by_relay and result.dialed == ["+15550701111"], result
+
         # Bad requests: a wrong token, a call nobody holds, junk.
         assert (await cluster.hang_up(c, caller.call_sid, token="wrong"))[0] == 401
         assert (await cluster.hang_up(c, "CA" + "f" * 32))[0] == 404
@@ -198,7 +223,7 @@ async def test_each_request_sent_to_the_wrong_relay_is_answered_by_the_one_holdi
             ends = dict(await db.fetch("SELECT call_sid, end_reason FROM calls"))
         finally:
             await db.close()
-        assert ends == {caller.call_sid: "api_hangup", second.call_sid: "call_completed"}
+        assert ends == {caller.call_sid: "api_hangup", second.call_sid: "call_completed", third.call_sid: "transferred"}
         assert await owners(database) == {}  # no call is live: none is recorded as held
 
 

@@ -154,3 +154,15 @@ async def test_the_api_transfers_a_live_call_of_the_keys_tenant_only(tmp_path: P
     assert "Please hold while I put you through" in audio.transcribe(result.heard)
     assert result.dialed == [FRONT]
     assert row is not None and row["end_reason"] == "transferred" and row["transferred_to"] == FRONT
+
+
+async def test_a_warm_transfer_twilio_will_not_place_is_told_too(tmp_path: Path) -> None:
+    board = Switchboard()
+    async with outbound_stack(tmp_path, {MANAGER: manager("1")}, switchboard=board) as s:
+        await s.tools.add_target("default", "default", TransferTarget("manager", MANAGER, "warm"))
+        s.sim.fail_next_creates(1, status=400, code=21215)  # geo permissions: refused for good
+        result, row, turns = await call(s, asks_for("manager", stay_ms=6000), board)
+
+    assert result.error is None and result.violations == [] and s.sim.calls == {}
+    assert "manager cannot take the call right now" in " ".join(t.text_heard or "" for t in turns)
+    assert row["end_reason"] == "stop" and result.talked_to == []

@@ -60,6 +60,7 @@ class OutboundPool:
         limits: Limits = Limits(),
         clock: Callable[[], float] = time.time,
         on_placed: Callable[[Job, str], Awaitable[None]] | None = None,
+        on_failed: Callable[[Job], None] | None = None,
         sweep_s: float = SWEEP_S,
         quiet_live_s: float = QUIET_LIVE_S,
     ) -> None:
@@ -74,6 +75,7 @@ class OutboundPool:
         self._hold = hold
         self._clock = clock
         self._on_placed = on_placed
+        self._on_failed = on_failed  # a job given up for good: it was never placed
         self._wake = asyncio.Event()
         self._placing: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -164,6 +166,8 @@ class OutboundPool:
             self.failed += 1
             log.error("job %s: no auth token for account %s; not placed", job.job_id, job.account_sid)
             await self.queue.fail(job.job_id, None, "relay holds no auth token for the account", self._clock())
+            if self._on_failed is not None:
+                self._on_failed(job)
             return
         try:
             call_sid = await self.rest.create_call(account, **self._call_params(job))
@@ -191,3 +195,5 @@ class OutboundPool:
             self.failed += 1
             log.warning("job %s: %s; not placed", job.job_id, exc)
             await self.queue.fail(job.job_id, exc.code, str(exc), now)
+            if self._on_failed is not None:
+                self._on_failed(job)

@@ -111,6 +111,7 @@ class Outbound:
             account_for=self.account_for,
             call_params=self.call_params,
             hold=self.hold,
+            on_failed=self._not_placed,
             limits=limits,
             clock=clock,
             sweep_s=min(30.0, recheck_s / 2),
@@ -218,6 +219,11 @@ class Outbound:
         job = await self.queue.get(job_id)
         if job is not None and is_briefing(job):
             self.warm.ended(job, reason)
+
+    def _not_placed(self, job: Job) -> None:
+        """A job Twilio refused for good: a briefing call's caller hears that the person is not reached."""
+        if is_briefing(job):
+            self.warm.unplaced(job)
 
     def _in_background(self, work: Any) -> None:
         task = asyncio.ensure_future(work)

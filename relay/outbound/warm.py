@@ -10,7 +10,7 @@ person with the caller's matter and asks for a 1 (take it) or a 2 (decline) (``b
   stream ends ``transferred`` and its after-stream hook answers ``<Dial><Conference>``; the room
   ends when either leaves.
 * Any other end of the person's call — a 2, a hang-up, an answering machine, no answer, a busy
-  line — has the caller's agent tell the caller, and the call goes on.
+  line, a number Twilio will not call — has the caller's agent tell the caller, and the call goes on.
 """
 
 from __future__ import annotations
@@ -143,6 +143,10 @@ class WarmTransfers:
         """The briefing call's stream ended: any end but the bridge leaves the caller with the agent."""
         if reason != TRANSFERRED:
             self._in_background(self._tell_caller(job.tenant_id, job.variables[FOR_CALL], job.variables[LABEL]))
+
+    def unplaced(self, job: Job) -> None:
+        """The briefing call could not be placed at all (a number Twilio refuses, say)."""
+        self._in_background(self._tell_caller(job.tenant_id, job.variables[FOR_CALL], job.variables[LABEL]))
 
     def finished(self, job: Job) -> None:
         """The briefing call is over at Twilio: one that never reached the person tells the caller."""
