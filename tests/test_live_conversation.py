@@ -125,22 +125,25 @@ def test_keys_reach_gpt_live_as_context_and_the_model_answers_them() -> None:
     assert turns[1].text_heard == turns[1].text_generated
 
 
+def delegated_call(call_id: str, name: str) -> list[dict[str, object]]:
+    """A delegation in which the Responses model calls one tool, then completes."""
+    item = {"type": "function_call", "call_id": call_id, "name": name, "arguments": "{}"}
+    return [
+        {
+            "type": "response.event",
+            "delegation_id": "dlg_9",
+            "event": {"type": "response.output_item.done", "item": item},
+        },
+        {"type": "response.event", "delegation_id": "dlg_9", "event": {"type": "response.completed", "response": {}}},
+    ]
+
+
 def test_a_tool_relay_does_not_offer_gets_an_error_and_the_delegation_goes_on() -> None:
     call = VirtualCall(agent_config=AGENT)
     call.run(0.5)
     sent: list[dict[str, object]] = []
     call.conversation._upstream = type("Sink", (), {"send": lambda self, m: sent.append(orjson.loads(m))})()
-    for event in (
-        {
-            "type": "response.event",
-            "delegation_id": "dlg_9",
-            "event": {
-                "type": "response.output_item.done",
-                "item": {"type": "function_call", "call_id": "call_9", "name": "lookup", "arguments": "{}"},
-            },
-        },
-        {"type": "response.event", "delegation_id": "dlg_9", "event": {"type": "response.completed", "response": {}}},
-    ):
+    for event in delegated_call("call_9", "lookup"):
         call.conversation.backend_message(orjson.dumps(event), call.now)
     assert [m["type"] for m in sent] == ["response.item.create", "response.create"]
     item = sent[0]["item"]
@@ -165,17 +168,7 @@ def test_a_delegated_tenant_tool_is_answered_when_its_endpoint_answers() -> None
     asked: list[str] = []
     call.conversation._upstream = type("Sink", (), {"send": lambda self, m: sent.append(orjson.loads(m))})()
     call.conversation.on_tool = lambda call_id, tool, arguments: asked.append(call_id)
-    for event in (
-        {
-            "type": "response.event",
-            "delegation_id": "dlg_9",
-            "event": {
-                "type": "response.output_item.done",
-                "item": {"type": "function_call", "call_id": "call_9", "name": "book", "arguments": "{}"},
-            },
-        },
-        {"type": "response.event", "delegation_id": "dlg_9", "event": {"type": "response.completed", "response": {}}},
-    ):
+    for event in delegated_call("call_9", "book"):
         call.conversation.backend_message(orjson.dumps(event), call.now)
     assert asked == ["call_9"] and sent == []  # the delegation waits for the endpoint
     call.conversation.tool_answered("call_9", {"result": {"booked": True}}, call.now)

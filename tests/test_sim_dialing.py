@@ -13,12 +13,9 @@ import dataclasses
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -35,6 +32,7 @@ from relay.sim.switchboard import (
     parse_dial,
 )
 from relay.sim.twilio_rest import TwilioSim
+from tests.test_sim_twilio_rest import Hooks
 
 ACCOUNT, TOKEN = "AC" + "3" * 32, "dial-sim-token"
 CALLER_TOKEN = "sim-auth-token"  # TwilioCaller's default
@@ -61,61 +59,9 @@ def seconds(text: str) -> float:
     return len(audio.speak(text)) / audio.SAMPLE_RATE
 
 
-@dataclass
-class Hit:
-    method: str
-    path: str
-    params: dict[str, str]
-    valid: bool  # X-Twilio-Signature checked with the token of the account that sent it
-    at: float
-
-
-class Hooks:
-    """The customer's HTTP endpoint: records requests, answers ``twiml[path]`` (``<Response/>``)."""
-
-    def __init__(self) -> None:
-        self.hits: list[Hit] = []
-        self.twiml: dict[str, str] = {}
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def at(self, path: str) -> list[Hit]:
-        return [hit for hit in self.hits if hit.path == path]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        method, target, _ = head[0].split(" ")
-        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in head[1:] if line)}
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        params = dict(parse_qsl(body.decode(), keep_blank_values=True))
-        token = TOKEN if params.get("AccountSid") == ACCOUNT else CALLER_TOKEN
-        valid = RequestValidator(token).validate(self.url(target), params, headers.get("x-twilio-signature", ""))
-        path = urlsplit(target).path
-        self.hits.append(Hit(method, path, params, valid, asyncio.get_running_loop().time()))
-        answer = self.twiml.get(path, "<Response/>").encode()
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nConnection: close\r\n"
-            + f"Content-Length: {len(answer)}\r\n\r\n".encode()
-            + answer
-        )
-        await writer.drain()
-        writer.close()
-
-
 @pytest.fixture
 async def hooks() -> AsyncIterator[Hooks]:
-    endpoint = Hooks()
+    endpoint = Hooks({ACCOUNT: TOKEN}, default_token=CALLER_TOKEN)
     await endpoint.start()
     yield endpoint
     await endpoint.stop()

@@ -12,7 +12,7 @@ import base64
 import itertools
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -53,10 +53,12 @@ class Hit:
 class Hooks:
     """The customer's HTTP endpoint: records signed webhooks, answers TwiML (``<Response/>`` by default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokens: Mapping[str, str] = TOKENS, default_token: str = "") -> None:
+        """``tokens``: each account's auth token, which checks the signatures of its webhooks."""
         self.hits: list[Hit] = []
         self.twiml: dict[str, str] = {}
         self.port = 0
+        self._tokens, self._default_token = tokens, default_token
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -81,7 +83,7 @@ class Hooks:
         url = self.url(target)
         params = dict(parse_qsl(body.decode(), keep_blank_values=True)) if method == "POST" else {}
         signed = params if method == "POST" else dict(parse_qsl(urlsplit(target).query))
-        token = TOKENS.get(signed.get("AccountSid", ""), "")
+        token = self._tokens.get(signed.get("AccountSid", ""), self._default_token)
         valid = RequestValidator(token).validate(url, params, headers.get("x-twilio-signature", ""))
         path = urlsplit(target).path
         self.hits.append(Hit(method, path, signed, valid, asyncio.get_running_loop().time()))
