@@ -35,6 +35,7 @@ def test_campaign_csv_columns_become_variables() -> None:
         ("to,name\n+15550001001,Ann,extra\n", "line 2: more fields"),
         ("to\n+15550001001\n+15550001001\n", "line 3: +15550001001 is on line 2 already"),
         ("to,1bad\n+15550001001,x\n", "variable name '1bad'"),
+        ("to,relay_transfer_of\n+15550001001,CA1\n", "names beginning relay_ are relay's own"),
     ],
 )
 def test_campaign_csv_refuses_with_the_line(text: str, says: str) -> None:

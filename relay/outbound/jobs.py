@@ -47,6 +47,7 @@ MAX_VARIABLE_VALUE = 500
 MAX_CAMPAIGN = 10_000
 MAX_KEY = 200
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+RESERVED_PREFIX = "relay_"  # variables relay sets on calls it places for itself (a warm transfer's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,8 @@ def variable_problems(variables: Mapping[str, Any]) -> list[str]:
     for name, value in variables.items():
         if not _VARIABLE_NAME.fullmatch(str(name)):
             out.append(f"variable name {str(name)[:40]!r} must be a letter or _ then letters, digits, _ (≤ 64)")
+        elif str(name).startswith(RESERVED_PREFIX):
+            out.append(f"variable name {str(name)[:40]!r}: names beginning {RESERVED_PREFIX} are relay's own")
         elif not isinstance(value, str) or len(value) > MAX_VARIABLE_VALUE or not value.isprintable():
             out.append(f"variable {name}: a value must be text of at most {MAX_VARIABLE_VALUE} printable characters")
     return out

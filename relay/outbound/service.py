@@ -226,7 +226,13 @@ class Outbound:
             self.warm.unplaced(job)
 
     def _in_background(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
+        async def logged() -> None:
+            try:
+                await work
+            except Exception as exc:  # noqa: BLE001 - the store away: this key or end is lost, the call goes on
+                log.warning("a placed call's key or end could not be handled (%s)", type(exc).__name__)
+
+        task = asyncio.ensure_future(logged())
         self._work.add(task)
         task.add_done_callback(self._work.discard)
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from relay import twilio
 from relay.agents import AgentProfile
 from relay.conversation import TRANSFERRED
-from relay.outbound.jobs import CallSpec, Job
+from relay.outbound.jobs import RESERVED_PREFIX, CallSpec, Job
 from relay.routing import NOTE, TRANSFER, CallRequest, OwnerSilent
 from relay.tools.spec import TransferTarget
 
@@ -37,11 +37,21 @@ log = logging.getLogger("relay.outbound.warm")
 
 PRIORITY = 100  # placed before any campaign's call: a caller is waiting
 # The variables of a briefing call: the call it is for, who is being asked, and the matter.
-FOR_CALL, LABEL, SUMMARY = "transfer_of", "transfer_label", "transfer_summary"
+# (Reserved: no call queued through the API or the CLI may set them.)
+FOR_CALL, LABEL, SUMMARY = (
+    f"{RESERVED_PREFIX}{name}" for name in ("transfer_of", "transfer_label", "transfer_summary")
+)
 DECLINED = "transfer_declined"  # how a briefing call ends that the person declined
 CALLER_GONE = "transfer_caller_gone"  # the caller left before the person took the call
 # What Twilio's final status says about a briefing call that never reached the person.
 UNREACHED = frozenset({"no-answer", "busy", "failed", "canceled"})
+
+
+async def _logged(work: Any) -> None:
+    try:
+        await work
+    except Exception as exc:  # noqa: BLE001 - the store or the peers away: this step is lost, the calls go on
+        log.warning("a warm transfer step failed (%s)", type(exc).__name__)
 
 
 def is_briefing(job: Job) -> bool:
@@ -59,7 +69,7 @@ class WarmTransfers:
         self._work: set[asyncio.Future[None]] = set()
 
     def _in_background(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
+        task = asyncio.ensure_future(_logged(work))
         self._work.add(task)
         task.add_done_callback(self._work.discard)
 
