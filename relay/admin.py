@@ -71,7 +71,13 @@ def limit(text: str) -> int | None:
 
 def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     """The store commands' parsers, under ``relay``'s subcommands."""
-    commands.add_parser("migrate", help="create or upgrade the Postgres schema (DATABASE_URL)")
+    migrate = commands.add_parser("migrate", help="create or upgrade the Postgres schema (DATABASE_URL)")
+    migrate.add_argument(
+        "--supabase",
+        action="store_true",
+        help="also let a Supabase/PostgREST project's users read their tenant's rows with their own tokens "
+        "(the tenant_id claim; role authenticated, read-only; anon gets nothing)",
+    )
     tenants = commands.add_parser("tenants", help="add or list tenants (Postgres)")
     tenant_actions = tenants.add_subparsers(dest="action", required=True)
     add_tenant = tenant_actions.add_parser("add", help="add a tenant, with a default agent from RELAY_AGENT_*")
@@ -317,7 +323,7 @@ async def _postgres(args: argparse.Namespace, settings: Settings) -> int:
     from relay import pg
 
     if args.command == "migrate":
-        applied = await pg.migrate(settings.database_url)
+        applied = await pg.migrate(settings.database_url, supabase=args.supabase)
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
         return 0
     try:

@@ -324,3 +324,11 @@ def test_tools_are_a_tenants_own_on_postgres(pg: str, capsys: pytest.CaptureFixt
     code, _, err = run(capsys, *argv, "nosuch")
     assert code == 2 and "no tenant 'nosuch'" in err
     assert orjson.loads(run(capsys, "tools", "list", "--tenant", "acme")[1])["name"] == "book"
+
+
+@pytest.mark.postgres
+def test_migrate_sets_a_supabase_project_up_on_request(pg: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "migrate", "--supabase")
+    assert code == 0 and out.strip() == "applied: supabase"
+    code, out, _ = run(capsys, "migrate")
+    assert code == 0 and "nothing (up to date)" in out

@@ -38,15 +38,22 @@ def migrations() -> list[tuple[str, str]]:
     return found
 
 
-async def migrate(dsn: str) -> list[str]:
+async def migrate(dsn: str, *, supabase: bool = False) -> list[str]:
     """Apply the migrations ``dsn``'s database lacks, each in its own transaction.
 
     Safe to run from several relays at once: each migration runs under a transaction-scoped
     advisory lock and re-checks ``schema_migrations`` once it holds it.
 
+    Args:
+        supabase: also set the database up for reads with a Supabase project's users' tokens
+            (``relay.pg.supabase``); a database set up so before is set up again, whatever this says.
+
     Returns:
-        The versions applied by this call, in order (empty when the schema is current).
+        The versions applied by this call, in order (empty when the schema is current), then
+        ``"supabase"`` when asked for.
     """
+    from relay.pg import supabase as project
+
     applied: list[str] = []
     conn = await asyncpg.connect(dsn)
     try:
@@ -60,6 +67,12 @@ async def migrate(dsn: str) -> list[str]:
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
             log.info("applied migration %s to %s", version, redact(dsn))
             applied.append(version)
+        if supabase or await project.applied(conn):
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(project.statements())
+            if supabase:
+                applied.append("supabase")
     finally:
         await conn.close()
     return applied
