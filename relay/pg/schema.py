@@ -46,7 +46,8 @@ async def migrate(dsn: str, *, supabase: bool = False) -> list[str]:
 
     Args:
         supabase: also set the database up for reads with a Supabase project's users' tokens
-            (``relay.pg.supabase``); a database set up so before is set up again, whatever this says.
+            (``relay.pg.supabase``); a database set up so before is set up again whenever a
+            migration is applied, whatever this says.
 
     Returns:
         The versions applied by this call, in order (empty when the schema is current), then
@@ -67,7 +68,9 @@ async def migrate(dsn: str, *, supabase: bool = False) -> list[str]:
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
             log.info("applied migration %s to %s", version, redact(dsn))
             applied.append(version)
-        if supabase or await project.applied(conn):
+        # Again after new migrations only (their tables need it): a policy's re-creation locks its
+        # table, which a relay starting beside live calls must not do for nothing.
+        if supabase or (applied and await project.applied(conn)):
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
                 await conn.execute(project.statements())

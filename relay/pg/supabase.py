@@ -14,8 +14,9 @@ claim, ``request.jwt.claim.<name>``). Applied here, beside relay's own roles and
   default privileges grant them everything on new tables);
 * ``service_role`` may act as relay's writer and reader.
 
-Without the flag nothing of this exists. Once applied, every later ``migrate`` (``relay serve``
-runs one at start) applies it again, so tables a newer relay adds are covered too. Every
+Without the flag nothing of this exists. Once applied, a later ``migrate`` that applies a
+migration (a newer relay's, at ``relay serve``'s start) applies it again, so the tables it adds
+are covered too. Every
 statement is idempotent; the roles are made, NOLOGIN, where they do not exist (plain Postgres
 behind PostgREST).
 """
