@@ -15,6 +15,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import orjson
@@ -48,6 +49,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
     from relay.admission import Admission
     from relay.agents import DEFAULT_AGENT
     from relay.outbound import wiring
+    from relay.redaction import Redaction
     from relay.server import Relay, RelayServer
     from relay.store import DEFAULT_TENANT, SQLiteStore, Store
     from relay.tenants import CachedDirectory, Directory, SingleTenant
@@ -88,6 +90,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         from relay.pg.tools import PostgresToolStore
 
         tool_store: ToolStore = PostgresToolStore(pg.pool)
+        redactions: Callable[[str], Awaitable[Redaction | None]] | None = pg.directory.redaction
         jobs = postgres_jobs(
             pg.pool, pg.directory, account_sid=settings.twilio_account_sid, from_number=settings.outbound_from
         )
@@ -102,6 +105,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         peers = None  # alone: every call it is asked about is its own or nobody's
         credential_source = None
         tool_store = SQLiteToolStore(settings.sqlite_path, DEFAULT_TENANT, DEFAULT_AGENT)
+        redactions = None  # the environment's (Settings.redaction)
         await store.open()
         jobs = await wiring.embedded_jobs(settings)
     for warning in models.shutdown_warnings(models_in_use):
@@ -117,6 +121,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
             worker=worker,
             peers=peers,
             tool_store=tool_store,
+            redactions=redactions,
         )
     )
     server.relay.outbound = wiring.placing(settings, server.relay, jobs, server.relay.instance_id)

@@ -24,6 +24,7 @@ from relay import models, usage_report
 from relay.agents import BACKENDS, RANGES, Agent
 from relay.config import Settings
 from relay.errors import InputError
+from relay.redaction import Redaction
 from relay.store import DEFAULT_TENANT
 from relay.tools import cli as tool_cli
 from relay.twilio import CALL_SID
@@ -106,6 +107,17 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         "--on-call", help="who an after-hours escalation reaches, in order: 'Dana=+1555…,Lee=+1555…'"
     )
     set_outbound.add_argument("--race-timeout-s", type=int, help="how long each on-call contact has to take it")
+
+    set_redaction = tenant_actions.add_parser(
+        "set-redaction",
+        help="keep card numbers, digit runs, e-mail addresses (and your patterns) out of the tenant's stored turns",
+    )
+    set_redaction.add_argument("tenant_id")
+    set_redaction.add_argument(
+        "--pattern", action="append", default=[], metavar="NAME=REGEX", help="also stored as [NAME] (repeatable)"
+    )
+    set_redaction.add_argument("--mask-dtmf", action="store_true", help="store keys pressed as *")
+    set_redaction.add_argument("--off", action="store_true", help="store turns as said again")
 
     numbers = commands.add_parser("numbers", help="route a phone number to a tenant (Postgres)")
     number_actions = numbers.add_subparsers(dest="action", required=True)
@@ -367,6 +379,17 @@ async def _tenants_set_outbound(directory: Any, args: argparse.Namespace, settin
     print(f"tenant {args.tenant_id}: outbound settings saved")
 
 
+async def _tenants_set_redaction(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    if any("=" not in p for p in args.pattern):
+        raise InputError("--pattern takes NAME=REGEX")
+    patterns = tuple((name, regex) for name, _, regex in (p.partition("=") for p in args.pattern))
+    redaction = Redaction(patterns, args.mask_dtmf)
+    if redaction.problems():
+        raise InputError("; ".join(redaction.problems()))
+    await directory.set_redaction(args.tenant_id, None if args.off else redaction)
+    print(f"tenant {args.tenant_id}: stored turns are " + ("as said" if args.off else "redacted"))
+
+
 async def _numbers_add(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
     await directory.add_number(args.e164, args.tenant, args.agent)
     print(f"{args.e164} -> tenant {args.tenant}, agent {args.agent}")
@@ -437,6 +460,7 @@ _HANDLERS: dict[tuple[str, str | None], Callable[..., Awaitable[None]]] = {
     ("tenants", "list"): _tenants_list,
     ("tenants", "set-token"): _tenants_set_token,
     ("tenants", "set-outbound"): _tenants_set_outbound,
+    ("tenants", "set-redaction"): _tenants_set_redaction,
     ("numbers", "add"): _numbers_add,
     ("agents", "add"): _agents_add,
     ("agents", "set"): _agents_set,

@@ -18,6 +18,7 @@ from relay.outbound.jobs import QuietHours
 from relay.outbound.race import BusinessHours, parse_contacts
 from relay.outbound.rest import DEFAULT_API_URL as DEFAULT_TWILIO_API_URL
 from relay.pricing import PriceTable
+from relay.redaction import Redaction
 from relay.streamtoken import derive_secret
 from relay.twilio import ACCOUNT_SID, E164
 
@@ -125,6 +126,12 @@ class Settings:
     # off: a tenant's URL never reaches relay's own network).
     tools_ca_file: str = ""
     tools_allow_private: bool = False
+    # What the embedded store's tenant keeps out of its stored turns (relay.redaction): on, its
+    # own patterns (JSON {"name": "regex"}), keys masked. A Postgres tenant's is its own
+    # (relay tenants set-redaction).
+    redact: bool = False
+    redact_patterns: str = ""
+    redact_dtmf: bool = False
 
     @property
     def stream_token_key(self) -> bytes:
@@ -135,6 +142,18 @@ class Settings:
         """
         seed = self.stream_secret or self.twilio_auth_token
         return derive_secret(seed) if seed else b""
+
+    @property
+    def redaction(self) -> Redaction | None:
+        """The embedded store's tenant's redaction (None: turns stored as said).
+
+        Raises:
+            InputError: RELAY_REDACT_PATTERNS is not a JSON object of good patterns (``from_env`` says so first).
+        """
+        if not self.redact:
+            return None
+        patterns = self.redact_patterns or "{}"
+        return Redaction.from_json(f'{{"patterns": {patterns}, "mask_dtmf": {str(self.redact_dtmf).lower()}}}')
 
     @property
     def agent(self) -> AgentProfile:
@@ -300,12 +319,19 @@ class Settings:
         number("RELAY_RACE_TIMEOUT_S", "race_timeout_s", int, 10, 3600)
         text("RELAY_TOOLS_CA_FILE", "tools_ca_file")
         flag("RELAY_TOOLS_ALLOW_PRIVATE", "tools_allow_private")
+        flag("RELAY_REDACT", "redact")
+        text("RELAY_REDACT_PATTERNS", "redact_patterns")
+        flag("RELAY_REDACT_DTMF", "redact_dtmf")
         if "RELAY_TWILIO_API_URL" in env and any(env.get(name) for name in ("TWILIO_EDGE", "TWILIO_REGION")):
             # The twilio library rewrites the API's host for an edge or region: a stand-in's
             # address would be mangled (BACKENDS §6.1).
             problems.append("RELAY_TWILIO_API_URL cannot be used with TWILIO_EDGE or TWILIO_REGION set: unset them")
 
         settings = cls(**values)  # type: ignore[arg-type]  # values checked one by one above
+        try:
+            settings.redaction  # noqa: B018 - read to check RELAY_REDACT_PATTERNS
+        except InputError as exc:
+            problems.append(f"RELAY_REDACT_PATTERNS: {exc}")
         problems += settings.problems(serve=serve)
         if problems:
             raise ConfigError(problems)

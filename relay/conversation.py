@@ -58,6 +58,7 @@ from relay.call_options import CallOptions
 from relay.errors import BackendError, BackendFatal, ProtocolError
 from relay.fastpath import EV_AUDIO_ERROR, EV_NEW_ITEM, EV_PLAYED, ItemAudio, MediaCore
 from relay.live_turns import LiveTurns, TimedTurn
+from relay.redaction import Redaction
 from relay.store import DEFAULT_TENANT, CallEnd, CallRecord, Record, TurnRecord
 from relay.tools.spec import TRANSFER_CALL, TenantTool, TransferTarget
 from relay.usage import CallUsage, UsageMeter, UsageRecord
@@ -283,6 +284,7 @@ class Conversation:
         prices: pricing.PriceTable | None = None,
         resumed: Resumed | None = None,
         core: Callable[..., Any] = MediaCore,
+        redaction: Redaction | None = None,
     ) -> None:
         backend = ev.for_agent(agent)
         self.media: MediaCore = core(
@@ -299,7 +301,8 @@ class Conversation:
         self.start = start
         self.agent = agent
         self.options = options
-        self._submit = submit
+        # What is stored passes through the tenant's redaction (the live conversation does not).
+        self._submit = submit if redaction is None else (lambda record: submit(redaction.record(record)))
         self._stats = CallStats()
         params = start.custom_parameters
         self.tenant_id = params.get("tenant") or DEFAULT_TENANT

@@ -54,6 +54,7 @@ from relay.metrics import CONTENT_TYPE_LATEST, LAG_BUCKETS_MS, Buckets, CallLedg
 from relay.outbound import warm
 from relay.outbound.service import AMD_PATH, OUTBOUND_PATH, SMS_PATH, Outbound
 from relay.pacer import Pacer
+from relay.redaction import Redaction
 from relay.routing import (
     HANGUP,
     NOTE,
@@ -103,6 +104,7 @@ HOOK_EXPECTED_S = 5.0
 # The call control API: POST /v1/calls/{CallSid}/<action>.
 CONTROL_PREFIX = "/v1/calls/"
 CONTROL_ACTIONS = {"hangup": HANGUP, "say": SAY, "transfer": TRANSFER}
+REDACTION_CACHE_S = 5.0  # a tenant's changed redaction reaches new calls within this
 TRANSFER_LINE = "Please hold while I put you through."  # said before a transfer the API asked for with no line
 MAX_SAY = 1000  # characters of a line the API asks the agent to say
 # A call relay ended to move it to another relay: the after-stream hook connects a new stream.
@@ -141,8 +143,13 @@ class Relay:
         worker: Worker | None = None,
         peers: Peers | None = None,
         tool_store: ToolStore | None = None,
+        redactions: Callable[[str], Awaitable[Redaction | None]] | None = None,
     ) -> None:
         self.settings = settings
+        # Each tenant's redaction of what is stored (the embedded store's: the environment's),
+        # read once per REDACTION_CACHE_S.
+        self._redactions = redactions
+        self._redaction_cache: dict[str, tuple[float, Redaction | None]] = {}
         # Agents' own tools and transfer targets (None: agents only talk), and what calls the tools.
         self.tool_store = tool_store
         self.tools = ToolInvoker(ca_file=settings.tools_ca_file, allow_private=settings.tools_allow_private)
@@ -470,6 +477,18 @@ class Relay:
                 return session
         return None
 
+    async def redaction(self, tenant_id: str) -> Redaction | None:
+        """What the tenant's stored turns may not hold (None: stored as said)."""
+        if self._redactions is None:
+            return self.settings.redaction
+        now = time.monotonic()
+        hit = self._redaction_cache.get(tenant_id)
+        if hit is None or hit[0] <= now:
+            if len(self._redaction_cache) > 10_000:
+                self._redaction_cache.clear()
+            hit = self._redaction_cache[tenant_id] = (now + REDACTION_CACHE_S, await self._redactions(tenant_id))
+        return hit[1]
+
     def transfer(self, session: CallSession, target: TransferTarget, summary: str) -> dict[str, Any] | None:
         """The agent asked to put the caller through (``transfer_call``): a cold transfer is readied
         here (the after-stream hook dials it once the agent's line is heard: None); a warm one runs
@@ -740,6 +759,7 @@ class Relay:
             tool_store=self.tool_store,
             tool_invoker=self.tools,
             on_transfer=self.transfer,
+            redaction_for=self.redaction,
         )
         if self.handing_off:
             session.hand_off()  # a stream still reaching a relay that is handing its calls on

@@ -43,6 +43,7 @@ from relay.errors import BackendError, BackendFatal, ProtocolError
 from relay.fastpath import LEG_BACKEND, LEG_TWILIO, MediaCore
 from relay.pacer import Pacer
 from relay.pricing import PriceTable
+from relay.redaction import Redaction
 from relay.store import DEFAULT_TENANT, Store, TurnRecord
 from relay.tools.invoke import ToolContext, ToolInvoker
 from relay.tools.spec import TenantTool, TransferTarget
@@ -177,6 +178,7 @@ class CallSession:
         tool_store: ToolStore | None = None,
         tool_invoker: ToolInvoker | None = None,
         on_transfer: OnTransfer | None = None,
+        redaction_for: Callable[[str], Awaitable[Redaction | None]] | None = None,
     ) -> None:
         self.twilio = twilio_ws
         self._connect_upstream = connect_upstream
@@ -207,6 +209,7 @@ class CallSession:
         self._tool_secret = ""
         self._on_transfer = on_transfer
         self._tool_calls: set[asyncio.Task[None]] = set()
+        self._redaction_for = redaction_for  # the tenant's redaction of what is stored
         self.start: twilio.Start | None = None
         self.conversation: Conversation | None = None
         self.end_reason = ""
@@ -346,7 +349,14 @@ class CallSession:
             await self._prepare_agent(start)
         resumed = await self._resumed(start) if start.custom_parameters.get("resume") == "1" else None
         conversation = self.conversation = Conversation(
-            start, self._agent, self.twilio, self._store.submit, self._options, prices=self._prices, resumed=resumed
+            start,
+            self._agent,
+            self.twilio,
+            self._store.submit,
+            self._options,
+            prices=self._prices,
+            resumed=resumed,
+            redaction=await self._redaction(),
         )
         # The shared clock paces the media core's ring (a C call per tick) and, while keys wait
         # to be sent, the conversation's own tick.
@@ -458,6 +468,20 @@ class CallSession:
             found = None
         if found is not None:
             self._agent = found.profile(self._agent)
+
+    async def _redaction(self) -> Redaction | None:
+        """The tenant's redaction. Unreadable, every turn is redacted as the default redacts
+        (cards, digit runs, e-mail addresses): a tenant that asked for it is never stored in clear."""
+        if self._redaction_for is None:
+            return None
+        try:
+            async with asyncio.timeout(RESUME_READ_TIMEOUT):
+                return await self._redaction_for(self.tenant_id)
+        except Exception as exc:  # noqa: BLE001 - the store is away: redact rather than risk it
+            log.warning(
+                "call %s: the tenant's redaction is unreadable (%s); redacting", self.call_sid, type(exc).__name__
+            )
+            return Redaction()
 
     async def _load_actions(self) -> None:
         """The agent's tools and transfer targets, from the store (bounded: without them the call

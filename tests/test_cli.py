@@ -332,3 +332,24 @@ def test_migrate_sets_a_supabase_project_up_on_request(pg: str, capsys: pytest.C
     assert code == 0 and out.strip() == "applied: supabase"
     code, out, _ = run(capsys, "migrate")
     assert code == 0 and "nothing (up to date)" in out
+
+
+@pytest.mark.postgres
+def test_a_tenants_redaction_is_set_and_read_back(pg: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from relay.pg import Directory
+    from relay.redaction import Redaction
+
+    run(capsys, "tenants", "add", "acme")
+    assert run(capsys, "tenants", "set-redaction", "acme", "--pattern", r"order=ORD-\d+", "--mask-dtmf")[0] == 0
+    code, _, err = run(capsys, "tenants", "set-redaction", "acme", "--pattern", "x=(")
+    assert code == 2 and "not a regular expression" in err
+
+    async def read() -> Redaction | None:
+        async with Directory.connect(pg) as directory:
+            return await directory.redaction("acme")
+
+    assert asyncio.run(read()) == Redaction((("order", r"ORD-\d+"),), mask_dtmf=True)
+    assert run(capsys, "tenants", "set-redaction", "acme", "--off")[0] == 0
+    assert asyncio.run(read()) is None
+    code, _, err = run(capsys, "tenants", "set-redaction", "nosuch")
+    assert code == 2 and "no tenant 'nosuch'" in err

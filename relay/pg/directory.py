@@ -17,6 +17,7 @@ from relay.errors import InputError
 from relay.outbound.jobs import QuietHours
 from relay.outbound.race import BusinessHours, parse_contacts
 from relay.pg.db import SELECT_CALLS, SELECT_TURNS, as_tenant, as_writer, placeholders
+from relay.redaction import Redaction
 from relay.store import TurnRecord
 from relay.trust import Credential
 from relay.twilio import ACCOUNT_SID, E164
@@ -147,6 +148,27 @@ class Directory:
         sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(values, start=2))
         async with as_writer(self._pool) as conn:
             await conn.execute(f"UPDATE tenants SET {sets} WHERE tenant_id = $1", tenant_id, *values.values())
+
+    async def set_redaction(self, tenant_id: str, redaction: Redaction | None) -> None:
+        """What the tenant's stored turns may not hold (None: stored as said).
+
+        Raises:
+            InputError: no such tenant.
+        """
+        async with as_writer(self._pool) as conn:
+            found = await conn.execute(
+                "UPDATE tenants SET redaction = $2::jsonb WHERE tenant_id = $1",
+                tenant_id,
+                redaction.to_json() if redaction is not None else None,
+            )
+        if found == "UPDATE 0":
+            await self.require_tenant(tenant_id)
+
+    async def redaction(self, tenant_id: str) -> Redaction | None:
+        """The tenant's redaction, if it has one (read as each call starts)."""
+        async with as_writer(self._pool) as conn:
+            value = await conn.fetchval("SELECT redaction::text FROM tenants WHERE tenant_id = $1", tenant_id)
+        return Redaction.from_json(value) if value else None
 
     async def outbound_settings(self, tenant_id: str) -> dict[str, Any] | None:
         """What placing the tenant's calls needs: its own Twilio account (if any), its caller ID
