@@ -13,19 +13,23 @@ import logging
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import orjson
 import uvloop
 
-from relay import __version__, admin, fastpath, logs, models, tracing
+from relay import __version__, admin, fastpath, logs, models, retention_cli, tracing
 from relay.config import Settings
 from relay.errors import ConfigError
 from relay.routing import Peers
 from relay.workers import Worker, supervise
+
+if TYPE_CHECKING:
+    from relay.retention import Purger, Retention
 
 log = logging.getLogger("relay")
 
@@ -50,6 +54,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
     from relay.agents import DEFAULT_AGENT
     from relay.outbound import wiring
     from relay.redaction import Redaction
+    from relay.retention import SQLitePurger
     from relay.server import Relay, RelayServer
     from relay.store import DEFAULT_TENANT, SQLiteStore, Store
     from relay.tenants import CachedDirectory, Directory, SingleTenant
@@ -90,6 +95,11 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         from relay.pg.tools import PostgresToolStore
 
         tool_store: ToolStore = PostgresToolStore(pg.pool)
+        from relay.pg.retention import PostgresPurger
+
+        pg_purger = PostgresPurger(pg.pool)
+        purger: Purger = pg_purger
+        policies: Callable[[], Awaitable[dict[str, Retention]]] = pg_purger.policies
         redactions: Callable[[str], Awaitable[Redaction | None]] | None = pg.directory.redaction
         jobs = postgres_jobs(
             pg.pool, pg.directory, account_sid=settings.twilio_account_sid, from_number=settings.outbound_from
@@ -106,6 +116,13 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         credential_source = None
         tool_store = SQLiteToolStore(settings.sqlite_path, DEFAULT_TENANT, DEFAULT_AGENT)
         redactions = None  # the environment's (Settings.redaction)
+        purger = SQLitePurger(settings.sqlite_path)
+
+        async def embedded() -> dict[str, Retention]:
+            return retention_cli.embedded_policies(settings)
+
+        policies = embedded
+
         await store.open()
         jobs = await wiring.embedded_jobs(settings)
     for warning in models.shutdown_warnings(models_in_use):
@@ -130,6 +147,9 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         await peers.start(server.relay.answer_peer)
     await server.start()
     server.relay.outbound.start()
+    retention = (
+        asyncio.create_task(_keep_retention(settings, purger, policies)) if settings.retention_interval_s else None
+    )
     log.info(
         "relay %s listening on %s:%d; Twilio streams to %s; fastpath=%s; store=%s %s",
         __version__,
@@ -174,11 +194,31 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         await asyncio.gather(drain, return_exceptions=True)
         await server.close(drain_timeout=0.0)
     at_once.cancel()
+    if retention is not None:
+        retention.cancel()
     await server.relay.outbound.close()
     if peers is not None:
         await peers.close()
     log.info("every call has left; closing the store")
     await store.close(timeout=30.0)
+
+
+async def _keep_retention(
+    settings: Settings, purger: Purger, policies: Callable[[], Awaitable[dict[str, Retention]]]
+) -> None:
+    """Every RELAY_RETENTION_INTERVAL_S, delete what is past each tenant's retention (in bounded
+    batches, beside the calls being stored)."""
+    from relay.retention import purge
+
+    while True:
+        await asyncio.sleep(settings.retention_interval_s)
+        try:
+            report = await purge(purger, await policies(), time.time(), pause_s=0.01)
+        except Exception as exc:  # noqa: BLE001 - the store is away: the next round catches up
+            log.warning("retention: deleting old records failed (%s)", type(exc).__name__)
+            continue
+        if any(report.deleted.values()):
+            log.info("retention: deleted %s in %d batch(es)", report.deleted, report.batches)
 
 
 def drain(settings: Settings, handoff: bool) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from relay import models, usage_report
+from relay import models, retention_cli, usage_report
 from relay.agents import BACKENDS, RANGES, Agent
 from relay.config import Settings
 from relay.errors import InputError
@@ -31,7 +31,7 @@ from relay.twilio import CALL_SID
 
 COMMANDS = (
     "migrate", "tenants", "numbers", "agents", "calls", "turns", "usage", "keys", "call", "campaign", "jobs",
-    *tool_cli.COMMANDS,
+    *tool_cli.COMMANDS, "retention",
 )  # fmt: skip
 # Commands on the outbound queue and API keys, served by both stores (``_outbound``).
 OUTBOUND = ("keys", "call", "campaign", "jobs")
@@ -215,6 +215,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     usage.add_argument("--by", choices=usage_report.BY, default="day", help="one row per day (default), call or agent")
     usage.add_argument("--json", action="store_true", help="print the report as JSON, costs as exact decimal strings")
     tool_cli.add_commands(commands)
+    retention_cli.add_commands(commands)
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -231,6 +232,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 raise InputError(str(exc)) from None
         if args.command == "calls" and args.action == "control":
             return tool_cli.control(args, settings)
+        if args.command == "retention":
+            await retention_cli.run(args, settings)
+            return 0
         if args.command in tool_cli.COMMANDS:
             await tool_cli.run(args, settings)
             return 0

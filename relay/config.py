@@ -19,6 +19,7 @@ from relay.outbound.race import BusinessHours, parse_contacts
 from relay.outbound.rest import DEFAULT_API_URL as DEFAULT_TWILIO_API_URL
 from relay.pricing import PriceTable
 from relay.redaction import Redaction
+from relay.retention import Retention
 from relay.streamtoken import derive_secret
 from relay.twilio import ACCOUNT_SID, E164
 
@@ -129,6 +130,12 @@ class Settings:
     # What the embedded store's tenant keeps out of its stored turns (relay.redaction): on, its
     # own patterns (JSON {"name": "regex"}), keys masked. A Postgres tenant's is its own
     # (relay tenants set-redaction).
+    # How long the embedded store's tenant's turns and calls (and usage) are kept, in days (0: for
+    # ever; a Postgres tenant's: relay retention set), and how often relay serve deletes what is
+    # past it (0: never; relay retention run does it at will).
+    retention_days: int = 0
+    usage_retention_days: int = 0
+    retention_interval_s: int = 0
     redact: bool = False
     redact_patterns: str = ""
     redact_dtmf: bool = False
@@ -142,6 +149,11 @@ class Settings:
         """
         seed = self.stream_secret or self.twilio_auth_token
         return derive_secret(seed) if seed else b""
+
+    @property
+    def retention(self) -> Retention:
+        """The embedded store's tenant's retention."""
+        return Retention(self.retention_days or None, self.usage_retention_days or None)
 
     @property
     def redaction(self) -> Redaction | None:
@@ -319,6 +331,9 @@ class Settings:
         number("RELAY_RACE_TIMEOUT_S", "race_timeout_s", int, 10, 3600)
         text("RELAY_TOOLS_CA_FILE", "tools_ca_file")
         flag("RELAY_TOOLS_ALLOW_PRIVATE", "tools_allow_private")
+        number("RELAY_RETENTION_DAYS", "retention_days", int, 0, 36500)
+        number("RELAY_USAGE_RETENTION_DAYS", "usage_retention_days", int, 0, 36500)
+        number("RELAY_RETENTION_INTERVAL_S", "retention_interval_s", int, 0, 86400 * 7)
         flag("RELAY_REDACT", "redact")
         text("RELAY_REDACT_PATTERNS", "redact_patterns")
         flag("RELAY_REDACT_DTMF", "redact_dtmf")

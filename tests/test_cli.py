@@ -353,3 +353,25 @@ def test_a_tenants_redaction_is_set_and_read_back(pg: str, capsys: pytest.Captur
     assert asyncio.run(read()) is None
     code, _, err = run(capsys, "tenants", "set-redaction", "nosuch")
     assert code == 2 and "no tenant 'nosuch'" in err
+
+
+@pytest.mark.postgres
+def test_retention_is_set_per_tenant_and_run_at_will(pg: str, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "tenants", "add", "acme")
+    assert run(capsys, "retention", "set", "acme", "--days", "30", "--usage-days", "400")[0] == 0
+    code, out, _ = run(capsys, "retention", "run")
+    assert code == 0 and out.startswith("deleted: call_turns 0, calls 0, usage 0")
+    code, _, err = run(capsys, "retention", "set", "acme", "--days", "0")
+    assert code == 2 and "days 0 is outside 1..36500" in err
+    code, _, err = run(capsys, "retention", "run", "--tenant", "nosuch")
+    assert code == 2 and "no tenant 'nosuch'" in err
+
+
+def test_retention_on_the_embedded_store_is_the_environments(
+    embedded: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELAY_RETENTION_DAYS", "30")
+    code, out, _ = run(capsys, "retention", "run")
+    assert code == 0 and out.startswith("deleted: call_turns 0")
+    code, _, err = run(capsys, "retention", "set", "default", "--days", "3")
+    assert code == 2 and "RELAY_RETENTION_DAYS" in err
