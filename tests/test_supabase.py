@@ -54,6 +54,8 @@ async def test_a_users_token_reads_its_tenants_rows_alone_and_only_reads(tmp_pat
                 assert len(turns) == 4 and {t["tenant_id"] for t in turns} == {a}
                 for table in sorted(CALL_TABLES):
                     assert {r["tenant_id"] for r in await conn.fetch(f"SELECT tenant_id FROM {table}")} == {a}, table
+            async with as_user(conn, "authenticated", claims_a):
+                assert [r["name"] for r in await conn.fetch("SELECT tenant_id, name FROM tenants")] == [a.upper()]
             async with as_user(conn, "authenticated", claims_b):
                 assert {t["tenant_id"] for t in await conn.fetch("SELECT * FROM call_turns")} == {b}
                 # relay's own setting is not a user's to choose: the claim still decides
@@ -71,6 +73,7 @@ async def test_a_users_token_reads_its_tenants_rows_alone_and_only_reads(tmp_pat
                 "UPDATE call_turns SET text_heard = 'x'",
                 "DELETE FROM call_turns",
                 "SELECT * FROM api_keys",
+                "SELECT twilio_auth_token FROM tenants",
                 "SELECT * FROM tool_secrets",
             ):
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):

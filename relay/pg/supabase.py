@@ -7,7 +7,8 @@ claim, ``request.jwt.claim.<name>``). Applied here, beside relay's own roles and
 
 * ``relay_jwt_tenant()``: the ``tenant_id`` claim of the request, or NULL;
 * on every table a tenant may read (those relay's reader may: ``readable_tables``),
-  ``SELECT`` for ``authenticated`` and two policies: ``tenant_jwt`` admits the rows of the
+  ``SELECT`` for ``authenticated`` (of every column but a secret one: a tenant's Twilio auth
+  token) and two policies: ``tenant_jwt`` admits the rows of the
   claim's tenant, and ``tenant_jwt_only``, restrictive, holds ``authenticated`` to that tenant
   alone whatever else it sets (``app.tenant_id`` is relay's, never a user's to choose);
 * ``anon`` and ``authenticated`` lose every other privilege on relay's tables (Supabase's
@@ -52,8 +53,20 @@ REVOKE ALL ON FUNCTION {MARKER}() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION {MARKER}() TO authenticated;
 """
 
+# Columns no user of the tenant's app may read, though relay's reader may (a secret).
+SECRET_COLUMNS = {"tenants": ("twilio_auth_token",)}
+
+_GRANT_SELECT = "GRANT SELECT ON {table} TO authenticated;"
+_GRANT_COLUMNS = """
+DO $$ DECLARE columns text; BEGIN
+    SELECT string_agg(quote_ident(column_name), ', ' ORDER BY ordinal_position) INTO columns
+    FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name = '{table}' AND column_name NOT IN ({secret});
+    EXECUTE format('GRANT SELECT (%s) ON {table} TO authenticated', columns);
+END $$;
+"""
+
 _TABLE = f"""
-GRANT SELECT ON {{table}} TO authenticated;
 DROP POLICY IF EXISTS tenant_jwt ON {{table}};
 CREATE POLICY tenant_jwt ON {{table}} FOR SELECT TO authenticated USING (tenant_id = {MARKER}());
 DROP POLICY IF EXISTS tenant_jwt_only ON {{table}};
@@ -83,7 +96,13 @@ def statements() -> str:
     out = [_ROLE.format(role=role) for role in ROLES]
     out.append(f"REVOKE ALL ON {', '.join(relay_tables())} FROM anon, authenticated;")
     out.append(_FUNCTION)
-    out += [_TABLE.format(table=table) for table in readable_tables()]
+    for table in readable_tables():
+        secret = SECRET_COLUMNS.get(table)
+        if secret:
+            out.append(_GRANT_COLUMNS.format(table=table, secret=", ".join(f"'{c}'" for c in secret)))
+        else:
+            out.append(_GRANT_SELECT.format(table=table))
+        out.append(_TABLE.format(table=table))
     out.append("GRANT relay_writer, relay_reader TO service_role;")
     return "\n".join(out)
 
