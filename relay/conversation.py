@@ -717,12 +717,16 @@ class Conversation:
         for message in self.backend.user_text(f"{ev.NOTE_PREFIX}{note}"):
             self._to_backend(message)
 
+    def stop_talking(self, now: float) -> None:
+        """What the agent is saying stops: Twilio drops what it holds, the backend's answer is cut."""
+        self._barge_in(now, keypress=True)
+
     def say_and_hang_up(self, message: str, now: float, reason: str) -> None:
         """What the agent is saying stops, it says ``message``, and the call ends (``reason``) once
         that has been heard: the message after an answering machine's beep, say."""
         if self.hangup_requested:
             return  # the agent is hanging up already
-        self._barge_in(now, keypress=True)  # cut what plays, cancel what is being made
+        self.stop_talking(now)  # cut what plays, cancel what is being made
         self.hangup_requested = True
         self.hangup_reason = reason
         self._to_backend(self.backend.say(message))

@@ -306,6 +306,8 @@ class CallSession:
         conversation = self.conversation
         message = self._agent.voicemail_message
         if conversation is None or not message:
+            if conversation is not None:  # what the agent was saying stops now, not at the close
+                conversation.stop_talking(self._loop.time())
             self.leave("machine_hangup", at_pause=False)
             return "hung_up"
         log.info("call %s: an answering machine; leaving the agent's message", self.call_sid)
