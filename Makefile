@@ -30,8 +30,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -c 'import relay.fastpath as f; assert f.IMPLEMENTATION == "cython", "compiled fast path not built"'
 	@lint=0; ( $(LINT) ) || lint=1; \
-	echo '$(BIN)/pytest tests bench --benchmark-disable -q -n 2 $(ARGS)'; \
-	$(BIN)/pytest tests bench --benchmark-disable -q -n 2 $(ARGS) || exit $$?; \
+	echo '$(BIN)/pytest tests bench --benchmark-disable -q -n 3 $(ARGS)'; \
+	$(BIN)/pytest tests bench --benchmark-disable -q -n 3 $(ARGS) || exit $$?; \
 	if [ $$lint -ne 0 ]; then echo "make test: the tests passed, make lint did not (see above)" >&2; exit 1; fi
 
 lint: $(STAMP)
