@@ -29,7 +29,7 @@ from twilio.request_validator import RequestValidator
 from relay.routing import CallRequest, Pending, RoutingError, decode, encode_answer, encode_request
 from relay.sim.agent import RealtimeAgent
 from relay.sim.caller import CallerScript, TwilioCaller, http_get
-from tests.pgutil import ACME_NUMBER
+from tests.pgutil import ACME_NUMBER, eventually
 from tests.test_call import FAST, SIM_AUTH_TOKEN
 from tests.test_drain import RelayProcess, relay_env, until
 
@@ -207,8 +207,7 @@ async def test_each_request_sent_to_the_wrong_relay_is_answered_by_the_one_holdi
         call = asyncio.create_task(third.run())
         await held_by(a, database)
         balancer.retarget(b.port)
-        while not third.result.turns or not third.result.turns[0].heard:  # after the first answer
-            await asyncio.sleep(0.05)
+        await eventually(lambda: bool(third.result.turns and third.result.turns[0].heard), what="the first answer")
         code, body = await cluster.control(c, third.call_sid, "transfer", {"to": "+15550701111"})
         assert code == 202 and body["instance"] == owner and body["transferring"], body
         result = await asyncio.wait_for(call, 30)

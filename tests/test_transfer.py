@@ -16,6 +16,7 @@ from relay.sim.phones import Person
 from relay.sim.switchboard import Reachable, Switchboard
 from relay.store import TurnRecord
 from relay.tools.spec import TransferTarget
+from tests.pgutil import eventually
 from tests.test_outbound_calls import ACCOUNT, CALLER_ID, TOKEN, Stack, outbound_stack
 
 FRONT, MANAGER = "+15550701111", "+15550702222"
@@ -140,8 +141,7 @@ async def test_the_api_transfers_a_live_call_of_the_keys_tenant_only(tmp_path: P
             switchboard=board,
         )
         running = asyncio.create_task(caller.run())
-        while not (caller.result.turns and caller.result.turns[0].heard):  # in the middle of the call
-            await asyncio.sleep(0.05)
+        await eventually(lambda: bool(caller.result.turns and caller.result.turns[0].heard), what="the first answer")
         url = f"{s.url}/v1/calls/{caller.call_sid}/transfer"
         status, body = await http_post(url, b'{"to": "conference:spy"}', {"Authorization": "Bearer op-token-1"})
         assert status == 400  # a conference is no target the API takes
