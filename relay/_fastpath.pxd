@@ -55,6 +55,8 @@ cdef class Resampler:
     cdef void _reset(self) noexcept                      # back to the start of a stream
     cdef bytes _up(self, cbuf p, Py_ssize_t n)           # n input samples at p, upsampled
     cdef bytes _down(self, cbuf p, Py_ssize_t n)         # n input samples at p, filtered, decimated
+    cdef bytes _up_ulaw(self, cbuf u, Py_ssize_t n)      # n μ-law bytes at u, decoded and upsampled
+    cdef bytes _down_ulaw(self, cbuf p, Py_ssize_t n)    # _down, encoded as μ-law
 
 # ---------------------------------------------------------------- _playout.pxi
 
@@ -75,6 +77,8 @@ cdef class PlayoutRing:
     cdef unsigned char* _scratch          # one frame, for frames that straddle the end or are padded
     cdef int _grow(self, Py_ssize_t need) except -1                       # room for need bytes
     cdef Py_ssize_t _push_raw(self, cbuf s, Py_ssize_t size) except -1    # ``push`` of base64 at s
+    cdef Py_ssize_t _push_ulaw(self, cbuf s, Py_ssize_t m) except -1     # ``push_ulaw`` of m bytes at s
+    cdef Py_ssize_t _room(self, Py_ssize_t m) except -1                   # room for m more; the new length
     cdef bytes _frame(self, Py_ssize_t take)                              # the next frame, encoded
     cdef void _frame_into(self, Py_ssize_t take, unsigned char* o) noexcept  # ... written at o
     cdef long long _due(self, long long elapsed, long long lead) noexcept  # ``frames_due``, checked args
@@ -112,7 +116,10 @@ cdef class WsCore:
     cdef int _leg                         # LEG_TWILIO or LEG_BACKEND: which of its entries
     cdef object _transport_write          # the transport's bound methods, looked up once
     cdef object _transport_is_closing
-    cdef bytes _append                    # the backend wire's append up to its audio (``wire``)
+    cdef int _wire                        # the backend's wire (``relay.backends.WIRE_*``)
+    cdef bytes _append                    # the wire's append up to its audio
+    cdef bytes _suffix                    # and after it
+    cdef Resampler _up                    # WIRE_PCM16: the caller's audio, 8 -> 16 kHz; else None
     cdef int _read(self, object data, double* now_out) except -1
     cdef bytes _next_mask(self)
     cdef const char* _mask_ptr(self) except NULL
@@ -164,6 +171,8 @@ cdef class MediaCore:
     cdef bint _batch_due                  # and some did: the read's end sends what is due (_release)
     cdef ItemAudio _current               # the answer audio last came for
     cdef ItemAudio _live                  # where deltas with no item go (GPT-Live), or None
+    cdef int _wire                        # the backend's wire: how its audio is encoded
+    cdef Resampler _down                  # WIRE_PCM16: the agent's audio, 24 -> 8 kHz; else None
     cdef dict _items                      # item id -> ItemAudio
     cdef set _dropped                     # interrupted items: their late deltas are dropped
     cdef object _cut_response             # the response of the last item cut: its later items are dropped
@@ -178,6 +187,8 @@ cdef class MediaCore:
     cdef bint _backend_frame(self, object message, double now) except -1
     cdef int _agent_push(self, ItemAudio item, cbuf s, Py_ssize_t n, double now) except -1
     cdef bint _live_push(self, cbuf s, Py_ssize_t n, double now) except -1
+    cdef bint _backend_binary(self, bytes payload, double now) except -1
+    cdef Py_ssize_t _push_audio(self, cbuf s, Py_ssize_t n) except -1
     cdef str _mark_name(self, ItemAudio item)
     cdef long long _heard(self, ItemAudio item, double now)
     cdef ItemAudio _being_heard(self, double now)

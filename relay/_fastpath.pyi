@@ -86,6 +86,17 @@ def parse_audio_delta(message: bytes) -> tuple[str, bytes, str] | None:
         PayloadError: ``delta`` is not padded standard base64.
     """
 
+def parse_gemini_audio(message: bytes) -> bytes | None:
+    """Read a Gemini Live server message in one pass if it is nothing but a chunk of the model's
+    audio (BACKENDS §3.3): ``{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":
+    "audio/pcm;rate=24000" or "audio/pcm","data":<base64>}}]}}}``, keys in any order, ``role``
+    allowed beside ``parts``, and no other key anywhere on that path.
+
+    Returns:
+        The base64 PCM16 exactly as sent (padded standard base64), or ``None`` for any other
+        message (more than audio, another mime type, not base64, not JSON): handed up whole.
+    """
+
 @disjoint_base
 class TwilioWriter:
     """Builds the three messages a bidirectional stream may send (PROTOCOLS §1.4).
@@ -307,6 +318,16 @@ class PlayoutRing:
             ProtocolError: ``"playout buffer full"``: ``buffered`` would exceed ``max_bytes``.
             Nothing is buffered when it raises.
         """
+    def push_ulaw(self, ulaw: bytes) -> int:
+        """Append raw μ-law (a binary backend's frame, or audio transcoded to it).
+
+        Returns:
+            ``len(ulaw)``, now buffered.
+
+        Raises:
+            TypeError: ``ulaw`` is not ``bytes``.
+            ProtocolError: ``"playout buffer full"``, as :meth:`push`; nothing is buffered.
+        """
     def pop(self, n: int = 1, *, final: bool = False) -> list[bytes]:
         """Take up to ``n`` frames, oldest first, each the base64 (padded, standard, no newline)
         of exactly ``frame_bytes`` bytes, ready for :meth:`TwilioWriter.media`.
@@ -454,12 +475,23 @@ class WsCore:
     @property
     def wire(self) -> int:
         """The backend protocol ``send_append`` speaks (``relay.backends.WIRE_*``): 0, Realtime's
-        ``input_audio_buffer.append`` (the default); 1, GPT-Live's ``session.input_audio.append``.
-        Set once, when the connection is opened for a backend; ValueError for any other value."""
+        ``input_audio_buffer.append`` (the default); 1, GPT-Live's ``session.input_audio.append``;
+        2, Deepgram's binary μ-law (binary messages are then read too, see ``data_received``);
+        3, Gemini Live's ``realtimeInput.audio`` in PCM16 at 16 kHz. Set once, when the
+        connection is opened for a backend; ValueError for any other value."""
     @wire.setter
     def wire(self, value: int) -> None: ...
     def send_append(self, payload: bytes) -> None:
-        """``{"type":<the wire's append>,"audio":"<payload>"}`` as one text frame."""
+        """The caller's base64 μ-law in the wire's append, as one frame: wires 0 and 1,
+        ``{"type":<the append>,"audio":"<payload>"}`` as is; wire 2, the decoded μ-law as a
+        binary frame; wire 3, the μ-law decoded to PCM16, upsampled to 16 kHz (one
+        ``Resampler`` per connection, its state carried from frame to frame) and sent as
+        ``{"realtimeInput":{"audio":{"mimeType":"audio/pcm;rate=16000","data":"<base64>"}}}``.
+
+        Raises:
+            TypeError: on wires 2 and 3, ``payload`` is not ``bytes``.
+            PayloadError: on wires 2 and 3, it is not padded standard base64 (nothing is sent).
+        """
 
 EV_NEW_ITEM: int
 """``on_event``: audio came for an item nobody announced (``add_item``); it is known now."""
@@ -582,8 +614,22 @@ class MediaCore:
         """A mark echo: the audio before it played, unless it was sent before a ``clear``."""
     def backend_frame(self, message: bytes, now: float) -> bool:
         """An audio delta handled (True: played, or dropped as an interrupted answer's). A delta
-        with no item (GPT-Live's) goes to the ``live_item``; while there is none, or it has
-        ended (cut by ``interrupt``), the delta is handed up (False) for the owner to open one."""
+        with no item (GPT-Live's, or on wire 3 a Gemini Live message that is audio alone,
+        :func:`parse_gemini_audio`) goes to the ``live_item``; while there is none, or it has
+        ended (cut by ``interrupt``), the delta is handed up (False) for the owner to open one.
+        On wire 2 every text message is handed up (its audio comes in binary frames)."""
+    def backend_binary(self, payload: bytes, now: float) -> bool:
+        """On wire 2, a binary frame of μ-law into the ``live_item`` (True), or handed up (False)
+        while there is none or it has ended; False on any other wire. TypeError unless bytes."""
+    @property
+    def wire(self) -> int:
+        """How the backend's audio is framed and encoded (``relay.backends.WIRE_*``, as
+        ``WsCore.wire``): deltas of base64 μ-law (0, 1), binary μ-law (2), or base64 PCM16 at
+        24 kHz (3), which goes through one ``Resampler(24000, 8000)`` and G.711 into the ring:
+        its state is carried from chunk to chunk and reset by ``interrupt`` and ``attach``. A
+        chunk whose PCM16 has an odd number of bytes is an audio error (``EV_AUDIO_ERROR``)."""
+    @wire.setter
+    def wire(self, value: int) -> None: ...
     def live_item(self, item_id: str) -> ItemAudio:
         """The item every delta with no item id goes to from now on: a segment of a GPT-Live
         session's one stream of audio (announced as ``add_item`` does, no ``EV_NEW_ITEM``)."""

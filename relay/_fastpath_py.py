@@ -20,7 +20,7 @@ from __future__ import annotations
 from relay._codec_py import Resampler, pcm16_to_ulaw, ulaw_to_pcm16
 from relay._framing_py import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, FrameReader, build_frame
 from relay._media_py import EV_AUDIO_ERROR, EV_NEW_ITEM, EV_PLAYED, ItemAudio, MediaCore
-from relay._messages_py import TwilioWriter, b64_decoded_len, parse_audio_delta, parse_media
+from relay._messages_py import TwilioWriter, b64_decoded_len, parse_audio_delta, parse_gemini_audio, parse_media
 from relay._playout_py import GapFiller, PlayoutRing, silence_b64
 from relay._wscore_py import LEG_BACKEND, LEG_TWILIO, WsCore
 from relay.audio_format import B64_FRAME_BYTES, BYTES_PER_MS, FRAME_BYTES, FRAME_MS, SAMPLE_RATE
@@ -56,6 +56,7 @@ __all__ = [
     "b64_decoded_len",
     "build_frame",
     "parse_audio_delta",
+    "parse_gemini_audio",
     "parse_media",
     "pcm16_to_ulaw",
     "silence_b64",

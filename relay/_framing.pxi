@@ -265,7 +265,14 @@ cdef inline Py_ssize_t _write_text3(unsigned char* o, const char* a, Py_ssize_t 
                                     Py_ssize_t nb, const char* c, Py_ssize_t nc,
                                     const unsigned char* mask) noexcept nogil:
     """One text frame carrying a + b + c, masked when ``mask`` is given; returns bytes written."""
-    cdef Py_ssize_t head = _write_header(o, 0x1, na + nb + nc, mask)
+    return _write_frame3(o, 0x1, a, na, b, nb, c, nc, mask)
+
+
+cdef inline Py_ssize_t _write_frame3(unsigned char* o, int opcode, const char* a, Py_ssize_t na,
+                                     const char* b, Py_ssize_t nb, const char* c, Py_ssize_t nc,
+                                     const unsigned char* mask) noexcept nogil:
+    """One frame of ``opcode`` carrying a + b + c, masked when ``mask`` is given; returns bytes written."""
+    cdef Py_ssize_t head = _write_header(o, opcode, na + nb + nc, mask)
     cdef unsigned char* p = o + head
     memcpy(p, a, na)
     memcpy(p + na, b, nb)

@@ -62,6 +62,8 @@ cdef class MediaCore:
         self._batch = self._batch_due = False
         self._current = None
         self._live = None
+        self._wire = 0
+        self._down = None
         self._items = {}
         self._dropped = set()
         self._cut_response = ""
@@ -75,6 +77,18 @@ cdef class MediaCore:
     @property
     def buffered(self):
         return self._ring._len
+
+    @property
+    def wire(self):
+        return self._wire
+
+    @wire.setter
+    def wire(self, value):
+        if type(value) is not int or not 0 <= value <= WIRE_PCM16:
+            raise ValueError(f"wire must be one of 0..{WIRE_PCM16}")
+        self._wire = value
+        # The agent's 24 kHz, downsampled for Twilio: one stream, reset where the audio breaks.
+        self._down = Resampler(24000, 8000) if value == WIRE_PCM16 else None
 
     @property
     def marks_pending(self):
@@ -109,7 +123,7 @@ cdef class MediaCore:
                 "items": items,
                 "marks": [(name, (<ItemAudio>entry[0]).item_id, entry[1]) for name, entry in self._marks.items()],
                 "cleared": sorted(self._cleared), "dropped": sorted(self._dropped), "cut": self._cut_response,
-                "live": self._live.item_id if self._live is not None else None}
+                "live": self._live.item_id if self._live is not None else None, "wire": self._wire}
 
     def audio_ms_to_time(self, audio_ms):
         if self._epoch is None or self._ts0 is None:
@@ -122,6 +136,8 @@ cdef class MediaCore:
         self._backend = backend
         self._gate_open = False
         self._ts0 = None
+        if self._down is not None:
+            self._down._reset()  # a new session's audio: no filter memory of the last one's
         if replay and self._preroll:
             self._held.extendleft(reversed(self._preroll))
         if self._preroll is not None:
@@ -258,11 +274,25 @@ cdef class MediaCore:
         return self._backend_frame(message, now)
 
     cdef bint _backend_frame(self, object message, double now) except -1:
-        cdef Field f[4]
+        cdef Field f[8]
         cdef cbuf p
         cdef Py_ssize_t ni
         cdef ItemAudio item
         cdef int kind
+        if self._wire == WIRE_BINARY:
+            return False  # its audio comes in binary frames (_backend_binary): a text one is an event
+        if self._wire == WIRE_PCM16:
+            if type(message) is bytes:
+                p = <cbuf>PyBytes_AS_STRING(message)
+                kind = _scan_gemini(p, PyBytes_GET_SIZE(message), f)
+                if kind == SCAN_GEMINI:
+                    return self._live_push(p + f[5].start, f[5].end - f[5].start, now)
+                if kind == SCAN_OTHER:
+                    return False
+            data = _messages_py.parse_gemini_audio(message)
+            if data is None:
+                return False
+            return self._live_push(<cbuf>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), now)
         if type(message) is bytes:
             p = <cbuf>PyBytes_AS_STRING(message)
             kind = _scan_delta(p, PyBytes_GET_SIZE(message), f)
@@ -295,6 +325,17 @@ cdef class MediaCore:
             return self._live_push(<cbuf>PyBytes_AS_STRING(delta[1]), PyBytes_GET_SIZE(delta[1]), now)
         self.agent_audio(delta[0], delta[1], now, delta[2])
         return True
+
+    def backend_binary(self, payload, now):
+        if type(payload) is not bytes:
+            raise TypeError(f"backend_binary() takes bytes, not {type(payload).__name__}")
+        return self._backend_binary(payload, now)
+
+    cdef bint _backend_binary(self, bytes payload, double now) except -1:
+        """A binary frame from the backend: its μ-law into the live item (False: handed up)."""
+        if self._wire != WIRE_BINARY:
+            return False
+        return self._live_push(<cbuf>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), now)
 
     cdef bint _live_push(self, cbuf s, Py_ssize_t n, double now) except -1:
         """A delta with no item: into the live item, or handed up (False) when there is none."""
@@ -342,7 +383,7 @@ cdef class MediaCore:
     cdef int _agent_push(self, ItemAudio item, cbuf s, Py_ssize_t n, double now) except -1:
         cdef Py_ssize_t m
         try:
-            m = self._ring._push_raw(s, n)
+            m = self._push_audio(s, n)
         except ProtocolError:  # not base64, or an answer longer than the ring holds
             self.on_event(EV_AUDIO_ERROR, item.item_id, now)
             return 0
@@ -363,6 +404,24 @@ cdef class MediaCore:
             self._clocked = True  # asked once, until a tick says it needs no more
             self.on_wants_clock()
         return 0
+
+    cdef Py_ssize_t _push_audio(self, cbuf s, Py_ssize_t n) except -1:
+        """The n bytes of audio at s, in the wire's encoding, into the ring as μ-law; returns its length."""
+        cdef Py_ssize_t m
+        cdef bytes pcm
+        if self._wire == WIRE_BINARY:
+            return self._ring._push_ulaw(s, n)
+        if self._wire != WIRE_PCM16:
+            return self._ring._push_raw(s, n)
+        m = _b64_len(s, n)
+        if m < 0:
+            raise PayloadError("payload is not padded standard base64")
+        if m & 1:
+            raise PayloadError("PCM16 audio must have an even number of bytes")
+        pcm = PyBytes_FromStringAndSize(NULL, m)
+        _po_dec_ring(<unsigned char*>PyBytes_AS_STRING(pcm), m, 0, s, m)
+        pcm = self._down._down_ulaw(<cbuf>PyBytes_AS_STRING(pcm), m >> 1)
+        return self._ring._push_ulaw(<cbuf>PyBytes_AS_STRING(pcm), PyBytes_GET_SIZE(pcm))
 
     def end_item(self, item_id):
         found = self._items.get(item_id)
@@ -417,6 +476,8 @@ cdef class MediaCore:
             return None  # everything was heard: no clear, no truncate (PROTOCOLS §2.5 step 4)
         self._twilio.send(self._writer.clear())
         self._ring.clear()
+        if self._down is not None:
+            self._down._reset()  # the next answer starts afresh, not from the cut one's filter memory
         for segment in self._segments:
             later = <ItemAudio>segment[0]
             later.ended = True

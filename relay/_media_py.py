@@ -16,16 +16,26 @@ the same bytes, in the same writes, and leave the same state, for every input.
 
 from __future__ import annotations
 
+import binascii
 import collections
 from collections.abc import Callable
 from typing import Any
 
 from relay import twilio
+from relay._codec_py import Resampler, pcm16_to_ulaw
 from relay._framing_py import build_frame
-from relay._messages_py import TwilioWriter, parse_audio_delta, parse_media
+from relay._messages_py import (
+    WIRE_BINARY,
+    WIRE_PCM16,
+    TwilioWriter,
+    b64_decoded_len,
+    parse_audio_delta,
+    parse_gemini_audio,
+    parse_media,
+)
 from relay._playout_py import MAX_MS, GapFiller, PlayoutRing, _int, silence_b64
 from relay.audio_format import BYTES_PER_MS, FRAME_BYTES, FRAME_MS
-from relay.errors import ProtocolError
+from relay.errors import PayloadError, ProtocolError
 
 __all__ = ["EV_AUDIO_ERROR", "EV_NEW_ITEM", "EV_PLAYED", "ItemAudio", "MediaCore"]
 
@@ -106,6 +116,8 @@ class MediaCore:
         "_items",
         "_lead_ms",
         "_live",
+        "_wire",
+        "_down",
         "_mark_frames",
         "_pace_ms",
         "_preroll",
@@ -172,6 +184,10 @@ class MediaCore:
         self._batch = self._batch_due = False
         self._current: ItemAudio | None = None  # the answer audio last came for
         self._live: ItemAudio | None = None  # where deltas with no item go (GPT-Live)
+        # The backend's wire (``relay.backends.WIRE_*``): how its audio is encoded; for PCM16 at
+        # 24 kHz (Gemini Live), the one stream it is downsampled in.
+        self._wire = 0
+        self._down: Resampler | None = None
         self._items: dict[str, ItemAudio] = {}
         self._dropped: set[str] = set()  # interrupted items: their late deltas are dropped
         self._cut_response = ""  # the response of the last item cut: its later items are dropped
@@ -184,6 +200,17 @@ class MediaCore:
     def buffered(self) -> int:
         """Bytes of answer audio in the ring, not yet sent."""
         return self._ring.buffered
+
+    @property
+    def wire(self) -> int:
+        return self._wire
+
+    @wire.setter
+    def wire(self, value: int) -> None:
+        if type(value) is not int or not 0 <= value <= WIRE_PCM16:
+            raise ValueError(f"wire must be one of 0..{WIRE_PCM16}")
+        self._wire = value
+        self._down = Resampler(24000, 8000) if value == WIRE_PCM16 else None
 
     @property
     def marks_pending(self) -> int:
@@ -238,6 +265,7 @@ class MediaCore:
             "dropped": sorted(self._dropped),
             "cut": self._cut_response,
             "live": self._live.item_id if self._live is not None else None,
+            "wire": self._wire,
         }
 
     def audio_ms_to_time(self, audio_ms: int) -> float | None:
@@ -254,6 +282,8 @@ class MediaCore:
         self._backend = backend
         self._gate_open = False
         self._ts0 = None
+        if self._down is not None:
+            self._down.flush()  # a new session's audio: no filter memory of the last one's
         if replay and self._preroll:
             self._held.extendleft(reversed(self._preroll))
         if self._preroll is not None:
@@ -346,6 +376,11 @@ class MediaCore:
     def backend_frame(self, message: bytes, now: float) -> bool:
         """The per-frame path: a well-formed audio delta handled as it arrives; False for any
         other event, handed up unparsed."""
+        if self._wire == WIRE_BINARY:
+            return False  # its audio comes in binary frames (``backend_binary``): a text one is an event
+        if self._wire == WIRE_PCM16:
+            data = parse_gemini_audio(message)
+            return data is not None and self._live_push(data, now)
         try:
             delta = parse_audio_delta(message)
         except ProtocolError:
@@ -356,6 +391,15 @@ class MediaCore:
             return self._live_push(delta[1], now)
         self.agent_audio(delta[0], delta[1], now, delta[2])
         return True
+
+    def backend_binary(self, payload: bytes, now: float) -> bool:
+        """A binary frame from the backend (Deepgram's μ-law): into the live item, or handed up
+        (False) when there is none, or when the wire has no binary audio."""
+        if type(payload) is not bytes:
+            raise TypeError(f"backend_binary() takes bytes, not {type(payload).__name__}")
+        if self._wire != WIRE_BINARY:
+            return False
+        return self._live_push(payload, now)
 
     def _live_push(self, payload: bytes, now: float) -> bool:
         """A delta with no item: into the live item, or handed up (False) when there is none."""
@@ -399,7 +443,7 @@ class MediaCore:
     def _push(self, item: ItemAudio, payload: bytes, now: float) -> None:
         """An answer's audio into the ring, sent at once as far as the lead allows."""
         try:
-            n = self._ring.push(payload)
+            n = self._push_audio(payload)
         except ProtocolError:  # not base64, or an answer longer than the ring holds
             self.on_event(EV_AUDIO_ERROR, item.item_id, now)
             return
@@ -418,6 +462,17 @@ class MediaCore:
         if self._ring.buffered and not self._clocked:
             self._clocked = True  # asked once, until a tick says it needs no more
             self.on_wants_clock()
+
+    def _push_audio(self, payload: bytes) -> int:
+        """Audio in the wire's encoding into the ring, as μ-law; returns its length."""
+        if self._wire == WIRE_BINARY:
+            return self._ring.push_ulaw(payload)
+        if self._down is None:
+            return self._ring.push(payload)
+        n = b64_decoded_len(payload)
+        if n & 1:
+            raise PayloadError("PCM16 audio must have an even number of bytes")
+        return self._ring.push_ulaw(pcm16_to_ulaw(self._down.process(binascii.a2b_base64(payload))))
 
     def end_item(self, item_id: str) -> None:
         """No more audio will come for the item (its last frame may now go out padded)."""
@@ -461,6 +516,8 @@ class MediaCore:
             return None  # everything was heard: no clear, no truncate (PROTOCOLS §2.5 step 4)
         self._twilio.send(self._writer.clear())
         self._ring.clear()
+        if self._down is not None:
+            self._down.flush()  # the next answer starts afresh, not from the cut one's filter memory
         for segment in self._segments:
             later = segment[0]
             later.ended = True

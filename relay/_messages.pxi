@@ -25,6 +25,7 @@ cdef enum Mode:
     SKIP = 0   # no wanted keys: just validate
     MEDIA = 1  # Twilio: event, media{payload, timestamp}, mark{name}
     DELTA = 2  # Realtime: type, item_id, delta, response_id
+    GEMINI = 3  # Gemini Live: serverContent{modelTurn{parts[{inlineData{mimeType, data}}], role}}; else extra
 
 cdef struct Field:
     Py_ssize_t start  # string content [start, end), quotes excluded
@@ -152,6 +153,24 @@ cdef inline int _slot(int mode, int level, cbuf k, Py_ssize_t n) noexcept nogil:
                 return 3
         elif level == 3 and _is(k, n, b"name", 4):  # in the mark object
             return 5
+    elif mode == GEMINI:
+        if level == 1 and _is(k, n, b"serverContent", 13):
+            return 0
+        if level == 2 and _is(k, n, b"modelTurn", 9):
+            return 1
+        if level == 3:
+            if _is(k, n, b"parts", 5):
+                return 2
+            if _is(k, n, b"role", 4):
+                return 6
+        if level == 4 and _is(k, n, b"inlineData", 10):
+            return 3
+        if level == 5:
+            if _is(k, n, b"mimeType", 8):
+                return 4
+            if _is(k, n, b"data", 4):
+                return 5
+        return 7  # any other key: the message is more than a chunk of audio
     elif mode == DELTA and level == 1:
         if _is(k, n, b"type", 4):
             return 0
@@ -165,7 +184,7 @@ cdef inline int _slot(int mode, int level, cbuf k, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline bint _is_b64_slot(int mode, int slot) noexcept nogil:
-    return slot == 2 and (mode == MEDIA or mode == DELTA)  # media.payload, delta
+    return (slot == 2 and (mode == MEDIA or mode == DELTA)) or (slot == 5 and mode == GEMINI)  # payload, delta, data
 
 
 cdef Py_ssize_t _value(cbuf p, Py_ssize_t i, Py_ssize_t n, int depth) noexcept nogil:
@@ -232,7 +251,10 @@ cdef Py_ssize_t _object(cbuf p, Py_ssize_t i, Py_ssize_t n, int mode, int level,
         if p[i] != 58:  # :
             return -1
         i = _ws(p, i + 1)
-        if slot < 0:
+        if slot == 7 and mode == GEMINI:  # (repeats allowed: it only says "not audio alone")
+            f[7].kind = OTHER
+            i = _value(p, i, n, depth + 1)
+        elif slot < 0:
             i = _value(p, i, n, depth + 1)
         elif f[slot].kind != ABSENT:
             return -1  # repeated wanted key (orjson keeps the last): the reference decides
@@ -253,6 +275,12 @@ cdef Py_ssize_t _object(cbuf p, Py_ssize_t i, Py_ssize_t n, int mode, int level,
         elif p[i] == 123 and mode == MEDIA and level == 1 and slot == 4:  # a mark echo's mark object
             f[slot].kind = OBJECT
             i = _object(p, i + 1, n, MEDIA, 3, f, depth + 1)
+        elif p[i] == 123 and mode == GEMINI and (slot == 0 or slot == 1 or slot == 3):
+            f[slot].kind = OBJECT
+            i = _object(p, i + 1, n, GEMINI, level + 1, f, depth + 1)
+        elif p[i] == 91 and mode == GEMINI and slot == 2:  # parts: one object, or more than audio
+            f[slot].kind = OBJECT
+            i = _gemini_parts(p, i + 1, n, f, depth + 1)
         else:
             f[slot].kind = OTHER
             i = _value(p, i, n, depth + 1)
@@ -265,6 +293,27 @@ cdef Py_ssize_t _object(cbuf p, Py_ssize_t i, Py_ssize_t n, int mode, int level,
             return i + 1
         else:
             return -1
+
+
+cdef Py_ssize_t _gemini_parts(cbuf p, Py_ssize_t i, Py_ssize_t n, Field* f, int depth) noexcept nogil:
+    """i is just past the '[' of ``parts``: its one object read into f, more than one (or none, or
+    another value) marked in f[7]; return the index after ']', or -1."""
+    if depth > MAX_DEPTH:
+        return -1
+    i = _ws(p, i)
+    if p[i] != 123:  # { (an empty list, or a list of something else: not audio)
+        f[7].kind = OTHER
+        return _array(p, i, n, depth)
+    i = _object(p, i + 1, n, GEMINI, 4, f, depth + 1)
+    if i < 0:
+        return -1
+    i = _ws(p, i)
+    if p[i] == 93:  # ]
+        return i + 1
+    if p[i] != 44:  # ,
+        return -1
+    f[7].kind = OTHER
+    return _array(p, _ws(p, i + 1), n, depth)
 
 
 cdef bint _scan(cbuf p, Py_ssize_t n, int mode, Field* f) noexcept nogil:
@@ -321,6 +370,7 @@ cdef enum Scanned:
     SCAN_DELTA = 4     # Realtime audio delta: f[1] the item id (ASCII), f[2] the audio (padded base64),
                        # f[3] its response's id (ASCII; ABSENT: none given)
     SCAN_LIVE = 5      # GPT-Live audio delta: f[2] the audio (padded base64); no item, no response
+    SCAN_GEMINI = 6    # Gemini Live audio chunk: f[5] the PCM16 (padded base64)
 
 
 cdef int _scan_twilio(cbuf p, Py_ssize_t n, Field* f, long long* ts) noexcept nogil:
@@ -388,6 +438,40 @@ def parse_media(message):
             PyLong_FromLongLong(ts))
 
 
+cdef inline bint _gemini_mime(cbuf p, Field* f) noexcept nogil:
+    """The scanned mimeType is one relay reads as PCM16 at 24 kHz (``GEMINI_AUDIO_TYPES``)."""
+    return (_is(p + f[4].start, f[4].end - f[4].start, b"audio/pcm;rate=24000", 20)
+            or _is(p + f[4].start, f[4].end - f[4].start, b"audio/pcm", 9))
+
+
+cdef int _scan_gemini(cbuf p, Py_ssize_t n, Field* f) noexcept nogil:
+    """One pass over a Gemini Live server message into f[0..7]: a chunk of the model's audio and
+    nothing else (f[5] its base64 PCM16), or not one. For ``parse_gemini_audio`` and the core."""
+    memset(f, 0, 8 * sizeof(Field))
+    if not _scan(p, n, GEMINI, f):
+        return SCAN_FALLBACK
+    if (f[7].kind != ABSENT or f[0].kind != OBJECT or f[1].kind != OBJECT or f[2].kind != OBJECT
+            or f[3].kind != OBJECT or f[4].kind != STRING or f[5].kind != STRING or not f[5].b64
+            or not _gemini_mime(p, f)):
+        return SCAN_OTHER
+    return SCAN_GEMINI
+
+
+def parse_gemini_audio(message):
+    cdef Field f[8]
+    cdef cbuf p
+    cdef int kind
+    if type(message) is not bytes:
+        return _messages_py.parse_gemini_audio(message)
+    p = <cbuf>PyBytes_AS_STRING(message)
+    kind = _scan_gemini(p, PyBytes_GET_SIZE(message), f)
+    if kind == SCAN_FALLBACK:
+        return _messages_py.parse_gemini_audio(message)
+    if kind != SCAN_GEMINI:
+        return None
+    return PyBytes_FromStringAndSize(<const char*>p + f[5].start, f[5].end - f[5].start)
+
+
 def parse_audio_delta(message):
     cdef Field f[4]
     cdef cbuf p
@@ -407,12 +491,18 @@ def parse_audio_delta(message):
             _response_id(p, f))
 
 
-# The caller-audio append up to its audio, per backend wire (``relay.backends.WIRE_*``):
+# The caller-audio append around its audio, per backend wire (``relay.backends.WIRE_*``):
 # Realtime's input_audio_buffer.append (PROTOCOLS §2.3), GPT-Live's session.input_audio.append
-# (BACKENDS §2.3). WsCore.send_append writes the caller's base64 after it, then '"}', into the
-# frame it sends the backend.
+# (BACKENDS §2.3), none for Deepgram (a binary frame of the μ-law itself, §4.3), Gemini Live's
+# realtimeInput.audio with PCM16 at 16 kHz (§3.3). WsCore.send_append writes the audio's base64
+# between the two, into the frame it sends the backend.
 cdef bytes _APPEND = b'{"type":"input_audio_buffer.append","audio":"'
-cdef tuple _APPENDS = (_APPEND, b'{"type":"session.input_audio.append","audio":"')
+cdef tuple _APPENDS = (_APPEND, b'{"type":"session.input_audio.append","audio":"', b"",
+                       b'{"realtimeInput":{"audio":{"mimeType":"audio/pcm;rate=16000","data":"')
+cdef tuple _SUFFIXES = (b'"}', b'"}', b"", b'"}}}')
+cdef enum:
+    WIRE_BINARY = 2  # Deepgram: raw μ-law in binary frames both ways
+    WIRE_PCM16 = 3   # Gemini Live: PCM16 16 kHz in, 24 kHz out, base64 in JSON
 
 
 cdef bytes _json_str(value):

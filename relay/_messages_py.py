@@ -17,7 +17,7 @@ import orjson
 
 from relay.errors import PayloadError, ProtocolError
 
-__all__ = ["TwilioWriter", "b64_decoded_len", "parse_audio_delta", "parse_media"]
+__all__ = ["TwilioWriter", "b64_decoded_len", "parse_audio_delta", "parse_gemini_audio", "parse_media"]
 
 # Standard base64 alphabet, padded, as Twilio and OpenAI send it.
 _B64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
@@ -91,13 +91,57 @@ def parse_audio_delta(message: bytes) -> tuple[str, bytes, str] | None:
 
 # The caller-audio append up to its audio, per backend wire (``relay.backends.WIRE_*``):
 # Realtime's input_audio_buffer.append (PROTOCOLS §2.3), GPT-Live's session.input_audio.append.
-_APPENDS = (b'{"type":"input_audio_buffer.append","audio":"', b'{"type":"session.input_audio.append","audio":"')
+# The caller-audio append around its base64 audio, per backend wire (``relay.backends.WIRE_*``):
+# Realtime's input_audio_buffer.append, GPT-Live's session.input_audio.append, none for Deepgram
+# (a binary frame of the μ-law itself), Gemini Live's realtimeInput.audio (PCM16 at 16 kHz).
+_APPENDS = (
+    b'{"type":"input_audio_buffer.append","audio":"',
+    b'{"type":"session.input_audio.append","audio":"',
+    b"",
+    b'{"realtimeInput":{"audio":{"mimeType":"audio/pcm;rate=16000","data":"',
+)
+_SUFFIXES = (b'"}', b'"}', b"", b'"}}}')
+WIRE_BINARY, WIRE_PCM16 = 2, 3  # the wires whose audio is not the caller's base64 as is
 
 
 def _append(payload: bytes, wire: int = 0) -> bytes:
     """The append message carrying ``payload`` (base64 audio) as is, in ``wire``'s shape: what
     ``WsCore.send_append`` frames for the backend."""
-    return _APPENDS[wire] + payload + b'"}'
+    return _APPENDS[wire] + payload + _SUFFIXES[wire]
+
+
+# The mime types of Gemini Live's output audio relay reads as PCM16 at 24 kHz (BACKENDS §3.3).
+GEMINI_AUDIO_TYPES = ("audio/pcm;rate=24000", "audio/pcm")
+
+
+def _only(obj: object, key: str, allowed: tuple[str, ...] = ()) -> object:
+    """``obj[key]`` when ``obj`` is an object with ``key`` and no keys but it and ``allowed``."""
+    if not isinstance(obj, dict) or key not in obj or any(k != key and k not in allowed for k in obj):
+        return None
+    return obj[key]
+
+
+def parse_gemini_audio(message: bytes) -> bytes | None:
+    """See ``_fastpath.pyi``."""
+    try:
+        obj = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return None
+    parts = _only(_only(_only(obj, "serverContent"), "modelTurn"), "parts", ("role",))
+    if not isinstance(parts, list) or len(parts) != 1:
+        return None
+    inline = _only(parts[0], "inlineData")
+    if not isinstance(inline, dict) or set(inline) != {"mimeType", "data"}:
+        return None
+    mime, data = inline["mimeType"], inline["data"]
+    if mime not in GEMINI_AUDIO_TYPES or not isinstance(data, str):
+        return None
+    raw = data.encode()
+    try:
+        b64_decoded_len(raw)
+    except PayloadError:
+        return None
+    return raw
 
 
 def _json_str(value: str) -> bytes:

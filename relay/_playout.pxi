@@ -211,17 +211,43 @@ cdef class PlayoutRing:
             raise TypeError(f"push() takes bytes, not {type(b64).__name__}")
         return self._push_raw(<cbuf>PyBytes_AS_STRING(b64), PyBytes_GET_SIZE(b64))
 
+    def push_ulaw(self, ulaw):
+        if type(ulaw) is not bytes:
+            raise TypeError(f"push_ulaw() takes bytes, not {type(ulaw).__name__}")
+        return self._push_ulaw(<cbuf>PyBytes_AS_STRING(ulaw), PyBytes_GET_SIZE(ulaw))
+
+    cdef Py_ssize_t _push_ulaw(self, cbuf s, Py_ssize_t m) except -1:
+        """``push_ulaw`` of the m bytes at s (a binary frame's μ-law, or audio transcoded to it)."""
+        cdef Py_ssize_t need = self._room(m), tail, first
+        if m:
+            tail = self._head + self._len
+            if tail >= self._cap:
+                tail -= self._cap
+            first = self._cap - tail
+            if first > m:
+                first = m
+            memcpy(self._buf + tail, s, <size_t>first)
+            memcpy(self._buf, s + first, <size_t>(m - first))
+            self._len = need
+            self.pushed += m
+        return m
+
+    cdef Py_ssize_t _room(self, Py_ssize_t m) except -1:
+        """Room for m more bytes (grown if need be); returns the length they make."""
+        cdef Py_ssize_t need = self._len + m
+        if need > self.max_bytes:
+            raise ProtocolError("playout buffer full")
+        if need > self._cap:
+            self._grow(need)
+        return need
+
     cdef Py_ssize_t _push_raw(self, cbuf s, Py_ssize_t size) except -1:
         """``push`` of base64 text at s (size bytes), decoded straight from the message it sits in."""
         cdef Py_ssize_t m, need, tail
         m = _b64_len(s, size)
         if m < 0:
             raise PayloadError("payload is not padded standard base64")
-        need = self._len + m
-        if need > self.max_bytes:
-            raise ProtocolError("playout buffer full")
-        if need > self._cap:
-            self._grow(need)
+        need = self._room(m)
         if m:
             tail = self._head + self._len
             if tail >= self._cap:

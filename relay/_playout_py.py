@@ -104,6 +104,20 @@ class PlayoutRing:
         if type(b64) is not bytes:
             raise TypeError(f"push() takes bytes, not {type(b64).__name__}")
         n = b64_decoded_len(b64)  # PayloadError unless padded standard base64
+        self._room(n)
+        self._buf += binascii.a2b_base64(b64)
+        self._pushed += n
+        return n
+
+    def push_ulaw(self, ulaw: bytes) -> int:
+        if type(ulaw) is not bytes:
+            raise TypeError(f"push_ulaw() takes bytes, not {type(ulaw).__name__}")
+        self._room(len(ulaw))
+        self._buf += ulaw
+        self._pushed += len(ulaw)
+        return len(ulaw)
+
+    def _room(self, n: int) -> None:
         need = len(self._buf) + n
         if need > self._max:
             raise ProtocolError("playout buffer full")
@@ -112,9 +126,6 @@ class PlayoutRing:
             while cap < need:
                 cap *= 2
             self._cap = min(cap, self._max)
-        self._buf += binascii.a2b_base64(b64)
-        self._pushed += n
-        return n
 
     def pop(self, n: int = 1, *, final: bool = False) -> list[bytes]:
         final = bool(final)

@@ -30,17 +30,24 @@ cdef class WsCore:
         self.state = _WS_OPEN
         self._media = None
         self._leg = 0
+        self._wire = 0
         self._append = _APPEND
+        self._suffix = <bytes>_SUFFIXES[0]
+        self._up = None
 
     @property
     def wire(self):
-        return 0 if self._append is _APPEND else 1
+        return self._wire
 
     @wire.setter
     def wire(self, value):
         if type(value) is not int or not 0 <= value < len(_APPENDS):
             raise ValueError(f"wire must be one of 0..{len(_APPENDS) - 1}")
+        self._wire = value
         self._append = <bytes>_APPENDS[value]
+        self._suffix = <bytes>_SUFFIXES[value]
+        # The caller's 8 kHz, upsampled for a PCM16 backend: one stream per connection.
+        self._up = Resampler(8000, 16000) if value == WIRE_PCM16 else None
 
     def route(self, media, leg=0):
         if media is not None and not isinstance(media, MediaCore):
@@ -86,7 +93,8 @@ cdef class WsCore:
                         self._violation("rate", f"over {self._max_rate} messages per second", 1008)
                         return 0
                     self._window_start, self._window_count = t, 1
-            if opcode == 0x1:
+            if opcode == 0x1 or (opcode == 0x2 and self._wire == WIRE_PCM16):
+                # (Gemini Live's server may send its JSON in binary frames: read alike.)
                 if not self.messages:
                     media = self._media
                     if media is not None:
@@ -106,8 +114,20 @@ cdef class WsCore:
             elif opcode == 0x9:
                 self._write(build_frame(0xA, payload, self._mask()))
             elif opcode == 0x2:
-                self._violation("binary", "binary messages are not accepted", 1003)
-                break
+                if self._wire != WIRE_BINARY:
+                    self._violation("binary", "binary messages are not accepted", 1003)
+                    break
+                # A binary backend's audio: to the media core as a delta is, else queued in order
+                # (as a bytearray: what tells ``recv``'s reader it is audio, not an event).
+                if not self.messages:
+                    media = self._media
+                    if media is not None and self._leg == LEG_BACKEND:
+                        if now < 0:
+                            now = self._clock()
+                            now_out[0] = now
+                        if media._backend_binary(payload, now):
+                            continue
+                self.messages.append(bytearray(payload))
         if self.messages or self.state != _WS_OPEN:
             self._wake()
         return 0
@@ -155,23 +175,46 @@ cdef class WsCore:
 
     def send_append(self, payload):
         if type(payload) is not bytes:
+            if self._wire >= WIRE_BINARY:
+                raise TypeError(f"send_append() takes bytes, not {type(payload).__name__}")
             if self.state == _WS_OPEN:
-                self._write(build_frame(0x1, self._append + payload + b'"}', self._next_mask()))
+                self._write(build_frame(0x1, self._append + payload + self._suffix, self._next_mask()))
             return
         self._send_append_c(<cbuf>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))
 
     cdef int _send_append_c(self, cbuf payload, Py_ssize_t size) except -1:
-        """The wire's append of base64 at payload, framed (masked if a client) in one go."""
-        cdef Py_ssize_t n
-        cdef bytes out
+        """The wire's append of base64 at payload, framed (masked if a client) in one go: as is,
+        or (Deepgram) decoded into a binary frame, or (Gemini) transcoded to PCM16 at 16 kHz."""
+        cdef Py_ssize_t n, m
+        cdef bytes out, raw, text
         cdef const unsigned char* mask = NULL
-        cdef bytes prefix = self._append
+        cdef bytes prefix = self._append, suffix = self._suffix
+        cdef int opcode = 0x1
         if self.state != _WS_OPEN:
             return 0
+        if self._wire >= WIRE_BINARY:
+            m = _b64_len(payload, size)
+            if m < 0:
+                raise PayloadError("payload is not padded standard base64")
+            raw = PyBytes_FromStringAndSize(NULL, m)
+            _po_dec_ring(<unsigned char*>PyBytes_AS_STRING(raw), m, 0, payload, m)
+            if self._wire == WIRE_BINARY:
+                text, opcode = raw, 0x2
+            else:
+                text = _b64_bytes(self._up._up_ulaw(<cbuf>PyBytes_AS_STRING(raw), m))
+            payload, size = <cbuf>PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text)
         if self.client:
             mask = <const unsigned char*>self._mask_ptr()
-        n = PyBytes_GET_SIZE(prefix) + size + 2
+        n = PyBytes_GET_SIZE(prefix) + size + PyBytes_GET_SIZE(suffix)
         out = PyBytes_FromStringAndSize(NULL, _header_len(n, mask != NULL) + n)
-        _write_text3(<unsigned char*>PyBytes_AS_STRING(out), PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix),
-                     <const char*>payload, size, b'"}', 2, mask)
+        _write_frame3(<unsigned char*>PyBytes_AS_STRING(out), opcode, PyBytes_AS_STRING(prefix),
+                      PyBytes_GET_SIZE(prefix), <const char*>payload, size, PyBytes_AS_STRING(suffix),
+                      PyBytes_GET_SIZE(suffix), mask)
         return self._write_c(out)
+
+
+cdef bytes _b64_bytes(bytes data):
+    """Padded standard base64 of data."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 4 * ((PyBytes_GET_SIZE(data) + 2) // 3))
+    _po_enc(<cbuf>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), <unsigned char*>PyBytes_AS_STRING(out))
+    return out

@@ -13,13 +13,15 @@ and ``_wake()``.
 
 from __future__ import annotations
 
+import binascii
 import collections
 import os
 from collections.abc import Callable
 from typing import Any
 
+from relay._codec_py import Resampler, ulaw_to_pcm16
 from relay._framing_py import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameReader, build_frame
-from relay._messages_py import _APPENDS, _append
+from relay._messages_py import _APPENDS, WIRE_BINARY, WIRE_PCM16, _append, b64_decoded_len
 from relay.errors import FrameError
 
 __all__ = ["LEG_BACKEND", "LEG_TWILIO", "OPEN", "WsCore"]
@@ -32,6 +34,7 @@ class WsCore:
     __slots__ = (
         "_clock",
         "_wire",
+        "_up",
         "_leg",
         "_mask_at",
         "_masks",
@@ -56,7 +59,7 @@ class WsCore:
         self._window_start = 0.0
         self._window_count = 0
         self._clock = clock
-        self.messages: collections.deque[bytes] = collections.deque()
+        self.messages: collections.deque[bytes | bytearray] = collections.deque()
         self._masks = b""  # random masking keys, 4 bytes each, used from _mask_at on
         self._mask_at = 0
         self.state = OPEN
@@ -65,6 +68,7 @@ class WsCore:
         self._media: Any = None
         self._leg = LEG_TWILIO
         self._wire = 0
+        self._up: Resampler | None = None  # WIRE_PCM16: the caller's audio, 8 -> 16 kHz
 
     @property
     def wire(self) -> int:
@@ -76,6 +80,8 @@ class WsCore:
         if type(value) is not int or not 0 <= value < len(_APPENDS):
             raise ValueError(f"wire must be one of 0..{len(_APPENDS) - 1}")
         self._wire = value
+        # The caller's 8 kHz, upsampled for a PCM16 backend: one stream per connection.
+        self._up = Resampler(8000, 16000) if value == WIRE_PCM16 else None
 
     def route(self, media: Any, leg: int = LEG_TWILIO) -> None:
         """Offer every text message to ``media`` (a ``MediaCore``) first; ``None`` unroutes the
@@ -120,7 +126,8 @@ class WsCore:
                         self._violation("rate", f"over {self._max_rate} messages per second", 1008)  # type: ignore[attr-defined]  # the subclass's hook
                         return
                     self._window_start, self._window_count = t, 1
-            if opcode == OP_TEXT:
+            if opcode == OP_TEXT or (opcode == OP_BINARY and self._wire == WIRE_PCM16):
+                # (Gemini Live's server may send its JSON in binary frames: read alike.)
                 # Order holds: while anything waits for ``recv``, later messages queue behind it.
                 if not self.messages:
                     media = self._media
@@ -139,9 +146,22 @@ class WsCore:
             elif opcode == OP_PING:
                 self._write(build_frame(OP_PONG, payload, self._mask()))
             elif opcode == OP_BINARY:
-                # Both peers speak JSON text; a binary message is not ours to guess at.
-                self._violation("binary", "binary messages are not accepted", 1003)  # type: ignore[attr-defined]  # the subclass's hook
-                break
+                if self._wire != WIRE_BINARY:
+                    # Twilio and JSON backends speak text; a binary message is not ours to guess at.
+                    self._violation("binary", "binary messages are not accepted", 1003)  # type: ignore[attr-defined]  # the subclass's hook
+                    break
+                # A binary backend's audio: to the media core as a delta is, else queued in order
+                # (as a bytearray: what tells ``recv``'s reader it is audio, not an event).
+                if not self.messages:
+                    media = self._media
+                    if media is not None and self._leg == LEG_BACKEND:
+                        if now is None:
+                            now = self._clock()
+                            if now_out is not None:
+                                now_out.append(now)
+                        if media.backend_binary(payload, now):
+                            continue
+                self.messages.append(bytearray(payload))
         if self.messages or self.state != OPEN:
             self._wake()  # type: ignore[attr-defined]  # the subclass's hook
 
@@ -176,6 +196,17 @@ class WsCore:
             self._write(b"".join([build_frame(OP_TEXT, m, self._mask()) for m in messages]))
 
     def send_append(self, payload: bytes) -> None:
-        """Send caller audio (base64 μ-law) as the wire's append, framed in one go."""
-        if self.state == OPEN:
-            self._write(build_frame(OP_TEXT, _append(payload, self._wire), self._mask()))
+        """Send caller audio (base64 μ-law) as the wire's append, framed in one go: as is, or
+        (Deepgram) decoded into a binary frame, or (Gemini) transcoded to base64 PCM16 at 16 kHz."""
+        if self._wire >= WIRE_BINARY and type(payload) is not bytes:
+            raise TypeError(f"send_append() takes bytes, not {type(payload).__name__}")
+        if self.state != OPEN:
+            return
+        if self._wire >= WIRE_BINARY:
+            b64_decoded_len(payload)  # PayloadError unless padded standard base64
+            raw = binascii.a2b_base64(payload)
+            if self._up is None:
+                self._write(build_frame(OP_BINARY, raw, self._mask()))
+                return
+            payload = binascii.b2a_base64(self._up.process(ulaw_to_pcm16(raw)), newline=False)
+        self._write(build_frame(OP_TEXT, _append(payload, self._wire), self._mask()))

@@ -820,12 +820,72 @@ def _send_append(module: Any, payload: Any, client: bool, wire: Any = 0) -> tupl
         st.binary(max_size=16).map(memoryview),
     ),
     st.booleans(),
-    st.one_of(st.sampled_from([0, 1, 1]), st.sampled_from([2, -1, True, 1.0, "1", None])),
+    st.one_of(st.sampled_from([0, 1, 2, 3, 3]), st.sampled_from([4, -1, True, 1.0, "1", None])),
 )
 def test_send_append(payload: Any, client: bool, wire: Any) -> None:
-    """The append message in the wire's shape (Realtime's or GPT-Live's), framed (masked on the
-    client side): the same frame, or the same error; a wire that is not one is refused alike."""
+    """The append message in the wire's shape (Realtime's, GPT-Live's, Deepgram's binary μ-law,
+    Gemini's PCM16 at 16 kHz), framed (masked on the client side): the same frame, or the same
+    error; a wire that is not one is refused alike."""
     assert _send_append(fast, payload, client, wire) == _send_append(ref, payload, client, wire)
+
+
+def test_a_pcm16_wire_carries_its_resampler_state_from_frame_to_frame() -> None:
+    """Gemini's wire: each frame upsampled in one stream, as the whole would be, on both cores."""
+    payloads = [base64.b64encode(bytes((i * 37 + k) & 0xFF for i in range(160))) for k in range(5)]
+    whole = ref.Resampler(8000, 16000).process(ref.ulaw_to_pcm16(b"".join(base64.b64decode(p) for p in payloads)))
+    for module in (fast, ref):
+        transport = _Writes()
+        core = module.WsCore(transport, False, 1 << 20, 0, lambda: 0.0)
+        core.wire = 3
+        for payload in payloads:
+            core.send_append(payload)
+        reader = ref.FrameReader(False, 1 << 20)
+        reader.feed(b"".join(transport.writes))
+        sent = b""
+        while (frame := reader.read()) is not None:
+            message = orjson.loads(frame[1])
+            assert message["realtimeInput"]["audio"]["mimeType"] == "audio/pcm;rate=16000"
+            sent += base64.b64decode(message["realtimeInput"]["audio"]["data"])
+        assert sent == whole
+
+
+@SETTINGS
+@given(
+    st.one_of(
+        st.builds(
+            lambda pcm, mime, role: orjson.dumps(
+                {
+                    "serverContent": {
+                        "modelTurn": {
+                            **({"role": role} if role else {}),
+                            "parts": [{"inlineData": {"mimeType": mime, "data": base64.b64encode(pcm).decode()}}],
+                        }
+                    }
+                }
+            ),
+            st.binary(max_size=64),
+            st.sampled_from(["audio/pcm;rate=24000", "audio/pcm", "audio/pcm;rate=16000", "image/png"]),
+            st.sampled_from(["", "model", None]),
+        ),
+        st.sampled_from(
+            [
+                b'{"serverContent":{"interrupted":true}}',
+                b'{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":"audio/pcm","data":"AAAA"}},{"text":"x"}]}}}',
+                b'{"serverContent":{"modelTurn":{"parts":[]}},"usageMetadata":{}}',
+                b'{ "serverContent" : { "modelTurn" : { "parts" : [ { "inlineData" : '
+                b'{ "data" : "AAAA" , "mimeType" : "audio/pcm" } } ] } } }',
+                b'{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":"audio/pcm","data":"AA=A"}}]}}}',
+                b'{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":"audio/pcm","data":"AAAA","data":"BBBB"}}]}}}',
+                rb'{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":"audio\/pcm","data":"AAAA"}}]}}}',
+                b'{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":"audio/pcm","data":"AAAA"}},]}}}',
+            ]
+        ),
+    ).flatmap(lambda msg: st.one_of(st.just(msg), mutated(st.just(msg)))),
+)
+def test_parse_gemini_audio(msg: bytes) -> None:
+    """An audio-only Gemini message read in one pass (its base64 PCM16), anything else None: the
+    compiled scan and its twin agree on every shape, mutation and fallback."""
+    assert_same("parse_gemini_audio", msg)
 
 
 def test_the_live_wire_appends_gpt_lives_event() -> None:
