@@ -49,9 +49,27 @@ DEFAULT_AGENT = "default"
 # GA voices (PROTOCOLS §2.2). fable, onyx and nova are absent on purpose: they are reported
 # to come out as noise over G.711.
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
-# The speech backends an agent may use (more arrive behind the same seam): OpenAI Realtime and
-# OpenAI GPT-Live (whose models are its own, ``models.LIVE_MODELS``).
-BACKENDS = ("openai-realtime", "openai-live")
+# The speech backends an agent may use, behind one seam: OpenAI Realtime, OpenAI GPT-Live (whose
+# models are its own, ``models.LIVE_MODELS``), Google Gemini Live (``models.GEMINI_MODELS``) and
+# Deepgram's Voice Agent (the model it thinks with; an Aura voice).
+BACKENDS = ("openai-realtime", "openai-live", "gemini-live", "deepgram")
+
+
+def voices_of(backend: str) -> tuple[str, ...]:
+    """The voices an agent on ``backend`` may name (OpenAI's always: the others map them to theirs)."""
+    if backend == "gemini-live":
+        return VOICES + models.GEMINI_VOICES
+    if backend == "deepgram":
+        return (*VOICES, models.DEFAULT_DEEPGRAM_VOICE, "aura-2-<name>-<language>")
+    return VOICES
+
+
+def voice_fits(voice: str, backend: str) -> bool:
+    if backend == "deepgram" and voice.startswith("aura-") and len(voice) <= 60 and voice.isprintable():
+        return " " not in voice
+    return voice in voices_of(backend)
+
+
 # Inclusive bounds of every numeric setting, here and in the environment. A limit of 0 admits
 # no call (a suspended agent); no limit at all is None.
 RANGES: dict[str, tuple[float, float]] = {
@@ -127,8 +145,8 @@ class Agent:
         out = []
         if not self.agent_id or len(self.agent_id) > MAX_NAME or not self.agent_id.isprintable():
             out.append(f"agent id {self.agent_id[:MAX_NAME]!r} must be 1..{MAX_NAME} printable characters")
-        if self.voice not in VOICES:
-            out.append(f"voice {self.voice[:40]!r} is not one of {', '.join(VOICES)}")
+        if not voice_fits(self.voice, self.backend):
+            out.append(f"voice {self.voice[:40]!r} is not one of {', '.join(voices_of(self.backend))}")
         if self.reasoning_effort not in models.REASONING_EFFORTS:
             out.append(
                 f"reasoning effort {self.reasoning_effort[:40]!r} is not one of {', '.join(models.REASONING_EFFORTS)}"
@@ -139,6 +157,11 @@ class Agent:
             out.append(f"model {self.model[:MAX_NAME]!r} is not a GPT-Live model ({', '.join(models.LIVE_MODELS)})")
         elif self.backend != "openai-live" and self.model in models.LIVE_MODELS:
             out.append(f"model {self.model!r} is a GPT-Live model: its backend is openai-live")
+        elif self.backend == "gemini-live" and self.model not in models.GEMINI_MODELS:
+            names = ", ".join(models.GEMINI_MODELS)
+            out.append(f"model {self.model[:MAX_NAME]!r} is not a Gemini Live model ({names})")
+        elif self.backend != "gemini-live" and self.model in models.GEMINI_MODELS:
+            out.append(f"model {self.model!r} is a Gemini Live model: its backend is gemini-live")
         for name in ("model", "transcription_model"):
             value = getattr(self, name)
             if not value or len(value) > MAX_NAME or not value.isprintable() or " " in value:

@@ -24,6 +24,7 @@ class CallOptions:
     # fragments that ends a turn.
     live_lead_ms: int = 80
     live_turn_gap_ms: int = 800
-    # The caller's last audio replayed to a GPT-Live session that takes over (recycle, reconnect):
-    # with no speech events to wait for, a line begun as the sessions change is heard whole.
+    # The caller's last audio replayed to a GPT-Live or Gemini session that takes over (recycle,
+    # reconnect, goAway): with no speech events to wait for, a line begun as the sessions change
+    # is heard whole.
     live_preroll_ms: int = 600

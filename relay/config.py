@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from relay import models
-from relay.agents import BACKENDS, RANGES, VOICES, AgentProfile
+from relay.agents import BACKENDS, RANGES, VOICES, AgentProfile, voice_fits
 from relay.audio_format import FRAME_MS
 from relay.call_options import CallOptions
 from relay.errors import ConfigError, InputError
@@ -27,6 +27,8 @@ from relay.twilio import ACCOUNT_SID, E164
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 # GPT-Live's endpoint: no query at all, the model goes in session.start (BACKENDS §2.1).
 DEFAULT_LIVE_URL = "wss://api.openai.com/v1/live/sessions"
+DEFAULT_GEMINI_LIVE_URL = "wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+DEFAULT_DEEPGRAM_AGENT_URL = "wss://agent.deepgram.com/v1/agent/converse"
 DEFAULT_FAILURE_MESSAGE = "Sorry, we are having technical difficulties and cannot take your call right now. Goodbye."
 
 __all__ = ["DEFAULT_LIVE_URL", "DEFAULT_REALTIME_URL", "VOICES", "Settings", "is_loopback"]
@@ -57,6 +59,12 @@ class Settings:
     live_lead_ms: int = 80
     live_turn_gap_ms: int = 800
     openai_api_key: str = field(default="", repr=False)
+    gemini_live_url: str = DEFAULT_GEMINI_LIVE_URL
+    gemini_model: str = models.DEFAULT_GEMINI_MODEL
+    gemini_api_key: str = field(default="", repr=False)
+    deepgram_agent_url: str = DEFAULT_DEEPGRAM_AGENT_URL
+    deepgram_model: str = models.DEFAULT_DEEPGRAM_THINK_MODEL  # the model a Deepgram agent thinks with
+    deepgram_api_key: str = field(default="", repr=False)
     database_url: str = field(default="", repr=False)
     twilio_auth_token: str = field(default="", repr=False)
     twilio_account_sid: str = ""  # the account TWILIO_AUTH_TOKEN belongs to; checked when set
@@ -174,7 +182,7 @@ class Settings:
         return AgentProfile(
             instructions=self.agent_instructions,
             voice=self.agent_voice,
-            model=self.live_model if self.backend == "openai-live" else self.realtime_model,
+            model=self.model_for(self.backend),
             backend=self.backend,
             transcription_model=self.transcription_model,
             vad_threshold=self.vad_threshold,
@@ -185,6 +193,22 @@ class Settings:
             reasoning_effort=self.agent_reasoning_effort,
             voicemail_message=self.voicemail_message,
         )
+
+    def model_for(self, backend: str) -> str:
+        """The deployment's model for an agent on ``backend``."""
+        return {
+            "openai-live": self.live_model,
+            "gemini-live": self.gemini_model,
+            "deepgram": self.deepgram_model,
+        }.get(backend, self.realtime_model)
+
+    def backend_key(self, backend: str) -> tuple[str, str]:
+        """The deployment's key for ``backend``, and the setting it comes from."""
+        if backend == "gemini-live":
+            return self.gemini_api_key, "GEMINI_API_KEY"
+        if backend == "deepgram":
+            return self.deepgram_api_key, "DEEPGRAM_API_KEY"
+        return self.openai_api_key, "OPENAI_API_KEY"
 
     @property
     def call_options(self) -> CallOptions:
@@ -213,6 +237,22 @@ class Settings:
         parts = urlsplit(self.realtime_url)
         query = [(k, v) for k, values in parse_qs(parts.query, keep_blank_values=True).items() for v in values]
         return urlunsplit(parts._replace(query=urlencode([*query, ("model", model)])))
+
+    def backend_endpoint(self, backend: str, model: str) -> tuple[str, dict[str, str]]:
+        """Where a session of ``backend`` (with ``model``) connects, and its auth headers.
+
+        Realtime takes the model in the URL; GPT-Live takes no query (the model is in its
+        session.start), nor does Gemini Live (the model is in its setup; the key goes in
+        ``x-goog-api-key``, as google-genai sends it) or Deepgram (``Authorization: Token``).
+        No OpenAI-Beta header: it selects Realtime's retired beta shape (PROTOCOLS §2.1).
+        """
+        if backend == "openai-live":
+            return self.live_url, {"Authorization": f"Bearer {self.openai_api_key}"}
+        if backend == "gemini-live":
+            return self.gemini_live_url, {"x-goog-api-key": self.gemini_api_key}
+        if backend == "deepgram":
+            return self.deepgram_agent_url, {"Authorization": f"Token {self.deepgram_api_key}"}
+        return self.realtime_url_for(model), {"Authorization": f"Bearer {self.openai_api_key}"}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, *, serve: bool = True) -> Settings:
@@ -264,6 +304,13 @@ class Settings:
         number("RELAY_LIVE_LEAD_MS", "live_lead_ms", int, 20, 1000)
         number("RELAY_LIVE_TURN_GAP_MS", "live_turn_gap_ms", int, 200, 5000)
         text("OPENAI_API_KEY", "openai_api_key")
+        text("RELAY_GEMINI_LIVE_URL", "gemini_live_url")
+        text("RELAY_GEMINI_MODEL", "gemini_model")
+        text("GOOGLE_API_KEY", "gemini_api_key")
+        text("GEMINI_API_KEY", "gemini_api_key")  # (read last: it wins when both are set)
+        text("RELAY_DEEPGRAM_AGENT_URL", "deepgram_agent_url")
+        text("RELAY_DEEPGRAM_MODEL", "deepgram_model")
+        text("DEEPGRAM_API_KEY", "deepgram_api_key")
         text("TWILIO_AUTH_TOKEN", "twilio_auth_token")
         text("TWILIO_ACCOUNT_SID", "twilio_account_sid")
         text("RELAY_STREAM_SECRET", "stream_secret")
@@ -399,15 +446,28 @@ class Settings:
             problems.append(f"RELAY_REALTIME_MODEL={self.realtime_model!r} is not a model name")
         if self.twilio_account_sid and not ACCOUNT_SID.fullmatch(self.twilio_account_sid):
             problems.append(f"TWILIO_ACCOUNT_SID={self.twilio_account_sid!r} must be AC followed by 32 hex digits")
-        if serve and not self.openai_api_key:
-            problems.append("OPENAI_API_KEY is required")
+        for name, url in (
+            ("RELAY_GEMINI_LIVE_URL", self.gemini_live_url),
+            ("RELAY_DEEPGRAM_AGENT_URL", self.deepgram_agent_url),
+        ):
+            parts = urlsplit(url)
+            if parts.scheme not in ("wss", "ws") or not parts.hostname:
+                problems.append(f"{name}={url!r} must be a wss:// URL")
+            elif parts.scheme == "ws" and not is_loopback(parts.hostname):
+                problems.append(f"{name}={url!r} must use wss (ws is for loopback only)")
+        if self.gemini_model not in models.GEMINI_MODELS:
+            names = ", ".join(models.GEMINI_MODELS)
+            problems.append(f"RELAY_GEMINI_MODEL={self.gemini_model[:40]!r} is not one of {names}")
+        key, key_name = self.backend_key(self.backend)
+        if serve and not key:
+            problems.append(f"{key_name} is required (RELAY_BACKEND={self.backend})")
         if serve and not self.twilio_auth_token and not self.skip_twilio_signature:
             problems.append(
                 "TWILIO_AUTH_TOKEN is required to validate X-Twilio-Signature "
                 "(RELAY_INSECURE_SKIP_TWILIO_SIGNATURE=1 turns validation off, for development only)"
             )
-        if self.agent_voice not in VOICES:
-            problems.append(f"RELAY_AGENT_VOICE={self.agent_voice!r} is not one of {', '.join(VOICES)}")
+        if not voice_fits(self.agent_voice, self.backend):
+            problems.append(f"RELAY_AGENT_VOICE={self.agent_voice!r} is not a voice for {self.backend}")
         if self.agent_reasoning_effort not in models.REASONING_EFFORTS:
             problems.append(
                 f"RELAY_AGENT_REASONING_EFFORT={self.agent_reasoning_effort[:40]!r} is not one of "

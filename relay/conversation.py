@@ -263,11 +263,13 @@ class Conversation:
         "on_escalate",
         "on_hangup",
         "on_key",
+        "on_session_ending",
         "on_tool",
         "on_transfer",
         "on_turn_stored",
         "on_wants_clock",
         "options",
+        "resume_handle",
         "start",
         "tenant_id",
         "usage",
@@ -295,9 +297,10 @@ class Conversation:
             held_frames=options.presession_buffer_ms // FRAME_MS,
             max_gap_fill_ms=options.max_gap_fill_ms,
             pace_ms=options.pacer_interval_ms,
-            preroll_frames=options.live_preroll_ms // FRAME_MS if backend.timed else 0,
+            preroll_frames=options.live_preroll_ms // FRAME_MS if backend.replays else 0,
         )
         self.media.on_event = self._media_event
+        self.media.wire = backend.wire  # how the backend's audio is framed and encoded
         self.start = start
         self.agent = agent
         self.options = options
@@ -323,11 +326,15 @@ class Conversation:
         self.on_transfer: Callable[[TransferTarget, str], dict[str, Any] | None] = lambda target, summary: {
             "error": "transfers are unavailable"
         }
+        # The backend will end its session in so many seconds (Gemini's goAway): the shell has a
+        # fresh one take over now, between turns.
+        self.on_session_ending: Callable[[float], None] = lambda seconds: None
         # A turn was stored: (its record, the answer or None for the caller's); metrics, traces.
         self.on_turn_stored: Callable[[TurnRecord, AssistantTurn | None], None] = lambda record, turn: None
         # ---- backend leg
         self.backend: ev.Backend = backend  # the (last) session's protocol
         self.backend_expires_at: float | None = None  # when the session says it ends (Unix s)
+        self.resume_handle = ""  # what a new session resumes this one from (Gemini), if any
         # A backend with timed transcripts and no turns (GPT-Live): its turns, rebuilt here.
         self._live = LiveTurns(options.live_turn_gap_ms) if backend.timed else None
         self._live_ticking = False
@@ -410,7 +417,7 @@ class Conversation:
         """
         if reason != "start":
             self._forget_backend()
-        backend = self.backend = ev.for_agent(self.agent)
+        backend = self.backend = ev.for_agent(self.agent, len(self._session_seconds))
         self._upstream = upstream
         self.media.attach(upstream, replay=reason != "start")
         self.backend_expires_at = None
@@ -424,7 +431,8 @@ class Conversation:
             self._stats.reconnects += 1
             self._say_on_open = self.options.reconnect_message or None
         seeded = reason != "start" or self._resumed is not None
-        for message in backend.open(self.agent, self.history() if seeded else [], self.options.seed_max_chars):
+        history = self.history() if seeded else []
+        for message in backend.open(self.agent, history, self.options.seed_max_chars, self.resume_handle):
             upstream.send(message)
 
     @property
@@ -432,7 +440,7 @@ class Conversation:
         """The number of the current backend session in this call (0 for the first)."""
         return len(self._session_seconds) - 1
 
-    def retired_message(self, index: int, message: bytes) -> None:
+    def retired_message(self, index: int, message: bytes | bytearray) -> None:
         """A message from backend session ``index`` after it was retired (its last words while it
         closes): only what it says it used counts."""
         for event in ev.for_agent(self.agent).parse(message):
@@ -441,6 +449,8 @@ class Conversation:
 
     def backend_lost(self, now: float) -> None:
         """The backend session ended unexpectedly: what it produced still plays; the rest waits."""
+        if not self.media.gate_open:
+            self.resume_handle = ""  # (a session that never came up may have refused the handle)
         self._forget_backend()
         self.media.flush(now)
         self._check_stored()
@@ -536,7 +546,7 @@ class Conversation:
     def _open_gate(self, now: float) -> None:
         assert self._upstream is not None
         self.media.open_gate()
-        backlog, self._backlog = self._backlog, []
+        backlog, self._backlog = [*self.backend.after_ready(), *self._backlog], []
         for message in backlog:
             self._upstream.send(message)
         if not self._greeted:
@@ -611,7 +621,7 @@ class Conversation:
 
     # ================================================================== backend → Twilio
 
-    def backend_message(self, message: bytes, now: float) -> None:
+    def backend_message(self, message: bytes | bytearray, now: float) -> None:
         """Handle one backend message the media core handed up (parsed here once).
 
         Raises:
@@ -662,6 +672,8 @@ class Conversation:
             self._awaiting_answer = False
         elif isinstance(event, ev.AnswerStarted):
             self._new_assistant(event.item_id)
+            if self.backend.itemless:
+                media.live_item(event.item_id)  # its audio names no answer: this one's comes next
         elif isinstance(event, ev.AnswerTranscript):
             turn = self._assistants.get(event.item_id)
             if turn is None:
@@ -676,6 +688,12 @@ class Conversation:
                 media.flush(now)
         elif isinstance(event, ev.ResponseDone):
             self._response_done(event, now)
+        elif isinstance(event, ev.ResumeHandle):
+            self.resume_handle = event.handle
+        elif isinstance(event, ev.SessionEnding):
+            log.info("call %s: the backend ends its session in %.0f s", self.call_sid, event.seconds)
+            self.backend_expires_at = time.time() + event.seconds
+            self.on_session_ending(event.seconds)
         elif isinstance(event, ev.SessionSeconds):
             self._session_seconds[-1] = event.seconds  # cumulative: the latest is the session's
         elif isinstance(event, ev.SessionClosed):

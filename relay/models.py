@@ -22,6 +22,17 @@ DEFAULT_REALTIME_MODEL = "gpt-realtime-2.1"
 LIVE_MODELS = ("gpt-live-1", "gpt-live-1.1")
 DEFAULT_LIVE_MODEL = LIVE_MODELS[0]
 DEFAULT_DELEGATION_MODEL = "gpt-5-mini"
+# Gemini Live's models (BACKENDS §3.1) and its prebuilt voices; an agent on it with an OpenAI
+# voice name gets the default one.
+GEMINI_MODELS = ("gemini-3.8-live", "gemini-3.8-live-extended-thinking", "gemini-3.1-flash-live-preview")
+DEFAULT_GEMINI_MODEL = GEMINI_MODELS[0]
+GEMINI_VOICES = ("Kore", "Puck", "Charon", "Aoede", "Fenrir", "Leda", "Orus", "Zephyr")
+DEFAULT_GEMINI_VOICE = "Kore"
+# Deepgram's Voice Agent: the agent's model is the one it thinks with (an OpenAI one through
+# Deepgram), its voice an Aura model, and it listens with Nova (BACKENDS §4.2).
+DEFAULT_DEEPGRAM_THINK_MODEL = "gpt-4.1-nano"
+DEFAULT_DEEPGRAM_VOICE = "aura-2-thalia-en"
+DEFAULT_DEEPGRAM_LISTEN_MODEL = "nova-3"
 # How hard a reasoning Realtime model thinks before it speaks (openai 3.63.0
 # ``realtime_reasoning_effort.py``): more effort costs latency the caller hears (BACKENDS §5.2).
 REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")

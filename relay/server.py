@@ -214,13 +214,10 @@ class Relay:
         self.transfers: dict[str, tuple[str, str]] = {}
 
     async def _connect_backend(self, agent: AgentProfile) -> Upstream:
-        # Realtime takes the model in the URL; GPT-Live takes no query (the model is in its
-        # session.start). No OpenAI-Beta header: it selects Realtime's retired beta shape
-        # (PROTOCOLS §2.1), and GPT-Live's alpha headers belong to a protocol that is gone.
-        live = agent.backend == "openai-live"
+        url, headers = self.settings.backend_endpoint(agent.backend, agent.model)
         conn = await upstream.connect(
-            self.settings.live_url if live else self.settings.realtime_url_for(agent.model),
-            {"Authorization": f"Bearer {self.settings.openai_api_key}"},
+            url,
+            headers,
             max_size=16 * 1024 * 1024,
             timeout=10,
             slow_peer_s=self.settings.slow_peer_timeout_ms / 1000,
@@ -1300,7 +1297,7 @@ class RelayServer:
         # TCP connect to its host (no session, nothing billed) every BACKEND_PROBE_S.
         loop = asyncio.get_running_loop()
         settings = self.relay.settings
-        parts = urlsplit(settings.live_url if settings.backend == "openai-live" else settings.realtime_url)
+        parts = urlsplit(settings.backend_endpoint(settings.backend, settings.model_for(settings.backend))[0])
         host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)
         while True:
             seen = self.relay.backend_seen_at

@@ -130,6 +130,11 @@ class BackendNotReady(BackendError):
     """A backend session did not confirm itself within the ready timeout."""
 
 
+# How often a backend that needs it hears that the session is alive while no audio flows
+# (Deepgram wants something every 8 s: BACKENDS §4.5).
+KEEPALIVE_S = 4.0
+
+
 def _recycle_margin(cap_s: float) -> float:
     """How long before the cap a fresh session is opened: 10 %, at least 5 s, at most 5 min."""
     return min(max(5.0, cap_s * 0.1), 300.0)
@@ -366,6 +371,7 @@ class CallSession:
         media.on_wants_clock = lambda: self._pacer.add(media, media.tick)
         conversation.on_wants_clock = lambda: self._pacer.add(conversation, conversation.tick)
         conversation.on_hangup = self._hangup.set
+        conversation.on_session_ending = self._session_ending
         hooks = self._hooks
         if hooks is not None:
             conversation.on_escalate = lambda summary: hooks.escalate(self, summary)
@@ -548,6 +554,8 @@ class CallSession:
             asyncio.create_task(self._hang_up_watch(conversation), name=f"hangup-{self.call_sid}"),
             asyncio.create_task(self._leave_watch(conversation), name=f"leave-{self.call_sid}"),
         ]
+        if hasattr(conversation.backend, "keepalive"):
+            tasks.append(asyncio.create_task(self._keepalive(conversation), name=f"keepalive-{self.call_sid}"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             first = done.pop()
@@ -568,6 +576,17 @@ class CallSession:
                 self._retire(self._upstream)
             if self._closing:
                 await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def _keepalive(self, conversation: Conversation) -> str:
+        """A backend that closes an idle session (Deepgram, after ~10 s of nothing) hears a
+        KeepAlive whenever no caller audio went to it for a while (a muted or held call)."""
+        sent = conversation.media.frames_in
+        while True:
+            await asyncio.sleep(KEEPALIVE_S)
+            upstream, frames = self._upstream, conversation.media.frames_in
+            if upstream is not None and conversation.backend_ready and frames == sent:
+                upstream.send(conversation.backend.keepalive())  # type: ignore[attr-defined]  # (checked at start)
+            sent = frames
 
     # ------------------------------------------------------------------ Twilio leg
 
@@ -623,9 +642,20 @@ class CallSession:
         upstream.route(conversation.media, LEG_BACKEND)
         conversation.attach_backend(upstream, reason)
         self._session_of[id(upstream)] = conversation.session_index
+        self._start_recycler(upstream, loop.time())
+
+    def _start_recycler(self, upstream: Upstream, opened_at: float, ending_in: float | None = None) -> None:
         if self._recycler is not None:
             self._recycler.cancel()
-        self._recycler = asyncio.create_task(self._recycle(upstream, loop.time()), name=f"recycle-{self.call_sid}")
+        self._recycler = asyncio.create_task(
+            self._recycle(upstream, opened_at, ending_in), name=f"recycle-{self.call_sid}"
+        )
+
+    def _session_ending(self, seconds: float) -> None:
+        """The backend ends its session in ``seconds`` (Gemini's goAway): a fresh one takes over
+        now, at the first pause, resuming it (``Conversation.resume_handle``)."""
+        if self._upstream is not None and not self._ending:
+            self._start_recycler(self._upstream, self._opened_at, max(0.0, seconds))
 
     async def _backend_loop(self, conversation: Conversation) -> str:
         while True:
@@ -745,18 +775,22 @@ class CallSession:
             delay = min(delay * 2, most)
         return None
 
-    async def _recycle(self, upstream: Upstream, opened_at: float) -> None:
-        """Before ``upstream`` reaches the session cap, a fresh session takes over between turns."""
+    async def _recycle(self, upstream: Upstream, opened_at: float, ending_in: float | None = None) -> None:
+        """Before ``upstream`` reaches the session cap, a fresh session takes over between turns
+        (``ending_in``: the backend said it ends the session in so many seconds: at once)."""
         assert self.conversation is not None
         conversation = self.conversation
         cap_s = self._cap_s
-        # A backend that says when its session expires (GPT-Live's expires_at) sets the cap.
-        while upstream is self._upstream and not conversation.backend_ready:
-            await asyncio.sleep(IDLE_POLL_S)
-        expires_at = conversation.backend_expires_at
-        if expires_at is not None:
-            cap_s = min(cap_s, max(1.0, expires_at - time.time() + self._loop.time() - opened_at))
-        await asyncio.sleep(max(0.0, opened_at + cap_s - _recycle_margin(cap_s) - self._loop.time()))
+        if ending_in is not None:
+            cap_s = self._loop.time() + ending_in - opened_at
+        else:
+            # A backend that says when its session expires (GPT-Live's expires_at) sets the cap.
+            while upstream is self._upstream and not conversation.backend_ready:
+                await asyncio.sleep(IDLE_POLL_S)
+            expires_at = conversation.backend_expires_at
+            if expires_at is not None:
+                cap_s = min(cap_s, max(1.0, expires_at - time.time() + self._loop.time() - opened_at))
+            await asyncio.sleep(max(0.0, opened_at + cap_s - _recycle_margin(cap_s) - self._loop.time()))
         if upstream is not self._upstream:
             return
         try:

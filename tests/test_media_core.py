@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from relay import _fastpath_py as ref
 from relay import _media_py, _wscore_py, twilio
-from relay.backends import realtime
+from relay.backends import WIRES, realtime
 from relay.call_options import CallOptions
 from relay.conversation import AssistantTurn, Conversation
 
@@ -121,10 +121,9 @@ def run(
     backend_leg = Leg(backend_t, True, 1 << 20, 0, lambda: now[0])
     twilio_leg.events, backend_leg.events = [], []
     live = backend == "openai-live"
-    agent = realtime.AgentProfile(instructions="x", backend=backend, model="gpt-live-1" if live else "gpt-realtime-2.1")
+    agent = realtime.AgentProfile(instructions="x", backend=backend, model=MODELS[backend])
     call = Conversation(START, agent, twilio_leg, records.append, options, core=CORES[impl])
-    if live:
-        backend_leg.wire = 1  # as the server opens a GPT-Live session's connection
+    backend_leg.wire = WIRES[backend]  # as the server opens the backend's connection
     call.attach_backend(backend_leg)
     twilio_leg.route(call.media, 0)
     backend_leg.route(call.media, 1)
@@ -175,8 +174,14 @@ def run(
                 del event["response_id"]
             if live:  # GPT-Live: one stream of audio, no items
                 event = {"type": "session.output_audio.delta", "event_id": "evt_1", "delta": delta.decode()}
-            message = orjson.dumps(event)
-            backend_leg.data_received(ref.build_frame(ref.OP_TEXT, message))
+            if backend == "gemini-live":  # PCM16 at 24 kHz, no items (an odd size: not whole samples)
+                inline = {"mimeType": "audio/pcm;rate=24000", "data": delta.decode()}
+                event = {"serverContent": {"modelTurn": {"parts": [{"inlineData": inline}]}}}
+            if backend == "deepgram":  # raw μ-law in a binary frame
+                raw = bytes((i * 7) & 0xFF for i in range(size))
+                backend_leg.data_received(ref.build_frame(ref.OP_BINARY, raw))
+            else:
+                backend_leg.data_received(ref.build_frame(ref.OP_TEXT, orjson.dumps(event)))
         elif kind == "event":
             _, event, item, _ = step
             payload = dict(event)
@@ -302,6 +307,43 @@ EVENTS = [
     },
 ]
 
+# Gemini Live's and Deepgram's (each backend ignores the others' events).
+GEMINI_EVENTS = [
+    {"setupComplete": {}},
+    {"serverContent": {"inputTranscription": {"text": "Wait a"}}},
+    {"serverContent": {"outputTranscription": {"text": "One two"}}},
+    {"serverContent": {"interrupted": True}},
+    {"serverContent": {"generationComplete": True}},
+    {"serverContent": {"turnComplete": True}, "usageMetadata": {"promptTokenCount": 40, "responseTokenCount": 90}},
+    {"toolCall": {"functionCalls": [{"id": "fc_1", "name": "lookup", "args": {}}]}},
+    {"sessionResumptionUpdate": {"newHandle": "h1", "resumable": True}},
+    {
+        "serverContent": {
+            "interrupted": True,
+            "modelTurn": {"parts": [{"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": "AAABAAIA"}}]},
+        }
+    },
+]
+DEEPGRAM_EVENTS = [
+    {"type": "Welcome", "request_id": "r1"},
+    {"type": "SettingsApplied"},
+    {"type": "UserStartedSpeaking"},
+    {"type": "ConversationText", "role": "user", "content": "Hello there"},
+    {"type": "ConversationText", "role": "assistant", "content": "One two three"},
+    {"type": "AgentStartedSpeaking", "total_latency": 0.5, "tts_latency": 0.1, "ttt_latency": 0.4},
+    {"type": "AgentAudioDone"},
+    {
+        "type": "FunctionCallRequest",
+        "functions": [{"id": "f1", "name": "lookup", "arguments": "{}", "client_side": True}],
+    },
+]
+MODELS = {
+    "openai-realtime": "gpt-realtime-2.1",
+    "openai-live": "gpt-live-1",
+    "gemini-live": "gemini-3.8-live",
+    "deepgram": "gpt-4.1-nano",
+}
+
 ms = st.integers(0, 45)
 steps = st.lists(
     st.one_of(
@@ -320,7 +362,12 @@ steps = st.lists(
             st.sampled_from([0, 0, 1, 2]),
             ms,
         ),
-        st.tuples(st.just("event"), st.sampled_from(EVENTS + LIVE_EVENTS), st.integers(0, 2), ms),
+        st.tuples(
+            st.just("event"),
+            st.sampled_from(EVENTS + LIVE_EVENTS + GEMINI_EVENTS + DEEPGRAM_EVENTS),
+            st.integers(0, 2),
+            ms,
+        ),
         st.tuples(st.just("mark"), st.integers(0, 1000), ms),
         st.tuples(st.just("tick"), st.sampled_from([0, 20, 20, 40, 1600])),
         st.tuples(st.just("dtmf"), st.sampled_from(["1", "5", "#"]), ms),
@@ -338,7 +385,7 @@ steps = st.lists(
     lead=st.sampled_from([60, 100, 200]),
     mark_frames=st.sampled_from([1, 5, 10]),
     pace=st.sampled_from([20, 20, 40]),
-    backend=st.sampled_from(["openai-realtime", "openai-realtime", "openai-live"]),
+    backend=st.sampled_from(["openai-realtime", "openai-realtime", "openai-live", "gemini-live", "deepgram"]),
 )
 def test_compiled_core_equals_its_twin(
     steps: list[tuple[Any, ...]],

@@ -3,7 +3,8 @@
 A ``Backend`` is one backend session's protocol, with no socket: ``parse`` turns each message
 the backend sent into a few ``Event`` values, and the command methods return the messages to
 send. ``relay.conversation`` speaks only this seam, so a backend plugs in by implementing it
-(``relay.backends.realtime`` is OpenAI Realtime GA, ``relay.backends.live`` OpenAI GPT-Live). The
+(``relay.backends.realtime`` is OpenAI Realtime GA, ``relay.backends.live`` OpenAI GPT-Live,
+``relay.backends.gemini`` Google Gemini Live, ``relay.backends.deepgram`` Deepgram's Voice Agent). The
 per-frame parts stay compiled and
 are chosen per backend by ``wire``: the audio appends relay sends and the audio deltas it
 reads never reach ``parse`` on the common path (``relay.fastpath.MediaCore`` handles them).
@@ -26,11 +27,15 @@ from relay.usage import Tokens, Transcription
 # model: a user message it is told is not the caller's.
 NOTE_PREFIX = "[A note for you, not said by the caller] "
 
-# The compiled framing a backend's audio takes (``WsCore.wire``, ``MediaCore``): JSON text appends
-# and deltas with base64 μ-law, as OpenAI Realtime sends them (per item), or as GPT-Live does
-# (``session.input_audio.append``, and one stream of ``session.output_audio.delta`` per session).
+# The compiled framing a backend's audio takes (``WsCore.wire``, ``MediaCore.wire``): JSON text
+# appends and deltas with base64 μ-law, as OpenAI Realtime sends them (per item), or as GPT-Live
+# does (``session.input_audio.append``, and one stream of ``session.output_audio.delta`` per
+# session); raw μ-law in binary frames both ways (Deepgram); or PCM16 in base64 JSON, 16 kHz in
+# and 24 kHz out (Gemini Live), transcoded from and to Twilio's μ-law in the compiled path.
 WIRE_REALTIME_JSON = 0
 WIRE_LIVE_JSON = 1
+WIRE_BINARY = 2
+WIRE_PCM16 = 3
 
 
 # Error codes that say the account cannot serve any call (no quota, a bad key): retrying only
@@ -173,6 +178,22 @@ class SessionSeconds:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeHandle:
+    """What a new connection resumes this session with, context and all (Gemini Live's latest
+    resumable ``sessionResumptionUpdate``)."""
+
+    handle: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnding:
+    """The backend will end this connection in ``seconds`` (Gemini Live's ``goAway``): a fresh one
+    takes over now, between turns."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class SessionClosed:
     """The backend closed the session, and said why (GPT-Live's ``session.closed`` reason)."""
 
@@ -196,6 +217,8 @@ Event = (
     | TimedText
     | SessionSeconds
     | SessionClosed
+    | ResumeHandle
+    | SessionEnding
 )
 
 
@@ -208,14 +231,30 @@ class Backend(Protocol):
     # Turns come as ``TimedText`` on one stream of audio per session, not as answer items; the
     # model yields to the caller by itself (GPT-Live).
     timed: bool
+    # Its audio names no answer (Gemini, Deepgram): it goes to the answer last started
+    # (``AnswerStarted``), and the first audio of each is what starts one.
+    itemless: bool
+    # A session that takes over mid-call is sent the last of the caller's audio the old one was
+    # sent first (``CallOptions.live_preroll_ms``): what the caller said since the context the new
+    # one starts from was taken (GPT-Live's turns, Gemini's resumption point) is not lost.
+    replays: bool
 
-    def parse(self, message: bytes) -> list[Event]:
-        """The events in one message (never raises: a bad message is a ``Failed``)."""
+    def parse(self, message: bytes | bytearray) -> list[Event]:
+        """The events in one message (never raises: a bad message is a ``Failed``). A
+        ``bytearray`` is a binary message (audio of a binary wire the media core left)."""
         ...
 
-    def open(self, agent: AgentProfile, history: list[tuple[str, str]], max_chars: int) -> list[bytes]:
+    def open(
+        self, agent: AgentProfile, history: list[tuple[str, str]], max_chars: int, resume: str = ""
+    ) -> list[bytes]:
         """The session set-up, sent first: ``agent``'s settings, and for a fresh session the
-        conversation so far, (role, text) oldest first, at most ``max_chars`` of its newest text."""
+        conversation so far, (role, text) oldest first, at most ``max_chars`` of its newest text;
+        ``resume``: a ``ResumeHandle`` the backend resumes the session from instead, if it can."""
+        ...
+
+    def after_ready(self) -> list[bytes]:
+        """What follows the set-up once the session is ready (the conversation so far, where the
+        set-up cannot carry it)."""
         ...
 
     def say(self, text: str) -> bytes:
@@ -253,13 +292,21 @@ class Backend(Protocol):
 IMPLEMENTATIONS = {
     "openai-realtime": ("relay.backends.realtime", "RealtimeBackend"),
     "openai-live": ("relay.backends.live", "LiveBackend"),
+    "gemini-live": ("relay.backends.gemini", "GeminiBackend"),
+    "deepgram": ("relay.backends.deepgram", "DeepgramBackend"),
 }
 # The compiled framing each one's audio takes (the connection is opened for it: ``WsCore.wire``).
-WIRES = {"openai-realtime": WIRE_REALTIME_JSON, "openai-live": WIRE_LIVE_JSON}
+WIRES = {
+    "openai-realtime": WIRE_REALTIME_JSON,
+    "openai-live": WIRE_LIVE_JSON,
+    "gemini-live": WIRE_PCM16,
+    "deepgram": WIRE_BINARY,
+}
 
 
-def for_agent(agent: AgentProfile) -> Backend:
-    """A new session's protocol for ``agent`` (its ``backend``).
+def for_agent(agent: AgentProfile, session: int = 0) -> Backend:
+    """A new session's protocol for ``agent`` (its ``backend``); ``session``: its number in the
+    call (0 first), which the ids it makes up for answers and turns carry, unique in the call.
 
     Raises:
         ValueError: no backend of that name (the stores and settings refuse such an agent first).
@@ -268,7 +315,7 @@ def for_agent(agent: AgentProfile) -> Backend:
         module, name = IMPLEMENTATIONS[agent.backend]
     except KeyError:
         raise ValueError(f"no speech backend named {agent.backend[:40]!r}") from None
-    backend: Backend = getattr(importlib.import_module(module), name)(agent)
+    backend: Backend = getattr(importlib.import_module(module), name)(agent, session)
     return backend
 
 
@@ -276,7 +323,9 @@ __all__ = [
     "FATAL_CODES",
     "IMPLEMENTATIONS",
     "WIRES",
+    "WIRE_BINARY",
     "WIRE_LIVE_JSON",
+    "WIRE_PCM16",
     "WIRE_REALTIME_JSON",
     "AnswerAudio",
     "AnswerAudioDone",
@@ -293,7 +342,9 @@ __all__ = [
     "Refused",
     "ResponseDone",
     "ResponseStarted",
+    "ResumeHandle",
     "SessionClosed",
+    "SessionEnding",
     "SessionSeconds",
     "TimedText",
     "ToolCall",

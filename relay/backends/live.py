@@ -146,15 +146,22 @@ class LiveBackend:
     wire = ev.WIRE_LIVE_JSON
     server_cancels = True  # the model yields by itself
     timed = True
+    itemless = False
+    replays = True
 
     __slots__ = ("_delegations", "_ready")
 
-    def __init__(self, agent: AgentProfile) -> None:
+    def __init__(self, agent: AgentProfile, session: int = 0) -> None:
         self._ready = False  # session.started confirmed μ-law
         self._delegations: dict[str, _Delegation] = {}  # by delegation id
 
-    def open(self, agent: AgentProfile, history: list[tuple[str, str]], max_chars: int) -> list[bytes]:
+    def open(
+        self, agent: AgentProfile, history: list[tuple[str, str]], max_chars: int, resume: str = ""
+    ) -> list[bytes]:
         return [session_start(agent, history, max_chars)]
+
+    def after_ready(self) -> list[bytes]:
+        return []
 
     def say(self, text: str) -> bytes:
         return commentary(f"{SAY_PREFIX}{text}")
@@ -185,7 +192,7 @@ class LiveBackend:
                 break
         return out
 
-    def parse(self, message: bytes) -> list[ev.Event]:
+    def parse(self, message: bytes | bytearray) -> list[ev.Event]:
         try:
             event = parse_event(message)
         except ProtocolError as exc:

@@ -197,7 +197,7 @@ def user_text(text: str) -> bytes:
     )
 
 
-def parse_event(message: bytes) -> dict[str, Any]:
+def parse_event(message: bytes | bytearray) -> dict[str, Any]:
     """Parse a server event (every type but audio deltas).
 
     Raises:
@@ -259,16 +259,23 @@ class RealtimeBackend:
     name = "openai-realtime"
     wire = ev.WIRE_REALTIME_JSON
     timed = False
+    itemless = False
+    replays = False
 
     __slots__ = ("_ready", "server_cancels")
 
-    def __init__(self, agent: AgentProfile) -> None:
+    def __init__(self, agent: AgentProfile, session: int = 0) -> None:
         # Server VAD cancels the response itself when the caller speaks, if the agent says so.
         self.server_cancels = agent.interrupt_response
         self._ready = False  # session.updated confirmed μ-law
 
-    def open(self, agent: AgentProfile, history: list[tuple[str, str]], max_chars: int) -> list[bytes]:
+    def open(
+        self, agent: AgentProfile, history: list[tuple[str, str]], max_chars: int, resume: str = ""
+    ) -> list[bytes]:
         return [session_update(agent), *seed_items(history, max_chars)]
+
+    def after_ready(self) -> list[bytes]:
+        return []
 
     def say(self, text: str) -> bytes:
         return say(text)
@@ -291,7 +298,7 @@ class RealtimeBackend:
     def close(self) -> None:
         return None  # a Realtime session ends with its socket
 
-    def parse(self, message: bytes) -> list[ev.Event]:
+    def parse(self, message: bytes | bytearray) -> list[ev.Event]:
         try:
             event = parse_event(message)
         except ProtocolError as exc:
