@@ -5,7 +5,8 @@ A simulator is two layers (``relay.sim.agent``, ``relay.sim.live``): a sans-I/O 
 takes client messages and the time and queues server events, and this shell, which serves it on
 loopback. ``SessionServer`` accepts the connections its owner's ``process_request`` lets through,
 makes a log and a core for each (``open_session``), and runs the core: client messages in, its
-events out as JSON text, woken at the core's next deadline, closed when the core asks.
+events out (a dict as a JSON text message, ``bytes`` as a binary one, for backends that stream
+audio in binary frames), woken at the core's next deadline, closed when the core asks.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 __all__ = ["SessionCore", "SessionLogLike", "SessionServer", "json_error_response"]
 
@@ -37,7 +39,7 @@ class SessionCore(Protocol):
     def receive(self, data: str | bytes, now: float) -> None: ...
     def advance(self, now: float) -> None: ...
     def next_deadline(self) -> float | None: ...
-    def take_events(self) -> list[dict[str, Any]]: ...
+    def take_events(self) -> Sequence[dict[str, Any] | bytes]: ...
     def connection_lost(self) -> None: ...
 
 
@@ -56,6 +58,8 @@ class SessionLogLike(Protocol):
 OpenSession = Callable[[ServerConnection, float], tuple[Any, SessionCore]]
 # Something done to a running session's core from outside (a test's fault): (core, now).
 Action = Callable[[Any, float], None]
+# (the connection, the subprotocols the client offers) -> the one to answer with, or None
+SelectSubprotocol = Callable[[ServerConnection, Sequence[Subprotocol]], Subprotocol | None]
 
 
 def json_error_response(connection: ServerConnection, status: int, etype: str, message: str) -> Response:
@@ -75,12 +79,14 @@ class SessionServer:
         path: str,
         open_session: OpenSession,
         process_request: Callable[[ServerConnection, Request], Response | None],
+        select_subprotocol: SelectSubprotocol | None = None,
     ) -> None:
         self.name = name  # for the log and errors
         self.path = path  # the URL path clients connect to
         self.sessions: list[Any] = []
         self._open_session = open_session
         self._process_request = process_request
+        self._select_subprotocol = select_subprotocol
         self._connections: dict[int, ServerConnection] = {}
         self._inboxes: dict[int, asyncio.Queue[Any]] = {}
         self._changed = asyncio.Event()  # set whenever a session opens or sends an event
@@ -93,6 +99,7 @@ class SessionServer:
             host,
             port,
             process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
             max_size=32 * 1024 * 1024,
             close_timeout=2,
             compression=None,
@@ -152,8 +159,12 @@ class SessionServer:
             core.connect(loop.time())
             while True:
                 for event in core.take_events():
-                    await ws.send(orjson.dumps(event).decode())
-                    slog.sent.append((loop.time(), event["type"]))
+                    if isinstance(event, bytes):
+                        await ws.send(event)
+                        slog.sent.append((loop.time(), f"<binary {len(event)}>"))  # the size, not the audio
+                    else:
+                        await ws.send(orjson.dumps(event).decode())
+                        slog.sent.append((loop.time(), event["type"]))
                     self._changed.set()
                 if core.close_request:
                     await ws.close(*core.close_request)
