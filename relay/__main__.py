@@ -290,9 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--think-ms", type=int, default=300, help="the simulated agent's think time")
     demo.add_argument(
         "--backend",
-        choices=("openai-realtime", "openai-live"),
+        choices=("openai-realtime", "openai-live", "gemini-live", "deepgram"),
         default="openai-realtime",
-        help="the speech backend the calls run on (simulated): OpenAI Realtime (default) or GPT-Live",
+        help="the speech backend the calls run on (simulated): OpenAI Realtime (default), GPT-Live, "
+        "Gemini Live or Deepgram's Voice Agent",
     )
     demo.add_argument(
         "--outbound",
@@ -344,20 +345,17 @@ def main(argv: list[str] | None = None) -> int:
             print(format_outbound(outcome))
         return 0 if outcome["ok"] else 1
 
-    from relay.demo import format_table, run_demo
-    from relay.sim.agent import AgentConfig
-    from relay.sim.live import LiveConfig
+    from relay.demo import format_table, run_demo, simulator
 
     logs.configure("WARNING")
     if args.calls < 1:
         parser.error("--calls must be at least 1")
-    live = args.backend == "openai-live"
     summary = uvloop.run(
         run_demo(
             args.calls,
             record=args.record,
             db_path=args.db,
-            agent_config=LiveConfig(think_ms=args.think_ms) if live else AgentConfig(think_ms=args.think_ms),
+            agent_config=simulator(args.backend, think_ms=args.think_ms).config,
             backend=args.backend,
         )
     )

@@ -1,11 +1,12 @@
 """``relay demo``: real calls end to end on loopback, with no keys and no network.
 
-It starts a simulated speech backend (OpenAI Realtime, or with ``--backend openai-live`` OpenAI
-GPT-Live) and a relay wired to it, runs simulated Twilio calls
+It starts a simulated speech backend (OpenAI Realtime, or with ``--backend`` OpenAI GPT-Live,
+Gemini Live or Deepgram's Voice Agent) and a relay wired to it, runs simulated Twilio calls
 against the relay's webhook, then reads the turns back from the store and prints them with
 the voice-to-voice latency each caller measured at the Twilio edge. Each call is a whole
-conversation: the agent greets the caller, answers two requests, and when the caller says
-goodbye it says its farewell and hangs up (``end_call``, a tool call: on GPT-Live, delegated to a
+conversation: the agent greets the caller, answers two requests (the caller talks over each
+answer, which is cut where the caller stopped hearing it), and when the caller says goodbye it
+says its farewell and hangs up (``end_call``, a tool call: on GPT-Live, delegated to a
 Responses model) once the farewell has played.
 """
 
@@ -27,8 +28,50 @@ from relay.server import Relay, RelayServer
 from relay.sim import audio
 from relay.sim.agent import AgentConfig, RealtimeAgent
 from relay.sim.caller import CallerScript, CallResult, TwilioCaller
+from relay.sim.deepgram import DeepgramAgent, DeepgramConfig
+from relay.sim.gemini import GeminiConfig, GeminiLive
 from relay.sim.live import LiveAgent, LiveConfig
 from relay.store import DEFAULT_TENANT, SQLiteStore, TurnRecord
+
+# A simulated backend, as the demo and the bench drive it (``start``, ``url``, ``violations``, ``stop``).
+Simulator = RealtimeAgent | LiveAgent | GeminiLive | DeepgramAgent
+SimulatorConfig = AgentConfig | LiveConfig | GeminiConfig | DeepgramConfig
+BACKEND_SIMULATORS: dict[str, tuple[type[Any], type[Any]]] = {
+    "openai-realtime": (RealtimeAgent, AgentConfig),
+    "openai-live": (LiveAgent, LiveConfig),
+    "gemini-live": (GeminiLive, GeminiConfig),
+    "deepgram": (DeepgramAgent, DeepgramConfig),
+}
+
+
+def simulator(backend: str, config: SimulatorConfig | None = None, think_ms: int | None = None) -> Simulator:
+    """The simulator of ``backend``, with ``config`` if it is that simulator's (else its default,
+    with ``think_ms`` if given)."""
+    kind, config_kind = BACKEND_SIMULATORS[backend]
+    if not isinstance(config, config_kind):
+        config = config_kind() if think_ms is None else config_kind(think_ms=think_ms)
+    sim: Simulator = kind(config)
+    return sim
+
+
+def wired_to(settings: Settings, backend: str, url: str) -> Settings:
+    """``settings`` with ``backend`` the default one and reached at ``url`` (a simulator's), keys
+    the simulators take set for every backend."""
+    keyed = dataclasses.replace(
+        settings,
+        backend=backend,
+        openai_api_key="sim-key-not-secret",
+        gemini_api_key="sim-key-not-secret",
+        deepgram_api_key="sim-key-not-secret",
+    )
+    if backend == "openai-live":
+        return dataclasses.replace(keyed, live_url=url)
+    if backend == "gemini-live":
+        return dataclasses.replace(keyed, gemini_live_url=url)
+    if backend == "deepgram":
+        return dataclasses.replace(keyed, deepgram_agent_url=url)
+    return dataclasses.replace(keyed, realtime_url=url)
+
 
 DEMO_SCRIPT = CallerScript(
     utterances=(
@@ -38,6 +81,9 @@ DEMO_SCRIPT = CallerScript(
     ),
     expect_greeting=True,
     wait_for_hangup=True,
+    # The caller talks over the agent's first two answers 1.5 s into each (barge-in: Twilio is
+    # cleared, the answer cut where the caller stopped hearing it, the heard part stored).
+    barge_in_ms=1500,
 )
 DEMO_GREETING = "Thanks for calling. How can I help?"
 
@@ -55,30 +101,22 @@ async def run_demo(
     record: str | None = None,
     db_path: str | None = None,
     script: CallerScript | None = None,
-    agent_config: AgentConfig | LiveConfig | None = None,
+    agent_config: SimulatorConfig | None = None,
     settings: Settings | None = None,
     backend: str = "openai-realtime",
 ) -> dict[str, Any]:
     """Run ``calls`` concurrent simulated calls through a real relay on ``backend`` (its simulator
     configured by ``agent_config``); return the summary."""
-    agent: RealtimeAgent | LiveAgent
-    if backend == "openai-live":
-        agent = LiveAgent(agent_config if isinstance(agent_config, LiveConfig) else LiveConfig())
-    else:
-        agent = RealtimeAgent(agent_config if isinstance(agent_config, AgentConfig) else AgentConfig())
+    agent = simulator(backend, agent_config)
     await agent.start()
     path = db_path or str(Path(tempfile.gettempdir()) / f"relay-demo-{int(time.time())}.sqlite3")
     store = SQLiteStore(path)
     await store.open()
     base = settings or Settings()
     settings = dataclasses.replace(
-        base,
+        wired_to(base, backend, agent.url),
         host="127.0.0.1",
         port=0,
-        backend=backend,
-        realtime_url=agent.url if backend != "openai-live" else base.realtime_url,
-        live_url=agent.url if backend == "openai-live" else base.live_url,
-        openai_api_key="sim-key-not-secret",
         twilio_auth_token="sim-auth-token",  # the simulated caller signs its requests with it
         sqlite_path=path,
         greeting=base.greeting or DEMO_GREETING,
@@ -106,6 +144,7 @@ async def run_demo(
         audio.write_wav(record, results[0].heard)
     hangup_expected = (script or DEMO_SCRIPT).wait_for_hangup
     summary = _summary(results, stored, ends, agent, path, time.perf_counter() - started, record, hangup_expected)
+    summary["backend"] = backend
     summary["metrics"] = scrape
     summary["cost"] = cost["total"]
     return summary
@@ -115,7 +154,7 @@ def _summary(
     results: list[CallResult],
     stored: dict[str, list[TurnRecord]],
     ends: dict[str, str],
-    agent: RealtimeAgent | LiveAgent,
+    agent: Simulator,
     path: str,
     elapsed: float,
     record: str | None,
@@ -162,7 +201,6 @@ def _summary(
             "p95": _percentile(v2v, 0.95),
             "max": round(max(v2v), 1) if v2v else None,
         },
-        "backend": _backend_of(agent),
         "fastpath": fastpath.IMPLEMENTATION,
         "elapsed_s": round(elapsed, 2),
         "store": {"kind": "sqlite", "path": path},
@@ -205,10 +243,6 @@ def format_table(summary: dict[str, Any]) -> str:
     for problem in summary["violation_details"] + summary["errors"]:
         lines.append(f"  ! {problem}")
     return "\n".join(lines)
-
-
-def _backend_of(agent: RealtimeAgent | LiveAgent) -> str:
-    return "openai-live" if isinstance(agent, LiveAgent) else "openai-realtime"
 
 
 def _completed(result: CallResult, hangup_expected: bool) -> bool:
