@@ -18,6 +18,17 @@ frames and a caller one every ``LIVE_INPUT_TEXT_FRAMES``, each timed on the sess
 (byte ``k`` of the audio is at ``k / 8`` ms), and the cumulative usage every
 ``LIVE_USAGE_FRAMES``.
 
+On ``DEEPGRAM_PATH`` it speaks Deepgram's Voice Agent (BACKENDS §4): ``Welcome`` on connect,
+``SettingsApplied`` for ``Settings`` (μ-law 8 kHz both ways), and each binary frame of the
+caller's μ-law straight back as a binary frame of the same bytes, inside an utterance:
+``AgentStartedSpeaking`` before its first frame, ``AgentAudioDone`` after ``frames_per_response``.
+
+On ``GEMINI_PATH`` it speaks Gemini Live (BACKENDS §3): ``setupComplete`` for ``setup``, and each
+``realtimeInput`` audio chunk (PCM16 at 16 kHz) back at once as the same 20 ms at 24 kHz, in a
+``serverContent.modelTurn``, with a ``turnComplete`` every ``frames_per_response`` chunks. relay
+transcodes both ways, so these bytes are not the caller's: the load generator counts what comes
+back on such a relay rather than matching tags.
+
 The same server offers the *direct path* on ``/direct``: it speaks Twilio's side of a media
 stream and echoes each ``media`` straight back as an outbound ``media`` plus a ``mark``, the
 same shape a relay returns. That path has no relay in it; it is the floor every relay is
@@ -27,6 +38,7 @@ measured against.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import copy
 import itertools
 import random
@@ -34,9 +46,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
-from bench.wire import OP_TEXT, ServerEndpoint, frame
+from bench.wire import OP_BINARY, OP_TEXT, ServerEndpoint, frame
 
 DEFAULT_FRAMES_PER_RESPONSE = 250  # 5 s of 20 ms chunks
 LIVE_PATH = "/v1/live/sessions"
@@ -44,6 +57,19 @@ LIVE_OUTPUT_TEXT_FRAMES = 10  # an agent fragment per 200 ms of its audio (fragm
 LIVE_INPUT_TEXT_FRAMES = 50  # a caller fragment a second
 LIVE_USAGE_FRAMES = 250  # session.usage.updated every 5 s
 PCMU_8000 = {"type": "audio/pcmu", "rate": 8000}
+DEEPGRAM_PATH = "/v1/agent/converse"
+GEMINI_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+# What each path speaks; any other path is Realtime (relay adds ?model= to it).
+PROTOCOLS = {"/direct": "direct", LIVE_PATH: "live", DEEPGRAM_PATH: "deepgram", GEMINI_PATH: "gemini"}
+DEEPGRAM_MULAW = {"encoding": "mulaw", "sample_rate": 8000}
+DEEPGRAM_STARTED = frame(
+    b'{"type":"AgentStartedSpeaking","total_latency":0.1,"tts_latency":0.05,"ttt_latency":0.05}', OP_TEXT, masked=False
+)
+DEEPGRAM_DONE = frame(b'{"type":"AgentAudioDone"}', OP_TEXT, masked=False)
+GEMINI_INPUT_MIME = "audio/pcm;rate=16000"
+GEMINI_AUDIO_HEAD = b'{"serverContent":{"modelTurn":{"parts":[{"inlineData":{"mimeType":"audio/pcm;rate=24000","data":"'
+GEMINI_AUDIO_TAIL = b'"}}]}}}'
+GEMINI_TURN_COMPLETE = frame(b'{"serverContent":{"turnComplete":true}}', OP_TEXT, masked=False)
 
 
 def _default_session() -> dict[str, Any]:
@@ -110,6 +136,17 @@ def _decoded_len(b64: bytes) -> int:
     return len(b64) // 4 * 3 - (2 if b64.endswith(b"==") else 1 if b64.endswith(b"=") else 0)
 
 
+def spoken_at_24k(heard_16k: bytes) -> bytes:
+    """The model's answer to 20 ms it heard: the same audio as PCM16 at 24 kHz, made cheaply.
+
+    relay's 8 -> 16 kHz upsampler keeps each of the caller's samples at the odd positions, so
+    those are the 8 kHz audio itself; each held for three samples is 24 kHz. (A hold is not a
+    good resampler, but the echo only has to hand relay's decimator 24 kHz of the right length
+    and level, at a cost the shared load core can bear.)"""
+    heard_8k = np.frombuffer(heard_16k, "<i2")[1::2]
+    return np.repeat(heard_8k, 3).tobytes()
+
+
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
     for key, value in update.items():
         if key != "format" and isinstance(value, dict) and isinstance(base.get(key), dict):  # a format is whole
@@ -125,6 +162,8 @@ class UpstreamStats:
     direct_opened: int = 0
     direct_open: int = 0
     live_started: int = 0  # GPT-Live sessions past session.start (also counted in sessions_opened/open)
+    deepgram_started: int = 0  # Deepgram sessions past Settings (likewise)
+    gemini_started: int = 0  # Gemini Live sessions past setup (likewise)
     appends: int = 0
     deltas: int = 0
     bad_messages: int = 0
@@ -132,7 +171,8 @@ class UpstreamStats:
 
 class EchoUpstream:
     """``async with EchoUpstream() as up``: ``up.url`` for relays on Realtime, ``up.live_url`` for
-    relays on GPT-Live, ``up.direct_url`` for the floor."""
+    relays on GPT-Live, ``up.deepgram_url`` and ``up.gemini_url`` for relays on those,
+    ``up.direct_url`` for the floor."""
 
     def __init__(
         self,
@@ -183,6 +223,14 @@ class EchoUpstream:
         return f"ws://127.0.0.1:{self.port}{LIVE_PATH}"  # no query: GPT-Live takes the model in session.start
 
     @property
+    def deepgram_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{DEEPGRAM_PATH}"
+
+    @property
+    def gemini_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{GEMINI_PATH}"  # the key goes in a header, not ?key=
+
+    @property
     def direct_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/direct"
 
@@ -194,8 +242,9 @@ class _Connection(ServerEndpoint):
     def __init__(self, owner: EchoUpstream) -> None:
         super().__init__()
         self.owner = owner
-        self.direct = False
-        self.live = False
+        self.protocol = "realtime"  # what the request path asked for (PROTOCOLS)
+        self.configured = False  # Deepgram's Settings or Gemini's setup answered
+        self.speaking = False  # a Deepgram utterance is open
         self.live_session: dict[str, Any] | None = None  # set by session.start
         self.live_appends = 0
         self.live_bytes = 0  # audio in so far, and out: the echo's output is its input, byte for byte
@@ -215,38 +264,48 @@ class _Connection(ServerEndpoint):
     def on_open(self) -> None:
         self.owner.connections.add(self)
         stats = self.owner.stats
-        if self.path.startswith("/direct"):
-            self.direct = True
+        self.protocol = PROTOCOLS.get(self.path.split("?", 1)[0], "realtime")
+        if self.protocol == "direct":
             stats.direct_opened += 1
             stats.direct_open += 1
             return
         stats.sessions_opened += 1
         stats.sessions_open += 1
-        if self.path.split("?", 1)[0] == LIVE_PATH:
-            self.live = True  # the client speaks first (session.start)
-            return
-        self.session["id"] = f"sess_{self.owner.next_id():012d}"
-        self._emit({"type": "session.created", "session": self.session})
+        if self.protocol == "realtime":
+            self.session["id"] = f"sess_{self.owner.next_id():012d}"
+            self._emit({"type": "session.created", "session": self.session})
+        elif self.protocol == "deepgram":
+            self.send(orjson.dumps({"type": "Welcome", "request_id": f"req_{self.owner.next_id():012d}"}))
+        # GPT-Live and Gemini Live: the client speaks first (session.start, setup)
 
     def on_close(self) -> None:
         self.owner.connections.discard(self)
         stats = self.owner.stats
-        if self.direct:
+        if self.protocol == "direct":
             stats.direct_open -= 1
         else:
             stats.sessions_open -= 1
 
     def on_message(self, data: bytes) -> None:
         try:
-            message = orjson.loads(data)
-            if self.direct:
-                self._twilio(message)
-            elif self.live:
-                self._live(message)
-            else:
-                self._realtime(message)
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            _SPEAKS[self.protocol](self, orjson.loads(data))
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
             self.owner.stats.bad_messages += 1
+
+    def on_binary(self, data: bytes) -> None:
+        if self.protocol == "deepgram":
+            self._deepgram_echo(data)
+        else:
+            self.owner.stats.bad_messages += 1  # no other protocol here sends binary frames
+
+    def _close_turn_after_this_frame(self) -> bool:
+        """Count one echoed frame of the open answer; True when it is the answer's last."""
+        self.frames_in_response += 1
+        if self.frames_in_response < self.response_frames:
+            return False
+        self.frames_in_response = 0
+        self.response_frames = self.owner.frames_per_response
+        return True
 
     # -- Realtime side ------------------------------------------------------------------------
     def _event_id(self) -> bytes:
@@ -448,6 +507,66 @@ class _Connection(ServerEndpoint):
         event = {"type": event.pop("type"), "event_id": self._event_id().decode(), **event}
         return frame(orjson.dumps(event), OP_TEXT, masked=False)
 
+    # -- Deepgram side ---------------------------------------------------------------------------
+    def _deepgram(self, message: dict[str, Any]) -> None:
+        stats = self.owner.stats
+        if message["type"] != "Settings":
+            return  # KeepAlive, InjectAgentMessage (the greeting), ...: nothing an echo answers
+        audio = message["audio"]
+        if self.configured or audio["input"] != DEEPGRAM_MULAW or audio["output"].get("encoding") != "mulaw":
+            stats.bad_messages += 1  # a second Settings, or not Twilio's μ-law passed through
+            return
+        self.configured = True
+        stats.deepgram_started += 1
+        self.send(b'{"type":"SettingsApplied"}')
+
+    def _deepgram_echo(self, audio: bytes) -> None:
+        stats = self.owner.stats
+        if not self.configured:
+            stats.bad_messages += 1  # audio before SettingsApplied: the service drops it
+            return
+        stats.appends += 1
+        out = frame(audio, OP_BINARY, masked=False)
+        if not self.speaking:
+            self.speaking = True
+            out = DEEPGRAM_STARTED + out  # relay plays binary audio only inside an utterance
+        stats.deltas += 1
+        self._answer(out)
+        if self._close_turn_after_this_frame():
+            self._flush()
+            self.send_raw(DEEPGRAM_DONE)
+            self.speaking = False
+
+    # -- Gemini Live side ------------------------------------------------------------------------
+    def _gemini(self, message: dict[str, Any]) -> None:
+        stats = self.owner.stats
+        if "realtimeInput" in message:
+            audio = message["realtimeInput"].get("audio")
+            if audio is None:
+                return  # text (the greeting, as a line to say): an echo has nothing to say
+            if not self.configured or audio["mimeType"] != GEMINI_INPUT_MIME:
+                stats.bad_messages += 1  # audio before setupComplete, or not what relay's upsampler makes
+                return
+            self._gemini_echo(binascii.a2b_base64(audio["data"]))
+        elif "setup" in message:
+            if self.configured:
+                stats.bad_messages += 1  # exactly once per connection
+                return
+            self.configured = True
+            stats.gemini_started += 1
+            self.send(b'{"setupComplete":{}}')
+        # clientContent (a seeded history), toolResponse: nothing an echo answers
+
+    def _gemini_echo(self, heard_16k: bytes) -> None:
+        stats = self.owner.stats
+        stats.appends += 1
+        spoken = binascii.b2a_base64(spoken_at_24k(heard_16k), newline=False)
+        self._answer(frame(GEMINI_AUDIO_HEAD + spoken + GEMINI_AUDIO_TAIL, OP_TEXT, masked=False))
+        stats.deltas += 1
+        if self._close_turn_after_this_frame():
+            self._flush()
+            self.send_raw(GEMINI_TURN_COMPLETE)  # relay opens the next answer at the next audio
+
     # -- Twilio side (the direct path) ---------------------------------------------------------
     def _twilio(self, message: dict[str, Any]) -> None:
         event = message["event"]
@@ -472,3 +591,13 @@ class _Connection(ServerEndpoint):
             self.stream_sid = message["start"]["streamSid"].encode()
         elif event == "stop":
             self.close(1000)
+
+
+# Each protocol's handler of a text message, by what the request path asked for.
+_SPEAKS = {
+    "realtime": _Connection._realtime,
+    "live": _Connection._live,
+    "deepgram": _Connection._deepgram,
+    "gemini": _Connection._gemini,
+    "direct": _Connection._twilio,
+}

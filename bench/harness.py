@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -45,6 +46,12 @@ BENCH_DATABASE_URL = os.environ.get("RELAY_BENCH_DATABASE_URL", "postgresql://po
 BENCH_NUMBER = "+15550199999"  # the number the load generator dials (its webhook "To")
 LATE_MS = 20.0  # one frame period: a frame this much later than the floor is a gap the caller hears
 LOAD_BOUND_CPU = 0.90  # the load side's core this busy: figures say more about it than the relay
+UNTAGGED = "n/a: transcoded audio carries no tag"  # what a transcoding relay's latency and loss are
+# The transcoded relay, and the passthrough ones it is set beside, in order of preference: relay on
+# Realtime wraps its audio in JSON and base64 as Gemini Live does, so the difference is the
+# transcoding alone; relay on Deepgram (raw binary frames) is the fallback.
+TRANSCODED = "relay-gemini"
+PASSTHROUGH = ("relay", "relay-deepgram")
 # relay as it was before its call core was composed (media core as a leaf, the backend seam,
 # one parse per message): the baseline "relay-landed" runs this commit, built from git beside
 # today's relay, so the two are measured in the same run.
@@ -65,6 +72,9 @@ class RelaySpec:
     requires: tuple[str, ...] = ()  # Python modules or executables it needs
     root: Path = ROOT  # the source tree it runs from (its working directory and PYTHONPATH)
     scrape_s: float = 0.0  # read its /metrics this often while it is measured (0: never)
+    # False: it transcodes the audio, so the load generator's tags do not come back; its frames
+    # are counted per call, and its latency and loss are not measurable.
+    tagged: bool = True
 
 
 def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, RelaySpec]:
@@ -91,6 +101,23 @@ def relay_specs(*, slow_ms: float = 5.0, burn_us: float = 0.0) -> dict[str, Rela
             "/twilio/voice",
             "/twilio/voice",
             {**relay_env, "RELAY_BACKEND": "openai-live"},
+        ),
+        "relay-deepgram": RelaySpec(
+            "relay-deepgram",
+            "relay, Deepgram backend",
+            lambda port, up: [py, "-m", "relay", "serve"],
+            "/twilio/voice",
+            "/twilio/voice",
+            {**relay_env, "RELAY_BACKEND": "deepgram", "DEEPGRAM_API_KEY": "dg-bench-not-a-secret"},
+        ),
+        "relay-gemini": RelaySpec(
+            "relay-gemini",
+            "relay, Gemini Live backend (transcoded)",
+            lambda port, up: [py, "-m", "relay", "serve"],
+            "/twilio/voice",
+            "/twilio/voice",
+            {**relay_env, "RELAY_BACKEND": "gemini-live", "GEMINI_API_KEY": "gm-bench-not-a-secret"},
+            tagged=False,
         ),
         "relay-workers-2": RelaySpec(
             "relay-workers-2",
@@ -286,16 +313,32 @@ def pin(core: int | None) -> None:
         os.sched_setaffinity(0, {core})
 
 
+def backend_urls(upstream: EchoUpstream) -> dict[str, str]:
+    """Where relay's sessions on each backend but Realtime go: the echo upstream's endpoint for
+    it (whichever backend a relay's agent is on, its sessions reach the echo)."""
+    return {
+        "RELAY_OPENAI_LIVE_URL": upstream.live_url,
+        "RELAY_DEEPGRAM_AGENT_URL": upstream.deepgram_url,
+        "RELAY_GEMINI_LIVE_URL": upstream.gemini_url,
+    }
+
+
 class RelayProcess:
     """A relay under test as a child process: started, pinned, measured, stopped."""
 
     def __init__(
-        self, spec: RelaySpec, upstream_url: str, core: int | None, workdir: Path, *, live_url: str | None = None
+        self,
+        spec: RelaySpec,
+        upstream_url: str,
+        core: int | None,
+        workdir: Path,
+        *,
+        backend_urls: dict[str, str] | None = None,
     ) -> None:
         self.spec = spec
         self.port = free_port()
         self.upstream_url = upstream_url
-        self.live_url = live_url  # the GPT-Live endpoint, for a relay on that backend
+        self.backend_urls = backend_urls or {}  # setting -> URL, for the other backends' endpoints
         self.core = core
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
@@ -305,7 +348,7 @@ class RelayProcess:
     def target(self) -> Target:
         base = f"127.0.0.1:{self.port}"
         webhook = f"http://{base}{self.spec.webhook_path}" if self.spec.webhook_path else None
-        return Target(self.spec.name, f"ws://{base}{self.spec.stream_path}", webhook)
+        return Target(self.spec.name, f"ws://{base}{self.spec.stream_path}", webhook, self.spec.tagged)
 
     async def start(self, timeout: float = 30.0) -> None:
         env = dict(os.environ, PYTHONPATH=str(self.spec.root), **self.spec.env)
@@ -319,9 +362,7 @@ class RelayProcess:
                 "RELAY_SPOOL_PATH": str(self.workdir / f"{self.spec.name}.spool"),
             }
         )
-        if self.live_url is not None:
-            # Whichever backend a relay's agent is on, its sessions go to the echo upstream.
-            env["RELAY_OPENAI_LIVE_URL"] = self.live_url
+        env.update(self.backend_urls)
         core = self.core
         self.proc = subprocess.Popen(
             self.spec.argv(self.port, self.upstream_url),
@@ -477,25 +518,33 @@ CDF_QS = np.concatenate([np.linspace(0, 99, 199), np.linspace(99, 99.99, 100)[1:
 def figures(
     w: Window, floor: dict[str, float] | None, *, cpu_s: float | None, rss_kib: int | None, rss_idle_kib: int | None
 ) -> dict[str, Any]:
-    """The per-window figures the report shows (every latency in ms)."""
-    rtt = quantiles_ms(w.rtt_ns)
+    """The per-window figures the report shows (every latency in ms).
+
+    A window of an untagged target has its frames counted, not matched: its latency, loss,
+    misrouting and duplicates are None, with ``untagged`` saying why."""
+    rtt = quantiles_ms(w.rtt_ns) if w.tagged else None
     out: dict[str, Any] = {
         "calls": w.calls,
         "window_s": round(w.seconds, 3),
         "frames_sent": w.sent,
-        "frames_back": int(w.rtt_ns.size),
+        "frames_back": int(w.rtt_ns.size) if w.tagged else w.received,
         "rtt_ms": rtt,
         "lost": w.lost,
-        "misrouted": w.misrouted,
-        "duplicates": w.duplicates,
-        "foreign": w.foreign,
+        "misrouted": w.misrouted if w.tagged else None,
+        "duplicates": w.duplicates if w.tagged else None,
+        "foreign": w.foreign if w.tagged else None,
         "load_cpu": round(w.load_cpu, 3),
         "load_tick_lag_p99_ms": round(w.tick_lag_p99_ms, 2),
         "load_bound": w.load_cpu > LOAD_BOUND_CPU,
         "violation_count": w.violation_count,
         "violations": w.violations[:10],
     }
-    if floor is not None:
+    if not w.tagged:
+        out["untagged"] = UNTAGGED
+        if floor is not None:
+            out["added_ms"] = out["late"] = None
+    elif floor is not None:
+        assert rtt is not None
         out["added_ms"] = {k: max(0.0, rtt[k] - floor[k]) for k in rtt}
         out["late"] = int(((w.rtt_ns / 1e6 - floor["p50"]) > LATE_MS).sum())
     if cpu_s is not None:
@@ -511,6 +560,9 @@ def figures(
 
 
 def passes(fig: dict[str, Any], bound_ms: float) -> bool:
+    """p99 added latency under the bound with nothing lost or misrouted (never, when unmeasurable)."""
+    if fig["added_ms"] is None:
+        return False
     return bool(fig["added_ms"]["p99"] < bound_ms and fig["lost"] == 0 and fig["misrouted"] == 0)
 
 
@@ -550,6 +602,7 @@ class Harness:
             "machine": machine(),
             "direct": direct,
             "relays": relays,
+            "transcoding": transcoding_cost(relays),
             "upstream_sessions_left_open": leaked,
         }
         return self.report
@@ -606,8 +659,8 @@ class Harness:
 
     async def _relay(self, spec: RelaySpec, upstream: EchoUpstream) -> dict[str, Any]:
         o = self.o
-        proc = RelayProcess(spec, upstream.url, o.relay_core, self.workdir, live_url=upstream.live_url)
-        opened, live = upstream.stats.sessions_opened, upstream.stats.live_started
+        proc = RelayProcess(spec, upstream.url, o.relay_core, self.workdir, backend_urls=backend_urls(upstream))
+        before = dataclasses.replace(upstream.stats)  # what the echo had seen: this relay's is the rest
         await proc.start()
         run = LoadRun(proc.target, check=o.check)
         steps: dict[int, dict[str, Any]] = {}
@@ -642,31 +695,31 @@ class Harness:
                 fig = figures(
                     w, self.floor.at(n), cpu_s=marks["b"] - marks["a"], rss_kib=proc.rss_kib(), rss_idle_kib=rss_idle
                 )
-                fig["cdf_ms"] = (
-                    (np.percentile(w.rtt_ns / 1e6, CDF_QS) if w.rtt_ns.size else np.zeros(len(CDF_QS)))
-                    .round(4)
-                    .tolist()
-                )
-                fig["floor_cdf_ms"] = self.floor.cdf_at(n).round(4).tolist()
+                if w.tagged:
+                    fig["cdf_ms"] = (
+                        (np.percentile(w.rtt_ns / 1e6, CDF_QS) if w.rtt_ns.size else np.zeros(len(CDF_QS)))
+                        .round(4)
+                        .tolist()
+                    )
+                    fig["floor_cdf_ms"] = self.floor.cdf_at(n).round(4).tolist()
                 user = marks["b_ticks"][0] - marks["a_ticks"][0]
                 kernel = marks["b_ticks"][1] - marks["a_ticks"][1]
                 fig["kernel_share"] = round(kernel / (user + kernel), 3) if user + kernel >= 20 else None
                 fig["passes"] = passes(fig, o.bound_ms)
                 steps[n] = fig
                 log.info(
-                    "%s @%d: added p50 %.2f p99 %.2f ms, %.2f cpu ms/call-s, lost %d%s",
+                    "%s @%d: %s, %.2f cpu ms/call-s%s",
                     spec.name,
                     n,
-                    fig["added_ms"]["p50"],
-                    fig["added_ms"]["p99"],
+                    _latency_line(fig),
                     fig["cpu_ms_per_call_s"],
-                    fig["lost"],
                     " (load-bound)" if fig["load_bound"] else "",
                 )
                 return fig
 
             main = await measure(o.calls, o.main_s)
-            search = await self._search(measure, main) if o.search else None
+            # The search is on latency: a relay whose latency cannot be measured has none.
+            search = await self._search(measure, main) if o.search and spec.tagged else None
             if spec.name == "relay" and o.target_calls and o.target_calls not in steps:
                 await measure(o.target_calls, o.step_s)  # relay's latency target is set at this count
         finally:
@@ -681,10 +734,13 @@ class Harness:
             "search": search,
             "setup_errors": run.setup_errors[:5],
             "stderr_tail": proc.stderr_tail(),
-            # Which protocol the relay's calls spoke to the echo upstream (GPT-Live sessions are
-            # among all of them): a relay on the wrong backend would echo just the same.
-            "upstream_sessions": upstream.stats.sessions_opened - opened,
-            "upstream_live_sessions": upstream.stats.live_started - live,
+            # Which protocol the relay's calls spoke to the echo upstream (GPT-Live, Deepgram and
+            # Gemini Live sessions are among all of them): a relay on the wrong backend would echo
+            # just the same.
+            "upstream_sessions": upstream.stats.sessions_opened - before.sessions_opened,
+            "upstream_live_sessions": upstream.stats.live_started - before.live_started,
+            "upstream_deepgram_sessions": upstream.stats.deepgram_started - before.deepgram_started,
+            "upstream_gemini_sessions": upstream.stats.gemini_started - before.gemini_started,
         }
 
     async def _search(self, measure: Callable[[int, float], Any], main: dict[str, Any]) -> dict[str, Any]:
@@ -732,6 +788,32 @@ class Harness:
             "bound_ms": o.bound_ms,
             "at_most": o.max_calls,
         }
+
+
+def transcoding_cost(relays: dict[str, Any]) -> dict[str, Any] | None:
+    """What transcoding costs per call-second: the transcoded relay's CPU minus a passthrough
+    one's, both measured at the same calls in this run (None unless both were)."""
+    transcoded = (relays.get(TRANSCODED) or {}).get("main")
+    reference = next((name for name in PASSTHROUGH if (relays.get(name) or {}).get("main")), None)
+    if transcoded is None or reference is None:
+        return None
+    passthrough = relays[reference]["main"]
+    return {
+        "transcoded": TRANSCODED,
+        "passthrough": reference,
+        "calls": transcoded["calls"],
+        "transcoded_cpu_ms_per_call_s": transcoded["cpu_ms_per_call_s"],
+        "passthrough_cpu_ms_per_call_s": passthrough["cpu_ms_per_call_s"],
+        "extra_cpu_ms_per_call_s": transcoded["cpu_ms_per_call_s"] - passthrough["cpu_ms_per_call_s"],
+    }
+
+
+def _latency_line(fig: dict[str, Any]) -> str:
+    """A window's latency and loss for the log, or what came back when they cannot be measured."""
+    if fig["added_ms"] is None:
+        return f"{fig['frames_back']} of {fig['frames_sent']} frames back by count ({UNTAGGED})"
+    added = fig["added_ms"]
+    return f"added p50 {added['p50']:.2f} p99 {added['p99']:.2f} ms, lost {fig['lost']}"
 
 
 def machine() -> dict[str, Any]:

@@ -10,6 +10,10 @@ Every frame's 160 bytes begin with a tag (magic, call index, frame number). A re
 the bytes through to the speech backend and the echo upstream sends them back, so when a
 frame returns the generator knows which call sent it, which frame it was, and when it left:
 its round trip, and whether it was lost, misrouted or duplicated.
+
+A relay that transcodes (Gemini Live: PCM16 at 16 and 24 kHz) cannot give the bytes back, so
+on such a target (``Target.tagged`` False) the generator only counts the media frames each call
+receives: how many came back, not which, nor when.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Target:
     name: str
     stream_url: str
     webhook_url: str | None = None
+    tagged: bool = True  # False: its audio comes back transcoded, so frames are counted, not matched
 
 
 def tag(call: int, seq: int) -> bytes:
@@ -79,9 +84,9 @@ class Window:
 
     calls: int
     seconds: float
-    rtt_ns: np.ndarray
+    rtt_ns: np.ndarray  # empty for an untagged target
     sent: int
-    lost: int
+    lost: int | None  # None: not measurable (an untagged target)
     misrouted: int
     duplicates: int
     foreign: int
@@ -89,6 +94,8 @@ class Window:
     tick_lag_p99_ms: float
     violation_count: int = 0
     violations: list[str] = field(default_factory=list)  # examples
+    tagged: bool = True
+    received: int = 0  # media frames that arrived during the window, counted per call (any target)
 
 
 class LoadCall(ClientEndpoint):
@@ -105,6 +112,7 @@ class LoadCall(ClientEndpoint):
         self._head = MAGIC + index.to_bytes(3, "big")
         self.sent = array("q")  # send time of frame k (perf_counter ns)
         self.back = array("q")  # arrival time of frame k, 0 until it returns
+        self.received = 0  # media frames that came back, tagged or not
         self._sequence = 0
         self._play_end = 0  # when what the caller has been sent so far finishes playing
         self._marks: list[tuple[int, bytes]] = []  # (due, name) in play order
@@ -190,6 +198,11 @@ class LoadCall(ClientEndpoint):
         if event == "media":
             payload = binascii.a2b_base64(message["media"]["payload"])
             self._play_end = max(self._play_end, now) + len(payload) * 125_000  # 8 bytes per ms
+            self.received += 1
+            if not run.target.tagged:
+                if not self.first_back.done():
+                    self.first_back.set_result(None)
+                return
             found = read_tag(payload)
             counters = run.counters
             if found is None:
@@ -339,12 +352,15 @@ class LoadRun:
     async def drain(self, timeout: float = 5.0) -> bool:
         """Wait until the frames sent so far have come back: an overload backlog has cleared.
 
-        Frames of a call return in order, so it is enough that each call's latest frame is back.
+        Frames of a call return in order, so it is enough that each call's latest frame is back;
+        on an untagged target, that each call has had as many frames as it sent, save the one
+        a transcoder may still hold in part.
         """
         marks = [(c, len(c.sent) - 1) for c in self.live if c.sent]
+        tagged = self.target.tagged
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
-            if all(c.back[k] or c.stopped for c, k in marks):
+            if all((c.back[k] if tagged else c.received >= k) or c.stopped for c, k in marks):
                 return True
             await asyncio.sleep(0.05)
         return False
@@ -355,6 +371,7 @@ class LoadRun:
         before = dict(vars(self.counters))
         violations_before = len(self.violations)
         first = [len(c.sent) for c in calls]
+        received_before = sum(c.received for c in calls)
         cpu0, wall0 = _cpu_seconds(), time.perf_counter()
         self.clock.lags_ms.clear()
         if on_start:
@@ -363,11 +380,15 @@ class LoadRun:
         if on_end:
             on_end()
         last = [len(c.sent) for c in calls]
+        received = sum(c.received for c in calls) - received_before
         cpu1, wall1 = _cpu_seconds(), time.perf_counter()
         lags = list(self.clock.lags_ms)
+        tagged = self.target.tagged
         deadline = time.perf_counter() + grace
-        while time.perf_counter() < deadline and not all(
-            all(c.back[a:b]) for c, a, b in zip(calls, first, last, strict=True)
+        while (
+            tagged
+            and time.perf_counter() < deadline
+            and not all(all(c.back[a:b]) for c, a, b in zip(calls, first, last, strict=True))
         ):
             await asyncio.sleep(0.05)
         rtts, sent, lost = [], 0, 0
@@ -382,9 +403,9 @@ class LoadRun:
         return Window(
             calls=len(calls),
             seconds=wall1 - wall0,
-            rtt_ns=np.concatenate(rtts) if rtts else np.zeros(0, np.int64),
+            rtt_ns=np.concatenate(rtts) if rtts and tagged else np.zeros(0, np.int64),
             sent=sent,
-            lost=lost,
+            lost=lost if tagged else None,
             misrouted=after["misrouted"] - before["misrouted"],
             duplicates=after["duplicates"] - before["duplicates"],
             foreign=after["foreign"] - before["foreign"],
@@ -392,6 +413,8 @@ class LoadRun:
             tick_lag_p99_ms=float(np.percentile(lags, 99)) if lags else 0.0,
             violation_count=after["violations"] - before["violations"],
             violations=self.violations[violations_before:],
+            tagged=tagged,
+            received=received,
         )
 
     async def close(self, timeout: float = 5.0) -> None:

@@ -26,7 +26,13 @@ def _ratio(value: float | None, reference: float | None) -> str:
     return f"{value / reference:.1f}×"
 
 
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else str(value)
+
+
 def _max_calls(entry: dict[str, Any]) -> str:
+    if (entry.get("main") or {}).get("untagged"):
+        return "n/a"  # the search is on latency
     search = entry.get("search")
     if not search:
         return "–"
@@ -65,6 +71,9 @@ def markdown(report: dict[str, Any]) -> str:
             continue
         f = entry["main"]
         added = f["added_ms"]
+        if added is None:
+            lines.append(_untagged_row(title, f, ours and ours["cpu_ms_per_call_s"], _max_calls(entry)))
+            continue
         lines.append(
             f"| {title} | {_num(added['p50'])} | {_num(added['p99'])} | {_num(added['p999'])} "
             f"| {_ratio(added['p99'], ours and ours['added_ms']['p99'])} | {_num(f['cpu_ms_per_call_s'])} "
@@ -80,12 +89,19 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if ours:
         lines += ["", *targets(relays["relay"])]
+    if report.get("transcoding"):
+        lines += ["", transcoding_line(report["transcoding"], relays)]
     notes = []
     for name, entry in relays.items():
         f = entry.get("main") or {}
         if f.get("load_bound"):
             notes.append(
                 f"{entry.get('title', name)}: the load side's core was over 90 % busy; its figures are an upper bound."
+            )
+        if f.get("untagged"):
+            notes.append(
+                f"{entry.get('title', name)}: {f['frames_back']:,} of the {f['frames_sent']:,} frames sent in the "
+                f"window came back, counted per call; latency and loss {f['untagged']}."
             )
         if f.get("violation_count"):
             notes.append(
@@ -97,6 +113,35 @@ def markdown(report: dict[str, Any]) -> str:
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _untagged_row(title: str, f: dict[str, Any], our_cpu: float | None, max_calls: str) -> str:
+    """A transcoding relay's row: its CPU and memory as any other's, latency and loss n/a."""
+    return (
+        f"| {title} | {f['untagged']} | n/a | n/a | n/a | {_num(f['cpu_ms_per_call_s'])} "
+        f"| {_ratio(f['cpu_ms_per_call_s'], our_cpu)} "
+        f"| {_num(f['calls_per_core'], 0)} | {max_calls} | {_num(f.get('rss_kib_per_call'), 1)} "
+        f"| {_count(f['lost'])} | {_count(f['misrouted'])} | {_count(f['late'])} |"
+    )
+
+
+# What transcoding may add to a call-second of relay's CPU, over passing μ-law through.
+TARGET_TRANSCODE_MS = 0.5
+
+
+def transcoding_line(cost: dict[str, Any], relays: dict[str, Any]) -> str:
+    """The transcoded relay's CPU per call-second over the passthrough one's, against its target."""
+    extra = cost["extra_cpu_ms_per_call_s"]
+    verdict = "met" if extra < TARGET_TRANSCODE_MS else f"{extra / TARGET_TRANSCODE_MS:.1f}× over"
+    # Below zero the two rows differ by less than the run's noise: said as such, not as a saving.
+    cost_text = f"costs {extra:.2f} ms" if extra >= 0 else f"costs no measurable ({extra:.2f} ms)"
+    return (
+        f"transcoding (Gemini) {cost_text} CPU per call-second more than passthrough "
+        f"(target < {TARGET_TRANSCODE_MS:g}): {verdict} "
+        f"({relays[cost['transcoded']]['title']} {cost['transcoded_cpu_ms_per_call_s']:.2f} against "
+        f"{relays[cost['passthrough']]['title']} {cost['passthrough_cpu_ms_per_call_s']:.2f}, "
+        f"at {cost['calls']} calls in this run)."
+    )
 
 
 # relay's own targets (the compiled hot path's): CPU per call-second, p99 added latency at
@@ -170,8 +215,8 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(8, 5))
     for entry in report["relays"].values():
         f = entry.get("main")
-        if not f:
-            continue
+        if not f or "cdf_ms" not in f:
+            continue  # skipped, failed, or transcoded (no latency to plot)
         added = np.maximum(np.array(f["cdf_ms"]) - np.array(f["floor_cdf_ms"]), 0.01)
         ax.plot(np.sort(added), CDF_QS / 100, label=entry["title"])
     ax.set_xscale("log")

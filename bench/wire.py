@@ -44,8 +44,9 @@ def frame(payload: bytes, opcode: int = OP_TEXT, *, masked: bool) -> bytes:
 class Endpoint(asyncio.Protocol):
     """One WebSocket connection after its handshake: frames in, messages out to ``on_message``.
 
-    Subclasses set ``masked`` (True for a client) and override ``on_open``, ``on_message`` and
-    ``on_close``. ``send`` writes one text message; ``send_raw`` writes prebuilt frames.
+    Subclasses set ``masked`` (True for a client) and override ``on_open``, ``on_message`` (and
+    ``on_binary`` to tell binary messages apart) and ``on_close``. ``send`` writes one text
+    message; ``send_raw`` writes prebuilt frames (a binary one: ``frame(payload, OP_BINARY)``).
     """
 
     masked = False
@@ -64,6 +65,10 @@ class Endpoint(asyncio.Protocol):
     def on_open(self) -> None: ...
 
     def on_message(self, data: bytes) -> None: ...
+
+    def on_binary(self, data: bytes) -> None:
+        """A binary message: by default handled as a text one (only Deepgram's echo tells them apart)."""
+        self.on_message(data)
 
     def on_close(self) -> None: ...
 
@@ -133,8 +138,10 @@ class Endpoint(asyncio.Protocol):
             if item is None:
                 return
             opcode, payload = item
-            if opcode in (OP_TEXT, OP_BINARY):
+            if opcode == OP_TEXT:
                 self.on_message(payload)
+            elif opcode == OP_BINARY:
+                self.on_binary(payload)
             elif opcode == OP_PING:
                 self.send_raw(frame(payload, OP_PONG, masked=self.masked))
             elif opcode == OP_CLOSE:

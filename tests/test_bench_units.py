@@ -35,9 +35,16 @@ from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 
 from bench import report, wire
-from bench.echo_upstream import LIVE_INPUT_TEXT_FRAMES, LIVE_OUTPUT_TEXT_FRAMES, LIVE_USAGE_FRAMES, EchoUpstream
-from bench.harness import LATE_MS, Floor, Harness, Options, figures, passes
+from bench.echo_upstream import (
+    LIVE_INPUT_TEXT_FRAMES,
+    LIVE_OUTPUT_TEXT_FRAMES,
+    LIVE_USAGE_FRAMES,
+    EchoUpstream,
+    spoken_at_24k,
+)
+from bench.harness import LATE_MS, UNTAGGED, Floor, Harness, Options, figures, passes, transcoding_cost
 from bench.loadgen import FILLER, FRAME_BYTES, TAG_BYTES, LoadCall, LoadRun, Target, Window, read_tag, tag
+from relay.fastpath import Resampler, parse_gemini_audio, ulaw_to_pcm16
 from relay.sim.caller import outbound_violations
 
 RUN_TIMEOUT_S = 30.0  # no scenario may hang the suite
@@ -276,6 +283,59 @@ def test_server_endpoint_echoes_to_a_websockets_client(run) -> None:
             assert endpoint.opened and endpoint.path == "/bench?x=1"
             assert endpoint.request_headers["sec-websocket-version"] == "13"
             assert endpoint.received == [text_of(n) for n in SIZES]
+
+    run(scenario())
+
+
+class SortingEndpoint(wire.ServerEndpoint):
+    """Records text and binary messages apart, and answers each in its own kind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[bytes] = []
+        self.binaries: list[bytes] = []
+
+    def on_message(self, data: bytes) -> None:
+        self.texts.append(data)
+        self.send(data)
+
+    def on_binary(self, data: bytes) -> None:
+        self.binaries.append(data)
+        self.send_raw(wire.frame(data, wire.OP_BINARY, masked=False))
+
+
+def test_server_endpoint_reads_and_writes_binary_messages_apart_from_text(run) -> None:
+    async def scenario() -> None:
+        endpoints: list[SortingEndpoint] = []
+
+        def accept() -> SortingEndpoint:
+            endpoints.append(SortingEndpoint())
+            return endpoints[-1]
+
+        server = await asyncio.get_running_loop().create_server(accept, "127.0.0.1", 0)
+        try:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+            async with ws_connect(url, compression=None, max_size=None) as ws:
+                audio = bytes(range(256)) * 3  # not UTF-8: only a binary frame can carry it
+                await ws.send(audio)
+                assert await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S) == audio  # bytes: a binary frame
+                await ws.send("text")
+                assert await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S) == "text"  # str: a text frame
+            (endpoint,) = endpoints
+            assert (endpoint.binaries, endpoint.texts) == ([audio], [b"text"])
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(scenario())
+
+
+def test_an_endpoint_that_does_not_tell_binary_apart_reads_it_as_a_message(run) -> None:
+    async def scenario() -> None:
+        async with wire_echo_server() as (url, endpoints), ws_connect(url, compression=None) as ws:
+            await ws.send(b"raw")
+            assert await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S) == "raw"  # EchoEndpoint answers in text
+            assert endpoints[0].received == [b"raw"]
 
     run(scenario())
 
@@ -741,6 +801,142 @@ def test_echo_upstream_live_answers_in_bursts_when_asked(run) -> None:
     run(scenario())
 
 
+# -- bench/echo_upstream.py: the Deepgram side ---------------------------------------------------------
+
+
+DEEPGRAM_SETTINGS = orjson.dumps(
+    {
+        "type": "Settings",
+        "audio": {
+            "input": {"encoding": "mulaw", "sample_rate": 8000},
+            "output": {"encoding": "mulaw", "sample_rate": 8000, "container": "none"},
+        },
+        "agent": {},
+    }
+).decode()
+
+
+async def recv_json(ws) -> dict[str, Any]:
+    message = await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S)
+    assert isinstance(message, str), f"a binary frame where a text one was due: {message[:20]!r}"
+    decoded: dict[str, Any] = orjson.loads(message)
+    return decoded
+
+
+async def recv_audio(ws) -> bytes:
+    message = await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S)
+    assert isinstance(message, bytes), f"a text frame where audio was due: {message[:80]!r}"
+    return message
+
+
+def test_echo_upstream_deepgram_welcomes_applies_settings_and_echoes_binary_inside_utterances(run) -> None:
+    """Each binary frame comes back as a binary frame of the same bytes (tags intact), an
+    utterance around every ``frames_per_response`` of them; KeepAlive and the greeting need no answer."""
+
+    def chunk(k: int) -> bytes:
+        return tag(7, k) + FILLER
+
+    async def scenario() -> None:
+        async with EchoUpstream(frames_per_response=3, stagger=False) as up:
+            assert up.deepgram_url == f"ws://127.0.0.1:{up.port}/v1/agent/converse"
+            async with ws_connect(up.deepgram_url, compression=None) as ws:
+                welcome = await recv_json(ws)
+                assert welcome["type"] == "Welcome" and welcome["request_id"]
+                await ws.send(chunk(0))  # before Settings: the service drops it
+                await ws.send(DEEPGRAM_SETTINGS)
+                assert await recv_json(ws) == {"type": "SettingsApplied"}
+                await ws.send('{"type":"KeepAlive"}')
+                await ws.send('{"type":"InjectAgentMessage","message":"Hello."}')
+                for utterance in range(2):
+                    for k in range(3 * utterance, 3 * utterance + 3):
+                        await ws.send(chunk(k))
+                        if k % 3 == 0:
+                            started = await recv_json(ws)
+                            assert started["type"] == "AgentStartedSpeaking"
+                        assert await recv_audio(ws) == chunk(k)
+                    assert await recv_json(ws) == {"type": "AgentAudioDone"}
+                stats = up.stats
+                assert (stats.deepgram_started, stats.appends, stats.deltas, stats.bad_messages) == (1, 6, 6, 1)
+                assert stats.sessions_open == 1
+            assert await eventually(lambda: up.stats.sessions_open == 0)
+
+    run(scenario())
+
+
+def test_echo_upstream_deepgram_refuses_settings_for_other_than_mulaw_and_a_second_settings(run) -> None:
+    linear = DEEPGRAM_SETTINGS.replace(
+        '"encoding":"mulaw","sample_rate":8000}', '"encoding":"linear16","sample_rate":8000}', 1
+    )
+
+    async def scenario() -> None:
+        async with EchoUpstream() as up, ws_connect(up.deepgram_url, compression=None) as ws:
+            await recv_json(ws)  # Welcome
+            await ws.send(linear)
+            await ws.send(DEEPGRAM_SETTINGS)
+            assert await recv_json(ws) == {"type": "SettingsApplied"}
+            await ws.send(DEEPGRAM_SETTINGS)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.2)
+            assert (up.stats.bad_messages, up.stats.deepgram_started) == (2, 1)
+
+    run(scenario())
+
+
+# -- bench/echo_upstream.py: the Gemini Live side ---------------------------------------------------
+
+
+GEMINI_SETUP = orjson.dumps({"setup": {"model": "models/gemini-live", "generationConfig": {}}}).decode()
+
+
+def caller_audio_16k(k: int) -> bytes:
+    """20 ms of a caller's μ-law as relay sends it to Gemini Live: decoded, upsampled to 16 kHz."""
+    return Resampler(8000, 16000).process(ulaw_to_pcm16(tag(7, k) + FILLER))
+
+
+def gemini_audio(pcm: bytes) -> str:
+    message = {"realtimeInput": {"audio": {"mimeType": "audio/pcm;rate=16000", "data": base64.b64encode(pcm).decode()}}}
+    return orjson.dumps(message).decode()
+
+
+def test_the_gemini_echo_speaks_the_callers_own_8k_samples_held_for_three() -> None:
+    """relay's upsampler keeps the caller's samples at the odd positions: the echo's 24 kHz is
+    exactly those, each held three times (20 ms: 480 samples)."""
+    heard = np.frombuffer(ulaw_to_pcm16(tag(7, 3) + FILLER), "<i2")
+    spoken = np.frombuffer(spoken_at_24k(caller_audio_16k(3)), "<i2")
+    assert spoken.size == 480
+    assert (spoken == np.repeat(heard, 3)).all()
+
+
+def test_echo_upstream_gemini_completes_setup_and_answers_each_chunk_at_24k_with_turns(run) -> None:
+    async def scenario() -> None:
+        async with EchoUpstream(frames_per_response=3, stagger=False) as up:
+            assert up.gemini_url.endswith(
+                "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+            )
+            async with ws_connect(up.gemini_url, compression=None) as ws:
+                await ws.send(gemini_audio(caller_audio_16k(0)))  # before setup: dropped
+                await ws.send(GEMINI_SETUP)
+                assert await recv_json(ws) == {"setupComplete": {}}
+                await ws.send(orjson.dumps({"realtimeInput": {"text": "Say hello."}}).decode())  # the greeting
+                for k in range(4):
+                    await ws.send(gemini_audio(caller_audio_16k(k)))
+                    raw = await asyncio.wait_for(ws.recv(), RECV_TIMEOUT_S)
+                    (part,) = orjson.loads(raw)["serverContent"]["modelTurn"]["parts"]
+                    assert part["inlineData"]["mimeType"] == "audio/pcm;rate=24000"
+                    assert base64.b64decode(part["inlineData"]["data"]) == spoken_at_24k(caller_audio_16k(k))
+                    # The shape relay's compiled path reads straight into its ring.
+                    assert parse_gemini_audio(raw.encode()) == part["inlineData"]["data"].encode()
+                    if k == 2:
+                        assert await recv_json(ws) == {"serverContent": {"turnComplete": True}}
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(ws.recv(), 0.2)  # the second turn is still open
+                stats = up.stats
+                assert (stats.gemini_started, stats.appends, stats.deltas, stats.bad_messages) == (1, 4, 4, 1)
+            assert await eventually(lambda: up.stats.sessions_open == 0)
+
+    run(scenario())
+
+
 # -- bench/echo_upstream.py: the direct path ---------------------------------------------------------
 
 
@@ -824,6 +1020,28 @@ async def test_a_returning_frame_is_credited_to_its_call_once_and_strays_are_cou
     assert len(load.violations) == 1 and "streamSid" in load.violations[0]
 
 
+async def test_on_an_untagged_target_returning_frames_are_counted_not_matched() -> None:
+    """A transcoding relay's audio carries no tag: each media frame counts for its call, however
+    it reads, the first one lets the call start streaming, and no stray is counted."""
+    load = LoadRun(Target("fake", "ws://127.0.0.1:9/", tagged=False))
+    call = LoadCall(load, 5, "ws://127.0.0.1:9/")
+    open_over_fake_transport(call)
+    call.sent.extend([1, 1, 1])
+    call.back.extend([0, 0, 0])
+
+    def media(payload: bytes) -> bytes:
+        return twilio_out(
+            {"event": "media", "streamSid": call.stream_sid, "media": {"payload": base64.b64encode(payload).decode()}}
+        )
+
+    call.data_received(media(b"\x7f" * FRAME_BYTES))  # no tag at all
+    assert call.first_back.done()
+    call.data_received(media(tag(6, 0) + FILLER))  # what would be another call's tag means nothing here
+    counters = load.counters
+    assert call.received == 2 and list(call.back) == [0, 0, 0]
+    assert (counters.frames_in, counters.misrouted, counters.duplicates, counters.foreign) == (0, 0, 0, 0)
+
+
 async def test_a_mark_is_echoed_once_the_audio_before_it_has_played_or_at_once_on_clear() -> None:
     load = LoadRun(Target("fake", "ws://127.0.0.1:9/"))
     call = LoadCall(load, 3, "ws://127.0.0.1:9/")
@@ -884,6 +1102,26 @@ def test_load_run_against_the_direct_path_brings_every_frame_back(run) -> None:
             finally:
                 await load.close()
             assert await eventually(lambda: up.stats.direct_open == 0)
+
+    run(scenario())
+
+
+def test_a_window_on_an_untagged_target_counts_what_came_back_and_leaves_loss_unmeasured(run) -> None:
+    """The direct path's tags survive, but a target said to be untagged is measured by count
+    alone: frames received in the window, no round trips, loss not measurable."""
+
+    async def scenario() -> None:
+        async with EchoUpstream() as up:
+            load = LoadRun(Target("direct", up.direct_url, tagged=False))
+            try:
+                await load.add_calls(2)
+                assert await load.drain()
+                w = await load.window(0.3)
+            finally:
+                await load.close()
+            assert w.tagged is False and w.calls == 2 and w.sent > 0
+            assert w.rtt_ns.size == 0 and w.lost is None
+            assert w.sent - 2 * w.calls <= w.received <= w.sent + 2 * w.calls  # in flight at either edge
 
     run(scenario())
 
@@ -971,6 +1209,18 @@ def test_figures_count_cpu_per_call_second_and_memory_per_call() -> None:
     assert fig["calls_per_core"] == pytest.approx(1000 / fig["cpu_ms_per_call_s"])
     assert fig["cpu_util"] == pytest.approx(0.2)
     assert fig["rss_mib"] == 10.0 and fig["rss_kib_per_call"] == 512.0
+
+
+def test_figures_of_an_untagged_window_count_frames_back_and_mark_latency_and_loss_not_measurable() -> None:
+    w = window_of([], calls=4, seconds=2.0)
+    w.sent, w.received, w.tagged, w.lost = 400, 396, False, None
+    fig = figures(w, {"p50": 1.0, "p99": 1.0, "p999": 1.0}, cpu_s=0.4, rss_kib=10 * 1024, rss_idle_kib=8 * 1024)
+    assert (fig["frames_sent"], fig["frames_back"]) == (400, 396)
+    assert fig["untagged"] == UNTAGGED == "n/a: transcoded audio carries no tag"
+    assert fig["rtt_ms"] is fig["added_ms"] is fig["late"] is None
+    assert fig["lost"] is fig["misrouted"] is fig["duplicates"] is fig["foreign"] is None
+    assert fig["cpu_ms_per_call_s"] == pytest.approx(50.0) and fig["rss_kib_per_call"] == 512.0
+    assert passes(fig, 5.0) is False  # nothing to pass on
 
 
 def test_figures_flag_a_window_whose_load_side_was_full() -> None:
@@ -1099,6 +1349,59 @@ def test_markdown_has_a_row_per_relay_with_ratios_to_relay() -> None:
     assert ours["max calls, p99 added < 5 ms"].startswith("≥ 1,600")
     assert node["added p50 ms"] == "node not found"
     assert "100 concurrent calls" in table and "Test CPU" in table
+
+
+def untagged_figures(cpu: float) -> dict[str, Any]:
+    return {
+        **main_figures(1.0, cpu),
+        "added_ms": None,
+        "lost": None,
+        "misrouted": None,
+        "late": None,
+        "untagged": UNTAGGED,
+        "frames_sent": 20_000,
+        "frames_back": 19_900,
+        "calls": 100,
+    }
+
+
+def with_transcoded(relays: dict[str, Any]) -> dict[str, Any]:
+    relays = {
+        **relays,
+        "relay-gemini": {"title": "relay, Gemini Live backend (transcoded)", "main": untagged_figures(10.3)},
+    }
+    return {**REPORT, "relays": relays, "transcoding": transcoding_cost(relays)}
+
+
+def test_a_transcoded_row_shows_cpu_and_memory_and_its_latency_and_loss_as_not_measurable() -> None:
+    table = report.markdown(
+        with_transcoded({"relay": {**REPORT["relays"]["relay"], "main": {**main_figures(1.0, 10.0), "calls": 100}}})
+    )
+    gemini = table_rows(table)[-1]
+    assert gemini["relay"] == "relay, Gemini Live backend (transcoded)"
+    assert gemini["added p50 ms"] == "n/a: transcoded audio carries no tag"
+    for column in ("added p99 ms", "p99 × relay", "max calls, p99 added < 5 ms", "lost", "misrouted", "late"):
+        assert gemini[column] == "n/a", column
+    assert (gemini["CPU ms / call-s"], gemini["CPU × relay"], gemini["RSS KiB / call"]) == ("10.30", "1.0×", "60.0")
+    assert "19,900 of the 20,000 frames sent in the window came back, counted per call" in table
+
+
+def test_the_report_says_what_transcoding_costs_over_passthrough_from_the_same_run() -> None:
+    relay = {"title": "relay", "main": {**main_figures(1.0, 10.0), "calls": 100}}
+    deepgram = {"title": "relay, Deepgram backend", "main": {**main_figures(1.0, 9.0), "calls": 100}}
+    table = report.markdown(with_transcoded({"relay": relay, "relay-deepgram": deepgram}))
+    assert (
+        "transcoding (Gemini) costs 0.30 ms CPU per call-second more than passthrough (target < 0.5): met "
+        "(relay, Gemini Live backend (transcoded) 10.30 against relay 10.00, at 100 calls in this run)." in table
+    )
+    # Without relay, relay on Deepgram is the passthrough reference.
+    over = with_transcoded({"relay-deepgram": deepgram})
+    assert over["transcoding"]["passthrough"] == "relay-deepgram"
+    assert "costs 1.30 ms CPU per call-second more than passthrough (target < 0.5): 2.6× over" in report.markdown(over)
+    # Without a passthrough row, or without the transcoded one, there is nothing to set side by side.
+    assert transcoding_cost({"relay-gemini": {"main": untagged_figures(10.3)}}) is None
+    assert transcoding_cost({"relay": relay}) is None
+    assert "transcoding (Gemini)" not in report.markdown(REPORT)
 
 
 def test_update_readme_replaces_only_the_text_between_the_markers(tmp_path: Path) -> None:
