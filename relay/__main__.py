@@ -29,6 +29,7 @@ from relay.routing import Peers
 from relay.workers import Worker, supervise
 
 if TYPE_CHECKING:
+    from relay.erasure import Eraser
     from relay.retention import Purger, Retention
 
 log = logging.getLogger("relay")
@@ -52,6 +53,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         )
     from relay.admission import Admission
     from relay.agents import DEFAULT_AGENT
+    from relay.erasure import SQLiteEraser
     from relay.outbound import wiring
     from relay.redaction import Redaction
     from relay.retention import SQLitePurger
@@ -98,6 +100,9 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         from relay.pg.retention import PostgresPurger
 
         pg_purger = PostgresPurger(pg.pool)
+        from relay.pg.erasure import PostgresEraser
+
+        eraser: Eraser = PostgresEraser(pg.pool)
         purger: Purger = pg_purger
         policies: Callable[[], Awaitable[dict[str, Retention]]] = pg_purger.policies
         redactions: Callable[[str], Awaitable[Redaction | None]] | None = pg.directory.redaction
@@ -117,6 +122,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         tool_store = SQLiteToolStore(settings.sqlite_path, DEFAULT_TENANT, DEFAULT_AGENT)
         redactions = None  # the environment's (Settings.redaction)
         purger = SQLitePurger(settings.sqlite_path)
+        eraser = SQLiteEraser(settings.sqlite_path)
 
         async def embedded() -> dict[str, Retention]:
             return retention_cli.embedded_policies(settings)
@@ -142,6 +148,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         )
     )
     server.relay.outbound = wiring.placing(settings, server.relay, jobs, server.relay.instance_id)
+    server.relay.eraser = eraser
     if peers is not None:
         # The other relays on this database: requests about a call reach the relay holding it.
         await peers.start(server.relay.answer_peer)

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from relay import models, retention_cli, usage_report
+from relay import erasure_cli, models, retention_cli, usage_report
 from relay.agents import BACKENDS, RANGES, Agent
 from relay.config import Settings
 from relay.errors import InputError
@@ -31,7 +31,7 @@ from relay.twilio import CALL_SID
 
 COMMANDS = (
     "migrate", "tenants", "numbers", "agents", "calls", "turns", "usage", "keys", "call", "campaign", "jobs",
-    *tool_cli.COMMANDS, "retention",
+    *tool_cli.COMMANDS, "retention", "erase",
 )  # fmt: skip
 # Commands on the outbound queue and API keys, served by both stores (``_outbound``).
 OUTBOUND = ("keys", "call", "campaign", "jobs")
@@ -216,6 +216,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     usage.add_argument("--json", action="store_true", help="print the report as JSON, costs as exact decimal strings")
     tool_cli.add_commands(commands)
     retention_cli.add_commands(commands)
+    erasure_cli.add_commands(commands)
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -234,6 +235,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             return tool_cli.control(args, settings)
         if args.command == "retention":
             await retention_cli.run(args, settings)
+            return 0
+        if args.command == "erase":
+            await erasure_cli.run(args, settings)
             return 0
         if args.command in tool_cli.COMMANDS:
             await tool_cli.run(args, settings)

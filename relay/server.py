@@ -49,7 +49,8 @@ from relay.agents import AgentProfile
 from relay.backends import WIRES
 from relay.config import Settings, is_loopback
 from relay.conversation import TRANSFERRED
-from relay.errors import ProtocolError
+from relay.erasure import Eraser, erase
+from relay.errors import InputError, ProtocolError
 from relay.metrics import CONTENT_TYPE_LATEST, LAG_BUCKETS_MS, Buckets, CallLedger, LiveCall, render
 from relay.outbound import warm
 from relay.outbound.service import AMD_PATH, OUTBOUND_PATH, SMS_PATH, Outbound
@@ -101,6 +102,8 @@ NORMAL_ENDS = frozenset(
 TWILIO_ENDS = frozenset({"stop", "twilio_closed", "twilio_closed_before_start"})
 # How long after relay ends a stream its after-stream hook may still come (Twilio fetches it at once).
 HOOK_EXPECTED_S = 5.0
+# A tenant's erasure of one caller (relay/erasure.py), with its API key.
+ERASURES_PATH = "/v1/erasures"
 # The call control API: POST /v1/calls/{CallSid}/<action>.
 CONTROL_PREFIX = "/v1/calls/"
 CONTROL_ACTIONS = {"hangup": HANGUP, "say": SAY, "transfer": TRANSFER}
@@ -212,6 +215,8 @@ class Relay:
         # Calls whose stream ends to connect the caller to a number: call sid -> (number, name),
         # until the after-stream hook dials it (here, or from the answer of the relay that ran it).
         self.transfers: dict[str, tuple[str, str]] = {}
+        # Erasing a caller on a tenant's request (``POST /v1/erasures``): the store's side (None: off).
+        self.eraser: Eraser | None = None
 
     async def _connect_backend(self, agent: AgentProfile) -> Upstream:
         url, headers = self.settings.backend_endpoint(agent.backend, agent.model)
@@ -963,6 +968,8 @@ class HttpProtocol(asyncio.Protocol):
             self._twilio_request(method, url.path, url.query, keep_alive)
         elif url.path in ("/v1/calls", "/v1/campaigns") or url.path.startswith(("/v1/jobs/", "/v1/campaigns/")):
             self._api(method, url.path, keep_alive)
+        elif url.path == ERASURES_PATH:
+            self._erase(method, keep_alive)
         elif url.path.startswith(CONTROL_PREFIX) and method == b"POST":
             self._control(url.path, keep_alive)
         elif url.path in ("/healthz", "/readyz", "/drain", twilio.STREAM_PATH, twilio.AFTER_STREAM_PATH) or (
@@ -1067,6 +1074,55 @@ class HttpProtocol(asyncio.Protocol):
         task = asyncio.ensure_future(answer())
         self._relay.background.add(task)
         task.add_done_callback(self._relay.background.discard)
+
+    def _erase(self, method: bytes, keep_alive: bool) -> None:
+        """``POST /v1/erasures`` with a tenant's API key, ``{"caller": "+1555..."}``: the caller
+        erased from the tenant's records here (the store, this relay's spool and dead letters);
+        the answer says how many of each went."""
+        relay, outbound = self._relay, self._relay.outbound
+        if method != b"POST":
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", keep_alive=keep_alive)
+            return
+        eraser = relay.eraser
+        if eraser is None or outbound is None:
+            self._send(HTTPStatus.NOT_FOUND, b"erasure is off\n", keep_alive=keep_alive)
+            return
+        authorization, raw = self._header("authorization"), bytes(self._body)
+
+        async def answer() -> None:
+            body: dict[str, object]
+            try:
+                tenant = await outbound.jobs.tenant_of(authorization)
+                try:
+                    request = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    request = None
+                caller = request.get("caller") if isinstance(request, dict) else None
+                if tenant is None:
+                    status, body = HTTPStatus.UNAUTHORIZED, {"error": "a tenant's API key is required (Bearer)"}
+                elif not isinstance(caller, str):
+                    status, body = HTTPStatus.BAD_REQUEST, {"error": 'the body is {"caller": "+15551234567"}'}
+                else:
+                    erased = await erase(
+                        eraser,
+                        tenant,
+                        caller,
+                        by="api",
+                        dead_letter_path=relay.store.dead_letter_path,
+                        store=relay.store,
+                    )
+                    status, body = HTTPStatus.OK, {"erased": erased.as_dict()}
+                    log.info("tenant %s: a caller was erased (%s)", tenant, erased.as_dict())
+            except InputError as exc:
+                status, body = HTTPStatus.BAD_REQUEST, {"error": str(exc)}
+            except Exception as exc:  # noqa: BLE001 - the store is away: the client may try again
+                log.warning("erasure failed (%s)", type(exc).__name__)
+                status, body = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "try again"}
+            self._send(status, orjson.dumps(body), "application/json", keep_alive=keep_alive)
+
+        task = asyncio.ensure_future(answer())
+        relay.background.add(task)
+        task.add_done_callback(relay.background.discard)
 
     def _drain(self, query: str, keep_alive: bool) -> None:
         """``relay drain``: only from this machine (a pod's preStop runs it beside the server)."""

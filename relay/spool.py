@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from relay.errors import SpoolError
-from relay.store import Record, record_from_dict, record_to_dict
+from relay.store import Record, RecordMatch, record_from_dict, record_to_dict
 
 log = logging.getLogger("relay.spool")
 
@@ -139,6 +139,47 @@ class Spool:
                 records.append(record)
                 end = after
             return records, end
+
+    def remove(self, drop: RecordMatch, at: int) -> tuple[int, int]:
+        """Rewrite the spool without the records ``drop`` picks (widened with the spool's own
+        records, ``RecordMatch.widened``): a new file, fsync'd, locked, renamed over this one.
+        ``at`` is an offset into the old file (where replay has got to).
+
+        Returns:
+            How many records went, and ``at`` in the new file.
+        """
+        with self._lock:
+            fd = self._require_open()
+            frames = list(self._frames(0, None, self._size))
+            drop = drop.widened([record for record, _ in frames])
+            kept, start, removed, moved = [], 0, 0, at
+            for record, end in frames:
+                if drop(record):
+                    removed += 1
+                    if end <= at:
+                        moved -= end - start
+                else:
+                    kept.append(record)
+                start = end
+            if not removed:
+                return 0, at
+            fresh = self.path.with_name(f".{self.path.name}.erasing")
+            new_fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(new_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                data = b"".join(encode(r) for r in kept)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(new_fd, view) :]
+                os.fsync(new_fd)
+                os.replace(fresh, self.path)
+                _fsync_dir(self.path.parent)
+            except BaseException:
+                os.close(new_fd)
+                raise
+            self._fd, self._size = new_fd, len(data)
+            os.close(fd)  # (the old file's lock goes with it; the new one is held already)
+            return removed, moved
 
     def clear(self) -> None:
         """Empty the spool once everything in it is in the database."""

@@ -15,7 +15,9 @@ process killed while it still waits in memory (the queue, or an embedded store's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import fcntl
 import json
 import logging
 import os
@@ -23,10 +25,10 @@ import re
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 from relay import tracing
 from relay.metrics import BATCH_BUCKETS_S, Buckets
@@ -38,6 +40,17 @@ log = logging.getLogger("relay.store")
 RETRY_BACKOFF = (0.1, 5.0)  # first and longest wait between attempts at a batch, seconds
 
 DEFAULT_TENANT = "default"
+
+
+class RecordMatch(Protocol):
+    """Which records an erasure removes (``relay.erasure.Match``)."""
+
+    def __call__(self, record: Record) -> bool: ...
+    def widened(self, records: list[Record]) -> RecordMatch: ...
+
+
+# What erases matching records from a store's spool (``Store.erasing``): how many went.
+SpoolEraser = Callable[[RecordMatch], Awaitable[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,11 +300,17 @@ class Store(ABC):
         at = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
         lines = "".join(json.dumps({"at": at, "reason": reason, "record": record_to_dict(r)}) + "\n" for r in records)
         self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.dead_letter_path, "a", encoding="utf-8") as f:
+        with _locked(self.dead_letter_path, "a") as f:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
         self.dead_letters += len(records)
+
+    @contextlib.asynccontextmanager
+    async def erasing(self) -> AsyncIterator[SpoolEraser | None]:
+        """Hold the store still for an erasure (nothing replayed from its spool meanwhile), and
+        give what erases from its spool (None: it has none)."""
+        yield None
 
     @abstractmethod
     async def _open(self) -> None: ...
@@ -402,6 +421,17 @@ CREATE TABLE IF NOT EXISTS calls (
     v2v_max_ms   REAL,
     transferred_to TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS erasures (
+    tenant_id     TEXT NOT NULL,
+    erased_at     REAL NOT NULL,
+    requested_by  TEXT NOT NULL DEFAULT '',
+    calls         INTEGER NOT NULL DEFAULT 0,
+    turns         INTEGER NOT NULL DEFAULT 0,
+    usage         INTEGER NOT NULL DEFAULT 0,
+    jobs          INTEGER NOT NULL DEFAULT 0,
+    spooled       INTEGER NOT NULL DEFAULT 0,
+    dead_letters  INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS call_turns (
     call_sid          TEXT NOT NULL,
     seq               INTEGER NOT NULL,
@@ -510,6 +540,60 @@ def _statements(batch: list[Record]) -> list[tuple[str, dict[str, object]]]:
         else:
             out.append((_END_CALL, _fields(record)))
     return out
+
+
+@contextlib.contextmanager
+def _locked(path: Path, mode: str) -> Iterator[IO[Any]]:
+    """``path`` open and exclusively locked (``flock``), the same file as its name now names:
+    a writer that opened it just before an erasure renamed a new one over it opens that one."""
+    while True:
+        f = open(path, mode, encoding="utf-8")  # noqa: SIM115 - closed below, or handed out and closed
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            f.close()
+            raise
+        f.close()
+    with f:
+        yield f
+
+
+def erase_dead_letters(path: Path, match: RecordMatch) -> int:
+    """Remove the dead letters ``match`` picks from the file at ``path`` (rewritten whole, then
+    renamed over it, under the lock every writer of it takes); how many went. Blocking."""
+    if not path.exists():
+        return 0
+    with _locked(path, "r+") as f:
+        lines = f.read().splitlines(keepends=True)
+        entries = [(line, _dead_record(line)) for line in lines]
+        match = match.widened([record for _, record in entries if record is not None])
+        kept = [line for line, record in entries if record is None or not match(record)]
+        if len(kept) == len(lines):
+            return 0
+        fresh = path.with_name(f".{path.name}.erasing")
+        with open(fresh, "w", encoding="utf-8") as out:
+            out.writelines(kept)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(fresh, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return len(lines) - len(kept)
+
+
+def _dead_record(line: str) -> Record | None:
+    """The record of one dead-letter line (None: not one relay can read; kept as it is)."""
+    try:
+        return record_from_dict(json.loads(line)["record"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class SQLiteStore(Store):

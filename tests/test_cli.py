@@ -46,9 +46,11 @@ def _keep_the_runs_logging(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def pg(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def pg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     name = asyncio.run(create_database())
     monkeypatch.setenv("DATABASE_URL", dsn(name))
+    monkeypatch.setenv("RELAY_SPOOL_PATH", str(tmp_path / "relay.spool"))  # (relay erase opens the store)
+    monkeypatch.setenv("RELAY_DEAD_LETTER_PATH", str(tmp_path / "dead.jsonl"))
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
     try:
@@ -375,3 +377,41 @@ def test_retention_on_the_embedded_store_is_the_environments(
     assert code == 0 and out.startswith("deleted: call_turns 0")
     code, _, err = run(capsys, "retention", "set", "default", "--days", "3")
     assert code == 2 and "RELAY_RETENTION_DAYS" in err
+
+
+@pytest.mark.postgres
+def test_erase_removes_a_callers_calls_and_lists_the_erasure(pg: str, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "tenants", "add", "acme")
+    code, out, _ = run(capsys, "erase", "--tenant", "acme", "--caller", "+15557654321")
+    assert code == 0 and out.startswith("erased: calls 0, turns 0, usage 0, jobs 0, spooled 0, dead letters 0")
+    code, out, _ = run(capsys, "erase", "--tenant", "acme", "--list")
+    assert code == 0 and "by cli: calls 0" in out and "+1555" not in out
+    code, _, err = run(capsys, "erase", "--tenant", "acme", "--caller", "5557654321")
+    assert code == 2 and "E.164" in err
+    code, _, err = run(capsys, "erase", "--tenant", "nosuch", "--caller", "+15557654321")
+    assert code == 2 and "no tenant 'nosuch'" in err
+
+
+def test_erase_on_the_embedded_store(embedded: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "erase", "--caller", "+15557654321")
+    assert code == 0 and out.startswith("erased: calls 0")
+    code, _, err = run(capsys, "erase")
+    assert code == 2 and "--caller" in err
+    code, out, _ = run(capsys, "erase", "--list")
+    assert code == 0 and "by cli" in out
+
+
+@pytest.mark.postgres
+def test_erase_says_when_a_running_relay_holds_the_spool(
+    pg: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from relay.spool import Spool
+
+    run(capsys, "tenants", "add", "acme")
+    held = Spool(tmp_path / "relay.spool")  # as a relay serving here holds it
+    held.open()
+    try:
+        code, out, _ = run(capsys, "erase", "--tenant", "acme", "--caller", "+15557654321")
+    finally:
+        held.close()
+    assert code == 0 and "erased: calls 0" in out and "POST /v1/erasures" in out

@@ -46,10 +46,11 @@ pytestmark = pytest.mark.postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 # The tables a tenant's calls fill (``_two_tenants`` below); outbound jobs, races, API keys and the
-# agents' tools are held to the same policies (tests/test_outbound_*, test_tool_store_pg below).
+# agents' tools, and the record of erasures are held to the same policies (tests/test_outbound_*,
+# test_tool_store_pg below, test_erasure).
 CALL_TABLES = {"tenants", "agents", "phone_numbers", "calls", "call_turns", "usage", "admissions", "call_owners"}
 TOOL_TABLES = {"agent_tools", "transfer_targets", "tool_secrets"}
-TENANT_TABLES = CALL_TABLES | {"outbound_jobs", "api_keys", "races"} | TOOL_TABLES
+TENANT_TABLES = CALL_TABLES | {"outbound_jobs", "api_keys", "races", "erasures"} | TOOL_TABLES
 READER_TABLES = TENANT_TABLES - {"api_keys", "tool_secrets"}  # the reader has no grant on keys or secrets at all
 
 

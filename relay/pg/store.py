@@ -13,9 +13,10 @@ Every transaction here runs as ``relay_writer`` (``relay.pg.db``: the roles).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import fields
 from operator import attrgetter
 from pathlib import Path
@@ -37,7 +38,7 @@ from relay.pg.db import (
 from relay.pg.directory import Directory
 from relay.pg.schema import migrations
 from relay.spool import Spool
-from relay.store import CallEnd, CallRecord, Record, Store, TurnRecord
+from relay.store import CallEnd, CallRecord, Record, RecordMatch, SpoolEraser, Store, TurnRecord
 from relay.usage import UsageRecord
 
 log = logging.getLogger("relay.pg.store")
@@ -143,6 +144,9 @@ class PostgresStore(Store):
         self._spool_lock = asyncio.Lock()
         self._spool_empty = asyncio.Event()
         self._replayed = 0  # spool offset up to which records are committed to Postgres
+        # Held across one replay step (read a batch, write it, advance): an erasure waits for
+        # the step in flight, so no record it removes is written after it.
+        self._replay_step = asyncio.Lock()
         self._recovery: asyncio.Task[None] | None = None
         self.spooled_records = 0  # records this process has spooled (they were not lost)
         self.failed_retries = 0  # replay attempts that found Postgres still unavailable
@@ -307,21 +311,36 @@ class PostgresStore(Store):
     async def _replay(self) -> None:
         """Write the spool to Postgres in order, then clear it; raises if Postgres fails."""
         while True:
-            async with self._spool_lock:
-                if self._replayed >= self._spool.size:
-                    await asyncio.to_thread(self._spool.clear)
-                    self._replayed = 0
+            async with self._replay_step:
+                async with self._spool_lock:
+                    if self._replayed >= self._spool.size:
+                        await asyncio.to_thread(self._spool.clear)
+                        self._replayed = 0
+                        self._spool_empty.set()
+                        self._recovery = None  # in the same critical section as the clear: a batch
+                        return  # spooled after it starts a new recovery task
+                    records, end = await asyncio.to_thread(self._spool.read, self._replayed, self._batch_size)
+                if not records:
+                    # Only possible if the file was changed under us: skip what cannot be read.
+                    log.error("spool %s unreadable at offset %d; skipping the rest", self._spool.path, self._replayed)
+                    self._replayed = self._spool.size
+                    continue
+                await self._store(records)
+                self._replayed = end
+
+    @contextlib.asynccontextmanager
+    async def erasing(self) -> AsyncIterator[SpoolEraser | None]:
+        async with self._replay_step, self._spool_lock:
+
+            async def erase_spooled(match: RecordMatch) -> int:
+                if not self._spool.size:
+                    return 0
+                removed, self._replayed = await asyncio.to_thread(self._spool.remove, match, self._replayed)
+                if not self._spool.size:
                     self._spool_empty.set()
-                    self._recovery = None  # in the same critical section as the clear: a batch
-                    return  # spooled after it starts a new recovery task
-                records, end = await asyncio.to_thread(self._spool.read, self._replayed, self._batch_size)
-            if not records:
-                # Only possible if the file was changed under us: skip what cannot be read.
-                log.error("spool %s unreadable at offset %d; skipping the rest", self._spool.path, self._replayed)
-                self._replayed = self._spool.size
-                continue
-            await self._store(records)
-            self._replayed = end
+                return removed
+
+            yield erase_spooled
 
     async def _store(self, batch: Sequence[Record]) -> None:
         """Write ``batch``; a record Postgres rejects as invalid is dead-lettered alone.
