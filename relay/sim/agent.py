@@ -40,7 +40,7 @@ from relay.audio_format import FRAME_BYTES, SAMPLE_RATE
 from relay.backends import NOTE_PREFIX
 from relay.models import REASONING_EFFORTS
 from relay.sim import audio
-from relay.sim.serving import SessionServer, json_error_response
+from relay.sim.serving import SessionServer, SimulatorShell, json_error_response
 
 __all__ = ["AgentConfig", "RealtimeAgent", "RealtimeSession", "SessionLog", "default_reply"]
 
@@ -1225,7 +1225,7 @@ class RealtimeSession:
         self._emit("conversation.item.retrieved", item=item.json())
 
 
-class RealtimeAgent:
+class RealtimeAgent(SimulatorShell):
     """The asyncio/WebSocket shell: serves ``RealtimeSession`` on loopback."""
 
     def __init__(self, config: AgentConfig = AgentConfig()) -> None:
@@ -1238,39 +1238,6 @@ class RealtimeAgent:
         if not self.config.realtime_factor > 0 or self.config.chunk_ms[0] <= 0:
             raise ValueError("realtime_factor and chunk_ms must be positive")
         await self._server.start(host, port)
-
-    @property
-    def url(self) -> str:
-        return self._server.url  # the client adds ?model=
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    async def __aenter__(self) -> RealtimeAgent:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @property
-    def violations(self) -> list[str]:
-        return [f"session {s.index}: {v}" for s in self.sessions for v in s.violations]
-
-    async def wait_until(self, condition: Callable[[], bool], timeout: float) -> None:
-        """Return once ``condition()`` holds, checked each time a session opens or sends.
-
-        Raises:
-            TimeoutError: it did not hold within ``timeout`` seconds.
-        """
-        await self._server.wait_until(condition, timeout)
-
-    def kill(self, session: SessionLog) -> None:
-        """Drop one session's connection at once, as a network fault or a crashed server would."""
-        self._server.kill(session)
-
-    async def wait_closed(self, session: SessionLog, timeout: float) -> None:
-        await self._server.wait_closed(session, timeout)
 
     def _open(self, ws: ServerConnection, now: float) -> tuple[SessionLog, RealtimeSession]:
         request = ws.request

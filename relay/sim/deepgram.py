@@ -56,7 +56,7 @@ from websockets.typing import Subprotocol
 from relay.audio_format import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from relay.sim import audio
 from relay.sim.agent import default_reply, tool_arguments
-from relay.sim.serving import SessionServer
+from relay.sim.serving import SessionServer, SimulatorShell
 
 __all__ = [
     "CLIENT_MESSAGE_TIMEOUT",
@@ -1265,7 +1265,7 @@ class DeepgramSession:
         self._begin_next(now)
 
 
-class DeepgramAgent:
+class DeepgramAgent(SimulatorShell):
     """The asyncio/WebSocket shell: serves ``DeepgramSession`` on loopback at ``DEEPGRAM_PATH``."""
 
     def __init__(self, config: DeepgramConfig | None = None) -> None:
@@ -1286,36 +1286,6 @@ class DeepgramAgent:
             raise ValueError("idle_timeout_s and max_session_s must be positive, in_flight_chunks not negative")
         await self._server.start(host, port)
 
-    @property
-    def url(self) -> str:
-        return self._server.url
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    async def __aenter__(self) -> DeepgramAgent:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @property
-    def violations(self) -> list[str]:
-        return [f"session {s.index}: {v}" for s in self.sessions for v in s.violations]
-
-    async def wait_until(self, condition: Callable[[], bool], timeout: float) -> None:
-        """Return once ``condition()`` holds, checked each time a session opens or sends.
-
-        Raises:
-            TimeoutError: it did not hold within ``timeout`` seconds.
-        """
-        await self._server.wait_until(condition, timeout)
-
-    def kill(self, session: DeepgramSessionLog) -> None:
-        """Drop one session's connection at once, with no Error, as a network fault would."""
-        self._server.kill(session)
-
     async def fail(
         self,
         session: DeepgramSessionLog,
@@ -1331,9 +1301,6 @@ class DeepgramAgent:
         """
         self._server.act(session, lambda core, now: core.fail(code, description, now))
         await self.wait_closed(session, timeout)
-
-    async def wait_closed(self, session: DeepgramSessionLog, timeout: float) -> None:
-        await self._server.wait_closed(session, timeout)
 
     def _open(self, ws: ServerConnection, now: float) -> tuple[DeepgramSessionLog, DeepgramSession]:
         request = ws.request

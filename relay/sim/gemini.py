@@ -64,7 +64,7 @@ from relay.sim.agent import BUILT_IN_TOOLS, TOOL_FAILED, default_reply, tool_arg
 # The model's speech and the caller's VAD levels are the GPT-Live simulator's: one synthesis per
 # line, the same word marks, the same idea of what is speech.
 from relay.sim.live import PRESSED, QUIET_DBFS, SAY, VAD_DBFS, WEATHER_ACK, _mark_bits, _Speech, _speech, _word_spans
-from relay.sim.serving import SessionServer
+from relay.sim.serving import SessionServer, SimulatorShell
 
 __all__ = [
     "GEMINI_PATH",
@@ -1532,7 +1532,7 @@ class GeminiSession:
         return said if isinstance(said, str) and said.strip() else "Done."
 
 
-class GeminiLive:
+class GeminiLive(SimulatorShell):
     """The asyncio/WebSocket shell: serves ``GeminiSession`` on loopback at ``GEMINI_PATH``."""
 
     def __init__(self, config: GeminiConfig | None = None) -> None:
@@ -1549,40 +1549,6 @@ class GeminiLive:
         if min(c.connection_s, c.session_s, c.handle_ttl_s) <= 0 or c.go_away_lead_s < 0:
             raise ValueError("connection_s, session_s and handle_ttl_s must be positive, go_away_lead_s not negative")
         await self._server.start(host, port)
-
-    @property
-    def url(self) -> str:
-        """``ws://127.0.0.1:PORT`` + ``GEMINI_PATH``: append ``?key=…`` or send ``x-goog-api-key``."""
-        return self._server.url
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    async def __aenter__(self) -> GeminiLive:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @property
-    def violations(self) -> list[str]:
-        return [f"session {s.index}: {v}" for s in self.sessions for v in s.violations]
-
-    async def wait_until(self, condition: Callable[[], bool], timeout: float) -> None:
-        """Return once ``condition()`` holds, checked each time a session opens or sends.
-
-        Raises:
-            TimeoutError: it did not hold within ``timeout`` seconds.
-        """
-        await self._server.wait_until(condition, timeout)
-
-    def kill(self, session: GeminiSessionLog) -> None:
-        """Drop one session's connection at once, with no close frame, as a network fault would."""
-        self._server.kill(session)
-
-    async def wait_closed(self, session: GeminiSessionLog, timeout: float) -> None:
-        await self._server.wait_closed(session, timeout)
 
     def go_away(self, session: GeminiSessionLog, time_left_s: float) -> None:
         """Make a running session send goAway now and close its connection ``time_left_s`` later."""

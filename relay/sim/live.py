@@ -49,7 +49,7 @@ from websockets.http11 import Request, Response
 from relay.audio_format import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from relay.sim import audio
 from relay.sim.agent import default_reply
-from relay.sim.serving import SessionServer, json_error_response
+from relay.sim.serving import SessionServer, SimulatorShell, json_error_response
 
 __all__ = ["LIVE_PATH", "LiveAgent", "LiveConfig", "LiveSession", "LiveSessionLog"]
 
@@ -1436,7 +1436,7 @@ class LiveSession:
             self.close("close_requested", now, msg.get("event_id"))
 
 
-class LiveAgent:
+class LiveAgent(SimulatorShell):
     """The asyncio/WebSocket shell: serves ``LiveSession`` on loopback at ``LIVE_PATH``."""
 
     def __init__(self, config: LiveConfig | None = None) -> None:
@@ -1452,36 +1452,6 @@ class LiveAgent:
             raise ValueError("chunk_ms, yield_ms, usage_interval_s and max_session_s must be positive")
         await self._server.start(host, port)
 
-    @property
-    def url(self) -> str:
-        return self._server.url
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    async def __aenter__(self) -> LiveAgent:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @property
-    def violations(self) -> list[str]:
-        return [*self.handshake_violations, *(f"session {s.index}: {v}" for s in self.sessions for v in s.violations)]
-
-    async def wait_until(self, condition: Callable[[], bool], timeout: float) -> None:
-        """Return once ``condition()`` holds, checked each time a session opens or sends.
-
-        Raises:
-            TimeoutError: it did not hold within ``timeout`` seconds.
-        """
-        await self._server.wait_until(condition, timeout)
-
-    def kill(self, session: LiveSessionLog) -> None:
-        """Drop one session's connection at once, with no session.closed, as a network fault would."""
-        self._server.kill(session)
-
     async def close_with(self, session: LiveSessionLog, reason: str, timeout: float = 5.0) -> None:
         """End one session from the service's side: ``session.closed`` with ``reason``, then close
         1000. Returns once the connection is closed.
@@ -1493,9 +1463,6 @@ class LiveAgent:
             raise ValueError(f"reason must be one of {CLOSE_REASONS}")
         self._server.act(session, lambda core, now: core.close(reason, now))
         await self.wait_closed(session, timeout)
-
-    async def wait_closed(self, session: LiveSessionLog, timeout: float) -> None:
-        await self._server.wait_closed(session, timeout)
 
     def _open(self, ws: ServerConnection, now: float) -> tuple[LiveSessionLog, LiveSession]:
         assert ws.request is not None

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-__all__ = ["SessionCore", "SessionLogLike", "SessionServer", "json_error_response"]
+__all__ = ["SessionCore", "SessionLogLike", "SessionServer", "SimulatorShell", "json_error_response"]
 
 log = logging.getLogger(__name__)
 
@@ -215,3 +215,50 @@ class SessionServer:
             pass
         finally:
             inbox.put_nowait(_EOF)
+
+
+class SimulatorShell:
+    """What every simulator's asyncio shell offers over its ``SessionServer`` (``_server``, set by
+    the shell, which checks its config in ``start`` first): the URL clients connect to, ``stop``,
+    ``async with``, the protocol violations its sessions (and handshakes) saw, and waits and
+    faults on one session."""
+
+    _server: SessionServer
+    handshake_violations: list[str]
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        await self._server.start(host, port)
+
+    @property
+    def url(self) -> str:
+        return self._server.url
+
+    async def stop(self) -> None:
+        await self._server.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def violations(self) -> list[str]:
+        handshakes = getattr(self, "handshake_violations", [])
+        return [*handshakes, *(f"session {s.index}: {v}" for s in self._server.sessions for v in s.violations)]
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float) -> None:
+        """Return once ``condition()`` holds, checked each time a session opens or sends.
+
+        Raises:
+            TimeoutError: it did not hold within ``timeout`` seconds.
+        """
+        await self._server.wait_until(condition, timeout)
+
+    def kill(self, session: SessionLogLike) -> None:
+        """Drop one session's connection at once, as a network fault or a crashed server would."""
+        self._server.kill(session)
+
+    async def wait_closed(self, session: SessionLogLike, timeout: float) -> None:
+        await self._server.wait_closed(session, timeout)
