@@ -106,6 +106,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         purger: Purger = pg_purger
         policies: Callable[[], Awaitable[dict[str, Retention]]] = pg_purger.policies
         redactions: Callable[[str], Awaitable[Redaction | None]] | None = pg.directory.redaction
+        backend_keys: Callable[[str, str], Awaitable[str | None]] | None = pg.directory.backend_key
         jobs = postgres_jobs(
             pg.pool, pg.directory, account_sid=settings.twilio_account_sid, from_number=settings.outbound_from
         )
@@ -121,6 +122,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
         credential_source = None
         tool_store = SQLiteToolStore(settings.sqlite_path, DEFAULT_TENANT, DEFAULT_AGENT)
         redactions = None  # the environment's (Settings.redaction)
+        backend_keys = None  # the deployment's keys only
         purger = SQLitePurger(settings.sqlite_path)
         eraser = SQLiteEraser(settings.sqlite_path)
 
@@ -145,6 +147,7 @@ async def serve(settings: Settings, worker: Worker | None = None) -> None:
             peers=peers,
             tool_store=tool_store,
             redactions=redactions,
+            backend_keys=backend_keys,
         )
     )
     server.relay.outbound = wiring.placing(settings, server.relay, jobs, server.relay.instance_id)

@@ -108,6 +108,13 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     )
     set_outbound.add_argument("--race-timeout-s", type=int, help="how long each on-call contact has to take it")
 
+    set_key = tenant_actions.add_parser(
+        "set-backend-key",
+        help="the tenant's own key for a speech backend, read from stdin (empty: the deployment's again)",
+    )
+    set_key.add_argument("tenant_id")
+    set_key.add_argument("backend", choices=BACKENDS)
+
     set_redaction = tenant_actions.add_parser(
         "set-redaction",
         help="keep card numbers, digit runs, e-mail addresses (and your patterns) out of the tenant's stored turns",
@@ -374,6 +381,12 @@ async def _tenants_set_token(directory: Any, args: argparse.Namespace, settings:
     print(f"tenant {args.tenant_id}: Twilio auth token {'set for ' + args.account_sid if token else 'removed'}")
 
 
+async def _tenants_set_backend_key(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
+    key = sys.stdin.readline().strip()  # stdin, never argv: shell history and ps show argv
+    await directory.set_backend_key(args.tenant_id, args.backend, key or None)
+    print(f"tenant {args.tenant_id}: {args.backend} calls use {'its own key' if key else 'the deployment key'}")
+
+
 async def _tenants_set_outbound(directory: Any, args: argparse.Namespace, settings: Settings) -> None:
     await directory.set_outbound(
         args.tenant_id,
@@ -469,6 +482,7 @@ _HANDLERS: dict[tuple[str, str | None], Callable[..., Awaitable[None]]] = {
     ("tenants", "set-token"): _tenants_set_token,
     ("tenants", "set-outbound"): _tenants_set_outbound,
     ("tenants", "set-redaction"): _tenants_set_redaction,
+    ("tenants", "set-backend-key"): _tenants_set_backend_key,
     ("numbers", "add"): _numbers_add,
     ("agents", "add"): _agents_add,
     ("agents", "set"): _agents_set,

@@ -42,6 +42,9 @@ class AgentProfile:
     # (``relay transfers``): read from the store as each call starts.
     tools: tuple[TenantTool, ...] = ()
     transfer_targets: tuple[TransferTarget, ...] = ()
+    # The tenant whose call it is (set as the call starts): its own key for the backend, if it
+    # has one (``relay tenants set-backend-key``), opens the backend's sessions.
+    tenant_id: str = ""
 
 
 DEFAULT_AGENT = "default"

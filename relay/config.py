@@ -238,21 +238,23 @@ class Settings:
         query = [(k, v) for k, values in parse_qs(parts.query, keep_blank_values=True).items() for v in values]
         return urlunsplit(parts._replace(query=urlencode([*query, ("model", model)])))
 
-    def backend_endpoint(self, backend: str, model: str) -> tuple[str, dict[str, str]]:
-        """Where a session of ``backend`` (with ``model``) connects, and its auth headers.
+    def backend_endpoint(self, backend: str, model: str, key: str | None = None) -> tuple[str, dict[str, str]]:
+        """Where a session of ``backend`` (with ``model``) connects, and its auth headers, with
+        ``key`` (a tenant's own) or the deployment's.
 
         Realtime takes the model in the URL; GPT-Live takes no query (the model is in its
         session.start), nor does Gemini Live (the model is in its setup; the key goes in
         ``x-goog-api-key``, as google-genai sends it) or Deepgram (``Authorization: Token``).
         No OpenAI-Beta header: it selects Realtime's retired beta shape (PROTOCOLS §2.1).
         """
+        key = key or self.backend_key(backend)[0]
         if backend == "openai-live":
-            return self.live_url, {"Authorization": f"Bearer {self.openai_api_key}"}
+            return self.live_url, {"Authorization": f"Bearer {key}"}
         if backend == "gemini-live":
-            return self.gemini_live_url, {"x-goog-api-key": self.gemini_api_key}
+            return self.gemini_live_url, {"x-goog-api-key": key}
         if backend == "deepgram":
-            return self.deepgram_agent_url, {"Authorization": f"Token {self.deepgram_api_key}"}
-        return self.realtime_url_for(model), {"Authorization": f"Bearer {self.openai_api_key}"}
+            return self.deepgram_agent_url, {"Authorization": f"Token {key}"}
+        return self.realtime_url_for(model), {"Authorization": f"Bearer {key}"}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, *, serve: bool = True) -> Settings:

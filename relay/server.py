@@ -147,11 +147,16 @@ class Relay:
         peers: Peers | None = None,
         tool_store: ToolStore | None = None,
         redactions: Callable[[str], Awaitable[Redaction | None]] | None = None,
+        backend_keys: Callable[[str, str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.settings = settings
         # Each tenant's redaction of what is stored (the embedded store's: the environment's),
         # read once per REDACTION_CACHE_S.
         self._redactions = redactions
+        # Each tenant's own key for a backend, if it has one (tenant, backend) -> key; a secret,
+        # cached as briefly as a redaction is.
+        self._backend_keys = backend_keys
+        self._backend_key_cache: dict[tuple[str, str], tuple[float, str | None]] = {}
         self._redaction_cache: dict[str, tuple[float, Redaction | None]] = {}
         # Agents' own tools and transfer targets (None: agents only talk), and what calls the tools.
         self.tool_store = tool_store
@@ -219,7 +224,8 @@ class Relay:
         self.eraser: Eraser | None = None
 
     async def _connect_backend(self, agent: AgentProfile) -> Upstream:
-        url, headers = self.settings.backend_endpoint(agent.backend, agent.model)
+        key = await self._tenant_backend_key(agent)
+        url, headers = self.settings.backend_endpoint(agent.backend, agent.model, key)
         conn = await upstream.connect(
             url,
             headers,
@@ -478,6 +484,24 @@ class Relay:
             if session.start is not None and session.call_sid == call_sid:
                 return session
         return None
+
+    async def _tenant_backend_key(self, agent: AgentProfile) -> str | None:
+        """The call's tenant's own key for the agent's backend (None: the deployment's is used).
+        Unreadable, the deployment's is tried: the backend refuses it if it must."""
+        if self._backend_keys is None or not agent.tenant_id:
+            return None
+        now = asyncio.get_running_loop().time()
+        hit = self._backend_key_cache.get((agent.tenant_id, agent.backend))
+        if hit is None or hit[0] < now:
+            if len(self._backend_key_cache) > 10_000:
+                self._backend_key_cache.clear()
+            try:
+                key = await self._backend_keys(agent.tenant_id, agent.backend)
+            except Exception as exc:  # noqa: BLE001 - the directory is away
+                log.warning("tenant %s: its backend key is unreadable (%s)", agent.tenant_id, type(exc).__name__)
+                return None
+            hit = self._backend_key_cache[(agent.tenant_id, agent.backend)] = (now + REDACTION_CACHE_S, key)
+        return hit[1]
 
     async def redaction(self, tenant_id: str) -> Redaction | None:
         """What the tenant's stored turns may not hold (None: stored as said)."""

@@ -465,6 +465,11 @@ class CallSession:
             frames_out=int(call.get("frames_out") or 0) if call else 0,
         )
 
+    def _for_backend(self) -> AgentProfile:
+        """The call's agent as its backend sessions open: with the tenant, whose own key for the
+        backend (if it has one) opens them."""
+        return dataclasses.replace(self._agent, tenant_id=self.tenant_id)
+
     async def _pick_agent(self) -> None:
         if self._resolve_agent is None:
             return
@@ -541,7 +546,7 @@ class CallSession:
 
     async def _bridge(self, conversation: Conversation) -> None:
         try:
-            upstream = await self._connect_upstream(self._agent)
+            upstream = await self._connect_upstream(self._for_backend())
         except Exception as exc:  # noqa: BLE001 - no backend at all when the call starts: this call ends, clearly
             log.error("call %s: speech backend unavailable: %s", self.call_sid, exc)
             self.end_reason = "backend_unavailable"
@@ -763,7 +768,7 @@ class CallSession:
         while (left := give_up_at - self._loop.time()) > 0:
             try:
                 async with asyncio.timeout(left):
-                    return await self._connect_upstream(self._agent)
+                    return await self._connect_upstream(self._for_backend())
             except Exception as exc:  # noqa: BLE001 - any failure to connect is retried until the give-up time
                 log.warning(
                     "call %s: reconnecting to the backend failed (%s); again in %.1f s",
@@ -794,7 +799,7 @@ class CallSession:
         if upstream is not self._upstream:
             return
         try:
-            fresh = await self._connect_upstream(self._agent)
+            fresh = await self._connect_upstream(self._for_backend())
         except Exception as exc:  # noqa: BLE001 - the cap's close will reconnect instead
             log.warning("call %s: could not open a fresh backend session (%s)", self.call_sid, type(exc).__name__)
             return

@@ -415,3 +415,35 @@ def test_erase_says_when_a_running_relay_holds_the_spool(
     finally:
         held.close()
     assert code == 0 and "erased: calls 0" in out and "POST /v1/erasures" in out
+
+
+@pytest.mark.postgres
+def test_a_tenants_own_backend_key_is_set_from_stdin_and_read_by_relay_only(
+    pg: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.pg import Directory
+    from relay.pg.db import as_tenant
+
+    run(capsys, "tenants", "add", "acme")
+    code, out, _ = run(
+        capsys, "tenants", "set-backend-key", "acme", "gemini-live", stdin="AIza-acme\n", monkeypatch=monkeypatch
+    )
+    assert code == 0 and "its own key" in out and "AIza" not in out
+
+    async def read() -> tuple[str | None, str | None]:
+        async with Directory.connect(pg) as directory:
+            own = await directory.backend_key("acme", "gemini-live")
+            async with as_tenant(directory.pool, "acme") as conn:
+                try:
+                    await conn.fetch("SELECT api_key FROM backend_keys")
+                    seen = "readable"
+                except asyncpg.exceptions.InsufficientPrivilegeError:
+                    seen = None
+            return own, seen
+
+    assert asyncio.run(read()) == ("AIza-acme", None)  # the tenant's readers never see it
+    code, out, _ = run(capsys, "tenants", "set-backend-key", "acme", "gemini-live", stdin="\n", monkeypatch=monkeypatch)
+    assert code == 0 and "the deployment key" in out
+    assert asyncio.run(read())[0] is None
+    code, _, err = run(capsys, "tenants", "set-backend-key", "nosuch", "deepgram", stdin="k\n", monkeypatch=monkeypatch)
+    assert code == 2 and "no tenant 'nosuch'" in err

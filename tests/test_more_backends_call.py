@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from relay.config import Settings
 from relay.demo import Simulator, SimulatorConfig, simulator, wired_to
@@ -169,3 +170,29 @@ async def test_gemini_go_away_hands_the_call_to_a_resumed_session(tmp_path: Path
     assert [ms for ms in result.playback.stalls_ms if 200 < ms < 1000] == []
     assert [t.text_generated for t in turns if t.role == "user"] == list(script.utterances)
     assert len(_answers(turns)) == 3
+
+
+async def test_a_tenants_own_key_opens_its_sessions(tmp_path: Path) -> None:
+    """A tenant with its own Gemini key has its calls' sessions opened with it; another tenant's
+    use the deployment's, which this service refuses."""
+    agent = GeminiLive(GeminiConfig(api_key="acme-own-key"))
+    await agent.start()
+    store = SQLiteStore(tmp_path / "relay.sqlite3")
+    await store.open()
+    keys = {("acme", "gemini-live"): "acme-own-key"}
+
+    async def backend_key(tenant_id: str, backend: str) -> str | None:
+        return keys.get((tenant_id, backend))
+
+    settings = wired_to(Settings(host="127.0.0.1", port=0, twilio_auth_token="t"), "gemini-live", agent.url)
+    relay = Relay(settings, store, backend_keys=backend_key)
+    profile = dataclasses.replace(settings.agent, tenant_id="acme")
+    try:
+        upstream = await relay.open_upstream(profile)
+        await upstream.close()
+        with pytest.raises(Exception):  # noqa: B017 - the handshake's refusal, whatever the client calls it
+            await relay.open_upstream(dataclasses.replace(profile, tenant_id="globex"))
+        assert [status for status, _ in agent.rejected] == [400]
+    finally:
+        await store.close()
+        await agent.stop()

@@ -50,8 +50,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # test_tool_store_pg below, test_erasure).
 CALL_TABLES = {"tenants", "agents", "phone_numbers", "calls", "call_turns", "usage", "admissions", "call_owners"}
 TOOL_TABLES = {"agent_tools", "transfer_targets", "tool_secrets"}
-TENANT_TABLES = CALL_TABLES | {"outbound_jobs", "api_keys", "races", "erasures"} | TOOL_TABLES
-READER_TABLES = TENANT_TABLES - {"api_keys", "tool_secrets"}  # the reader has no grant on keys or secrets at all
+TENANT_TABLES = CALL_TABLES | {"outbound_jobs", "api_keys", "races", "erasures", "backend_keys"} | TOOL_TABLES
+# The reader has no grant on keys or secrets at all.
+READER_TABLES = TENANT_TABLES - {"api_keys", "tool_secrets", "backend_keys"}
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ from typing import Any
 
 import asyncpg
 
+from relay.agents import BACKENDS, DEFAULT_AGENT, RANGES, Agent, AgentProfile
 from relay.agents import COLUMNS as AGENT_COLUMNS
-from relay.agents import DEFAULT_AGENT, RANGES, Agent, AgentProfile
 from relay.errors import InputError
 from relay.outbound.jobs import QuietHours
 from relay.outbound.race import BusinessHours, parse_contacts
@@ -182,6 +182,34 @@ class Directory:
                 tenant_id,
             )
         return dict(row) if row is not None else None
+
+    async def set_backend_key(self, tenant_id: str, backend: str, api_key: str | None) -> None:
+        """The tenant's own key for ``backend``, used for its calls there (None: remove it; the
+        deployment's is used again).
+
+        Raises:
+            InputError: no such backend, or no such tenant.
+        """
+        if backend not in BACKENDS:
+            raise InputError(f"backend {backend[:40]!r} is not one of {', '.join(BACKENDS)}")
+        await self.require_tenant(tenant_id)
+        async with as_writer(self._pool) as conn:
+            if api_key:
+                await conn.execute(
+                    "INSERT INTO backend_keys (tenant_id, backend, api_key) VALUES ($1, $2, $3) "
+                    "ON CONFLICT (tenant_id, backend) DO UPDATE SET api_key = EXCLUDED.api_key, created_at = now()",
+                    tenant_id, backend, api_key,
+                )  # fmt: skip
+            else:
+                await conn.execute("DELETE FROM backend_keys WHERE tenant_id = $1 AND backend = $2", tenant_id, backend)
+
+    async def backend_key(self, tenant_id: str, backend: str) -> str | None:
+        """The tenant's own key for ``backend`` (a secret: for the backend's handshake only)."""
+        async with as_writer(self._pool) as conn:
+            key: str | None = await conn.fetchval(
+                "SELECT api_key FROM backend_keys WHERE tenant_id = $1 AND backend = $2", tenant_id, backend
+            )
+        return key
 
     async def credentials(self) -> list[Credential]:
         """Every tenant's Twilio account and token (secrets: for signature checks only, never shown)."""
